@@ -1,0 +1,62 @@
+# Partita: `make deps` once, then `make`, `make test`, `make bench`.
+# MPICH's own wrapper: where Open MPI is installed too, plain mpicc may be it.
+CC      := mpicc.mpich
+MPIEXEC := mpiexec.mpich
+PYTHON  := /usr/bin/python3
+
+HDF5_INC := /usr/include/hdf5/mpich
+HDF5_LIB := /usr/lib/x86_64-linux-gnu/hdf5/mpich
+# OpenBLAS's OpenMP build shares one thread pool with our kernels.
+BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-pthread
+BLAS_LIB := /usr/lib/x86_64-linux-gnu/openblas-openmp
+
+CFLAGS  ?= -O3 -march=native
+CFLAGS  += -std=c11 -fopenmp -Wall -Wextra -D_GNU_SOURCE -Isrc -Ikernels -I$(HDF5_INC) -I$(BLAS_INC) -MMD -MP
+LDLIBS  := -L$(HDF5_LIB) -Wl,-rpath,$(HDF5_LIB) -lhdf5 \
+           -L$(BLAS_LIB) -l:libopenblas.so.0 -Wl,-rpath,$(BLAS_LIB) -lm
+
+SRC     := $(wildcard src/*.c)
+KSRC    := $(wildcard kernels/cpu/*.c)
+OBJ     := $(SRC:%.c=build/%.o) $(KSRC:%.c=build/%.o)
+KOBJ    := $(KSRC:%.c=build/%.o)
+
+DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-openmp \
+        liburing-dev python3 python3-numpy python3-h5py python3-matplotlib python3-torch hdf5-tools
+
+.PHONY: all deps test bench clean demo
+all: build/partita build/test_kernels
+
+build/partita: $(OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+build/test_kernels: build/tests/unit/test_kernels.o $(KOBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+build/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+# Installs what Partita needs from Debian; does nothing when all is there.
+deps:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "deps: all installed"; fi
+
+# The newcomer's first run: tokenize text every Debian machine has, train the tiny GPT.
+demo: all
+	@mkdir -p data
+	build/partita prep data/licenses.h5 /usr/share/common-licenses
+	$(MPIEXEC) -np 2 build/partita train inputs/gpt-tiny.deck
+
+test: all
+	@MPIEXEC=$(MPIEXEC) PYTHON=$(PYTHON) bash tests/run.sh
+
+bench: all
+	@MPIEXEC=$(MPIEXEC) PYTHON=$(PYTHON) bash bench/run.sh
+
+clean:
+	rm -rf build
+
+-include $(OBJ:.o=.d) build/tests/unit/test_kernels.d

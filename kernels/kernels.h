@@ -1,0 +1,129 @@
+// kernels.h: the one compute interface of Partita.
+//
+// Every op of the model, forward and backward, as a small pure function: raw
+// pointers plus dimensions in, no model struct, no MPI, no allocation. The cpu
+// backend (kernels/cpu) implements it with OpenBLAS sgemm for matrix products
+// and OpenMP for the rest; the cuda backend implements the same signatures.
+//
+// Conventions (STYLE.md): B batch, T sequence, C channels, NH heads, HS = C/NH,
+// N = B*T rows, V vocabulary, Vp padded vocabulary. Matrices are row-major.
+// Parameter gradients accumulate (+=) so gradient accumulation is free;
+// activation gradients are overwritten unless a comment says "accumulates".
+// All reductions have a fixed order that does not depend on the thread count,
+// so the same inputs give the same bits whatever OMP_NUM_THREADS is.
+#ifndef PARTITA_KERNELS_H
+#define PARTITA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+// out[b,t,:] = wte[tok[b,t],:] + wpe[t,:]
+void encoder_forward(float *out,            // (B, T, C)
+                     const int32_t *tok,    // (B, T)
+                     const float *wte,      // (Vp, C)
+                     const float *wpe,      // (maxT, C)
+                     int B, int T, int C);
+// dwte[tok] += dout, dwpe[t] += sum_b dout.
+void encoder_backward(float *dwte,          // (Vp, C) accumulates
+                      float *dwpe,          // (maxT, C) accumulates
+                      const float *dout,    // (B, T, C)
+                      const int32_t *tok,   // (B, T)
+                      int B, int T, int C);
+
+// out = (x - mean) * rstd * weight + bias, per row of C; eps = 1e-5.
+void layernorm_forward(float *out,          // (N, C)
+                       float *mean,         // (N)
+                       float *rstd,         // (N)
+                       const float *inp,    // (N, C)
+                       const float *weight, // (C)
+                       const float *bias,   // (C)
+                       size_t N, int C);
+void layernorm_backward(float *dinp,        // (N, C) accumulates (residual stream)
+                        float *dweight,     // (C) accumulates
+                        float *dbias,       // (C) accumulates
+                        const float *dout,  // (N, C)
+                        const float *inp,   // (N, C)
+                        const float *weight,// (C)
+                        const float *mean,  // (N)
+                        const float *rstd,  // (N)
+                        size_t N, int C);
+
+// out = inp @ W + bias. W is (IC, OC) when trans_w == 0 (Hugging Face Conv1D
+// layout) and (OC, IC) when trans_w == 1 (the tied LM head: logits = x @ wte^T).
+// bias may be NULL.
+void matmul_forward(float *out,             // (N, OC)
+                    const float *inp,       // (N, IC)
+                    const float *weight,    // (IC, OC) or (OC, IC)
+                    const float *bias,      // (OC) or NULL
+                    size_t N, int IC, int OC, int trans_w);
+// dinp = dout @ W^T (overwritten); dweight += inp^T @ dout (in W's layout);
+// dbias += sum over rows of dout (skipped when dbias is NULL).
+void matmul_backward(float *dinp,           // (N, IC) overwritten
+                     float *dweight,        // like weight, accumulates
+                     float *dbias,          // (OC) accumulates, or NULL
+                     const float *dout,     // (N, OC)
+                     const float *inp,      // (N, IC)
+                     const float *weight,   // (IC, OC) or (OC, IC)
+                     size_t N, int IC, int OC, int trans_w);
+
+// out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+void gelu_forward(float *out, const float *inp, size_t n);
+// dinp = dout * gelu'(inp)  (overwritten)
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+
+// out = a + b
+void residual_forward(float *out, const float *a, const float *b, size_t n);
+
+// Causal multi-head self-attention, tiled with an online softmax: for each
+// (b, head) and tile of queries, key tiles are visited in order with a running
+// max and sum, so at most one (tile x tile) block of scores per head exists at
+// a time; the T x T matrix is never formed. scale = 1/sqrt(HS).
+// qkv[b,t,:] holds q (C), k (C), v (C); head h uses columns h*HS..h*HS+HS-1 of each.
+// lse[b,h,t] = log sum_j exp(score_tj) is kept for the backward pass.
+void attention_forward(float *out,          // (B, T, C)
+                       float *lse,          // (B, NH, T)
+                       const float *qkv,    // (B, T, 3C)
+                       int B, int T, int C, int NH);
+// Recomputes the scores tile by tile from qkv and lse (flash-attention style).
+void attention_backward(float *dqkv,        // (B, T, 3C) overwritten
+                        const float *dout,  // (B, T, C)
+                        const float *qkv,   // (B, T, 3C)
+                        const float *out,   // (B, T, C)
+                        const float *lse,   // (B, NH, T)
+                        int B, int T, int C, int NH);
+
+// Fused softmax + cross-entropy over the first V of Vp logits per row:
+// losses[i] = lse_i - logits[i, target_i], lse_i = log sum_{v<V} exp(logits[i,v]).
+// Probabilities are never stored. A target < 0 marks a row that is ignored
+// (loss 0, gradient 0).
+void crossentropy_forward(float *losses,        // (N)
+                          float *lse,           // (N)
+                          const float *logits,  // (N, Vp)
+                          const int32_t *targets, // (N)
+                          size_t N, int V, int Vp);
+// dlogits[i,v] = dloss * (softmax_v - [v == target_i]) for v < V, 0 for v >= V.
+// dlogits may alias logits (the gradient overwrites the logits in place).
+void crossentropy_backward(float *dlogits,      // (N, Vp)
+                           const float *logits, // (N, Vp)
+                           const float *lse,    // (N)
+                           const int32_t *targets, // (N)
+                           float dloss,
+                           size_t N, int V, int Vp);
+
+// AdamW with decoupled weight decay, bias-corrected, t = 1, 2, ...:
+//   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+//   p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p)
+void adamw_update(float *param, const float *grad, float *m, float *v, size_t n,
+                  float lr, float beta1, float beta2, float eps, float wd, int t);
+
+// x *= s
+void scale_inplace(float *x, float s, size_t n);
+
+// sum of squares in float64, summed in fixed-size chunks in a fixed order.
+double sumsq(const float *x, size_t n);
+
+// Kernel threads (OpenMP and OpenBLAS) for this process.
+void kernels_set_threads(int n);
+int kernels_get_threads(void);
+
+#endif

@@ -1,0 +1,117 @@
+// data.c: HDF5 token files and the deterministic row loader.
+#include "data.h"
+#include "h5io.h"
+#include "log.h"
+#include "rng.h"
+#include "deck.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void tokenfile_open(TokenFile *f, const char *path) {
+    memset(f, 0, sizeof *f);
+    snprintf(f->path, sizeof f->path, "%s", path);
+    f->file = h5_open_read(path);
+    if (H5Lexists(f->file, "tokens", H5P_DEFAULT) <= 0)
+        FATAL_ALL("token files are made by `partita prep OUT.h5 TEXT...`",
+              "'%s' has no /tokens dataset", path);
+    f->dset = H5Dopen2(f->file, "tokens", H5P_DEFAULT);
+    H5_CHECK(f->dset);
+    hid_t sp = H5Dget_space(f->dset);
+    H5_CHECK(sp);
+    hsize_t n = 0;
+    if (H5Sget_simple_extent_ndims(sp) != 1)
+        FATAL_ALL(NULL, "'%s': /tokens must be 1-D", path);
+    H5_CHECK(H5Sget_simple_extent_dims(sp, &n, NULL));
+    H5_CHECK(H5Sclose(sp));
+    f->ntok = n;
+    if (h5_read_attr_i64(f->dset, "vocab_size", &f->vocab_size) < 0 ||
+        h5_read_attr_i64(f->dset, "eot", &f->eot) < 0)
+        FATAL_ALL("remake it with `partita prep`", "'%s': /tokens lacks the vocab_size or eot attribute", path);
+    if (h5_read_attr_str(f->dset, "tokenizer", f->tokenizer, sizeof f->tokenizer) < 0)
+        snprintf(f->tokenizer, sizeof f->tokenizer, "unknown");
+}
+
+void tokenfile_close(TokenFile *f) {
+    if (f->dset > 0) H5_CHECK(H5Dclose(f->dset));
+    if (f->file > 0) H5_CHECK(H5Fclose(f->file));
+    f->dset = f->file = 0;
+}
+
+void loader_create(Loader *ld, const TokenFile *f, uint64_t begin, uint64_t end, int B, int T,
+                   int order, uint64_t seed, int64_t vocab) {
+    memset(ld, 0, sizeof *ld);
+    ld->f = f;
+    ld->begin = begin;
+    ld->rows = (end - begin) / (uint64_t)(T + 1);
+    ld->B = B;
+    ld->T = T;
+    ld->order = order;
+    ld->seed = seed;
+    ld->vocab = vocab;
+    if (ld->rows == 0)
+        FATAL_ALL("use more text, a shorter train.seq_len, or a smaller data.val_fraction",
+              "'%s': tokens %llu..%llu hold no row of seq_len+1 = %d tokens", f->path,
+              (unsigned long long)begin, (unsigned long long)end, T + 1);
+    ld->row = xmalloc((size_t)(T + 1) * sizeof(uint32_t), "loader row");
+    ld->perm_epoch = -1;
+    if (order == ORDER_SHUFFLED) {
+        SYS_CHECK(ld->rows < UINT32_MAX, "too many rows to shuffle: %llu", (unsigned long long)ld->rows);
+        ld->perm = xmalloc(ld->rows * sizeof(uint32_t), "shuffle permutation");
+    }
+}
+
+void loader_free(Loader *ld) {
+    free(ld->perm);
+    free(ld->row);
+    ld->perm = ld->row = NULL;
+}
+
+// Fisher-Yates from a stream named by (seed, epoch): the same for every rank.
+static void shuffle_epoch(Loader *ld, int64_t epoch) {
+    Rng r = rng_stream(ld->seed, RNG_DATA, (uint64_t)epoch);
+    for (uint64_t i = 0; i < ld->rows; i++) ld->perm[i] = (uint32_t)i;
+    for (uint64_t i = ld->rows - 1; i > 0; i--) {
+        uint64_t j = rng_below(&r, i + 1);
+        uint32_t t = ld->perm[i];
+        ld->perm[i] = ld->perm[j];
+        ld->perm[j] = t;
+    }
+    ld->perm_epoch = epoch;
+}
+
+static uint64_t physical_row(Loader *ld, uint64_t g) {
+    uint64_t r = g % ld->rows;
+    if (ld->order != ORDER_SHUFFLED) return r;
+    int64_t epoch = (int64_t)(g / ld->rows);
+    if (epoch != ld->perm_epoch) shuffle_epoch(ld, epoch);
+    return ld->perm[r];
+}
+
+static void read_row(Loader *ld, uint64_t row) {
+    hsize_t start = ld->begin + row * (uint64_t)(ld->T + 1), count = (hsize_t)ld->T + 1;
+    hid_t fs = H5Dget_space(ld->f->dset);
+    H5_CHECK(fs);
+    H5_CHECK(H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &count, NULL));
+    hid_t ms = H5Screate_simple(1, &count, NULL);
+    H5_CHECK(ms);
+    H5_CHECK(H5Dread(ld->f->dset, H5T_NATIVE_UINT32, ms, fs, H5P_DEFAULT, ld->row));
+    H5_CHECK(H5Sclose(ms));
+    H5_CHECK(H5Sclose(fs));
+    for (int t = 0; t <= ld->T; t++)
+        if ((int64_t)ld->row[t] >= ld->vocab)
+            FATAL_ALL("model.vocab must cover the token file's vocab_size",
+                  "'%s': token %u at position %llu is outside the model vocabulary (%lld)",
+                  ld->f->path, ld->row[t], (unsigned long long)(start + (hsize_t)t), (long long)ld->vocab);
+}
+
+void loader_batch(Loader *ld, uint64_t g0, int32_t *inputs, int32_t *targets) {
+    const int T = ld->T;
+    for (int b = 0; b < ld->B; b++) {
+        read_row(ld, physical_row(ld, g0 + (uint64_t)b));
+        for (int t = 0; t < T; t++) {
+            inputs[(size_t)b * T + t] = (int32_t)ld->row[t];
+            targets[(size_t)b * T + t] = (int32_t)ld->row[t + 1];
+        }
+    }
+}

@@ -1,0 +1,1139 @@
+// deck.c: the input deck: parse, validate, derive, echo.
+//
+// One static table (keys[] below) declares every key: section, name, type, where it lives in
+// Config, its default (as deck text), its range and a one-line help. Parsing, --set overrides,
+// defaults, range checks and the resolved echo (deck_format) are all driven by that table; only
+// the cross-key derivations and checks (derive()) are written out by hand.
+//
+// Syntax accepted:
+//   [section]              a header; `[ train ]` is fine; a trailing `# comment` is fine
+//   key = value            whitespace around key, '=' and value is ignored
+//   # comment              full-line, or trailing after a value (not inside a quoted string)
+// Values by type:
+//   integer  decimal, optional sign, optional binary suffix K/M/G (either case):
+//            K = 1024, M = 1024^2, G = 1024^3, so 4K = 4096 and 1M = 1048576
+//   number   anything strtod reads, finite: 0.1, 3e-4, 1E-8
+//   boolean  true/false, yes/no, on/off, 1/0 (any case)
+//   string   bare (up to a '#', trimmed) or "quoted" (may hold '#'; \" and \\ are escapes);
+//            at most DECK_STR-1 bytes
+//   enum     one of the names listed in the table (any case; quotes allowed)
+// A `--set section.key=value` override takes the value literally: no '#' comment stripping.
+//
+// Errors are one message, "error: WHERE: WHAT\n  hint: WHAT TO DO" (no trailing newline), where
+// WHERE is "FILE:LINE", "--set section.key=value" or, for a cross-check that involves only
+// defaults and derived keys, "FILE". The first error found ends the load.
+#include "deck.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { T_INT, T_FLOAT, T_BOOL, T_STR, T_ENUM };
+
+// Range flags. Bounds are held as doubles: exact for every bound in the table (all far below 2^53).
+enum {
+    R_MIN = 1,        // value >= min
+    R_MAX = 2,        // value <= max
+    R_MIN_OPEN = 4,   // value > min (with R_MIN)
+    R_MAX_OPEN = 8,   // value < max (with R_MAX)
+    R_NONEMPTY = 16,  // string must not be ""
+};
+
+typedef struct KeyDef {
+    const char *section;
+    const char *key;
+    int type;                  // T_*
+    size_t off;                // offset into Config
+    const char *def;           // default, as deck text (unquoted for strings)
+    double min, max;
+    int flags;                 // R_*
+    const char *const *names;  // T_ENUM: NULL-terminated, index = stored value
+    const char *help;
+} KeyDef;
+
+static const char *const backend_names[] = {"auto", "cpu", "cuda", NULL};
+static const char *const order_names[] = {"sequential", "shuffled", NULL};
+static const char *const decay_names[] = {"cosine", "linear", "none", NULL};
+static const char *const precision_names[] = {"fp32", "bf16", NULL};
+static const char *const tokenizer_names[] = {"byte", NULL};
+
+#define OFF(f) offsetof(Config, f)
+#define GE(lo) (lo), 0, R_MIN
+#define GT(lo) (lo), 0, (R_MIN | R_MIN_OPEN)
+#define IN(lo, hi) (lo), (hi), (R_MIN | R_MAX)
+#define ANY 0, 0, 0
+
+static const KeyDef keys[] = {
+    // section   key             type     offset                    default       range
+    {"run", "name", T_STR, OFF(run.name), "run", 0, 0, R_NONEMPTY, NULL,
+     "run name; outputs go to run.out_dir"},
+    {"run", "out_dir", T_STR, OFF(run.out_dir), "", ANY, NULL,
+     "output directory; \"\" = runs/<run.name>"},
+    {"run", "seed", T_INT, OFF(run.seed), "1337", ANY, NULL, "seed for init and data order"},
+    {"run", "backend", T_ENUM, OFF(run.backend), "auto", ANY, backend_names,
+     "compute backend: auto picks cuda where a GPU is present"},
+    {"run", "threads", T_INT, OFF(run.threads), "0", GE(0), NULL,
+     "kernel threads per rank; 0 = cores / ranks on the node"},
+    {"run", "peak_gflops", T_FLOAT, OFF(run.peak_gflops), "0", GE(0), NULL,
+     "sgemm peak GFLOP/s for MFU; 0 = measure at start"},
+
+    {"model", "vocab", T_INT, OFF(model.vocab), "257", IN(2, 10000000), NULL,
+     "vocabulary size V"},
+    {"model", "vocab_pad", T_INT, OFF(model.vocab_pad), "64", IN(1, 65536), NULL,
+     "Vp = vocab rounded up to a multiple of this"},
+    {"model", "layers", T_INT, OFF(model.layers), "2", IN(1, 1024), NULL,
+     "transformer blocks L"},
+    {"model", "d_model", T_INT, OFF(model.d_model), "64", GE(1), NULL, "model width C"},
+    {"model", "heads", T_INT, OFF(model.heads), "4", GE(1), NULL,
+     "attention heads NH; must divide d_model"},
+    {"model", "seq_len", T_INT, OFF(model.seq_len), "64", GE(1), NULL,
+     "maximum sequence length T (position table rows)"},
+    {"model", "mlp_ratio", T_INT, OFF(model.mlp_ratio), "4", GE(1), NULL,
+     "MLP hidden width = mlp_ratio * d_model"},
+    {"model", "init_std", T_FLOAT, OFF(model.init_std), "0.02", GT(0), NULL,
+     "std of the normal weight init"},
+
+    {"data", "train", T_STR, OFF(data.train), "", ANY, NULL,
+     "training token file (HDF5, from `partita prep`)"},
+    {"data", "val", T_STR, OFF(data.val), "", ANY, NULL,
+     "validation token file; \"\" = hold out val_fraction of train"},
+    {"data", "val_fraction", T_FLOAT, OFF(data.val_fraction), "0.05", IN(0, 0.5), NULL,
+     "tail of train held out for validation when val is \"\""},
+    {"data", "order", T_ENUM, OFF(data.order), "sequential", ANY, order_names,
+     "order in which training sequences are visited"},
+    {"data", "tokenizer", T_ENUM, OFF(data.tokenizer), "byte", ANY, tokenizer_names,
+     "tokenizer"},
+
+    {"train", "steps", T_INT, OFF(train.steps), "100", GE(1), NULL, "optimizer steps to run"},
+    {"train", "seq_len", T_INT, OFF(train.seq_len), "0", GE(0), NULL,
+     "training sequence length; 0 = model.seq_len"},
+    {"train", "micro_batch", T_INT, OFF(train.micro_batch), "4", GE(1), NULL,
+     "sequences per rank per micro-step"},
+    {"train", "grad_accum", T_INT, OFF(train.grad_accum), "0", GE(0), NULL,
+     "micro-steps per step; 0 = derive from batch (or 1)"},
+    {"train", "batch", T_INT, OFF(train.batch), "0", GE(0), NULL,
+     "global sequences per step = micro_batch*grad_accum*dp; 0 = derive"},
+    {"train", "clip", T_FLOAT, OFF(train.clip), "1.0", GE(0), NULL,
+     "global gradient-norm clip; 0 = off"},
+    {"train", "log_interval", T_INT, OFF(train.log_interval), "10", GE(1), NULL,
+     "steps between log lines"},
+    {"train", "eval_interval", T_INT, OFF(train.eval_interval), "0", GE(0), NULL,
+     "steps between evaluations; 0 = only at the end"},
+    {"train", "eval_batches", T_INT, OFF(train.eval_batches), "4", GE(1), NULL,
+     "validation micro-batches per rank per evaluation"},
+    {"train", "precision", T_ENUM, OFF(train.precision), "fp32", ANY, precision_names,
+     "compute precision"},
+    {"train", "save_weights", T_BOOL, OFF(train.save_weights), "true", ANY, NULL,
+     "write init.h5 and final.h5"},
+
+    {"optimizer", "lr", T_FLOAT, OFF(optim.lr), "6e-4", GT(0), NULL, "peak learning rate"},
+    {"optimizer", "min_lr", T_FLOAT, OFF(optim.min_lr), "0", GE(0), NULL,
+     "learning rate at the end of the decay; <= lr"},
+    {"optimizer", "warmup", T_INT, OFF(optim.warmup), "0", GE(0), NULL,
+     "linear warmup steps; <= train.steps"},
+    {"optimizer", "decay", T_ENUM, OFF(optim.decay), "cosine", ANY, decay_names,
+     "decay from lr to min_lr after warmup"},
+    {"optimizer", "beta1", T_FLOAT, OFF(optim.beta1), "0.9", 0, 1, (R_MIN | R_MAX | R_MAX_OPEN),
+     NULL, "AdamW first-moment decay"},
+    {"optimizer", "beta2", T_FLOAT, OFF(optim.beta2), "0.95", 0, 1, (R_MIN | R_MAX | R_MAX_OPEN),
+     NULL, "AdamW second-moment decay"},
+    {"optimizer", "eps", T_FLOAT, OFF(optim.eps), "1e-8", GT(0), NULL, "AdamW epsilon"},
+    {"optimizer", "weight_decay", T_FLOAT, OFF(optim.weight_decay), "0.1", GE(0), NULL,
+     "AdamW decoupled weight decay"},
+
+    {"parallel", "dp", T_INT, OFF(parallel.dp), "0", GE(0), NULL,
+     "data-parallel ranks; 0 = world size / (sp*tp)"},
+    {"parallel", "sp", T_INT, OFF(parallel.sp), "1", GE(1), NULL, "sequence-parallel ranks"},
+    {"parallel", "tp", T_INT, OFF(parallel.tp), "1", GE(1), NULL, "tensor-parallel ranks"},
+    {"parallel", "ep", T_INT, OFF(parallel.ep), "1", GE(1), NULL, "expert-parallel ranks"},
+};
+
+#define NKEYS ((int)(sizeof keys / sizeof keys[0]))
+_Static_assert(sizeof keys / sizeof keys[0] <= DECK_MAX_KEYS, "raise DECK_MAX_KEYS");
+
+static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel"};
+#define NSECTIONS ((int)(sizeof sections / sizeof sections[0]))
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+// Appends to a fixed buffer; never overflows, remembers the length it wanted.
+typedef struct Buf {
+    char *p;
+    size_t n, len;
+} Buf;
+
+__attribute__((format(printf, 2, 3))) static void bprintf(Buf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    size_t room = b->len < b->n ? b->n - b->len : 0;
+    int w = vsnprintf(room ? b->p + b->len : NULL, room, fmt, ap);
+    va_end(ap);
+    if (w > 0) b->len += (size_t)w;
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    size_t n = strlen(s);
+    while (n > 0 && isspace((unsigned char)s[n - 1])) s[--n] = '\0';
+    return s;
+}
+
+// A value or line shown in a message: quoted by the caller, cut to a readable length.
+static const char *shown(const char *s, char *buf, size_t n) {
+    size_t len = strlen(s);
+    if (len < n) return s;
+    snprintf(buf, n, "%.*s...", (int)(n - 4), s);
+    return buf;
+}
+
+static int eq_nocase(const char *a, const char *b) {
+    for (; *a && *b; a++, b++)
+        if (tolower((unsigned char)*a) != tolower((unsigned char)*b)) return 0;
+    return *a == *b;
+}
+
+// Edit distance with adjacent transpositions (optimal string alignment), case-insensitive;
+// "stpes" is one edit from "steps".
+static int edit_distance(const char *a, const char *b) {
+    enum { M = 64 };
+    size_t la = strlen(a), lb = strlen(b);
+    if (la >= M || lb >= M) return 1 << 20;
+    int d[M][M];
+    for (size_t i = 0; i <= la; i++) d[i][0] = (int)i;
+    for (size_t j = 0; j <= lb; j++) d[0][j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        for (size_t j = 1; j <= lb; j++) {
+            int ca = tolower((unsigned char)a[i - 1]), cb = tolower((unsigned char)b[j - 1]);
+            int cost = ca != cb;
+            int v = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < v) v = d[i][j - 1] + 1;
+            if (d[i - 1][j - 1] + cost < v) v = d[i - 1][j - 1] + cost;
+            if (i > 1 && j > 1 && ca == tolower((unsigned char)b[j - 2]) &&
+                tolower((unsigned char)a[i - 2]) == cb && d[i - 2][j - 2] + 1 < v)
+                v = d[i - 2][j - 2] + 1;
+            d[i][j] = v;
+        }
+    }
+    return d[la][lb];
+}
+
+// How far a name may be from a known one and still be called a near miss.
+static int near_enough(const char *name, int dist) {
+    size_t n = strlen(name);
+    int limit = n <= 3 ? 1 : n <= 6 ? 2 : 3;
+    return dist <= limit;
+}
+
+static int find_section(const char *name) {
+    for (int i = 0; i < NSECTIONS; i++)
+        if (strcmp(sections[i], name) == 0) return i;
+    return -1;
+}
+
+static int find_key(const char *section, const char *key) {
+    for (int i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].key, key) == 0) return i;
+    return -1;
+}
+
+// The key index for "section.key", or -1.
+static int find_dotted(const char *dotted) {
+    const char *dot = strchr(dotted, '.');
+    if (!dot) return -1;
+    char sec[64];
+    size_t n = (size_t)(dot - dotted);
+    if (n >= sizeof sec) return -1;
+    memcpy(sec, dotted, n);
+    sec[n] = '\0';
+    return find_key(sec, dot + 1);
+}
+
+// Nearest section name to name, or -1 when none is near.
+static int nearest_section(const char *name) {
+    int best = -1, bd = 1 << 20;
+    for (int i = 0; i < NSECTIONS; i++) {
+        int dd = edit_distance(name, sections[i]);
+        if (dd < bd) bd = dd, best = i;
+    }
+    return best >= 0 && near_enough(name, bd) ? best : -1;
+}
+
+// Nearest key in section (NULL: any section, exact matches first); -1 when none is near.
+static int nearest_key(const char *section, const char *name) {
+    int best = -1, bd = 1 << 20;
+    for (int i = 0; i < NKEYS; i++) {
+        if (section && strcmp(keys[i].section, section) != 0) continue;
+        int dd = edit_distance(name, keys[i].key);
+        if (dd < bd) bd = dd, best = i;
+    }
+    return best >= 0 && near_enough(name, bd) ? best : -1;
+}
+
+static void *field(Config *c, int k) { return (char *)c + keys[k].off; }
+static const void *cfield(const Config *c, int k) { return (const char *)c + keys[k].off; }
+static int64_t *iptr(Config *c, int k) { return (int64_t *)field(c, k); }
+
+// "an integer >= 1", "a number in [0, 1)", ... : what a key accepts, for messages.
+static void describe(int k, char *buf, size_t n) {
+    const KeyDef *kd = &keys[k];
+    Buf b = {buf, n, 0};
+    if (n) buf[0] = '\0';
+    switch (kd->type) {
+    case T_BOOL: bprintf(&b, "a boolean (true/false, yes/no, on/off, 1/0)"); return;
+    case T_STR:
+        bprintf(&b, "%s (at most %d characters)", kd->flags & R_NONEMPTY ? "a non-empty string"
+                                                                          : "a string",
+                DECK_STR - 1);
+        return;
+    case T_ENUM:
+        bprintf(&b, "one of ");
+        for (int i = 0; kd->names[i]; i++) bprintf(&b, "%s%s", i ? ", " : "", kd->names[i]);
+        return;
+    default: break;
+    }
+    int isint = kd->type == T_INT;
+    bprintf(&b, "%s", isint ? "an integer" : "a number");
+    char lo[32], hi[32];
+    if (isint) {
+        snprintf(lo, sizeof lo, "%" PRId64, (int64_t)kd->min);
+        snprintf(hi, sizeof hi, "%" PRId64, (int64_t)kd->max);
+    } else {
+        snprintf(lo, sizeof lo, "%g", kd->min);
+        snprintf(hi, sizeof hi, "%g", kd->max);
+    }
+    if ((kd->flags & R_MIN) && (kd->flags & R_MAX))
+        bprintf(&b, " in %c%s, %s%c", kd->flags & R_MIN_OPEN ? '(' : '[', lo, hi,
+                kd->flags & R_MAX_OPEN ? ')' : ']');
+    else if (kd->flags & R_MIN)
+        bprintf(&b, " %s %s", kd->flags & R_MIN_OPEN ? ">" : ">=", lo);
+    else if (kd->flags & R_MAX)
+        bprintf(&b, " %s %s", kd->flags & R_MAX_OPEN ? "<" : "<=", hi);
+}
+
+static int in_range(int k, double v) {
+    const KeyDef *kd = &keys[k];
+    if (kd->flags & R_MIN) {
+        if (kd->flags & R_MIN_OPEN ? !(v > kd->min) : !(v >= kd->min)) return 0;
+    }
+    if (kd->flags & R_MAX) {
+        if (kd->flags & R_MAX_OPEN ? !(v < kd->max) : !(v <= kd->max)) return 0;
+    }
+    return 1;
+}
+
+// Shortest %g that reads back to the same double.
+static void format_double(double v, char *buf, size_t n) {
+    for (int p = 1; p <= 17; p++) {
+        snprintf(buf, n, "%.*g", p, v);
+        if (strtod(buf, NULL) == v) return;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values
+
+// Parses an integer with an optional K/M/G (binary) suffix. 0, or -1 with msg/hint.
+static int parse_int(const char *s, int64_t *out, char *msg, size_t mn, char *hint, size_t hn) {
+    char sb[80];
+    const char *p = s;
+    if (*p == '+' || *p == '-') p++;
+    if (!isdigit((unsigned char)*p)) {
+        snprintf(msg, mn, "expected an integer, got '%s'", shown(s, sb, sizeof sb));
+        snprintf(hint, hn, "integers are decimal digits with an optional K, M or G suffix "
+                           "(K = 1024, M = 1024^2, G = 1024^3), e.g. 4K = 4096");
+        return -1;
+    }
+    errno = 0;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (errno == ERANGE) {
+        snprintf(msg, mn, "integer overflow: '%s' does not fit in a signed 64-bit integer",
+                 shown(s, sb, sizeof sb));
+        snprintf(hint, hn, "the largest integer is %lld", (long long)INT64_MAX);
+        return -1;
+    }
+    int64_t mult = 1;
+    switch (*end) {
+    case 'k': case 'K': mult = INT64_C(1) << 10; end++; break;
+    case 'm': case 'M': mult = INT64_C(1) << 20; end++; break;
+    case 'g': case 'G': mult = INT64_C(1) << 30; end++; break;
+    default: break;
+    }
+    if (*end != '\0') {
+        if (mult == 1 && (*end == '.' || *end == 'e' || *end == 'E')) {
+            snprintf(msg, mn, "expected an integer, got '%s'", shown(s, sb, sizeof sb));
+            snprintf(hint, hn, "this key takes a whole number; write it in digits, with an "
+                               "optional K, M or G suffix (K = 1024, M = 1024^2, G = 1024^3)");
+        } else {
+            char tb[40];
+            snprintf(msg, mn, "expected an integer, got '%s' (trailing '%s' after the number)",
+                     shown(s, sb, sizeof sb), shown(end, tb, sizeof tb));
+            snprintf(hint, hn, "the only suffixes are K, M and G (K = 1024, M = 1024^2, "
+                               "G = 1024^3); put a comment after a '#'");
+        }
+        return -1;
+    }
+    if (v > INT64_MAX / mult || v < INT64_MIN / mult) {
+        snprintf(msg, mn, "integer overflow: '%s' = %lld x %lld does not fit in a signed 64-bit "
+                 "integer", shown(s, sb, sizeof sb), v, (long long)mult);
+        snprintf(hint, hn, "the largest integer is %lld", (long long)INT64_MAX);
+        return -1;
+    }
+    *out = (int64_t)v * mult;
+    return 0;
+}
+
+static int parse_float(const char *s, double *out, char *msg, size_t mn, char *hint, size_t hn) {
+    char sb[80];
+    errno = 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s) {
+        snprintf(msg, mn, "expected a number, got '%s'", shown(s, sb, sizeof sb));
+        snprintf(hint, hn, "write a decimal number such as 0.1 or 3e-4");
+        return -1;
+    }
+    if (*end != '\0') {
+        char tb[40];
+        snprintf(msg, mn, "expected a number, got '%s' (trailing '%s' after the number)",
+                 shown(s, sb, sizeof sb), shown(end, tb, sizeof tb));
+        snprintf(hint, hn, "write a decimal number such as 0.1 or 3e-4; put a comment after a '#'");
+        return -1;
+    }
+    if (!isfinite(v) || (errno == ERANGE && fabs(v) > 1.0)) {
+        snprintf(msg, mn, "expected a finite number, got '%s'", shown(s, sb, sizeof sb));
+        snprintf(hint, hn, "write a decimal number such as 0.1 or 3e-4");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+// Stores text (already unquoted; quoted says whether it was) into key k of c, checking type and
+// range. 0, or -1 with msg ("expected ..., got ...") and hint.
+static int set_value(Config *c, int k, const char *s, int quoted, char *msg, size_t mn,
+                     char *hint, size_t hn) {
+    const KeyDef *kd = &keys[k];
+    char want[200], sb[80];
+    describe(k, want, sizeof want);
+    if (*s == '\0' && !quoted) {
+        snprintf(msg, mn, "empty value, expected %s", want);
+        if (kd->type == T_STR)
+            snprintf(hint, hn, "write %s = \"\" for an empty string, or delete the line to use "
+                     "the default (\"%s\")", kd->key, kd->def);
+        else
+            snprintf(hint, hn, "give a value, or delete the line to use the default (%s)", kd->def);
+        return -1;
+    }
+    if (quoted && kd->type != T_STR && kd->type != T_ENUM) {
+        snprintf(msg, mn, "expected %s, got '\"%s\"'", want, shown(s, sb, sizeof sb));
+        snprintf(hint, hn, "numbers and booleans are written without quotes");
+        return -1;
+    }
+    switch (kd->type) {
+    case T_INT: {
+        int64_t v;
+        if (parse_int(s, &v, msg, mn, hint, hn)) return -1;
+        if (!in_range(k, (double)v)) {
+            snprintf(msg, mn, "%" PRId64 " is out of range, expected %s", v, want);
+            snprintf(hint, hn, "%s.%s is the %s; the default is %s", kd->section, kd->key,
+                     kd->help, kd->def);
+            return -1;
+        }
+        *iptr(c, k) = v;
+        return 0;
+    }
+    case T_FLOAT: {
+        double v;
+        if (parse_float(s, &v, msg, mn, hint, hn)) return -1;
+        if (!in_range(k, v)) {
+            snprintf(msg, mn, "%s is out of range, expected %s", shown(s, sb, sizeof sb), want);
+            snprintf(hint, hn, "%s.%s is the %s; the default is %s", kd->section, kd->key,
+                     kd->help, kd->def);
+            return -1;
+        }
+        *(double *)field(c, k) = v;
+        return 0;
+    }
+    case T_BOOL: {
+        static const char *const yes[] = {"true", "yes", "on", "1"};
+        static const char *const no[] = {"false", "no", "off", "0"};
+        for (int i = 0; i < 4; i++) {
+            if (eq_nocase(s, yes[i])) { *(int *)field(c, k) = 1; return 0; }
+            if (eq_nocase(s, no[i])) { *(int *)field(c, k) = 0; return 0; }
+        }
+        snprintf(msg, mn, "expected %s, got '%s'", want, shown(s, sb, sizeof sb));
+        snprintf(hint, hn, "write true or false");
+        return -1;
+    }
+    case T_STR: {
+        size_t len = strlen(s);
+        if (len > DECK_STR - 1) {
+            snprintf(msg, mn, "a string of %zu characters is too long, expected at most %d",
+                     len, DECK_STR - 1);
+            snprintf(hint, hn, "use a shorter name or path");
+            return -1;
+        }
+        if (len == 0 && (kd->flags & R_NONEMPTY)) {
+            snprintf(msg, mn, "empty string, expected %s", want);
+            snprintf(hint, hn, "give a value, or delete the line to use the default (\"%s\")",
+                     kd->def);
+            return -1;
+        }
+        memcpy(field(c, k), s, len + 1);
+        return 0;
+    }
+    case T_ENUM: {
+        int best = -1, bd = 1 << 20;
+        for (int i = 0; kd->names[i]; i++) {
+            if (eq_nocase(s, kd->names[i])) { *(int *)field(c, k) = i; return 0; }
+            int dd = edit_distance(s, kd->names[i]);
+            if (dd < bd) bd = dd, best = i;
+        }
+        const char *choices = want + strlen("one of ");
+        snprintf(msg, mn, "unknown value '%s', expected one of: %s", shown(s, sb, sizeof sb),
+                 choices);
+        if (best >= 0 && near_enough(s, bd))
+            snprintf(hint, hn, "did you mean '%s'? valid choices: %s", kd->names[best], choices);
+        else
+            snprintf(hint, hn, "valid choices: %s", choices);
+        return -1;
+    }
+    }
+    return -1;
+}
+
+// Extracts the value from the text after '=', in place. Quoted values are unescaped; unquoted
+// ones end at a '#' when comments is set, and are trimmed. 0, or -1 with msg/hint.
+static int extract_value(char *rhs, int comments, char **val, int *quoted, char *msg, size_t mn,
+                         char *hint, size_t hn) {
+    char *p = rhs;
+    while (isspace((unsigned char)*p)) p++;
+    *quoted = 0;
+    if (*p == '"') {
+        char *w = p + 1, *r = p + 1;
+        while (*r && *r != '"') {
+            if (*r == '\\' && (r[1] == '"' || r[1] == '\\')) r++;
+            *w++ = *r++;
+        }
+        if (*r != '"') {
+            char sb[80];
+            *w = '\0';
+            snprintf(msg, mn, "missing the closing '\"' of \"%s", shown(p + 1, sb, sizeof sb));
+            snprintf(hint, hn, "end the string with '\"' (write \\\" for a quote inside it)");
+            return -1;
+        }
+        *w = '\0';
+        char *after = r + 1;
+        while (isspace((unsigned char)*after)) after++;
+        if (*after && !(comments && *after == '#')) {
+            char sb[80];
+            snprintf(msg, mn, "unexpected text '%s' after the closing '\"'",
+                     shown(trim(after), sb, sizeof sb));
+            snprintf(hint, hn, "put everything inside the quotes, or a comment after a '#'");
+            return -1;
+        }
+        *val = p + 1;
+        *quoted = 1;
+        return 0;
+    }
+    if (comments) {
+        char *hash = strchr(p, '#');
+        if (hash) *hash = '\0';
+    }
+    *val = trim(p);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+typedef struct Ctx {
+    Deck *d;
+    const char *path;        // as given by the caller (d->path may be cut)
+    char *const *sets;
+    int set_of[DECK_MAX_KEYS];  // which --set gave each key
+    char *err;
+    size_t errlen;
+} Ctx;
+
+__attribute__((format(printf, 4, 5))) static int fail(Ctx *x, const char *where,
+                                                      const char *hint, const char *fmt, ...) {
+    Buf b = {x->err, x->errlen, 0};
+    if (!x->err || x->errlen == 0) return -1;
+    x->err[0] = '\0';
+    bprintf(&b, "error: %s: ", where);
+    size_t room = b.len < b.n ? b.n - b.len : 0;
+    va_list ap;
+    va_start(ap, fmt);
+    int w = vsnprintf(room ? b.p + b.len : NULL, room, fmt, ap);
+    va_end(ap);
+    if (w > 0) b.len += (size_t)w;
+    if (hint && *hint) bprintf(&b, "\n  hint: %s", hint);
+    return -1;
+}
+
+static void set_defaults_raw(Deck *d) {
+    memset(d, 0, sizeof *d);
+    for (int k = 0; k < NKEYS; k++) {
+        char msg[256], hint[256];
+        int quoted = keys[k].type == T_STR;  // so that "" is a value, not an empty line
+        if (set_value(&d->cfg, k, keys[k].def, quoted, msg, sizeof msg, hint, sizeof hint) != 0) {
+            // A bad default is a bug in the table above, never a user error.
+            fprintf(stderr, "deck.c: bad default for %s.%s: %s\n", keys[k].section, keys[k].key,
+                    msg);
+            abort();
+        }
+        d->from[k] = DECK_FROM_DEFAULT;
+    }
+}
+
+static int parse_file(Ctx *x, FILE *f) {
+    Deck *d = x->d;
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0, sec = -1, rc = 0;
+    char where[DECK_STR + 64], msg[1024], hint[1024], sb[80];
+    while (getline(&line, &cap, f) != -1) {
+        lineno++;
+        snprintf(where, sizeof where, "%s:%d", x->path, lineno);
+        char *p = line;
+        if (lineno == 1 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;  // UTF-8 BOM
+        p = trim(p);
+        if (*p == '\0' || *p == '#') continue;
+
+        if (*p == '[') {
+            char *close = strchr(p, ']');
+            if (!close) {
+                rc = fail(x, where, "a section header is a name in brackets, e.g. [train]",
+                          "malformed section header '%s': missing ']'", shown(p, sb, sizeof sb));
+                break;
+            }
+            char *after = close + 1;
+            while (isspace((unsigned char)*after)) after++;
+            if (*after && *after != '#') {
+                rc = fail(x, where, "put nothing but a '# comment' after a section header",
+                          "malformed section header '%s': unexpected text after ']'",
+                          shown(p, sb, sizeof sb));
+                break;
+            }
+            *close = '\0';
+            char *name = trim(p + 1);
+            sec = find_section(name);
+            if (sec < 0) {
+                Buf hb = {hint, sizeof hint, 0};
+                int near = nearest_section(name);
+                if (near >= 0) bprintf(&hb, "did you mean [%s]? ", sections[near]);
+                bprintf(&hb, "sections are:");
+                for (int i = 0; i < NSECTIONS; i++) bprintf(&hb, " [%s]", sections[i]);
+                rc = fail(x, where, hint, "unknown section [%s]", shown(name, sb, sizeof sb));
+                break;
+            }
+            continue;
+        }
+
+        // key = value
+        char *eq = p + strcspn(p, "=#");
+        if (*eq != '=') {
+            if (*eq == '#') *eq = '\0';
+            char *text = trim(p);
+            // Name the key when the first word is one.
+            char word[64];
+            size_t wn = strcspn(text, " \t:");
+            snprintf(word, sizeof word, "%.*s", (int)(wn < sizeof word ? wn : sizeof word - 1),
+                     text);
+            int k = sec >= 0 ? find_key(sections[sec], word) : -1;
+            if (k >= 0)
+                snprintf(hint, sizeof hint, "write it as: %s = <%s>", word,
+                         keys[k].type == T_STR ? "string" : "value");
+            else
+                snprintf(hint, sizeof hint, "each line is '[section]', 'key = value', a '# "
+                                            "comment' or blank");
+            if (k >= 0)
+                rc = fail(x, where, hint, "[%s] %s: malformed line '%s', expected 'key = value'",
+                          sections[sec], word, shown(text, sb, sizeof sb));
+            else
+                rc = fail(x, where, hint, "malformed line '%s'%s%s%s, expected 'key = value' or "
+                          "'[section]'", shown(text, sb, sizeof sb),
+                          sec >= 0 ? " in [" : "", sec >= 0 ? sections[sec] : "",
+                          sec >= 0 ? "]" : "");
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(p);
+        if (*key == '\0') {
+            rc = fail(x, where, "write 'key = value'", "malformed line: missing the key before '='");
+            break;
+        }
+        int badchar = 0;
+        for (char *q = key; *q; q++)
+            if (!isalnum((unsigned char)*q) && *q != '_') badchar = 1;
+        if (badchar) {
+            int k = find_dotted(key);
+            if (k >= 0)
+                snprintf(hint, sizeof hint, "in a deck write it under its section: [%s] then "
+                         "%s = ...", keys[k].section, keys[k].key);
+            else
+                snprintf(hint, sizeof hint, "key names are letters, digits and '_'");
+            rc = fail(x, where, hint, "malformed line: '%s' is not a key name%s%s%s",
+                      shown(key, sb, sizeof sb), sec >= 0 ? " in [" : "",
+                      sec >= 0 ? sections[sec] : "", sec >= 0 ? "]" : "");
+            break;
+        }
+        if (sec < 0) {
+            Buf hb = {hint, sizeof hint, 0};
+            int n = 0;
+            for (int k = 0; k < NKEYS; k++)
+                if (strcmp(keys[k].key, key) == 0)
+                    bprintf(&hb, "%s[%s]", n++ ? " or " : "put a section header such as ",
+                            keys[k].section);
+            if (n) bprintf(&hb, " above it");
+            else bprintf(&hb, "start the deck with a section header such as [train]");
+            rc = fail(x, where, hint, "key '%s' appears before any [section] header",
+                      shown(key, sb, sizeof sb));
+            break;
+        }
+        int k = find_key(sections[sec], key);
+        if (k < 0) {
+            int near = nearest_key(sections[sec], key);
+            int other = -1;
+            for (int i = 0; i < NKEYS && other < 0; i++)
+                if (strcmp(keys[i].key, key) == 0) other = i;
+            if (other < 0 && near < 0) other = nearest_key(NULL, key);
+            if (other >= 0)
+                snprintf(hint, sizeof hint, "did you mean [%s] %s?", keys[other].section,
+                         keys[other].key);
+            else if (near >= 0)
+                snprintf(hint, sizeof hint, "did you mean '%s'?", keys[near].key);
+            else {
+                Buf hb = {hint, sizeof hint, 0};
+                bprintf(&hb, "keys in [%s]:", sections[sec]);
+                for (int i = 0; i < NKEYS; i++)
+                    if (strcmp(keys[i].section, sections[sec]) == 0)
+                        bprintf(&hb, " %s", keys[i].key);
+            }
+            rc = fail(x, where, hint, "unknown key [%s] %s", sections[sec],
+                      shown(key, sb, sizeof sb));
+            break;
+        }
+        if (d->from[k] > 0) {
+            snprintf(hint, sizeof hint, "keep one of the two lines");
+            rc = fail(x, where, hint, "duplicate key [%s] %s: set on line %d and again on line %d",
+                      keys[k].section, keys[k].key, d->from[k], lineno);
+            break;
+        }
+        char *val;
+        int quoted;
+        if (extract_value(eq + 1, 1, &val, &quoted, msg, sizeof msg, hint, sizeof hint) ||
+            set_value(&d->cfg, k, val, quoted, msg, sizeof msg, hint, sizeof hint)) {
+            rc = fail(x, where, hint, "[%s] %s: %s", keys[k].section, keys[k].key, msg);
+            break;
+        }
+        d->from[k] = lineno;
+    }
+    if (rc == 0 && ferror(f)) {
+        snprintf(where, sizeof where, "%s", x->path);
+        rc = fail(x, where, "check the file", "cannot read the deck: %s", strerror(errno));
+    }
+    free(line);
+    return rc;
+}
+
+static int apply_set(Ctx *x, int i) {
+    const char *arg = x->sets[i];
+    char where[DECK_STR + 64], msg[1024], hint[1024], sb[80];
+    snprintf(where, sizeof where, "--set %s", shown(arg, sb, sizeof sb));
+    size_t len = strlen(arg);
+    char *copy = malloc(len + 1);
+    if (!copy) return fail(x, where, NULL, "out of memory");
+    memcpy(copy, arg, len + 1);
+    int rc = 0;
+    char *eq = strchr(copy, '=');
+    char *dot = eq ? memchr(copy, '.', (size_t)(eq - copy)) : NULL;
+    if (!eq || !dot) {
+        if (eq) *eq = '\0';
+        char *lhs = trim(copy);
+        int k = -1;
+        for (int j = 0; j < NKEYS && k < 0; j++)
+            if (strcmp(keys[j].key, lhs) == 0) k = j;
+        if (k >= 0)
+            snprintf(hint, sizeof hint, "did you mean --set %s.%s=...?", keys[k].section,
+                     keys[k].key);
+        else
+            snprintf(hint, sizeof hint, "write --set section.key=value, e.g. --set train.steps=500");
+        rc = fail(x, where, hint, "expected section.key=value, got '%s'", shown(arg, sb, sizeof sb));
+        goto done;
+    }
+    *eq = '\0';
+    *dot = '\0';
+    char *secname = trim(copy), *key = trim(dot + 1);
+    int sec = find_section(secname);
+    if (sec < 0) {
+        int near = nearest_section(secname);
+        int other = -1;
+        for (int j = 0; j < NKEYS && other < 0; j++)
+            if (strcmp(keys[j].key, key) == 0) other = j;
+        if (near >= 0 && find_key(sections[near], key) >= 0)
+            snprintf(hint, sizeof hint, "did you mean %s.%s?", sections[near], key);
+        else if (other >= 0)
+            snprintf(hint, sizeof hint, "did you mean %s.%s?", keys[other].section, keys[other].key);
+        else if (near >= 0)
+            snprintf(hint, sizeof hint, "did you mean section '%s'?", sections[near]);
+        else
+            snprintf(hint, sizeof hint, "sections are: run, model, data, train, optimizer, "
+                                        "parallel");
+        rc = fail(x, where, hint, "unknown section '%s'", shown(secname, sb, sizeof sb));
+        goto done;
+    }
+    int k = find_key(sections[sec], key);
+    if (k < 0) {
+        int near = nearest_key(sections[sec], key);
+        int other = -1;
+        for (int j = 0; j < NKEYS && other < 0; j++)
+            if (strcmp(keys[j].key, key) == 0) other = j;
+        if (other < 0 && near < 0) other = nearest_key(NULL, key);
+        if (other >= 0)
+            snprintf(hint, sizeof hint, "did you mean %s.%s?", keys[other].section, keys[other].key);
+        else if (near >= 0)
+            snprintf(hint, sizeof hint, "did you mean %s.%s?", keys[near].section, keys[near].key);
+        else {
+            Buf hb = {hint, sizeof hint, 0};
+            bprintf(&hb, "keys in [%s]:", sections[sec]);
+            for (int j = 0; j < NKEYS; j++)
+                if (strcmp(keys[j].section, sections[sec]) == 0) bprintf(&hb, " %s", keys[j].key);
+        }
+        rc = fail(x, where, hint, "unknown key %s.%s", sections[sec], shown(key, sb, sizeof sb));
+        goto done;
+    }
+    char *val;
+    int quoted;
+    if (extract_value(eq + 1, 0, &val, &quoted, msg, sizeof msg, hint, sizeof hint) ||
+        set_value(&x->d->cfg, k, val, quoted, msg, sizeof msg, hint, sizeof hint)) {
+        rc = fail(x, where, hint, "%s.%s: %s", keys[k].section, keys[k].key, msg);
+        goto done;
+    }
+    x->d->from[k] = DECK_FROM_SET;
+    x->set_of[k] = i;
+done:
+    free(copy);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Derivation and cross-checks
+
+// Where key k came from, short form for inside a message: "line 7", "--set", "default", "derived".
+static const char *origin(const Ctx *x, int k, char *buf, size_t n) {
+    int f = x->d->from[k];
+    if (f > 0) snprintf(buf, n, "line %d", f);
+    else if (f == DECK_FROM_SET) snprintf(buf, n, "--set");
+    else if (f == DECK_FROM_DERIVED) snprintf(buf, n, "derived");
+    else snprintf(buf, n, "default");
+    return buf;
+}
+
+// The WHERE of an error about keys ks[0..n) (the key at fault first): the first of them given in
+// the deck or by --set, else the deck file itself.
+static const char *blame(const Ctx *x, const int *ks, int n, char *buf, size_t bn) {
+    for (int i = 0; i < n; i++) {
+        int f = x->d->from[ks[i]];
+        if (f > 0) {
+            snprintf(buf, bn, "%s:%d", x->path, f);
+            return buf;
+        }
+        if (f == DECK_FROM_SET) {
+            snprintf(buf, bn, "--set %s", x->sets[x->set_of[ks[i]]]);
+            return buf;
+        }
+    }
+    snprintf(buf, bn, "%s", x->path);
+    return buf;
+}
+
+static int mul_overflows(int64_t a, int64_t b) {  // both >= 0
+    return a != 0 && b > INT64_MAX / a;
+}
+
+static int key_index(const char *dotted) {
+    int k = find_dotted(dotted);
+    if (k < 0) {
+        fprintf(stderr, "deck.c: no key %s in the table\n", dotted);
+        abort();
+    }
+    return k;
+}
+
+static int derive(Ctx *x, int world_size) {
+    Deck *d = x->d;
+    Config *c = &d->cfg;
+    char where[DECK_STR + 64], hint[512], o1[32], o2[32], o3[32], o4[32];
+    int64_t world = world_size < 1 ? 1 : world_size;
+
+    // parallel.dp from the world size.
+    const int kdp = key_index("parallel.dp"), ksp = key_index("parallel.sp"), ktp = key_index("parallel.tp");
+    int64_t sp = c->parallel.sp, tp = c->parallel.tp;
+    if (c->parallel.dp == 0) {
+        int ks[] = {ksp, ktp, kdp};
+        if (mul_overflows(sp, tp) || world % (sp * tp) != 0) {
+            int64_t st = mul_overflows(sp, tp) ? INT64_MAX : sp * tp;
+            snprintf(hint, sizeof hint, "run with a multiple of %" PRId64 " ranks, or change "
+                     "[parallel] sp and tp so that sp*tp divides %" PRId64, st, world);
+            return fail(x, blame(x, ks, 3, where, sizeof where), hint,
+                        "[parallel] dp cannot be derived: world size %" PRId64 " is not divisible "
+                        "by sp*tp = %" PRId64 "*%" PRId64 " = %" PRId64 " (sp: %s, tp: %s)",
+                        world, sp, tp, st, origin(x, ksp, o1, sizeof o1),
+                        origin(x, ktp, o2, sizeof o2));
+        }
+        c->parallel.dp = world / (sp * tp);
+        d->from[kdp] = DECK_FROM_DERIVED;
+    } else {
+        int64_t dp = c->parallel.dp;
+        int ks[] = {kdp, ksp, ktp};
+        int ovf = mul_overflows(dp, sp) || mul_overflows(dp * sp, tp);
+        if (ovf || dp * sp * tp != world) {
+            if (!ovf && world % (sp * tp) == 0)
+                snprintf(hint, sizeof hint, "leave [parallel] dp out (or 0) to derive it, set dp "
+                         "= %" PRId64 ", or run with %" PRId64 " ranks", world / (sp * tp),
+                         dp * sp * tp);
+            else
+                snprintf(hint, sizeof hint, "run with dp*sp*tp ranks, or leave [parallel] dp out "
+                         "(or 0) to derive it from the world size");
+            char prod[32];
+            if (ovf) snprintf(prod, sizeof prod, "(overflow)");
+            else snprintf(prod, sizeof prod, "%" PRId64, dp * sp * tp);
+            return fail(x, blame(x, ks, 3, where, sizeof where), hint,
+                        "[parallel] dp = %" PRId64 " (%s): dp*sp*tp = %" PRId64 "*%" PRId64
+                        "*%" PRId64 " = %s but the job has %" PRId64 " rank%s (sp: %s, tp: %s)",
+                        dp, origin(x, kdp, o1, sizeof o1), dp, sp, tp, prod, world,
+                        world == 1 ? "" : "s",
+                        origin(x, ksp, o2, sizeof o2), origin(x, ktp, o3, sizeof o3));
+        }
+    }
+
+    // train.seq_len from model.seq_len.
+    const int kts = key_index("train.seq_len"), kms = key_index("model.seq_len");
+    if (c->train.seq_len == 0) {
+        c->train.seq_len = c->model.seq_len;
+        d->from[kts] = DECK_FROM_DERIVED;
+    } else if (c->train.seq_len > c->model.seq_len) {
+        int ks[] = {kts, kms};
+        snprintf(hint, sizeof hint, "raise [model] seq_len to at least %" PRId64 ", lower [train] "
+                 "seq_len, or leave [train] seq_len out to use [model] seq_len", c->train.seq_len);
+        return fail(x, blame(x, ks, 2, where, sizeof where), hint,
+                    "[train] seq_len = %" PRId64 " (%s) is larger than [model] seq_len = %" PRId64
+                    " (%s)", c->train.seq_len, origin(x, kts, o1, sizeof o1), c->model.seq_len,
+                    origin(x, kms, o2, sizeof o2));
+    }
+
+    // model.heads divides model.d_model.
+    const int kh = key_index("model.heads"), kc = key_index("model.d_model");
+    if (c->model.d_model % c->model.heads != 0) {
+        int64_t C = c->model.d_model, NH = c->model.heads, lo = 0, hi = 0;
+        for (int64_t h = NH - 1; h >= 1 && !lo; h--)
+            if (C % h == 0) lo = h;
+        for (int64_t h = NH + 1; h <= C && !hi; h++)
+            if (C % h == 0) hi = h;
+        if (hi)
+            snprintf(hint, sizeof hint, "choose heads among the divisors of d_model = %" PRId64
+                     ", e.g. %" PRId64 " or %" PRId64, C, lo, hi);
+        else
+            snprintf(hint, sizeof hint, "choose heads among the divisors of d_model = %" PRId64
+                     ", e.g. %" PRId64 ", or raise d_model to a multiple of %" PRId64, C, lo, NH);
+        int ks[] = {kh, kc};
+        return fail(x, blame(x, ks, 2, where, sizeof where), hint,
+                    "[model] heads = %" PRId64 " (%s) does not divide [model] d_model = %" PRId64
+                    " (%s): %" PRId64 " %% %" PRId64 " = %" PRId64,
+                    NH, origin(x, kh, o1, sizeof o1), C, origin(x, kc, o2, sizeof o2), C, NH,
+                    C % NH);
+    }
+
+    // train.batch = micro_batch * grad_accum * dp.
+    const int kmb = key_index("train.micro_batch"), kga = key_index("train.grad_accum"), kb = key_index("train.batch");
+    int64_t B = c->train.micro_batch, G = c->train.grad_accum, N = c->train.batch;
+    int64_t dp = c->parallel.dp;
+    if (mul_overflows(B, dp)) {
+        int ks[] = {kmb, kdp};
+        return fail(x, blame(x, ks, 2, where, sizeof where), "lower [train] micro_batch",
+                    "[train] micro_batch*dp = %" PRId64 "*%" PRId64 " overflows", B, dp);
+    }
+    int64_t per = B * dp;  // sequences per micro-step, all ranks
+    if (G == 0 && N == 0) {
+        c->train.grad_accum = 1;
+        c->train.batch = per;
+        d->from[kga] = DECK_FROM_DERIVED;
+        d->from[kb] = DECK_FROM_DERIVED;
+    } else if (G == 0) {
+        if (N % per != 0) {
+            int64_t below = N / per * per, above = below + per;
+            if (below > 0)
+                snprintf(hint, sizeof hint, "set [train] batch to a multiple of %" PRId64
+                         " (e.g. %" PRId64 " or %" PRId64 "), or give micro_batch and grad_accum "
+                         "instead", per, below, above);
+            else
+                snprintf(hint, sizeof hint, "set [train] batch to a multiple of %" PRId64
+                         " (e.g. %" PRId64 "), or lower [train] micro_batch", per, above);
+            int ks[] = {kb, kmb, kdp};
+            return fail(x, blame(x, ks, 3, where, sizeof where), hint,
+                        "[train] grad_accum cannot be derived: [train] batch = %" PRId64 " (%s) is "
+                        "not divisible by micro_batch*dp = %" PRId64 "*%" PRId64 " = %" PRId64
+                        " (micro_batch: %s, dp: %s); %" PRId64 " / %" PRId64 " = %.4g",
+                        N, origin(x, kb, o1, sizeof o1), B, dp, per, origin(x, kmb, o2, sizeof o2),
+                        origin(x, kdp, o3, sizeof o3), N, per, (double)N / (double)per);
+        }
+        c->train.grad_accum = N / per;
+        d->from[kga] = DECK_FROM_DERIVED;
+    } else {
+        int ovf = mul_overflows(per, G);
+        if (N == 0 && !ovf) {
+            c->train.batch = per * G;
+            d->from[kb] = DECK_FROM_DERIVED;
+        } else if (ovf || per * G != N) {
+            int ks[] = {kb, kmb, kga, kdp};
+            char prod[32];
+            if (ovf) snprintf(prod, sizeof prod, "(overflow)");
+            else snprintf(prod, sizeof prod, "%" PRId64, per * G);
+            snprintf(hint, sizeof hint, "leave [train] batch out (or 0) to derive it, or leave "
+                     "[train] grad_accum out (or 0) to derive it from batch");
+            if (N == 0)
+                return fail(x, blame(x, ks + 1, 3, where, sizeof where), hint,
+                            "[train] batch = micro_batch*grad_accum*dp = %" PRId64 "*%" PRId64
+                            "*%" PRId64 " overflows", B, G, dp);
+            return fail(x, blame(x, ks, 4, where, sizeof where), hint,
+                        "[train] batch = %" PRId64 " (%s) but micro_batch*grad_accum*dp = %" PRId64
+                        "*%" PRId64 "*%" PRId64 " = %s (micro_batch: %s, grad_accum: %s, dp: %s)",
+                        N, origin(x, kb, o1, sizeof o1), B, G, dp, prod,
+                        origin(x, kmb, o2, sizeof o2), origin(x, kga, o3, sizeof o3),
+                        origin(x, kdp, o4, sizeof o4));
+        }
+    }
+
+    // run.out_dir from run.name.
+    const int kout = key_index("run.out_dir"), kname = key_index("run.name");
+    if (c->run.out_dir[0] == '\0') {
+        size_t n = strlen(c->run.name);
+        if (n + 5 > DECK_STR - 1) {
+            int ks[] = {kname};
+            return fail(x, blame(x, ks, 1, where, sizeof where), "use a shorter run name, or set "
+                        "[run] out_dir", "[run] out_dir = runs/<name> would be %zu characters, "
+                        "at most %d", n + 5, DECK_STR - 1);
+        }
+        memcpy(c->run.out_dir, "runs/", 5);
+        memcpy(c->run.out_dir + 5, c->run.name, n + 1);
+        d->from[kout] = DECK_FROM_DERIVED;
+    }
+
+    // Learning-rate schedule.
+    const int klr = key_index("optimizer.lr"), kmin = key_index("optimizer.min_lr");
+    if (c->optim.min_lr > c->optim.lr) {
+        char a[32], b[32];
+        format_double(c->optim.min_lr, a, sizeof a);
+        format_double(c->optim.lr, b, sizeof b);
+        int ks[] = {kmin, klr};
+        snprintf(hint, sizeof hint, "min_lr is where the decay ends: make it at most lr");
+        return fail(x, blame(x, ks, 2, where, sizeof where), hint,
+                    "[optimizer] min_lr = %s (%s) is larger than [optimizer] lr = %s (%s)", a,
+                    origin(x, kmin, o1, sizeof o1), b, origin(x, klr, o2, sizeof o2));
+    }
+    const int kw = key_index("optimizer.warmup"), ksteps = key_index("train.steps");
+    if (c->optim.warmup > c->train.steps) {
+        int ks[] = {kw, ksteps};
+        snprintf(hint, sizeof hint, "lower [optimizer] warmup to at most %" PRId64 ", or raise "
+                 "[train] steps", c->train.steps);
+        return fail(x, blame(x, ks, 2, where, sizeof where), hint,
+                    "[optimizer] warmup = %" PRId64 " (%s) is larger than [train] steps = %" PRId64
+                    " (%s)", c->optim.warmup, origin(x, kw, o1, sizeof o1), c->train.steps,
+                    origin(x, ksteps, o2, sizeof o2));
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+
+int deck_load(Deck *d, const char *path, int nsets, char *const *sets, int world_size, char *err,
+              size_t errlen) {
+    Ctx x = {.d = d, .path = path, .sets = sets, .err = err, .errlen = errlen};
+    if (err && errlen) err[0] = '\0';
+    set_defaults_raw(d);
+    snprintf(d->path, sizeof d->path, "%s", path);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        char hint[DECK_STR + 64];
+        snprintf(hint, sizeof hint, "check the path; it is read relative to the current "
+                 "directory");
+        return fail(&x, path, hint, "cannot open the deck: %s", strerror(errno));
+    }
+    int rc = parse_file(&x, f);
+    fclose(f);
+    if (rc) return rc;
+    for (int i = 0; i < nsets; i++)
+        if (apply_set(&x, i)) return -1;
+    return derive(&x, world_size);
+}
+
+void deck_defaults(Deck *d) {
+    char err[1024];
+    Ctx x = {.d = d, .path = "(defaults)", .err = err, .errlen = sizeof err};
+    set_defaults_raw(d);
+    if (derive(&x, 1) != 0) {  // the defaults must agree with each other: a bug otherwise
+        fprintf(stderr, "deck.c: the defaults do not derive: %s\n", err);
+        abort();
+    }
+}
+
+size_t deck_format(const Deck *d, char *buf, size_t n) {
+    Buf b = {buf, n, 0};
+    if (n) buf[0] = '\0';
+    for (int s = 0; s < NSECTIONS; s++) {
+        bprintf(&b, "%s[%s]\n", s ? "\n" : "", sections[s]);
+        for (int k = 0; k < NKEYS; k++) {
+            const KeyDef *kd = &keys[k];
+            if (strcmp(kd->section, sections[s]) != 0) continue;
+            const void *p = cfield(&d->cfg, k);
+            char val[2 * DECK_STR + 8];
+            Buf vb = {val, sizeof val, 0};
+            switch (kd->type) {
+            case T_INT: bprintf(&vb, "%" PRId64, *(const int64_t *)p); break;
+            case T_FLOAT: format_double(*(const double *)p, val, sizeof val); break;
+            case T_BOOL: bprintf(&vb, "%s", *(const int *)p ? "true" : "false"); break;
+            case T_ENUM: {
+                int v = *(const int *)p, cnt = 0;
+                while (kd->names[cnt]) cnt++;
+                bprintf(&vb, "%s", v >= 0 && v < cnt ? kd->names[v] : "?");
+                break;
+            }
+            case T_STR: {
+                bprintf(&vb, "\"");
+                for (const char *q = p; *q; q++)
+                    bprintf(&vb, "%s%c", (*q == '"' || *q == '\\') ? "\\" : "", *q);
+                bprintf(&vb, "\"");
+                break;
+            }
+            }
+            int f = d->from[k];
+            const char *note = f == DECK_FROM_DEFAULT ? "  # default"
+                             : f == DECK_FROM_DERIVED ? "  # derived"
+                             : f == DECK_FROM_SET     ? "  # --set"
+                                                      : "";
+            bprintf(&b, "%-13s = %s%s\n", kd->key, val, note);
+        }
+    }
+    return b.len < n ? b.len : (n ? n - 1 : 0);
+}
+
+const char *deck_where(const Deck *d, const char *key, char *buf, size_t n) {
+    int k = find_dotted(key);
+    if (!n) return buf;
+    if (k < 0) snprintf(buf, n, "(no key %s)", key);
+    else if (d->from[k] > 0) snprintf(buf, n, "%s:%d", d->path, d->from[k]);
+    else if (d->from[k] == DECK_FROM_SET) snprintf(buf, n, "--set");
+    else if (d->from[k] == DECK_FROM_DERIVED) snprintf(buf, n, "derived");
+    else snprintf(buf, n, "default");
+    return buf;
+}

@@ -1,0 +1,113 @@
+// deck.h: the input deck: parse, validate, derive, echo.
+//
+// A deck is plain text: `[section]` headers, `key = value` lines, `#` comments.
+// Every key is declared once in deck.c's table with its type, default, range and
+// a one-line help; the table fills the Config below. Errors name file:line and
+// the key, say what was expected, and suggest the nearest known key.
+#ifndef PARTITA_DECK_H
+#define PARTITA_DECK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DECK_STR 512
+
+enum { BACKEND_AUTO = 0, BACKEND_CPU, BACKEND_CUDA };
+enum { ORDER_SEQUENTIAL = 0, ORDER_SHUFFLED };
+enum { DECAY_COSINE = 0, DECAY_LINEAR, DECAY_NONE };
+enum { PRECISION_FP32 = 0, PRECISION_BF16 };
+enum { TOKENIZER_BYTE = 0 };
+
+typedef struct RunConfig {
+    char name[DECK_STR];      // run name; outputs go to out_dir
+    char out_dir[DECK_STR];   // default "runs/<name>"
+    int64_t seed;             // init and data-order seed
+    int backend;              // BACKEND_*
+    int64_t threads;          // kernel threads per rank; 0 = cores / ranks on the node
+    double peak_gflops;       // sgemm peak for MFU; 0 = measure at start
+} RunConfig;
+
+typedef struct ModelConfig {
+    int64_t vocab;            // V
+    int64_t vocab_pad;        // Vp = vocab rounded up to a multiple of this
+    int64_t layers;           // L
+    int64_t d_model;          // C
+    int64_t heads;            // NH, divides C
+    int64_t seq_len;          // maximum T (wpe rows)
+    int64_t mlp_ratio;        // hidden = mlp_ratio * C
+    double init_std;          // normal init std (0.02)
+} ModelConfig;
+
+typedef struct DataConfig {
+    char train[DECK_STR];     // token file (HDF5, from `partita prep`)
+    char val[DECK_STR];       // optional; "" = hold out val_fraction of train
+    double val_fraction;      // tail of train held out when val is ""
+    int order;                // ORDER_*
+    int tokenizer;            // TOKENIZER_*
+} DataConfig;
+
+typedef struct TrainConfig {
+    int64_t steps;
+    int64_t seq_len;          // T used for training; <= model.seq_len; 0 = model.seq_len
+    int64_t micro_batch;      // B, sequences per rank per micro-step
+    int64_t grad_accum;       // micro-steps per step (derived from batch if 0)
+    int64_t batch;            // global sequences per step = micro_batch*grad_accum*dp (derived if 0)
+    double clip;              // global-norm clip; 0 = off
+    int64_t log_interval;
+    int64_t eval_interval;    // 0 = only at the end
+    int64_t eval_batches;     // micro-batches of validation per rank
+    int precision;            // PRECISION_*
+    int save_weights;         // write init.h5 and final.h5
+} TrainConfig;
+
+typedef struct OptimConfig {
+    double lr, min_lr;
+    int64_t warmup;           // linear warmup steps
+    int decay;                // DECAY_* from lr to min_lr over the rest of the steps
+    double beta1, beta2, eps, weight_decay;
+} OptimConfig;
+
+typedef struct ParallelConfig {
+    int64_t dp, sp, tp, ep;   // dp = 0: derived as world / (sp*tp)
+} ParallelConfig;
+
+typedef struct Config {
+    RunConfig run;
+    ModelConfig model;
+    DataConfig data;
+    TrainConfig train;
+    OptimConfig optim;        // section [optimizer]
+    ParallelConfig parallel;
+} Config;
+
+#define DECK_MAX_KEYS 128
+
+// Where each key's value came from: a line of the deck file (> 0) or one of these.
+enum { DECK_FROM_DEFAULT = 0, DECK_FROM_SET = -1, DECK_FROM_DERIVED = -2 };
+
+typedef struct Deck {
+    Config cfg;
+    char path[DECK_STR];
+    int from[DECK_MAX_KEYS];  // per key of the table, in table order
+} Deck;
+
+// Parses path, applies the `section.key=value` overrides in sets, validates
+// ranges, derives the keys left out (world_size = ranks in the job) and checks
+// the ones that must agree. Returns 0, or -1 with a complete user-facing
+// message in err ("error: FILE:LINE: ...\n  hint: ...").
+int deck_load(Deck *d, const char *path, int nsets, char *const *sets,
+              int world_size, char *err, size_t errlen);
+
+// Fills d with every default, as if from an empty deck (for tools and tests).
+void deck_defaults(Deck *d);
+
+// The resolved configuration as deck text (every key, defaults included),
+// parseable again by deck_load; a trailing comment marks defaults and derived
+// keys. Returns the length written (truncated to n-1).
+size_t deck_format(const Deck *d, char *buf, size_t n);
+
+// "FILE:LINE", "--set", "default" or "derived" for key "section.key";
+// used to point at the deck in errors found after loading.
+const char *deck_where(const Deck *d, const char *key, char *buf, size_t n);
+
+#endif

@@ -1,0 +1,80 @@
+// log.c: rank-aware logging and the one fatal-error path.
+#include "log.h"
+
+#include <errno.h>
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+// The rank is fixed for the life of the process once MPI is up; it is the only
+// state here and it never changes after log_init.
+static int g_rank = 0;
+
+void log_init(int rank) { g_rank = rank; }
+int log_rank(void) { return g_rank; }
+
+void log_info(const char *fmt, ...) {
+    if (g_rank != 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stdout, fmt, ap);
+    va_end(ap);
+    fflush(stdout);
+}
+
+void log_warn(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "[rank %d] warning: ", g_rank);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static _Noreturn void fatal_v(const char *file, int line, const char *hint, const char *fmt, va_list ap) {
+    fflush(stdout);
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n  (rank %d, %s:%d)\n", g_rank, file, line);
+    if (hint) fprintf(stderr, "  hint: %s\n", hint);
+    fflush(stderr);
+    int up = 0;
+    MPI_Initialized(&up);
+    if (up) MPI_Abort(MPI_COMM_WORLD, 1);
+    exit(1);
+}
+
+_Noreturn void log_fatal_at(const char *file, int line, const char *hint, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fatal_v(file, line, hint, fmt, ap);
+}
+
+_Noreturn void log_fatal_all_at(const char *file, int line, const char *hint, const char *fmt, ...) {
+    if (g_rank != 0) {
+        // Rank 0 meets the same error and its MPI_Abort ends this process; the
+        // timeout only guards against rank 0 being stuck elsewhere.
+        sleep(30);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    fatal_v(file, line, hint, fmt, ap);
+}
+
+void *xmalloc(size_t n, const char *what) {
+    void *p = NULL;
+    // 64-byte alignment keeps AVX loads on one cache line.
+    if (posix_memalign(&p, 64, n ? n : 64) != 0)
+        log_fatal_at(__FILE__, __LINE__, "reduce the model or batch size",
+                     "out of memory allocating %zu bytes for %s", n, what);
+    return p;
+}
+
+void *xcalloc(size_t n, const char *what) {
+    void *p = xmalloc(n, what);
+    memset(p, 0, n);
+    return p;
+}

@@ -1,0 +1,165 @@
+// main.c: `partita <command> ...`: one SPMD binary, every rank runs this.
+#include "deck.h"
+#include "log.h"
+#include "prep.h"
+#include "train.h"
+
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PARTITA_VERSION "0.1.0"
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "partita " PARTITA_VERSION ": ZeRO-style GPT training and inference in C\n"
+        "\n"
+        "usage: mpiexec -np N partita <command> [args]\n"
+        "  train DECK [--set section.key=value]...   train a GPT; writes run.h5 and weights\n"
+        "  check DECK [--set section.key=value]...   validate a deck and print it resolved\n"
+        "  prep OUT.h5 TEXT_FILE_OR_DIR...            tokenize text into an HDF5 token file\n"
+        "  dump DECK OUT.h5 [--set ...]              write one batch's logits and gradients (tests)\n"
+        "  version                                   print the version\n"
+        "\n"
+        "See README.md for the deck reference and the output formats.\n");
+}
+
+// Splits "DECK [--set k=v]... [EXTRA]" into the deck, the overrides and extra
+// positional arguments. Returns -1 on a malformed command line.
+static int parse_args(int argc, char **argv, const char **deck, char **sets, int *nsets,
+                      const char **extra, int *nextra) {
+    *deck = NULL;
+    *nsets = *nextra = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--set") == 0) {
+            if (i + 1 >= argc) return -1;
+            sets[(*nsets)++] = argv[++i];
+        } else if (strncmp(argv[i], "--set=", 6) == 0) {
+            sets[(*nsets)++] = argv[i] + 6;
+        } else if (argv[i][0] == '-' && argv[i][1] == '-') {
+            return -1;
+        } else if (!*deck) {
+            *deck = argv[i];
+        } else {
+            extra[(*nextra)++] = argv[i];
+        }
+    }
+    return *deck ? 0 : -1;
+}
+
+// Every rank parses the same deck and reaches the same verdict, so an error is
+// printed by rank 0 alone and every rank leaves with status 2: no abort, no hang.
+static int load_deck(Deck *d, int argc, char **argv, const char **extra, int *nextra, int rank, int size) {
+    const char *path;
+    char **sets = malloc(sizeof(char *) * (size_t)(argc + 1));
+    int nsets = 0;
+    if (!sets || parse_args(argc, argv, &path, sets, &nsets, extra, nextra) != 0) {
+        if (rank == 0) usage(stderr);
+        free(sets);
+        return 2;
+    }
+    char err[4096];
+    int rc = deck_load(d, path, nsets, sets, size, err, sizeof err);
+    free(sets);
+    if (rc != 0) {
+        if (rank == 0) fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    return 0;
+}
+
+// Checks the deck asks for what this binary can do, before any work starts.
+static int check_runnable(const Deck *d, int rank) {
+    char where[600], msg[4096] = "";
+    const Config *c = &d->cfg;
+    if (c->run.backend == BACKEND_CUDA) {
+        snprintf(msg, sizeof msg, "error: %s: [run] backend = cuda, but this binary has no cuda backend\n"
+                 "  hint: use backend = auto or cpu", deck_where(d, "run.backend", where, sizeof where));
+    } else if (c->train.precision == PRECISION_BF16) {
+        snprintf(msg, sizeof msg, "error: %s: [train] precision = bf16 needs the cuda backend\n"
+                 "  hint: use precision = fp32 on the cpu backend", deck_where(d, "train.precision", where, sizeof where));
+    } else if (c->parallel.sp != 1 || c->parallel.tp != 1 || c->parallel.ep != 1) {
+        snprintf(msg, sizeof msg, "error: %s: sequence, tensor and expert parallelism are not implemented yet\n"
+                 "  hint: set [parallel] sp, tp and ep to 1", deck_where(d, "parallel.sp", where, sizeof where));
+    } else if (!c->data.train[0]) {
+        snprintf(msg, sizeof msg, "error: %s: [data] train is not set\n"
+                 "  hint: make a token file with `partita prep data/tokens.h5 TEXT...` and set train = data/tokens.h5",
+                 d->path);
+    } else if (access(c->data.train, R_OK) != 0) {
+        snprintf(msg, sizeof msg, "error: %s: [data] train = \"%s\": no such readable file\n"
+                 "  hint: make it with `partita prep %s TEXT...`",
+                 deck_where(d, "data.train", where, sizeof where), c->data.train, c->data.train);
+    } else if (c->data.val[0] && access(c->data.val, R_OK) != 0) {
+        snprintf(msg, sizeof msg, "error: %s: [data] val = \"%s\": no such readable file\n"
+                 "  hint: leave val empty to hold out data.val_fraction of the train tokens",
+                 deck_where(d, "data.val", where, sizeof where), c->data.val);
+    }
+    if (!msg[0]) return 0;
+    if (rank == 0) fprintf(stderr, "%s\n", msg);
+    return 2;
+}
+
+static int run_command(const char *cmd, int argc, char **argv, int rank, int size) {
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        if (rank == 0) printf("partita %s (cpu backend)\n", PARTITA_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        if (rank == 0) usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "prep") == 0) return rank == 0 ? prep_main(argc, argv) : 0;
+
+    int is_train = strcmp(cmd, "train") == 0, is_check = strcmp(cmd, "check") == 0;
+    int is_dump = strcmp(cmd, "dump") == 0;
+    if (!is_train && !is_check && !is_dump) {
+        if (rank == 0) {
+            fprintf(stderr, "error: unknown command '%s'\n", cmd);
+            usage(stderr);
+        }
+        return 2;
+    }
+    Deck *d = malloc(sizeof *d);
+    const char **extra = malloc(sizeof(char *) * (size_t)(argc + 1));
+    int nextra = 0, rc;
+    SYS_CHECK(d && extra, "out of memory");
+    if ((rc = load_deck(d, argc, argv, extra, &nextra, rank, size)) == 0) {
+        if (is_check) {
+            if (rank == 0) {
+                char *text = malloc(1 << 16);
+                SYS_CHECK(text, "out of memory");
+                deck_format(d, text, 1 << 16);
+                fputs(text, stdout);
+                free(text);
+            }
+        } else if ((rc = check_runnable(d, rank)) == 0) {
+            if (is_train) rc = train_run(d);
+            else if (nextra != 1 || size != 1) {
+                if (rank == 0) fprintf(stderr, "usage: partita dump DECK OUT.h5 (one rank)\n");
+                rc = 2;
+            } else rc = train_dump(d, extra[0]);
+        }
+    }
+    free(extra);
+    free(d);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    MPI_CHECK(MPI_Init(&argc, &argv));
+    int rank = 0, size = 1;
+    MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
+    log_init(rank);
+    int rc;
+    if (argc < 2) {
+        if (rank == 0) usage(stderr);
+        rc = 2;
+    } else {
+        rc = run_command(argv[1], argc - 2, argv + 2, rank, size);
+    }
+    MPI_CHECK(MPI_Finalize());
+    return rc;
+}

@@ -1,0 +1,38 @@
+// metrics.h: run.h5, the per-step record of a training run.
+//
+// /metrics/<name> are extendible datasets with one row per step: 1-D for
+// job-wide figures, (steps, ranks) for per-rank ones. Written by rank 0 and
+// flushed at every log interval so a live run can be read (h5py, plot_run.py).
+// Root attributes hold the resolved deck and the machine.
+#ifndef PARTITA_METRICS_H
+#define PARTITA_METRICS_H
+
+#include <hdf5.h>
+#include <stdint.h>
+
+// Job-wide columns, in this order in MetricsRow.v.
+enum { M_STEP, M_LOSS, M_VAL_LOSS, M_LR, M_GRAD_NORM, M_TOKENS_PER_S, M_MFU, M_STEP_TIME,
+       M_TOKENS, M_COMM_BYTES_ALLREDUCE, M_COMM_TIME, M_NCOLS };
+
+typedef struct MetricsRow {
+    double v[M_NCOLS];
+    const double *peak_rss_mb;   // (ranks) per-rank peak resident memory, MiB
+} MetricsRow;
+
+typedef struct Metrics {
+    hid_t file;
+    hid_t ds[M_NCOLS];
+    hid_t ds_rss;
+    int ranks;
+    uint64_t rows;
+} Metrics;
+
+const char *metrics_name(int col);
+// Creates path (rank 0 only), with the deck text and machine description as attributes.
+void metrics_create(Metrics *mt, const char *path, int ranks, const char *deck_text,
+                    const char *machine, double peak_gflops, int threads);
+void metrics_append(Metrics *mt, const MetricsRow *row);
+void metrics_flush(Metrics *mt);
+void metrics_close(Metrics *mt);
+
+#endif

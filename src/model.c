@@ -1,0 +1,297 @@
+// model.c: GPT-2 forward and backward over the kernels of kernels.h.
+#include "model.h"
+#include "kernels.h"
+#include "log.h"
+#include "rng.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+GPTShape model_shape(const ModelConfig *mc) {
+    GPTShape s;
+    s.V = (int)mc->vocab;
+    s.Vp = (int)(((mc->vocab + mc->vocab_pad - 1) / mc->vocab_pad) * mc->vocab_pad);
+    s.L = (int)mc->layers;
+    s.C = (int)mc->d_model;
+    s.NH = (int)mc->heads;
+    s.maxT = (int)mc->seq_len;
+    s.H = (int)(mc->mlp_ratio * mc->d_model);
+    return s;
+}
+
+// ---------------------------------------------------------------------------
+// Parameter table
+
+static void add_tensor(Model *m, const char *name, int rows, int cols, int decay) {
+    ParamTensor *p = &m->tensors[m->ntensors++];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = cols ? 2 : 1;
+    p->shape[0] = rows;
+    p->shape[1] = cols;
+    p->numel = (size_t)rows * (size_t)(cols ? cols : 1);
+    p->offset = m->nparams;
+    p->decay = decay;
+    m->nparams += p->numel;
+}
+
+static void build_table(Model *m) {
+    const GPTShape *s = &m->s;
+    m->tensors = xcalloc(sizeof(ParamTensor) * (size_t)(4 + P_PER_LAYER * s->L), "parameter table");
+    add_tensor(m, "wte.weight", s->Vp, s->C, 1);
+    add_tensor(m, "wpe.weight", s->maxT, s->C, 1);
+    static const char *names[P_PER_LAYER] = {
+        "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+        "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+        "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"};
+    const int C = s->C, H = s->H;
+    const int rows[P_PER_LAYER] = {C, C, C, 3 * C, C, C, C, C, C, H, H, C};
+    const int cols[P_PER_LAYER] = {0, 0, 3 * C, 0, C, 0, 0, 0, H, 0, C, 0};
+    for (int l = 0; l < s->L; l++) {
+        for (int j = 0; j < P_PER_LAYER; j++) {
+            char name[48];
+            snprintf(name, sizeof name, "h.%d.%s", l, names[j]);
+            add_tensor(m, name, rows[j], cols[j], cols[j] != 0);
+        }
+    }
+    add_tensor(m, "ln_f.weight", C, 0, 0);
+    add_tensor(m, "ln_f.bias", C, 0, 0);
+}
+
+const ParamTensor *model_find(const Model *m, const char *name) {
+    for (int i = 0; i < m->ntensors; i++)
+        if (strcmp(m->tensors[i].name, name) == 0) return &m->tensors[i];
+    return NULL;
+}
+
+static float *P(const Model *m, int idx) { return m->params + m->tensors[idx].offset; }
+static float *G(const Model *m, int idx) { return m->grads + m->tensors[idx].offset; }
+static int LT(int l, int j) { return 2 + P_PER_LAYER * l + j; }
+
+// ---------------------------------------------------------------------------
+// Activation layout: one buffer, carved by the same walk at create time and at
+// every use, so the offsets can never disagree.
+
+typedef struct Acts {
+    float *encoded;                 // (B, T, C)
+    // per layer l, at stride per_layer
+    float *ln1, *ln1_mean, *ln1_rstd;   // (B,T,C) (B,T) (B,T)
+    float *qkv, *atty, *att_lse;        // (B,T,3C) (B,T,C) (B,NH,T)
+    float *attproj, *res2;              // (B,T,C)
+    float *ln2, *ln2_mean, *ln2_rstd;
+    float *fch, *fch_gelu;              // (B,T,H)
+    float *fcproj, *res3;               // (B,T,C)
+    size_t per_layer;
+    float *lnf, *lnf_mean, *lnf_rstd;   // (B,T,C) (B,T) (B,T)
+    float *logits;                      // (B,T,Vp)
+    float *losses, *lse;                // (B,T)
+    size_t total;
+} Acts;
+
+static float *carve(float *base, size_t *off, size_t n) {
+    float *p = base ? base + *off : NULL;
+    *off += (n + 15) & ~(size_t)15;     // keep every array 64-byte aligned
+    return p;
+}
+
+static Acts acts_layout(const GPTShape *s, float *base, int B, int T) {
+    Acts a;
+    size_t BT = (size_t)B * T, C = (size_t)s->C, off = 0;
+    a.encoded = carve(base, &off, BT * C);
+    size_t layer0 = off;
+    a.ln1 = carve(base, &off, BT * C);
+    a.ln1_mean = carve(base, &off, BT);
+    a.ln1_rstd = carve(base, &off, BT);
+    a.qkv = carve(base, &off, BT * 3 * C);
+    a.atty = carve(base, &off, BT * C);
+    a.att_lse = carve(base, &off, BT * (size_t)s->NH);
+    a.attproj = carve(base, &off, BT * C);
+    a.res2 = carve(base, &off, BT * C);
+    a.ln2 = carve(base, &off, BT * C);
+    a.ln2_mean = carve(base, &off, BT);
+    a.ln2_rstd = carve(base, &off, BT);
+    a.fch = carve(base, &off, BT * (size_t)s->H);
+    a.fch_gelu = carve(base, &off, BT * (size_t)s->H);
+    a.fcproj = carve(base, &off, BT * C);
+    a.res3 = carve(base, &off, BT * C);
+    a.per_layer = off - layer0;
+    off = layer0 + a.per_layer * (size_t)s->L;
+    a.lnf = carve(base, &off, BT * C);
+    a.lnf_mean = carve(base, &off, BT);
+    a.lnf_rstd = carve(base, &off, BT);
+    a.logits = carve(base, &off, BT * (size_t)s->Vp);
+    a.losses = carve(base, &off, BT);
+    a.lse = carve(base, &off, BT);
+    a.total = off;
+    return a;
+}
+
+// Pointer p of layer 0 moved to layer l.
+static float *at(const Acts *a, float *p, int l) { return p + a->per_layer * (size_t)l; }
+
+// Backward scratch: the residual-stream gradient plus one buffer per width.
+typedef struct Scratch {
+    float *dres, *dc, *d3c, *dh1, *dh2;
+    size_t total;
+} Scratch;
+
+static Scratch scratch_layout(const GPTShape *s, float *base, int B, int T) {
+    Scratch d;
+    size_t BT = (size_t)B * T, off = 0;
+    d.dres = carve(base, &off, BT * s->C);
+    d.dc = carve(base, &off, BT * s->C);
+    d.d3c = carve(base, &off, BT * 3 * (size_t)s->C);
+    d.dh1 = carve(base, &off, BT * s->H);
+    d.dh2 = carve(base, &off, BT * s->H);
+    d.total = off;
+    return d;
+}
+
+void model_create(Model *m, const ModelConfig *mc, int B, int T) {
+    memset(m, 0, sizeof *m);
+    m->s = model_shape(mc);
+    SYS_CHECK(T <= m->s.maxT, "sequence length %d exceeds model.seq_len %d", T, m->s.maxT);
+    build_table(m);
+    m->params = xcalloc(m->nparams * sizeof(float), "parameters");
+    m->grads = xcalloc(m->nparams * sizeof(float), "gradients");
+    m->B = B;
+    m->T = T;
+    m->nacts = acts_layout(&m->s, NULL, B, T).total;
+    m->acts = xcalloc(m->nacts * sizeof(float), "activations");
+    m->nscratch = scratch_layout(&m->s, NULL, B, T).total;
+    m->scratch = xcalloc(m->nscratch * sizeof(float), "backward scratch");
+}
+
+void model_free(Model *m) {
+    free(m->tensors);
+    free(m->params);
+    free(m->grads);
+    free(m->acts);
+    free(m->scratch);
+    memset(m, 0, sizeof *m);
+}
+
+void model_init_weights(Model *m, uint64_t seed, double std) {
+    double proj_std = std / sqrt(2.0 * m->s.L);
+    for (int i = 0; i < m->ntensors; i++) {
+        ParamTensor *t = &m->tensors[i];
+        float *p = m->params + t->offset;
+        const char *dot = strrchr(t->name, '.');
+        int is_ln = strstr(t->name, "ln_") != NULL;
+        if (strcmp(dot, ".bias") == 0) {
+            memset(p, 0, t->numel * sizeof(float));
+        } else if (is_ln) {
+            for (size_t k = 0; k < t->numel; k++) p[k] = 1.0f;
+        } else {
+            double sd = strstr(t->name, "c_proj.weight") ? proj_std : std;
+            Rng r = rng_stream(seed, RNG_INIT, (uint64_t)i);
+            size_t n = t->numel;
+            // wte rows past the real vocabulary are never looked up nor scored
+            if (i == 0) n = (size_t)m->s.V * m->s.C;
+            for (size_t k = 0; k < n; k++) p[k] = (float)(sd * rng_normal(&r));
+            memset(p + n, 0, (t->numel - n) * sizeof(float));
+        }
+    }
+}
+
+void model_zero_grad(Model *m) { memset(m->grads, 0, m->nparams * sizeof(float)); }
+
+const float *model_logits(const Model *m) {
+    return acts_layout(&m->s, m->acts, m->fwd_B, m->fwd_T).logits;
+}
+
+double model_flops_per_token(const Model *m, int T) {
+    double n = (double)m->nparams - (double)m->tensors[1].numel;
+    return 6.0 * n + 12.0 * m->s.L * m->s.C * (double)T;
+}
+
+// ---------------------------------------------------------------------------
+// Forward and backward
+
+float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T) {
+    SYS_CHECK(B <= m->B && T <= m->T, "batch %dx%d exceeds the allocated %dx%d", B, T, m->B, m->T);
+    const GPTShape *s = &m->s;
+    const int C = s->C, NH = s->NH, H = s->H, L = s->L;
+    const size_t N = (size_t)B * T;
+    Acts a = acts_layout(s, m->acts, B, T);
+    m->fwd_B = B;
+    m->fwd_T = T;
+
+    encoder_forward(a.encoded, inputs, P(m, 0), P(m, 1), B, T, C);
+    const float *res = a.encoded;
+    for (int l = 0; l < L; l++) {
+        float *ln1 = at(&a, a.ln1, l), *qkv = at(&a, a.qkv, l), *atty = at(&a, a.atty, l);
+        float *attproj = at(&a, a.attproj, l), *res2 = at(&a, a.res2, l), *ln2 = at(&a, a.ln2, l);
+        float *fch = at(&a, a.fch, l), *fch_gelu = at(&a, a.fch_gelu, l);
+        float *fcproj = at(&a, a.fcproj, l), *res3 = at(&a, a.res3, l);
+        layernorm_forward(ln1, at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), res,
+                          P(m, LT(l, P_LN1W)), P(m, LT(l, P_LN1B)), N, C);
+        matmul_forward(qkv, ln1, P(m, LT(l, P_QKVW)), P(m, LT(l, P_QKVB)), N, C, 3 * C, 0);
+        attention_forward(atty, at(&a, a.att_lse, l), qkv, B, T, C, NH);
+        matmul_forward(attproj, atty, P(m, LT(l, P_ATTPW)), P(m, LT(l, P_ATTPB)), N, C, C, 0);
+        residual_forward(res2, res, attproj, N * C);
+        layernorm_forward(ln2, at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), res2,
+                          P(m, LT(l, P_LN2W)), P(m, LT(l, P_LN2B)), N, C);
+        matmul_forward(fch, ln2, P(m, LT(l, P_FCW)), P(m, LT(l, P_FCB)), N, C, H, 0);
+        gelu_forward(fch_gelu, fch, N * H);
+        matmul_forward(fcproj, fch_gelu, P(m, LT(l, P_FCPW)), P(m, LT(l, P_FCPB)), N, H, C, 0);
+        residual_forward(res3, res2, fcproj, N * C);
+        res = res3;
+    }
+    int lnf = 2 + P_PER_LAYER * L;
+    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, res, P(m, lnf), P(m, lnf + 1), N, C);
+    matmul_forward(a.logits, a.lnf, P(m, 0), NULL, N, C, s->Vp, 1);
+    if (!targets) return 0.0f;
+
+    crossentropy_forward(a.losses, a.lse, a.logits, targets, N, s->V, s->Vp);
+    double sum = 0.0;
+    size_t counted = 0;
+    for (size_t i = 0; i < N; i++) {
+        if (targets[i] < 0) continue;
+        sum += a.losses[i];
+        counted++;
+    }
+    m->mean_loss = counted ? (float)(sum / (double)counted) : 0.0f;
+    return m->mean_loss;
+}
+
+void model_backward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T, float dloss) {
+    const GPTShape *s = &m->s;
+    const int C = s->C, NH = s->NH, H = s->H, L = s->L;
+    const size_t N = (size_t)B * T;
+    Acts a = acts_layout(s, m->acts, B, T);
+    Scratch d = scratch_layout(s, m->scratch, B, T);
+
+    // LM head: logits -> dlogits in place, then into dlnf and the tied wte.
+    crossentropy_backward(a.logits, a.logits, a.lse, targets, dloss, N, s->V, s->Vp);
+    matmul_backward(d.dc, G(m, 0), NULL, a.logits, a.lnf, P(m, 0), N, C, s->Vp, 1);
+    memset(d.dres, 0, N * C * sizeof(float));
+    int lnf = 2 + P_PER_LAYER * L;
+    const float *last = L > 0 ? at(&a, a.res3, L - 1) : a.encoded;
+    layernorm_backward(d.dres, G(m, lnf), G(m, lnf + 1), d.dc, last, P(m, lnf),
+                       a.lnf_mean, a.lnf_rstd, N, C);
+
+    for (int l = L - 1; l >= 0; l--) {
+        const float *res = l > 0 ? at(&a, a.res3, l - 1) : a.encoded;
+        // res3 = res2 + fcproj: d.dres is d(res3), and flows to both.
+        matmul_backward(d.dh1, G(m, LT(l, P_FCPW)), G(m, LT(l, P_FCPB)), d.dres,
+                        at(&a, a.fch_gelu, l), P(m, LT(l, P_FCPW)), N, H, C, 0);
+        gelu_backward(d.dh2, at(&a, a.fch, l), d.dh1, N * H);
+        matmul_backward(d.dc, G(m, LT(l, P_FCW)), G(m, LT(l, P_FCB)), d.dh2,
+                        at(&a, a.ln2, l), P(m, LT(l, P_FCW)), N, C, H, 0);
+        layernorm_backward(d.dres, G(m, LT(l, P_LN2W)), G(m, LT(l, P_LN2B)), d.dc,
+                           at(&a, a.res2, l), P(m, LT(l, P_LN2W)),
+                           at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), N, C);
+        // res2 = res + attproj: d.dres is now d(res2).
+        matmul_backward(d.dc, G(m, LT(l, P_ATTPW)), G(m, LT(l, P_ATTPB)), d.dres,
+                        at(&a, a.atty, l), P(m, LT(l, P_ATTPW)), N, C, C, 0);
+        attention_backward(d.d3c, d.dc, at(&a, a.qkv, l), at(&a, a.atty, l),
+                           at(&a, a.att_lse, l), B, T, C, NH);
+        matmul_backward(d.dc, G(m, LT(l, P_QKVW)), G(m, LT(l, P_QKVB)), d.d3c,
+                        at(&a, a.ln1, l), P(m, LT(l, P_QKVW)), N, C, 3 * C, 0);
+        layernorm_backward(d.dres, G(m, LT(l, P_LN1W)), G(m, LT(l, P_LN1B)), d.dc, res,
+                           P(m, LT(l, P_LN1W)), at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), N, C);
+    }
+    encoder_backward(G(m, 0), G(m, 1), d.dres, inputs, B, T, C);
+}

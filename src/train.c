@@ -1,0 +1,344 @@
+// train.c: the data-parallel training loop.
+#include "train.h"
+#include "comm.h"
+#include "data.h"
+#include "h5io.h"
+#include "kernels.h"
+#include "log.h"
+#include "metrics.h"
+#include "model.h"
+#include "optim.h"
+#include "peak.h"
+#include "topo.h"
+#include "weights.h"
+
+#include <errno.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+// Everything one training run owns, created once before the step loop.
+typedef struct Trainer {
+    const Deck *deck;
+    const Config *cfg;
+    char *deck_text;
+    Topo topo;
+    Comm dp;
+    int threads;
+    double peak_gflops;         // job-wide: sum over ranks of each rank's sgemm rate
+    TokenFile train_file, val_file;
+    Loader train, val;
+    Model model;
+    Optim optim;
+    Metrics metrics;
+    int B, T, accum;
+    int32_t *inputs, *targets;  // (B, T)
+    double *rss_all;            // (ranks) per-rank peak RSS, MiB
+    double flops_per_token;
+} Trainer;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
+    return (double)ru.ru_maxrss / 1024.0;   // Linux reports KiB
+}
+
+// Threads per rank: the deck's, else the node's cores shared among its ranks.
+static int pick_threads(const Config *c, const Topo *t) {
+    if (c->run.threads > 0) return (int)c->run.threads;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = (int)(cores / t->local_size);
+    return n > 0 ? n : 1;
+}
+
+static void make_dir(const char *path) {
+    char buf[DECK_STR];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; ; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                FATAL("set run.out_dir to a writable directory", "cannot create directory '%s': %s", buf, strerror(errno));
+            *p = c;
+            if (c == 0) break;
+        }
+    }
+}
+
+static void machine_text(const Trainer *tr, char *buf, size_t n) {
+    char host[256] = "?";
+    gethostname(host, sizeof host - 1);
+    snprintf(buf, n, "host=%s ranks=%d ranks_per_node=%d threads_per_rank=%d backend=cpu", host,
+             tr->topo.size, tr->topo.local_size, tr->threads);
+}
+
+// Token ranges: [0, split) trains and [split, ntok) validates when no val file is given.
+static void open_data(Trainer *tr) {
+    const Config *c = tr->cfg;
+    tokenfile_open(&tr->train_file, c->data.train);
+    const TokenFile *vf = &tr->train_file;
+    uint64_t tb = 0, te = tr->train_file.ntok, vb = 0, ve = 0;
+    if (c->data.val[0]) {
+        tokenfile_open(&tr->val_file, c->data.val);
+        vf = &tr->val_file;
+        ve = tr->val_file.ntok;
+    } else {
+        te = (uint64_t)((double)tr->train_file.ntok * (1.0 - c->data.val_fraction));
+        vb = te;
+        ve = tr->train_file.ntok;
+    }
+    int64_t V = c->model.vocab;
+    if (tr->train_file.vocab_size > V) {
+        char where[600];
+        FATAL_ALL("set [model] vocab to at least the token file's vocab_size",
+              "%s: model.vocab = %lld is smaller than the vocab_size %lld of '%s'",
+              deck_where(tr->deck, "model.vocab", where, sizeof where), (long long)V,
+              (long long)tr->train_file.vocab_size, c->data.train);
+    }
+    loader_create(&tr->train, &tr->train_file, tb, te, tr->B, tr->T, c->data.order,
+                  (uint64_t)c->run.seed, V);
+    if (ve > vb) loader_create(&tr->val, vf, vb, ve, tr->B, tr->T, ORDER_SEQUENTIAL, 0, V);
+}
+
+static void trainer_create(Trainer *tr, const Deck *d) {
+    memset(tr, 0, sizeof *tr);
+    tr->deck = d;
+    tr->cfg = &d->cfg;
+    const Config *c = tr->cfg;
+    tr->deck_text = xmalloc(1 << 16, "deck text");
+    deck_format(d, tr->deck_text, 1 << 16);
+    topo_init(&tr->topo, (int)c->parallel.dp);
+    comm_init(&tr->dp, tr->topo.dp);
+    tr->threads = pick_threads(c, &tr->topo);
+    kernels_set_threads(tr->threads);
+    tr->B = (int)c->train.micro_batch;
+    tr->T = (int)c->train.seq_len;
+    tr->accum = (int)c->train.grad_accum;
+
+    // Every rank measures at once, so the figure is what the job really has.
+    double mine = c->run.peak_gflops > 0 ? c->run.peak_gflops / tr->topo.size : peak_sgemm_gflops(1024, 3);
+    MPI_CHECK(MPI_Allreduce(&mine, &tr->peak_gflops, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+
+    if (tr->topo.rank == 0) make_dir(c->run.out_dir);
+    MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+    open_data(tr);
+    model_create(&tr->model, &c->model, tr->B, tr->T);
+    model_init_weights(&tr->model, (uint64_t)c->run.seed, c->model.init_std);
+    optim_create(&tr->optim, &c->optim, c->train.steps, tr->model.nparams);
+    tr->inputs = xmalloc((size_t)tr->B * tr->T * sizeof(int32_t), "inputs");
+    tr->targets = xmalloc((size_t)tr->B * tr->T * sizeof(int32_t), "targets");
+    tr->rss_all = xcalloc((size_t)tr->topo.size * sizeof(double), "rss");
+    tr->flops_per_token = model_flops_per_token(&tr->model, tr->T);
+    if (tr->topo.rank == 0) {
+        char path[DECK_STR + 16], machine[512];
+        machine_text(tr, machine, sizeof machine);
+        snprintf(path, sizeof path, "%s/run.h5", c->run.out_dir);
+        metrics_create(&tr->metrics, path, tr->topo.size, tr->deck_text, machine, tr->peak_gflops, tr->threads);
+    }
+}
+
+static void trainer_free(Trainer *tr) {
+    if (tr->topo.rank == 0) metrics_close(&tr->metrics);
+    loader_free(&tr->train);
+    if (tr->val.rows) loader_free(&tr->val);
+    tokenfile_close(&tr->train_file);
+    if (tr->cfg->data.val[0]) tokenfile_close(&tr->val_file);
+    model_free(&tr->model);
+    optim_free(&tr->optim);
+    free(tr->inputs);
+    free(tr->targets);
+    free(tr->rss_all);
+    free(tr->deck_text);
+    topo_free(&tr->topo);
+}
+
+// Mean validation loss over eval_batches micro-batches per rank; NaN without a split.
+static double evaluate(Trainer *tr) {
+    if (!tr->val.rows) return NAN;
+    double sum[2] = {0.0, 0.0};
+    int64_t nb = tr->cfg->train.eval_batches;
+    for (int64_t k = 0; k < nb; k++) {
+        uint64_t g0 = ((uint64_t)k * (uint64_t)tr->dp.size + (uint64_t)tr->dp.rank) * (uint64_t)tr->B;
+        loader_batch(&tr->val, g0, tr->inputs, tr->targets);
+        sum[0] += model_forward(&tr->model, tr->inputs, tr->targets, tr->B, tr->T);
+        sum[1] += 1.0;
+    }
+    comm_allreduce_sum_f64(&tr->dp, sum, 2);
+    return sum[0] / sum[1];
+}
+
+// One optimizer step: grad_accum micro-steps, gradient all-reduce, clip, AdamW.
+// Returns the step's mean loss; fills grad norm and lr.
+static double train_step(Trainer *tr, int64_t step, double *grad_norm, double *lr) {
+    Model *m = &tr->model;
+    const int B = tr->B, T = tr->T, accum = tr->accum;
+    model_zero_grad(m);
+    double loss = 0.0;
+    float dloss = 1.0f / ((float)B * (float)T * (float)accum);
+    for (int a = 0; a < accum; a++) {
+        uint64_t g0 = (((uint64_t)step * accum + a) * (uint64_t)tr->dp.size + (uint64_t)tr->dp.rank) * (uint64_t)B;
+        loader_batch(&tr->train, g0, tr->inputs, tr->targets);
+        loss += model_forward(m, tr->inputs, tr->targets, B, T);
+        model_backward(m, tr->inputs, tr->targets, B, T, dloss);
+    }
+    // Sum over ranks, then the mean: every rank holds the same gradient after.
+    comm_allreduce_sum(&tr->dp, m->grads, m->nparams);
+    if (tr->dp.size > 1) scale_inplace(m->grads, 1.0f / (float)tr->dp.size, m->nparams);
+    double l = loss / accum;
+    comm_allreduce_sum_f64(&tr->dp, &l, 1);
+    l /= tr->dp.size;
+    *grad_norm = sqrt(sumsq(m->grads, m->nparams));
+    *lr = optim_lr(&tr->optim, step);
+    optim_step(&tr->optim, m, *lr, optim_clip_scale(*grad_norm, tr->cfg->train.clip));
+    return l;
+}
+
+static void format_eta(double s, char *buf, size_t n) {
+    if (!isfinite(s) || s < 0) s = 0;
+    long t = (long)(s + 0.5);
+    snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+}
+
+static void gather_rss(Trainer *tr) {
+    double mine = peak_rss_mb();
+    MPI_CHECK(MPI_Gather(&mine, 1, MPI_DOUBLE, tr->rss_all, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+}
+
+static void print_header(const Trainer *tr) {
+    const Config *c = tr->cfg;
+    const GPTShape *s = &tr->model.s;
+    log_info("%s", tr->deck_text);
+    log_info("model: GPT-2, %zu parameters (L=%d C=%d NH=%d T=%d V=%d padded to %d)\n",
+             tr->model.nparams, s->L, s->C, s->NH, tr->T, s->V, s->Vp);
+    log_info("data: %s, %llu tokens (%s tokenizer); train rows %llu, val rows %llu of %d tokens, %s order\n",
+             c->data.train, (unsigned long long)tr->train_file.ntok, tr->train_file.tokenizer,
+             (unsigned long long)tr->train.rows, (unsigned long long)tr->val.rows, tr->T + 1,
+             c->data.order == ORDER_SHUFFLED ? "shuffled" : "sequential");
+    log_info("layout: %d ranks (dp=%d), %d threads per rank, batch %lld sequences = %lld tokens per step\n",
+             tr->topo.size, tr->dp.size, tr->threads, (long long)c->train.batch,
+             (long long)c->train.batch * tr->T);
+    log_info("compute: %.3f GFLOP per token, measured sgemm peak %.1f GFLOP/s (job)\n",
+             tr->flops_per_token * 1e-9, tr->peak_gflops);
+}
+
+int train_run(const Deck *d) {
+    Trainer tr;
+    trainer_create(&tr, d);
+    const Config *c = tr.cfg;
+    print_header(&tr);
+    char path[DECK_STR + 32];
+    if (c->train.save_weights && tr.topo.rank == 0) {
+        snprintf(path, sizeof path, "%s/init.h5", c->run.out_dir);
+        weights_write(&tr.model, path, 0, tr.deck_text);
+    }
+    const double tokens_per_step = (double)c->train.batch * tr.T;
+    double t_start = now(), train_time = 0.0, last_val = evaluate(&tr);
+    log_info("step %6d/%lld | val %.4f (initial)\n", 0, (long long)c->train.steps, last_val);
+    if (tr.topo.rank == 0) h5_attr_f64(tr.metrics.file, "val_loss_initial", last_val);
+    uint64_t bytes_before = 0;
+    double comm_before = 0.0;
+    for (int64_t step = 0; step < c->train.steps; step++) {
+        double t0 = now(), gnorm = 0, lr = 0;
+        double loss = train_step(&tr, step, &gnorm, &lr);
+        double dt = now() - t0;
+        train_time += dt;
+        int last = step == c->train.steps - 1;
+        int do_eval = last || (c->train.eval_interval > 0 && (step + 1) % c->train.eval_interval == 0);
+        double val = do_eval ? evaluate(&tr) : NAN;
+        if (do_eval) last_val = val;
+        if (!isfinite(loss))
+            FATAL_ALL("lower optimizer.lr or raise train.clip", "loss is %g at step %lld", loss, (long long)step + 1);
+        gather_rss(&tr);
+        if (tr.topo.rank != 0) continue;
+        double tps = tokens_per_step / dt;
+        double mfu = tps * tr.flops_per_token * 1e-9 / tr.peak_gflops;
+        MetricsRow row = {.peak_rss_mb = tr.rss_all};
+        row.v[M_STEP] = (double)(step + 1);
+        row.v[M_LOSS] = loss;
+        row.v[M_VAL_LOSS] = val;
+        row.v[M_LR] = lr;
+        row.v[M_GRAD_NORM] = gnorm;
+        row.v[M_TOKENS_PER_S] = tps;
+        row.v[M_MFU] = mfu;
+        row.v[M_STEP_TIME] = dt;
+        row.v[M_TOKENS] = tokens_per_step * (double)(step + 1);
+        row.v[M_COMM_BYTES_ALLREDUCE] = (double)(tr.dp.bytes[COMM_ALLREDUCE] - bytes_before);
+        row.v[M_COMM_TIME] = tr.dp.wait_s - comm_before;
+        bytes_before = tr.dp.bytes[COMM_ALLREDUCE];
+        comm_before = tr.dp.wait_s;
+        metrics_append(&tr.metrics, &row);
+        if ((step + 1) % c->train.log_interval == 0 || last || do_eval) {
+            char eta[32];
+            format_eta(train_time / (double)(step + 1) * (double)(c->train.steps - step - 1), eta, sizeof eta);
+            char vbuf[32] = "";
+            if (do_eval) snprintf(vbuf, sizeof vbuf, " | val %.4f", val);
+            log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.3f s/step | ETA %s\n",
+                     (long long)step + 1, (long long)c->train.steps, loss, vbuf, lr, gnorm, tps,
+                     100.0 * mfu, dt, eta);
+            metrics_flush(&tr.metrics);
+        }
+    }
+    if (c->train.save_weights && tr.topo.rank == 0) {
+        snprintf(path, sizeof path, "%s/final.h5", c->run.out_dir);
+        weights_write(&tr.model, path, c->train.steps, tr.deck_text);
+    }
+    log_info("done: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n",
+             (long long)c->train.steps, now() - t_start, train_time, last_val, c->run.out_dir);
+    trainer_free(&tr);
+    return 0;
+}
+
+int train_dump(const Deck *d, const char *out_path) {
+    const Config *c = &d->cfg;
+    Trainer tr;
+    memset(&tr, 0, sizeof tr);
+    tr.deck = d;
+    tr.cfg = c;
+    tr.B = (int)c->train.micro_batch;
+    tr.T = (int)c->train.seq_len;
+    kernels_set_threads(c->run.threads > 0 ? (int)c->run.threads : 1);
+    open_data(&tr);
+    Model *m = &tr.model;
+    model_create(m, &c->model, tr.B, tr.T);
+    model_init_weights(m, (uint64_t)c->run.seed, c->model.init_std);
+    int32_t *in = xmalloc((size_t)tr.B * tr.T * sizeof(int32_t), "inputs");
+    int32_t *tg = xmalloc((size_t)tr.B * tr.T * sizeof(int32_t), "targets");
+    loader_batch(&tr.train, 0, in, tg);
+    float loss = model_forward(m, in, tg, tr.B, tr.T);
+
+    hid_t f = h5_create(out_path);
+    weights_write_group(m, f, "params", m->params);
+    uint64_t bt[2] = {(uint64_t)tr.B, (uint64_t)tr.T};
+    uint64_t lg[3] = {(uint64_t)tr.B, (uint64_t)tr.T, (uint64_t)m->s.Vp};
+    h5_write_i32(f, "inputs", in, 2, bt);
+    h5_write_i32(f, "targets", tg, 2, bt);
+    h5_write_f32(f, "logits", model_logits(m), 3, lg);
+    h5_attr_f64(f, "loss", loss);
+    h5_attr_i64(f, "vocab_size", m->s.V);
+    h5_attr_i64(f, "n_layer", m->s.L);
+    h5_attr_i64(f, "n_head", m->s.NH);
+    model_zero_grad(m);
+    model_backward(m, in, tg, tr.B, tr.T, 1.0f / ((float)tr.B * (float)tr.T));
+    weights_write_group(m, f, "grads", m->grads);
+    h5_close(f);
+    printf("dump: loss %.6f, %zu parameters -> %s\n", loss, m->nparams, out_path);
+    free(in);
+    free(tg);
+    model_free(m);
+    loader_free(&tr.train);
+    if (tr.val.rows) loader_free(&tr.val);
+    tokenfile_close(&tr.train_file);
+    return 0;
+}

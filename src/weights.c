@@ -1,0 +1,63 @@
+// weights.c: parameter table <-> /params/<name> datasets.
+#include "weights.h"
+#include "h5io.h"
+#include "log.h"
+
+#include <string.h>
+
+void weights_write_group(const Model *m, hid_t f, const char *group, const float *buf) {
+    hid_t g = h5_group(f, group);
+    for (int i = 0; i < m->ntensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        uint64_t dims[2] = {(uint64_t)t->shape[0], (uint64_t)t->shape[1]};
+        h5_write_f32(g, t->name, buf + t->offset, t->ndim, dims);
+    }
+    H5_CHECK(H5Gclose(g));
+}
+
+static void write_shape_attrs(const Model *m, hid_t f) {
+    const GPTShape *s = &m->s;
+    h5_attr_i64(f, "vocab_size", s->V);
+    h5_attr_i64(f, "padded_vocab_size", s->Vp);
+    h5_attr_i64(f, "n_layer", s->L);
+    h5_attr_i64(f, "n_embd", s->C);
+    h5_attr_i64(f, "n_head", s->NH);
+    h5_attr_i64(f, "n_positions", s->maxT);
+    h5_attr_i64(f, "mlp_hidden", s->H);
+}
+
+void weights_write(const Model *m, const char *path, int64_t step, const char *deck_text) {
+    hid_t f = h5_create(path);
+    write_shape_attrs(m, f);
+    h5_attr_i64(f, "step", step);
+    h5_attr_str(f, "deck", deck_text);
+    h5_attr_str(f, "layout", "GPT-2 names; linear weights (in, out) as HF Conv1D; wte tied to the LM head");
+    weights_write_group(m, f, "params", m->params);
+    h5_close(f);
+}
+
+void weights_read(Model *m, const char *path) {
+    hid_t f = h5_open_read(path);
+    for (int i = 0; i < m->ntensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        char name[96];
+        snprintf(name, sizeof name, "params/%s", t->name);
+        if (H5Lexists(f, "params", H5P_DEFAULT) <= 0 || H5Lexists(f, name, H5P_DEFAULT) <= 0)
+            FATAL("the file must match the deck's [model] shape", "'%s' has no dataset /%s", path, name);
+        hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
+        H5_CHECK(ds);
+        hid_t sp = H5Dget_space(ds);
+        hsize_t dims[2] = {0, 0};
+        int nd = H5Sget_simple_extent_ndims(sp);
+        H5_CHECK(H5Sget_simple_extent_dims(sp, dims, NULL));
+        if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1]))
+            FATAL("the file must match the deck's [model] shape",
+                  "'%s': /%s has shape (%llu, %llu), the model expects (%d, %d)", path, name,
+                  (unsigned long long)dims[0], (unsigned long long)(nd == 2 ? dims[1] : 0),
+                  t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
+        H5_CHECK(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, m->params + t->offset));
+        H5_CHECK(H5Sclose(sp));
+        H5_CHECK(H5Dclose(ds));
+    }
+    h5_close(f);
+}

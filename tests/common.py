@@ -1,0 +1,64 @@
+"""Shared helpers for Partita's Python tests: run the binary, make token files, read HDF5."""
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTITA = os.path.join(ROOT, os.environ.get("PARTITA", "build/partita"))
+MPIEXEC = os.environ.get("MPIEXEC", "mpiexec.mpich")
+
+failures = []
+
+
+def check(cond, what, detail=""):
+    """Records one assertion and prints it, so a failure explains itself."""
+    print(("ok   " if cond else "FAIL ") + what + (f"  [{detail}]" if detail else ""), flush=True)
+    if not cond:
+        failures.append(what)
+    return cond
+
+
+def finish():
+    print(f"summary: {len(failures)} failed checks" + (": " + "; ".join(failures) if failures else ""))
+    sys.exit(1 if failures else 0)
+
+
+def run(args, np=None, env=None, check_rc=True, timeout=600):
+    """Runs partita (under mpiexec when np is given); returns CompletedProcess."""
+    cmd = ([MPIEXEC, "-np", str(np)] if np else []) + [PARTITA] + list(args)
+    e = dict(os.environ)
+    e.setdefault("OMP_NUM_THREADS", "1")
+    if env:
+        e.update(env)
+    p = subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+    if check_rc and p.returncode != 0:
+        print("command failed:", " ".join(cmd), "rc", p.returncode)
+        print(p.stdout[-3000:])
+        print(p.stderr[-3000:])
+        raise SystemExit(1)
+    return p
+
+
+def tmpdir(prefix):
+    return tempfile.mkdtemp(prefix=f"partita-{prefix}-", dir=os.environ.get("TMPDIR", "/tmp"))
+
+
+def licenses_tokens(d):
+    """A token file of /usr/share/common-licenses (on every Debian machine)."""
+    path = os.path.join(d, "tokens.h5")
+    run(["prep", path, "/usr/share/common-licenses"])
+    return path
+
+
+def write_deck(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def rel_err(a, b):
+    import numpy as np
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The test suite: each entry is one named test, a command that exits 0 on pass.
+# Prints one line per test and ends with "N passed, N failed". Logs: build/test-logs/.
+set -u
+cd "$(dirname "$0")/.."
+export PARTITA=${PARTITA:-build/partita}
+export MPIEXEC=${MPIEXEC:-mpiexec.mpich}
+export PYTHON=${PYTHON:-/usr/bin/python3}
+# Small problems on few cores: one kernel thread per rank unless a test says otherwise.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+logs=build/test-logs
+mkdir -p "$logs"
+
+tests=(
+  "kernel-encoder       build/test_kernels encoder"
+  "kernel-layernorm     build/test_kernels layernorm"
+  "kernel-matmul        build/test_kernels matmul"
+  "kernel-gelu          build/test_kernels gelu"
+  "kernel-residual      build/test_kernels residual"
+  "kernel-attention     build/test_kernels attention"
+  "kernel-crossentropy  build/test_kernels crossentropy"
+  "kernel-adamw         build/test_kernels adamw"
+  "kernel-sumsq         build/test_kernels sumsq"
+  "kernel-determinism   build/test_kernels determinism"
+  "deck                 $PYTHON tests/test_deck.py"
+  "cli-errors           $PYTHON tests/test_cli.py"
+  "data-order           $PYTHON tests/test_data.py"
+  "torch-reference      $PYTHON tests/test_torch_ref.py"
+  "dp-equivalence       $PYTHON tests/test_dp.py"
+  "tiny-training        $PYTHON tests/test_train_tiny.py"
+)
+
+pass=0; fail=0; failed=()
+for entry in "${tests[@]}"; do
+  name=${entry%% *}
+  cmd=$(echo "${entry#* }" | sed 's/^ *//')
+  t0=$(date +%s.%N)
+  if timeout 600 bash -c "$cmd" > "$logs/$name.log" 2>&1; then
+    pass=$((pass + 1)); status="ok  "
+  else
+    fail=$((fail + 1)); status="FAIL"; failed+=("$name")
+  fi
+  dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{print b - a}')
+  printf '%s %-22s %6.1fs  %s\n' "$status" "$name" "$dt" "$(grep -E '^(ok|FAIL|PASS)|rel err|summary' "$logs/$name.log" | tail -n 1 | cut -c1-90)"
+  if [ "$status" = "FAIL" ]; then sed 's/^/    | /' "$logs/$name.log" | tail -n 25; fi
+done
+[ ${#failed[@]} -gt 0 ] && echo "failed: ${failed[*]}"
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
