@@ -33,11 +33,12 @@ static void attr_write(hid_t obj, const char *name, hid_t type, const void *valu
 }
 
 void h5_attr_str(hid_t obj, const char *name, const char *value) {
+    // Variable-length UTF-8, so that h5py hands readers a str, not bytes.
     hid_t t = H5Tcopy(H5T_C_S1);
     H5_CHECK(t);
-    H5_CHECK(H5Tset_size(t, strlen(value) + 1));
-    H5_CHECK(H5Tset_strpad(t, H5T_STR_NULLTERM));
-    attr_write(obj, name, t, value);
+    H5_CHECK(H5Tset_size(t, H5T_VARIABLE));
+    H5_CHECK(H5Tset_cset(t, H5T_CSET_UTF8));
+    attr_write(obj, name, t, &value);
     H5_CHECK(H5Tclose(t));
 }
 
@@ -59,23 +60,28 @@ int h5_read_attr_str(hid_t obj, const char *name, char *buf, size_t n) {
     H5_CHECK(a);
     hid_t ft = H5Aget_type(a);
     H5_CHECK(ft);
-    if (H5Tget_class(ft) != H5T_STRING || H5Tis_variable_str(ft) > 0) {
-        H5_CHECK(H5Tclose(ft));
-        H5_CHECK(H5Aclose(a));
-        return -1;
+    int rc = -1;
+    if (H5Tget_class(ft) == H5T_STRING) {
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5_CHECK(mt);
+        H5_CHECK(H5Tset_cset(mt, H5Tget_cset(ft)));
+        if (H5Tis_variable_str(ft) > 0) {
+            char *s = NULL;
+            H5_CHECK(H5Tset_size(mt, H5T_VARIABLE));
+            H5_CHECK(H5Aread(a, mt, &s));
+            snprintf(buf, n, "%s", s ? s : "");
+            H5free_memory(s);
+            rc = 0;
+        } else if (H5Tget_size(ft) < n) {
+            H5_CHECK(H5Tset_size(mt, H5Tget_size(ft) + 1));
+            H5_CHECK(H5Aread(a, mt, buf));
+            rc = 0;
+        }
+        H5_CHECK(H5Tclose(mt));
     }
-    size_t len = H5Tget_size(ft);
-    char tmp[4096];
-    if (len >= sizeof tmp) len = sizeof tmp - 1;
-    hid_t mt = H5Tcopy(H5T_C_S1);
-    H5_CHECK(H5Tset_size(mt, len + 1));
-    H5_CHECK(H5Aread(a, mt, tmp));
-    tmp[len] = 0;
-    snprintf(buf, n, "%s", tmp);
-    H5_CHECK(H5Tclose(mt));
     H5_CHECK(H5Tclose(ft));
     H5_CHECK(H5Aclose(a));
-    return 0;
+    return rc;
 }
 
 hid_t h5_group(hid_t f, const char *path) {
