@@ -1,62 +1,206 @@
-// comm.c: MPI collectives with counted bytes and a core-yielding wait.
+// comm.c: MPI collectives with counted bytes, debug signatures, a timeout and
+// a core-yielding wait.
 #include "comm.h"
 #include "log.h"
 
 #include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
-void comm_init(Comm *c, MPI_Comm comm) {
-    *c = (Comm){.comm = comm};
+static const char *op_names[COMM_NOPS] = {"all_reduce", "reduce_scatter", "all_gather", "broadcast"};
+
+const char *comm_op_name(int op) { return op >= 0 && op < COMM_NOPS ? op_names[op] : "?"; }
+
+void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt) {
+    memset(c, 0, sizeof *c);
+    c->comm = comm;
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->opt = *opt;
     MPI_CHECK(MPI_Comm_rank(comm, &c->rank));
     MPI_CHECK(MPI_Comm_size(comm, &c->size));
+    c->counts = xcalloc(sizeof(int) * (size_t)c->size, "comm counts");
+    c->displs = xcalloc(sizeof(int) * (size_t)c->size, "comm displacements");
+    c->sigs = xcalloc(sizeof(CommSig) * (size_t)c->size, "comm signatures");
 }
 
-const char *comm_op_name(int op) {
-    static const char *names[COMM_NOPS] = {"allreduce", "bcast"};
-    return op >= 0 && op < COMM_NOPS ? names[op] : "?";
+void comm_free(Comm *c) {
+    free(c->counts);
+    free(c->displs);
+    free(c->sigs);
+    c->counts = c->displs = NULL;
+    c->sigs = NULL;
+}
+
+void comm_set_step(Comm *c, int64_t step) {
+    c->step = step;
+    c->seq = 0;
+}
+
+static void describe(const CommSig *s, char *buf, size_t n) {
+    snprintf(buf, n, "%s(%s, %lld elements, #%d of step %lld)", comm_op_name(s->op), s->tag,
+             (long long)s->count, s->seq, (long long)s->step + 1);
 }
 
 // Polls with a short sleep so that oversubscribed ranks give their core to
 // the rank that still computes instead of spinning against it.
-static void wait_yielding(Comm *c, MPI_Request *req) {
+static void wait_request(Comm *c, MPI_Request *req, const CommSig *sig) {
     double t0 = MPI_Wtime();
     int done = 0;
     struct timespec nap = {0, 20000};
-    for (int spins = 0; ; spins++) {
+    for (long spins = 0; ; spins++) {
         MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));
         if (done) break;
         if (spins > 64) nanosleep(&nap, NULL);
+        if (c->opt.timeout_s > 0 && (spins & 255) == 0 && MPI_Wtime() - t0 > c->opt.timeout_s) {
+            char what[160];
+            describe(sig, what, sizeof what);
+            FATAL("another rank never joined it: it skipped or reordered a collective, or died; "
+                  "[comm] debug = true names the rank that diverged",
+                  "rank %d of group %s stuck %.0f s in %s", c->rank, c->name, MPI_Wtime() - t0, what);
+        }
     }
     c->wait_s += MPI_Wtime() - t0;
 }
 
-static void count(Comm *c, int op, size_t bytes) {
-    c->bytes[op] += bytes;
-    c->calls[op]++;
+static int sig_equal(const CommSig *a, const CommSig *b) {
+    return a->op == b->op && a->count == b->count && a->step == b->step && a->seq == b->seq &&
+           strcmp(a->tag, b->tag) == 0;
 }
 
-void comm_allreduce_sum(Comm *c, float *buf, size_t n) {
-    if (c->size == 1) return;
-    // MPI counts are int: split very large buffers.
-    for (size_t off = 0; off < n; ) {
-        size_t len = n - off < (size_t)INT_MAX / 2 ? n - off : (size_t)INT_MAX / 2;
-        MPI_Request req;
-        MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)len, MPI_FLOAT, MPI_SUM,
-                                 c->comm, &req));
-        wait_yielding(c, &req);
-        off += len;
-    }
-    // A ring all-reduce sends 2 (p-1)/p of the buffer from each rank.
-    count(c, COMM_ALLREDUCE, 2 * (size_t)(c->size - 1) * n * sizeof(float) / (size_t)c->size);
-}
-
-static void allreduce_f64(Comm *c, double *buf, int n, MPI_Op op) {
-    if (c->size == 1) return;
+// Debug mode: every rank shows the others what it is about to issue; any
+// difference is reported (by rank 0, naming every rank that differs from it)
+// before the mismatched collective can hang or corrupt.
+static void check_signature(Comm *c, const CommSig *mine) {
     MPI_Request req;
-    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, op, c->comm, &req));
-    wait_yielding(c, &req);
-    count(c, COMM_ALLREDUCE, 2 * (size_t)(c->size - 1) * (size_t)n * sizeof(double) / (size_t)c->size);
+    MPI_CHECK(MPI_Iallgather(mine, (int)sizeof *mine, MPI_BYTE, c->sigs, (int)sizeof *mine, MPI_BYTE,
+                             c->comm, &req));
+    CommSig check = *mine;
+    snprintf(check.tag, sizeof check.tag, "check:%.32s", mine->tag);
+    wait_request(c, &req, &check);
+    // The signature most ranks issued is taken as the intended one; every rank
+    // that issued something else is named.
+    int best = 0, best_n = 0;
+    for (int k = 0; k < c->size; k++) {
+        int n = 0;
+        for (int j = 0; j < c->size; j++) n += sig_equal(&c->sigs[k], &c->sigs[j]);
+        if (n > best_n) {
+            best = k;
+            best_n = n;
+        }
+    }
+    if (best_n == c->size) return;
+    char text[2048], a[160], b[160];
+    describe(&c->sigs[best], a, sizeof a);
+    size_t len = (size_t)snprintf(text, sizeof text, "\n  %d of %d ranks issued %s", best_n, c->size, a);
+    for (int k = 0; k < c->size && len < sizeof text; k++) {
+        if (sig_equal(&c->sigs[k], &c->sigs[best])) continue;
+        describe(&c->sigs[k], b, sizeof b);
+        len += (size_t)snprintf(text + len, sizeof text - len, "\n  rank %d issued %s", k, b);
+    }
+    FATAL_ALL("a rank whose collective number (#) runs ahead skipped one; behind, it added one",
+              "collective mismatch in group %s at step %lld:%s", c->name, (long long)c->step + 1, text);
 }
 
-void comm_allreduce_sum_f64(Comm *c, double *buf, int n) { allreduce_f64(c, buf, n, MPI_SUM); }
-void comm_allreduce_max_f64(Comm *c, double *buf, int n) { allreduce_f64(c, buf, n, MPI_MAX); }
+// Fills the signature, counts the bytes, runs the debug check; returns 1 if
+// the test-only fault switch makes this rank skip the collective.
+static int begin(Comm *c, int op, size_t count, size_t bytes_sent, const char *tag, CommReq *r) {
+    memset(&r->sig, 0, sizeof r->sig);
+    r->sig.step = c->step;
+    r->sig.op = op;
+    r->sig.seq = c->seq++;
+    r->sig.count = (int64_t)count;
+    snprintf(r->sig.tag, sizeof r->sig.tag, "%s", tag);
+    r->active = 0;
+    if (c->opt.fault_skip_rank == c->rank && c->opt.fault_skip_step == c->step + 1 && !c->skipped) {
+        c->skipped = 1;
+        log_warn("test fault: skipping %s(%s) at step %lld", comm_op_name(op), tag, (long long)c->step + 1);
+        return 1;
+    }
+    if (c->opt.debug) check_signature(c, &r->sig);
+    c->bytes[op] += bytes_sent;
+    c->calls[op]++;
+    return 0;
+}
+
+static int as_int(size_t n, const char *what) {
+    if (n > (size_t)INT_MAX)
+        FATAL("split the buffer into buckets below 2^31 elements ([zero] bucket_mb)",
+              "%s of %zu elements exceeds MPI's int count", what, n);
+    return (int)n;
+}
+
+static size_t fill_counts(Comm *c, const size_t *counts, const char *what) {
+    size_t total = 0;
+    for (int k = 0; k < c->size; k++) {
+        c->counts[k] = as_int(counts[k], what);
+        c->displs[k] = as_int(total, what);
+        total += counts[k];
+    }
+    return total;
+}
+
+void comm_iallreduce_sum(Comm *c, float *buf, size_t n, const char *tag, CommReq *r) {
+    size_t sent = c->size > 1 ? 2 * (size_t)(c->size - 1) * n * sizeof(float) / (size_t)c->size : 0;
+    if (begin(c, COMM_ALLREDUCE, n, sent, tag, r)) return;
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n, "all-reduce"), MPI_FLOAT, MPI_SUM, c->comm, &r->req));
+    r->active = 1;
+}
+
+void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const size_t *counts,
+                              const char *tag, CommReq *r) {
+    size_t total = fill_counts(c, counts, "reduce-scatter");
+    if (begin(c, COMM_REDUCE_SCATTER, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
+    MPI_CHECK(MPI_Ireduce_scatter(send, recv, c->counts, MPI_FLOAT, MPI_SUM, c->comm, &r->req));
+    r->active = 1;
+}
+
+void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag, CommReq *r) {
+    size_t total = fill_counts(c, counts, "all-gather");
+    if (begin(c, COMM_ALLGATHER, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
+    MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, c->counts, c->displs, MPI_FLOAT,
+                              c->comm, &r->req));
+    r->active = 1;
+}
+
+void comm_wait(Comm *c, CommReq *r) {
+    if (!r->active) return;
+    wait_request(c, &r->req, &r->sig);
+    r->active = 0;
+}
+
+int comm_test(Comm *c, CommReq *r) {
+    (void)c;
+    if (!r->active) return 1;
+    int done = 0;
+    MPI_CHECK(MPI_Test(&r->req, &done, MPI_STATUS_IGNORE));
+    if (done) r->active = 0;
+    return done;
+}
+
+void comm_allreduce_sum(Comm *c, float *buf, size_t n, const char *tag) {
+    CommReq r;
+    comm_iallreduce_sum(c, buf, n, tag, &r);
+    comm_wait(c, &r);
+}
+
+static void allreduce_f64(Comm *c, double *buf, int n, MPI_Op op, const char *tag) {
+    CommReq r;
+    size_t sent = c->size > 1 ? 2 * (size_t)(c->size - 1) * (size_t)n * sizeof(double) / (size_t)c->size : 0;
+    if (begin(c, COMM_ALLREDUCE, (size_t)n, sent, tag, &r)) return;
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, op, c->comm, &r.req));
+    r.active = 1;
+    comm_wait(c, &r);
+}
+
+void comm_allreduce_sum_f64(Comm *c, double *buf, int n, const char *tag) { allreduce_f64(c, buf, n, MPI_SUM, tag); }
+void comm_allreduce_max_f64(Comm *c, double *buf, int n, const char *tag) { allreduce_f64(c, buf, n, MPI_MAX, tag); }
+
+void comm_bcast(Comm *c, void *buf, size_t bytes, int root, const char *tag) {
+    CommReq r;
+    if (begin(c, COMM_BCAST, bytes, c->rank == root ? bytes * (size_t)(c->size - 1) : 0, tag, &r)) return;
+    MPI_CHECK(MPI_Ibcast(buf, as_int(bytes, "broadcast"), MPI_BYTE, root, c->comm, &r.req));
+    r.active = 1;
+    comm_wait(c, &r);
+}

@@ -1,9 +1,12 @@
-// comm.h: collectives on the kernels' buffers, with byte counters.
+// comm.h: collectives on the kernels' buffers, with byte counters, a debug
+// mode that checks every rank issues the same collective, and a timeout.
 //
-// Every collective adds the bytes this rank sends to a counter per op, so that
-// run.h5 can record communication volume per step and tests can check it
-// against theory. Waits yield the core (MPI_Test + nanosleep) because ranks may
-// outnumber cores: MPICH's blocking busy-poll costs milliseconds per call there.
+// Every collective adds the bytes this rank sends (ring algorithms: an
+// all-reduce of n floats sends 2 (p-1)/p n, a reduce-scatter or all-gather sends
+// the total less this rank's own part) to a counter per op, which run.h5
+// records per step. Waits poll with MPI_Test and sleep between polls: ranks may
+// outnumber cores, and MPICH's blocking busy-poll then steals the core from the
+// rank that still computes. The cuda backend will put NCCL behind these same calls.
 #ifndef PARTITA_COMM_H
 #define PARTITA_COMM_H
 
@@ -11,24 +14,70 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { COMM_ALLREDUCE = 0, COMM_BCAST, COMM_NOPS };
+enum { COMM_ALLREDUCE = 0, COMM_REDUCE_SCATTER, COMM_ALLGATHER, COMM_BCAST, COMM_NOPS };
+
+// What a collective is, as ranks compare it in debug mode.
+typedef struct CommSig {
+    int64_t step;
+    int32_t op;
+    int32_t seq;            // collectives issued this step on this group
+    int64_t count;          // elements in total
+    char tag[40];           // the tensor or unit it moves
+} CommSig;
+
+typedef struct CommReq {
+    MPI_Request req;
+    int active;
+    CommSig sig;
+} CommReq;
+
+typedef struct CommOptions {
+    int debug;              // check signatures before every collective
+    double timeout_s;       // a wait longer than this is fatal, naming the collective; 0 = none
+    int fault_skip_rank;    // test only: this rank skips one collective ...
+    int64_t fault_skip_step;//   ... its first one of this step
+} CommOptions;
 
 typedef struct Comm {
     MPI_Comm comm;
+    char name[16];          // group name: "dp"
     int rank, size;
-    uint64_t bytes[COMM_NOPS];   // bytes sent by this rank, per op, since start
+    CommOptions opt;
+    int64_t step;
+    int32_t seq;
+    int skipped;
+    uint64_t bytes[COMM_NOPS];  // bytes sent by this rank, per op, since start
     uint64_t calls[COMM_NOPS];
-    double wait_s;               // time spent waiting in collectives
+    double wait_s;          // time blocked in waits: communication not hidden by compute
+    int *counts, *displs;   // (size) scratch for the v-collectives
+    CommSig *sigs;          // (size) scratch for debug checks
 } Comm;
 
-void comm_init(Comm *c, MPI_Comm comm);
+void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt);
+void comm_free(Comm *c);
 const char *comm_op_name(int op);
+// Marks the start of a step: signatures carry it, the fault switch keys on it.
+void comm_set_step(Comm *c, int64_t step);
 
-// In-place sum of n floats over the group (ring volume 2 (p-1)/p n floats).
-void comm_allreduce_sum(Comm *c, float *buf, size_t n);
-// In-place sum of n doubles (small control values: losses, norms).
-void comm_allreduce_sum_f64(Comm *c, double *buf, int n);
-// In-place max of n doubles.
-void comm_allreduce_max_f64(Comm *c, double *buf, int n);
+// Non-blocking collectives; each returns at once with r active. Buffers must
+// stay untouched until comm_wait(r).
+void comm_iallreduce_sum(Comm *c, float *buf, size_t n, const char *tag, CommReq *r);
+// send holds every rank's part back to back, counts[k] elements for rank k;
+// the sum of this rank's part lands in recv.
+void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const size_t *counts,
+                              const char *tag, CommReq *r);
+// In place: buf holds every rank's part back to back (counts[k] for rank k);
+// this rank's own part must be in place already.
+void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag, CommReq *r);
+// Waits for r (no-op if inactive), yielding the core, timing the wait.
+void comm_wait(Comm *c, CommReq *r);
+// Non-blocking progress: returns 1 if r is complete (and marks it inactive).
+int comm_test(Comm *c, CommReq *r);
+
+// Blocking conveniences.
+void comm_allreduce_sum(Comm *c, float *buf, size_t n, const char *tag);
+void comm_allreduce_sum_f64(Comm *c, double *buf, int n, const char *tag);
+void comm_allreduce_max_f64(Comm *c, double *buf, int n, const char *tag);
+void comm_bcast(Comm *c, void *buf, size_t bytes, int root, const char *tag);
 
 #endif

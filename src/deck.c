@@ -151,12 +151,30 @@ static const KeyDef keys[] = {
     {"parallel", "sp", T_INT, OFF(parallel.sp), "1", GE(1), NULL, "sequence-parallel ranks"},
     {"parallel", "tp", T_INT, OFF(parallel.tp), "1", GE(1), NULL, "tensor-parallel ranks"},
     {"parallel", "ep", T_INT, OFF(parallel.ep), "1", GE(1), NULL, "expert-parallel ranks"},
+
+    {"zero", "stage", T_INT, OFF(zero.stage), "0", IN(0, 3), NULL,
+     "ZeRO stage: 0 all-reduce, 1 +optimizer states, 2 +gradients, 3 +parameters partitioned"},
+    {"zero", "bucket_mb", T_FLOAT, OFF(zero.bucket_mb), "25", GT(0), NULL,
+     "gradient bucket size in MiB (whole layers, in backward order)"},
+    {"zero", "overlap", T_BOOL, OFF(zero.overlap), "true", ANY, NULL,
+     "overlap collectives with compute (false: wait for each at once)"},
+    {"zero", "prefetch", T_BOOL, OFF(zero.prefetch), "true", ANY, NULL,
+     "stage 3: gather the next layer while this one computes"},
+
+    {"comm", "debug", T_BOOL, OFF(comm.debug), "false", ANY, NULL,
+     "ranks compare (step, op, tensor, size) before every collective and name a diverging rank"},
+    {"comm", "timeout_s", T_FLOAT, OFF(comm.timeout_s), "600", GE(0), NULL,
+     "a collective waited on longer than this is fatal, naming it; 0 = wait forever"},
+    {"comm", "fault_skip_rank", T_INT, OFF(comm.fault_skip_rank), "-1", GE(-1), NULL,
+     "test only: this rank skips one collective (-1 = none)"},
+    {"comm", "fault_skip_step", T_INT, OFF(comm.fault_skip_step), "1", GE(1), NULL,
+     "test only: ... its first collective of this step"},
 };
 
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 _Static_assert(sizeof keys / sizeof keys[0] <= DECK_MAX_KEYS, "raise DECK_MAX_KEYS");
 
-static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel"};
+static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel", "zero", "comm"};
 #define NSECTIONS ((int)(sizeof sections / sizeof sections[0]))
 
 // ---------------------------------------------------------------------------------------------

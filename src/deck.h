@@ -71,6 +71,20 @@ typedef struct ParallelConfig {
     int64_t dp, sp, tp, ep;   // dp = 0: derived as world / (sp*tp)
 } ParallelConfig;
 
+typedef struct ZeroConfig {
+    int64_t stage;            // 0..3
+    double bucket_mb;         // gradient bucket size
+    int overlap;              // non-blocking collectives overlapped with compute
+    int prefetch;             // stage 3: gather the next unit ahead
+} ZeroConfig;
+
+typedef struct CommConfig {
+    int debug;                // signature check before every collective
+    double timeout_s;         // 0 = none
+    int64_t fault_skip_rank;  // test only: -1 = none
+    int64_t fault_skip_step;  // test only: 1-based step
+} CommConfig;
+
 typedef struct Config {
     RunConfig run;
     ModelConfig model;
@@ -78,6 +92,8 @@ typedef struct Config {
     TrainConfig train;
     OptimConfig optim;        // section [optimizer]
     ParallelConfig parallel;
+    ZeroConfig zero;
+    CommConfig comm;
 } Config;
 
 #define DECK_MAX_KEYS 128

@@ -57,6 +57,22 @@ static void build_table(Model *m) {
     }
     add_tensor(m, "ln_f.weight", C, 0, 0);
     add_tensor(m, "ln_f.bias", C, 0, 0);
+    m->nunits = s->L + 2;
+    m->unit_begin = xcalloc(sizeof(size_t) * (size_t)m->nunits, "unit table");
+    m->unit_end = xcalloc(sizeof(size_t) * (size_t)m->nunits, "unit table");
+    m->unit_begin[0] = 0;
+    for (int u = 1; u < m->nunits; u++) m->unit_begin[u] = m->tensors[2 + P_PER_LAYER * (u - 1)].offset;
+    for (int u = 0; u + 1 < m->nunits; u++) m->unit_end[u] = m->unit_begin[u + 1];
+    m->unit_end[m->nunits - 1] = m->nparams;
+}
+
+int model_unit_of(const Model *m, size_t i) {
+    int lo = 0, hi = m->nunits - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (m->unit_begin[mid] <= i) lo = mid; else hi = mid - 1;
+    }
+    return lo;
 }
 
 const ParamTensor *model_find(const Model *m, const char *name) {
@@ -65,9 +81,15 @@ const ParamTensor *model_find(const Model *m, const char *name) {
     return NULL;
 }
 
-static float *P(const Model *m, int idx) { return m->params + m->tensors[idx].offset; }
-static float *G(const Model *m, int idx) { return m->grads + m->tensors[idx].offset; }
 static int LT(int l, int j) { return 2 + P_PER_LAYER * l + j; }
+enum { U_EMBED = 0 };
+static int U_LAYER(int l) { return 1 + l; }
+static int U_FINAL(const Model *m) { return m->nunits - 1; }
+
+// Tensor idx inside the unit buffer `base` of unit u (parameters or gradients).
+static float *TP(const Model *m, const float *base, int u, int idx) {
+    return (float *)base + (m->tensors[idx].offset - m->unit_begin[u]);
+}
 
 // ---------------------------------------------------------------------------
 // Activation layout: one buffer, carved by the same walk at create time and at
@@ -148,13 +170,21 @@ static Scratch scratch_layout(const GPTShape *s, float *base, int B, int T) {
     return d;
 }
 
+void model_table(Model *m, const ModelConfig *mc) {
+    memset(m, 0, sizeof *m);
+    m->s = model_shape(mc);
+    build_table(m);
+}
+
+size_t model_activation_bytes(const Model *m, int B, int T) {
+    return sizeof(float) * (acts_layout(&m->s, NULL, B, T).total + scratch_layout(&m->s, NULL, B, T).total);
+}
+
 void model_create(Model *m, const ModelConfig *mc, int B, int T) {
     memset(m, 0, sizeof *m);
     m->s = model_shape(mc);
     SYS_CHECK(T <= m->s.maxT, "sequence length %d exceeds model.seq_len %d", T, m->s.maxT);
     build_table(m);
-    m->params = xcalloc(m->nparams * sizeof(float), "parameters");
-    m->grads = xcalloc(m->nparams * sizeof(float), "gradients");
     m->B = B;
     m->T = T;
     m->nacts = acts_layout(&m->s, NULL, B, T).total;
@@ -165,37 +195,37 @@ void model_create(Model *m, const ModelConfig *mc, int B, int T) {
 
 void model_free(Model *m) {
     free(m->tensors);
-    free(m->params);
-    free(m->grads);
+    free(m->unit_begin);
+    free(m->unit_end);
     free(m->acts);
     free(m->scratch);
     memset(m, 0, sizeof *m);
 }
 
-void model_init_weights(Model *m, uint64_t seed, double std) {
+void model_init_range(const Model *m, float *dst, size_t begin, size_t end, uint64_t seed, double std) {
     double proj_std = std / sqrt(2.0 * m->s.L);
     for (int i = 0; i < m->ntensors; i++) {
-        ParamTensor *t = &m->tensors[i];
-        float *p = m->params + t->offset;
+        const ParamTensor *t = &m->tensors[i];
+        size_t lo = t->offset > begin ? t->offset : begin;
+        size_t hi = t->offset + t->numel < end ? t->offset + t->numel : end;
+        if (lo >= hi) continue;
+        float *p = dst + (lo - begin);
+        size_t k0 = lo - t->offset, n = hi - lo;
         const char *dot = strrchr(t->name, '.');
-        int is_ln = strstr(t->name, "ln_") != NULL;
         if (strcmp(dot, ".bias") == 0) {
-            memset(p, 0, t->numel * sizeof(float));
-        } else if (is_ln) {
-            for (size_t k = 0; k < t->numel; k++) p[k] = 1.0f;
+            memset(p, 0, n * sizeof(float));
+        } else if (strstr(t->name, "ln_")) {
+            for (size_t k = 0; k < n; k++) p[k] = 1.0f;
         } else {
             double sd = strstr(t->name, "c_proj.weight") ? proj_std : std;
-            Rng r = rng_stream(seed, RNG_INIT, (uint64_t)i);
-            size_t n = t->numel;
             // wte rows past the real vocabulary are never looked up nor scored
-            if (i == 0) n = (size_t)m->s.V * m->s.C;
-            for (size_t k = 0; k < n; k++) p[k] = (float)(sd * rng_normal(&r));
-            memset(p + n, 0, (t->numel - n) * sizeof(float));
+            size_t live = i == 0 ? (size_t)m->s.V * m->s.C : t->numel;
+            Rng r = rng_stream(seed, RNG_INIT, (uint64_t)i);
+            rng_skip(&r, 2 * k0);   // each normal takes two draws
+            for (size_t k = 0; k < n; k++) p[k] = k0 + k < live ? (float)(sd * rng_normal(&r)) : 0.0f;
         }
     }
 }
-
-void model_zero_grad(Model *m) { memset(m->grads, 0, m->nparams * sizeof(float)); }
 
 const float *model_logits(const Model *m) {
     return acts_layout(&m->s, m->acts, m->fwd_B, m->fwd_T).logits;
@@ -209,39 +239,52 @@ double model_flops_per_token(const Model *m, int T) {
 // ---------------------------------------------------------------------------
 // Forward and backward
 
-float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T) {
+float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const int32_t *targets,
+                    int B, int T, int for_backward) {
     SYS_CHECK(B <= m->B && T <= m->T, "batch %dx%d exceeds the allocated %dx%d", B, T, m->B, m->T);
     const GPTShape *s = &m->s;
-    const int C = s->C, NH = s->NH, H = s->H, L = s->L;
+    const int C = s->C, NH = s->NH, H = s->H, L = s->L, UF = U_FINAL(m);
     const size_t N = (size_t)B * T;
     Acts a = acts_layout(s, m->acts, B, T);
     m->fwd_B = B;
     m->fwd_T = T;
 
-    encoder_forward(a.encoded, inputs, P(m, 0), P(m, 1), B, T, C);
+    const float *emb = ps->params(ps->ctx, U_EMBED, PHASE_FWD);
+    encoder_forward(a.encoded, inputs, TP(m, emb, U_EMBED, 0), TP(m, emb, U_EMBED, 1), B, T, C);
+    ps->release(ps->ctx, U_EMBED, PHASE_FWD);
     const float *res = a.encoded;
     for (int l = 0; l < L; l++) {
+        const int u = U_LAYER(l);
+        const float *pl = ps->params(ps->ctx, u, PHASE_FWD);
+#define W(j) TP(m, pl, u, LT(l, j))
         float *ln1 = at(&a, a.ln1, l), *qkv = at(&a, a.qkv, l), *atty = at(&a, a.atty, l);
         float *attproj = at(&a, a.attproj, l), *res2 = at(&a, a.res2, l), *ln2 = at(&a, a.ln2, l);
         float *fch = at(&a, a.fch, l), *fch_gelu = at(&a, a.fch_gelu, l);
         float *fcproj = at(&a, a.fcproj, l), *res3 = at(&a, a.res3, l);
-        layernorm_forward(ln1, at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), res,
-                          P(m, LT(l, P_LN1W)), P(m, LT(l, P_LN1B)), N, C);
-        matmul_forward(qkv, ln1, P(m, LT(l, P_QKVW)), P(m, LT(l, P_QKVB)), N, C, 3 * C, 0);
+        layernorm_forward(ln1, at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), res, W(P_LN1W), W(P_LN1B), N, C);
+        matmul_forward(qkv, ln1, W(P_QKVW), W(P_QKVB), N, C, 3 * C, 0);
         attention_forward(atty, at(&a, a.att_lse, l), qkv, B, T, C, NH);
-        matmul_forward(attproj, atty, P(m, LT(l, P_ATTPW)), P(m, LT(l, P_ATTPB)), N, C, C, 0);
+        matmul_forward(attproj, atty, W(P_ATTPW), W(P_ATTPB), N, C, C, 0);
         residual_forward(res2, res, attproj, N * C);
-        layernorm_forward(ln2, at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), res2,
-                          P(m, LT(l, P_LN2W)), P(m, LT(l, P_LN2B)), N, C);
-        matmul_forward(fch, ln2, P(m, LT(l, P_FCW)), P(m, LT(l, P_FCB)), N, C, H, 0);
+        layernorm_forward(ln2, at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), res2, W(P_LN2W), W(P_LN2B), N, C);
+        matmul_forward(fch, ln2, W(P_FCW), W(P_FCB), N, C, H, 0);
         gelu_forward(fch_gelu, fch, N * H);
-        matmul_forward(fcproj, fch_gelu, P(m, LT(l, P_FCPW)), P(m, LT(l, P_FCPB)), N, H, C, 0);
+        matmul_forward(fcproj, fch_gelu, W(P_FCPW), W(P_FCPB), N, H, C, 0);
         residual_forward(res3, res2, fcproj, N * C);
+#undef W
+        ps->release(ps->ctx, u, PHASE_FWD);
         res = res3;
     }
-    int lnf = 2 + P_PER_LAYER * L;
-    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, res, P(m, lnf), P(m, lnf + 1), N, C);
-    matmul_forward(a.logits, a.lnf, P(m, 0), NULL, N, C, s->Vp, 1);
+    // The LM head: ln_f and the tied wte, held through backward when it follows.
+    const int lnf = 2 + P_PER_LAYER * L;
+    const float *fin = ps->params(ps->ctx, UF, PHASE_FWD);
+    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, res, TP(m, fin, UF, lnf), TP(m, fin, UF, lnf + 1), N, C);
+    emb = ps->params(ps->ctx, U_EMBED, PHASE_FWD);
+    matmul_forward(a.logits, a.lnf, TP(m, emb, U_EMBED, 0), NULL, N, C, s->Vp, 1);
+    if (!for_backward) {
+        ps->release(ps->ctx, U_EMBED, PHASE_FWD);
+        ps->release(ps->ctx, UF, PHASE_FWD);
+    }
     if (!targets) return 0.0f;
 
     crossentropy_forward(a.losses, a.lse, a.logits, targets, N, s->V, s->Vp);
@@ -256,42 +299,55 @@ float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int
     return m->mean_loss;
 }
 
-void model_backward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T, float dloss) {
+void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const int32_t *targets,
+                    int B, int T, float dloss) {
     const GPTShape *s = &m->s;
-    const int C = s->C, NH = s->NH, H = s->H, L = s->L;
+    const int C = s->C, NH = s->NH, H = s->H, L = s->L, UF = U_FINAL(m);
     const size_t N = (size_t)B * T;
     Acts a = acts_layout(s, m->acts, B, T);
     Scratch d = scratch_layout(s, m->scratch, B, T);
 
-    // LM head: logits -> dlogits in place, then into dlnf and the tied wte.
+    // LM head (parameters still held from forward): logits -> dlogits in place,
+    // then into dlnf and the tied wte.
+    const int lnf = 2 + P_PER_LAYER * L;
+    const float *emb = ps->params(ps->ctx, U_EMBED, PHASE_BWD);
+    const float *fin = ps->params(ps->ctx, UF, PHASE_BWD);
+    float *gemb = ps->grads(ps->ctx, U_EMBED);
     crossentropy_backward(a.logits, a.logits, a.lse, targets, dloss, N, s->V, s->Vp);
-    matmul_backward(d.dc, G(m, 0), NULL, a.logits, a.lnf, P(m, 0), N, C, s->Vp, 1);
+    matmul_backward(d.dc, TP(m, gemb, U_EMBED, 0), NULL, a.logits, a.lnf, TP(m, emb, U_EMBED, 0), N, C, s->Vp, 1);
+    ps->release(ps->ctx, U_EMBED, PHASE_BWD);
     memset(d.dres, 0, N * C * sizeof(float));
-    int lnf = 2 + P_PER_LAYER * L;
     const float *last = L > 0 ? at(&a, a.res3, L - 1) : a.encoded;
-    layernorm_backward(d.dres, G(m, lnf), G(m, lnf + 1), d.dc, last, P(m, lnf),
-                       a.lnf_mean, a.lnf_rstd, N, C);
+    float *gfin = ps->grads(ps->ctx, UF);
+    layernorm_backward(d.dres, TP(m, gfin, UF, lnf), TP(m, gfin, UF, lnf + 1), d.dc, last,
+                       TP(m, fin, UF, lnf), a.lnf_mean, a.lnf_rstd, N, C);
+    ps->release(ps->ctx, UF, PHASE_BWD);
+    ps->grads_ready(ps->ctx, UF);
 
     for (int l = L - 1; l >= 0; l--) {
+        const int u = U_LAYER(l);
+        const float *pl = ps->params(ps->ctx, u, PHASE_BWD);
+        float *gl = ps->grads(ps->ctx, u);
+#define W(j) TP(m, pl, u, LT(l, j))
+#define G(j) TP(m, gl, u, LT(l, j))
         const float *res = l > 0 ? at(&a, a.res3, l - 1) : a.encoded;
         // res3 = res2 + fcproj: d.dres is d(res3), and flows to both.
-        matmul_backward(d.dh1, G(m, LT(l, P_FCPW)), G(m, LT(l, P_FCPB)), d.dres,
-                        at(&a, a.fch_gelu, l), P(m, LT(l, P_FCPW)), N, H, C, 0);
+        matmul_backward(d.dh1, G(P_FCPW), G(P_FCPB), d.dres, at(&a, a.fch_gelu, l), W(P_FCPW), N, H, C, 0);
         gelu_backward(d.dh2, at(&a, a.fch, l), d.dh1, N * H);
-        matmul_backward(d.dc, G(m, LT(l, P_FCW)), G(m, LT(l, P_FCB)), d.dh2,
-                        at(&a, a.ln2, l), P(m, LT(l, P_FCW)), N, C, H, 0);
-        layernorm_backward(d.dres, G(m, LT(l, P_LN2W)), G(m, LT(l, P_LN2B)), d.dc,
-                           at(&a, a.res2, l), P(m, LT(l, P_LN2W)),
+        matmul_backward(d.dc, G(P_FCW), G(P_FCB), d.dh2, at(&a, a.ln2, l), W(P_FCW), N, C, H, 0);
+        layernorm_backward(d.dres, G(P_LN2W), G(P_LN2B), d.dc, at(&a, a.res2, l), W(P_LN2W),
                            at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), N, C);
         // res2 = res + attproj: d.dres is now d(res2).
-        matmul_backward(d.dc, G(m, LT(l, P_ATTPW)), G(m, LT(l, P_ATTPB)), d.dres,
-                        at(&a, a.atty, l), P(m, LT(l, P_ATTPW)), N, C, C, 0);
-        attention_backward(d.d3c, d.dc, at(&a, a.qkv, l), at(&a, a.atty, l),
-                           at(&a, a.att_lse, l), B, T, C, NH);
-        matmul_backward(d.dc, G(m, LT(l, P_QKVW)), G(m, LT(l, P_QKVB)), d.d3c,
-                        at(&a, a.ln1, l), P(m, LT(l, P_QKVW)), N, C, 3 * C, 0);
-        layernorm_backward(d.dres, G(m, LT(l, P_LN1W)), G(m, LT(l, P_LN1B)), d.dc, res,
-                           P(m, LT(l, P_LN1W)), at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), N, C);
+        matmul_backward(d.dc, G(P_ATTPW), G(P_ATTPB), d.dres, at(&a, a.atty, l), W(P_ATTPW), N, C, C, 0);
+        attention_backward(d.d3c, d.dc, at(&a, a.qkv, l), at(&a, a.atty, l), at(&a, a.att_lse, l), B, T, C, NH);
+        matmul_backward(d.dc, G(P_QKVW), G(P_QKVB), d.d3c, at(&a, a.ln1, l), W(P_QKVW), N, C, 3 * C, 0);
+        layernorm_backward(d.dres, G(P_LN1W), G(P_LN1B), d.dc, res, W(P_LN1W),
+                           at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), N, C);
+#undef W
+#undef G
+        ps->release(ps->ctx, u, PHASE_BWD);
+        ps->grads_ready(ps->ctx, u);
     }
-    encoder_backward(G(m, 0), G(m, 1), d.dres, inputs, B, T, C);
+    encoder_backward(TP(m, gemb, U_EMBED, 0), TP(m, gemb, U_EMBED, 1), d.dres, inputs, B, T, C);
+    ps->grads_ready(ps->ctx, U_EMBED);
 }

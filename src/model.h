@@ -33,13 +33,33 @@ typedef struct ParamTensor {
 enum { P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_ATTPW, P_ATTPB,
        P_LN2W, P_LN2B, P_FCW, P_FCB, P_FCPW, P_FCPB, P_PER_LAYER };
 
+// Units: the pieces the parameter store hands out whole. Unit 0 is the
+// embeddings (wte, wpe), unit 1 + l is layer l, unit L + 1 is ln_f. Each is one
+// contiguous range [unit_begin, unit_end) of the flat layout.
+enum { PHASE_FWD = 0, PHASE_BWD = 1 };
+
+// How the model reaches parameters and gradients, so that it need not know
+// whether they are local, sharded and gathered (ZeRO-3), or offloaded.
+// Pointers returned are the base of the unit: tensor t of unit u is at
+// base + (t.offset - unit_begin[u]).
+typedef struct ParamStore {
+    void *ctx;
+    // Full parameters of unit u, valid until release(u, phase).
+    const float *(*params)(void *ctx, int unit, int phase);
+    void (*release)(void *ctx, int unit, int phase);
+    // Where unit u's gradients accumulate (+=) during this micro-step's backward.
+    float *(*grads)(void *ctx, int unit);
+    // Unit u's gradients of this micro-step are complete.
+    void (*grads_ready)(void *ctx, int unit);
+} ParamStore;
+
 typedef struct Model {
     GPTShape s;
     int ntensors;
     ParamTensor *tensors;   // wte, wpe, h.0.* ... h.L-1.*, ln_f.weight, ln_f.bias
     size_t nparams;
-    float *params;          // (nparams)
-    float *grads;           // (nparams)
+    int nunits;             // L + 2
+    size_t *unit_begin, *unit_end;  // (nunits) ranges in floats
     int B, T;               // the batch the activations are sized for
     float *acts;            // all activations, one buffer
     size_t nacts;
@@ -50,25 +70,33 @@ typedef struct Model {
 } Model;
 
 GPTShape model_shape(const ModelConfig *mc);
-// Builds the table, allocates parameters and gradients (zeroed) and the
-// activations for micro-batches of up to B x T.
+// Builds the table and allocates the activations for micro-batches of up to
+// B x T. Parameters and gradients belong to the ParamStore (zero.h).
 void model_create(Model *m, const ModelConfig *mc, int B, int T);
 void model_free(Model *m);
+// The table and units alone (no activations): for tools that only need sizes.
+void model_table(Model *m, const ModelConfig *mc);
 
-// GPT-2 init: matrices N(0, std), residual projections N(0, std/sqrt(2L)),
-// biases 0, LayerNorm weights 1. Each tensor from its own seeded stream.
-void model_init_weights(Model *m, uint64_t seed, double std);
+// GPT-2 init of the flat elements [begin, end) into dst (dst[0] is element
+// begin): matrices N(0, std), residual projections N(0, std/sqrt(2L)), biases 0,
+// LayerNorm weights 1. Every element comes from its tensor's seeded stream at
+// its own position, so any shard initialises alone to the values the whole would have.
+void model_init_range(const Model *m, float *dst, size_t begin, size_t end, uint64_t seed, double std);
 
 const ParamTensor *model_find(const Model *m, const char *name);
+// Unit holding flat element i.
+int model_unit_of(const Model *m, size_t i);
 
 // Forward of B x T tokens (B <= m->B, T <= m->T). With targets, returns the mean
-// loss over the rows whose target is >= 0 and keeps what backward needs;
-// without (NULL), returns 0 and leaves logits in place.
-float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T);
-// Backward of the last forward. dloss: d(objective)/d(per-token loss), e.g.
-// 1/(B*T*grad_accum). Parameter gradients accumulate into m->grads.
-void model_backward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T, float dloss);
-void model_zero_grad(Model *m);
+// loss over the rows whose target is >= 0 and keeps what backward needs. With
+// for_backward, the LM head's parameters stay held for model_backward.
+float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const int32_t *targets,
+                    int B, int T, int for_backward);
+// Backward of the last forward (which had for_backward set). dloss:
+// d(objective)/d(per-token loss), e.g. 1/(B*T*grad_accum). Gradients accumulate
+// into the store's buffers; grads_ready is called unit by unit as each completes.
+void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const int32_t *targets,
+                    int B, int T, float dloss);
 
 // Logits of the last forward, (B, T, Vp); valid until the next backward.
 const float *model_logits(const Model *m);
@@ -76,5 +104,7 @@ const float *model_logits(const Model *m);
 // Training FLOPs per token (forward + backward): 6 * (non-wpe parameters)
 // + 12 * L * C * T for attention scores and values.
 double model_flops_per_token(const Model *m, int T);
+// Bytes of activations and backward scratch for a B x T micro-batch.
+size_t model_activation_bytes(const Model *m, int B, int T);
 
 #endif

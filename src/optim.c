@@ -1,4 +1,4 @@
-// optim.c: AdamW over the parameter table.
+// optim.c: AdamW over a range of the parameter table.
 #include "optim.h"
 #include "kernels.h"
 #include "log.h"
@@ -6,12 +6,13 @@
 #include <math.h>
 #include <stdlib.h>
 
-void optim_create(Optim *o, const OptimConfig *cfg, int64_t steps, size_t nparams) {
+void optim_create(Optim *o, const OptimConfig *cfg, int64_t steps, size_t begin, size_t end) {
     o->cfg = *cfg;
     o->steps = steps;
-    o->n = nparams;
-    o->m = xcalloc(nparams * sizeof(float), "AdamW first moments");
-    o->v = xcalloc(nparams * sizeof(float), "AdamW second moments");
+    o->begin = begin;
+    o->end = end;
+    o->m = xcalloc((end - begin) * sizeof(float), "AdamW first moments");
+    o->v = xcalloc((end - begin) * sizeof(float), "AdamW second moments");
     o->t = 0;
 }
 
@@ -37,15 +38,18 @@ float optim_clip_scale(double grad_norm, double clip) {
     return (float)(clip / grad_norm);
 }
 
-void optim_step(Optim *o, Model *m, double lr, float grad_scale) {
-    if (grad_scale != 1.0f) scale_inplace(m->grads, grad_scale, m->nparams);
+void optim_update(Optim *o, const Model *m, float *params, float *grads, double lr, float grad_scale) {
+    size_t n = o->end - o->begin;
+    if (grad_scale != 1.0f) scale_inplace(grads, grad_scale, n);
     o->t++;
     const OptimConfig *c = &o->cfg;
     for (int i = 0; i < m->ntensors; i++) {
         const ParamTensor *t = &m->tensors[i];
-        size_t off = t->offset;
-        adamw_update(m->params + off, m->grads + off, o->m + off, o->v + off, t->numel,
-                     (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
-                     t->decay ? (float)c->weight_decay : 0.0f, o->t);
+        size_t lo = t->offset > o->begin ? t->offset : o->begin;
+        size_t hi = t->offset + t->numel < o->end ? t->offset + t->numel : o->end;
+        if (lo >= hi) continue;
+        size_t k = lo - o->begin;
+        adamw_update(params + k, grads + k, o->m + k, o->v + k, hi - lo, (float)lr, (float)c->beta1,
+                     (float)c->beta2, (float)c->eps, t->decay ? (float)c->weight_decay : 0.0f, o->t);
     }
 }

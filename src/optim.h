@@ -1,4 +1,7 @@
 // optim.h: AdamW on fp32 masters, the LR schedule, global-norm clipping.
+//
+// The optimizer updates one contiguous range [begin, end) of the flat
+// parameter layout: the whole model at ZeRO stage 0, a rank's shard above it.
 #ifndef PARTITA_OPTIM_H
 #define PARTITA_OPTIM_H
 
@@ -10,12 +13,12 @@
 typedef struct Optim {
     OptimConfig cfg;
     int64_t steps;          // total steps of the run (for the decay)
-    float *m, *v;           // first and second moments, laid out like the parameters
-    size_t n;
+    size_t begin, end;      // the range this optimizer owns
+    float *m, *v;           // (end - begin) first and second moments
     int t;                  // updates taken so far
 } Optim;
 
-void optim_create(Optim *o, const OptimConfig *cfg, int64_t steps, size_t nparams);
+void optim_create(Optim *o, const OptimConfig *cfg, int64_t steps, size_t begin, size_t end);
 void optim_free(Optim *o);
 
 // Learning rate for step s (0-based): linear warmup over `warmup` steps from
@@ -25,8 +28,9 @@ double optim_lr(const Optim *o, int64_t s);
 // Global-norm clipping factor: min(1, clip / norm); 1 when clip is 0.
 float optim_clip_scale(double grad_norm, double clip);
 
-// One AdamW update of every tensor of m with m->grads * grad_scale.
-// Weight decay only on tensors marked decay (matrices), as GPT-2 training does.
-void optim_step(Optim *o, Model *m, double lr, float grad_scale);
+// One AdamW update of the owned range: params and grads point at element
+// `begin`. grads are scaled by grad_scale first. Weight decay applies to the
+// tensors marked decay (matrices), as GPT-2 training does.
+void optim_update(Optim *o, const Model *m, float *params, float *grads, double lr, float grad_scale);
 
 #endif

@@ -35,6 +35,9 @@ static inline double rng_normal(Rng *r) {
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
+// Moves the stream past n draws in O(1): splitmix64's state is a counter.
+static inline void rng_skip(Rng *r, uint64_t n) { r->s += n * 0x9E3779B97F4A7C15ull; }
+
 // uniform integer in [0, n)
 static inline uint64_t rng_below(Rng *r, uint64_t n) { return rng_next(r) % n; }
 

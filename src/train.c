@@ -7,10 +7,10 @@
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
-#include "optim.h"
 #include "peak.h"
 #include "topo.h"
 #include "weights.h"
+#include "zero.h"
 
 #include <errno.h>
 #include <math.h>
@@ -34,7 +34,8 @@ typedef struct Trainer {
     TokenFile train_file, val_file;
     Loader train, val;
     Model model;
-    Optim optim;
+    Zero zero;
+    const ParamStore *ps;
     Metrics metrics;
     int B, T, accum;
     int32_t *inputs, *targets;  // (B, T)
@@ -120,7 +121,9 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     tr->deck_text = xmalloc(1 << 16, "deck text");
     deck_format(d, tr->deck_text, 1 << 16);
     topo_init(&tr->topo, (int)c->parallel.dp);
-    comm_init(&tr->dp, tr->topo.dp);
+    CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
+                      .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step};
+    comm_init(&tr->dp, tr->topo.dp, "dp", &co);
     tr->threads = pick_threads(c, &tr->topo);
     kernels_set_threads(tr->threads);
     tr->B = (int)c->train.micro_batch;
@@ -135,8 +138,9 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
     open_data(tr);
     model_create(&tr->model, &c->model, tr->B, tr->T);
-    model_init_weights(&tr->model, (uint64_t)c->run.seed, c->model.init_std);
-    optim_create(&tr->optim, &c->optim, c->train.steps, tr->model.nparams);
+    zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &c->optim, c->train.steps);
+    zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
+    tr->ps = zero_store(&tr->zero);
     tr->inputs = xmalloc((size_t)tr->B * tr->T * sizeof(int32_t), "inputs");
     tr->targets = xmalloc((size_t)tr->B * tr->T * sizeof(int32_t), "targets");
     tr->rss_all = xcalloc((size_t)tr->topo.size * sizeof(double), "rss");
@@ -146,6 +150,11 @@ static void trainer_create(Trainer *tr, const Deck *d) {
         machine_text(tr, machine, sizeof machine);
         snprintf(path, sizeof path, "%s/run.h5", c->run.out_dir);
         metrics_create(&tr->metrics, path, tr->topo.size, tr->deck_text, machine, tr->peak_gflops, tr->threads);
+        h5_attr_i64(tr->metrics.file, "zero_stage", tr->zero.stage);
+        h5_attr_i64(tr->metrics.file, "model_state_bytes", (int64_t)tr->zero.state_bytes);
+        h5_attr_i64(tr->metrics.file, "working_bytes", (int64_t)tr->zero.working_bytes);
+        h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->T));
+        h5_attr_i64(tr->metrics.file, "nparams", (int64_t)tr->model.nparams);
     }
 }
 
@@ -155,8 +164,9 @@ static void trainer_free(Trainer *tr) {
     if (tr->val.rows) loader_free(&tr->val);
     tokenfile_close(&tr->train_file);
     if (tr->cfg->data.val[0]) tokenfile_close(&tr->val_file);
+    zero_free(&tr->zero);
     model_free(&tr->model);
-    optim_free(&tr->optim);
+    comm_free(&tr->dp);
     free(tr->inputs);
     free(tr->targets);
     free(tr->rss_all);
@@ -172,36 +182,35 @@ static double evaluate(Trainer *tr) {
     for (int64_t k = 0; k < nb; k++) {
         uint64_t g0 = ((uint64_t)k * (uint64_t)tr->dp.size + (uint64_t)tr->dp.rank) * (uint64_t)tr->B;
         loader_batch(&tr->val, g0, tr->inputs, tr->targets);
-        sum[0] += model_forward(&tr->model, tr->inputs, tr->targets, tr->B, tr->T);
+        sum[0] += model_forward(&tr->model, tr->ps, tr->inputs, tr->targets, tr->B, tr->T, 0);
         sum[1] += 1.0;
     }
-    comm_allreduce_sum_f64(&tr->dp, sum, 2);
+    comm_allreduce_sum_f64(&tr->dp, sum, 2, "validation loss");
     return sum[0] / sum[1];
 }
 
-// One optimizer step: grad_accum micro-steps, gradient all-reduce, clip, AdamW.
+// One optimizer step: grad_accum micro-steps (ZeRO reduces gradients as
+// buckets complete), the global norm, clip, AdamW on the owned shard.
 // Returns the step's mean loss; fills grad norm and lr.
 static double train_step(Trainer *tr, int64_t step, double *grad_norm, double *lr) {
     Model *m = &tr->model;
     const int B = tr->B, T = tr->T, accum = tr->accum;
-    model_zero_grad(m);
+    zero_begin_step(&tr->zero, step);
     double loss = 0.0;
     float dloss = 1.0f / ((float)B * (float)T * (float)accum);
     for (int a = 0; a < accum; a++) {
         uint64_t g0 = (((uint64_t)step * accum + a) * (uint64_t)tr->dp.size + (uint64_t)tr->dp.rank) * (uint64_t)B;
         loader_batch(&tr->train, g0, tr->inputs, tr->targets);
-        loss += model_forward(m, tr->inputs, tr->targets, B, T);
-        model_backward(m, tr->inputs, tr->targets, B, T, dloss);
+        zero_begin_micro(&tr->zero, a, accum);
+        loss += model_forward(m, tr->ps, tr->inputs, tr->targets, B, T, 1);
+        model_backward(m, tr->ps, tr->inputs, tr->targets, B, T, dloss);
     }
-    // Sum over ranks, then the mean: every rank holds the same gradient after.
-    comm_allreduce_sum(&tr->dp, m->grads, m->nparams);
-    if (tr->dp.size > 1) scale_inplace(m->grads, 1.0f / (float)tr->dp.size, m->nparams);
+    *grad_norm = zero_reduce_grads(&tr->zero);
     double l = loss / accum;
-    comm_allreduce_sum_f64(&tr->dp, &l, 1);
+    comm_allreduce_sum_f64(&tr->dp, &l, 1, "loss");
     l /= tr->dp.size;
-    *grad_norm = sqrt(sumsq(m->grads, m->nparams));
-    *lr = optim_lr(&tr->optim, step);
-    optim_step(&tr->optim, m, *lr, optim_clip_scale(*grad_norm, tr->cfg->train.clip));
+    *lr = optim_lr(&tr->zero.optim, step);
+    zero_step(&tr->zero, *lr, optim_clip_scale(*grad_norm, tr->cfg->train.clip));
     return l;
 }
 
@@ -231,6 +240,9 @@ static void print_header(const Trainer *tr) {
              (long long)c->train.batch * tr->T);
     log_info("compute: %.3f GFLOP per token, measured sgemm peak %.1f GFLOP/s (job)\n",
              tr->flops_per_token * 1e-9, tr->peak_gflops);
+    log_info("memory per rank: ZeRO-%d model states %.1f MiB, working buffers %.1f MiB, activations %.1f MiB\n",
+             tr->zero.stage, (double)tr->zero.state_bytes / 1048576.0, (double)tr->zero.working_bytes / 1048576.0,
+             (double)model_activation_bytes(&tr->model, tr->B, tr->T) / 1048576.0);
 }
 
 int train_run(const Deck *d) {
@@ -239,16 +251,17 @@ int train_run(const Deck *d) {
     const Config *c = tr.cfg;
     print_header(&tr);
     char path[DECK_STR + 32];
-    if (c->train.save_weights && tr.topo.rank == 0) {
+    if (c->train.save_weights) {
         snprintf(path, sizeof path, "%s/init.h5", c->run.out_dir);
-        weights_write(&tr.model, path, 0, tr.deck_text);
+        weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, 0, tr.deck_text);
     }
     const double tokens_per_step = (double)c->train.batch * tr.T;
     double t_start = now(), train_time = 0.0, last_val = evaluate(&tr);
     log_info("step %6d/%lld | val %.4f (initial)\n", 0, (long long)c->train.steps, last_val);
     if (tr.topo.rank == 0) h5_attr_f64(tr.metrics.file, "val_loss_initial", last_val);
-    uint64_t bytes_before = 0;
-    double comm_before = 0.0;
+    uint64_t before[COMM_NOPS];
+    memcpy(before, tr.dp.bytes, sizeof before);
+    double comm_before = tr.dp.wait_s;
     for (int64_t step = 0; step < c->train.steps; step++) {
         double t0 = now(), gnorm = 0, lr = 0;
         double loss = train_step(&tr, step, &gnorm, &lr);
@@ -274,9 +287,11 @@ int train_run(const Deck *d) {
         row.v[M_MFU] = mfu;
         row.v[M_STEP_TIME] = dt;
         row.v[M_TOKENS] = tokens_per_step * (double)(step + 1);
-        row.v[M_COMM_BYTES_ALLREDUCE] = (double)(tr.dp.bytes[COMM_ALLREDUCE] - bytes_before);
-        row.v[M_COMM_TIME] = tr.dp.wait_s - comm_before;
-        bytes_before = tr.dp.bytes[COMM_ALLREDUCE];
+        row.v[M_COMM_ALL_REDUCE] = (double)(tr.dp.bytes[COMM_ALLREDUCE] - before[COMM_ALLREDUCE]);
+        row.v[M_COMM_REDUCE_SCATTER] = (double)(tr.dp.bytes[COMM_REDUCE_SCATTER] - before[COMM_REDUCE_SCATTER]);
+        row.v[M_COMM_ALL_GATHER] = (double)(tr.dp.bytes[COMM_ALLGATHER] - before[COMM_ALLGATHER]);
+        row.v[M_COMM_WAIT] = tr.dp.wait_s - comm_before;
+        memcpy(before, tr.dp.bytes, sizeof before);
         comm_before = tr.dp.wait_s;
         metrics_append(&tr.metrics, &row);
         if ((step + 1) % c->train.log_interval == 0 || last || do_eval) {
@@ -290,9 +305,9 @@ int train_run(const Deck *d) {
             metrics_flush(&tr.metrics);
         }
     }
-    if (c->train.save_weights && tr.topo.rank == 0) {
+    if (c->train.save_weights) {
         snprintf(path, sizeof path, "%s/final.h5", c->run.out_dir);
-        weights_write(&tr.model, path, c->train.steps, tr.deck_text);
+        weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, c->train.steps, tr.deck_text);
     }
     log_info("done: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n",
              (long long)c->train.steps, now() - t_start, train_time, last_val, c->run.out_dir);
@@ -312,14 +327,21 @@ int train_dump(const Deck *d, const char *out_path) {
     open_data(&tr);
     Model *m = &tr.model;
     model_create(m, &c->model, tr.B, tr.T);
-    model_init_weights(m, (uint64_t)c->run.seed, c->model.init_std);
+    CommOptions co = {.fault_skip_rank = -1};
+    comm_init(&tr.dp, MPI_COMM_WORLD, "dp", &co);
+    ZeroConfig zc = {.stage = 0, .bucket_mb = 1e6, .overlap = 0};
+    zero_create(&tr.zero, &zc, &tr.dp, m, &c->optim, 1);
+    zero_init_weights(&tr.zero, (uint64_t)c->run.seed, c->model.init_std);
+    const ParamStore *ps = zero_store(&tr.zero);
     int32_t *in = xmalloc((size_t)tr.B * tr.T * sizeof(int32_t), "inputs");
     int32_t *tg = xmalloc((size_t)tr.B * tr.T * sizeof(int32_t), "targets");
     loader_batch(&tr.train, 0, in, tg);
-    float loss = model_forward(m, in, tg, tr.B, tr.T);
+    zero_begin_step(&tr.zero, 0);
+    zero_begin_micro(&tr.zero, 0, 1);
+    float loss = model_forward(m, ps, in, tg, tr.B, tr.T, 1);
 
     hid_t f = h5_create(out_path);
-    weights_write_group(m, f, "params", m->params);
+    weights_write_group(m, f, "params", tr.zero.params);
     uint64_t bt[2] = {(uint64_t)tr.B, (uint64_t)tr.T};
     uint64_t lg[3] = {(uint64_t)tr.B, (uint64_t)tr.T, (uint64_t)m->s.Vp};
     h5_write_i32(f, "inputs", in, 2, bt);
@@ -329,13 +351,14 @@ int train_dump(const Deck *d, const char *out_path) {
     h5_attr_i64(f, "vocab_size", m->s.V);
     h5_attr_i64(f, "n_layer", m->s.L);
     h5_attr_i64(f, "n_head", m->s.NH);
-    model_zero_grad(m);
-    model_backward(m, in, tg, tr.B, tr.T, 1.0f / ((float)tr.B * (float)tr.T));
-    weights_write_group(m, f, "grads", m->grads);
+    model_backward(m, ps, in, tg, tr.B, tr.T, 1.0f / ((float)tr.B * (float)tr.T));
+    weights_write_group(m, f, "grads", tr.zero.grads);
     h5_close(f);
     printf("dump: loss %.6f, %zu parameters -> %s\n", loss, m->nparams, out_path);
     free(in);
     free(tg);
+    zero_free(&tr.zero);
+    comm_free(&tr.dp);
     model_free(m);
     loader_free(&tr.train);
     if (tr.val.rows) loader_free(&tr.val);

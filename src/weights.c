@@ -26,17 +26,34 @@ static void write_shape_attrs(const Model *m, hid_t f) {
     h5_attr_i64(f, "mlp_hidden", s->H);
 }
 
-void weights_write(const Model *m, const char *path, int64_t step, const char *deck_text) {
-    hid_t f = h5_create(path);
-    write_shape_attrs(m, f);
-    h5_attr_i64(f, "step", step);
-    h5_attr_str(f, "deck", deck_text);
-    h5_attr_str(f, "layout", "GPT-2 names; linear weights (in, out) as HF Conv1D; wte tied to the LM head");
-    weights_write_group(m, f, "params", m->params);
-    h5_close(f);
+void weights_write(const Model *m, const ParamStore *ps, int writer, const char *path, int64_t step,
+                   const char *deck_text) {
+    hid_t f = 0, g = 0;
+    if (writer) {
+        f = h5_create(path);
+        write_shape_attrs(m, f);
+        h5_attr_i64(f, "step", step);
+        h5_attr_str(f, "deck", deck_text);
+        h5_attr_str(f, "layout", "GPT-2 names; linear weights (in, out) as HF Conv1D; wte tied to the LM head");
+        g = h5_group(f, "params");
+    }
+    int t = 0;
+    for (int u = 0; u < m->nunits; u++) {
+        const float *base = ps->params(ps->ctx, u, PHASE_FWD);
+        for (; t < m->ntensors && m->tensors[t].offset < m->unit_end[u]; t++) {
+            const ParamTensor *pt = &m->tensors[t];
+            uint64_t dims[2] = {(uint64_t)pt->shape[0], (uint64_t)pt->shape[1]};
+            if (writer) h5_write_f32(g, pt->name, base + (pt->offset - m->unit_begin[u]), pt->ndim, dims);
+        }
+        ps->release(ps->ctx, u, PHASE_FWD);
+    }
+    if (writer) {
+        H5_CHECK(H5Gclose(g));
+        h5_close(f);
+    }
 }
 
-void weights_read(Model *m, const char *path) {
+void weights_read(const Model *m, const char *path, float *full) {
     hid_t f = h5_open_read(path);
     for (int i = 0; i < m->ntensors; i++) {
         const ParamTensor *t = &m->tensors[i];
@@ -55,7 +72,7 @@ void weights_read(Model *m, const char *path) {
                   "'%s': /%s has shape (%llu, %llu), the model expects (%d, %d)", path, name,
                   (unsigned long long)dims[0], (unsigned long long)(nd == 2 ? dims[1] : 0),
                   t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
-        H5_CHECK(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, m->params + t->offset));
+        H5_CHECK(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, full + t->offset));
         H5_CHECK(H5Sclose(sp));
         H5_CHECK(H5Dclose(ds));
     }

@@ -12,11 +12,15 @@
 
 #include "model.h"
 
-// Writes the model's parameters (rank 0's copy) to path.
-void weights_write(const Model *m, const char *path, int64_t step, const char *deck_text);
+// Writes the model's parameters to path, unit by unit through the store (so a
+// ZeRO-3 run never holds the whole model). Collective: every rank of the store's
+// group calls it; the writer alone touches the file.
+void weights_write(const Model *m, const ParamStore *ps, int writer, const char *path, int64_t step,
+                   const char *deck_text);
 // Writes params or grads (the same table) into group g of an open file.
 void weights_write_group(const Model *m, hid_t f, const char *group, const float *buf);
-// Reads a weights file into m->params; fatal if a tensor is missing or its shape differs.
-void weights_read(Model *m, const char *path);
+// Reads a weights file into full (m->nparams floats); fatal if a tensor is
+// missing or its shape differs.
+void weights_read(const Model *m, const char *path, float *full);
 
 #endif

@@ -28,11 +28,11 @@ with h5py.File(os.path.join(out, "run.h5"), "r") as f:
     val = np.array(m["val_loss"])
     v0 = float(f.attrs["val_loss_initial"])
     check(len(steps) == 300 and steps[-1] == 300, "run.h5 has a row for each of 300 steps")
-    for name in ["loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time", "comm_bytes_allreduce"]:
+    for name in ["loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time", "comm_bytes_all_reduce"]:
         a = np.array(m[name])
         check(len(a) == 300 and np.all(np.isfinite(a)), f"run.h5 /metrics/{name} is complete and finite")
     check(m["peak_rss_mb"].shape == (300, 2), "per-rank peak memory recorded", str(m["peak_rss_mb"].shape))
-    check(np.all(np.array(m["comm_bytes_allreduce"]) > 0), "all-reduce bytes counted each step at np=2")
+    check(np.all(np.array(m["comm_bytes_all_reduce"]) > 0), "all-reduce bytes counted each step at np=2")
     check("[model]" in f.attrs["deck"], "the resolved deck is stored in run.h5")
     done = val[np.isfinite(val)]
     check(len(done) == 3, "validation ran at steps 100, 200, 300", str(len(done)))

@@ -1,0 +1,348 @@
+// zero.c: partitioned parameters, gradients and optimizer states.
+#include "zero.h"
+#include "kernels.h"
+#include "log.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+void zero_part(const Zero *z, int k, size_t b, size_t e, size_t *pb, size_t *pe) {
+    size_t lo = max_sz(b, (size_t)k * z->S), hi = min_sz(e, min_sz((size_t)(k + 1) * z->S, z->N));
+    *pb = lo;
+    *pe = hi > lo ? hi : lo;
+}
+
+static void fill_counts(Zero *z, size_t b, size_t e) {
+    for (int k = 0; k < z->p; k++) {
+        size_t lo, hi;
+        zero_part(z, k, b, e, &lo, &hi);
+        z->counts[k] = hi - lo;
+    }
+}
+
+static const char *unit_tag(const Zero *z, int u, char *buf, size_t n) {
+    if (u == 0) snprintf(buf, n, "embeddings");
+    else if (u == z->m->nunits - 1) snprintf(buf, n, "ln_f");
+    else snprintf(buf, n, "h.%d", u - 1);
+    return buf;
+}
+
+static float *alloc_floats(Zero *z, size_t n, const char *what, size_t *account) {
+    *account += n * sizeof(float);
+    (void)z;
+    return xcalloc(n * sizeof(float), what);
+}
+
+// ---------------------------------------------------------------------------
+// Buckets: whole units in backward order (ln_f, h.L-1, ..., h.0) up to the
+// bucket size; the embeddings alone.
+
+static void build_buckets(Zero *z, double bucket_mb) {
+    const Model *m = z->m;
+    size_t cap = (size_t)(bucket_mb * 1048576.0 / sizeof(float));
+    if (cap < 1) cap = 1;
+    z->buckets = xcalloc(sizeof(ZeroBucket) * (size_t)m->nunits, "buckets");
+    z->bucket_of = xcalloc(sizeof(int) * (size_t)m->nunits, "bucket map");
+    int nb = 0;
+    for (int u = m->nunits - 1; u >= 1; ) {
+        ZeroBucket *b = &z->buckets[nb];
+        b->u_hi = u;
+        b->u_lo = u;
+        while (b->u_lo - 1 >= 1 && m->unit_end[u] - m->unit_begin[b->u_lo - 1] <= cap) b->u_lo--;
+        b->begin = m->unit_begin[b->u_lo];
+        b->end = m->unit_end[b->u_hi];
+        for (int k = b->u_lo; k <= b->u_hi; k++) z->bucket_of[k] = nb;
+        nb++;
+        u = b->u_lo - 1;
+    }
+    ZeroBucket *e = &z->buckets[nb];
+    e->u_lo = e->u_hi = 0;
+    e->begin = 0;
+    e->end = m->unit_end[0];
+    z->bucket_of[0] = nb++;
+    z->nbuckets = nb;
+    for (int i = 0; i < nb; i++) z->buckets[i].slot = -1;
+}
+
+// ---------------------------------------------------------------------------
+// Gradient path
+
+// Lets MPICH advance the collectives in flight (it progresses only inside MPI calls).
+static void poke(Zero *z) {
+    if (!z->overlap) return;
+    for (int i = 0; i < z->nbuckets; i++)
+        if (z->buckets[i].req.active) comm_test(z->comm, &z->buckets[i].req);
+}
+
+// A bucket's reduction is complete: fold this rank's part into the shard.
+static void bucket_finish(Zero *z, ZeroBucket *b) {
+    if (!b->pending) return;
+    comm_wait(z->comm, &b->req);
+    b->pending = 0;
+    if (z->stage >= 1) {
+        size_t lo, hi;
+        zero_part(z, z->r, b->begin, b->end, &lo, &hi);
+        float *g = z->gshard + (lo - z->own_begin);
+        const float *in = z->recv + (lo - z->own_begin);
+        for (size_t i = 0; i < hi - lo; i++) g[i] += in[i];
+    }
+    if (b->slot >= 0) z->gring_bucket[b->slot] = -1;
+    b->slot = -1;
+    b->staging = NULL;
+}
+
+// Stage 2-3: a zeroed staging buffer for bucket bi, reusing the ring slot
+// whose reduction is oldest (waiting for it only now).
+static void bucket_stage(Zero *z, int bi) {
+    ZeroBucket *b = &z->buckets[bi];
+    size_t n = b->end - b->begin;
+    if (b->u_lo == 0) {
+        b->staging = z->gembed;
+    } else {
+        int k = z->gring_next;
+        z->gring_next ^= 1;
+        if (z->gring_bucket[k] >= 0) bucket_finish(z, &z->buckets[z->gring_bucket[k]]);
+        z->gring_bucket[k] = bi;
+        b->slot = k;
+        b->staging = z->gring[k];
+    }
+    memset(b->staging, 0, n * sizeof(float));
+}
+
+static void bucket_launch(Zero *z, ZeroBucket *b, int bi) {
+    char tag[40], lo_name[16], hi_name[16];
+    (void)bi;
+    unit_tag(z, b->u_lo, lo_name, sizeof lo_name);
+    unit_tag(z, b->u_hi, hi_name, sizeof hi_name);
+    if (b->u_lo == b->u_hi) snprintf(tag, sizeof tag, "grads %s", lo_name);
+    else snprintf(tag, sizeof tag, "grads %s..%s", lo_name, hi_name);
+    size_t lo, hi;
+    zero_part(z, z->r, b->begin, b->end, &lo, &hi);
+    b->pending = 1;
+    if (z->stage == 0) {
+        comm_iallreduce_sum(z->comm, z->grads + b->begin, b->end - b->begin, tag, &b->req);
+    } else {
+        const float *send = z->stage == 1 ? z->grads + b->begin : b->staging;
+        fill_counts(z, b->begin, b->end);
+        comm_ireduce_scatter_sum(z->comm, send, z->recv + (lo - z->own_begin), z->counts, tag, &b->req);
+    }
+    if (!z->overlap) bucket_finish(z, b);
+}
+
+static float *store_grads(void *ctx, int u) {
+    Zero *z = ctx;
+    poke(z);
+    if (z->stage <= 1) return z->grads + z->m->unit_begin[u];
+    int bi = z->bucket_of[u];
+    ZeroBucket *b = &z->buckets[bi];
+    if (!b->staging) {
+        bucket_finish(z, b);   // the previous micro-step's reduction of it, if still pending
+        bucket_stage(z, bi);
+    }
+    return b->staging + (z->m->unit_begin[u] - b->begin);
+}
+
+static void store_grads_ready(void *ctx, int u) {
+    Zero *z = ctx;
+    int bi = z->bucket_of[u];
+    ZeroBucket *b = &z->buckets[bi];
+    if (++b->ready < b->u_hi - b->u_lo + 1) return;
+    // Stages 0-1 accumulate micro-steps locally and reduce once, after the last.
+    if (z->stage <= 1 && !z->last_micro) return;
+    bucket_launch(z, b, bi);
+}
+
+// ---------------------------------------------------------------------------
+// Parameter path
+
+static ZeroSlot *slot_holding(Zero *z, int u) {
+    for (int k = 0; k < ZSLOT_N; k++)
+        if (z->slots[k].unit == u) return &z->slots[k];
+    return NULL;
+}
+
+// Stage 3: issues the all-gather of unit u into slot s.
+static void gather_start(Zero *z, ZeroSlot *s, int u) {
+    size_t ub = z->m->unit_begin[u], ue = z->m->unit_end[u], lo, hi;
+    zero_part(z, z->r, ub, ue, &lo, &hi);
+    memcpy(s->buf + (lo - ub), z->params + (lo - z->own_begin), (hi - lo) * sizeof(float));
+    fill_counts(z, ub, ue);
+    char tag[40];
+    comm_iallgather(z->comm, s->buf, z->counts, unit_tag(z, u, tag, sizeof tag), &s->req);
+    s->unit = u;
+    s->held = 0;
+}
+
+static ZeroSlot *slot_for(Zero *z, int u) {
+    int L = z->m->nunits - 2;
+    if (u == 0) return &z->slots[ZSLOT_EMBED];
+    if (u == L + 1) return &z->slots[ZSLOT_FINAL];
+    ZeroSlot *a = &z->slots[ZSLOT_LAYER_A], *b = &z->slots[ZSLOT_LAYER_B];
+    if (a->held) return b;
+    if (b->held) return a;
+    return a->req.active ? b : a;   // never clobber a prefetch in flight
+}
+
+static void prefetch(Zero *z, int u) {
+    if (!z->prefetch || u < 1 || u > z->m->nunits - 1 || slot_holding(z, u)) return;
+    ZeroSlot *s = slot_for(z, u);
+    if (s->held || s->req.active) return;
+    gather_start(z, s, u);
+}
+
+static const float *store_params(void *ctx, int u, int phase) {
+    Zero *z = ctx;
+    poke(z);
+    if (z->stage < 3) return z->params + z->m->unit_begin[u];
+    ZeroSlot *s = slot_holding(z, u);
+    if (!s) {
+        s = slot_for(z, u);
+        gather_start(z, s, u);
+    }
+    comm_wait(z->comm, &s->req);
+    int at_head = z->slots[ZSLOT_FINAL].held;    // the LM head: no layer follows
+    s->held = 1;
+    int L = z->m->nunits - 2;
+    if (phase == PHASE_FWD && !(u == 0 && at_head)) prefetch(z, u + 1 <= L + 1 ? u + 1 : -1);
+    if (phase == PHASE_BWD && u >= 2 && u <= L) prefetch(z, u - 1);
+    return s->buf;
+}
+
+static void store_release(void *ctx, int u, int phase) {
+    Zero *z = ctx;
+    (void)phase;
+    if (z->stage < 3) return;
+    ZeroSlot *s = slot_holding(z, u);
+    if (s && !s->req.active) {
+        s->held = 0;
+        s->unit = -1;   // freed: the next use gathers again
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Life cycle
+
+void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, const OptimConfig *oc,
+                 int64_t steps) {
+    memset(z, 0, sizeof *z);
+    z->stage = zc->stage;
+    z->overlap = zc->overlap;
+    z->prefetch = zc->prefetch && zc->overlap;
+    z->comm = comm;
+    z->m = m;
+    z->p = comm->size;
+    z->r = comm->rank;
+    z->N = m->nparams;
+    z->S = (z->N + (size_t)z->p - 1) / (size_t)z->p;
+    zero_part(z, z->r, 0, z->N, &z->own_begin, &z->own_end);
+    if (z->stage == 0) {
+        z->own_begin = 0;
+        z->own_end = z->N;
+    }
+    size_t own = z->own_end - z->own_begin;
+    z->counts = xcalloc(sizeof(size_t) * (size_t)z->p, "zero counts");
+    build_buckets(z, zc->bucket_mb);
+
+    z->params = alloc_floats(z, z->stage == 3 ? own : z->N, "parameters", &z->state_bytes);
+    if (z->stage <= 1) z->grads = alloc_floats(z, z->N, "gradients", &z->state_bytes);
+    if (z->stage >= 1) {
+        z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);
+        z->recv = alloc_floats(z, own ? own : 1, "reduce-scatter buffer", &z->working_bytes);
+    }
+    optim_create(&z->optim, oc, steps, z->own_begin, z->own_end);
+    z->state_bytes += 2 * own * sizeof(float);
+
+    size_t max_layer = 0, max_bucket = 0;
+    for (int u = 1; u + 1 < m->nunits; u++) max_layer = max_sz(max_layer, m->unit_end[u] - m->unit_begin[u]);
+    for (int i = 0; i + 1 < z->nbuckets; i++) max_bucket = max_sz(max_bucket, z->buckets[i].end - z->buckets[i].begin);
+    if (z->stage >= 2) {
+        for (int k = 0; k < 2; k++) {
+            z->gring[k] = alloc_floats(z, max_bucket, "gradient staging", &z->working_bytes);
+            z->gring_bucket[k] = -1;
+        }
+        z->gembed = alloc_floats(z, m->unit_end[0], "embedding gradient staging", &z->working_bytes);
+    }
+    for (int k = 0; k < ZSLOT_N; k++) z->slots[k].unit = -1;
+    if (z->stage == 3) {
+        size_t caps[ZSLOT_N] = {max_layer, max_layer, m->unit_end[0],
+                                m->unit_end[m->nunits - 1] - m->unit_begin[m->nunits - 1]};
+        for (int k = 0; k < ZSLOT_N; k++) {
+            z->slots[k].cap = caps[k];
+            z->slots[k].buf = alloc_floats(z, caps[k] ? caps[k] : 1, "gathered parameters", &z->working_bytes);
+        }
+    }
+    z->store = (ParamStore){.ctx = z, .params = store_params, .release = store_release,
+                            .grads = store_grads, .grads_ready = store_grads_ready};
+}
+
+void zero_free(Zero *z) {
+    free(z->params);
+    free(z->grads);
+    free(z->gshard);
+    free(z->recv);
+    optim_free(&z->optim);
+    for (int k = 0; k < ZSLOT_N; k++) free(z->slots[k].buf);
+    free(z->gring[0]);
+    free(z->gring[1]);
+    free(z->gembed);
+    free(z->buckets);
+    free(z->bucket_of);
+    free(z->counts);
+    memset(z, 0, sizeof *z);
+}
+
+void zero_init_weights(Zero *z, uint64_t seed, double std) {
+    if (z->stage == 3) model_init_range(z->m, z->params, z->own_begin, z->own_end, seed, std);
+    else model_init_range(z->m, z->params, 0, z->N, seed, std);
+}
+
+const ParamStore *zero_store(Zero *z) { return &z->store; }
+
+void zero_begin_step(Zero *z, int64_t step) {
+    comm_set_step(z->comm, step);
+    if (z->grads) memset(z->grads, 0, z->N * sizeof(float));
+    if (z->gshard) memset(z->gshard, 0, (z->own_end - z->own_begin) * sizeof(float));
+}
+
+void zero_begin_micro(Zero *z, int micro, int accum) {
+    z->last_micro = micro == accum - 1;
+    for (int i = 0; i < z->nbuckets; i++) {
+        z->buckets[i].ready = 0;
+        // Stage 2-3 staging is handed out afresh, zeroed, each micro-step (bucket_stage).
+        if (z->stage >= 2) z->buckets[i].staging = NULL;
+    }
+}
+
+double zero_reduce_grads(Zero *z) {
+    for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
+    float inv = 1.0f / (float)z->p;
+    double ss;
+    if (z->stage == 0) {
+        if (z->p > 1) scale_inplace(z->grads, inv, z->N);
+        ss = sumsq(z->grads, z->N);
+    } else {
+        size_t own = z->own_end - z->own_begin;
+        if (z->p > 1) scale_inplace(z->gshard, inv, own);
+        ss = sumsq(z->gshard, own);
+        comm_allreduce_sum_f64(z->comm, &ss, 1, "grad norm");
+    }
+    return sqrt(ss);
+}
+
+void zero_step(Zero *z, double lr, float grad_scale) {
+    if (z->stage == 0) {
+        optim_update(&z->optim, z->m, z->params, z->grads, lr, grad_scale);
+        return;
+    }
+    float *mine = z->stage == 3 ? z->params : z->params + z->own_begin;
+    optim_update(&z->optim, z->m, mine, z->gshard, lr, grad_scale);
+    if (z->stage == 3) return;
+    CommReq r;
+    fill_counts(z, 0, z->N);
+    comm_iallgather(z->comm, z->params, z->counts, "updated parameters", &r);
+    comm_wait(z->comm, &r);
+}
