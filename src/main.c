@@ -1,5 +1,6 @@
 // main.c: `partita <command> ...`: one SPMD binary, every rank runs this.
 #include "deck.h"
+#include "estimate.h"
 #include "log.h"
 #include "prep.h"
 #include "train.h"
@@ -19,6 +20,7 @@ static void usage(FILE *f) {
         "usage: mpiexec -np N partita <command> [args]\n"
         "  train DECK [--set section.key=value]...   train a GPT; writes run.h5 and weights\n"
         "  check DECK [--set section.key=value]...   validate a deck and print it resolved\n"
+        "  estimate DECK --ranks N [--set ...]       per-rank memory, communication, FLOPs for ZeRO 0-3\n"
         "  prep OUT.h5 TEXT_FILE_OR_DIR...            tokenize text into an HDF5 token file\n"
         "  dump DECK OUT.h5 [--set ...]              write one batch's logits and gradients (tests)\n"
         "  version                                   print the version\n"
@@ -113,8 +115,25 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
     if (strcmp(cmd, "prep") == 0) return rank == 0 ? prep_main(argc, argv) : 0;
 
     int is_train = strcmp(cmd, "train") == 0, is_check = strcmp(cmd, "check") == 0;
-    int is_dump = strcmp(cmd, "dump") == 0;
-    if (!is_train && !is_check && !is_dump) {
+    int is_dump = strcmp(cmd, "dump") == 0, is_estimate = strcmp(cmd, "estimate") == 0;
+    int ranks = size;
+    if (is_estimate) {
+        // `--ranks N` plans for N ranks instead of this job's size.
+        for (int i = 0; i + 1 < argc; i++) {
+            if (strcmp(argv[i], "--ranks") != 0) continue;
+            char *end;
+            long n = strtol(argv[i + 1], &end, 10);
+            if (*end || n < 1 || n > 1 << 24) {
+                if (rank == 0) fprintf(stderr, "error: --ranks wants a positive integer, got '%s'\n", argv[i + 1]);
+                return 2;
+            }
+            ranks = (int)n;
+            for (int j = i; j + 2 < argc; j++) argv[j] = argv[j + 2];
+            argc -= 2;
+            break;
+        }
+    }
+    if (!is_train && !is_check && !is_dump && !is_estimate) {
         if (rank == 0) {
             fprintf(stderr, "error: unknown command '%s'\n", cmd);
             usage(stderr);
@@ -125,8 +144,10 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
     const char **extra = malloc(sizeof(char *) * (size_t)(argc + 1));
     int nextra = 0, rc;
     SYS_CHECK(d && extra, "out of memory");
-    if ((rc = load_deck(d, argc, argv, extra, &nextra, rank, size)) == 0) {
-        if (is_check) {
+    if ((rc = load_deck(d, argc, argv, extra, &nextra, rank, ranks)) == 0) {
+        if (is_estimate) {
+            if (rank == 0) rc = estimate_run(d, ranks);
+        } else if (is_check) {
             if (rank == 0) {
                 char *text = malloc(1 << 16);
                 SYS_CHECK(text, "out of memory");

@@ -180,6 +180,12 @@ size_t model_activation_bytes(const Model *m, int B, int T) {
     return sizeof(float) * (acts_layout(&m->s, NULL, B, T).total + scratch_layout(&m->s, NULL, B, T).total);
 }
 
+size_t model_activation_bytes_checkpointed(const Model *m, int B, int T) {
+    Acts a = acts_layout(&m->s, NULL, B, T);
+    size_t layers = a.per_layer * (size_t)m->s.L, inputs = (size_t)B * T * (size_t)m->s.C * (size_t)m->s.L;
+    return sizeof(float) * (a.total - layers + a.per_layer + inputs + scratch_layout(&m->s, NULL, B, T).total);
+}
+
 void model_create(Model *m, const ModelConfig *mc, int B, int T) {
     memset(m, 0, sizeof *m);
     m->s = model_shape(mc);

@@ -106,5 +106,9 @@ const float *model_logits(const Model *m);
 double model_flops_per_token(const Model *m, int T);
 // Bytes of activations and backward scratch for a B x T micro-batch.
 size_t model_activation_bytes(const Model *m, int B, int T);
+// The same with activation checkpointing (each layer keeps only its input and
+// one layer's activations are recomputed at a time): a plan figure for
+// `partita estimate`; the trainer does not checkpoint yet.
+size_t model_activation_bytes_checkpointed(const Model *m, int B, int T);
 
 #endif

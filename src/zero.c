@@ -224,6 +224,65 @@ static void store_release(void *ctx, int u, int phase) {
 }
 
 // ---------------------------------------------------------------------------
+// The plan: sizes and traffic from (model, stage, p, r) alone
+
+static size_t largest_layer(const Model *m) {
+    size_t n = 0;
+    for (int u = 1; u + 1 < m->nunits; u++) n = max_sz(n, m->unit_end[u] - m->unit_begin[u]);
+    return n;
+}
+
+static size_t largest_bucket(const Zero *z) {
+    size_t n = 0;
+    for (int i = 0; i + 1 < z->nbuckets; i++) n = max_sz(n, z->buckets[i].end - z->buckets[i].begin);
+    return n;
+}
+
+void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, ZeroPlan *plan) {
+    Zero z;     // just the fields the partition helpers read
+    memset(&z, 0, sizeof z);
+    z.m = m;
+    z.p = p;
+    z.N = m->nparams;
+    z.S = (z.N + (size_t)p - 1) / (size_t)p;
+    build_buckets(&z, zc->bucket_mb);
+    size_t lo, hi, f = sizeof(float);
+    zero_part(&z, r, 0, z.N, &lo, &hi);
+    size_t own = zc->stage == 0 ? z.N : hi - lo, N = z.N;
+    memset(plan, 0, sizeof *plan);
+    plan->params = (zc->stage == 3 ? own : N) * f;
+    plan->grads = (zc->stage <= 1 ? N : 0) * f + (zc->stage >= 1 ? (own ? own : 1) * f : 0);
+    plan->optim = 2 * own * f;
+    if (zc->stage >= 1) plan->working += (own ? own : 1) * f;
+    if (zc->stage >= 2) plan->working += (2 * largest_bucket(&z) + m->unit_end[0]) * f;
+    if (zc->stage == 3) {
+        size_t fin = m->unit_end[m->nunits - 1] - m->unit_begin[m->nunits - 1];
+        plan->working += (2 * max_sz(largest_layer(m), 1) + max_sz(m->unit_end[0], 1) + max_sz(fin, 1)) * f;
+    }
+    // MPI's reductions stage a message-sized temporary of their own (MPICH's
+    // reduce-scatter and all-reduce do): one bucket's worth when p > 1.
+    if (p > 1) plan->mpi_temp = max_sz(largest_bucket(&z), m->unit_end[0]) * f;
+    double rest = (double)(N - (hi - lo)) * (double)f;   // what a reduce-scatter or all-gather sends
+    if (p > 1) {
+        if (zc->stage == 0) plan->sent[COMM_ALLREDUCE] = 2.0 * (p - 1) / p * (double)N * (double)f;
+        if (zc->stage >= 1) plan->sent[COMM_REDUCE_SCATTER] = rest * (zc->stage == 1 ? 1 : accum);
+        if (zc->stage == 1 || zc->stage == 2) plan->sent[COMM_ALLGATHER] = rest;
+        if (zc->stage == 3) {
+            // Each unit twice per micro-step, but ln_f once (held from forward into backward).
+            double ag = 0.0;
+            for (int u = 0; u < m->nunits; u++) {
+                size_t ub = m->unit_begin[u], ue = m->unit_end[u];
+                zero_part(&z, r, ub, ue, &lo, &hi);
+                ag += (double)(ue - ub - (hi - lo)) * (double)f * (u == m->nunits - 1 ? 1 : 2);
+            }
+            plan->sent[COMM_ALLGATHER] = ag * accum;
+        }
+    }
+    free(z.buckets);
+    free(z.bucket_of);
+}
+
+// ---------------------------------------------------------------------------
 // Life cycle
 
 void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, const OptimConfig *oc,
@@ -256,9 +315,7 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
     optim_create(&z->optim, oc, steps, z->own_begin, z->own_end);
     z->state_bytes += 2 * own * sizeof(float);
 
-    size_t max_layer = 0, max_bucket = 0;
-    for (int u = 1; u + 1 < m->nunits; u++) max_layer = max_sz(max_layer, m->unit_end[u] - m->unit_begin[u]);
-    for (int i = 0; i + 1 < z->nbuckets; i++) max_bucket = max_sz(max_bucket, z->buckets[i].end - z->buckets[i].begin);
+    size_t max_layer = largest_layer(m), max_bucket = largest_bucket(z);
     if (z->stage >= 2) {
         for (int k = 0; k < 2; k++) {
             z->gring[k] = alloc_floats(z, max_bucket, "gradient staging", &z->working_bytes);
@@ -275,6 +332,11 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
             z->slots[k].buf = alloc_floats(z, caps[k] ? caps[k] : 1, "gathered parameters", &z->working_bytes);
         }
     }
+    ZeroPlan plan;
+    zero_plan(m, zc, z->p, z->r, 1, &plan);
+    SYS_CHECK(plan.params + plan.grads + plan.optim == z->state_bytes && plan.working == z->working_bytes,
+              "zero_plan disagrees with zero_create: %zu+%zu vs %zu+%zu bytes",
+              plan.params + plan.grads + plan.optim, plan.working, z->state_bytes, z->working_bytes);
     z->store = (ParamStore){.ctx = z, .params = store_params, .release = store_release,
                             .grads = store_grads, .grads_ready = store_grads_ready};
 }

@@ -73,6 +73,17 @@ typedef struct Zero {
     ParamStore store;
 } Zero;
 
+// What a layout costs one rank, computed without allocating: the numbers
+// `partita estimate` prints and zero_create checks its allocations against.
+typedef struct ZeroPlan {
+    size_t params, grads, optim;    // resident model-state bytes
+    size_t working;                 // gather slots, gradient staging, landing buffers
+    size_t mpi_temp;                // what MPI allocates inside a reduction (not ours; planned)
+    double sent[COMM_NOPS];         // bytes this rank sends per optimizer step (no evaluation)
+} ZeroPlan;
+
+void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, ZeroPlan *plan);
+
 void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, const OptimConfig *oc,
                  int64_t steps);
 void zero_free(Zero *z);

@@ -27,6 +27,9 @@ tests=(
   "data-order           $PYTHON tests/test_data.py"
   "torch-reference      $PYTHON tests/test_torch_ref.py"
   "dp-equivalence       $PYTHON tests/test_dp.py"
+  "zero-stages          $PYTHON tests/test_zero.py"
+  "comm-debug           $PYTHON tests/test_comm_debug.py"
+  "estimate-memory      $PYTHON tests/test_estimate.py"
   "tiny-training        $PYTHON tests/test_train_tiny.py"
 )
 

@@ -1,0 +1,42 @@
+#!/usr/bin/python3
+"""The comm debug mode names a rank that skips a collective (test-only fault
+switch), and the timeout names the collective a rank is stuck in."""
+import os
+
+from common import check, finish, licenses_tokens, run, tmpdir, write_deck
+
+d = tmpdir("commdbg")
+tok = licenses_tokens(d)
+deck = write_deck(os.path.join(d, "c.deck"), f"""
+[model]
+vocab = 257
+layers = 2
+d_model = 16
+heads = 2
+seq_len = 16
+[data]
+train = {tok}
+[train]
+steps = 4
+micro_batch = 2
+save_weights = false
+[comm]
+fault_skip_rank = 1
+fault_skip_step = 2
+""")
+
+for stage in (0, 3):
+    p = run(["train", deck, "--set", f"zero.stage={stage}", "--set", "comm.debug=true",
+             "--set", f"run.out_dir={d}/o{stage}"], np=3, check_rc=False, timeout=120)
+    err = p.stderr
+    check(p.returncode != 0 and "collective mismatch" in err and "2 of 3 ranks issued" in err
+          and "rank 1 issued" in err and "rank 0 issued" not in err and "rank 2 issued" not in err,
+          f"stage {stage}: debug mode names rank 1 as the rank that diverged",
+          " | ".join(l.strip() for l in err.splitlines() if "issued" in l or "mismatch" in l)[:300])
+
+p = run(["train", deck, "--set", "zero.stage=2", "--set", "comm.timeout_s=3", "--set", f"run.out_dir={d}/t"],
+        np=2, check_rc=False, timeout=120)
+check(p.returncode != 0 and "stuck" in p.stderr and "step 2" in p.stderr,
+      "without debug mode the timeout names the stuck rank and collective",
+      next((l for l in p.stderr.splitlines() if "stuck" in l), "(no message)"))
+finish()
