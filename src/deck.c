@@ -110,6 +110,8 @@ static const KeyDef keys[] = {
      "tokenizer"},
 
     {"train", "steps", T_INT, OFF(train.steps), "100", GE(1), NULL, "optimizer steps to run"},
+    {"train", "stop_at", T_INT, OFF(train.stop_at), "0", GE(0), NULL,
+     "stop this job after this step (checkpointing there), e.g. to fit a batch time limit; 0 = train.steps"},
     {"train", "seq_len", T_INT, OFF(train.seq_len), "0", GE(0), NULL,
      "training sequence length; 0 = model.seq_len"},
     {"train", "micro_batch", T_INT, OFF(train.micro_batch), "4", GE(1), NULL,
@@ -161,6 +163,19 @@ static const KeyDef keys[] = {
     {"zero", "prefetch", T_BOOL, OFF(zero.prefetch), "true", ANY, NULL,
      "stage 3: gather the next layer while this one computes"},
 
+    {"checkpoint", "dir", T_STR, OFF(checkpoint.dir), "", ANY, NULL,
+     "checkpoint directory; \"\" = <run.out_dir>/ckpt"},
+    {"checkpoint", "interval", T_INT, OFF(checkpoint.interval), "0", GE(0), NULL,
+     "steps between checkpoints (and one at the end); 0 = none"},
+    {"checkpoint", "keep", T_INT, OFF(checkpoint.keep), "3", GE(0), NULL,
+     "checkpoints kept (the newest); 0 = all"},
+    {"checkpoint", "resume", T_STR, OFF(checkpoint.resume), "auto", ANY, NULL,
+     "auto (the latest whole checkpoint in dir, if any), none, or a checkpoint file"},
+    {"checkpoint", "test_pause_step", T_INT, OFF(checkpoint.test_pause_step), "0", GE(0), NULL,
+     "test only: pause half-way through writing this step's checkpoint"},
+    {"checkpoint", "test_pause_s", T_FLOAT, OFF(checkpoint.test_pause_s), "0", GE(0), NULL,
+     "test only: ... for this many seconds"},
+
     {"comm", "debug", T_BOOL, OFF(comm.debug), "false", ANY, NULL,
      "ranks compare (step, op, tensor, size) before every collective and name a diverging rank"},
     {"comm", "timeout_s", T_FLOAT, OFF(comm.timeout_s), "600", GE(0), NULL,
@@ -174,7 +189,7 @@ static const KeyDef keys[] = {
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 _Static_assert(sizeof keys / sizeof keys[0] <= DECK_MAX_KEYS, "raise DECK_MAX_KEYS");
 
-static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel", "zero", "comm"};
+static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel", "zero", "checkpoint", "comm"};
 #define NSECTIONS ((int)(sizeof sections / sizeof sections[0]))
 
 // ---------------------------------------------------------------------------------------------
@@ -1044,6 +1059,19 @@ static int derive(Ctx *x, int world_size) {
         memcpy(c->run.out_dir, "runs/", 5);
         memcpy(c->run.out_dir + 5, c->run.name, n + 1);
         d->from[kout] = DECK_FROM_DERIVED;
+    }
+    // checkpoint.dir from run.out_dir.
+    const int kcd = key_index("checkpoint.dir");
+    if (c->checkpoint.dir[0] == '\0') {
+        size_t n = strlen(c->run.out_dir);
+        if (n + 5 > DECK_STR - 1) {
+            int ks[] = {kout};
+            return fail(x, blame(x, ks, 1, where, sizeof where), "set [checkpoint] dir",
+                        "[checkpoint] dir = <out_dir>/ckpt would be %zu characters, at most %d", n + 5, DECK_STR - 1);
+        }
+        memcpy(c->checkpoint.dir, c->run.out_dir, n);
+        memcpy(c->checkpoint.dir + n, "/ckpt", 6);
+        d->from[kcd] = DECK_FROM_DERIVED;
     }
 
     // Learning-rate schedule.

@@ -48,6 +48,7 @@ typedef struct DataConfig {
 
 typedef struct TrainConfig {
     int64_t steps;
+    int64_t stop_at;          // this job stops after this step; 0 = steps
     int64_t seq_len;          // T used for training; <= model.seq_len; 0 = model.seq_len
     int64_t micro_batch;      // B, sequences per rank per micro-step
     int64_t grad_accum;       // micro-steps per step (derived from batch if 0)
@@ -78,6 +79,15 @@ typedef struct ZeroConfig {
     int prefetch;             // stage 3: gather the next unit ahead
 } ZeroConfig;
 
+typedef struct CheckpointConfig {
+    char dir[DECK_STR];       // "" = <out_dir>/ckpt
+    int64_t interval;         // 0 = no checkpoints
+    int64_t keep;             // newest kept; 0 = all
+    char resume[DECK_STR];    // auto | none | PATH
+    int64_t test_pause_step;  // test only
+    double test_pause_s;      // test only
+} CheckpointConfig;
+
 typedef struct CommConfig {
     int debug;                // signature check before every collective
     double timeout_s;         // 0 = none
@@ -93,6 +103,7 @@ typedef struct Config {
     OptimConfig optim;        // section [optimizer]
     ParallelConfig parallel;
     ZeroConfig zero;
+    CheckpointConfig checkpoint;
     CommConfig comm;
 } Config;
 

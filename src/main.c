@@ -1,4 +1,5 @@
 // main.c: `partita <command> ...`: one SPMD binary, every rank runs this.
+#include "ckpt.h"
 #include "deck.h"
 #include "estimate.h"
 #include "log.h"
@@ -22,6 +23,8 @@ static void usage(FILE *f) {
         "  check DECK [--set section.key=value]...   validate a deck and print it resolved\n"
         "  estimate DECK --ranks N [--set ...]       per-rank memory, communication, FLOPs for ZeRO 0-3\n"
         "  prep OUT.h5 TEXT_FILE_OR_DIR...            tokenize text into an HDF5 token file\n"
+        "  ckpt info FILE                            a checkpoint's step, layout, tensors, checksums\n"
+        "  ckpt export FILE OUT.h5                   a checkpoint's weights as a GPT-2-named weights file\n"
         "  dump DECK OUT.h5 [--set ...]              write one batch's logits and gradients (tests)\n"
         "  version                                   print the version\n"
         "\n"
@@ -113,6 +116,7 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
         return 0;
     }
     if (strcmp(cmd, "prep") == 0) return rank == 0 ? prep_main(argc, argv) : 0;
+    if (strcmp(cmd, "ckpt") == 0) return rank == 0 ? ckpt_main(argc, argv) : 0;
 
     int is_train = strcmp(cmd, "train") == 0, is_check = strcmp(cmd, "check") == 0;
     int is_dump = strcmp(cmd, "dump") == 0, is_estimate = strcmp(cmd, "estimate") == 0;

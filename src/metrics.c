@@ -44,6 +44,33 @@ void metrics_create(Metrics *mt, const char *path, int ranks, const char *deck_t
     H5_CHECK(H5Gclose(g));
 }
 
+int metrics_reopen(Metrics *mt, const char *path, int ranks, uint64_t rows) {
+    memset(mt, 0, sizeof *mt);
+    hid_t f;
+    H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT); } H5E_END_TRY;
+    if (f < 0) return -1;
+    int64_t r = 0;
+    if (h5_read_attr_i64(f, "ranks", &r) < 0 || r != ranks) {
+        H5_CHECK(H5Fclose(f));
+        return -1;
+    }
+    mt->file = f;
+    mt->ranks = ranks;
+    hsize_t keep[2] = {rows, (hsize_t)ranks};
+    for (int c = 0; c < M_NCOLS; c++) {
+        char name[64];
+        snprintf(name, sizeof name, "metrics/%s", names[c]);
+        mt->ds[c] = H5Dopen2(f, name, H5P_DEFAULT);
+        H5_CHECK(mt->ds[c]);
+        H5_CHECK(H5Dset_extent(mt->ds[c], keep));
+    }
+    mt->ds_rss = H5Dopen2(f, "metrics/peak_rss_mb", H5P_DEFAULT);
+    H5_CHECK(mt->ds_rss);
+    H5_CHECK(H5Dset_extent(mt->ds_rss, keep));
+    mt->rows = rows;
+    return 0;
+}
+
 static void append_to(hid_t ds, uint64_t row, int width, const double *v) {
     hsize_t size[2] = {row + 1, (hsize_t)width}, start[2] = {row, 0}, count[2] = {1, (hsize_t)width};
     int ndim = width > 1 ? 2 : 1;

@@ -33,6 +33,10 @@ const char *metrics_name(int col);
 // Creates path (rank 0 only), with the deck text and machine description as attributes.
 void metrics_create(Metrics *mt, const char *path, int ranks, const char *deck_text,
                     const char *machine, double peak_gflops, int threads);
+// Reopens path to continue a resumed run: keeps the first `rows` rows (the
+// steps the checkpoint holds) and drops the rest. Returns -1 (and does
+// nothing) if the file is missing or was written by another number of ranks.
+int metrics_reopen(Metrics *mt, const char *path, int ranks, uint64_t rows);
 void metrics_append(Metrics *mt, const MetricsRow *row);
 void metrics_flush(Metrics *mt);
 void metrics_close(Metrics *mt);

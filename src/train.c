@@ -1,5 +1,6 @@
 // train.c: the data-parallel training loop.
 #include "train.h"
+#include "ckpt.h"
 #include "comm.h"
 #include "data.h"
 #include "h5io.h"
@@ -39,6 +40,7 @@ typedef struct Trainer {
     Metrics metrics;
     int B, T, accum;
     int32_t *inputs, *targets;  // (B, T)
+    int64_t start_step;         // 0, or the step a checkpoint resumed at
     double *rss_all;            // (ranks) per-rank peak RSS, MiB
     double flops_per_token;
 } Trainer;
@@ -113,6 +115,33 @@ static void open_data(Trainer *tr) {
     if (ve > vb) loader_create(&tr->val, vf, vb, ve, tr->B, tr->T, ORDER_SEQUENTIAL, 0, V);
 }
 
+// [checkpoint] resume: rank 0 decides which file (all ranks then read it).
+static void resume(Trainer *tr) {
+    char path[1200] = "";
+    int found = 0;
+    if (tr->topo.rank == 0)
+        found = ckpt_find_resume(tr->deck, tr->cfg->checkpoint.dir, path, sizeof path, 0);
+    MPI_CHECK(MPI_Bcast(&found, 1, MPI_INT, 0, MPI_COMM_WORLD));
+    if (!found) return;
+    MPI_CHECK(MPI_Bcast(path, sizeof path, MPI_CHAR, 0, MPI_COMM_WORLD));
+    CkptState st;
+    double t0 = now();
+    ckpt_read(&tr->zero, tr->deck, path, &st);
+    if (st.step > tr->cfg->train.steps)
+        FATAL_ALL("raise [train] steps to train on", "checkpoint '%s' is at step %lld, past train.steps = %lld",
+                  path, (long long)st.step, (long long)tr->cfg->train.steps);
+    tr->start_step = st.step;
+    log_info("resumed from %s at step %lld (%.2f s)\n", path, (long long)st.step, now() - t0);
+}
+
+static void checkpoint(Trainer *tr, int64_t steps_done) {
+    CkptState st = {.step = steps_done, .data_cursor = steps_done,
+                    .tokens_seen = (double)steps_done * (double)tr->cfg->train.batch * tr->T};
+    double t0 = now();
+    ckpt_write(&tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
+    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s)\n", tr->cfg->checkpoint.dir, (long long)steps_done, now() - t0);
+}
+
 static void trainer_create(Trainer *tr, const Deck *d) {
     memset(tr, 0, sizeof *tr);
     tr->deck = d;
@@ -145,11 +174,21 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     tr->targets = xmalloc((size_t)tr->B * tr->T * sizeof(int32_t), "targets");
     tr->rss_all = xcalloc((size_t)tr->topo.size * sizeof(double), "rss");
     tr->flops_per_token = model_flops_per_token(&tr->model, tr->T);
+    resume(tr);
     if (tr->topo.rank == 0) {
         char path[DECK_STR + 16], machine[512];
         machine_text(tr, machine, sizeof machine);
         snprintf(path, sizeof path, "%s/run.h5", c->run.out_dir);
-        metrics_create(&tr->metrics, path, tr->topo.size, tr->deck_text, machine, tr->peak_gflops, tr->threads);
+        if (tr->start_step > 0 && metrics_reopen(&tr->metrics, path, tr->topo.size, (uint64_t)tr->start_step) == 0)
+            log_info("run.h5: continuing %s from step %lld\n", path, (long long)tr->start_step);
+        else {
+            if (tr->start_step > 0) {
+                char old[DECK_STR + 64];
+                snprintf(old, sizeof old, "%s/run-before-step-%lld.h5", c->run.out_dir, (long long)tr->start_step);
+                if (rename(path, old) == 0) log_warn("run.h5 was written by another layout; kept as %s", old);
+            }
+            metrics_create(&tr->metrics, path, tr->topo.size, tr->deck_text, machine, tr->peak_gflops, tr->threads);
+        }
         h5_attr_i64(tr->metrics.file, "zero_stage", tr->zero.stage);
         h5_attr_i64(tr->metrics.file, "model_state_bytes", (int64_t)tr->zero.state_bytes);
         h5_attr_i64(tr->metrics.file, "working_bytes", (int64_t)tr->zero.working_bytes);
@@ -251,28 +290,33 @@ int train_run(const Deck *d) {
     const Config *c = tr.cfg;
     print_header(&tr);
     char path[DECK_STR + 32];
-    if (c->train.save_weights) {
+    if (c->train.save_weights && tr.start_step == 0) {
         snprintf(path, sizeof path, "%s/init.h5", c->run.out_dir);
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, 0, tr.deck_text);
     }
     const double tokens_per_step = (double)c->train.batch * tr.T;
     double t_start = now(), train_time = 0.0, last_val = evaluate(&tr);
-    log_info("step %6d/%lld | val %.4f (initial)\n", 0, (long long)c->train.steps, last_val);
-    if (tr.topo.rank == 0) h5_attr_f64(tr.metrics.file, "val_loss_initial", last_val);
+    log_info("step %6lld/%lld | val %.4f (%s)\n", (long long)tr.start_step, (long long)c->train.steps, last_val,
+             tr.start_step ? "resumed" : "initial");
+    if (tr.topo.rank == 0 && tr.start_step == 0) h5_attr_f64(tr.metrics.file, "val_loss_initial", last_val);
     uint64_t before[COMM_NOPS];
     memcpy(before, tr.dp.bytes, sizeof before);
     double comm_before = tr.dp.wait_s;
-    for (int64_t step = 0; step < c->train.steps; step++) {
+    // The job may stop early (stop_at) with a checkpoint; the schedule still spans train.steps.
+    int64_t stop = c->train.stop_at > 0 && c->train.stop_at < c->train.steps ? c->train.stop_at : c->train.steps;
+    for (int64_t step = tr.start_step; step < stop; step++) {
         double t0 = now(), gnorm = 0, lr = 0;
         double loss = train_step(&tr, step, &gnorm, &lr);
         double dt = now() - t0;
         train_time += dt;
-        int last = step == c->train.steps - 1;
+        int last = step == stop - 1;
         int do_eval = last || (c->train.eval_interval > 0 && (step + 1) % c->train.eval_interval == 0);
         double val = do_eval ? evaluate(&tr) : NAN;
         if (do_eval) last_val = val;
         if (!isfinite(loss))
             FATAL_ALL("lower optimizer.lr or raise train.clip", "loss is %g at step %lld", loss, (long long)step + 1);
+        int64_t ival = c->checkpoint.interval;
+        if (ival > 0 && ((step + 1) % ival == 0 || last)) checkpoint(&tr, step + 1);
         gather_rss(&tr);
         if (tr.topo.rank != 0) continue;
         double tps = tokens_per_step / dt;
@@ -296,7 +340,7 @@ int train_run(const Deck *d) {
         metrics_append(&tr.metrics, &row);
         if ((step + 1) % c->train.log_interval == 0 || last || do_eval) {
             char eta[32];
-            format_eta(train_time / (double)(step + 1) * (double)(c->train.steps - step - 1), eta, sizeof eta);
+            format_eta(train_time / (double)(step + 1 - tr.start_step) * (double)(stop - step - 1), eta, sizeof eta);
             char vbuf[32] = "";
             if (do_eval) snprintf(vbuf, sizeof vbuf, " | val %.4f", val);
             log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.3f s/step | ETA %s\n",
@@ -305,12 +349,13 @@ int train_run(const Deck *d) {
             metrics_flush(&tr.metrics);
         }
     }
-    if (c->train.save_weights) {
+    if (c->train.save_weights && stop == c->train.steps) {
         snprintf(path, sizeof path, "%s/final.h5", c->run.out_dir);
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, c->train.steps, tr.deck_text);
     }
-    log_info("done: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n",
-             (long long)c->train.steps, now() - t_start, train_time, last_val, c->run.out_dir);
+    log_info("%s: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n",
+             stop == c->train.steps ? "done" : "stopped (train.stop_at)", (long long)(stop - tr.start_step),
+             now() - t_start, train_time, last_val, c->run.out_dir);
     trainer_free(&tr);
     return 0;
 }
