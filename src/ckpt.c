@@ -307,8 +307,9 @@ static void check_shape(hid_t meta, const Model *m, const Deck *d, const char *p
             return;
         }
         if (v != want[i].want) {
-            snprintf(err, n, "checkpoint '%s' was written for %s = %lld, but the deck's model has %lld (%s)", path,
-                     want[i].attr, (long long)v, (long long)want[i].want, deck_where(d, want[i].key, where, sizeof where));
+            snprintf(err, n, "checkpoint '%s' was written for %s = %lld, but the deck's %s gives %lld (%s)", path,
+                     want[i].attr, (long long)v, want[i].key, (long long)want[i].want,
+                     deck_where(d, want[i].key, where, sizeof where));
             return;
         }
     }

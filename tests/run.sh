@@ -30,6 +30,7 @@ tests=(
   "zero-stages          $PYTHON tests/test_zero.py"
   "comm-debug           $PYTHON tests/test_comm_debug.py"
   "estimate-memory      $PYTHON tests/test_estimate.py"
+  "checkpoints          $PYTHON tests/test_ckpt.py"
   "tiny-training        $PYTHON tests/test_train_tiny.py"
 )
 
