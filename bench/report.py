@@ -1,20 +1,63 @@
 #!/usr/bin/python3
-"""Prints partita's throughput from run.h5 next to PyTorch's, as a ratio."""
+"""Prints the benchmark tables of bench/run.sh from the runs' HDF5 and logs.
+usage: report.py train RUN.h5 TORCH.log | report.py zero DIR | report.py ckpt DIR BYTES PLAIN_SECONDS"""
+import glob
+import os
+import re
 import sys
 
 import h5py
 import numpy as np
 
-run_h5, torch_log = sys.argv[1], sys.argv[2]
-with h5py.File(run_h5, "r") as f:
-    tps = np.array(f["metrics/tokens_per_s"])[1:]   # the first step warms up
-    mfu = np.array(f["metrics/mfu"])[1:]
-    peak = float(f.attrs["sgemm_peak_gflops"])
-    threads = int(f.attrs["threads_per_rank"])
-torch_vals = dict(line.split() for line in open(torch_log) if line.strip())
-ttps = float(torch_vals["torch_tokens_per_s"])
-p_tps, p_mfu = float(np.median(tps)), float(np.median(mfu))
-print(f"  {'':28s} {'partita':>12s} {'pytorch':>12s} {'ratio':>8s}")
-print(f"  {'tokens/s (median step)':28s} {p_tps:12.1f} {ttps:12.1f} {p_tps / ttps:8.2f}")
-print(f"  {'MFU vs measured sgemm peak':28s} {100 * p_mfu:11.1f}% {100 * p_mfu * ttps / p_tps:11.1f}%")
-print(f"  {'sgemm peak GFLOP/s':28s} {peak:12.1f}   ({threads} threads)")
+
+def metrics(path):
+    with h5py.File(path, "r") as f:
+        m = {k: np.array(v) for k, v in f["metrics"].items()}
+        return m, dict(f.attrs)
+
+
+def train(run_h5, torch_log):
+    m, a = metrics(run_h5)
+    tps, mfu = float(np.median(m["tokens_per_s"][1:])), float(np.median(m["mfu"][1:]))  # step 1 warms up
+    tv = dict(line.split() for line in open(torch_log) if line.strip())
+    ttps = float(tv["torch_tokens_per_s"])
+    print(f"  {'':30s} {'partita':>12s} {'pytorch':>12s} {'ratio':>8s}")
+    print(f"  {'tokens/s (median step)':30s} {tps:12.1f} {ttps:12.1f} {tps / ttps:8.2f}")
+    print(f"  {'MFU vs measured sgemm peak':30s} {100 * mfu:11.1f}% {100 * mfu * ttps / tps:11.1f}%")
+    print(f"  {'sgemm peak GFLOP/s':30s} {float(a['sgemm_peak_gflops']):12.1f}   ({int(a['threads_per_rank'])} threads)")
+
+
+def zero(d):
+    print(f"  {'stage':>5s} {'s/step':>8s} {'tok/s':>8s} {'MiB sent/step':>14s} {'x stage 0':>9s} "
+          f"{'wait s (overlap)':>17s} {'wait s (none)':>14s} {'hidden':>7s} {'states MiB':>11s}")
+    base = None
+    for st in range(4):
+        m, a = metrics(os.path.join(d, f"zero-{st}-true", "run.h5"))
+        m0, _ = metrics(os.path.join(d, f"zero-{st}-false", "run.h5"))
+        s = slice(1, None)
+        sent = float(np.median(m["comm_bytes_all_reduce"][s] + m["comm_bytes_reduce_scatter"][s] + m["comm_bytes_all_gather"][s]))
+        base = base or sent
+        w, w0 = float(np.median(m["comm_wait"][s])), float(np.median(m0["comm_wait"][s]))
+        hidden = 1 - w / w0 if w0 > 0 else float("nan")
+        print(f"  {st:5d} {np.median(m['step_time'][s]):8.2f} {np.median(m['tokens_per_s'][s]):8.0f} {sent / 2**20:14.1f} "
+              f"{sent / base:9.2f} {w:17.3f} {w0:14.3f} {100 * hidden:6.0f}% {int(a['model_state_bytes']) / 2**20:11.1f}")
+    print("  hidden = 1 - (time blocked in collectives with overlap) / (the same with zero.overlap = false)")
+
+
+def ckpt(d, nbytes, plain_s):
+    nbytes = float(nbytes)
+    plain = nbytes / float(plain_s) / 1e9
+    print(f"  checkpoint size {nbytes / 1e9:.2f} GB; plain sequential write (dd, fsync) {plain:.2f} GB/s")
+    print(f"  {'ranks':>5s} {'write s':>8s} {'write GB/s':>11s} {'of plain':>9s} {'read s':>8s} {'read GB/s':>10s}")
+    for np_ in (1, 2, 4):
+        w = open(os.path.join(d, f"ckpt-{np_}-w.log")).read()
+        r = open(os.path.join(d, f"ckpt-{np_}-r.log")).read()
+        mw = re.search(r"checkpoint: \S+ \(([\d.]+) s\)", w)
+        mr = re.search(r"resumed from \S+ at step \d+ \(([\d.]+) s\)", r)
+        ws = float(mw.group(1)) if mw else float("nan")
+        rs = float(mr.group(1)) if mr else float("nan")
+        print(f"  {np_:5d} {ws:8.2f} {nbytes / ws / 1e9:11.2f} {nbytes / ws / 1e9 / plain:8.0%} {rs:8.2f} {nbytes / rs / 1e9:10.2f}")
+
+
+if __name__ == "__main__":
+    {"train": train, "zero": zero, "ckpt": ckpt}[sys.argv[1]](*sys.argv[2:])
