@@ -31,6 +31,7 @@ tests=(
   "comm-debug           $PYTHON tests/test_comm_debug.py"
   "estimate-memory      $PYTHON tests/test_estimate.py"
   "checkpoints          $PYTHON tests/test_ckpt.py"
+  "analysis-tools       $PYTHON tests/test_analysis.py"
   "tiny-training        $PYTHON tests/test_train_tiny.py"
 )
 

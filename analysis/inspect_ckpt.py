@@ -1,0 +1,121 @@
+#!/usr/bin/python3
+"""inspect_ckpt.py: statistics and checksums of a checkpoint or weights file.
+
+    analysis/inspect_ckpt.py ckpt/step-000100.h5     /meta, then every dataset under
+                                                     /params and /optim, checksums verified
+    analysis/inspect_ckpt.py runs/gpt-tiny/final.h5  a weights file: attributes and statistics
+    analysis/inspect_ckpt.py FILE.h5 --deck          also print the stored deck
+
+For each dataset: shape, dtype, L2 norm, mean, std, min, max (float64 over the
+finite elements; a count of NaN/Inf follows if there are any). A checkpoint (one
+with /meta) stores "checksum:/params/<name>" per dataset; each is recomputed
+(the order-independent sum of ckpt.c) and reported ok / MISMATCH / MISSING.
+Exit status: 0 all good, 1 a checksum mismatches or is missing, 2 the file
+cannot be read as a checkpoint or weights file.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from partita_h5 import datasets_under, deck_compact, die, natural_key, open_h5, py, tensor_stats  # noqa: E402
+
+CHECKSUM_PREFIX = "checksum:"
+
+
+def show_attrs(obj, title, show_deck):
+    """Prints the non-checksum attributes of obj; the deck as a compact summary."""
+    items = sorted(((k, py(v)) for k, v in obj.attrs.items() if not k.startswith(CHECKSUM_PREFIX)),
+                   key=lambda kv: natural_key(kv[0]))
+    print(f"{title}:")
+    if not items:
+        print("  (none)")
+    deck = None
+    for k, v in items:
+        if k == "deck":
+            deck = v
+            continue
+        print(f"  {k:<18} {v}")
+    if deck:
+        if show_deck:
+            print("  deck:")
+            print("\n".join("    " + l for l in str(deck).rstrip().splitlines()))
+        else:
+            lines, hidden = deck_compact(str(deck))
+            print(f"  deck ({hidden} keys at their default not shown; --deck prints all):")
+            print("\n".join("    " + l for l in lines))
+
+
+def fmt_g(x):
+    return f"{x:11.4e}" if x == x else f"{'-':>11}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Statistics and checksums of a Partita checkpoint or weights file.")
+    ap.add_argument("file", help="a checkpoint (ckpt/step-NNNNNN.h5) or weights file (init.h5, final.h5)")
+    ap.add_argument("--deck", action="store_true", help="print the whole stored deck")
+    args = ap.parse_args()
+
+    with open_h5(args.file) as f:
+        if "params" not in f:
+            die(f"'{args.file}' has no /params group: not a checkpoint or weights file",
+                "run.h5 is read by summary.py and plot_run.py; checkpoints are <out_dir>/ckpt/step-*.h5")
+        meta = f["meta"] if "meta" in f else None
+        kind = "checkpoint" if meta is not None else "weights file"
+        print(f"{kind} {args.file}")
+        if meta is not None:
+            show_attrs(meta, "meta", args.deck)
+        if len(f.attrs) or meta is None:
+            show_attrs(f, "attributes", args.deck)
+
+        groups = ["params"] + (["optim"] if "optim" in f else [])
+        stored = {}
+        if meta is not None:
+            stored = {k[len(CHECKSUM_PREFIX):]: int(py(v)) & 0xFFFFFFFFFFFFFFFF
+                      for k, v in meta.attrs.items() if k.startswith(CHECKSUM_PREFIX)}
+        datasets = [d for g in groups for d in datasets_under(f[g])]
+        w = max([len(d.name) for d in datasets] + [8])
+        head = (f"  {'dataset':<{w}} {'shape':<14} {'dtype':<8} {'l2 norm':>11} {'mean':>11} {'std':>11} "
+                f"{'min':>11} {'max':>11}")
+        print(f"datasets ({len(datasets)}):")
+        print(head + ("  checksum" if meta is not None else ""))
+        bad, nelem = [], 0
+        for d in datasets:
+            st = tensor_stats(d, want_checksum=meta is not None)
+            nelem += st["n"]
+            shape = "(" + ", ".join(str(s) for s in d.shape) + ")"
+            line = (f"  {d.name:<{w}} {shape:<14} {str(d.dtype):<8} {fmt_g(st['l2'])} {fmt_g(st['mean'])} "
+                    f"{fmt_g(st['std'])} {fmt_g(st['min'])} {fmt_g(st['max'])}")
+            if meta is not None:
+                want = stored.pop(d.name, None)
+                if want is None:
+                    verdict = "MISSING (no stored checksum)"
+                elif st["checksum"] is None:
+                    verdict = f"MISMATCH (dtype {d.dtype}, checksums cover fp32 only)"
+                elif st["checksum"] != want:
+                    verdict = f"MISMATCH (stored {want:016x}, read {st['checksum']:016x})"
+                else:
+                    verdict = "ok"
+                if verdict != "ok":
+                    bad.append(d.name)
+                line += "  " + verdict
+            if st["nonfinite"]:
+                line += f"  [{st['nonfinite']} NaN/Inf]"
+            print(line)
+        print(f"{len(datasets)} datasets, {nelem:,} elements")
+        if meta is None:
+            return 0
+        # A checksum with no dataset: a tensor the writer vouched for is gone.
+        for name in sorted(stored, key=natural_key):
+            print(f"  {name:<{w}} MISSING dataset (a checksum is stored for it)")
+            bad.append(name)
+        if bad:
+            print(f"checksums: FAILED: {len(bad)} of {len(datasets)} datasets bad: " + ", ".join(bad))
+            print("hint: the file was damaged after it was written; resume from an earlier checkpoint")
+            return 1
+        print(f"checksums: ok, {len(datasets)} of {len(datasets)} datasets verified")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
