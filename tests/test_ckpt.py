@@ -181,4 +181,20 @@ with h5py.File(tok, "r") as f:
     t = torch.tensor(np.array(f["tokens"][:4 * 33]).astype(np.int64)).view(4, 33)
 loss = loss_of(gpt_forward(params, t[:, :-1], L, NH, V), t[:, 1:], V).item()
 check(np.isfinite(loss) and loss < 4.5, "the export loads into the PyTorch model and scores text", f"loss {loss:.3f}")
+
+# 6. the analysis tools on the runs and checkpoints made here
+py = "/usr/bin/python3"
+png = os.path.join(d, "runs.png")
+p = subprocess.run([py, os.path.join(ROOT, "analysis/plot_run.py"), os.path.join(d, "straight/run.h5"),
+                    os.path.join(d, "np4z3-full/run.h5"), "-o", png], capture_output=True, text=True)
+check(p.returncode == 0 and os.path.getsize(png) > 10000 and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n",
+      "plot_run.py draws two real runs into a PNG", f"{os.path.getsize(png) if os.path.exists(png) else 0} bytes")
+p = subprocess.run([py, os.path.join(ROOT, "analysis/summary.py"), os.path.join(d, "split/run.h5")],
+                   capture_output=True, text=True)
+check(p.returncode == 0 and f"{ref[-1]:.4f}" in p.stdout, "summary.py shows the resumed run's final loss", f"{ref[-1]:.4f}")
+p = subprocess.run([py, os.path.join(ROOT, "analysis/inspect_ckpt.py"), good], capture_output=True, text=True)
+check(p.returncode == 0, "inspect_ckpt.py passes a real checkpoint", p.stdout.strip().splitlines()[-1][:120])
+p = subprocess.run([py, os.path.join(ROOT, "analysis/inspect_ckpt.py"), os.path.join(d, "flipped.h5")],
+                   capture_output=True, text=True)
+check(p.returncode == 1 and "h.0.attn.c_attn.weight" in p.stdout, "inspect_ckpt.py names the flipped dataset")
 finish()

@@ -1,0 +1,939 @@
+// test_kernels.c: unit tests of the cpu kernels (kernels/kernels.h).
+//
+// Usage: test_kernels [NAME]   NAME one of encoder layernorm matmul gelu residual
+//        attention crossentropy adamw sumsq determinism; no NAME runs them all.
+// Exit status 0 when every check passed, 1 otherwise.
+//
+// Each test draws fresh random inputs (seeded xorshift), poisons outputs with
+// NaN before the call, compares the forward to a float64 reference loop by
+// relative norm, and checks the backward against central finite differences of
+// the float64 reference forward on the scalar loss L = sum(out * R), R random.
+// Every check prints what it compared, the figure it got and its tolerance.
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "cpu/fastmath.h"   // exp_fast, sqrt_fast: tested directly
+
+#define TOL_FWD 1e-5        // float kernel vs float64 reference
+#define TOL_FD 1e-4         // analytic gradient vs float64 finite differences
+#define FD_EPS 1e-5         // central-difference step (float64 reference)
+
+// ---------------------------------------------------------------- helpers
+
+typedef struct { uint64_t s; } Rng;
+
+static uint64_t rng_next(Rng *r)
+{
+    r->s ^= r->s << 13;
+    r->s ^= r->s >> 7;
+    r->s ^= r->s << 17;
+    return r->s;
+}
+
+// uniform in [0, 1)
+static double rng_unit(Rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; }
+// uniform in [-a, a)
+static float rng_sym(Rng *r, float a) { return (float)((2.0 * rng_unit(r) - 1.0) * a); }
+static int rng_int(Rng *r, int n) { return (int)(rng_next(r) % (uint64_t)n); }
+
+static void *xmalloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "test_kernels: out of memory (%zu bytes)\n", bytes);
+        exit(2);
+    }
+    return p;
+}
+static float *fnew(size_t n) { return xmalloc(n * sizeof(float)); }
+static double *dnew(size_t n) { return xmalloc(n * sizeof(double)); }
+
+static void fill(Rng *r, float *x, size_t n, float a)
+{
+    for (size_t i = 0; i < n; i++) x[i] = rng_sym(r, a);
+}
+static void poison(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+}
+static double *to_double(const float *x, size_t n)
+{
+    double *d = dnew(n);
+    for (size_t i = 0; i < n; i++) d[i] = x[i];
+    return d;
+}
+static float *fcopy(const float *x, size_t n)
+{
+    float *y = fnew(n);
+    memcpy(y, x, n * sizeof(float));
+    return y;
+}
+
+// ||a - ref|| / ||ref|| (NaN anywhere in a gives NaN)
+static double relerr(const float *a, const double *ref, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+static double relerr_dd(const double *a, const double *ref, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = a[i] - ref[i];
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+// Prints one check and returns 1 when it failed (NaN fails).
+static int check(const char *what, double err, double tol)
+{
+    int ok = err <= tol;
+    printf("  %-58s rel err %.1e (tol %.0e) %s\n", what, err, tol, ok ? "ok" : "FAIL");
+    return !ok;
+}
+// Prints a yes/no check and returns 1 when it failed.
+static int check_true(const char *what, int cond)
+{
+    printf("  %-58s %s\n", what, cond ? "ok" : "FAIL");
+    return !cond;
+}
+
+static double dot(const double *a, const double *b, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+// Central differences dL/dx[idx[k]] of loss(ctx), which reads x; x is restored.
+typedef double (*LossFn)(void *ctx);
+static void fd_grad(double *g, LossFn loss, void *ctx, double *x, const size_t *idx, size_t k)
+{
+    for (size_t i = 0; i < k; i++) {
+        double x0 = x[idx[i]];
+        x[idx[i]] = x0 + FD_EPS;
+        double lp = loss(ctx);
+        x[idx[i]] = x0 - FD_EPS;
+        double lm = loss(ctx);
+        x[idx[i]] = x0;
+        g[i] = (lp - lm) / (2.0 * FD_EPS);
+    }
+}
+
+// Indices to differentiate: all of [0, n) when n <= kmax, else kmax random ones.
+static size_t *pick(Rng *r, size_t n, size_t kmax, size_t *k)
+{
+    *k = n <= kmax ? n : kmax;
+    size_t *idx = xmalloc(*k * sizeof(size_t) + 1);
+    for (size_t i = 0; i < *k; i++) idx[i] = n <= kmax ? i : (size_t)(rng_next(r) % n);
+    return idx;
+}
+
+// Compares the analytic gradient ga (minus a start value g0 when it accumulates,
+// g0 may be NULL) at the picked entries with central differences of the loss.
+static int check_fd(const char *what, Rng *r, const float *ga, const float *g0,
+                    LossFn loss, void *ctx, double *x, size_t n, size_t kmax)
+{
+    size_t k;
+    size_t *idx = pick(r, n, kmax, &k);
+    double *num = dnew(k), *ana = dnew(k);
+    fd_grad(num, loss, ctx, x, idx, k);
+    for (size_t i = 0; i < k; i++)
+        ana[i] = (double)ga[idx[i]] - (g0 ? (double)g0[idx[i]] : 0.0);
+    char buf[160];
+    snprintf(buf, sizeof buf, "%s (fd, %zu of %zu)", what, k, n);
+    int f = check(buf, relerr_dd(ana, num, k), TOL_FD);
+    free(idx);
+    free(num);
+    free(ana);
+    return f;
+}
+
+// ---------------------------------------------------------------- encoder
+
+typedef struct {
+    const int32_t *tok;
+    double *wte, *wpe, *out;
+    const double *R;
+    int B, T, C;
+} EncCtx;
+
+static void ref_encoder_forward(EncCtx *c)
+{
+    for (int n = 0; n < c->B * c->T; n++)
+        for (int i = 0; i < c->C; i++)
+            c->out[(size_t)n * c->C + i] = c->wte[(size_t)c->tok[n] * c->C + i] + c->wpe[(size_t)(n % c->T) * c->C + i];
+}
+static double enc_loss(void *p)
+{
+    EncCtx *c = p;
+    ref_encoder_forward(c);
+    return dot(c->out, c->R, (size_t)c->B * c->T * c->C);
+}
+
+static int test_encoder(Rng *r)
+{
+    int fails = 0;
+    const int B = 3, T = 7, C = 37, Vp = 23, V = 21, maxT = 11;
+    size_t N = (size_t)B * T;
+    int32_t tok[3 * 7];
+    for (size_t i = 0; i < N; i++) tok[i] = rng_int(r, V);
+    tok[5] = tok[0];
+    tok[8] = tok[0];   // repeated tokens accumulate into one row
+    float *wte = fnew((size_t)Vp * C), *wpe = fnew((size_t)maxT * C), *out = fnew(N * C);
+    fill(r, wte, (size_t)Vp * C, 1.0f);
+    fill(r, wpe, (size_t)maxT * C, 1.0f);
+    poison(out, N * C);
+    encoder_forward(out, tok, wte, wpe, B, T, C);
+    double *R = dnew(N * C);
+    float *dout = fnew(N * C);
+    for (size_t i = 0; i < N * C; i++) R[i] = dout[i] = rng_sym(r, 1.0f);
+    EncCtx c = { tok, to_double(wte, (size_t)Vp * C), to_double(wpe, (size_t)maxT * C), dnew(N * C), R, B, T, C };
+    ref_encoder_forward(&c);
+    fails += check("encoder forward (B=3 T=7 C=37)", relerr(out, c.out, N * C), TOL_FWD);
+
+    float *dwte = fnew((size_t)Vp * C), *dwpe = fnew((size_t)maxT * C);
+    fill(r, dwte, (size_t)Vp * C, 1.0f);
+    fill(r, dwpe, (size_t)maxT * C, 1.0f);
+    float *dwte0 = fcopy(dwte, (size_t)Vp * C), *dwpe0 = fcopy(dwpe, (size_t)maxT * C);
+    encoder_backward(dwte, dwpe, dout, tok, B, T, C);
+    fails += check_fd("encoder backward dwte (accumulates)", r, dwte, dwte0, enc_loss, &c, c.wte, (size_t)Vp * C, 2000);
+    fails += check_fd("encoder backward dwpe (accumulates)", r, dwpe, dwpe0, enc_loss, &c, c.wpe, (size_t)maxT * C, 2000);
+    free(wte); free(wpe); free(out); free(R); free(dout); free(c.wte); free(c.wpe); free(c.out);
+    free(dwte); free(dwpe); free(dwte0); free(dwpe0);
+    return fails;
+}
+
+// ---------------------------------------------------------------- layernorm
+
+typedef struct {
+    double *inp, *w, *b, *out, *mean, *rstd;
+    const double *R;
+    size_t N;
+    int C;
+} LnCtx;
+
+static void ref_layernorm_forward(LnCtx *c)
+{
+    for (size_t n = 0; n < c->N; n++) {
+        const double *x = c->inp + n * c->C;
+        double m = 0.0, v = 0.0;
+        for (int i = 0; i < c->C; i++) m += x[i];
+        m /= c->C;
+        for (int i = 0; i < c->C; i++) v += (x[i] - m) * (x[i] - m);
+        v /= c->C;
+        double s = 1.0 / sqrt(v + 1e-5);
+        for (int i = 0; i < c->C; i++) c->out[n * c->C + i] = (x[i] - m) * s * c->w[i] + c->b[i];
+        c->mean[n] = m;
+        c->rstd[n] = s;
+    }
+}
+static double ln_loss(void *p)
+{
+    LnCtx *c = p;
+    ref_layernorm_forward(c);
+    return dot(c->out, c->R, c->N * c->C);
+}
+
+static int layernorm_case(Rng *r, size_t N, int C, size_t kmax)
+{
+    int fails = 0;
+    char buf[128];
+    size_t NC = N * (size_t)C;
+    float *inp = fnew(NC), *w = fnew(C), *b = fnew(C), *out = fnew(NC), *mean = fnew(N), *rstd = fnew(N);
+    for (size_t i = 0; i < NC; i++) inp[i] = 3.0f + rng_sym(r, 2.0f);   // non-zero mean
+    fill(r, w, C, 1.0f);
+    fill(r, b, C, 1.0f);
+    poison(out, NC);
+    poison(mean, N);
+    poison(rstd, N);
+    layernorm_forward(out, mean, rstd, inp, w, b, N, C);
+    double *R = dnew(NC);
+    float *dout = fnew(NC);
+    for (size_t i = 0; i < NC; i++) R[i] = dout[i] = rng_sym(r, 1.0f);
+    LnCtx c = { to_double(inp, NC), to_double(w, C), to_double(b, C), dnew(NC), dnew(N), dnew(N), R, N, C };
+    ref_layernorm_forward(&c);
+    snprintf(buf, sizeof buf, "layernorm forward out (N=%zu C=%d)", N, C);
+    fails += check(buf, relerr(out, c.out, NC), TOL_FWD);
+    fails += check("layernorm forward mean", relerr(mean, c.mean, N), TOL_FWD);
+    fails += check("layernorm forward rstd", relerr(rstd, c.rstd, N), TOL_FWD);
+
+    float *dinp = fnew(NC), *dw = fnew(C), *db = fnew(C);
+    fill(r, dinp, NC, 1.0f);
+    fill(r, dw, C, 1.0f);
+    fill(r, db, C, 1.0f);
+    float *dinp0 = fcopy(dinp, NC), *dw0 = fcopy(dw, C), *db0 = fcopy(db, C);
+    layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+    fails += check_fd("layernorm backward dinp (accumulates)", r, dinp, dinp0, ln_loss, &c, c.inp, NC, kmax);
+    fails += check_fd("layernorm backward dweight (accumulates)", r, dw, dw0, ln_loss, &c, c.w, C, kmax);
+    fails += check_fd("layernorm backward dbias (accumulates)", r, db, db0, ln_loss, &c, c.b, C, kmax);
+    free(inp); free(w); free(b); free(out); free(mean); free(rstd); free(R); free(dout);
+    free(c.inp); free(c.w); free(c.b); free(c.out); free(c.mean); free(c.rstd);
+    free(dinp); free(dw); free(db); free(dinp0); free(dw0); free(db0);
+    return fails;
+}
+
+static int test_layernorm(Rng *r)
+{
+    return layernorm_case(r, 13, 37, 100000) + layernorm_case(r, 9, 770, 300);
+}
+
+// ---------------------------------------------------------------- matmul
+
+typedef struct {
+    double *inp, *w, *b, *out;   // b NULL: no bias
+    const double *R;
+    size_t N;
+    int IC, OC, tw;
+} MmCtx;
+
+static void ref_matmul_forward(MmCtx *c)
+{
+    for (size_t n = 0; n < c->N; n++)
+        for (int o = 0; o < c->OC; o++) {
+            double s = c->b ? c->b[o] : 0.0;
+            for (int i = 0; i < c->IC; i++)
+                s += c->inp[n * c->IC + i] * (c->tw ? c->w[(size_t)o * c->IC + i] : c->w[(size_t)i * c->OC + o]);
+            c->out[n * c->OC + o] = s;
+        }
+}
+static double mm_loss(void *p)
+{
+    MmCtx *c = p;
+    ref_matmul_forward(c);
+    return dot(c->out, c->R, c->N * c->OC);
+}
+
+static int matmul_case(Rng *r, size_t N, int IC, int OC, int tw, int has_bias, size_t kmax)
+{
+    int fails = 0;
+    char buf[160];
+    size_t nin = N * IC, nw = (size_t)IC * OC, nout = N * OC;
+    float *inp = fnew(nin), *w = fnew(nw), *b = fnew(OC), *out = fnew(nout);
+    fill(r, inp, nin, 1.0f);
+    fill(r, w, nw, 1.0f);
+    fill(r, b, OC, 1.0f);
+    poison(out, nout);
+    matmul_forward(out, inp, w, has_bias ? b : NULL, N, IC, OC, tw);
+    double *R = dnew(nout);
+    float *dout = fnew(nout);
+    for (size_t i = 0; i < nout; i++) R[i] = dout[i] = rng_sym(r, 1.0f);
+    MmCtx c = { to_double(inp, nin), to_double(w, nw), has_bias ? to_double(b, OC) : NULL, dnew(nout), R, N, IC, OC, tw };
+    ref_matmul_forward(&c);
+    const char *tag = has_bias ? "bias" : "no bias";
+    snprintf(buf, sizeof buf, "matmul forward (N=%zu IC=%d OC=%d trans_w=%d %s)", N, IC, OC, tw, tag);
+    fails += check(buf, relerr(out, c.out, nout), TOL_FWD);
+
+    float *dinp = fnew(nin), *dw = fnew(nw), *db = fnew(OC);
+    poison(dinp, nin);
+    fill(r, dw, nw, 1.0f);
+    fill(r, db, OC, 1.0f);
+    float *dw0 = fcopy(dw, nw), *db0 = fcopy(db, OC);
+    matmul_backward(dinp, dw, has_bias ? db : NULL, dout, inp, w, N, IC, OC, tw);
+    fails += check_fd("matmul backward dinp (overwritten)", r, dinp, NULL, mm_loss, &c, c.inp, nin, kmax);
+    fails += check_fd("matmul backward dweight (accumulates)", r, dw, dw0, mm_loss, &c, c.w, nw, kmax);
+    if (has_bias) {
+        fails += check_fd("matmul backward dbias (accumulates)", r, db, db0, mm_loss, &c, c.b, OC, kmax);
+    } else {
+        fails += check_true("matmul backward with dbias NULL leaves db alone", memcmp(db, db0, OC * sizeof(float)) == 0);
+    }
+    free(inp); free(w); free(b); free(out); free(R); free(dout);
+    free(c.inp); free(c.w); free(c.b); free(c.out);
+    free(dinp); free(dw); free(db); free(dw0); free(db0);
+    return fails;
+}
+
+static int test_matmul(Rng *r)
+{
+    int fails = 0;
+    for (int tw = 0; tw <= 1; tw++)
+        for (int hb = 0; hb <= 1; hb++) fails += matmul_case(r, 13, 37, 19, tw, hb, 100000);
+    fails += matmul_case(r, 67, 129, 385, 0, 1, 200);
+    fails += matmul_case(r, 67, 129, 385, 1, 0, 200);
+    return fails;
+}
+
+// ---------------------------------------------------------------- gelu
+
+static double ref_gelu(double x)
+{
+    return 0.5 * x * (1.0 + tanh(sqrt(2.0 / 3.14159265358979323846) * (x + 0.044715 * x * x * x)));
+}
+
+static int test_gelu(Rng *r)
+{
+    int fails = 0;
+    const size_t n = 1001;
+    float *x = fnew(n), *out = fnew(n), *dout = fnew(n), *dinp = fnew(n);
+    fill(r, x, n, 8.0f);
+    const float special[] = { 0.0f, -0.0f, 1e-20f, -1e-20f, 20.0f, -20.0f, 100.0f, -100.0f, 1e4f, -1e4f };
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) x[i] = special[i];
+    fill(r, dout, n, 1.0f);
+    poison(out, n);
+    poison(dinp, n);
+    gelu_forward(out, x, n);
+    gelu_backward(dinp, x, dout, n);
+    double *ref = dnew(n), *gref = dnew(n);
+    for (size_t i = 0; i < n; i++) {
+        double xi = x[i];
+        ref[i] = ref_gelu(xi);
+        gref[i] = dout[i] * (ref_gelu(xi + FD_EPS) - ref_gelu(xi - FD_EPS)) / (2.0 * FD_EPS);
+    }
+    fails += check("gelu forward (n=1001, x in [-8, 8] and +-1e4)", relerr(out, ref, n), TOL_FWD);
+    fails += check("gelu backward dinp (overwritten, fd)", relerr(dinp, gref, n), TOL_FD);
+    double worst = 0.0;   // pointwise relative error where gelu is not tiny
+    for (size_t i = 0; i < n; i++)
+        if (fabs(ref[i]) > 1e-3) worst = fmax(worst, fabs(out[i] - ref[i]) / fabs(ref[i]));
+    fails += check("gelu forward max pointwise (|gelu| > 1e-3)", worst, 1e-5);
+    free(x); free(out); free(dout); free(dinp); free(ref); free(gref);
+    return fails;
+}
+
+// ---------------------------------------------------------------- residual, scale
+
+static int test_residual(Rng *r)
+{
+    int fails = 0;
+    const size_t n = 1001;
+    float *a = fnew(n), *b = fnew(n), *out = fnew(n);
+    fill(r, a, n, 1.0f);
+    fill(r, b, n, 1.0f);
+    poison(out, n);
+    residual_forward(out, a, b, n);
+    double *ref = dnew(n);
+    for (size_t i = 0; i < n; i++) ref[i] = (double)a[i] + b[i];
+    fails += check("residual forward (n=1001)", relerr(out, ref, n), TOL_FWD);
+    residual_forward(a, a, b, n);   // in place, as the residual stream uses it
+    fails += check("residual forward in place (out == a)", relerr(a, ref, n), TOL_FWD);
+    for (size_t i = 0; i < n; i++) ref[i] = (double)a[i] * 0.37;
+    scale_inplace(a, 0.37f, n);
+    fails += check("scale_inplace (n=1001)", relerr(a, ref, n), TOL_FWD);
+    free(a); free(b); free(out); free(ref);
+    return fails;
+}
+
+// ---------------------------------------------------------------- attention
+
+typedef struct {
+    double *qkv, *out, *lse;
+    const double *R;
+    int B, T, C, NH;
+} AttCtx;
+
+static void ref_attention_forward(AttCtx *c)
+{
+    int B = c->B, T = c->T, C = c->C, NH = c->NH, HS = C / NH;
+    double scale = 1.0 / sqrt((double)HS);
+    double *s = dnew(T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const double *q = c->qkv + ((size_t)b * T + t) * 3 * C + h * HS;
+                double mx = -INFINITY;
+                for (int j = 0; j <= t; j++) {
+                    const double *k = c->qkv + ((size_t)b * T + j) * 3 * C + C + h * HS;
+                    double d = 0.0;
+                    for (int i = 0; i < HS; i++) d += q[i] * k[i];
+                    s[j] = d * scale;
+                    mx = fmax(mx, s[j]);
+                }
+                double sum = 0.0;
+                for (int j = 0; j <= t; j++) sum += (s[j] = exp(s[j] - mx));
+                double *o = c->out + ((size_t)b * T + t) * C + h * HS;
+                for (int i = 0; i < HS; i++) o[i] = 0.0;
+                for (int j = 0; j <= t; j++) {
+                    const double *v = c->qkv + ((size_t)b * T + j) * 3 * C + 2 * C + h * HS;
+                    for (int i = 0; i < HS; i++) o[i] += s[j] / sum * v[i];
+                }
+                c->lse[((size_t)b * NH + h) * T + t] = mx + log(sum);
+            }
+    free(s);
+}
+static double att_loss(void *p)
+{
+    AttCtx *c = p;
+    ref_attention_forward(c);
+    return dot(c->out, c->R, (size_t)c->B * c->T * c->C);
+}
+
+// Plain (untiled) float64 backward, dout = R.
+static void ref_attention_backward(double *dqkv, AttCtx *c)
+{
+    int B = c->B, T = c->T, C = c->C, NH = c->NH, HS = C / NH;
+    double scale = 1.0 / sqrt((double)HS);
+    double *p = dnew(T), *dp = dnew(T);
+    memset(dqkv, 0, (size_t)B * T * 3 * C * sizeof(double));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                size_t qo = ((size_t)b * T + t) * 3 * C + h * HS;
+                const double *q = c->qkv + qo, *go = c->R + ((size_t)b * T + t) * C + h * HS;
+                double lse = c->lse[((size_t)b * NH + h) * T + t], D = 0.0;
+                for (int j = 0; j <= t; j++) {
+                    size_t ko = ((size_t)b * T + j) * 3 * C + C + h * HS;
+                    const double *k = c->qkv + ko, *v = k + C;
+                    double s = 0.0, g = 0.0;
+                    for (int i = 0; i < HS; i++) {
+                        s += q[i] * k[i];
+                        g += go[i] * v[i];
+                    }
+                    p[j] = exp(s * scale - lse);
+                    dp[j] = g;
+                    D += p[j] * g;
+                    for (int i = 0; i < HS; i++) dqkv[ko + C + i] += p[j] * go[i];
+                }
+                for (int j = 0; j <= t; j++) {
+                    size_t ko = ((size_t)b * T + j) * 3 * C + C + h * HS;
+                    double ds = p[j] * (dp[j] - D) * scale;
+                    for (int i = 0; i < HS; i++) {
+                        dqkv[qo + i] += ds * c->qkv[ko + i];
+                        dqkv[ko + i] += ds * q[i];
+                    }
+                }
+            }
+    free(p);
+    free(dp);
+}
+
+static int attention_case(Rng *r, int B, int T, int C, int NH, size_t kmax)
+{
+    int fails = 0;
+    char buf[160];
+    size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C, nlse = (size_t)B * NH * T;
+    float *qkv = fnew(nqkv), *out = fnew(nout), *lse = fnew(nlse), *dout = fnew(nout), *dqkv = fnew(nqkv);
+    fill(r, qkv, nqkv, 2.0f);   // scores spread over a few units: a peaked softmax
+    poison(out, nout);
+    poison(lse, nlse);
+    attention_forward(out, lse, qkv, B, T, C, NH);
+    double *R = dnew(nout);
+    for (size_t i = 0; i < nout; i++) R[i] = dout[i] = rng_sym(r, 1.0f);
+    AttCtx c = { to_double(qkv, nqkv), dnew(nout), dnew(nlse), R, B, T, C, NH };
+    ref_attention_forward(&c);
+    snprintf(buf, sizeof buf, "attention forward out (B=%d T=%d C=%d NH=%d HS=%d)", B, T, C, NH, C / NH);
+    fails += check(buf, relerr(out, c.out, nout), TOL_FWD);
+    fails += check("attention forward lse", relerr(lse, c.lse, nlse), TOL_FWD);
+
+    poison(dqkv, nqkv);
+    attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+    double *dref = dnew(nqkv);
+    ref_attention_backward(dref, &c);
+    fails += check("attention backward dqkv vs float64 backward", relerr(dqkv, dref, nqkv), TOL_FD);
+    fails += check_fd("attention backward dqkv (overwritten)", r, dqkv, NULL, att_loss, &c, c.qkv, nqkv, kmax);
+    free(qkv); free(out); free(lse); free(dout); free(dqkv); free(R);
+    free(c.qkv); free(c.out); free(c.lse); free(dref);
+    return fails;
+}
+
+static int test_attention(Rng *r)
+{
+    int fails = 0;
+    fails += attention_case(r, 2, 67, 36, 3, 300);
+    fails += attention_case(r, 1, 130, 128, 2, 60);
+    fails += attention_case(r, 2, 64, 24, 2, 100);
+    fails += attention_case(r, 1, 1, 36, 3, 1000);
+    return fails;
+}
+
+// ---------------------------------------------------------------- crossentropy
+
+typedef struct {
+    double *logits;
+    const int32_t *tgt;
+    double *losses, *lse;
+    double dloss;
+    size_t N;
+    int V, Vp;
+} CeCtx;
+
+static void ref_ce_forward(CeCtx *c)
+{
+    for (size_t n = 0; n < c->N; n++) {
+        const double *x = c->logits + n * c->Vp;
+        double mx = -INFINITY, s = 0.0;
+        for (int v = 0; v < c->V; v++) mx = fmax(mx, x[v]);
+        for (int v = 0; v < c->V; v++) s += exp(x[v] - mx);
+        c->lse[n] = mx + log(s);
+        c->losses[n] = c->tgt[n] < 0 ? 0.0 : c->lse[n] - x[c->tgt[n]];
+    }
+}
+static double ce_loss(void *p)
+{
+    CeCtx *c = p;
+    ref_ce_forward(c);
+    double s = 0.0;
+    for (size_t n = 0; n < c->N; n++) s += c->losses[n];
+    return c->dloss * s;
+}
+
+static int ce_case(Rng *r, size_t N, int V, int Vp, size_t kmax)
+{
+    int fails = 0;
+    char buf[160];
+    size_t NV = N * Vp;
+    float *logits = fnew(NV), *losses = fnew(N), *lse = fnew(N), *dl = fnew(NV);
+    int32_t *tgt = xmalloc(N * sizeof(int32_t));
+    for (size_t n = 0; n < N; n++) {
+        float a = n == 1 ? 30.0f : 4.0f;   // one row with a very peaked softmax
+        for (int v = 0; v < Vp; v++) logits[n * Vp + v] = v < V ? rng_sym(r, a) : NAN;   // pad must not be read
+        tgt[n] = rng_int(r, V);
+    }
+    tgt[0] = V - 1;
+    if (N > 4) tgt[2] = tgt[4] = -1;
+    int live = 0;
+    for (size_t n = 0; n < N; n++) live += tgt[n] >= 0;
+    float dloss = 1.0f / (float)live;
+    poison(losses, N);
+    poison(lse, N);
+    crossentropy_forward(losses, lse, logits, tgt, N, V, Vp);
+    CeCtx c = { to_double(logits, NV), tgt, dnew(N), dnew(N), dloss, N, V, Vp };
+    ref_ce_forward(&c);
+    snprintf(buf, sizeof buf, "crossentropy forward losses (N=%zu V=%d Vp=%d)", N, V, Vp);
+    fails += check(buf, relerr(losses, c.losses, N), TOL_FWD);
+    double *lse_live = dnew(N);
+    float *lse_livef = fnew(N);
+    size_t nl = 0;
+    for (size_t n = 0; n < N; n++)
+        if (tgt[n] >= 0) {
+            lse_live[nl] = c.lse[n];
+            lse_livef[nl++] = lse[n];
+        }
+    fails += check("crossentropy forward lse (live rows)", relerr(lse_livef, lse_live, nl), TOL_FWD);
+    int ign_ok = 1;
+    for (size_t n = 0; n < N; n++)
+        if (tgt[n] < 0 && losses[n] != 0.0f) ign_ok = 0;
+    fails += check_true("crossentropy forward ignored rows have loss 0", ign_ok);
+
+    poison(dl, NV);
+    crossentropy_backward(dl, logits, lse, tgt, dloss, N, V, Vp);
+    double *gref = dnew(NV);
+    int pad_ok = 1, ign_zero = 1;
+    for (size_t n = 0; n < N; n++)
+        for (int v = 0; v < Vp; v++) {
+            size_t i = n * Vp + v;
+            gref[i] = (v >= V || tgt[n] < 0) ? 0.0 : dloss * (exp(c.logits[i] - c.lse[n]) - (v == tgt[n]));
+            if (v >= V && dl[i] != 0.0f) pad_ok = 0;
+            if (tgt[n] < 0 && dl[i] != 0.0f) ign_zero = 0;
+        }
+    fails += check("crossentropy backward dlogits vs float64 formula", relerr(dl, gref, NV), TOL_FWD);
+    fails += check_true("crossentropy backward padded columns V..Vp-1 are 0", pad_ok);
+    fails += check_true("crossentropy backward ignored rows are 0", ign_zero);
+    // fd over live columns only (the padded ones hold NaN in the reference input)
+    {
+        size_t k = 0;
+        size_t *idx = xmalloc(kmax * sizeof(size_t));
+        while (k < kmax) {
+            size_t n = (size_t)rng_int(r, (int)N);
+            int v = k % 4 == 0 && tgt[n] >= 0 ? tgt[n] : rng_int(r, V);   // include target columns
+            idx[k++] = n * Vp + v;
+        }
+        double *num = dnew(k), *ana = dnew(k);
+        fd_grad(num, ce_loss, &c, c.logits, idx, k);
+        for (size_t i = 0; i < k; i++) ana[i] = dl[idx[i]];
+        snprintf(buf, sizeof buf, "crossentropy backward dlogits (fd, %zu entries)", k);
+        fails += check(buf, relerr_dd(ana, num, k), TOL_FD);
+        free(idx); free(num); free(ana);
+    }
+    float *inplace = fcopy(logits, NV);
+    crossentropy_backward(inplace, inplace, lse, tgt, dloss, N, V, Vp);
+    fails += check_true("crossentropy backward in place (dlogits == logits) same bits",
+                        memcmp(inplace, dl, NV * sizeof(float)) == 0);
+    free(logits); free(losses); free(lse); free(dl); free(tgt); free(c.logits); free(c.losses); free(c.lse);
+    free(lse_live); free(lse_livef); free(gref); free(inplace);
+    return fails;
+}
+
+static int test_exp_fast(void)
+{
+    int fails = 0;
+    double worst = 0.0;
+    const int n = 2000001;
+    for (int i = 0; i < n; i++) {
+        float x = (float)(-87.3 + (88.72 + 87.3) * i / (n - 1));
+        double e = exp((double)x);
+        worst = fmax(worst, fabs(exp_fast(x) - e) / e);
+    }
+    fails += check("exp_fast max pointwise on [-87.3, 88.72]", worst, 2e-7);
+    float z1 = exp_fast(-INFINITY), z2 = exp_fast(-104.5f), one = exp_fast(0.0f);
+    float nan = exp_fast(NAN), sub = exp_fast(-95.0f);
+    fails += check_true("exp_fast(-inf) = exp_fast(-104.5) = 0, exp_fast(0) = 1", z1 == 0.0f && z2 == 0.0f && one == 1.0f);
+    fails += check_true("exp_fast(NaN) is NaN, exp_fast(-95) subnormal ~ e^-95",
+                        nan != nan && fabs(sub - exp(-95.0)) < 1e-44);
+    return fails;
+}
+
+static int test_crossentropy(Rng *r)
+{
+    int fails = test_exp_fast();
+    fails += ce_case(r, 9, 997, 1008, 400);
+    fails += ce_case(r, 3, 50257, 50304, 200);
+    return fails;
+}
+
+// ---------------------------------------------------------------- adamw
+
+static int test_sqrt_fast(void)
+{
+    double worst = 0.0;
+    for (int i = 0; i <= 4000; i++) {
+        float x = (float)pow(10.0, -22.0 + 44.0 * i / 4000.0);
+        double s = sqrt((double)x);
+        worst = fmax(worst, fabs(sqrt_fast(x) - s) / s);
+    }
+    int fails = check("sqrt_fast max pointwise on [1e-22, 1e22]", worst, 1.2e-7);
+    fails += check_true("sqrt_fast(0) = 0, sqrt_fast(1e-30) < 1e-14", sqrt_fast(0.0f) == 0.0f && sqrt_fast(1e-30f) < 1e-14f);
+    return fails;
+}
+
+static int test_adamw(Rng *r)
+{
+    int fails = test_sqrt_fast();
+    const size_t n = 1001;
+    const float lr = 1e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
+    float *p = fnew(n), *g = fnew(n), *m = fnew(n), *v = fnew(n), *p0 = fnew(n);
+    double *pd = dnew(n), *md = dnew(n), *vd = dnew(n), *dp = dnew(n);
+    fill(r, p, n, 1.0f);
+    memcpy(p0, p, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        m[i] = v[i] = 0.0f;
+        md[i] = vd[i] = 0.0;
+        pd[i] = p[i];
+    }
+    for (int t = 1; t <= 5; t++) {
+        fill(r, g, n, 1.0f);
+        g[3] = 0.0f;                  // a parameter with no gradient at all
+        for (size_t i = 0; i < n; i++) {
+            double gi = g[i];
+            md[i] = b1 * md[i] + (1.0 - b1) * gi;
+            vd[i] = b2 * vd[i] + (1.0 - b2) * gi * gi;
+            double mh = md[i] / (1.0 - pow(b1, t)), vh = vd[i] / (1.0 - pow(b2, t));
+            pd[i] -= lr * (mh / (sqrt(vh) + eps) + wd * pd[i]);
+        }
+        adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, t);
+    }
+    float *dpf = fnew(n);
+    for (size_t i = 0; i < n; i++) {
+        dp[i] = pd[i] - p0[i];
+        dpf[i] = p[i] - p0[i];
+    }
+    fails += check("adamw 5 steps: param change p - p0 (n=1001)", relerr(dpf, dp, n), 1e-4);
+    fails += check("adamw 5 steps: m", relerr(m, md, n), TOL_FWD);
+    fails += check("adamw 5 steps: v", relerr(v, vd, n), TOL_FWD);
+    free(p); free(g); free(m); free(v); free(p0); free(pd); free(md); free(vd); free(dp); free(dpf);
+    return fails;
+}
+
+// ---------------------------------------------------------------- sumsq
+
+static int test_sumsq(Rng *r)
+{
+    int fails = 0;
+    const size_t sizes[] = { 0, 1, 5, 16385, 3000017 };
+    float *x = fnew(3000017);
+    fill(r, x, 3000017, 3.0f);
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t n = sizes[k];
+        long double ref = 0.0L;
+        for (size_t i = 0; i < n; i++) ref += (long double)x[i] * x[i];
+        double got = sumsq(x, n);
+        double err = n ? fabs(got - (double)ref) / (double)ref : fabs(got);
+        char buf[96];
+        snprintf(buf, sizeof buf, "sumsq (n=%zu)", n);
+        fails += check(buf, err, 1e-12);
+    }
+    free(x);
+    return fails;
+}
+
+// ---------------------------------------------------------------- determinism
+
+// Runs the reducing kernels at the given thread count; outputs into o (preallocated).
+typedef struct {
+    float *ln_dinp, *ln_dw, *ln_db;
+    float *enc_dwte, *enc_dwpe;
+    float *mm_dinp, *mm_dw, *mm_db;
+    float *att_out, *att_lse, *att_dqkv;
+    float *ce_losses, *ce_lse, *ce_dl;
+    double ss;
+} DetOut;
+
+enum { DN = 301, DC = 770, DB = 4, DT = 65, DV = 50, DIC = 65, DOC = 777,
+       AB = 2, AT = 130, AC = 128, ANH = 2, CEN = 7, CEV = 5001, CEVP = 5008 };
+#define DSS ((size_t)3000007)
+
+typedef struct {
+    float *ln_inp, *ln_w, *ln_dout, *ln_mean, *ln_rstd, *ln_out;
+    int32_t *tok;
+    float *enc_dout;
+    float *mm_inp, *mm_w, *mm_dout;
+    float *qkv, *att_dout;
+    float *logits;
+    int32_t *tgt;
+    float *ss;
+} DetIn;
+
+static void det_run(const DetIn *in, DetOut *o, int threads)
+{
+    kernels_set_threads(threads);
+    memset(o->ln_dinp, 0, sizeof(float) * DN * DC);
+    memset(o->ln_dw, 0, sizeof(float) * DC);
+    memset(o->ln_db, 0, sizeof(float) * DC);
+    layernorm_forward(in->ln_out, in->ln_mean, in->ln_rstd, in->ln_inp, in->ln_w, in->ln_w, DN, DC);
+    layernorm_backward(o->ln_dinp, o->ln_dw, o->ln_db, in->ln_dout, in->ln_inp, in->ln_w,
+                       in->ln_mean, in->ln_rstd, DN, DC);
+    memset(o->enc_dwte, 0, sizeof(float) * DV * DC);
+    memset(o->enc_dwpe, 0, sizeof(float) * DT * DC);
+    encoder_backward(o->enc_dwte, o->enc_dwpe, in->enc_dout, in->tok, DB, DT, DC);
+    memset(o->mm_dw, 0, sizeof(float) * DIC * DOC);
+    memset(o->mm_db, 0, sizeof(float) * DOC);
+    matmul_backward(o->mm_dinp, o->mm_dw, o->mm_db, in->mm_dout, in->mm_inp, in->mm_w, DN, DIC, DOC, 0);
+    attention_forward(o->att_out, o->att_lse, in->qkv, AB, AT, AC, ANH);
+    attention_backward(o->att_dqkv, in->att_dout, in->qkv, o->att_out, o->att_lse, AB, AT, AC, ANH);
+    crossentropy_forward(o->ce_losses, o->ce_lse, in->logits, in->tgt, CEN, CEV, CEVP);
+    crossentropy_backward(o->ce_dl, in->logits, o->ce_lse, in->tgt, 0.25f, CEN, CEV, CEVP);
+    o->ss = sumsq(in->ss, DSS);
+}
+
+static void det_alloc(DetOut *o)
+{
+    o->ln_dinp = fnew((size_t)DN * DC); o->ln_dw = fnew(DC); o->ln_db = fnew(DC);
+    o->enc_dwte = fnew((size_t)DV * DC); o->enc_dwpe = fnew((size_t)DT * DC);
+    o->mm_dinp = fnew((size_t)DN * DIC); o->mm_dw = fnew((size_t)DIC * DOC); o->mm_db = fnew(DOC);
+    o->att_out = fnew((size_t)AB * AT * AC); o->att_lse = fnew((size_t)AB * ANH * AT);
+    o->att_dqkv = fnew((size_t)AB * AT * 3 * AC);
+    o->ce_losses = fnew(CEN); o->ce_lse = fnew(CEN); o->ce_dl = fnew((size_t)CEN * CEVP);
+}
+static void det_free(DetOut *o)
+{
+    free(o->ln_dinp); free(o->ln_dw); free(o->ln_db); free(o->enc_dwte); free(o->enc_dwpe);
+    free(o->mm_dinp); free(o->mm_dw); free(o->mm_db); free(o->att_out); free(o->att_lse);
+    free(o->att_dqkv); free(o->ce_losses); free(o->ce_lse); free(o->ce_dl);
+}
+
+static int same(const char *what, const float *a, const float *b, size_t n, int threads)
+{
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s: 1 thread vs %d threads bitwise identical", what, threads);
+    return check_true(buf, memcmp(a, b, n * sizeof(float)) == 0);
+}
+
+static int test_determinism(Rng *r)
+{
+    int fails = 0;
+    int saved = kernels_get_threads();
+    DetIn in;
+    in.ln_inp = fnew((size_t)DN * DC); fill(r, in.ln_inp, (size_t)DN * DC, 2.0f);
+    in.ln_w = fnew(DC); fill(r, in.ln_w, DC, 1.0f);
+    in.ln_dout = fnew((size_t)DN * DC); fill(r, in.ln_dout, (size_t)DN * DC, 1.0f);
+    in.ln_mean = fnew(DN); in.ln_rstd = fnew(DN); in.ln_out = fnew((size_t)DN * DC);
+    in.tok = xmalloc(sizeof(int32_t) * DB * DT);
+    for (int i = 0; i < DB * DT; i++) in.tok[i] = rng_int(r, DV);
+    in.enc_dout = fnew((size_t)DB * DT * DC); fill(r, in.enc_dout, (size_t)DB * DT * DC, 1.0f);
+    in.mm_inp = fnew((size_t)DN * DIC); fill(r, in.mm_inp, (size_t)DN * DIC, 1.0f);
+    in.mm_w = fnew((size_t)DIC * DOC); fill(r, in.mm_w, (size_t)DIC * DOC, 1.0f);
+    in.mm_dout = fnew((size_t)DN * DOC); fill(r, in.mm_dout, (size_t)DN * DOC, 1.0f);
+    in.qkv = fnew((size_t)AB * AT * 3 * AC); fill(r, in.qkv, (size_t)AB * AT * 3 * AC, 2.0f);
+    in.att_dout = fnew((size_t)AB * AT * AC); fill(r, in.att_dout, (size_t)AB * AT * AC, 1.0f);
+    in.logits = fnew((size_t)CEN * CEVP); fill(r, in.logits, (size_t)CEN * CEVP, 5.0f);
+    in.tgt = xmalloc(sizeof(int32_t) * CEN);
+    for (int i = 0; i < CEN; i++) in.tgt[i] = rng_int(r, CEV);
+    in.ss = fnew(DSS); fill(r, in.ss, DSS, 1.0f);
+
+    DetOut one, many;
+    det_alloc(&one);
+    det_alloc(&many);
+    det_run(&in, &one, 1);
+    const int counts[] = { 2, 3 };
+    for (int k = 0; k < 2; k++) {
+        int th = counts[k];
+        det_run(&in, &many, th);
+        fails += same("layernorm_backward dinp", one.ln_dinp, many.ln_dinp, (size_t)DN * DC, th);
+        fails += same("layernorm_backward dweight", one.ln_dw, many.ln_dw, DC, th);
+        fails += same("layernorm_backward dbias", one.ln_db, many.ln_db, DC, th);
+        fails += same("encoder_backward dwte", one.enc_dwte, many.enc_dwte, (size_t)DV * DC, th);
+        fails += same("encoder_backward dwpe", one.enc_dwpe, many.enc_dwpe, (size_t)DT * DC, th);
+        fails += same("matmul_backward dbias", one.mm_db, many.mm_db, DOC, th);
+        fails += same("matmul_backward dinp (OpenBLAS)", one.mm_dinp, many.mm_dinp, (size_t)DN * DIC, th);
+        fails += same("matmul_backward dweight (OpenBLAS)", one.mm_dw, many.mm_dw, (size_t)DIC * DOC, th);
+        fails += same("attention_forward out", one.att_out, many.att_out, (size_t)AB * AT * AC, th);
+        fails += same("attention_forward lse", one.att_lse, many.att_lse, (size_t)AB * ANH * AT, th);
+        fails += same("attention_backward dqkv", one.att_dqkv, many.att_dqkv, (size_t)AB * AT * 3 * AC, th);
+        fails += same("crossentropy_forward losses", one.ce_losses, many.ce_losses, CEN, th);
+        fails += same("crossentropy_backward dlogits", one.ce_dl, many.ce_dl, (size_t)CEN * CEVP, th);
+        char buf[96];
+        snprintf(buf, sizeof buf, "sumsq (n=%zu): 1 thread vs %d threads bitwise identical", DSS, th);
+        fails += check_true(buf, memcmp(&one.ss, &many.ss, sizeof(double)) == 0);
+    }
+    det_free(&one);
+    det_free(&many);
+    free(in.ln_inp); free(in.ln_w); free(in.ln_dout); free(in.ln_mean); free(in.ln_rstd); free(in.ln_out);
+    free(in.tok); free(in.enc_dout); free(in.mm_inp); free(in.mm_w); free(in.mm_dout);
+    free(in.qkv); free(in.att_dout); free(in.logits); free(in.tgt); free(in.ss);
+    kernels_set_threads(saved);
+    fails += check_true("kernels_get_threads after restore", kernels_get_threads() == saved);
+    return fails;
+}
+
+// ---------------------------------------------------------------- main
+
+typedef struct {
+    const char *name;
+    int (*fn)(Rng *r);
+} Test;
+
+static const Test tests[] = {
+    { "encoder", test_encoder },           { "layernorm", test_layernorm },
+    { "matmul", test_matmul },             { "gelu", test_gelu },
+    { "residual", test_residual },         { "attention", test_attention },
+    { "crossentropy", test_crossentropy }, { "adamw", test_adamw },
+    { "sumsq", test_sumsq },               { "determinism", test_determinism },
+};
+enum { NTESTS = sizeof tests / sizeof tests[0] };
+
+static int run(const Test *t, uint64_t seed)
+{
+    Rng r = { seed };
+    printf("%s\n", t->name);
+    double t0 = omp_get_wtime();
+    int fails = t->fn(&r);
+    printf("%s: %s (%d failed check%s, %.2f s)\n", t->name, fails ? "FAIL" : "pass", fails,
+           fails == 1 ? "" : "s", omp_get_wtime() - t0);
+    return fails;
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t seed = 0x9E3779B97F4A7C15ull;   // fixed: a failure repeats; TEST_SEED varies it
+    const char *env = getenv("TEST_SEED");
+    if (env) seed = strtoull(env, NULL, 0);
+    if (seed == 0) seed = 1;
+    printf("test_kernels: seed %llu (set TEST_SEED to repeat), %d threads\n",
+           (unsigned long long)seed, kernels_get_threads());
+    if (argc > 2) {
+        fprintf(stderr, "usage: %s [NAME]\n", argv[0]);
+        return 2;
+    }
+    if (argc == 2) {
+        for (int i = 0; i < NTESTS; i++)
+            if (strcmp(argv[1], tests[i].name) == 0) return run(&tests[i], seed) ? 1 : 0;
+        fprintf(stderr, "test_kernels: no test named '%s'\nhint: one of", argv[1]);
+        for (int i = 0; i < NTESTS; i++) fprintf(stderr, " %s", tests[i].name);
+        fprintf(stderr, "\n");
+        return 2;
+    }
+    int failed = 0;
+    for (int i = 0; i < NTESTS; i++) failed += run(&tests[i], seed + (uint64_t)i) != 0;
+    printf("summary: %d of %d tests passed\n", NTESTS - failed, NTESTS);
+    return failed ? 1 : 0;
+}
