@@ -11,11 +11,11 @@ BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-pthread
 BLAS_LIB := /usr/lib/x86_64-linux-gnu/openblas-openmp
 
 CFLAGS  ?= -O3 -march=native
-CFLAGS  += -std=c11 -fopenmp -Wall -Wextra -D_GNU_SOURCE -Isrc -Ikernels -I$(HDF5_INC) -I$(BLAS_INC) -MMD -MP
+CFLAGS  += -std=c11 -fopenmp -Wall -Wextra -D_GNU_SOURCE -Isrc -Isrc/infer -Ikernels -I$(HDF5_INC) -I$(BLAS_INC) -MMD -MP
 LDLIBS  := -L$(HDF5_LIB) -Wl,-rpath,$(HDF5_LIB) -lhdf5 \
            -L$(BLAS_LIB) -l:libopenblas.so.0 -Wl,-rpath,$(BLAS_LIB) -lm
 
-SRC     := $(wildcard src/*.c)
+SRC     := $(wildcard src/*.c src/infer/*.c)
 KSRC    := $(wildcard kernels/cpu/*.c)
 OBJ     := $(SRC:%.c=build/%.o) $(KSRC:%.c=build/%.o)
 KOBJ    := $(KSRC:%.c=build/%.o)

@@ -92,6 +92,19 @@ void attention_backward(float *dqkv,        // (B, T, 3C) overwritten
                         const float *lse,   // (B, NH, T)
                         int B, int T, int C, int NH);
 
+// Attention of single query rows over a paged KV cache (inference). Row i
+// belongs to the sequence whose block table is tables + i*max_blocks and sits
+// at position pos[i]; it attends over that sequence's keys/values 0..pos[i].
+// Key j of a sequence is in block tables[j / bs], slot j % bs: its K at
+// kv + block*block_stride + slot*C, its V v_offset floats further on.
+// C = NH*HS are the heads this rank holds. scale = 1/sqrt(HS).
+void paged_attention_forward(float *out,               // (N, C)
+                             const float *q, int q_stride, // (N, q_stride): q is the first C columns
+                             const float *kv, size_t block_stride, size_t v_offset,
+                             const int32_t *tables, int max_blocks, // (N, max_blocks)
+                             const int32_t *pos,       // (N)
+                             int N, int C, int NH, int bs);
+
 // Fused softmax + cross-entropy over the first V of Vp logits per row:
 // losses[i] = lse_i - logits[i, target_i], lse_i = log sum_{v<V} exp(logits[i,v]).
 // Probabilities are never stored. A target < 0 marks a row that is ignored

@@ -61,6 +61,7 @@ static const char *const order_names[] = {"sequential", "shuffled", NULL};
 static const char *const decay_names[] = {"cosine", "linear", "none", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const tokenizer_names[] = {"byte", NULL};
+static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
 
 #define OFF(f) offsetof(Config, f)
 #define GE(lo) (lo), 0, R_MIN
@@ -176,6 +177,28 @@ static const KeyDef keys[] = {
     {"checkpoint", "test_pause_s", T_FLOAT, OFF(checkpoint.test_pause_s), "0", GE(0), NULL,
      "test only: ... for this many seconds"},
 
+    {"generate", "weights", T_STR, OFF(generate.weights), "", ANY, NULL,
+     "weights to generate with: a weights file (init.h5, final.h5, ckpt export) or a checkpoint"},
+    {"generate", "requests", T_STR, OFF(generate.requests), "", ANY, NULL,
+     "JSONL requests: id, prompt or tokens, max_tokens, temperature, top_k, top_p, seed, stop"},
+    {"generate", "out", T_STR, OFF(generate.out), "", ANY, NULL, "gen.h5 path; \"\" = <run.out_dir>/gen.h5"},
+    {"generate", "jsonl", T_STR, OFF(generate.jsonl), "", ANY, NULL,
+     "JSONL mirror of the outputs; \"\" = <run.out_dir>/gen.jsonl (ids found there are skipped)"},
+    {"generate", "mode", T_ENUM, OFF(generate.mode), "splitfuse", ANY, gen_mode_names,
+     "splitfuse (continuous batching, token budget) or static (prefill a batch, decode to the longest)"},
+    {"generate", "token_budget", T_INT, OFF(generate.token_budget), "256", GE(1), NULL,
+     "tokens per forward pass: decodes first, prompt chunks fill the rest"},
+    {"generate", "kv_block", T_INT, OFF(generate.kv_block), "16", GE(1), NULL, "tokens per KV-cache block"},
+    {"generate", "kv_blocks", T_INT, OFF(generate.kv_blocks), "256", GE(1), NULL, "KV-cache blocks in the pool"},
+    {"generate", "max_batch", T_INT, OFF(generate.max_batch), "32", GE(1), NULL, "sequences running at once"},
+    {"generate", "max_new_tokens", T_INT, OFF(generate.max_new_tokens), "64", GE(1), NULL,
+     "max_tokens of requests that do not say"},
+    {"generate", "arrivals", T_STR, OFF(generate.arrivals), "all_at_once", ANY, NULL,
+     "all_at_once, or poisson:RATE (requests per second, replayed inside the job)"},
+    {"generate", "arrival_seed", T_INT, OFF(generate.arrival_seed), "1", ANY, NULL, "seed of the Poisson arrivals"},
+    {"generate", "naive", T_BOOL, OFF(generate.naive), "false", ANY, NULL,
+     "test reference: recompute every sequence in full for each token, no KV cache"},
+
     {"comm", "debug", T_BOOL, OFF(comm.debug), "false", ANY, NULL,
      "ranks compare (step, op, tensor, size) before every collective and name a diverging rank"},
     {"comm", "timeout_s", T_FLOAT, OFF(comm.timeout_s), "600", GE(0), NULL,
@@ -189,7 +212,7 @@ static const KeyDef keys[] = {
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 _Static_assert(sizeof keys / sizeof keys[0] <= DECK_MAX_KEYS, "raise DECK_MAX_KEYS");
 
-static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel", "zero", "checkpoint", "comm"};
+static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel", "zero", "checkpoint", "generate", "comm"};
 #define NSECTIONS ((int)(sizeof sections / sizeof sections[0]))
 
 // ---------------------------------------------------------------------------------------------

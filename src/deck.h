@@ -88,6 +88,24 @@ typedef struct CheckpointConfig {
     double test_pause_s;      // test only
 } CheckpointConfig;
 
+enum { GEN_SPLITFUSE = 0, GEN_STATIC };
+
+typedef struct GenerateConfig {
+    char weights[DECK_STR];   // a weights file (init/final/export) or a checkpoint
+    char requests[DECK_STR];  // JSONL, one request a line
+    char out[DECK_STR];       // gen.h5; "" = <out_dir>/gen.h5
+    char jsonl[DECK_STR];     // the JSONL mirror; "" = <out_dir>/gen.jsonl
+    int mode;                 // GEN_*
+    int64_t token_budget;     // tokens per forward pass (SplitFuse)
+    int64_t kv_block;         // tokens per KV block
+    int64_t kv_blocks;        // blocks in the pool
+    int64_t max_batch;        // sequences running at once
+    int64_t max_new_tokens;   // for requests without max_tokens
+    char arrivals[DECK_STR];  // all_at_once | poisson:RATE
+    int64_t arrival_seed;
+    int naive;                // test reference: recompute everything, no cache
+} GenerateConfig;
+
 typedef struct CommConfig {
     int debug;                // signature check before every collective
     double timeout_s;         // 0 = none
@@ -104,6 +122,7 @@ typedef struct Config {
     ParallelConfig parallel;
     ZeroConfig zero;
     CheckpointConfig checkpoint;
+    GenerateConfig generate;
     CommConfig comm;
 } Config;
 

@@ -116,3 +116,27 @@ void h5_write_f32(hid_t loc, const char *name, const float *data, int ndim, cons
 void h5_write_i32(hid_t loc, const char *name, const int32_t *data, int ndim, const uint64_t *dims) {
     write_array(loc, name, H5T_NATIVE_INT32, data, ndim, dims);
 }
+
+void h5_write_i64(hid_t loc, const char *name, const int64_t *data, uint64_t n) {
+    write_array(loc, name, H5T_NATIVE_INT64, data, 1, &n);
+}
+
+void h5_write_f64(hid_t loc, const char *name, const double *data, uint64_t n) {
+    write_array(loc, name, H5T_NATIVE_DOUBLE, data, 1, &n);
+}
+
+void h5_write_strings(hid_t loc, const char *name, const char *const *strs, uint64_t n) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5_CHECK(t);
+    H5_CHECK(H5Tset_size(t, H5T_VARIABLE));
+    H5_CHECK(H5Tset_cset(t, H5T_CSET_UTF8));
+    hsize_t d = n;
+    hid_t sp = H5Screate_simple(1, &d, NULL);
+    H5_CHECK(sp);
+    hid_t ds = H5Dcreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5_CHECK(ds);
+    if (n) H5_CHECK(H5Dwrite(ds, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, strs));
+    H5_CHECK(H5Dclose(ds));
+    H5_CHECK(H5Sclose(sp));
+    H5_CHECK(H5Tclose(t));
+}

@@ -26,5 +26,9 @@ hid_t h5_group(hid_t f, const char *path);
 // Whole-dataset writes of a contiguous array with dims[0..ndim-1].
 void h5_write_f32(hid_t loc, const char *name, const float *data, int ndim, const uint64_t *dims);
 void h5_write_i32(hid_t loc, const char *name, const int32_t *data, int ndim, const uint64_t *dims);
+void h5_write_i64(hid_t loc, const char *name, const int64_t *data, uint64_t n);
+void h5_write_f64(hid_t loc, const char *name, const double *data, uint64_t n);
+// A 1-D dataset of n variable-length UTF-8 strings.
+void h5_write_strings(hid_t loc, const char *name, const char *const *strs, uint64_t n);
 
 #endif

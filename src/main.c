@@ -2,6 +2,7 @@
 #include "ckpt.h"
 #include "deck.h"
 #include "estimate.h"
+#include "infer/generate.h"
 #include "log.h"
 #include "prep.h"
 #include "train.h"
@@ -22,6 +23,7 @@ static void usage(FILE *f) {
         "  train DECK [--set section.key=value]...   train a GPT; writes run.h5 and weights\n"
         "  check DECK [--set section.key=value]...   validate a deck and print it resolved\n"
         "  estimate DECK --ranks N [--set ...]       per-rank memory, communication, FLOPs for ZeRO 0-3\n"
+        "  generate DECK [--set ...]                 batched generation (KV cache, SplitFuse, tensor parallel)\n"
         "  prep OUT.h5 TEXT_FILE_OR_DIR...            tokenize text into an HDF5 token file\n"
         "  ckpt info FILE                            a checkpoint's step, layout, tensors, checksums\n"
         "  ckpt export FILE OUT.h5                   a checkpoint's weights as a GPT-2-named weights file\n"
@@ -106,6 +108,38 @@ static int check_runnable(const Deck *d, int rank) {
     return 2;
 }
 
+// Checks a generate deck before any work: files present, tp = the job's ranks.
+static int check_generate(const Deck *d, int rank, int size) {
+    char where[600], msg[4096] = "";
+    const GenerateConfig *g = &d->cfg.generate;
+    if (d->cfg.run.backend == BACKEND_CUDA) {
+        snprintf(msg, sizeof msg, "error: %s: [run] backend = cuda, but this binary has no cuda backend\n"
+                 "  hint: use backend = auto or cpu", deck_where(d, "run.backend", where, sizeof where));
+    } else if (!g->weights[0] || access(g->weights, R_OK) != 0) {
+        snprintf(msg, sizeof msg, "error: %s: [generate] weights = \"%s\": no such readable file\n"
+                 "  hint: use a run's final.h5, an `partita ckpt export`, or a checkpoint",
+                 deck_where(d, "generate.weights", where, sizeof where), g->weights);
+    } else if (!g->requests[0] || access(g->requests, R_OK) != 0) {
+        snprintf(msg, sizeof msg, "error: %s: [generate] requests = \"%s\": no such readable file\n"
+                 "  hint: one JSON object a line: {\"id\": \"a\", \"prompt\": \"text\", \"max_tokens\": 32}",
+                 deck_where(d, "generate.requests", where, sizeof where), g->requests);
+    } else if (d->cfg.parallel.tp != size) {
+        snprintf(msg, sizeof msg, "error: %s: generate runs tensor-parallel over all %d ranks, but [parallel] tp = %lld\n"
+                 "  hint: set [parallel] tp = %d (or launch %lld ranks)", deck_where(d, "parallel.tp", where, sizeof where),
+                 size, (long long)d->cfg.parallel.tp, size, (long long)d->cfg.parallel.tp);
+    } else if (g->naive && size != 1) {
+        snprintf(msg, sizeof msg, "error: %s: [generate] naive runs on one rank\n  hint: launch with -np 1",
+                 deck_where(d, "generate.naive", where, sizeof where));
+    } else if (d->cfg.model.heads % size || (d->cfg.model.mlp_ratio * d->cfg.model.d_model) % size) {
+        snprintf(msg, sizeof msg, "error: %s: tp = %d must divide [model] heads = %lld and the MLP width\n"
+                 "  hint: use a tp that divides the heads", deck_where(d, "model.heads", where, sizeof where), size,
+                 (long long)d->cfg.model.heads);
+    }
+    if (!msg[0]) return 0;
+    if (rank == 0) fprintf(stderr, "%s\n", msg);
+    return 2;
+}
+
 static int run_command(const char *cmd, int argc, char **argv, int rank, int size) {
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         if (rank == 0) printf("partita %s (cpu backend)\n", PARTITA_VERSION);
@@ -120,6 +154,7 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
 
     int is_train = strcmp(cmd, "train") == 0, is_check = strcmp(cmd, "check") == 0;
     int is_dump = strcmp(cmd, "dump") == 0, is_estimate = strcmp(cmd, "estimate") == 0;
+    int is_generate = strcmp(cmd, "generate") == 0;
     int ranks = size;
     if (is_estimate) {
         // `--ranks N` plans for N ranks instead of this job's size.
@@ -137,7 +172,7 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
             break;
         }
     }
-    if (!is_train && !is_check && !is_dump && !is_estimate) {
+    if (!is_train && !is_check && !is_dump && !is_estimate && !is_generate) {
         if (rank == 0) {
             fprintf(stderr, "error: unknown command '%s'\n", cmd);
             usage(stderr);
@@ -159,6 +194,9 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
                 fputs(text, stdout);
                 free(text);
             }
+        } else if (is_generate) {
+            rc = check_generate(d, rank, size);
+            if (rc == 0) rc = generate_run(d);
         } else if ((rc = check_runnable(d, rank)) == 0) {
             if (is_train) rc = train_run(d);
             else if (nextra != 1 || size != 1) {

@@ -32,6 +32,7 @@ tests=(
   "estimate-memory      $PYTHON tests/test_estimate.py"
   "checkpoints          $PYTHON tests/test_ckpt.py"
   "analysis-tools       $PYTHON tests/test_analysis.py"
+  "generate             $PYTHON tests/test_generate.py"
   "tiny-training        $PYTHON tests/test_train_tiny.py"
 )
 

@@ -1,0 +1,781 @@
+// generate.c: requests in, continuous batching over a paged KV cache, gen.h5 out.
+//
+// Rank 0 reads the requests, admits them (reserving KV blocks for prompt plus
+// max_tokens, so a full cache can never deadlock), composes every forward pass
+// and samples; it broadcasts each pass to the other tensor-parallel ranks,
+// which hold their slices of the weights and of the cache.
+#include "generate.h"
+#include "comm.h"
+#include "engine.h"
+#include "h5io.h"
+#include "json.h"
+#include "log.h"
+#include "model.h"
+#include "rng.h"
+#include "sampler.h"
+#include "tokenizer.h"
+#include "weights.h"
+
+#include <errno.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+enum { R_WAITING, R_RUNNING, R_DONE, R_REFUSED };
+#define MAX_STOPS 4
+
+typedef struct Req {
+    char id[128];
+    int line;                   // in the requests file; 0 for earlier runs' outputs
+    int prior;                  // done by an earlier run (read back from the JSONL mirror)
+    int32_t *prompt;
+    int plen;
+    int max_tokens;
+    SamplerParams sp;
+    char *stops[MAX_STOPS];
+    int nstop;
+    int state;
+    double arrival, first, finish;
+    int32_t *out;
+    int nout;
+    double *tok_time;           // (max_tokens) when each output token was sampled
+    int32_t *table;             // (max_blocks) KV blocks reserved for it
+    int nblocks;
+    int fed;                    // tokens already in the cache
+    char *text;
+    char note[200];
+} Req;
+
+typedef struct Gen {
+    const Deck *deck;
+    const Config *cfg;
+    Comm comm;
+    Model m;
+    Tokenizer tk;
+    Engine e;
+    Sampler smp;
+    float *full;                // whole parameters (naive mode, and to slice from)
+    Req *reqs;
+    int nreq;
+    int max_blocks;             // per sequence
+    int32_t *free_blocks;       // stack of free block ids
+    int nfree;
+    int32_t *msg;               // a pass as broadcast: N, nsample, quit, tok, pos, tables, sample rows
+    size_t msg_len;
+    int32_t *sample_req;        // (Smax) request of each sampled row
+    float *logits;              // (Smax, Vp)
+    FILE *mirror;
+    double t0;
+    int passes;
+    double pass_tokens;
+} Gen;
+
+static double wall(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// ---------------------------------------------------------------------------
+// Text
+
+// Copies bytes to UTF-8, replacing invalid sequences with U+FFFD.
+static char *utf8_clean(const char *s, size_t n) {
+    char *out = xmalloc(3 * n + 1, "text"), *o = out;
+    for (size_t i = 0; i < n; ) {
+        unsigned char c = (unsigned char)s[i];
+        int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = len > 0 && i + (size_t)len <= n;
+        for (int k = 1; ok && k < len; k++) ok = ((unsigned char)s[i + k] >> 6) == 2;
+        if (ok) {
+            memcpy(o, s + i, (size_t)len);
+            o += len;
+            i += (size_t)len;
+        } else {
+            memcpy(o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
+// Decodes r's output; if a stop string appears, cuts there and returns 1.
+static int decode_output(Gen *g, Req *r) {
+    char *raw = xmalloc((size_t)r->nout + 1, "decode");
+    size_t n = tokenizer_decode(&g->tk, (const uint32_t *)r->out, (size_t)r->nout, raw);
+    raw[n] = 0;
+    int stopped = 0;
+    for (int k = 0; k < r->nstop; k++) {
+        char *hit = strstr(raw, r->stops[k]);
+        if (hit) {
+            *hit = 0;
+            n = (size_t)(hit - raw);
+            stopped = 1;
+        }
+    }
+    free(r->text);
+    r->text = utf8_clean(raw, n);
+    free(raw);
+    return stopped;
+}
+
+// ---------------------------------------------------------------------------
+// Requests
+
+static int req_error(const char *path, int line, char *msg) {
+    fprintf(stderr, "%s:%d: bad request, skipped: %s\n", path, line, msg);
+    return -1;
+}
+
+static int find_id(const Gen *g, const char *id) {
+    for (int i = 0; i < g->nreq; i++)
+        if (strcmp(g->reqs[i].id, id) == 0) return i;
+    return -1;
+}
+
+static int int_value(const JsonValue *v, double lo, double hi, int *out) {
+    if (!v || v->type != JSON_NUMBER || v->num != floor(v->num) || v->num < lo || v->num > hi) return -1;
+    *out = (int)v->num;
+    return 0;
+}
+
+// Fills r from one parsed line; on a problem returns -1 with the reason in why.
+static int parse_request(Gen *g, const JsonObject *o, Req *r, char *why, size_t n) {
+    static const char *known[] = {"id", "prompt", "tokens", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop"};
+    for (int i = 0; i < o->n; i++) {
+        int ok = 0;
+        for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) ok |= strcmp(o->keys[i], known[k]) == 0;
+        if (!ok) { snprintf(why, n, "unknown key '%s' (known: id, prompt, tokens, max_tokens, temperature, top_k, top_p, seed, stop)", o->keys[i]); return -1; }
+    }
+    const JsonValue *v = json_get(o, "id");
+    if (!v || (v->type != JSON_STRING && v->type != JSON_NUMBER)) { snprintf(why, n, "'id' (a string or number) is required"); return -1; }
+    if (v->type == JSON_STRING) snprintf(r->id, sizeof r->id, "%s", v->str);
+    else snprintf(r->id, sizeof r->id, "%.0f", v->num);
+    if (!r->id[0]) { snprintf(why, n, "'id' is empty"); return -1; }
+    if (find_id(g, r->id) >= 0) { snprintf(why, n, "duplicate id '%s'", r->id); return -1; }
+    const JsonValue *pt = json_get(o, "prompt"), *tk = json_get(o, "tokens");
+    if ((pt != NULL) == (tk != NULL)) { snprintf(why, n, "give exactly one of 'prompt' (text) or 'tokens' (ids)"); return -1; }
+    if (pt) {
+        if (pt->type != JSON_STRING || !pt->str[0]) { snprintf(why, n, "'prompt' must be a non-empty string"); return -1; }
+        size_t len = strlen(pt->str);
+        r->prompt = xmalloc(len * sizeof(int32_t), "prompt");
+        r->plen = (int)tokenizer_encode(&g->tk, (const uint8_t *)pt->str, len, (uint32_t *)r->prompt);
+    } else {
+        if (tk->type != JSON_ARRAY || tk->of_strings || tk->n == 0) { snprintf(why, n, "'tokens' must be a non-empty array of token ids"); return -1; }
+        r->prompt = xmalloc((size_t)tk->n * sizeof(int32_t), "prompt");
+        for (int i = 0; i < tk->n; i++) {
+            double t = tk->nums[i];
+            if (t != floor(t) || t < 0 || t >= g->m.s.V) { snprintf(why, n, "token %g at index %d is not in [0, %d)", t, i, g->m.s.V); return -1; }
+            r->prompt[i] = (int32_t)t;
+        }
+        r->plen = tk->n;
+    }
+    r->max_tokens = (int)g->cfg->generate.max_new_tokens;
+    if ((v = json_get(o, "max_tokens")) && int_value(v, 1, 1 << 20, &r->max_tokens)) { snprintf(why, n, "'max_tokens' must be an integer >= 1"); return -1; }
+    r->sp = (SamplerParams){.temperature = 0.0, .top_k = 0, .top_p = 1.0, .seed = 0};
+    if ((v = json_get(o, "temperature"))) {
+        if (v->type != JSON_NUMBER || v->num < 0) { snprintf(why, n, "'temperature' must be a number >= 0"); return -1; }
+        r->sp.temperature = v->num;
+    }
+    if ((v = json_get(o, "top_k")) && int_value(v, 0, 1e9, &r->sp.top_k)) { snprintf(why, n, "'top_k' must be an integer >= 0"); return -1; }
+    if ((v = json_get(o, "top_p"))) {
+        if (v->type != JSON_NUMBER || v->num <= 0 || v->num > 1) { snprintf(why, n, "'top_p' must be in (0, 1]"); return -1; }
+        r->sp.top_p = v->num;
+    }
+    if ((v = json_get(o, "seed"))) {
+        if (v->type != JSON_NUMBER || v->num != floor(v->num) || v->num < 0) { snprintf(why, n, "'seed' must be an integer >= 0"); return -1; }
+        r->sp.seed = (uint64_t)v->num;
+    }
+    if ((v = json_get(o, "stop"))) {
+        if (v->type == JSON_STRING && v->str[0]) {
+            r->stops[r->nstop++] = strdup(v->str);
+        } else if (v->type == JSON_ARRAY && (v->of_strings || v->n == 0) && v->n <= MAX_STOPS) {
+            for (int i = 0; i < v->n; i++) if (v->strs[i][0]) r->stops[r->nstop++] = strdup(v->strs[i]);
+        } else { snprintf(why, n, "'stop' must be a string or up to %d strings", MAX_STOPS); return -1; }
+    }
+    return 0;
+}
+
+static void add_request(Gen *g, const Req *r) {
+    g->reqs = realloc(g->reqs, sizeof(Req) * (size_t)(g->nreq + 1));
+    SYS_CHECK(g->reqs, "out of memory for requests");
+    g->reqs[g->nreq++] = *r;
+}
+
+// Outputs of earlier runs into the same mirror: their ids are done already.
+static void read_mirror(Gen *g, const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char *line = NULL;
+    size_t cap = 0;
+    int found = 0;
+    while (getline(&line, &cap, f) > 0) {
+        JsonObject o;
+        char err[128];
+        if (json_parse_object(line, &o, err, sizeof err)) continue;
+        const JsonValue *id = json_get(&o, "id"), *st = json_get(&o, "status"), *tok = json_get(&o, "tokens");
+        const JsonValue *pr = json_get(&o, "prompt_tokens"), *tx = json_get(&o, "text");
+        if (id && id->type == JSON_STRING && st && st->type == JSON_STRING && !strcmp(st->str, "done") &&
+            tok && tok->type == JSON_ARRAY && pr && pr->type == JSON_ARRAY && find_id(g, id->str) < 0) {
+            Req r;
+            memset(&r, 0, sizeof r);
+            snprintf(r.id, sizeof r.id, "%s", id->str);
+            r.prior = 1;
+            r.state = R_DONE;
+            r.plen = pr->n;
+            r.prompt = xmalloc(sizeof(int32_t) * (size_t)(pr->n + 1), "prior prompt");
+            for (int i = 0; i < pr->n; i++) r.prompt[i] = (int32_t)pr->nums[i];
+            r.nout = tok->n;
+            r.out = xmalloc(sizeof(int32_t) * (size_t)(tok->n + 1), "prior output");
+            for (int i = 0; i < tok->n; i++) r.out[i] = (int32_t)tok->nums[i];
+            r.text = strdup(tx && tx->type == JSON_STRING ? tx->str : "");
+            const JsonValue *a = json_get(&o, "arrival"), *b = json_get(&o, "first_token"), *c = json_get(&o, "finish");
+            r.arrival = a ? a->num : NAN;
+            r.first = b ? b->num : NAN;
+            r.finish = c ? c->num : NAN;
+            snprintf(r.note, sizeof r.note, "done by an earlier run");
+            add_request(g, &r);
+            found++;
+        }
+        json_free(&o);
+    }
+    free(line);
+    fclose(f);
+    if (found) log_info("generate: %d requests already done in %s are skipped\n", found, path);
+}
+
+static void read_requests(Gen *g) {
+    const char *path = g->cfg->generate.requests;
+    FILE *f = fopen(path, "r");
+    if (!f) FATAL("set [generate] requests to a JSONL file", "cannot read requests '%s': %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0, bad = 0, skipped = 0;
+    while (getline(&line, &cap, f) > 0) {
+        lineno++;
+        char *p = line;
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+        if (!*p) continue;
+        JsonObject o;
+        char why[256];
+        Req r;
+        memset(&r, 0, sizeof r);
+        r.line = lineno;
+        if (json_parse_object(line, &o, why, sizeof why)) {
+            bad += req_error(path, lineno, why) != 0;
+            continue;
+        }
+        int rc = parse_request(g, &o, &r, why, sizeof why);
+        json_free(&o);
+        if (rc) {
+            if (strncmp(why, "duplicate id", 12) == 0 && g->reqs[find_id(g, r.id)].prior) {
+                skipped++;   // done by an earlier run into this mirror
+            } else {
+                bad += req_error(path, lineno, why) != 0;
+            }
+            free(r.prompt);
+            for (int k = 0; k < r.nstop; k++) free(r.stops[k]);
+            continue;
+        }
+        add_request(g, &r);
+    }
+    free(line);
+    fclose(f);
+    log_info("generate: %d requests from %s (%d bad lines skipped, %d already done)\n",
+             g->nreq, path, bad, skipped);
+}
+
+// Poisson arrivals replayed in file order, or all at time 0.
+static void set_arrivals(Gen *g) {
+    const char *a = g->cfg->generate.arrivals;
+    double rate = 0.0;
+    if (strcmp(a, "all_at_once") != 0) {
+        char *end;
+        if (strncmp(a, "poisson:", 8) != 0 || (rate = strtod(a + 8, &end)) <= 0 || *end) {
+            char where[600];
+            FATAL("use all_at_once or poisson:RATE with RATE > 0 requests per second",
+                  "%s: [generate] arrivals = '%s' is not understood", deck_where(g->deck, "generate.arrivals", where, sizeof where), a);
+        }
+    }
+    Rng rng = rng_stream((uint64_t)g->cfg->generate.arrival_seed, RNG_SAMPLE + 10, 0);
+    double t = 0.0;
+    for (int i = 0; i < g->nreq; i++) {
+        if (g->reqs[i].prior) continue;
+        if (rate > 0) t += -log(1.0 - rng_uniform(&rng)) / rate;
+        g->reqs[i].arrival = t;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Admission: blocks for prompt + max_tokens, reserved up front.
+
+static int blocks_for(const Gen *g, const Req *r) {
+    int bs = (int)g->cfg->generate.kv_block;
+    return (r->plen + r->max_tokens + bs - 1) / bs;
+}
+
+static void refuse(Gen *g, Req *r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void refuse(Gen *g, Req *r, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->note, sizeof r->note, fmt, ap);
+    va_end(ap);
+    r->state = R_REFUSED;
+    (void)g;
+    fprintf(stderr, "%s:%d: request '%s' refused: %s\n", g->cfg->generate.requests, r->line, r->id, r->note);
+}
+
+static void check_fits(Gen *g) {
+    for (int i = 0; i < g->nreq; i++) {
+        Req *r = &g->reqs[i];
+        if (r->prior) continue;
+        int need = blocks_for(g, r);
+        if (r->plen + r->max_tokens > g->m.s.maxT)
+            refuse(g, r, "prompt of %d tokens + max_tokens %d exceeds the model's %d positions", r->plen,
+                   r->max_tokens, g->m.s.maxT);
+        else if (need > g->cfg->generate.kv_blocks)
+            refuse(g, r, "needs %d KV blocks (prompt %d + max_tokens %d at %lld per block) but the pool has %lld",
+                   need, r->plen, r->max_tokens, (long long)g->cfg->generate.kv_block,
+                   (long long)g->cfg->generate.kv_blocks);
+    }
+}
+
+static int admit(Gen *g, Req *r, double now) {
+    int need = blocks_for(g, r);
+    if (need > g->nfree) return 0;
+    r->table = xmalloc(sizeof(int32_t) * (size_t)g->max_blocks, "block table");
+    for (int k = 0; k < g->max_blocks; k++) r->table[k] = 0;
+    for (int k = 0; k < need; k++) r->table[k] = g->free_blocks[--g->nfree];
+    r->nblocks = need;
+    r->out = xmalloc(sizeof(int32_t) * (size_t)r->max_tokens, "output tokens");
+    r->tok_time = xmalloc(sizeof(double) * (size_t)r->max_tokens, "token times");
+    r->state = R_RUNNING;
+    (void)now;
+    return 1;
+}
+
+static void write_mirror_line(Gen *g, const Req *r) {
+    size_t cap = 256 + strlen(r->text) * 6 + 12 * ((size_t)r->nout + (size_t)r->plen), len = 0;
+    char *buf = xmalloc(cap, "jsonl line");
+    len += (size_t)snprintf(buf + len, cap - len, "{\"id\": ");
+    len = json_quote(buf, cap, len, r->id);
+    len += (size_t)snprintf(buf + len, cap - len, ", \"status\": \"done\", \"text\": ");
+    len = json_quote(buf, cap, len, r->text);
+    len += (size_t)snprintf(buf + len, cap - len, ", \"tokens\": [");
+    for (int i = 0; i < r->nout; i++) len += (size_t)snprintf(buf + len, cap - len, i ? ", %d" : "%d", r->out[i]);
+    len += (size_t)snprintf(buf + len, cap - len, "], \"prompt_tokens\": [");
+    for (int i = 0; i < r->plen; i++) len += (size_t)snprintf(buf + len, cap - len, i ? ", %d" : "%d", r->prompt[i]);
+    snprintf(buf + len, cap - len, "], \"arrival\": %.6f, \"first_token\": %.6f, \"finish\": %.6f}\n", r->arrival,
+             r->first, r->finish);
+    fputs(buf, g->mirror);
+    fflush(g->mirror);
+    free(buf);
+}
+
+static void finish_request(Gen *g, Req *r, double now) {
+    r->finish = now;
+    r->state = R_DONE;
+    for (int k = 0; k < r->nblocks; k++) g->free_blocks[g->nfree++] = r->table[k];
+    r->nblocks = 0;
+    write_mirror_line(g, r);
+}
+
+// A sampled token for r: record it, and finish r when done.
+static void take_token(Gen *g, Req *r, int32_t tok, double now) {
+    if (r->nout == 0) r->first = now;
+    r->tok_time[r->nout] = now;
+    r->out[r->nout++] = tok;
+    int stopped = decode_output(g, r);
+    if (stopped || r->nout >= r->max_tokens) finish_request(g, r, now);
+}
+
+// ---------------------------------------------------------------------------
+// Passes
+
+typedef struct Pass {
+    int N, nsample;
+    int32_t *tok, *pos, *tables, *sample;
+} Pass;
+
+static Pass pass_view(Gen *g) {
+    int Nmax = g->e.Nmax;
+    Pass p = {g->msg[0], g->msg[1], g->msg + 3, g->msg + 3 + Nmax, g->msg + 3 + 2 * (size_t)Nmax,
+              g->msg + 3 + (size_t)Nmax * (2 + (size_t)g->max_blocks)};
+    return p;
+}
+
+// Adds k tokens of r (from cache position r->fed) to the pass; the last is
+// sampled when it completes the prompt or is a decode token.
+static void add_rows(Gen *g, Pass *p, int ri, int k) {
+    Req *r = &g->reqs[ri];
+    for (int j = 0; j < k; j++) {
+        int at = r->fed + j;
+        p->tok[p->N] = at < r->plen ? r->prompt[at] : r->out[at - r->plen];
+        p->pos[p->N] = at;
+        memcpy(p->tables + (size_t)p->N * g->max_blocks, r->table, sizeof(int32_t) * (size_t)g->max_blocks);
+        p->N++;
+    }
+    r->fed += k;
+    if (r->fed >= r->plen) {
+        g->sample_req[p->nsample] = ri;
+        p->sample[p->nsample++] = p->N - 1;
+    }
+}
+
+// Composes the next pass. splitfuse: running decodes first, then prompt chunks
+// fill the token budget; static: the admitted batch's prompts, then its decodes.
+static void compose(Gen *g, Pass *p, int splitfuse) {
+    int budget = g->e.Nmax;
+    p->N = p->nsample = 0;
+    int prefilling = 0;
+    for (int i = 0; i < g->nreq; i++)
+        if (g->reqs[i].state == R_RUNNING && g->reqs[i].fed < g->reqs[i].plen) prefilling = 1;
+    if (splitfuse || !prefilling) {
+        for (int i = 0; i < g->nreq && p->N < budget && p->nsample < g->e.Smax; i++) {
+            Req *r = &g->reqs[i];
+            if (r->state == R_RUNNING && r->fed >= r->plen) add_rows(g, p, i, 1);
+        }
+    }
+    for (int i = 0; i < g->nreq && p->N < budget && p->nsample < g->e.Smax; i++) {
+        Req *r = &g->reqs[i];
+        if (r->state != R_RUNNING || r->fed >= r->plen) continue;
+        int k = r->plen - r->fed < budget - p->N ? r->plen - r->fed : budget - p->N;
+        add_rows(g, p, i, k);
+    }
+}
+
+static int any_running(const Gen *g) {
+    for (int i = 0; i < g->nreq; i++) if (g->reqs[i].state == R_RUNNING) return 1;
+    return 0;
+}
+
+// Admits arrived requests in order while blocks and batch slots last. Static
+// batching admits only into an empty batch.
+static void admit_arrived(Gen *g, double now, int splitfuse) {
+    if (!splitfuse && any_running(g)) return;
+    int running = 0;
+    for (int i = 0; i < g->nreq; i++) running += g->reqs[i].state == R_RUNNING;
+    for (int i = 0; i < g->nreq; i++) {
+        Req *r = &g->reqs[i];
+        if (r->state != R_WAITING) continue;
+        if (r->arrival > now || running >= g->cfg->generate.max_batch) break;
+        if (!admit(g, r, now)) break;   // first come, first served: wait for blocks
+        running++;
+    }
+}
+
+static double next_arrival(const Gen *g) {
+    for (int i = 0; i < g->nreq; i++) if (g->reqs[i].state == R_WAITING) return g->reqs[i].arrival;
+    return -1.0;
+}
+
+static void run_pass(Gen *g) {
+    Pass p = pass_view(g);
+    engine_forward(&g->e, p.N, p.tok, p.pos, p.tables, g->max_blocks, p.nsample, p.sample, g->logits);
+}
+
+static void broadcast_pass(Gen *g) {
+    comm_bcast(&g->comm, g->msg, g->msg_len * sizeof(int32_t), 0, "pass");
+}
+
+// Rank 0's loop: admit, compose, broadcast, compute, sample, until all are done.
+static void serve(Gen *g) {
+    int splitfuse = g->cfg->generate.mode == GEN_SPLITFUSE;
+    for (;;) {
+        double now = wall() - g->t0;
+        admit_arrived(g, now, splitfuse);
+        Pass p = pass_view(g);
+        compose(g, &p, splitfuse);
+        g->msg[0] = p.N;
+        g->msg[1] = p.nsample;
+        g->msg[2] = 0;
+        if (p.N == 0) {
+            double t = next_arrival(g);
+            if (t < 0 && !any_running(g)) break;
+            SYS_CHECK(t >= 0 || any_running(g), "scheduler stalled");
+            if (t > now) {
+                double dt = t - now;
+                struct timespec ts = {(time_t)dt, (long)((dt - floor(dt)) * 1e9)};
+                nanosleep(&ts, NULL);
+            }
+            continue;
+        }
+        broadcast_pass(g);
+        run_pass(g);
+        g->passes++;
+        g->pass_tokens += p.N;
+        now = wall() - g->t0;
+        for (int k = 0; k < p.nsample; k++) {
+            Req *r = &g->reqs[g->sample_req[k]];
+            take_token(g, r, sampler_next(&g->smp, g->logits + (size_t)k * g->m.s.Vp, &r->sp, r->nout), now);
+        }
+    }
+    g->msg[2] = 1;   // quit
+    broadcast_pass(g);
+}
+
+// The other tensor-parallel ranks: compute whatever pass rank 0 sends.
+static void follow(Gen *g) {
+    for (;;) {
+        broadcast_pass(g);
+        if (g->msg[2]) return;
+        run_pass(g);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The naive reference: every token recomputes the whole sequence, no cache.
+
+static const float *naive_params(void *ctx, int u, int phase) {
+    Gen *g = ctx;
+    (void)phase;
+    return g->full + g->m.unit_begin[u];
+}
+static void naive_release(void *ctx, int u, int phase) { (void)ctx; (void)u; (void)phase; }
+
+static void serve_naive(Gen *g) {
+    ParamStore ps = {.ctx = g, .params = naive_params, .release = naive_release};
+    Model *m = &g->m;
+    int32_t *seq = xmalloc(sizeof(int32_t) * (size_t)m->s.maxT, "naive sequence");
+    for (int i = 0; i < g->nreq; i++) {
+        Req *r = &g->reqs[i];
+        if (r->state != R_WAITING) continue;
+        r->out = xmalloc(sizeof(int32_t) * (size_t)r->max_tokens, "output tokens");
+        r->tok_time = xmalloc(sizeof(double) * (size_t)r->max_tokens, "token times");
+        r->state = R_RUNNING;
+        memcpy(seq, r->prompt, sizeof(int32_t) * (size_t)r->plen);
+        while (r->state == R_RUNNING) {
+            int len = r->plen + r->nout;
+            model_forward(m, &ps, seq, NULL, 1, len, 0);
+            const float *logits = model_logits(m) + (size_t)(len - 1) * m->s.Vp;
+            int32_t t = sampler_next(&g->smp, logits, &r->sp, r->nout);
+            seq[len] = t;
+            take_token(g, r, t, wall() - g->t0);
+        }
+    }
+    free(seq);
+}
+
+// ---------------------------------------------------------------------------
+// Outputs and the summary
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct Stat { double mean, p50, p90, p99; int n; } Stat;
+
+static Stat stat_of(double *v, int n) {
+    Stat s = {NAN, NAN, NAN, NAN, n};
+    if (n == 0) return s;
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += v[i];
+    s.mean = sum / n;
+    s.p50 = v[(int)(0.50 * (n - 1) + 0.5)];
+    s.p90 = v[(int)(0.90 * (n - 1) + 0.5)];
+    s.p99 = v[(int)(0.99 * (n - 1) + 0.5)];
+    return s;
+}
+
+static void put_stat(hid_t f, const char *name, Stat s) {
+    const char *suf[4] = {"mean", "p50", "p90", "p99"};
+    double v[4] = {s.mean, s.p50, s.p90, s.p99};
+    for (int k = 0; k < 4; k++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s_%s", name, suf[k]);
+        h5_attr_f64(f, key, v[k]);
+    }
+    log_info("  %-28s %10.4f %10.4f %10.4f %10.4f   (%d)\n", name, s.mean, s.p50, s.p90, s.p99, s.n);
+}
+
+static void summarize(Gen *g, hid_t f, double makespan) {
+    int n = 0, gaps = 0, tokens = 0;
+    for (int i = 0; i < g->nreq; i++) {
+        const Req *r = &g->reqs[i];
+        if (r->prior || r->state != R_DONE) continue;
+        n++;
+        tokens += r->nout;
+        gaps += r->nout > 1 ? r->nout - 1 : 0;
+    }
+    double *ttft = xmalloc(sizeof(double) * (size_t)(n + 1), "stats"), *e2e = xmalloc(sizeof(double) * (size_t)(n + 1), "stats");
+    double *itl = xmalloc(sizeof(double) * (size_t)(gaps + 1), "stats");
+    int k = 0, j = 0, sla[3] = {0, 0, 0};
+    const double rates[3] = {2, 4, 6};
+    for (int i = 0; i < g->nreq; i++) {
+        const Req *r = &g->reqs[i];
+        if (r->prior || r->state != R_DONE) continue;
+        ttft[k] = r->first - r->arrival;
+        e2e[k] = r->finish - r->arrival;
+        for (int t = 1; t < r->nout; t++) itl[j++] = r->tok_time[t] - r->tok_time[t - 1];
+        // FastGen's SLA: first token within prompt_len/512 s, then a steady rate.
+        double gen_rate = r->nout > 1 ? (r->nout - 1) / (r->finish - r->first) : INFINITY;
+        for (int q = 0; q < 3; q++) sla[q] += ttft[k] <= r->plen / 512.0 && gen_rate >= rates[q];
+        k++;
+    }
+    log_info("generate: %d requests, %d output tokens in %.2f s; %d passes, %.1f tokens per pass\n", n, tokens,
+             makespan, g->passes, g->passes ? g->pass_tokens / g->passes : 0.0);
+    log_info("  %-28s %10s %10s %10s %10s\n", "seconds", "mean", "p50", "p90", "p99");
+    put_stat(f, "ttft", stat_of(ttft, n));
+    put_stat(f, "inter_token_latency", stat_of(itl, gaps));
+    put_stat(f, "e2e_latency", stat_of(e2e, n));
+    double rps = makespan > 0 ? n / makespan : 0, tps = makespan > 0 ? tokens / makespan : 0;
+    log_info("  throughput: %.3f requests/s, %.1f output tokens/s\n", rps, tps);
+    h5_attr_f64(f, "requests_per_s", rps);
+    h5_attr_f64(f, "output_tokens_per_s", tps);
+    h5_attr_f64(f, "makespan_s", makespan);
+    h5_attr_i64(f, "passes", g->passes);
+    for (int q = 0; q < 3; q++) {
+        char key[64];
+        snprintf(key, sizeof key, "effective_rps_sla_%.0f_tok_s", rates[q]);
+        double eff = makespan > 0 ? sla[q] / makespan : 0;
+        h5_attr_f64(f, key, eff);
+        log_info("  effective throughput (TTFT <= prompt/512 s, >= %.0f tokens/s): %.3f requests/s (%d of %d)\n",
+                 rates[q], eff, sla[q], n);
+    }
+    free(ttft);
+    free(e2e);
+    free(itl);
+}
+
+static void write_gen_h5(Gen *g, const char *path, const char *deck_text, double makespan) {
+    hid_t f = h5_create(path);
+    h5_attr_str(f, "deck", deck_text);
+    h5_attr_str(f, "mode", g->cfg->generate.naive ? "naive" : g->cfg->generate.mode == GEN_STATIC ? "static" : "splitfuse");
+    h5_attr_i64(f, "tp", g->comm.size);
+    h5_attr_str(f, "times", "seconds since the start of serving; arrival is when the request became available");
+    int n = g->nreq;
+    const char **ids = xmalloc(sizeof(char *) * (size_t)(n + 1), "ids"), **status = xmalloc(sizeof(char *) * (size_t)(n + 1), "status");
+    const char **texts = xmalloc(sizeof(char *) * (size_t)(n + 1), "texts");
+    int64_t *po = xmalloc(sizeof(int64_t) * (size_t)(n + 1), "offsets"), *oo = xmalloc(sizeof(int64_t) * (size_t)(n + 1), "offsets");
+    double *arr = xmalloc(sizeof(double) * (size_t)(n + 1), "times"), *fst = xmalloc(sizeof(double) * (size_t)(n + 1), "times");
+    double *fin = xmalloc(sizeof(double) * (size_t)(n + 1), "times");
+    char (*notes)[232] = xmalloc(sizeof *notes * (size_t)(n + 1), "notes");
+    po[0] = oo[0] = 0;
+    for (int i = 0; i < n; i++) {
+        const Req *r = &g->reqs[i];
+        ids[i] = r->id;
+        snprintf(notes[i], sizeof notes[i], "%s%s%s", r->state == R_DONE ? "done" : "refused", r->note[0] ? ": " : "", r->note);
+        status[i] = notes[i];
+        texts[i] = r->text ? r->text : "";
+        po[i + 1] = po[i] + r->plen;
+        oo[i + 1] = oo[i] + (r->state == R_DONE ? r->nout : 0);
+        arr[i] = r->arrival;
+        fst[i] = r->state == R_DONE ? r->first : NAN;
+        fin[i] = r->state == R_DONE ? r->finish : NAN;
+    }
+    int32_t *pt = xmalloc(sizeof(int32_t) * (size_t)(po[n] + 1), "prompt tokens");
+    int32_t *ot = xmalloc(sizeof(int32_t) * (size_t)(oo[n] + 1), "output tokens");
+    for (int i = 0; i < n; i++) {
+        const Req *r = &g->reqs[i];
+        memcpy(pt + po[i], r->prompt, sizeof(int32_t) * (size_t)r->plen);
+        if (r->state == R_DONE) memcpy(ot + oo[i], r->out, sizeof(int32_t) * (size_t)r->nout);
+    }
+    hid_t grp = h5_group(f, "requests");
+    h5_attr_str(grp, "layout", "ragged: request i's tokens are [offsets[i], offsets[i+1]) of the tokens arrays");
+    h5_write_strings(grp, "id", ids, (uint64_t)n);
+    h5_write_strings(grp, "status", status, (uint64_t)n);
+    h5_write_strings(grp, "text", texts, (uint64_t)n);
+    h5_write_i64(grp, "prompt_offsets", po, (uint64_t)n + 1);
+    uint64_t np_ = (uint64_t)po[n], no = (uint64_t)oo[n];
+    h5_write_i32(grp, "prompt_tokens", pt, 1, &np_);
+    h5_write_i64(grp, "output_offsets", oo, (uint64_t)n + 1);
+    h5_write_i32(grp, "output_tokens", ot, 1, &no);
+    h5_write_f64(grp, "arrival", arr, (uint64_t)n);
+    h5_write_f64(grp, "first_token", fst, (uint64_t)n);
+    h5_write_f64(grp, "finish", fin, (uint64_t)n);
+    H5_CHECK(H5Gclose(grp));
+    summarize(g, f, makespan);
+    h5_close(f);
+    free(ids); free(status); free(texts); free(po); free(oo); free(arr); free(fst); free(fin); free(notes); free(pt); free(ot);
+}
+
+// ---------------------------------------------------------------------------
+
+static void derive_path(char *dst, size_t n, const char *given, const char *dir, const char *name) {
+    if (given[0]) snprintf(dst, n, "%s", given);
+    else snprintf(dst, n, "%s/%s", dir, name);
+}
+
+int generate_run(const Deck *d) {
+    Gen g;
+    memset(&g, 0, sizeof g);
+    g.deck = d;
+    g.cfg = &d->cfg;
+    const Config *c = g.cfg;
+    CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s, .fault_skip_rank = -1};
+    comm_init(&g.comm, MPI_COMM_WORLD, "tp", &co);
+    int rank = g.comm.rank;
+    char *deck_text = xmalloc(1 << 16, "deck text");
+    deck_format(d, deck_text, 1 << 16);
+    tokenizer_init(&g.tk, c->data.tokenizer);
+    model_create(&g.m, &c->model, 1, c->generate.naive ? (int)c->model.seq_len : 1);
+    g.full = xmalloc(g.m.nparams * sizeof(float), "weights");
+    weights_read(&g.m, c->generate.weights, g.full);
+    sampler_create(&g.smp, g.m.s.V);
+    int bs = (int)c->generate.kv_block;
+    g.max_blocks = (g.m.s.maxT + bs - 1) / bs;
+    int Nmax = (int)c->generate.token_budget, Smax = (int)c->generate.max_batch;
+    if (!c->generate.naive) {
+        engine_create(&g.e, &g.m, g.full, &g.comm, (int)c->generate.kv_blocks, bs, Nmax, Smax);
+        g.msg_len = 3 + (size_t)Nmax * (2 + (size_t)g.max_blocks) + (size_t)Smax;
+        g.msg = xcalloc(g.msg_len * sizeof(int32_t), "pass message");
+        g.sample_req = xcalloc(sizeof(int32_t) * (size_t)Smax, "sampled requests");
+        g.logits = xmalloc(sizeof(float) * (size_t)Smax * g.m.s.Vp, "logits");
+    }
+    char out[DECK_STR + 16], mirror[DECK_STR + 16];
+    derive_path(out, sizeof out, c->generate.out, c->run.out_dir, "gen.h5");
+    derive_path(mirror, sizeof mirror, c->generate.jsonl, c->run.out_dir, "gen.jsonl");
+    int rc = 0;
+    if (rank == 0) {
+        mkdir(c->run.out_dir, 0777);
+        log_info("generate: %s, %zu parameters, tp = %d, mode %s, token budget %d, KV cache %lld blocks of %d tokens (%.1f MiB per rank)\n",
+                 c->generate.weights, g.m.nparams, g.comm.size,
+                 c->generate.naive ? "naive" : c->generate.mode == GEN_STATIC ? "static" : "splitfuse", Nmax,
+                 (long long)c->generate.kv_blocks, bs,
+                 (double)engine_kv_bytes_per_block(&g.m, g.comm.size, bs) * (double)c->generate.kv_blocks / 1048576.0);
+        read_mirror(&g, mirror);
+        read_requests(&g);
+        set_arrivals(&g);
+        check_fits(&g);
+        g.free_blocks = xmalloc(sizeof(int32_t) * (size_t)c->generate.kv_blocks, "free blocks");
+        for (int b = (int)c->generate.kv_blocks - 1; b >= 0; b--) g.free_blocks[g.nfree++] = b;
+        g.mirror = fopen(mirror, "a");
+        SYS_CHECK(g.mirror, "cannot append to '%s': %s", mirror, strerror(errno));
+        g.t0 = wall();
+        if (c->generate.naive) serve_naive(&g);
+        else serve(&g);
+        double makespan = wall() - g.t0;
+        fclose(g.mirror);
+        write_gen_h5(&g, out, deck_text, makespan);
+        log_info("generate: wrote %s and %s\n", out, mirror);
+    } else if (!c->generate.naive) {
+        follow(&g);
+    }
+    for (int i = 0; i < g.nreq; i++) {
+        Req *r = &g.reqs[i];
+        free(r->prompt); free(r->out); free(r->tok_time); free(r->table); free(r->text);
+        for (int k = 0; k < r->nstop; k++) free(r->stops[k]);
+    }
+    free(g.reqs);
+    free(g.free_blocks);
+    if (!c->generate.naive) {
+        engine_free(&g.e);
+        free(g.msg);
+        free(g.sample_req);
+        free(g.logits);
+    }
+    sampler_free(&g.smp);
+    free(g.full);
+    model_free(&g.m);
+    comm_free(&g.comm);
+    free(deck_text);
+    return rc;
+}
