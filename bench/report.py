@@ -59,5 +59,32 @@ def ckpt(d, nbytes, plain_s):
         print(f"  {np_:5d} {ws:8.2f} {nbytes / ws / 1e9:11.2f} {nbytes / ws / 1e9 / plain:8.0%} {rs:8.2f} {nbytes / rs / 1e9:10.2f}")
 
 
+def gen_file(path):
+    with h5py.File(path, "r") as f:
+        g = f["requests"]
+        return dict(f.attrs), g["arrival"][:], g["first_token"][:], g["finish"][:], g["output_offsets"][:], g["prompt_offsets"][:]
+
+
+def gen(d):
+    rows = []
+    for case, label in (("decode1", "decode, batch 1"), ("decode8", "decode, batch 8")):
+        a, arr, fst, fin, oo, po = gen_file(os.path.join(d, case, "gen.h5"))
+        n = np.diff(oo)
+        # decode tokens/s: tokens after the first over the time from the first token to the last finish
+        rows.append((label, float((n - 1).sum() / (fin.max() - fst.min()))))
+    a, arr, fst, fin, oo, po = gen_file(os.path.join(d, "prefill", "gen.h5"))
+    rows.append(("prefill, 512-token prompt", float(np.diff(po)[0] / (fst[0] - arr[0]))))
+    for label, v in rows:
+        print(f"  {label:34s} {v:10.1f} tokens/s")
+    print(f"  {'Poisson load':34s} {'splitfuse':>10s} {'static':>10s}")
+    res = {}
+    for mode in ("splitfuse", "static"):
+        res[mode] = gen_file(os.path.join(d, f"poisson-{mode}", "gen.h5"))[0]
+    for key, label in (("inter_token_latency_p99", "p99 inter-token latency (s)"), ("inter_token_latency_p50", "p50 inter-token latency (s)"),
+                       ("ttft_p99", "p99 time to first token (s)"), ("e2e_latency_p99", "p99 end-to-end latency (s)"),
+                       ("output_tokens_per_s", "output tokens/s"), ("effective_rps_sla_4_tok_s", "effective req/s (SLA 4 tok/s)")):
+        print(f"  {label:34s} {float(res['splitfuse'][key]):10.3f} {float(res['static'][key]):10.3f}")
+
+
 if __name__ == "__main__":
-    {"train": train, "zero": zero, "ckpt": ckpt}[sys.argv[1]](*sys.argv[2:])
+    {"train": train, "zero": zero, "ckpt": ckpt, "gen": gen}[sys.argv[1]](*sys.argv[2:])

@@ -7,7 +7,10 @@
 #     step and the fraction of communication hidden behind compute;
 #  3. checkpoint write/read bandwidth of the 124M deck at np=1, 2, 4 against a
 #     plain sequential write of the same bytes to the same disk.
-# BENCH_ONLY=train|zero|ckpt runs one part; BENCH_STEPS sets the steps timed.
+#  4. generation with the 124M shape (random weights), 2 threads: decode tokens/s
+#     at batch 1 and 8, prefill tokens/s of a 512-token prompt, and p99
+#     inter-token latency under Poisson arrivals, SplitFuse against static.
+# BENCH_ONLY=train|zero|ckpt|gen runs one part; BENCH_STEPS sets the steps timed.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -59,4 +62,26 @@ if [ "$ONLY" = all ] || [ "$ONLY" = ckpt ]; then
   rm -f $out/plain.bin
   $PYTHON bench/report.py ckpt $out "$bytes" "$(awk -v a=$t0 -v b=$t1 'BEGIN{print b-a}')"
   rm -rf $out/ckpt-1 $out/ckpt-2 $out/ckpt-4
+fi
+
+if [ "$ONLY" = all ] || [ "$ONLY" = gen ]; then
+  echo "== 4. generation, 124M GPT-2 shape (random weights), 1 rank x $THREADS threads"
+  g=$out/gen
+  mkdir -p $g
+  [ -f $g/w/init.h5 ] || $MPIEXEC -np 1 build/partita train $DECK --set train.steps=1 --set run.out_dir=$g/w \
+    --set train.seq_len=64 --set train.micro_batch=1 --set train.eval_batches=1 --set checkpoint.resume=none > $g/w.log
+  $PYTHON bench/gen_requests.py $g
+  GEN="--set generate.weights=$g/w/init.h5 --set run.threads=$THREADS --set generate.kv_blocks=1024 --set generate.kv_block=16"
+  for case in decode1 decode8 prefill; do
+    rm -rf $g/$case
+    $MPIEXEC -np 1 build/partita generate $DECK $GEN --set generate.requests=$g/$case.jsonl \
+      --set run.out_dir=$g/$case --set generate.token_budget=512 > $g/$case.log
+  done
+  for mode in splitfuse static; do
+    rm -rf $g/poisson-$mode
+    $MPIEXEC -np 1 build/partita generate $DECK $GEN --set generate.requests=$g/poisson.jsonl \
+      --set run.out_dir=$g/poisson-$mode --set generate.mode=$mode --set generate.token_budget=128 \
+      --set generate.max_batch=8 --set "generate.arrivals=poisson:${BENCH_RATE:-1.0}" > $g/poisson-$mode.log
+  done
+  $PYTHON bench/report.py gen $g
 fi
