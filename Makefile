@@ -44,11 +44,13 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else echo "deps: all installed"; fi
 
-# The newcomer's first run: tokenize text every Debian machine has, train the tiny GPT.
+# The newcomer's first run: tokenize text every Debian machine has, train the tiny GPT,
+# generate from it.
 demo: all
 	@mkdir -p data
 	build/partita prep data/licenses.h5 /usr/share/common-licenses
 	$(MPIEXEC) -np 2 build/partita train inputs/gpt-tiny.deck
+	$(MPIEXEC) -np 1 build/partita generate inputs/generate-tiny.deck
 
 test: all
 	@MPIEXEC=$(MPIEXEC) PYTHON=$(PYTHON) bash tests/run.sh

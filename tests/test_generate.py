@@ -33,24 +33,14 @@ with open(req_path, "w") as f:
     for r in reqs:
         f.write(json.dumps(r) + "\n")
 
-deck = write_deck(os.path.join(d, "gen.deck"), f"""
-[model]
-vocab = 257
-layers = 2
-d_model = 64
-heads = 4
-seq_len = 64
-[generate]
-weights = {weights}
-requests = {req_path}
-kv_block = 8
-kv_blocks = 64
-""")
+deck = os.path.join(ROOT, "inputs/generate-tiny.deck")    # the example deck, pointed at this test's files
 
 
 def generate(name, np_=1, *sets):
     out = os.path.join(d, name)
-    args = ["generate", deck, "--set", f"run.out_dir={out}", "--set", f"parallel.tp={np_}"]
+    args = ["generate", deck, "--set", f"run.out_dir={out}", "--set", f"parallel.tp={np_}",
+            "--set", f"generate.weights={weights}", "--set", f"generate.requests={req_path}",
+            "--set", "generate.kv_blocks=64", "--set", "generate.max_batch=32"]
     for s in sets:
         args += ["--set", s]
     p = run(args, np=np_)
@@ -114,7 +104,9 @@ with open(os.path.join(d, "many.jsonl"), "w") as f:
     f.write(json.dumps({"id": "bad-temp", "prompt": "x", "temperature": -1}) + "\n")
     f.write(json.dumps({"id": "long", "prompt": "y" * 70, "max_tokens": 5}) + "\n")
     f.write(json.dumps({"id": "typo", "prompt": "x", "max_tokenz": 5}) + "\n")
-many, _, _, p = generate("pool", 1, f"generate.requests={d}/many.jsonl", "generate.kv_blocks=7",
+req_path_main = req_path
+req_path = f"{d}/many.jsonl"
+many, _, _, p = generate("pool", 1, "generate.kv_blocks=7",
                          "generate.token_budget=16")
 err = p.stderr
 check(all(len(many[f"m{i}"]) == 10 for i in range(8)), "8 requests through a 7-block pool all complete (at most 3 at once)")
@@ -126,10 +118,17 @@ check("request 'long' refused" in err and "exceeds the model's 64 positions" in 
 check("many.jsonl:13: bad request" in err and "max_tokenz" in err, "an unknown key is reported")
 
 # Rerunning into the same output skips the ids already done.
+req_path = req_path_main
 again, _, _, p = generate("sf16", 1, "generate.token_budget=16")
 check("7 requests already done" in p.stdout or "already done in" in p.stdout, "a rerun skips the ids already done")
 with open(os.path.join(d, "sf16/gen.jsonl")) as f:
     lines = [json.loads(l) for l in f]
 check(len(lines) == len(reqs) and again == sf16, "the JSONL mirror holds each id once; gen.h5 still has all outputs",
       f"{len(lines)} lines")
+
+# The example requests of inputs/ run as they are.
+req_path = os.path.join(ROOT, "inputs/prompts.jsonl")
+ex, _, _, p = generate("example", 1)
+check(sorted(ex) == ["apache", "bsd", "gpl", "mit"] and all(len(v) > 0 for v in ex.values()),
+      "inputs/prompts.jsonl runs through inputs/generate-tiny.deck")
 finish()
