@@ -138,17 +138,6 @@ static hid_t open_parallel(const char *path, MPI_Comm comm, int create) {
     return f;
 }
 
-static void write_shape(hid_t meta, const Model *m) {
-    const GPTShape *s = &m->s;
-    h5_attr_i64(meta, "n_layer", s->L);
-    h5_attr_i64(meta, "n_embd", s->C);
-    h5_attr_i64(meta, "n_head", s->NH);
-    h5_attr_i64(meta, "vocab_size", s->V);
-    h5_attr_i64(meta, "padded_vocab_size", s->Vp);
-    h5_attr_i64(meta, "n_positions", s->maxT);
-    h5_attr_i64(meta, "mlp_hidden", s->H);
-}
-
 static void sync_path(const char *path, int directory) {
     int fd = open(path, directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
     SYS_CHECK(fd >= 0, "cannot open '%s' to sync it: %s", path, strerror(errno));
@@ -245,7 +234,7 @@ void ckpt_write(const Zero *z, const Deck *d, const char *deck_text, const char 
     h5_attr_i64(meta, "data_cursor", st->data_cursor);
     h5_attr_i64(meta, "seed", c->run.seed);
     h5_attr_i64(meta, "optim_t", z->optim.t);
-    write_shape(meta, m);
+    weights_write_shape(meta, m);
     h5_attr_str(meta, "deck", deck_text);
     char layout[128];
     snprintf(layout, sizeof layout, "ranks=%d dp=%d zero_stage=%d", z->p, z->p, z->stage);
@@ -531,13 +520,7 @@ int ckpt_main(int argc, char **argv) {
     if (!is_info && !bad) {
         // A weights file: the layout weights_write uses, from the whole buffer.
         hid_t out = h5_create(argv[2]);
-        h5_attr_i64(out, "vocab_size", m.s.V);
-        h5_attr_i64(out, "padded_vocab_size", m.s.Vp);
-        h5_attr_i64(out, "n_layer", m.s.L);
-        h5_attr_i64(out, "n_embd", m.s.C);
-        h5_attr_i64(out, "n_head", m.s.NH);
-        h5_attr_i64(out, "n_positions", m.s.maxT);
-        h5_attr_i64(out, "mlp_hidden", m.s.H);
+        weights_write_shape(out, &m);
         h5_attr_i64(out, "step", step);
         char deck[65536] = "";
         h5_read_attr_str(meta, "deck", deck, sizeof deck);

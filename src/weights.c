@@ -15,7 +15,7 @@ void weights_write_group(const Model *m, hid_t f, const char *group, const float
     H5_CHECK(H5Gclose(g));
 }
 
-static void write_shape_attrs(const Model *m, hid_t f) {
+void weights_write_shape(hid_t f, const Model *m) {
     const GPTShape *s = &m->s;
     h5_attr_i64(f, "vocab_size", s->V);
     h5_attr_i64(f, "padded_vocab_size", s->Vp);
@@ -31,7 +31,7 @@ void weights_write(const Model *m, const ParamStore *ps, int writer, const char 
     hid_t f = 0, g = 0;
     if (writer) {
         f = h5_create(path);
-        write_shape_attrs(m, f);
+        weights_write_shape(f, m);
         h5_attr_i64(f, "step", step);
         h5_attr_str(f, "deck", deck_text);
         h5_attr_str(f, "layout", "GPT-2 names; linear weights (in, out) as HF Conv1D; wte tied to the LM head");

@@ -17,6 +17,10 @@
 // group calls it; the writer alone touches the file.
 void weights_write(const Model *m, const ParamStore *ps, int writer, const char *path, int64_t step,
                    const char *deck_text);
+// The model-shape attributes (n_layer, n_embd, n_head, vocab_size,
+// padded_vocab_size, n_positions, mlp_hidden) on obj: weights files and
+// checkpoints' /meta carry the same ones.
+void weights_write_shape(hid_t obj, const Model *m);
 // Writes params or grads (the same table) into group g of an open file.
 void weights_write_group(const Model *m, hid_t f, const char *group, const float *buf);
 // Reads a weights file into full (m->nparams floats); fatal if a tensor is
