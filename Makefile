@@ -15,6 +15,17 @@ CFLAGS  += -std=c11 -fopenmp -Wall -Wextra -D_GNU_SOURCE -Isrc -Isrc/infer -Iker
 LDLIBS  := -L$(HDF5_LIB) -Wl,-rpath,$(HDF5_LIB) -lhdf5 \
            -L$(BLAS_LIB) -l:libopenblas.so.0 -Wl,-rpath,$(BLAS_LIB) -lm
 
+# The cuda backend's kernels build wherever nvcc exists (CUDA=0 leaves them out).
+NVCC_FOUND := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA ?= $(if $(NVCC_FOUND),1,0)
+ifeq ($(CUDA),1)
+NVCC ?= $(NVCC_FOUND)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC_FOUND))
+include kernels/cuda/cuda.mk
+CFLAGS += -DPARTITA_CUDA
+GPU_TARGETS := build/test_kernels_gpu
+endif
+
 SRC     := $(wildcard src/*.c src/infer/*.c)
 KSRC    := $(wildcard kernels/cpu/*.c)
 OBJ     := $(SRC:%.c=build/%.o) $(KSRC:%.c=build/%.o)
@@ -24,10 +35,10 @@ DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-ope
         liburing-dev python3 python3-numpy python3-h5py python3-matplotlib python3-torch hdf5-tools
 
 .PHONY: all deps test bench clean demo
-all: build/partita build/test_kernels
+all: build/partita build/test_kernels $(GPU_TARGETS)
 
-build/partita: $(OBJ)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+build/partita: $(OBJ) $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
 build/test_kernels: build/tests/unit/test_kernels.o $(KOBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)

@@ -1,6 +1,7 @@
 // main.c: `partita <command> ...`: one SPMD binary, every rank runs this.
 #include "ckpt.h"
 #include "deck.h"
+#include "device.h"
 #include "estimate.h"
 #include "infer/generate.h"
 #include "log.h"
@@ -81,9 +82,9 @@ static int load_deck(Deck *d, int argc, char **argv, const char **extra, int *ne
 static int check_runnable(const Deck *d, int rank) {
     char where[600], msg[4096] = "";
     const Config *c = &d->cfg;
-    if (c->run.backend == BACKEND_CUDA) {
-        snprintf(msg, sizeof msg, "error: %s: [run] backend = cuda, but this binary has no cuda backend\n"
-                 "  hint: use backend = auto or cpu", deck_where(d, "run.backend", where, sizeof where));
+    DeviceInfo dev;
+    if (device_select(d, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
+    if (msg[0]) {
     } else if (c->train.precision == PRECISION_BF16) {
         snprintf(msg, sizeof msg, "error: %s: [train] precision = bf16 needs the cuda backend\n"
                  "  hint: use precision = fp32 on the cpu backend", deck_where(d, "train.precision", where, sizeof where));
@@ -112,9 +113,9 @@ static int check_runnable(const Deck *d, int rank) {
 static int check_generate(const Deck *d, int rank, int size) {
     char where[600], msg[4096] = "";
     const GenerateConfig *g = &d->cfg.generate;
-    if (d->cfg.run.backend == BACKEND_CUDA) {
-        snprintf(msg, sizeof msg, "error: %s: [run] backend = cuda, but this binary has no cuda backend\n"
-                 "  hint: use backend = auto or cpu", deck_where(d, "run.backend", where, sizeof where));
+    DeviceInfo dev;
+    if (device_select(d, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
+    if (msg[0]) {
     } else if (!g->weights[0] || access(g->weights, R_OK) != 0) {
         snprintf(msg, sizeof msg, "error: %s: [generate] weights = \"%s\": no such readable file\n"
                  "  hint: use a run's final.h5, an `partita ckpt export`, or a checkpoint",

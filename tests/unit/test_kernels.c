@@ -690,8 +690,9 @@ static int test_exp_fast(void)
     }
     fails += check("exp_fast max pointwise on [-87.3, 88.72]", worst, 2e-7);
     float z1 = exp_fast(-INFINITY), z2 = exp_fast(-104.5f), one = exp_fast(0.0f);
-    float nan = exp_fast(NAN), sub = exp_fast(-95.0f);
-    fails += check_true("exp_fast(-inf) = exp_fast(-104.5) = 0, exp_fast(0) = 1", z1 == 0.0f && z2 == 0.0f && one == 1.0f);
+    float nan = exp_fast(NAN), sub = exp_fast(-95.0f), big = exp_fast(100.0f);
+    fails += check_true("exp_fast(-inf) = exp_fast(-104.5) = 0, exp_fast(0) = 1, exp_fast(100) = inf",
+                        z1 == 0.0f && z2 == 0.0f && one == 1.0f && big == INFINITY);
     fails += check_true("exp_fast(NaN) is NaN, exp_fast(-95) subnormal ~ e^-95",
                         nan != nan && fabs(sub - exp(-95.0)) < 1e-44);
     return fails;

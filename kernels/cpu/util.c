@@ -1,0 +1,68 @@
+// util.c: elementwise helpers (residual, scale), sum of squares, thread control.
+#include <cblas.h>
+#include <omp.h>
+#include "kernels.h"
+
+#define SUMSQ_MIN_CHUNK ((size_t)1 << 14)   // floats per partial sum, at least
+#define SUMSQ_MAX_PARTS 4096                // partials (on the stack) per call, at most
+
+// out = a + b
+void residual_forward(float *out,           // (n)
+                      const float *a,       // (n)
+                      const float *b,       // (n)
+                      size_t n)
+{
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+// x *= s
+void scale_inplace(float *x,                // (n)
+                   float s, size_t n)
+{
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+// sum_i x_i^2 in float64. The chunk size depends on n only (a multiple of
+// SUMSQ_MIN_CHUNK giving at most SUMSQ_MAX_PARTS chunks); chunk partials are
+// added in index order, so the bits do not depend on the thread count. One
+// parallel region per call.
+double sumsq(const float *x,                // (n)
+             size_t n)
+{
+    if (n == 0) return 0.0;
+    size_t chunk = (n + SUMSQ_MAX_PARTS - 1) / SUMSQ_MAX_PARTS;
+    chunk = (chunk + SUMSQ_MIN_CHUNK - 1) / SUMSQ_MIN_CHUNK * SUMSQ_MIN_CHUNK;
+    const int nc = (int)((n + chunk - 1) / chunk);
+    double part[SUMSQ_MAX_PARTS];
+    #pragma omp parallel for schedule(static) if (nc > 1)
+    for (int c = 0; c < nc; c++) {
+        const size_t lo = (size_t)c * chunk;
+        const size_t hi = lo + chunk < n ? lo + chunk : n;
+        double s = 0.0;
+        #pragma omp simd reduction(+:s)
+        for (size_t i = lo; i < hi; i++) s += (double)x[i] * (double)x[i];
+        part[c] = s;
+    }
+    double total = 0.0;
+    for (int c = 0; c < nc; c++) total += part[c];
+    return total;
+}
+
+// Threads of the OpenMP regions; n < 1 means 1. OpenBLAS itself is kept at one
+// thread: matmul.c calls sgemm on fixed tiles from its own OpenMP loop (for
+// thread-count-independent bits). Order matters: OpenBLAS's OpenMP build sets
+// omp_set_num_threads inside openblas_set_num_threads.
+void kernels_set_threads(int n)
+{
+    if (n < 1) n = 1;
+    openblas_set_num_threads(1);
+    omp_set_num_threads(n);
+}
+
+// Threads the next OpenMP region of a kernel will use.
+int kernels_get_threads(void)
+{
+    return omp_get_max_threads();
+}
