@@ -33,13 +33,19 @@ params = [wte, wpe, lfw, lfb] + [t for l in layers for t in l.values()]
 opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, foreach=True)
 
 
+mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+
+
 def step(idx, tgt):
     x = wte[idx] + wpe[:T]
     for p in layers:
         h = F.layer_norm(x, (C,), p["l1w"], p["l1b"])
         q, k, v = torch.addmm(p["qkvb"], h.view(-1, C), p["qkvw"]).view(B, T, 3 * C).split(C, dim=-1)
         q, k, v = (t.reshape(B, T, NH, C // NH).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B * T, C)
+        # Debian's torch 1.13 has no scaled_dot_product_attention: the plain causal form.
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // NH))
+        att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B * T, C)
         x = x + torch.addmm(p["pb"], y, p["pw"]).view(B, T, C)
         h = F.layer_norm(x, (C,), p["l2w"], p["l2b"]).view(-1, C)
         h = F.gelu(torch.addmm(p["fb"], h, p["fw"]), approximate="tanh")
