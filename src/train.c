@@ -150,10 +150,11 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     tr->deck_text = xmalloc(1 << 16, "deck text");
     deck_format(d, tr->deck_text, 1 << 16);
     topo_init(&tr->topo, (int)c->parallel.dp);
-    CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
-                      .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step};
-    comm_init(&tr->dp, tr->topo.dp, "dp", &co);
     tr->threads = pick_threads(c, &tr->topo);
+    CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
+                      .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step,
+                      .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN)};
+    comm_init(&tr->dp, tr->topo.dp, "dp", &co);
     kernels_set_threads(tr->threads);
     tr->B = (int)c->train.micro_batch;
     tr->T = (int)c->train.seq_len;
