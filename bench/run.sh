@@ -22,7 +22,7 @@ out=build/bench
 mkdir -p "$out" data
 [ -f data/licenses.h5 ] || build/partita prep data/licenses.h5 /usr/share/common-licenses > /dev/null
 DECK=inputs/gpt2-124m.deck
-COMMON="--set train.save_weights=false --set train.seq_len=256 --set train.eval_batches=1 --set checkpoint.resume=none"
+COMMON="--set optimizer.warmup=0 --set train.save_weights=false --set train.seq_len=256 --set train.eval_batches=1 --set checkpoint.resume=none"
 
 if [ "$ONLY" = all ] || [ "$ONLY" = train ]; then
   echo "== 1. training throughput: 124M GPT-2 shape, B=4, T=256, fp32, 1 rank x $THREADS threads, $STEPS steps"

@@ -89,7 +89,10 @@ hid_t h5_group(hid_t f, const char *path) {
     H5_CHECK(lcpl);
     H5_CHECK(H5Pset_create_intermediate_group(lcpl, 1));
     hid_t g;
-    if (H5Lexists(f, path, H5P_DEFAULT) > 0) g = H5Gopen2(f, path, H5P_DEFAULT);
+    htri_t there;
+    // H5Lexists fails (noisily) when an intermediate group is missing: that is a "no".
+    H5E_BEGIN_TRY { there = H5Lexists(f, path, H5P_DEFAULT); } H5E_END_TRY;
+    if (there > 0) g = H5Gopen2(f, path, H5P_DEFAULT);
     else g = H5Gcreate2(f, path, lcpl, H5P_DEFAULT, H5P_DEFAULT);
     H5_CHECK(g);
     H5_CHECK(H5Pclose(lcpl));
