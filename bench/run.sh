@@ -68,7 +68,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = gen ]; then
   echo "== 4. generation, 124M GPT-2 shape (random weights), 1 rank x $THREADS threads"
   g=$out/gen
   mkdir -p $g
-  [ -f $g/w/init.h5 ] || $MPIEXEC -np 1 build/partita train $DECK --set train.steps=1 --set run.out_dir=$g/w \
+  [ -f $g/w/init.h5 ] || $MPIEXEC -np 1 build/partita train $DECK --set train.steps=1 --set optimizer.warmup=0 --set run.out_dir=$g/w \
     --set train.seq_len=64 --set train.micro_batch=1 --set train.eval_batches=1 --set checkpoint.resume=none > $g/w.log
   $PYTHON bench/gen_requests.py $g
   GEN="--set generate.weights=$g/w/init.h5 --set run.threads=$THREADS --set generate.kv_blocks=1024 --set generate.kv_block=16"
@@ -81,7 +81,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = gen ]; then
     rm -rf $g/poisson-$mode
     $MPIEXEC -np 1 build/partita generate $DECK $GEN --set generate.requests=$g/poisson.jsonl \
       --set run.out_dir=$g/poisson-$mode --set generate.mode=$mode --set generate.token_budget=128 \
-      --set generate.max_batch=8 --set "generate.arrivals=poisson:${BENCH_RATE:-1.0}" > $g/poisson-$mode.log
+      --set generate.max_batch=8 --set "generate.arrivals=poisson:${BENCH_RATE:-0.5}" > $g/poisson-$mode.log
   done
   $PYTHON bench/report.py gen $g
 fi
