@@ -121,9 +121,17 @@ static int begin(Comm *c, int op, size_t count, size_t bytes_sent, const char *t
     r->active = 0;
     if (c->opt.fault_skip_rank == c->rank && c->opt.fault_skip_step == c->step + 1 && !c->skipped) {
         c->skipped = 1;
+        if (c->opt.fault_hang_s > 0) {
+            log_warn("test fault: stalling %.0f s before %s(%s) at step %lld", c->opt.fault_hang_s,
+                     comm_op_name(op), tag, (long long)c->step + 1);
+            struct timespec ts = {(time_t)c->opt.fault_hang_s, 0};
+            nanosleep(&ts, NULL);
+            goto issue;
+        }
         log_warn("test fault: skipping %s(%s) at step %lld", comm_op_name(op), tag, (long long)c->step + 1);
         return 1;
     }
+issue:
     if (c->opt.debug) check_signature(c, &r->sig);
     c->bytes[op] += bytes_sent;
     c->calls[op]++;

@@ -36,6 +36,7 @@ typedef struct CommOptions {
     double timeout_s;       // a wait longer than this is fatal, naming the collective; 0 = none
     int fault_skip_rank;    // test only: this rank skips one collective ...
     int64_t fault_skip_step;//   ... its first one of this step
+    double fault_hang_s;    //   ... or, when > 0, stalls this long before it
     int oversubscribed;     // ranks x threads exceed the node's cores: long waits nap
 } CommOptions;
 

@@ -207,6 +207,8 @@ static const KeyDef keys[] = {
      "test only: this rank skips one collective (-1 = none)"},
     {"comm", "fault_skip_step", T_INT, OFF(comm.fault_skip_step), "1", GE(1), NULL,
      "test only: ... its first collective of this step"},
+    {"comm", "fault_hang_s", T_FLOAT, OFF(comm.fault_hang_s), "0", GE(0), NULL,
+     "test only: instead of skipping it, the faulty rank stalls this long first (a stuck rank)"},
 };
 
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))

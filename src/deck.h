@@ -111,6 +111,7 @@ typedef struct CommConfig {
     double timeout_s;         // 0 = none
     int64_t fault_skip_rank;  // test only: -1 = none
     int64_t fault_skip_step;  // test only: 1-based step
+    double fault_hang_s;      // test only: stall instead of skipping
 } CommConfig;
 
 typedef struct Config {

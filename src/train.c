@@ -153,7 +153,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     tr->threads = pick_threads(c, &tr->topo);
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
                       .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step,
-                      .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN)};
+                      .fault_hang_s = c->comm.fault_hang_s, .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN)};
     comm_init(&tr->dp, tr->topo.dp, "dp", &co);
     kernels_set_threads(tr->threads);
     tr->B = (int)c->train.micro_batch;
