@@ -42,7 +42,12 @@ static _Noreturn void fatal_v(const char *file, int line, const char *hint, cons
     fflush(stderr);
     int up = 0;
     MPI_Initialized(&up);
-    if (up) MPI_Abort(MPI_COMM_WORLD, 1);
+    // mpiexec forwards our stderr through a pipe; an abort right away can kill
+    // the job before the message is through (seen: one run in three).
+    if (up) {
+        usleep(300000);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
     exit(1);
 }
 
