@@ -35,12 +35,15 @@ DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-ope
         liburing-dev python3 python3-numpy python3-h5py python3-matplotlib python3-torch hdf5-tools
 
 .PHONY: all deps test bench clean demo
-all: build/partita build/test_kernels $(GPU_TARGETS)
+all: build/partita build/test_kernels build/test_comm $(GPU_TARGETS)
 
 build/partita: $(OBJ) $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
 build/test_kernels: build/tests/unit/test_kernels.o $(KOBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+build/test_comm: build/tests/unit/test_comm.o build/src/comm.o build/src/log.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 build/%.o: %.c
@@ -72,4 +75,4 @@ bench: all
 clean:
 	rm -rf build
 
--include $(OBJ:.o=.d) build/tests/unit/test_kernels.d
+-include $(OBJ:.o=.d) build/tests/unit/test_kernels.d build/tests/unit/test_comm.d

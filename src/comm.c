@@ -10,7 +10,7 @@
 #include <sched.h>
 #include <time.h>
 
-static const char *op_names[COMM_NOPS] = {"all_reduce", "reduce_scatter", "all_gather", "broadcast"};
+static const char *op_names[COMM_NOPS] = {"all_reduce", "reduce_scatter", "all_gather", "all_to_all", "broadcast"};
 
 const char *comm_op_name(int op) { return op >= 0 && op < COMM_NOPS ? op_names[op] : "?"; }
 
@@ -24,13 +24,17 @@ void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt)
     c->counts = xcalloc(sizeof(int) * (size_t)c->size, "comm counts");
     c->displs = xcalloc(sizeof(int) * (size_t)c->size, "comm displacements");
     c->sigs = xcalloc(sizeof(CommSig) * (size_t)c->size, "comm signatures");
+    c->rcounts = xcalloc(sizeof(int) * (size_t)c->size, "comm receive counts");
+    c->rdispls = xcalloc(sizeof(int) * (size_t)c->size, "comm receive displacements");
 }
 
 void comm_free(Comm *c) {
     free(c->counts);
     free(c->displs);
     free(c->sigs);
-    c->counts = c->displs = NULL;
+    free(c->rcounts);
+    free(c->rdispls);
+    c->counts = c->displs = c->rcounts = c->rdispls = NULL;
     c->sigs = NULL;
 }
 
@@ -175,6 +179,21 @@ void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag,
     if (begin(c, COMM_ALLGATHER, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
     MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, c->counts, c->displs, MPI_FLOAT,
                               c->comm, &r->req));
+    r->active = 1;
+}
+
+void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *recv, const size_t *rcounts,
+                     const char *tag, CommReq *r) {
+    size_t total = fill_counts(c, counts, "all-to-all"), rtotal = 0;
+    for (int k = 0; k < c->size; k++) {
+        c->rcounts[k] = as_int(rcounts[k], "all-to-all");
+        c->rdispls[k] = as_int(rtotal, "all-to-all");
+        rtotal += rcounts[k];
+    }
+    // What leaves this rank: everything but its part for itself.
+    if (begin(c, COMM_ALLTOALL, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
+    MPI_CHECK(MPI_Ialltoallv(send, c->counts, c->displs, MPI_FLOAT, recv, c->rcounts, c->rdispls, MPI_FLOAT,
+                             c->comm, &r->req));
     r->active = 1;
 }
 

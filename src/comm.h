@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { COMM_ALLREDUCE = 0, COMM_REDUCE_SCATTER, COMM_ALLGATHER, COMM_BCAST, COMM_NOPS };
+enum { COMM_ALLREDUCE = 0, COMM_REDUCE_SCATTER, COMM_ALLGATHER, COMM_ALLTOALL, COMM_BCAST, COMM_NOPS };
 
 // What a collective is, as ranks compare it in debug mode.
 typedef struct CommSig {
@@ -52,6 +52,7 @@ typedef struct Comm {
     uint64_t calls[COMM_NOPS];
     double wait_s;          // time blocked in waits: communication not hidden by compute
     int *counts, *displs;   // (size) scratch for the v-collectives
+    int *rcounts, *rdispls; // (size) receive side of all-to-all
     CommSig *sigs;          // (size) scratch for debug checks
 } Comm;
 
@@ -71,6 +72,10 @@ void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const siz
 // In place: buf holds every rank's part back to back (counts[k] for rank k);
 // this rank's own part must be in place already.
 void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag, CommReq *r);
+// send holds counts[k] floats for rank k back to back; recv receives
+// rcounts[k] floats from rank k back to back (MoE dispatch, Ulysses).
+void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *recv, const size_t *rcounts,
+                     const char *tag, CommReq *r);
 // Waits for r (no-op if inactive), yielding the core, timing the wait.
 void comm_wait(Comm *c, CommReq *r);
 // Non-blocking progress: returns 1 if r is complete (and marks it inactive).

@@ -22,6 +22,7 @@ tests=(
   "kernel-adamw         build/test_kernels adamw"
   "kernel-sumsq         build/test_kernels sumsq"
   "kernel-determinism   build/test_kernels determinism"
+  "comm-collectives     $MPIEXEC -np 3 build/test_comm"
   "deck                 $PYTHON tests/test_deck.py"
   "cli-errors           $PYTHON tests/test_cli.py"
   "data-order           $PYTHON tests/test_data.py"
