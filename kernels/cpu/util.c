@@ -50,14 +50,15 @@ double sumsq(const float *x,                // (n)
     return total;
 }
 
-// Threads of the OpenMP regions; n < 1 means 1. OpenBLAS itself is kept at one
-// thread: matmul.c calls sgemm on fixed tiles from its own OpenMP loop (for
-// thread-count-independent bits). Order matters: OpenBLAS's OpenMP build sets
-// omp_set_num_threads inside openblas_set_num_threads.
+// Threads of the OpenMP regions and of OpenBLAS; n < 1 means 1. The kernels
+// call sgemm from inside their own OpenMP loops (matmul.c), where the OpenMP
+// build of OpenBLAS runs single-threaded; a direct cblas call elsewhere (the
+// sgemm peak in src/peak.c) gets n threads. Order matters: that build's
+// openblas_set_num_threads calls omp_set_num_threads itself.
 void kernels_set_threads(int n)
 {
     if (n < 1) n = 1;
-    openblas_set_num_threads(1);
+    openblas_set_num_threads(n);
     omp_set_num_threads(n);
 }
 
