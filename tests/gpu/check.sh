@@ -123,7 +123,7 @@ if [ $rc = 0 ]; then
   trc=${PIPESTATUS[0]}
   res() { grep "^RESULT $1 " "$LOG/test_kernels_gpu.log" | awk '{print $3}' | tail -1; }
   if [ "$trc" = 77 ]; then
-    kt="skipped: no CUDA device visible ($(grep -m1 'no CUDA device' "$LOG/test_kernels_gpu.log"))"
+    kt="skipped: $(grep -m1 'no CUDA device' "$LOG/test_kernels_gpu.log")"
     rc=77
   elif [ "$trc" = 124 ]; then
     kt="TIMED OUT after 240 s ($(grep -c '^ok' "$LOG/test_kernels_gpu.log") passed before)"
