@@ -24,6 +24,13 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC_FOUND))
 include kernels/cuda/cuda.mk
 CFLAGS += -DPARTITA_CUDA
 GPU_TARGETS := build/test_kernels_gpu
+# NCCL for collectives on device buffers, where the toolkit carries it
+# (NCCL=0 leaves it out: [comm] device_path = staged still works).
+NCCL ?= $(if $(wildcard $(CUDA_HOME)/include/nccl.h),1,0)
+ifeq ($(NCCL),1)
+CFLAGS += -DPARTITA_NCCL -isystem $(CUDA_HOME)/include
+CUDA_LDLIBS += -lnccl
+endif
 endif
 
 SRC     := $(wildcard src/*.c src/infer/*.c)
@@ -43,8 +50,8 @@ build/partita: $(OBJ) $(CUDA_OBJ)
 build/test_kernels: build/tests/unit/test_kernels.o $(KOBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-build/test_comm: build/tests/unit/test_comm.o build/src/comm.o build/src/log.o
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+build/test_comm: build/tests/unit/test_comm.o build/src/comm.o build/src/comm_nccl.o build/src/log.o $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
 build/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -121,9 +121,9 @@ typedef struct Holding {
 } Holding;
 
 static void holdings(const Zero *z, Holding h[DS_KINDS]) {
-    h[DS_PARAMS] = (Holding){z->params, z->stage == 3 ? z->own_begin : 0, z->stage == 3 ? z->own_end : z->N};
-    h[DS_EXP_AVG] = (Holding){z->optim.m, z->optim.begin, z->optim.end};
-    h[DS_EXP_AVG_SQ] = (Holding){z->optim.v, z->optim.begin, z->optim.end};
+    h[DS_PARAMS] = (Holding){z->host_params, z->stage == 3 ? z->own_begin : 0, z->stage == 3 ? z->own_end : z->N};
+    h[DS_EXP_AVG] = (Holding){z->host_m, z->optim.begin, z->optim.end};
+    h[DS_EXP_AVG_SQ] = (Holding){z->host_v, z->optim.begin, z->optim.end};
 }
 
 static hid_t open_parallel(const char *path, MPI_Comm comm, int create) {
@@ -378,6 +378,7 @@ void ckpt_read(Zero *z, const Deck *d, const char *path, CkptState *st) {
                           groups[k], m->tensors[i].name, (unsigned long long)want,
                           (unsigned long long)sums[k * m->ntensors + i]);
         }
+    zero_push_states(z);    // read into the host copies; on cuda they go to the device now
     free(sums);
     H5_CHECK(H5Pclose(dxpl));
     H5_CHECK(H5Gclose(meta));

@@ -1,6 +1,8 @@
 // comm.c: MPI collectives with counted bytes, debug signatures, a timeout and
 // a core-yielding wait.
 #include "comm.h"
+#include "backend.h"
+#include "comm_nccl.h"
 #include "log.h"
 
 #include <limits.h>
@@ -26,9 +28,48 @@ void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt)
     c->sigs = xcalloc(sizeof(CommSig) * (size_t)c->size, "comm signatures");
     c->rcounts = xcalloc(sizeof(int) * (size_t)c->size, "comm receive counts");
     c->rdispls = xcalloc(sizeof(int) * (size_t)c->size, "comm receive displacements");
+    if (c->opt.path == COMM_PATH_NCCL) c->nccl = nccl_create(comm, c->rank, c->size);
+}
+
+const char *comm_path_name(int path) {
+    return path == COMM_PATH_NCCL ? "nccl" : path == COMM_PATH_STAGED ? "staged (device-host-MPI)" : "MPI";
+}
+
+void comm_register(Comm *c, const float *buf, size_t n, const char *what) {
+    if (c->opt.path != COMM_PATH_STAGED || !buf) return;
+    SYS_CHECK(c->nmirrors < COMM_MAX_MIRRORS, "more than %d buffers registered with comm", COMM_MAX_MIRRORS);
+    char name[96];
+    snprintf(name, sizeof name, "host mirror of %s", what);
+    c->mirrors[c->nmirrors++] = (CommMirror){.dev = buf, .host = xcalloc((n ? n : 1) * sizeof(float), name), .n = n};
+}
+
+// Staged path: the host mirror of device range [p, p + n).
+static float *mirror_of(Comm *c, const float *p, size_t n) {
+    for (int i = 0; i < c->nmirrors; i++) {
+        const CommMirror *m = &c->mirrors[i];
+        if (p >= m->dev && p + n <= m->dev + m->n) return m->host + (p - m->dev);
+    }
+    FATAL(NULL, "comm: a staged collective on an unregistered device buffer (%zu floats): register it with comm_register", n);
+    return NULL;
+}
+
+// Staged path: on completion, the result moves from its mirror to the device.
+static void land(Comm *c, CommReq *r) {
+    if (r->land) c->opt.bk->from_host(r->land, r->land_host, r->land_n);
+    r->land = NULL;
+}
+
+static void set_landing(CommReq *r, float *dev, const float *host, size_t n) {
+    r->land = dev;
+    r->land_host = host;
+    r->land_n = n;
 }
 
 void comm_free(Comm *c) {
+    for (int i = 0; i < c->nmirrors; i++) free(c->mirrors[i].host);
+    c->nmirrors = 0;
+    if (c->nccl) nccl_destroy(c->nccl);
+    c->nccl = NULL;
     free(c->counts);
     free(c->displs);
     free(c->sigs);
@@ -123,6 +164,9 @@ static int begin(Comm *c, int op, size_t count, size_t bytes_sent, const char *t
     r->sig.count = (int64_t)count;
     snprintf(r->sig.tag, sizeof r->sig.tag, "%s", tag);
     r->active = 0;
+    r->event = -1;
+    r->land = NULL;
+    r->req = MPI_REQUEST_NULL;
     if (c->opt.fault_skip_rank == c->rank && c->opt.fault_skip_step == c->step + 1 && !c->skipped) {
         c->skipped = 1;
         if (c->opt.fault_hang_s > 0) {
@@ -162,24 +206,56 @@ static size_t fill_counts(Comm *c, const size_t *counts, const char *what) {
 void comm_iallreduce_sum(Comm *c, float *buf, size_t n, const char *tag, CommReq *r) {
     size_t sent = c->size > 1 ? 2 * (size_t)(c->size - 1) * n * sizeof(float) / (size_t)c->size : 0;
     if (begin(c, COMM_ALLREDUCE, n, sent, tag, r)) return;
-    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n, "all-reduce"), MPI_FLOAT, MPI_SUM, c->comm, &r->req));
     r->active = 1;
+    if (c->opt.path == COMM_PATH_NCCL) {
+        r->event = nccl_allreduce_sum(c->nccl, buf, n);
+        return;
+    }
+    if (c->opt.path == COMM_PATH_STAGED) {
+        float *h = mirror_of(c, buf, n);
+        c->opt.bk->to_host(h, buf, n);
+        set_landing(r, buf, h, n);
+        buf = h;
+    }
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n, "all-reduce"), MPI_FLOAT, MPI_SUM, c->comm, &r->req));
 }
 
 void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const size_t *counts,
                               const char *tag, CommReq *r) {
     size_t total = fill_counts(c, counts, "reduce-scatter");
     if (begin(c, COMM_REDUCE_SCATTER, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
-    MPI_CHECK(MPI_Ireduce_scatter(send, recv, c->counts, MPI_FLOAT, MPI_SUM, c->comm, &r->req));
     r->active = 1;
+    if (c->opt.path == COMM_PATH_NCCL) {
+        r->event = nccl_reduce_scatter_sum(c->nccl, send, recv, counts);
+        return;
+    }
+    if (c->opt.path == COMM_PATH_STAGED) {
+        float *hs = mirror_of(c, send, total), *hr = mirror_of(c, recv, counts[c->rank]);
+        c->opt.bk->to_host(hs, send, total);
+        set_landing(r, recv, hr, counts[c->rank]);
+        send = hs;
+        recv = hr;
+    }
+    MPI_CHECK(MPI_Ireduce_scatter(send, recv, c->counts, MPI_FLOAT, MPI_SUM, c->comm, &r->req));
 }
 
 void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag, CommReq *r) {
     size_t total = fill_counts(c, counts, "all-gather");
     if (begin(c, COMM_ALLGATHER, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
+    r->active = 1;
+    if (c->opt.path == COMM_PATH_NCCL) {
+        r->event = nccl_allgather(c->nccl, buf, counts);
+        return;
+    }
+    if (c->opt.path == COMM_PATH_STAGED) {
+        float *h = mirror_of(c, buf, total);
+        size_t at = (size_t)c->displs[c->rank];
+        c->opt.bk->to_host(h + at, buf + at, counts[c->rank]);
+        set_landing(r, buf, h, total);
+        buf = h;
+    }
     MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, c->counts, c->displs, MPI_FLOAT,
                               c->comm, &r->req));
-    r->active = 1;
 }
 
 void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *recv, const size_t *rcounts,
@@ -192,23 +268,43 @@ void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *re
     }
     // What leaves this rank: everything but its part for itself.
     if (begin(c, COMM_ALLTOALL, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
+    r->active = 1;
+    if (c->opt.path == COMM_PATH_NCCL) {
+        r->event = nccl_alltoallv(c->nccl, send, counts, recv, rcounts);
+        return;
+    }
+    if (c->opt.path == COMM_PATH_STAGED) {
+        float *hs = mirror_of(c, send, total), *hr = mirror_of(c, recv, rtotal);
+        c->opt.bk->to_host(hs, send, total);
+        set_landing(r, recv, hr, rtotal);
+        send = hs;
+        recv = hr;
+    }
     MPI_CHECK(MPI_Ialltoallv(send, c->counts, c->displs, MPI_FLOAT, recv, c->rcounts, c->rdispls, MPI_FLOAT,
                              c->comm, &r->req));
-    r->active = 1;
 }
 
 void comm_wait(Comm *c, CommReq *r) {
     if (!r->active) return;
-    wait_request(c, &r->req, &r->sig);
+    if (r->event >= 0) {
+        nccl_wait(c->nccl, r->event);
+        r->event = -1;
+    } else {
+        wait_request(c, &r->req, &r->sig);
+        land(c, r);
+    }
     r->active = 0;
 }
 
 int comm_test(Comm *c, CommReq *r) {
-    (void)c;
     if (!r->active) return 1;
     int done = 0;
+    if (r->event >= 0) return nccl_test(c->nccl, r->event);   // comm_wait still orders the streams
     MPI_CHECK(MPI_Test(&r->req, &done, MPI_STATUS_IGNORE));
-    if (done) r->active = 0;
+    if (done) {
+        land(c, r);
+        r->active = 0;
+    }
     return done;
 }
 

@@ -6,13 +6,27 @@
 // the total less this rank's own part) to a counter per op, which run.h5
 // records per step. Waits poll with MPI_Test and sleep between polls: ranks may
 // outnumber cores, and MPICH's blocking busy-poll then steals the core from the
-// rank that still computes. The cuda backend will put NCCL behind these same calls.
+// rank that still computes.
+//
+// On the cuda backend the float buffers of the non-blocking collectives are
+// device memory and move by one of two paths ([comm] device_path):
+//   nccl:   NCCL on a communication stream; the collective starts after the
+//           work already issued on the compute stream, and comm_wait makes the
+//           compute stream wait for it (the host does not block).
+//   staged: device -> host mirror, MPI on the mirror, host -> device when the
+//           request completes. Slower, but ranks may share one GPU (NCCL
+//           refuses that), so tests run np=2/4 on one device. Every device
+//           buffer a staged collective touches must be registered first
+//           (comm_register), which allocates its host mirror once.
+// The f64 reductions and comm_bcast always take host buffers.
 #ifndef PARTITA_COMM_H
 #define PARTITA_COMM_H
 
 #include <mpi.h>
 #include <stddef.h>
 #include <stdint.h>
+
+enum { COMM_PATH_HOST = 0, COMM_PATH_STAGED, COMM_PATH_NCCL };
 
 enum { COMM_ALLREDUCE = 0, COMM_REDUCE_SCATTER, COMM_ALLGATHER, COMM_ALLTOALL, COMM_BCAST, COMM_NOPS };
 
@@ -29,6 +43,10 @@ typedef struct CommReq {
     MPI_Request req;
     int active;
     CommSig sig;
+    int event;              // nccl: the completion event's slot, -1 none
+    float *land;            // staged: device buffer the result goes to on completion ...
+    const float *land_host; //   ... from this host mirror ...
+    size_t land_n;          //   ... this many floats
 } CommReq;
 
 typedef struct CommOptions {
@@ -38,7 +56,17 @@ typedef struct CommOptions {
     int64_t fault_skip_step;//   ... its first one of this step
     double fault_hang_s;    //   ... or, when > 0, stalls this long before it
     int oversubscribed;     // ranks x threads exceed the node's cores: long waits nap
+    int path;               // COMM_PATH_*: how the float collectives reach their buffers
+    const struct Backend *bk;   // staged: the copies between device and host mirrors
 } CommOptions;
+
+typedef struct CommMirror {     // staged path: a registered device buffer and its host mirror
+    const float *dev;
+    float *host;
+    size_t n;
+} CommMirror;
+
+enum { COMM_MAX_MIRRORS = 32 };
 
 typedef struct Comm {
     MPI_Comm comm;
@@ -54,9 +82,18 @@ typedef struct Comm {
     int *counts, *displs;   // (size) scratch for the v-collectives
     int *rcounts, *rdispls; // (size) receive side of all-to-all
     CommSig *sigs;          // (size) scratch for debug checks
+    CommMirror mirrors[COMM_MAX_MIRRORS];
+    int nmirrors;
+    struct NcclComm *nccl;  // nccl path: the communicator and its streams/events
 } Comm;
 
+// Collective over all ranks of comm; with the nccl path it creates the NCCL
+// communicator (collective: every rank of comm calls it).
 void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt);
+// Staged path: buf (n floats of device memory) may be a collective's buffer;
+// allocates its host mirror. A no-op on the other paths.
+void comm_register(Comm *c, const float *buf, size_t n, const char *what);
+const char *comm_path_name(int path);
 void comm_free(Comm *c);
 const char *comm_op_name(int op);
 // Marks the start of a step: signatures carry it, the fault switch keys on it.

@@ -59,7 +59,8 @@ typedef struct KeyDef {
 static const char *const backend_names[] = {"auto", "cpu", "cuda", NULL};
 static const char *const order_names[] = {"sequential", "shuffled", NULL};
 static const char *const decay_names[] = {"cosine", "linear", "none", NULL};
-static const char *const precision_names[] = {"fp32", "bf16", NULL};
+static const char *const precision_names[] = {"auto", "fp32", "bf16", NULL};
+static const char *const devpath_names[] = {"auto", "nccl", "staged", NULL};
 static const char *const tokenizer_names[] = {"byte", NULL};
 static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
 
@@ -129,8 +130,8 @@ static const KeyDef keys[] = {
      "steps between evaluations; 0 = only at the end"},
     {"train", "eval_batches", T_INT, OFF(train.eval_batches), "4", GE(1), NULL,
      "validation micro-batches per rank per evaluation"},
-    {"train", "precision", T_ENUM, OFF(train.precision), "fp32", ANY, precision_names,
-     "compute precision"},
+    {"train", "precision", T_ENUM, OFF(train.precision), "auto", ANY, precision_names,
+     "matrix products: bf16 inputs with fp32 accumulation (cuda only), or fp32; auto = bf16 on cuda, fp32 on cpu"},
     {"train", "save_weights", T_BOOL, OFF(train.save_weights), "true", ANY, NULL,
      "write init.h5 and final.h5"},
 
@@ -209,6 +210,8 @@ static const KeyDef keys[] = {
      "test only: ... its first collective of this step"},
     {"comm", "fault_hang_s", T_FLOAT, OFF(comm.fault_hang_s), "0", GE(0), NULL,
      "test only: instead of skipping it, the faulty rank stalls this long first (a stuck rank)"},
+    {"comm", "device_path", T_ENUM, OFF(comm.device_path), "auto", ANY, devpath_names,
+     "cuda: nccl, or staged (device -> host -> MPI -> device, lets ranks share a GPU); auto = nccl unless ranks share a GPU"},
 };
 
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))

@@ -15,7 +15,8 @@
 enum { BACKEND_AUTO = 0, BACKEND_CPU, BACKEND_CUDA };
 enum { ORDER_SEQUENTIAL = 0, ORDER_SHUFFLED };
 enum { DECAY_COSINE = 0, DECAY_LINEAR, DECAY_NONE };
-enum { PRECISION_FP32 = 0, PRECISION_BF16 };
+enum { PRECISION_AUTO = 0, PRECISION_FP32, PRECISION_BF16 };
+enum { DEVPATH_AUTO = 0, DEVPATH_NCCL, DEVPATH_STAGED };
 enum { TOKENIZER_BYTE = 0 };
 
 typedef struct RunConfig {
@@ -112,6 +113,7 @@ typedef struct CommConfig {
     int64_t fault_skip_rank;  // test only: -1 = none
     int64_t fault_skip_step;  // test only: 1-based step
     double fault_hang_s;      // test only: stall instead of skipping
+    int device_path;          // DEVPATH_*: how collectives move device buffers (cuda)
 } CommConfig;
 
 typedef struct Config {

@@ -1,7 +1,11 @@
 // main.c: `partita <command> ...`: one SPMD binary, every rank runs this.
 #include "ckpt.h"
 #include "deck.h"
+#include "comm_nccl.h"
 #include "device.h"
+#ifdef PARTITA_CUDA
+#include "cuda/cuda_kernels.h"
+#endif
 #include "estimate.h"
 #include "infer/generate.h"
 #include "log.h"
@@ -83,11 +87,8 @@ static int check_runnable(const Deck *d, int rank) {
     char where[600], msg[4096] = "";
     const Config *c = &d->cfg;
     DeviceInfo dev;
-    if (device_select(d, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
+    if (device_select(d, 1, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
     if (msg[0]) {
-    } else if (c->train.precision == PRECISION_BF16) {
-        snprintf(msg, sizeof msg, "error: %s: [train] precision = bf16 needs the cuda backend\n"
-                 "  hint: use precision = fp32 on the cpu backend", deck_where(d, "train.precision", where, sizeof where));
     } else if (c->parallel.sp != 1 || c->parallel.tp != 1 || c->parallel.ep != 1) {
         snprintf(msg, sizeof msg, "error: %s: sequence, tensor and expert parallelism are not implemented yet\n"
                  "  hint: set [parallel] sp, tp and ep to 1", deck_where(d, "parallel.sp", where, sizeof where));
@@ -114,7 +115,7 @@ static int check_generate(const Deck *d, int rank, int size) {
     char where[600], msg[4096] = "";
     const GenerateConfig *g = &d->cfg.generate;
     DeviceInfo dev;
-    if (device_select(d, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
+    if (device_select(d, 0, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
     if (msg[0]) {
     } else if (!g->weights[0] || access(g->weights, R_OK) != 0) {
         snprintf(msg, sizeof msg, "error: %s: [generate] weights = \"%s\": no such readable file\n"
@@ -141,9 +142,20 @@ static int check_generate(const Deck *d, int rank, int size) {
     return 2;
 }
 
+static void print_version(void) {
+#ifdef PARTITA_CUDA
+    int devices = cuda_device_count();
+    const char *why = cuda_probe_error();
+    printf("partita %s (backends: cpu, cuda with %s; %d CUDA device(s) here%s%s)\n", PARTITA_VERSION,
+           nccl_available() ? "NCCL" : "no NCCL", devices, why[0] ? ": " : "", why);
+#else
+    printf("partita %s (backends: cpu; built without cuda)\n", PARTITA_VERSION);
+#endif
+}
+
 static int run_command(const char *cmd, int argc, char **argv, int rank, int size) {
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        if (rank == 0) printf("partita %s (cpu backend)\n", PARTITA_VERSION);
+        if (rank == 0) print_version();
         return 0;
     }
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

@@ -1,6 +1,5 @@
 // model.c: GPT-2 forward and backward over the kernels of kernels.h.
 #include "model.h"
-#include "kernels.h"
 #include "log.h"
 #include "rng.h"
 
@@ -177,7 +176,8 @@ void model_table(Model *m, const ModelConfig *mc) {
 }
 
 size_t model_activation_bytes(const Model *m, int B, int T) {
-    return sizeof(float) * (acts_layout(&m->s, NULL, B, T).total + scratch_layout(&m->s, NULL, B, T).total);
+    return sizeof(float) * (acts_layout(&m->s, NULL, B, T).total + scratch_layout(&m->s, NULL, B, T).total) +
+           2 * sizeof(int32_t) * (size_t)B * (size_t)T;
 }
 
 size_t model_activation_bytes_checkpointed(const Model *m, int B, int T) {
@@ -186,25 +186,34 @@ size_t model_activation_bytes_checkpointed(const Model *m, int B, int T) {
     return sizeof(float) * (a.total - layers + a.per_layer + inputs + scratch_layout(&m->s, NULL, B, T).total);
 }
 
-void model_create(Model *m, const ModelConfig *mc, int B, int T) {
+void model_create(Model *m, const ModelConfig *mc, int B, int T, const Backend *bk) {
     memset(m, 0, sizeof *m);
     m->s = model_shape(mc);
     SYS_CHECK(T <= m->s.maxT, "sequence length %d exceeds model.seq_len %d", T, m->s.maxT);
     build_table(m);
+    m->bk = bk;
     m->B = B;
     m->T = T;
     m->nacts = acts_layout(&m->s, NULL, B, T).total;
-    m->acts = xcalloc(m->nacts * sizeof(float), "activations");
+    m->acts = bk->alloc(m->nacts * sizeof(float), "activations");
     m->nscratch = scratch_layout(&m->s, NULL, B, T).total;
-    m->scratch = xcalloc(m->nscratch * sizeof(float), "backward scratch");
+    m->scratch = bk->alloc(m->nscratch * sizeof(float), "backward scratch");
+    m->tok = bk->alloc((size_t)B * T * sizeof(int32_t), "input tokens");
+    m->tgt = bk->alloc((size_t)B * T * sizeof(int32_t), "target tokens");
+    m->host_losses = xcalloc((size_t)B * T * sizeof(float), "per-token losses");
 }
 
 void model_free(Model *m) {
     free(m->tensors);
     free(m->unit_begin);
     free(m->unit_end);
-    free(m->acts);
-    free(m->scratch);
+    if (m->bk) {
+        m->bk->release(m->acts);
+        m->bk->release(m->scratch);
+        m->bk->release(m->tok);
+        m->bk->release(m->tgt);
+    }
+    free(m->host_losses);
     memset(m, 0, sizeof *m);
 }
 
@@ -251,12 +260,15 @@ float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     const GPTShape *s = &m->s;
     const int C = s->C, NH = s->NH, H = s->H, L = s->L, UF = U_FINAL(m);
     const size_t N = (size_t)B * T;
+    const Backend *k = m->bk;
     Acts a = acts_layout(s, m->acts, B, T);
     m->fwd_B = B;
     m->fwd_T = T;
+    k->from_host_i32(m->tok, inputs, N);
+    if (targets) k->from_host_i32(m->tgt, targets, N);
 
     const float *emb = ps->params(ps->ctx, U_EMBED, PHASE_FWD);
-    encoder_forward(a.encoded, inputs, TP(m, emb, U_EMBED, 0), TP(m, emb, U_EMBED, 1), B, T, C);
+    k->encoder_forward(a.encoded, m->tok, TP(m, emb, U_EMBED, 0), TP(m, emb, U_EMBED, 1), B, T, C);
     ps->release(ps->ctx, U_EMBED, PHASE_FWD);
     const float *res = a.encoded;
     for (int l = 0; l < L; l++) {
@@ -267,16 +279,16 @@ float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const
         float *attproj = at(&a, a.attproj, l), *res2 = at(&a, a.res2, l), *ln2 = at(&a, a.ln2, l);
         float *fch = at(&a, a.fch, l), *fch_gelu = at(&a, a.fch_gelu, l);
         float *fcproj = at(&a, a.fcproj, l), *res3 = at(&a, a.res3, l);
-        layernorm_forward(ln1, at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), res, W(P_LN1W), W(P_LN1B), N, C);
-        matmul_forward(qkv, ln1, W(P_QKVW), W(P_QKVB), N, C, 3 * C, 0);
-        attention_forward(atty, at(&a, a.att_lse, l), qkv, B, T, C, NH);
-        matmul_forward(attproj, atty, W(P_ATTPW), W(P_ATTPB), N, C, C, 0);
-        residual_forward(res2, res, attproj, N * C);
-        layernorm_forward(ln2, at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), res2, W(P_LN2W), W(P_LN2B), N, C);
-        matmul_forward(fch, ln2, W(P_FCW), W(P_FCB), N, C, H, 0);
-        gelu_forward(fch_gelu, fch, N * H);
-        matmul_forward(fcproj, fch_gelu, W(P_FCPW), W(P_FCPB), N, H, C, 0);
-        residual_forward(res3, res2, fcproj, N * C);
+        k->layernorm_forward(ln1, at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), res, W(P_LN1W), W(P_LN1B), N, C);
+        k->matmul_forward(qkv, ln1, W(P_QKVW), W(P_QKVB), N, C, 3 * C, 0);
+        k->attention_forward(atty, at(&a, a.att_lse, l), qkv, B, T, C, NH);
+        k->matmul_forward(attproj, atty, W(P_ATTPW), W(P_ATTPB), N, C, C, 0);
+        k->residual_forward(res2, res, attproj, N * C);
+        k->layernorm_forward(ln2, at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), res2, W(P_LN2W), W(P_LN2B), N, C);
+        k->matmul_forward(fch, ln2, W(P_FCW), W(P_FCB), N, C, H, 0);
+        k->gelu_forward(fch_gelu, fch, N * H);
+        k->matmul_forward(fcproj, fch_gelu, W(P_FCPW), W(P_FCPB), N, H, C, 0);
+        k->residual_forward(res3, res2, fcproj, N * C);
 #undef W
         ps->release(ps->ctx, u, PHASE_FWD);
         res = res3;
@@ -284,21 +296,22 @@ float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     // The LM head: ln_f and the tied wte, held through backward when it follows.
     const int lnf = 2 + P_PER_LAYER * L;
     const float *fin = ps->params(ps->ctx, UF, PHASE_FWD);
-    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, res, TP(m, fin, UF, lnf), TP(m, fin, UF, lnf + 1), N, C);
+    k->layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, res, TP(m, fin, UF, lnf), TP(m, fin, UF, lnf + 1), N, C);
     emb = ps->params(ps->ctx, U_EMBED, PHASE_FWD);
-    matmul_forward(a.logits, a.lnf, TP(m, emb, U_EMBED, 0), NULL, N, C, s->Vp, 1);
+    k->matmul_forward(a.logits, a.lnf, TP(m, emb, U_EMBED, 0), NULL, N, C, s->Vp, 1);
     if (!for_backward) {
         ps->release(ps->ctx, U_EMBED, PHASE_FWD);
         ps->release(ps->ctx, UF, PHASE_FWD);
     }
     if (!targets) return 0.0f;
 
-    crossentropy_forward(a.losses, a.lse, a.logits, targets, N, s->V, s->Vp);
+    k->crossentropy_forward(a.losses, a.lse, a.logits, m->tgt, N, s->V, s->Vp);
+    k->to_host(m->host_losses, a.losses, N);
     double sum = 0.0;
     size_t counted = 0;
     for (size_t i = 0; i < N; i++) {
         if (targets[i] < 0) continue;
-        sum += a.losses[i];
+        sum += m->host_losses[i];
         counted++;
     }
     m->mean_loss = counted ? (float)(sum / (double)counted) : 0.0f;
@@ -310,6 +323,9 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     const GPTShape *s = &m->s;
     const int C = s->C, NH = s->NH, H = s->H, L = s->L, UF = U_FINAL(m);
     const size_t N = (size_t)B * T;
+    const Backend *k = m->bk;
+    (void)inputs;   // the forward copied both to m->tok and m->tgt
+    (void)targets;
     Acts a = acts_layout(s, m->acts, B, T);
     Scratch d = scratch_layout(s, m->scratch, B, T);
 
@@ -319,13 +335,13 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     const float *emb = ps->params(ps->ctx, U_EMBED, PHASE_BWD);
     const float *fin = ps->params(ps->ctx, UF, PHASE_BWD);
     float *gemb = ps->grads(ps->ctx, U_EMBED);
-    crossentropy_backward(a.logits, a.logits, a.lse, targets, dloss, N, s->V, s->Vp);
-    matmul_backward(d.dc, TP(m, gemb, U_EMBED, 0), NULL, a.logits, a.lnf, TP(m, emb, U_EMBED, 0), N, C, s->Vp, 1);
+    k->crossentropy_backward(a.logits, a.logits, a.lse, m->tgt, dloss, N, s->V, s->Vp);
+    k->matmul_backward(d.dc, TP(m, gemb, U_EMBED, 0), NULL, a.logits, a.lnf, TP(m, emb, U_EMBED, 0), N, C, s->Vp, 1);
     ps->release(ps->ctx, U_EMBED, PHASE_BWD);
-    memset(d.dres, 0, N * C * sizeof(float));
+    k->zero(d.dres, N * C);
     const float *last = L > 0 ? at(&a, a.res3, L - 1) : a.encoded;
     float *gfin = ps->grads(ps->ctx, UF);
-    layernorm_backward(d.dres, TP(m, gfin, UF, lnf), TP(m, gfin, UF, lnf + 1), d.dc, last,
+    k->layernorm_backward(d.dres, TP(m, gfin, UF, lnf), TP(m, gfin, UF, lnf + 1), d.dc, last,
                        TP(m, fin, UF, lnf), a.lnf_mean, a.lnf_rstd, N, C);
     ps->release(ps->ctx, UF, PHASE_BWD);
     ps->grads_ready(ps->ctx, UF);
@@ -338,22 +354,22 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
 #define G(j) TP(m, gl, u, LT(l, j))
         const float *res = l > 0 ? at(&a, a.res3, l - 1) : a.encoded;
         // res3 = res2 + fcproj: d.dres is d(res3), and flows to both.
-        matmul_backward(d.dh1, G(P_FCPW), G(P_FCPB), d.dres, at(&a, a.fch_gelu, l), W(P_FCPW), N, H, C, 0);
-        gelu_backward(d.dh2, at(&a, a.fch, l), d.dh1, N * H);
-        matmul_backward(d.dc, G(P_FCW), G(P_FCB), d.dh2, at(&a, a.ln2, l), W(P_FCW), N, C, H, 0);
-        layernorm_backward(d.dres, G(P_LN2W), G(P_LN2B), d.dc, at(&a, a.res2, l), W(P_LN2W),
+        k->matmul_backward(d.dh1, G(P_FCPW), G(P_FCPB), d.dres, at(&a, a.fch_gelu, l), W(P_FCPW), N, H, C, 0);
+        k->gelu_backward(d.dh2, at(&a, a.fch, l), d.dh1, N * H);
+        k->matmul_backward(d.dc, G(P_FCW), G(P_FCB), d.dh2, at(&a, a.ln2, l), W(P_FCW), N, C, H, 0);
+        k->layernorm_backward(d.dres, G(P_LN2W), G(P_LN2B), d.dc, at(&a, a.res2, l), W(P_LN2W),
                            at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), N, C);
         // res2 = res + attproj: d.dres is now d(res2).
-        matmul_backward(d.dc, G(P_ATTPW), G(P_ATTPB), d.dres, at(&a, a.atty, l), W(P_ATTPW), N, C, C, 0);
-        attention_backward(d.d3c, d.dc, at(&a, a.qkv, l), at(&a, a.atty, l), at(&a, a.att_lse, l), B, T, C, NH);
-        matmul_backward(d.dc, G(P_QKVW), G(P_QKVB), d.d3c, at(&a, a.ln1, l), W(P_QKVW), N, C, 3 * C, 0);
-        layernorm_backward(d.dres, G(P_LN1W), G(P_LN1B), d.dc, res, W(P_LN1W),
+        k->matmul_backward(d.dc, G(P_ATTPW), G(P_ATTPB), d.dres, at(&a, a.atty, l), W(P_ATTPW), N, C, C, 0);
+        k->attention_backward(d.d3c, d.dc, at(&a, a.qkv, l), at(&a, a.atty, l), at(&a, a.att_lse, l), B, T, C, NH);
+        k->matmul_backward(d.dc, G(P_QKVW), G(P_QKVB), d.d3c, at(&a, a.ln1, l), W(P_QKVW), N, C, 3 * C, 0);
+        k->layernorm_backward(d.dres, G(P_LN1W), G(P_LN1B), d.dc, res, W(P_LN1W),
                            at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), N, C);
 #undef W
 #undef G
         ps->release(ps->ctx, u, PHASE_BWD);
         ps->grads_ready(ps->ctx, u);
     }
-    encoder_backward(TP(m, gemb, U_EMBED, 0), TP(m, gemb, U_EMBED, 1), d.dres, inputs, B, T, C);
+    k->encoder_backward(TP(m, gemb, U_EMBED, 0), TP(m, gemb, U_EMBED, 1), d.dres, m->tok, B, T, C);
     ps->grads_ready(ps->ctx, U_EMBED);
 }

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "deck.h"
 
 typedef struct GPTShape {
@@ -60,19 +61,23 @@ typedef struct Model {
     size_t nparams;
     int nunits;             // L + 2
     size_t *unit_begin, *unit_end;  // (nunits) ranges in floats
+    const Backend *bk;      // where activations live and kernels run
     int B, T;               // the batch the activations are sized for
-    float *acts;            // all activations, one buffer
+    float *acts;            // all activations, one buffer (backend memory)
     size_t nacts;
-    float *scratch;         // backward scratch, one buffer
+    float *scratch;         // backward scratch, one buffer (backend memory)
     size_t nscratch;
+    int32_t *tok, *tgt;     // (B*T) the micro-batch's inputs and targets (backend memory)
+    float *host_losses;     // (B*T) per-token losses copied back for the mean
     int fwd_B, fwd_T;       // shape of the last forward
     float mean_loss;        // of the last forward with targets
 } Model;
 
 GPTShape model_shape(const ModelConfig *mc);
 // Builds the table and allocates the activations for micro-batches of up to
-// B x T. Parameters and gradients belong to the ParamStore (zero.h).
-void model_create(Model *m, const ModelConfig *mc, int B, int T);
+// B x T on backend bk. Parameters and gradients belong to the ParamStore
+// (zero.h) and live on the same backend.
+void model_create(Model *m, const ModelConfig *mc, int B, int T, const Backend *bk);
 void model_free(Model *m);
 // The table and units alone (no activations): for tools that only need sizes.
 void model_table(Model *m, const ModelConfig *mc);
@@ -87,7 +92,8 @@ const ParamTensor *model_find(const Model *m, const char *name);
 // Unit holding flat element i.
 int model_unit_of(const Model *m, size_t i);
 
-// Forward of B x T tokens (B <= m->B, T <= m->T). With targets, returns the mean
+// Forward of B x T tokens (B <= m->B, T <= m->T); inputs and targets are host
+// arrays (copied to the backend here). With targets, returns the mean
 // loss over the rows whose target is >= 0 and keeps what backward needs. With
 // for_backward, the LM head's parameters stay held for model_backward.
 float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const int32_t *targets,
@@ -98,13 +104,14 @@ float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const
 void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const int32_t *targets,
                     int B, int T, float dloss);
 
-// Logits of the last forward, (B, T, Vp); valid until the next backward.
+// Logits of the last forward, (B, T, Vp), in backend memory; valid until the
+// next backward.
 const float *model_logits(const Model *m);
 
 // Training FLOPs per token (forward + backward): 6 * (non-wpe parameters)
 // + 12 * L * C * T for attention scores and values.
 double model_flops_per_token(const Model *m, int T);
-// Bytes of activations and backward scratch for a B x T micro-batch.
+// Bytes of activations, backward scratch and token buffers for a B x T micro-batch.
 size_t model_activation_bytes(const Model *m, int B, int T);
 // The same with activation checkpointing (each layer keeps only its input and
 // one layer's activations are recomputed at a time): a plan figure for

@@ -1,24 +1,26 @@
 // optim.c: AdamW over a range of the parameter table.
 #include "optim.h"
-#include "kernels.h"
 #include "log.h"
 
 #include <math.h>
 #include <stdlib.h>
 
-void optim_create(Optim *o, const OptimConfig *cfg, int64_t steps, size_t begin, size_t end) {
+void optim_create(Optim *o, const OptimConfig *cfg, int64_t steps, size_t begin, size_t end, const Backend *bk) {
     o->cfg = *cfg;
     o->steps = steps;
     o->begin = begin;
     o->end = end;
-    o->m = xcalloc((end - begin) * sizeof(float), "AdamW first moments");
-    o->v = xcalloc((end - begin) * sizeof(float), "AdamW second moments");
+    o->bk = bk;
+    o->m = bk->alloc((end - begin) * sizeof(float), "AdamW first moments");
+    o->v = bk->alloc((end - begin) * sizeof(float), "AdamW second moments");
     o->t = 0;
 }
 
 void optim_free(Optim *o) {
-    free(o->m);
-    free(o->v);
+    if (o->bk) {
+        o->bk->release(o->m);
+        o->bk->release(o->v);
+    }
     o->m = o->v = NULL;
 }
 
@@ -40,7 +42,7 @@ float optim_clip_scale(double grad_norm, double clip) {
 
 void optim_update(Optim *o, const Model *m, float *params, float *grads, double lr, float grad_scale) {
     size_t n = o->end - o->begin;
-    if (grad_scale != 1.0f) scale_inplace(grads, grad_scale, n);
+    if (grad_scale != 1.0f) o->bk->scale_inplace(grads, grad_scale, n);
     o->t++;
     const OptimConfig *c = &o->cfg;
     for (int i = 0; i < m->ntensors; i++) {
@@ -49,7 +51,7 @@ void optim_update(Optim *o, const Model *m, float *params, float *grads, double 
         size_t hi = t->offset + t->numel < o->end ? t->offset + t->numel : o->end;
         if (lo >= hi) continue;
         size_t k = lo - o->begin;
-        adamw_update(params + k, grads + k, o->m + k, o->v + k, hi - lo, (float)lr, (float)c->beta1,
+        o->bk->adamw_update(params + k, grads + k, o->m + k, o->v + k, hi - lo, (float)lr, (float)c->beta1,
                      (float)c->beta2, (float)c->eps, t->decay ? (float)c->weight_decay : 0.0f, o->t);
     }
 }

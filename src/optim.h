@@ -14,11 +14,12 @@ typedef struct Optim {
     OptimConfig cfg;
     int64_t steps;          // total steps of the run (for the decay)
     size_t begin, end;      // the range this optimizer owns
-    float *m, *v;           // (end - begin) first and second moments
+    const Backend *bk;      // where the moments live and the update runs
+    float *m, *v;           // (end - begin) first and second moments (backend memory)
     int t;                  // updates taken so far
 } Optim;
 
-void optim_create(Optim *o, const OptimConfig *cfg, int64_t steps, size_t begin, size_t end);
+void optim_create(Optim *o, const OptimConfig *cfg, int64_t steps, size_t begin, size_t end, const Backend *bk);
 void optim_free(Optim *o);
 
 // Learning rate for step s (0-based): linear warmup over `warmup` steps from

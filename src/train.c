@@ -3,12 +3,12 @@
 #include "ckpt.h"
 #include "comm.h"
 #include "data.h"
+#include "device.h"
 #include "h5io.h"
 #include "kernels.h"
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
-#include "peak.h"
 #include "topo.h"
 #include "weights.h"
 #include "zero.h"
@@ -30,8 +30,10 @@ typedef struct Trainer {
     char *deck_text;
     Topo topo;
     Comm dp;
+    DeviceInfo dev;
+    const Backend *bk;          // where model states and activations live
     int threads;
-    double peak_gflops;         // job-wide: sum over ranks of each rank's sgemm rate
+    double peak_gflops;         // job-wide: sum over ranks of each rank's GEMM rate
     TokenFile train_file, val_file;
     Loader train, val;
     Model model;
@@ -81,10 +83,34 @@ static void make_dir(const char *path) {
 }
 
 static void machine_text(const Trainer *tr, char *buf, size_t n) {
-    char host[256] = "?";
+    char host[256] = "?", dev[300];
     gethostname(host, sizeof host - 1);
-    snprintf(buf, n, "host=%s ranks=%d ranks_per_node=%d threads_per_rank=%d backend=cpu", host,
-             tr->topo.size, tr->topo.local_size, tr->threads);
+    device_describe(&tr->dev, dev, sizeof dev);
+    snprintf(buf, n, "host=%s ranks=%d ranks_per_node=%d threads_per_rank=%d backend=%s comm=%s", host,
+             tr->topo.size, tr->topo.local_size, tr->threads, dev, comm_path_name(tr->dp.opt.path));
+}
+
+// Device memory for the run, taken in one piece at start: model states and
+// working buffers (zero_plan), activations, and room for alignment.
+static size_t arena_bytes(const Trainer *tr) {
+    Model m;
+    ZeroPlan plan;
+    model_table(&m, &tr->cfg->model);
+    zero_plan(&m, &tr->cfg->zero, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
+    size_t bytes = plan.params + plan.grads + plan.optim + plan.working +
+                   model_activation_bytes(&m, tr->B, tr->T) + ((size_t)64 << 20);
+    model_free(&m);
+    return bytes;
+}
+
+// Selects the backend and the path of device collectives, starts the device.
+static void start_backend(Trainer *tr, CommOptions *co) {
+    char err[2048] = "";
+    if (device_select(tr->deck, 1, &tr->dev, err, sizeof err) != 0) FATAL_ALL(NULL, "%s", err);
+    co->path = device_comm_path(tr->deck, &tr->dev, tr->topo.local_size, err, sizeof err);
+    if (co->path < 0) FATAL_ALL(NULL, "%s", err);
+    tr->bk = device_start(&tr->dev, tr->topo.local_rank, arena_bytes(tr));
+    co->bk = tr->bk;
 }
 
 // Token ranges: [0, split) trains and [split, ntok) validates when no val file is given.
@@ -138,6 +164,7 @@ static void checkpoint(Trainer *tr, int64_t steps_done) {
     CkptState st = {.step = steps_done, .data_cursor = steps_done,
                     .tokens_seen = (double)steps_done * (double)tr->cfg->train.batch * tr->T};
     double t0 = now();
+    zero_pull_states(&tr->zero);
     ckpt_write(&tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
     log_info("checkpoint: %s/step-%06lld.h5 (%.2f s)\n", tr->cfg->checkpoint.dir, (long long)steps_done, now() - t0);
 }
@@ -154,20 +181,25 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
                       .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step,
                       .fault_hang_s = c->comm.fault_hang_s, .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN)};
-    comm_init(&tr->dp, tr->topo.dp, "dp", &co);
     kernels_set_threads(tr->threads);
     tr->B = (int)c->train.micro_batch;
     tr->T = (int)c->train.seq_len;
     tr->accum = (int)c->train.grad_accum;
+    start_backend(tr, &co);
+    comm_init(&tr->dp, tr->topo.dp, "dp", &co);
 
-    // Every rank measures at once, so the figure is what the job really has.
-    double mine = c->run.peak_gflops > 0 ? c->run.peak_gflops / tr->topo.size : peak_sgemm_gflops(1024, 3);
+    // Every rank measures at once, so the figure is what the job really has;
+    // ranks sharing a GPU count their share of it.
+    int share = 1;
+    if (tr->dev.backend == BACKEND_CUDA && tr->topo.local_size > tr->dev.cuda_devices)
+        share = (tr->topo.local_size + tr->dev.cuda_devices - 1) / tr->dev.cuda_devices;
+    double mine = c->run.peak_gflops > 0 ? c->run.peak_gflops / tr->topo.size : device_gemm_peak_gflops(&tr->dev, share);
     MPI_CHECK(MPI_Allreduce(&mine, &tr->peak_gflops, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
 
     if (tr->topo.rank == 0) make_dir(c->run.out_dir);
     MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
     open_data(tr);
-    model_create(&tr->model, &c->model, tr->B, tr->T);
+    model_create(&tr->model, &c->model, tr->B, tr->T, tr->bk);
     zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &c->optim, c->train.steps);
     zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
     tr->ps = zero_store(&tr->zero);
@@ -207,6 +239,7 @@ static void trainer_free(Trainer *tr) {
     zero_free(&tr->zero);
     model_free(&tr->model);
     comm_free(&tr->dp);
+    device_stop(&tr->dev);
     free(tr->inputs);
     free(tr->targets);
     free(tr->rss_all);
@@ -278,8 +311,13 @@ static void print_header(const Trainer *tr) {
     log_info("layout: %d ranks (dp=%d), %d threads per rank, batch %lld sequences = %lld tokens per step\n",
              tr->topo.size, tr->dp.size, tr->threads, (long long)c->train.batch,
              (long long)c->train.batch * tr->T);
-    log_info("compute: %.3f GFLOP per token, measured sgemm peak %.1f GFLOP/s (job)\n",
-             tr->flops_per_token * 1e-9, tr->peak_gflops);
+    char dev[300];
+    device_describe(&tr->dev, dev, sizeof dev);
+    log_info("backend: %s; collectives: %s\n", dev, comm_path_name(tr->dp.opt.path));
+    log_info("compute: %.3f GFLOP per token, measured %s peak %.1f GFLOP/s (job)%s\n",
+             tr->flops_per_token * 1e-9,
+             tr->dev.backend == BACKEND_CUDA ? (tr->dev.bf16 ? "cuBLAS bf16 GEMM" : "cuBLAS fp32 GEMM") : "sgemm",
+             tr->peak_gflops, c->run.peak_gflops > 0 ? ", from [run] peak_gflops" : "");
     log_info("memory per rank: ZeRO-%d model states %.1f MiB, working buffers %.1f MiB, activations %.1f MiB\n",
              tr->zero.stage, (double)tr->zero.state_bytes / 1048576.0, (double)tr->zero.working_bytes / 1048576.0,
              (double)model_activation_bytes(&tr->model, tr->B, tr->T) / 1048576.0);
@@ -372,7 +410,7 @@ int train_dump(const Deck *d, const char *out_path) {
     kernels_set_threads(c->run.threads > 0 ? (int)c->run.threads : 1);
     open_data(&tr);
     Model *m = &tr.model;
-    model_create(m, &c->model, tr.B, tr.T);
+    model_create(m, &c->model, tr.B, tr.T, backend_cpu());
     CommOptions co = {.fault_skip_rank = -1};
     comm_init(&tr.dp, MPI_COMM_WORLD, "dp", &co);
     ZeroConfig zc = {.stage = 0, .bucket_mb = 1e6, .overlap = 0};

@@ -3,6 +3,7 @@
 #include "h5io.h"
 #include "log.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 void weights_write_group(const Model *m, hid_t f, const char *group, const float *buf) {
@@ -37,9 +38,21 @@ void weights_write(const Model *m, const ParamStore *ps, int writer, const char 
         h5_attr_str(f, "layout", "GPT-2 names; linear weights (in, out) as HF Conv1D; wte tied to the LM head");
         g = h5_group(f, "params");
     }
+    // Device parameters come to the host one unit at a time.
+    float *host = NULL;
+    if (m->bk && m->bk->device_memory) {
+        size_t most = 0;
+        for (int u = 0; u < m->nunits; u++)
+            if (m->unit_end[u] - m->unit_begin[u] > most) most = m->unit_end[u] - m->unit_begin[u];
+        host = xmalloc(most * sizeof(float), "host copy of a unit");
+    }
     int t = 0;
     for (int u = 0; u < m->nunits; u++) {
         const float *base = ps->params(ps->ctx, u, PHASE_FWD);
+        if (host) {
+            m->bk->to_host(host, base, m->unit_end[u] - m->unit_begin[u]);
+            base = host;
+        }
         for (; t < m->ntensors && m->tensors[t].offset < m->unit_end[u]; t++) {
             const ParamTensor *pt = &m->tensors[t];
             uint64_t dims[2] = {(uint64_t)pt->shape[0], (uint64_t)pt->shape[1]};
@@ -47,6 +60,7 @@ void weights_write(const Model *m, const ParamStore *ps, int writer, const char 
         }
         ps->release(ps->ctx, u, PHASE_FWD);
     }
+    free(host);
     if (writer) {
         H5_CHECK(H5Gclose(g));
         h5_close(f);

@@ -1,6 +1,5 @@
 // zero.c: partitioned parameters, gradients and optimizer states.
 #include "zero.h"
-#include "kernels.h"
 #include "log.h"
 
 #include <math.h>
@@ -31,10 +30,13 @@ static const char *unit_tag(const Zero *z, int u, char *buf, size_t n) {
     return buf;
 }
 
+// Backend memory that collectives may move (the comm layer mirrors it on the
+// host for the staged path).
 static float *alloc_floats(Zero *z, size_t n, const char *what, size_t *account) {
     *account += n * sizeof(float);
-    (void)z;
-    return xcalloc(n * sizeof(float), what);
+    float *p = z->m->bk->alloc(n * sizeof(float), what);
+    comm_register(z->comm, p, n, what);
+    return p;
 }
 
 // ---------------------------------------------------------------------------
@@ -86,9 +88,8 @@ static void bucket_finish(Zero *z, ZeroBucket *b) {
     if (z->stage >= 1) {
         size_t lo, hi;
         zero_part(z, z->r, b->begin, b->end, &lo, &hi);
-        float *g = z->gshard + (lo - z->own_begin);
-        const float *in = z->recv + (lo - z->own_begin);
-        for (size_t i = 0; i < hi - lo; i++) g[i] += in[i];
+        size_t at = lo - z->own_begin;
+        z->m->bk->axpy(z->gshard + at, z->recv + at, 1.0f, hi - lo);
     }
     if (b->slot >= 0) z->gring_bucket[b->slot] = -1;
     b->slot = -1;
@@ -110,7 +111,7 @@ static void bucket_stage(Zero *z, int bi) {
         b->slot = k;
         b->staging = z->gring[k];
     }
-    memset(b->staging, 0, n * sizeof(float));
+    z->m->bk->zero(b->staging, n);
 }
 
 static void bucket_launch(Zero *z, ZeroBucket *b, int bi) {
@@ -169,7 +170,7 @@ static ZeroSlot *slot_holding(Zero *z, int u) {
 static void gather_start(Zero *z, ZeroSlot *s, int u) {
     size_t ub = z->m->unit_begin[u], ue = z->m->unit_end[u], lo, hi;
     zero_part(z, z->r, ub, ue, &lo, &hi);
-    memcpy(s->buf + (lo - ub), z->params + (lo - z->own_begin), (hi - lo) * sizeof(float));
+    z->m->bk->copy(s->buf + (lo - ub), z->params + (lo - z->own_begin), hi - lo);
     fill_counts(z, ub, ue);
     char tag[40];
     comm_iallgather(z->comm, s->buf, z->counts, unit_tag(z, u, tag, sizeof tag), &s->req);
@@ -312,7 +313,7 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
         z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);
         z->recv = alloc_floats(z, own ? own : 1, "reduce-scatter buffer", &z->working_bytes);
     }
-    optim_create(&z->optim, oc, steps, z->own_begin, z->own_end);
+    optim_create(&z->optim, oc, steps, z->own_begin, z->own_end, m->bk);
     z->state_bytes += 2 * own * sizeof(float);
 
     size_t max_layer = largest_layer(m), max_bucket = largest_bucket(z);
@@ -337,20 +338,36 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
     SYS_CHECK(plan.params + plan.grads + plan.optim == z->state_bytes && plan.working == z->working_bytes,
               "zero_plan disagrees with zero_create: %zu+%zu vs %zu+%zu bytes",
               plan.params + plan.grads + plan.optim, plan.working, z->state_bytes, z->working_bytes);
+    if (m->bk->device_memory) {     // host copies for checkpoints and weight files
+        size_t np = z->stage == 3 ? own : z->N;
+        z->host_params = xcalloc((np ? np : 1) * sizeof(float), "host copy of parameters");
+        z->host_m = xcalloc((own ? own : 1) * sizeof(float), "host copy of AdamW moments");
+        z->host_v = xcalloc((own ? own : 1) * sizeof(float), "host copy of AdamW moments");
+    } else {
+        z->host_params = z->params;
+        z->host_m = z->optim.m;
+        z->host_v = z->optim.v;
+    }
     z->store = (ParamStore){.ctx = z, .params = store_params, .release = store_release,
                             .grads = store_grads, .grads_ready = store_grads_ready};
 }
 
 void zero_free(Zero *z) {
-    free(z->params);
-    free(z->grads);
-    free(z->gshard);
-    free(z->recv);
+    const Backend *bk = z->m->bk;
+    if (bk->device_memory) {
+        free(z->host_params);
+        free(z->host_m);
+        free(z->host_v);
+    }
+    bk->release(z->params);
+    bk->release(z->grads);
+    bk->release(z->gshard);
+    bk->release(z->recv);
     optim_free(&z->optim);
-    for (int k = 0; k < ZSLOT_N; k++) free(z->slots[k].buf);
-    free(z->gring[0]);
-    free(z->gring[1]);
-    free(z->gembed);
+    for (int k = 0; k < ZSLOT_N; k++) bk->release(z->slots[k].buf);
+    bk->release(z->gring[0]);
+    bk->release(z->gring[1]);
+    bk->release(z->gembed);
     free(z->buckets);
     free(z->bucket_of);
     free(z->counts);
@@ -358,16 +375,35 @@ void zero_free(Zero *z) {
 }
 
 void zero_init_weights(Zero *z, uint64_t seed, double std) {
-    if (z->stage == 3) model_init_range(z->m, z->params, z->own_begin, z->own_end, seed, std);
-    else model_init_range(z->m, z->params, 0, z->N, seed, std);
+    size_t b = z->stage == 3 ? z->own_begin : 0, e = z->stage == 3 ? z->own_end : z->N;
+    model_init_range(z->m, z->host_params, b, e, seed, std);
+    if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, e - b);
+}
+
+void zero_pull_states(Zero *z) {
+    const Backend *bk = z->m->bk;
+    if (!bk->device_memory) return;
+    size_t own = z->own_end - z->own_begin;
+    bk->to_host(z->host_params, z->params, z->stage == 3 ? own : z->N);
+    bk->to_host(z->host_m, z->optim.m, own);
+    bk->to_host(z->host_v, z->optim.v, own);
+}
+
+void zero_push_states(Zero *z) {
+    const Backend *bk = z->m->bk;
+    if (!bk->device_memory) return;
+    size_t own = z->own_end - z->own_begin;
+    bk->from_host(z->params, z->host_params, z->stage == 3 ? own : z->N);
+    bk->from_host(z->optim.m, z->host_m, own);
+    bk->from_host(z->optim.v, z->host_v, own);
 }
 
 const ParamStore *zero_store(Zero *z) { return &z->store; }
 
 void zero_begin_step(Zero *z, int64_t step) {
     comm_set_step(z->comm, step);
-    if (z->grads) memset(z->grads, 0, z->N * sizeof(float));
-    if (z->gshard) memset(z->gshard, 0, (z->own_end - z->own_begin) * sizeof(float));
+    if (z->grads) z->m->bk->zero(z->grads, z->N);
+    if (z->gshard) z->m->bk->zero(z->gshard, z->own_end - z->own_begin);
 }
 
 void zero_begin_micro(Zero *z, int micro, int accum) {
@@ -384,12 +420,12 @@ double zero_reduce_grads(Zero *z) {
     float inv = 1.0f / (float)z->p;
     double ss;
     if (z->stage == 0) {
-        if (z->p > 1) scale_inplace(z->grads, inv, z->N);
-        ss = sumsq(z->grads, z->N);
+        if (z->p > 1) z->m->bk->scale_inplace(z->grads, inv, z->N);
+        ss = z->m->bk->sumsq(z->grads, z->N);
     } else {
         size_t own = z->own_end - z->own_begin;
-        if (z->p > 1) scale_inplace(z->gshard, inv, own);
-        ss = sumsq(z->gshard, own);
+        if (z->p > 1) z->m->bk->scale_inplace(z->gshard, inv, own);
+        ss = z->m->bk->sumsq(z->gshard, own);
         comm_allreduce_sum_f64(z->comm, &ss, 1, "grad norm");
     }
     return sqrt(ss);

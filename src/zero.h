@@ -68,6 +68,8 @@ typedef struct Zero {
     int *bucket_of;         // (nunits)
     int last_micro;
     size_t *counts;         // (p) scratch
+    float *host_params;     // host copies of params and moments for checkpoints: the buffers
+    float *host_m, *host_v; //   themselves on cpu, filled by zero_pull_states on cuda
     size_t state_bytes;     // resident model states: parameters, gradients, moments
     size_t working_bytes;   // gather slots and gradient staging
     ParamStore store;
@@ -89,6 +91,10 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
 void zero_free(Zero *z);
 // Initial weights (model_init_range over what this rank holds).
 void zero_init_weights(Zero *z, uint64_t seed, double std);
+// Copies parameters and moments backend -> host_* (before a checkpoint is
+// written) and host_* -> backend (after one is read); no-ops on cpu.
+void zero_pull_states(Zero *z);
+void zero_push_states(Zero *z);
 
 void zero_begin_step(Zero *z, int64_t step);
 void zero_begin_micro(Zero *z, int micro, int accum);

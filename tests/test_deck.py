@@ -230,7 +230,7 @@ def main():
          {"run.name": '"run"', "run.out_dir": '"runs/run"', "run.seed": "1337",
           "run.backend": "auto", "model.vocab": "257", "model.seq_len": "64",
           "train.steps": "100", "train.seq_len": "64", "train.micro_batch": "4",
-          "train.grad_accum": "1", "train.batch": "4", "train.precision": "fp32",
+          "train.grad_accum": "1", "train.batch": "4", "train.precision": "auto", "comm.device_path": "auto",
           "train.save_weights": "true", "optimizer.lr": "0.0006", "optimizer.eps": "1e-08",
           "optimizer.decay": "cosine", "data.order": "sequential", "data.tokenizer": "byte",
           "parallel.dp": "1", "parallel.sp": "1"})

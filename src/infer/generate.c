@@ -716,7 +716,7 @@ int generate_run(const Deck *d) {
     char *deck_text = xmalloc(1 << 16, "deck text");
     deck_format(d, deck_text, 1 << 16);
     tokenizer_init(&g.tk, c->data.tokenizer);
-    model_create(&g.m, &c->model, 1, c->generate.naive ? (int)c->model.seq_len : 1);
+    model_create(&g.m, &c->model, 1, c->generate.naive ? (int)c->model.seq_len : 1, backend_cpu());
     g.full = xmalloc(g.m.nparams * sizeof(float), "weights");
     weights_read(&g.m, c->generate.weights, g.full);
     sampler_create(&g.smp, g.m.s.V);

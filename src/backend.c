@@ -1,0 +1,75 @@
+// backend.c: the two tables. The cpu one wraps kernels/cpu and libc memory;
+// the cuda one kernels/cuda and its arena.
+#include "backend.h"
+#include "deck.h"
+#include "kernels.h"
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef PARTITA_CUDA
+#include "cuda/cuda_kernels.h"
+#endif
+
+static void *cpu_alloc(size_t bytes, const char *what) { return xcalloc(bytes ? bytes : 1, what); }
+static void cpu_release(void *p) { free(p); }
+static void cpu_zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
+static void cpu_copy(float *dst, const float *src, size_t n) { memmove(dst, src, n * sizeof(float)); }
+static void cpu_copy_i32(int32_t *dst, const int32_t *src, size_t n) { memcpy(dst, src, n * sizeof(int32_t)); }
+static void cpu_sync(void) {}
+
+static void cpu_axpy(float *y, const float *x, float a, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static const Backend cpu_table = {
+    .kind = BACKEND_CPU, .device_memory = 0, .name = "cpu",
+    .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .copy = cpu_copy,
+    .to_host = cpu_copy, .from_host = cpu_copy, .from_host_i32 = cpu_copy_i32,
+    .axpy = cpu_axpy, .sync = cpu_sync,
+    .encoder_forward = encoder_forward, .encoder_backward = encoder_backward,
+    .layernorm_forward = layernorm_forward, .layernorm_backward = layernorm_backward,
+    .matmul_forward = matmul_forward, .matmul_backward = matmul_backward,
+    .gelu_forward = gelu_forward, .gelu_backward = gelu_backward,
+    .residual_forward = residual_forward,
+    .attention_forward = attention_forward, .attention_backward = attention_backward,
+    .crossentropy_forward = crossentropy_forward, .crossentropy_backward = crossentropy_backward,
+    .adamw_update = adamw_update, .scale_inplace = scale_inplace, .sumsq = sumsq,
+};
+
+const Backend *backend_cpu(void) { return &cpu_table; }
+
+#ifdef PARTITA_CUDA
+static void *cuda_alloc(size_t bytes, const char *what) {
+    (void)what;     // cuda_malloc names the arena's fill level when it is full
+    void *p = cuda_malloc(bytes ? bytes : 1);
+    cuda_memset_zero(p, (bytes + sizeof(float) - 1) / sizeof(float));
+    return p;
+}
+static void cuda_release(void *p) { (void)p; }
+
+static const Backend cuda_table = {
+    .kind = BACKEND_CUDA, .device_memory = 1, .name = "cuda",
+    .alloc = cuda_alloc, .release = cuda_release, .zero = cuda_memset_zero, .copy = cuda_copy_d2d,
+    .to_host = cuda_copy_d2h, .from_host = cuda_copy_h2d, .from_host_i32 = cuda_copy_h2d_i32,
+    .axpy = cuda_axpy, .sync = cuda_synchronize,
+    .encoder_forward = cuda_encoder_forward, .encoder_backward = cuda_encoder_backward,
+    .layernorm_forward = cuda_layernorm_forward, .layernorm_backward = cuda_layernorm_backward,
+    .matmul_forward = cuda_matmul_forward, .matmul_backward = cuda_matmul_backward,
+    .gelu_forward = cuda_gelu_forward, .gelu_backward = cuda_gelu_backward,
+    .residual_forward = cuda_residual_forward,
+    .attention_forward = cuda_attention_forward, .attention_backward = cuda_attention_backward,
+    .crossentropy_forward = cuda_crossentropy_forward, .crossentropy_backward = cuda_crossentropy_backward,
+    .adamw_update = cuda_adamw_update, .scale_inplace = cuda_scale_inplace, .sumsq = cuda_sumsq,
+};
+#endif
+
+const Backend *backend_cuda(void) {
+#ifdef PARTITA_CUDA
+    return &cuda_table;
+#else
+    return NULL;
+#endif
+}

@@ -1,0 +1,69 @@
+// backend.h: the compute backend of a run, as one table of functions.
+//
+// Everything above the kernels (model, ZeRO, optimizer, comm, checkpoints)
+// computes through a Backend and never touches a buffer it allocated except
+// through it: on cpu the buffers are host memory and the entries are the
+// kernels of kernels/cpu; on cuda they are device memory from one arena and
+// the entries are kernels/cuda's. Host code reads device data only by
+// to_host, so the same code runs on either backend.
+#ifndef PARTITA_BACKEND_H
+#define PARTITA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct Backend {
+    int kind;               // BACKEND_CPU or BACKEND_CUDA (deck.h)
+    int device_memory;      // 1: buffers from alloc are not host-addressable
+    const char *name;       // "cpu", "cuda"
+
+    // Memory: alloc returns zeroed memory, freed by release (a no-op for the
+    // arena, which is freed whole at shutdown). Copies of n elements;
+    // to_host / from_host return when the host side may be read / reused.
+    void *(*alloc)(size_t bytes, const char *what);
+    void (*release)(void *p);
+    void (*zero)(float *x, size_t n);
+    void (*copy)(float *dst, const float *src, size_t n);
+    void (*to_host)(float *host, const float *src, size_t n);
+    void (*from_host)(float *dst, const float *host, size_t n);
+    void (*from_host_i32)(int32_t *dst, const int32_t *host, size_t n);
+    void (*axpy)(float *y, const float *x, float a, size_t n);     // y += a x
+    void (*sync)(void);                                             // all issued work done
+
+    // kernels.h, entry for entry.
+    void (*encoder_forward)(float *out, const int32_t *tok, const float *wte, const float *wpe,
+                            int B, int T, int C);
+    void (*encoder_backward)(float *dwte, float *dwpe, const float *dout, const int32_t *tok,
+                             int B, int T, int C);
+    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, size_t N, int C);
+    void (*layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, size_t N, int C);
+    void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias,
+                           size_t N, int IC, int OC, int trans_w);
+    void (*matmul_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, size_t N, int IC, int OC, int trans_w);
+    void (*gelu_forward)(float *out, const float *inp, size_t n);
+    void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
+    void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
+    void (*attention_forward)(float *out, float *lse, const float *qkv, int B, int T, int C, int NH);
+    void (*attention_backward)(float *dqkv, const float *dout, const float *qkv, const float *out,
+                               const float *lse, int B, int T, int C, int NH);
+    void (*crossentropy_forward)(float *losses, float *lse, const float *logits, const int32_t *targets,
+                                 size_t N, int V, int Vp);
+    void (*crossentropy_backward)(float *dlogits, const float *logits, const float *lse,
+                                  const int32_t *targets, float dloss, size_t N, int V, int Vp);
+    void (*adamw_update)(float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                         float beta1, float beta2, float eps, float wd, int t);
+    void (*scale_inplace)(float *x, float s, size_t n);
+    double (*sumsq)(const float *x, size_t n);
+} Backend;
+
+// The cpu backend: always there.
+const Backend *backend_cpu(void);
+// The cuda backend's table, or NULL in a build without it. The device must
+// have been started (device_start) before its alloc is called.
+const Backend *backend_cuda(void);
+
+#endif
