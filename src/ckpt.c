@@ -2,6 +2,7 @@
 #include "ckpt.h"
 #include "h5io.h"
 #include "log.h"
+#include "sysutil.h"
 #include "weights.h"
 
 #include <dirent.h>
@@ -145,20 +146,6 @@ static void sync_path(const char *path, int directory) {
     close(fd);
 }
 
-static void make_dirs(const char *path) {
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; ; p++) {
-        if (*p != '/' && *p) continue;
-        char c = *p;
-        *p = 0;
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            FATAL("set [checkpoint] dir to a writable directory", "cannot create '%s': %s", buf, strerror(errno));
-        *p = c;
-        if (!c) break;
-    }
-}
-
 static int parse_step(const char *name, int64_t *step) {
     int n = 0;
     long long s;
@@ -202,7 +189,7 @@ void ckpt_write(const Zero *z, const Deck *d, const char *deck_text, const char 
     const Model *m = z->m;
     const Config *c = &d->cfg;
     char path[1100], tmp[1200];
-    if (z->r == 0) make_dirs(dir);
+    if (z->r == 0) make_dirs(dir, "set [checkpoint] dir to a writable directory");
     MPI_CHECK(MPI_Barrier(z->comm->comm));
     snprintf(path, sizeof path, "%s/step-%06lld.h5", dir, (long long)st->step);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);

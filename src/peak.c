@@ -1,16 +1,11 @@
 // peak.c: times cblas_sgemm to find what "100% MFU" means on this machine.
 #include "peak.h"
+#include "sysutil.h"
 #include "log.h"
 
 #include <cblas.h>
 #include <stdlib.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 double peak_sgemm_gflops(int n, int reps) {
     size_t nn = (size_t)n * n;
@@ -23,9 +18,9 @@ double peak_sgemm_gflops(int n, int reps) {
     }
     double best = 1e30;
     for (int r = 0; r <= reps; r++) {
-        double t0 = now();
+        double t0 = wall_seconds();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-        double dt = now() - t0;
+        double dt = wall_seconds() - t0;
         if (r > 0 && dt < best) best = dt;   // r = 0 warms caches and threads
     }
     free(a);

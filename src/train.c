@@ -9,17 +9,16 @@
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
+#include "sysutil.h"
 #include "topo.h"
 #include "weights.h"
 #include "zero.h"
 
-#include <errno.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,12 +46,6 @@ typedef struct Trainer {
     double flops_per_token;
 } Trainer;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static double peak_rss_mb(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
@@ -65,21 +58,6 @@ static int pick_threads(const Config *c, const Topo *t) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int n = (int)(cores / t->local_size);
     return n > 0 ? n : 1;
-}
-
-static void make_dir(const char *path) {
-    char buf[DECK_STR];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; ; p++) {
-        if (*p == '/' || *p == 0) {
-            char c = *p;
-            *p = 0;
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-                FATAL("set run.out_dir to a writable directory", "cannot create directory '%s': %s", buf, strerror(errno));
-            *p = c;
-            if (c == 0) break;
-        }
-    }
 }
 
 static void machine_text(const Trainer *tr, char *buf, size_t n) {
@@ -151,22 +129,22 @@ static void resume(Trainer *tr) {
     if (!found) return;
     MPI_CHECK(MPI_Bcast(path, sizeof path, MPI_CHAR, 0, MPI_COMM_WORLD));
     CkptState st;
-    double t0 = now();
+    double t0 = wall_seconds();
     ckpt_read(&tr->zero, tr->deck, path, &st);
     if (st.step > tr->cfg->train.steps)
         FATAL_ALL("raise [train] steps to train on", "checkpoint '%s' is at step %lld, past train.steps = %lld",
                   path, (long long)st.step, (long long)tr->cfg->train.steps);
     tr->start_step = st.step;
-    log_info("resumed from %s at step %lld (%.2f s)\n", path, (long long)st.step, now() - t0);
+    log_info("resumed from %s at step %lld (%.2f s)\n", path, (long long)st.step, wall_seconds() - t0);
 }
 
 static void checkpoint(Trainer *tr, int64_t steps_done) {
     CkptState st = {.step = steps_done, .data_cursor = steps_done,
                     .tokens_seen = (double)steps_done * (double)tr->cfg->train.batch * tr->T};
-    double t0 = now();
+    double t0 = wall_seconds();
     zero_pull_states(&tr->zero);
     ckpt_write(&tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
-    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s)\n", tr->cfg->checkpoint.dir, (long long)steps_done, now() - t0);
+    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s)\n", tr->cfg->checkpoint.dir, (long long)steps_done, wall_seconds() - t0);
 }
 
 static void trainer_create(Trainer *tr, const Deck *d) {
@@ -196,7 +174,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     double mine = c->run.peak_gflops > 0 ? c->run.peak_gflops / tr->topo.size : device_gemm_peak_gflops(&tr->dev, share);
     MPI_CHECK(MPI_Allreduce(&mine, &tr->peak_gflops, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
 
-    if (tr->topo.rank == 0) make_dir(c->run.out_dir);
+    if (tr->topo.rank == 0) make_dirs(c->run.out_dir, "set [run] out_dir to a writable directory");
     MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
     open_data(tr);
     model_create(&tr->model, &c->model, tr->B, tr->T, tr->bk);
@@ -284,6 +262,7 @@ static double train_step(Trainer *tr, int64_t step, double *grad_norm, double *l
     l /= tr->dp.size;
     *lr = optim_lr(&tr->zero.optim, step);
     zero_step(&tr->zero, *lr, optim_clip_scale(*grad_norm, tr->cfg->train.clip));
+    tr->bk->sync();     // the step's time includes its device work (AdamW runs asynchronously)
     return l;
 }
 
@@ -334,7 +313,7 @@ int train_run(const Deck *d) {
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, 0, tr.deck_text);
     }
     const double tokens_per_step = (double)c->train.batch * tr.T;
-    double t_start = now(), train_time = 0.0, last_val = evaluate(&tr);
+    double t_start = wall_seconds(), train_time = 0.0, last_val = evaluate(&tr);
     log_info("step %6lld/%lld | val %.4f (%s)\n", (long long)tr.start_step, (long long)c->train.steps, last_val,
              tr.start_step ? "resumed" : "initial");
     if (tr.topo.rank == 0 && tr.start_step == 0) h5_attr_f64(tr.metrics.file, "val_loss_initial", last_val);
@@ -344,9 +323,9 @@ int train_run(const Deck *d) {
     // The job may stop early (stop_at) with a checkpoint; the schedule still spans train.steps.
     int64_t stop = c->train.stop_at > 0 && c->train.stop_at < c->train.steps ? c->train.stop_at : c->train.steps;
     for (int64_t step = tr.start_step; step < stop; step++) {
-        double t0 = now(), gnorm = 0, lr = 0;
+        double t0 = wall_seconds(), gnorm = 0, lr = 0;
         double loss = train_step(&tr, step, &gnorm, &lr);
-        double dt = now() - t0;
+        double dt = wall_seconds() - t0;
         train_time += dt;
         int last = step == stop - 1;
         int do_eval = last || (c->train.eval_interval > 0 && (step + 1) % c->train.eval_interval == 0);
@@ -394,7 +373,7 @@ int train_run(const Deck *d) {
     }
     log_info("%s: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n",
              stop == c->train.steps ? "done" : "stopped (train.stop_at)", (long long)(stop - tr.start_step),
-             now() - t_start, train_time, last_val, c->run.out_dir);
+             wall_seconds() - t_start, train_time, last_val, c->run.out_dir);
     trainer_free(&tr);
     return 0;
 }

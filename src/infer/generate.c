@@ -13,6 +13,7 @@
 #include "model.h"
 #include "rng.h"
 #include "sampler.h"
+#include "sysutil.h"
 #include "tokenizer.h"
 #include "weights.h"
 
@@ -73,12 +74,6 @@ typedef struct Gen {
     int passes;
     double pass_tokens;
 } Gen;
-
-static double wall(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 // ---------------------------------------------------------------------------
 // Text
@@ -488,7 +483,7 @@ static void broadcast_pass(Gen *g) {
 static void serve(Gen *g) {
     int splitfuse = g->cfg->generate.mode == GEN_SPLITFUSE;
     for (;;) {
-        double now = wall() - g->t0;
+        double now = wall_seconds() - g->t0;
         admit_arrived(g, now, splitfuse);
         Pass p = pass_view(g);
         compose(g, &p, splitfuse);
@@ -510,7 +505,7 @@ static void serve(Gen *g) {
         run_pass(g);
         g->passes++;
         g->pass_tokens += p.N;
-        now = wall() - g->t0;
+        now = wall_seconds() - g->t0;
         for (int k = 0; k < p.nsample; k++) {
             Req *r = &g->reqs[g->sample_req[k]];
             take_token(g, r, sampler_next(&g->smp, g->logits + (size_t)k * g->m.s.Vp, &r->sp, r->nout), now);
@@ -556,7 +551,7 @@ static void serve_naive(Gen *g) {
             const float *logits = model_logits(m) + (size_t)(len - 1) * m->s.Vp;
             int32_t t = sampler_next(&g->smp, logits, &r->sp, r->nout);
             seq[len] = t;
-            take_token(g, r, t, wall() - g->t0);
+            take_token(g, r, t, wall_seconds() - g->t0);
         }
     }
     free(seq);
@@ -749,10 +744,10 @@ int generate_run(const Deck *d) {
         for (int b = (int)c->generate.kv_blocks - 1; b >= 0; b--) g.free_blocks[g.nfree++] = b;
         g.mirror = fopen(mirror, "a");
         SYS_CHECK(g.mirror, "cannot append to '%s': %s", mirror, strerror(errno));
-        g.t0 = wall();
+        g.t0 = wall_seconds();
         if (c->generate.naive) serve_naive(&g);
         else serve(&g);
-        double makespan = wall() - g.t0;
+        double makespan = wall_seconds() - g.t0;
         fclose(g.mirror);
         write_gen_h5(&g, out, deck_text, makespan);
         log_info("generate: wrote %s and %s\n", out, mirror);
