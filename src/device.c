@@ -73,6 +73,8 @@ const Backend *device_start(DeviceInfo *info, int local_rank, size_t arena_bytes
     info->device = local_rank % info->cuda_devices;
     cuda_init(info->device, info->bf16);
     cuda_arena_reserve(arena_bytes);
+    log_info("cuda: %s; device arena %.1f MiB (model states, working buffers, activations)\n",
+             cuda_device_name(), (double)arena_bytes / 1048576.0);
     return backend_cuda();
 #else
     (void)local_rank;
