@@ -47,7 +47,8 @@ typedef struct Req {
     int32_t *table;             // (max_blocks) KV blocks reserved for it
     int nblocks;
     int fed;                    // tokens already in the cache
-    char *text;
+    char *raw;                  // (max_tokens + 1) decoded bytes, rewritten per token
+    char *text;                 // (3 max_tokens + 1) the output as clean UTF-8
     char note[200];
 } Req;
 
@@ -78,9 +79,9 @@ typedef struct Gen {
 // ---------------------------------------------------------------------------
 // Text
 
-// Copies bytes to UTF-8, replacing invalid sequences with U+FFFD.
-static char *utf8_clean(const char *s, size_t n) {
-    char *out = xmalloc(3 * n + 1, "text"), *o = out;
+// Copies n bytes to out (room for 3 n + 1) as UTF-8, replacing invalid sequences with U+FFFD.
+static void utf8_clean(const char *s, size_t n, char *out) {
+    char *o = out;
     for (size_t i = 0; i < n; ) {
         unsigned char c = (unsigned char)s[i];
         int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
@@ -97,12 +98,11 @@ static char *utf8_clean(const char *s, size_t n) {
         }
     }
     *o = 0;
-    return out;
 }
 
 // Decodes r's output; if a stop string appears, cuts there and returns 1.
 static int decode_output(Gen *g, Req *r) {
-    char *raw = xmalloc((size_t)r->nout + 1, "decode");
+    char *raw = r->raw;
     size_t n = tokenizer_decode(&g->tk, (const uint32_t *)r->out, (size_t)r->nout, raw);
     raw[n] = 0;
     int stopped = 0;
@@ -114,14 +114,21 @@ static int decode_output(Gen *g, Req *r) {
             stopped = 1;
         }
     }
-    free(r->text);
-    r->text = utf8_clean(raw, n);
-    free(raw);
+    utf8_clean(raw, n, r->text);
     return stopped;
 }
 
 // ---------------------------------------------------------------------------
 // Requests
+
+// A request's output buffers, sized once when it starts: no allocation per token.
+static void req_buffers(Req *r) {
+    size_t n = (size_t)r->max_tokens;
+    r->out = xmalloc(sizeof(int32_t) * n, "output tokens");
+    r->tok_time = xmalloc(sizeof(double) * n, "token times");
+    r->raw = xmalloc(n + 1, "decoded output");
+    r->text = xcalloc(3 * n + 1, "output text");
+}
 
 static int req_error(const char *path, int line, char *msg) {
     fprintf(stderr, "%s:%d: bad request, skipped: %s\n", path, line, msg);
@@ -348,8 +355,7 @@ static int admit(Gen *g, Req *r, double now) {
     for (int k = 0; k < g->max_blocks; k++) r->table[k] = 0;
     for (int k = 0; k < need; k++) r->table[k] = g->free_blocks[--g->nfree];
     r->nblocks = need;
-    r->out = xmalloc(sizeof(int32_t) * (size_t)r->max_tokens, "output tokens");
-    r->tok_time = xmalloc(sizeof(double) * (size_t)r->max_tokens, "token times");
+    req_buffers(r);
     r->state = R_RUNNING;
     (void)now;
     return 1;
@@ -541,8 +547,7 @@ static void serve_naive(Gen *g) {
     for (int i = 0; i < g->nreq; i++) {
         Req *r = &g->reqs[i];
         if (r->state != R_WAITING) continue;
-        r->out = xmalloc(sizeof(int32_t) * (size_t)r->max_tokens, "output tokens");
-        r->tok_time = xmalloc(sizeof(double) * (size_t)r->max_tokens, "token times");
+        req_buffers(r);
         r->state = R_RUNNING;
         memcpy(seq, r->prompt, sizeof(int32_t) * (size_t)r->plen);
         while (r->state == R_RUNNING) {
@@ -756,7 +761,7 @@ int generate_run(const Deck *d) {
     }
     for (int i = 0; i < g.nreq; i++) {
         Req *r = &g.reqs[i];
-        free(r->prompt); free(r->out); free(r->tok_time); free(r->table); free(r->text);
+        free(r->prompt); free(r->out); free(r->tok_time); free(r->table); free(r->raw); free(r->text);
         for (int k = 0; k < r->nstop; k++) free(r->stops[k]);
     }
     free(g.reqs);
