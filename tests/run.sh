@@ -35,6 +35,7 @@ tests=(
   "analysis-tools       $PYTHON tests/test_analysis.py"
   "generate             $PYTHON tests/test_generate.py"
   "tiny-training        $PYTHON tests/test_train_tiny.py"
+  "cuda-emu             $PYTHON tests/test_cuda_emu.py"
 )
 
 pass=0; fail=0; failed=()

@@ -6,7 +6,8 @@
 # bounds, barriers and the cuBLAS argument conventions; not GPU timing, not
 # the real compiler's code, not real warp scheduling.
 #   usage: tests/gpu/emu/run_emu.sh [--quick]     (from anywhere)
-#   SANITIZE=thread runs ThreadSanitizer instead (shared-memory races); give it
+#   The emulated threads of a block are fibers (emu_cuda.h); SANITIZE=thread makes
+#   them OS threads and runs ThreadSanitizer instead (shared-memory races); give it
 #   a few groups only (e.g. attention layernorm): 512-thread blocks crawl under it.
 #   Extra arguments go to the test (--quick, group names).
 set -euo pipefail
@@ -24,16 +25,8 @@ else
   gcc -O2 -fopenmp -c -o "$BOBJ" tests/gpu/fallback/cblas_fallback.c
 fi
 
-# CUDA launch syntax and extern shared arrays into plain C++ for the emulation.
-python3 - "$OUT" kernels/cuda/*.cu tests/gpu/test_kernels_gpu.cu <<'PY'
-import re, sys, os
-out = sys.argv[1]
-for src in sys.argv[2:]:
-    s = open(src).read()
-    s = re.sub(r'([\w:]+(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\s*\(', r'emu::Launch(\2)(\1, ', s, flags=re.S)
-    s = re.sub(r'extern __shared__ (\w+) (\w+)\[\];', r'\1 *\2 = (\1 *)emu::dyn_smem();', s)
-    open(os.path.join(out, os.path.basename(src)[:-3] + '.cpp'), 'w').write(f'#line 1 "{src}"\n' + s)
-PY
+# CUDA launch syntax and extern shared arrays into plain C++ (shared with build_partita_emu.sh).
+python3 tests/gpu/emu/translate.py "$OUT" kernels/cuda/*.cu tests/gpu/test_kernels_gpu.cu
 
 CXXFLAGS="-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=$SAN -pthread -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -Itests/gpu/emu/include -Ikernels -Ikernels/cuda"
 objs=()
