@@ -1,19 +1,7 @@
 # Partita: `make deps` once, then `make`, `make test`, `make bench`.
-# MPICH's own wrapper: where Open MPI is installed too, plain mpicc may be it.
-CC      := mpicc.mpich
+include flags.mk
 MPIEXEC := mpiexec.mpich
 PYTHON  := /usr/bin/python3
-
-HDF5_INC := /usr/include/hdf5/mpich
-HDF5_LIB := /usr/lib/x86_64-linux-gnu/hdf5/mpich
-# OpenBLAS's OpenMP build shares one thread pool with our kernels.
-BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-pthread
-BLAS_LIB := /usr/lib/x86_64-linux-gnu/openblas-openmp
-
-CFLAGS  ?= -O3 -march=native
-CFLAGS  += -std=c11 -fopenmp -Wall -Wextra -D_GNU_SOURCE -Isrc -Isrc/infer -Ikernels -I$(HDF5_INC) -I$(BLAS_INC) -MMD -MP
-LDLIBS  := -L$(HDF5_LIB) -Wl,-rpath,$(HDF5_LIB) -lhdf5 \
-           -L$(BLAS_LIB) -l:libopenblas.so.0 -Wl,-rpath,$(BLAS_LIB) -lm
 
 # The cuda backend's kernels build wherever nvcc exists (CUDA=0 leaves them out).
 NVCC_FOUND := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)

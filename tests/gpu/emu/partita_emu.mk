@@ -2,30 +2,22 @@
 # emulated cuda backend (no GPU needed). Run it through build_partita_emu.sh.
 #
 # kernels/cuda/*.cu go through translate.py and g++ against emu_cuda.h; src/,
-# src/infer/ and kernels/cpu/ are built as by the main Makefile (same compiler,
-# flags, include and library paths: keep the two in step) plus -DPARTITA_CUDA,
+# src/infer/ and kernels/cpu/ are built as by the main Makefile (the compiler,
+# flags, include and library paths of flags.mk) plus -DPARTITA_CUDA,
 # never -DPARTITA_NCCL. Objects live under $(OUT), apart from the normal build;
 # -MMD dependencies and a flags stamp make rebuilds incremental.
 #   SANITIZE=address,undefined   sanitizers on every object and the link
 
 OUT      ?= build/emu-partita
-CC       := mpicc.mpich
 CXX      := g++
 PYTHON   ?= /usr/bin/python3
 SANITIZE ?=
 
-HDF5_INC := /usr/include/hdf5/mpich
-HDF5_LIB := /usr/lib/x86_64-linux-gnu/hdf5/mpich
-BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-pthread
-BLAS_LIB := /usr/lib/x86_64-linux-gnu/openblas-openmp
-
-CFLAGS   ?= -O3 -march=native
-CFLAGS   += -std=c11 -fopenmp -Wall -Wextra -D_GNU_SOURCE -Isrc -Isrc/infer -Ikernels -I$(HDF5_INC) -I$(BLAS_INC) \
-            -DPARTITA_CUDA -MMD -MP
+include flags.mk
+CFLAGS   += -DPARTITA_CUDA
 CXXFLAGS := -std=c++20 -O2 -pthread -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas \
             -Itests/gpu/emu/include -Ikernels -Ikernels/cuda -MMD -MP
-LDLIBS   := -L$(HDF5_LIB) -Wl,-rpath,$(HDF5_LIB) -lhdf5 \
-            -L$(BLAS_LIB) -l:libopenblas.so.0 -Wl,-rpath,$(BLAS_LIB) -lm -lstdc++ -pthread
+LDLIBS   += -lstdc++ -pthread
 ifneq ($(strip $(SANITIZE)),)
 SANFLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -g
 endif
