@@ -39,6 +39,22 @@ __device__ __forceinline__ void load_tile(float *dst, const float *src, size_t l
     }
 }
 
+// acc[k] (column g + 4k of a head row) += sum_j w[j] * tile[j, g + 4k], over the
+// key tile's rows that exist: O += P V in forward, dQ += dS K in backward.
+template <int HSMAX>
+__device__ __forceinline__ void accumulate_row(float acc[HSMAX / 4], const float *w, const float *tile,
+                                               int rows, int g, int HS, int HSP)
+{
+    for (int j = 0; j < rows; j++) {
+        const float p = w[j];
+#pragma unroll
+        for (int k = 0; k < HSMAX / 4; k++) {
+            const int d = g + 4 * k;
+            if (d < HS) acc[k] = fmaf(p, tile[j * HSP + d], acc[k]);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- forward
 
 template <int HSMAX>
@@ -103,15 +119,7 @@ attention_forward_kernel(float *out, float *lse, const float *qkv, int B, int T,
         __syncwarp();                       // the row's P, written by its 4 lanes
 #pragma unroll
         for (int k = 0; k < HSMAX / 4; k++) o[k] *= corr;
-        const int jend = T - k0 < ATT_TILE ? T - k0 : ATT_TILE;
-        for (int j = 0; j < jend; j++) {
-            const float p = Ps[i * ATT_PS + j];
-#pragma unroll
-            for (int k = 0; k < HSMAX / 4; k++) {
-                const int d = g + 4 * k;
-                if (d < HS) o[k] = fmaf(p, Vs[j * HSP + d], o[k]);
-            }
-        }
+        accumulate_row<HSMAX>(o, Ps + i * ATT_PS, Vs, T - k0 < ATT_TILE ? T - k0 : ATT_TILE, g, HS, HSP);
     }
     if (qi < T) {
         const float inv = 1.0f / l;
@@ -201,15 +209,7 @@ attention_dq_kernel(float *dqkv, const float *dout, const float *qkv, const floa
             Ss[i * ATT_PS + g + 4 * jj] = p * (dp[jj] - Di);
         }
         __syncwarp();
-        const int jend = T - k0 < ATT_TILE ? T - k0 : ATT_TILE;
-        for (int j = 0; j < jend; j++) {
-            const float ds = Ss[i * ATT_PS + j];
-#pragma unroll
-            for (int k = 0; k < HSMAX / 4; k++) {
-                const int d = g + 4 * k;
-                if (d < HS) dq[k] = fmaf(ds, Ks[j * HSP + d], dq[k]);
-            }
-        }
+        accumulate_row<HSMAX>(dq, Ss + i * ATT_PS, Ks, T - k0 < ATT_TILE ? T - k0 : ATT_TILE, g, HS, HSP);
     }
     if (qi < T) {
         float *r = dqkv + ((size_t)b * T + qi) * C3 + (size_t)h * HS;
