@@ -147,33 +147,29 @@ if [ $rc = 0 ]; then
 fi
 
 # ---------------------------------------------------------------- 3. compute-sanitizer
+# sanitize TOOL PATTERN WORD SECONDS [GROUP...]: runs the kernel test (--quick)
+# under compute-sanitizer's TOOL for at most SECONDS; progress and the first
+# matching report lines go to stderr, the row's verdict to stdout.
+sanitize() {
+  local tool=$1 pat=$2 word=$3 t=$4 m; shift 4
+  [ "$t" -ge 30 ] || { echo "skipped: out of time"; return; }
+  say "== compute-sanitizer $tool --quick $* (${t} s max, log: $LOG/$tool.log)" >&2
+  timeout "$t" "$SAN" --tool "$tool" --error-exitcode 3 build/test_kernels_gpu --quick "$@" >"$LOG/$tool.log" 2>&1
+  m=$?
+  grep -m5 -E "$pat" "$LOG/$tool.log" >&2
+  case $m in
+    0) echo "clean" ;; 3) echo "$word: see $LOG/$tool.log" ;;
+    124) echo "timed out after $t s (inconclusive)" ;; *) echo "exit $m: see $LOG/$tool.log" ;;
+  esac
+}
 SAN=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer 2>/dev/null || true)
 if [ $rc = 0 ] || [ $rc = 1 ]; then
   if [ -z "$SAN" ]; then
     memcheck="skipped: compute-sanitizer not found"; racecheck=$memcheck
   else
-    t=$(( ($(left) - TRAIN_RESERVE) / 2 ))
-    if [ $t -ge 30 ]; then
-      say "== compute-sanitizer memcheck --quick (${t} s max, log: $LOG/memcheck.log)"
-      timeout $t "$SAN" --tool memcheck --error-exitcode 3 build/test_kernels_gpu --quick >"$LOG/memcheck.log" 2>&1
-      m=$?
-      case $m in
-        0) memcheck="clean" ;; 3) memcheck="ERRORS: see $LOG/memcheck.log"; rc=1 ;;
-        124) memcheck="timed out after $t s (inconclusive)" ;; *) memcheck="exit $m: see $LOG/memcheck.log" ;;
-      esac
-      grep -m5 -E "Invalid|ERROR SUMMARY" "$LOG/memcheck.log"
-    else memcheck="skipped: out of time"; fi
-    t=$(( $(left) - TRAIN_RESERVE ))
-    if [ $t -ge 30 ]; then
-      say "== compute-sanitizer racecheck --quick attention (${t} s max, log: $LOG/racecheck.log)"
-      timeout $t "$SAN" --tool racecheck --error-exitcode 3 build/test_kernels_gpu --quick attention >"$LOG/racecheck.log" 2>&1
-      m=$?
-      case $m in
-        0) racecheck="clean" ;; 3) racecheck="HAZARDS: see $LOG/racecheck.log"; rc=1 ;;
-        124) racecheck="timed out after $t s (inconclusive)" ;; *) racecheck="exit $m: see $LOG/racecheck.log" ;;
-      esac
-      grep -m5 -E "hazard|RACECHECK SUMMARY" "$LOG/racecheck.log"
-    else racecheck="skipped: out of time"; fi
+    memcheck=$(sanitize memcheck "Invalid|ERROR SUMMARY" "ERRORS" $(( ($(left) - TRAIN_RESERVE) / 2 )))
+    racecheck=$(sanitize racecheck "hazard|RACECHECK SUMMARY" "HAZARDS" $(( $(left) - TRAIN_RESERVE )) attention)
+    case "$memcheck$racecheck" in *ERRORS*|*HAZARDS*) rc=1 ;; esac
   fi
 fi
 
