@@ -21,29 +21,66 @@ CUDA_LDLIBS += -lnccl
 endif
 endif
 
+# BUILD: where objects and programs go (build/, or build-asan/ for `make asan`).
+BUILD   ?= build
 SRC     := $(wildcard src/*.c src/infer/*.c)
 KSRC    := $(wildcard kernels/cpu/*.c)
-OBJ     := $(SRC:%.c=build/%.o) $(KSRC:%.c=build/%.o)
-KOBJ    := $(KSRC:%.c=build/%.o)
+OBJ     := $(SRC:%.c=$(BUILD)/%.o) $(KSRC:%.c=$(BUILD)/%.o)
+KOBJ    := $(KSRC:%.c=$(BUILD)/%.o)
 
 DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-openmp \
-        liburing-dev python3 python3-numpy python3-h5py python3-matplotlib python3-torch hdf5-tools
+        liburing-dev python3 python3-numpy python3-h5py python3-matplotlib python3-torch hdf5-tools \
+        clang libclang-rt-14-dev slurm-wlm munge
 
-.PHONY: all deps test bench clean demo
-all: build/partita build/test_kernels build/test_comm $(GPU_TARGETS)
+.PHONY: all deps test bench clean demo asan portable fuzz fuzz-build FORCE
+all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(GPU_TARGETS)
 
-build/partita: $(OBJ) $(CUDA_OBJ)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
+$(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
 
-build/test_kernels: build/tests/unit/test_kernels.o $(KOBJ)
+$(BUILD)/test_kernels: $(BUILD)/tests/unit/test_kernels.o $(KOBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-build/test_comm: build/tests/unit/test_comm.o build/src/comm.o build/src/comm_nccl.o build/src/log.o $(CUDA_OBJ)
+$(BUILD)/test_comm: $(BUILD)/tests/unit/test_comm.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
-build/%.o: %.c
+# Every object depends on the flags it was compiled with, so switching
+# ARCH/PORTABLE (or CFLAGS) rebuilds instead of mixing instruction sets.
+$(BUILD)/.flags: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CC) $(CFLAGS) $(LDLIBS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(LDLIBS)' > $@
+
+$(BUILD)/%.o: %.c $(BUILD)/.flags
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# AddressSanitizer + UBSan build of the cpu backend (build-asan/), which
+# `make test` runs the readers under; and the libFuzzer harnesses (clang).
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 ASAN=1 build-asan/partita build-asan/test_kernels build-asan/test_comm
+
+# A build for other CPU types (x86-64-v3); see flags.mk.
+portable:
+	@$(MAKE) --no-print-directory PORTABLE=1
+
+FUZZ_CC    ?= clang
+FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Isrc -Isrc/infer -Wall -Wextra
+FUZZERS    := build-asan/fuzz_deck build-asan/fuzz_json
+fuzz-build: $(FUZZERS)
+
+build-asan/fuzz_deck: tests/fuzz/fuzz_deck.c src/deck.c src/deck.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_deck.c src/deck.c -lm
+
+build-asan/fuzz_json: tests/fuzz/fuzz_json.c src/infer/json.c src/infer/json.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_json.c src/infer/json.c -lm
+
+# A longer fuzzing session (FUZZ_SECONDS per reader; new crashers land in
+# build-asan/fuzz-out/; copy the ones worth keeping into tests/corpus/<reader>/).
+FUZZ_SECONDS ?= 300
+fuzz: asan fuzz-build
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) PYTHON=$(PYTHON) bash tests/fuzz/run.sh long
 
 # Installs what Partita needs from Debian; does nothing when all is there.
 deps:
@@ -61,13 +98,13 @@ demo: all
 	$(MPIEXEC) -np 2 build/partita train inputs/gpt-tiny.deck
 	$(MPIEXEC) -np 1 build/partita generate inputs/generate-tiny.deck
 
-test: all
+test: all asan fuzz-build
 	@MPIEXEC=$(MPIEXEC) PYTHON=$(PYTHON) bash tests/run.sh
 
 bench: all
 	@MPIEXEC=$(MPIEXEC) PYTHON=$(PYTHON) bash bench/run.sh
 
 clean:
-	rm -rf build
+	rm -rf build build-asan
 
--include $(OBJ:.o=.d) build/tests/unit/test_kernels.d build/tests/unit/test_comm.d
+-include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d
