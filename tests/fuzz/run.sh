@@ -52,8 +52,8 @@ for h in deck json; do
     [ -x build-asan/fuzz_$h ] || { echo "FAIL build-asan/fuzz_$h missing (hint: make fuzz-build)"; exit 1; }
 done
 case "${1:-}" in
-    deck) replay deck; r1=$?; fuzz deck "${FUZZ_RUNS:-40000}" "${FUZZ_SECONDS:-20}"; r2=$? ;;
-    json) replay json; r1=$?; fuzz json "${FUZZ_RUNS:-100000}" "${FUZZ_SECONDS:-10}"; r2=$? ;;
+    deck) replay deck; r1=$?; fuzz deck "${FUZZ_RUNS:-30000}" "${FUZZ_SECONDS:-15}"; r2=$? ;;
+    json) replay json; r1=$?; fuzz json "${FUZZ_RUNS:-60000}" "${FUZZ_SECONDS:-8}"; r2=$? ;;
     long)
         r1=0; for h in deck json; do replay $h || r1=1; fuzz $h 0 "${FUZZ_SECONDS:-300}" || r1=1; done
         ${PYTHON:-/usr/bin/python3} tests/test_fuzz.py --long; r2=$? ;;
