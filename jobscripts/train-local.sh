@@ -5,4 +5,5 @@ set -eu
 NP=${1:?usage: train-local.sh NP DECK [--set k=v ...]}
 DECK=${2:?usage: train-local.sh NP DECK [--set k=v ...]}
 shift 2
-exec mpiexec.mpich -np "$NP" build/partita train "$DECK" "$@"
+PARTITA=${PARTITA:-$(dirname "$0")/../build/partita}
+exec mpiexec.mpich -np "$NP" "$PARTITA" train "$DECK" "$@"

@@ -142,6 +142,52 @@ static int check_generate(const Deck *d, int rank, int size) {
     return 2;
 }
 
+// A binary compiled for instructions this CPU lacks would die of SIGILL somewhere in the
+// first kernel; check before anything runs, in code compiled for the baseline x86-64 (the
+// target attribute), and say what to do. -march=native on another node type is the usual cause.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CPU_NEED(macro_on, feature) \
+    if ((macro_on) && !__builtin_cpu_supports(feature)) missing = feature;
+__attribute__((constructor, target("arch=x86-64"))) static void check_cpu_features(void) {
+    const char *missing = NULL;
+    __builtin_cpu_init();
+#ifdef __SSE4_2__
+    CPU_NEED(1, "sse4.2")
+#endif
+#ifdef __AVX__
+    CPU_NEED(1, "avx")
+#endif
+#ifdef __AVX2__
+    CPU_NEED(1, "avx2")
+#endif
+#ifdef __FMA__
+    CPU_NEED(1, "fma")
+#endif
+#ifdef __AVX512F__
+    CPU_NEED(1, "avx512f")
+#endif
+#ifdef __AVX512BW__
+    CPU_NEED(1, "avx512bw")
+#endif
+#ifdef __AVX512VL__
+    CPU_NEED(1, "avx512vl")
+#endif
+#ifdef __AVX512DQ__
+    CPU_NEED(1, "avx512dq")
+#endif
+#ifdef __AVX512VP2INTERSECT__
+    CPU_NEED(1, "avx512vp2intersect")
+#endif
+    if (!missing) return;
+    fprintf(stderr, "error: this partita was compiled for CPUs with %s, which this CPU lacks "
+            "(built with -march=native on another node type?)\n"
+            "  hint: rebuild on this node type, or build once for all with `make PORTABLE=1` "
+            "(x86-64-v3) or `make ARCH=x86-64-v2`\n", missing);
+    exit(2);
+}
+#undef CPU_NEED
+#endif
+
 static void print_version(void) {
 #ifdef PARTITA_CUDA
     int devices = cuda_device_count();
