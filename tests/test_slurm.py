@@ -281,7 +281,7 @@ def case_requeue(s, tokens, slurm_signal):
     tag = "b-slurm" if slurm_signal else "b"
     log = os.path.join(s.d, f"{tag}.out")
     out = os.path.join(s.d, f"run-{tag}")
-    steps = 400
+    steps = 1500  # ~0.01 s a step at np 2: long enough to be signalled mid-run
     deck = os.path.join(s.d, f"{tag}.deck")
     open(deck, "w").write(TRAIN_DECK.format(out=out, tokens=tokens, steps=steps, interval=100000))
     env_args = []
