@@ -36,6 +36,7 @@ tests=(
   "generate             $PYTHON tests/test_generate.py"
   "tiny-training        $PYTHON tests/test_train_tiny.py"
   "cuda-emu             $PYTHON tests/test_cuda_emu.py"
+  "batch-system         $PYTHON tests/test_batch.py"
 )
 
 pass=0; fail=0; failed=()
