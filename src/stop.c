@@ -220,7 +220,8 @@ int stop_init(Stop *s, const Deck *d, int rank, char *err, size_t n) {
 }
 
 void stop_free(Stop *s) {
-    for (int i = 0; i < s->nsig; i++) signal(s->sigs[i], SIG_DFL);
+    for (int i = 0; i < s->nsig; i++)
+        SYS_CHECK(signal(s->sigs[i], SIG_DFL) != SIG_ERR, "cannot restore SIG%s: %s", signal_name(s->sigs[i]), strerror(errno));
     s->nsig = 0;
 }
 

@@ -145,7 +145,7 @@ def stopped_run(name, sig, target):
                 live = live_read(h5)
                 if live[0] > 0:
                     break
-            except OSError:
+            except (OSError, KeyError):
                 pass
         time.sleep(0.05)
     pid = proc.pid if target == "mpiexec" else rank_pid(proc.pid, 1)
