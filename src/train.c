@@ -177,6 +177,22 @@ static void save(Trainer *tr, int64_t steps_done) {
     tr->last_ckpt = steps_done;
 }
 
+// Ranks that outnumber the cores of their node take turns on them, and one
+// may time a small sgemm alone on a core: the node's figure is capped at its
+// cores times the best per-thread rate measured on it.
+static double cap_to_cores(Trainer *tr, double mine) {
+    double v[2] = {mine, mine / tr->threads}, node_sum = 0, best_thread = 0;
+    MPI_CHECK(MPI_Allreduce(&v[0], &node_sum, 1, MPI_DOUBLE, MPI_SUM, tr->topo.node));
+    MPI_CHECK(MPI_Allreduce(&v[1], &best_thread, 1, MPI_DOUBLE, MPI_MAX, tr->topo.node));
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    double cap = (double)(cores > 0 ? cores : 1) * best_thread;
+    if (node_sum <= cap) return mine;
+    size_t len = strlen(tr->peak.method);
+    snprintf(tr->peak.method + len, sizeof tr->peak.method - len, "; node capped at %ld cores x %.1f GFLOP/s",
+             cores, best_thread);
+    return mine * cap / node_sum;
+}
+
 // Every rank times sgemm at once, so the figure is what the job really has;
 // ranks sharing a GPU count their share of it. Rank 0 keeps each rank's figure.
 static void measure_peak(Trainer *tr) {
@@ -193,6 +209,7 @@ static void measure_peak(Trainer *tr) {
     } else {
         MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
         mine = device_gemm_peak_gflops(&tr->dev, share, &tr->peak);
+        if (tr->dev.backend != BACKEND_CUDA) mine = cap_to_cores(tr, mine);
     }
     tr->peak_all = xcalloc((size_t)tr->topo.size * sizeof(double), "peak per rank");
     MPI_CHECK(MPI_Gather(&mine, 1, MPI_DOUBLE, tr->peak_all, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD));
