@@ -3,6 +3,7 @@
 #include "log.h"
 
 #include <ctype.h>
+#include <sched.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -206,6 +207,7 @@ int stop_init(Stop *s, const Deck *d, int rank, char *err, size_t n) {
         return key_error(d, "run.stop_signals", why, "list signal names, e.g. stop_signals = TERM, USR1 (or none)", err, n);
     if (set_deadline(s, d, err, n) != 0) return -1;
     s->margin = d->cfg.run.time_margin;
+    s->timeout_s = d->cfg.comm.timeout_s;
     if (rank != 0) s->deadline = 0;     // rank 0 decides on time for everyone
     g_stop_signal = 0;
     struct sigaction sa;
@@ -233,7 +235,22 @@ double stop_seconds_left(const Stop *s) {
 int stop_check(Stop *s, MPI_Comm comm, double next_s, double ckpt_s) {
     int mine[2] = {(int)g_stop_signal, 0}, all[2] = {0, 0};
     if (s->deadline > 0 && next_s + ckpt_s > stop_seconds_left(s)) mine[1] = 1;
-    MPI_CHECK(MPI_Allreduce(mine, all, 2, MPI_INT, MPI_MAX, comm));
+    // Non-blocking, polled with yields: ranks that outnumber cores must not spin
+    // against the rank that still computes (MPICH's blocking wait busy-polls).
+    MPI_Request req;
+    MPI_CHECK(MPI_Iallreduce(mine, all, 2, MPI_INT, MPI_MAX, comm, &req));
+    double t0 = MPI_Wtime();
+    struct timespec nap = {0, 50000};
+    for (long spins = 0;; spins++) {
+        int done = 0;
+        MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+        if (done) break;
+        if (spins > 20000) nanosleep(&nap, NULL);
+        else sched_yield();
+        if (s->timeout_s > 0 && (spins & 255) == 0 && MPI_Wtime() - t0 > s->timeout_s)
+            FATAL("another rank never reached the next step: it is stuck or died ([comm] timeout_s)",
+                  "waited %.0f s in the stop check before a step", MPI_Wtime() - t0);
+    }
     if (all[0]) {
         s->reason = STOP_SIGNAL;
         s->signo = all[0];

@@ -3,7 +3,7 @@
 // A batch system warns a job before it kills it (Slurm: SIGTERM at the time
 // limit or on preemption, or the signal of `sbatch --signal`). Each signal in
 // [run] stop_signals gets a handler that only sets a flag; before every step
-// the ranks agree on the flags with one small MPI_Allreduce(MAX), so a signal
+// the ranks agree on the flags with one small all-reduce (MAX), so a signal
 // that reached one rank stops all of them at the same step. The run then
 // writes a checkpoint, flushes run.h5 and exits with STOP_EXIT_TEMPFAIL (75).
 // A repeat of a stop signal while stopping is ignored: Slurm and mpiexec may
@@ -34,6 +34,7 @@ typedef struct Stop {
     double deadline;        // CLOCK_REALTIME seconds; 0 = no limit (rank 0 only)
     char deadline_from[64]; // "run.time_limit", "SLURM_JOB_END_TIME" or ""
     double margin;
+    double timeout_s;       // [comm] timeout_s: the stop check is a collective too
     int reason;             // STOP_*, once stop_check has said stop
     int signo;              // the signal, for STOP_SIGNAL
 } Stop;

@@ -365,7 +365,7 @@ static void print_header(const Trainer *tr) {
     device_describe(&tr->dev, dev, sizeof dev);
     log_info("backend: %s; collectives: %s\n", dev, comm_path_name(tr->dp.opt.path));
     log_info("compute: %.3f GFLOP per token; MFU peak %.1f GFLOP/s (job; rank 0 %.1f): %s\n",
-             tr->flops_per_token * 1e-9, tr->peak_gflops, tr->peak.gflops, tr->peak.method);
+             tr->flops_per_token * 1e-9, tr->peak_gflops, tr->peak_all[0], tr->peak.method);
     log_info("memory per rank: ZeRO-%d model states %.1f MiB, working buffers %.1f MiB, activations %.1f MiB\n",
              tr->zero.stage, (double)tr->zero.state_bytes / 1048576.0, (double)tr->zero.working_bytes / 1048576.0,
              (double)model_activation_bytes(&tr->model, tr->B, tr->T) / 1048576.0);
