@@ -16,6 +16,7 @@
 #include "weights.h"
 #include "zero.h"
 
+#include <errno.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdlib.h>
@@ -481,6 +482,26 @@ static void print_stop_plan(const Trainer *tr) {
              STOP_EXIT_TEMPFAIL, lim);
 }
 
+// <out_dir>/exit_status: the status and why, written by rank 0 as the run
+// ends (removed as it starts, so a run that crashed leaves none). mpiexec's
+// own status is not reliable when mpiexec itself receives the stop signal.
+static void exit_status(const Trainer *tr, int rc, const char *why) {
+    if (tr->topo.rank != 0) return;
+    char path[DECK_STR + 32], tmp[DECK_STR + 48];
+    snprintf(path, sizeof path, "%s/exit_status", tr->cfg->run.out_dir);
+    if (rc < 0) {
+        SYS_CHECK(unlink(path) == 0 || errno == ENOENT, "cannot remove '%s': %s", path, strerror(errno));
+        return;
+    }
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    SYS_CHECK(f, "cannot write '%s': %s", tmp, strerror(errno));
+    fprintf(f, "%d\n%s\n", rc, why);
+    SYS_CHECK(fflush(f) == 0 && fsync(fileno(f)) == 0, "cannot write '%s': %s", tmp, strerror(errno));
+    SYS_CHECK(fclose(f) == 0, "cannot write '%s': %s", tmp, strerror(errno));
+    SYS_CHECK(rename(tmp, path) == 0, "cannot rename '%s': %s", tmp, strerror(errno));
+}
+
 int train_run(const Deck *d) {
     Trainer tr;
     char err[2048];
@@ -493,6 +514,7 @@ int train_run(const Deck *d) {
     }
     trainer_create(&tr, d);
     tr.stop = stop;
+    exit_status(&tr, -1, NULL);
     const Config *c = tr.cfg;
     print_header(&tr);
     print_stop_plan(&tr);
@@ -565,8 +587,17 @@ int train_run(const Deck *d) {
         snprintf(path, sizeof path, "%s/final.h5", c->run.out_dir);
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, c->train.steps, tr.deck_text);
     }
+    char why[160];
     const char *how = end == END_NAN ? "stopped (non-finite loss or gradient)"
                     : end == END_STOPPED ? "stopped early" : stop_at < c->train.steps ? "stopped (train.stop_at)" : "done";
+    if (end == END_STOPPED) {
+        char r[128];
+        snprintf(why, sizeof why, "stopped at step %lld on %s with a checkpoint", (long long)step,
+                 stop_reason(&tr.stop, r, sizeof r));
+    } else {
+        snprintf(why, sizeof why, "%s at step %lld", how, (long long)step);
+    }
+    exit_status(&tr, rc, why);
     log_info("%s: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n", how,
              (long long)(step - tr.start_step), wall_seconds() - t_start, train_time, last_val, c->run.out_dir);
     trainer_free(&tr);

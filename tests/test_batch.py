@@ -83,6 +83,11 @@ def ckpt(name, step):
     return os.path.join(d, name, "ckpt", f"step-{step:06d}.h5")
 
 
+def exit_status(name):
+    p = os.path.join(d, name, "exit_status")
+    return open(p).read().strip().splitlines() if os.path.exists(p) else []
+
+
 def all_finite(path):
     with h5py.File(path, "r") as f:
         groups = [f["params"], f["optim/exp_avg"], f["optim/exp_avg_sq"]] if "optim" in f else [f["params"]]
@@ -162,7 +167,14 @@ for name, sig, target in [("term", signal.SIGTERM, "mpiexec"), ("usr1", signal.S
     check(pid is not None, f"{signame}: found the process", f"pid {pid}")
     check(live is not None and live[0] > 0 and live[1] == 0,
           f"{signame}: run.h5 read while the run was live (h5py rows > 0, h5dump -H rc 0)", f"{live}")
-    check(rc == 75, f"{signame}: exit status 75", f"rc {rc}")
+    status = exit_status(name)
+    check(status[:1] == ["75"] and "with a checkpoint" in status[1], f"{signame}: exit_status says 75", str(status))
+    if target == "mpiexec":
+        # Hydra (MPICH 4.0.2) sometimes loses its ranks' statuses when it is signalled itself
+        # (0 in about 1 run of 30 with a 10-line MPI program): the file is the reliable record.
+        check(rc in (75, 0), f"{signame}: mpiexec exits 75 (or 0: the hydra race, see README)", f"rc {rc}")
+    else:
+        check(rc == 75, f"{signame}: mpiexec exits 75", f"rc {rc}")
     line = [l for l in out.splitlines() if l.startswith("stopping at step")]
     check(len(line) == 1 and f"on {signal.Signals(sig).name}" in line[0] and "exit 75" in line[0], f"{signame}: one clear stop line",
           line[0] if line else out[-500:])
@@ -186,7 +198,7 @@ p = train("limit", 2, "train.steps=1000000", "train.log_interval=1000", "run.tim
 dt = time.time() - t0
 steps = metrics("limit", "step")
 n = len(steps)
-check(p.returncode == 75 and "on the time limit (run.time_limit)" in p.stdout,
+check(p.returncode == 75 and "on the time limit (run.time_limit)" in p.stdout and exit_status("limit")[:1] == ["75"],
       "time_limit = 4: stops with exit 75 and says why", f"rc {p.returncode}")
 check(dt < 6.0, "... before the limit (plus the exit)", f"{dt:.2f} s")
 check(n > 0 and latest("limit") == f"step-{n:06d}.h5" and list(steps) == list(range(1, n + 1)),
@@ -214,7 +226,8 @@ check(latest("stopat") == "step-000004.h5" and os.path.exists(ckpt("stopat", 4))
 # 4. on_nan
 NAN = ["train.fault_nan_step=5", "train.fault_nan_rank=1", "zero.stage=2"]
 p = train("nanstop", 2, "checkpoint.interval=2", *NAN, check_rc=False)
-check(p.returncode == 3, "on_nan = stop: exit status 3", f"rc {p.returncode}")
+check(p.returncode == 3 and exit_status("nanstop")[:1] == ["3"], "on_nan = stop: exit status 3 (and in exit_status)",
+      f"rc {p.returncode}")
 check("error: step 5" in p.stderr and "loss" in p.stderr and "hint:" in p.stderr,
       "... the message names the step and the loss", p.stderr.strip().splitlines()[-2] if p.stderr.strip() else "")
 check(latest("nanstop") == "step-000004.h5" and not os.path.exists(ckpt("nanstop", 5)) and all_finite(ckpt("nanstop", 4)),
@@ -222,7 +235,8 @@ check(latest("nanstop") == "step-000004.h5" and not os.path.exists(ckpt("nanstop
 check(not os.path.exists(os.path.join(d, "nanstop", "final.h5")), "... and no final weights")
 
 p = train("nanskip", 2, "checkpoint.interval=1", "train.on_nan=skip", *NAN, check_rc=False)
-check(p.returncode == 0 and "update skipped" in p.stderr, "on_nan = skip: warns and ends normally", f"rc {p.returncode}")
+check(p.returncode == 0 and "update skipped" in p.stderr and exit_status("nanskip")[:1] == ["0"],
+      "on_nan = skip: warns and ends normally", f"rc {p.returncode}")
 skipped = metrics("nanskip", "skipped")
 check(list(skipped) == [0, 0, 0, 0, 1, 0, 0, 0], "... run.h5 counts the skipped step", str(list(skipped)))
 with h5py.File(ckpt("nanskip", 4), "r") as a, h5py.File(ckpt("nanskip", 5), "r") as b:
