@@ -219,6 +219,7 @@ void ckpt_write(const Zero *z, const Deck *d, const char *deck_text, const char 
     h5_attr_i64(meta, "step", st->step);
     h5_attr_f64(meta, "tokens_seen", st->tokens_seen);
     h5_attr_i64(meta, "data_cursor", st->data_cursor);
+    h5_attr_i64(meta, "data_rows", st->data_rows);
     h5_attr_i64(meta, "seed", c->run.seed);
     h5_attr_i64(meta, "optim_t", z->optim.t);
     weights_write_shape(meta, m);
@@ -309,6 +310,7 @@ void ckpt_read(Zero *z, const Deck *d, const char *path, CkptState *st) {
         h5_read_attr_i64(meta, "optim_t", &v) < 0)
         FATAL_ALL(NULL, "checkpoint '%s': /meta lacks step, data_cursor or optim_t", path);
     z->optim.t = (int)v;
+    if (h5_read_attr_i64(meta, "data_rows", &st->data_rows) < 0) st->data_rows = -1;
     double tokens = 0;
     if (H5Aexists(meta, "tokens_seen") > 0) {
         hid_t a = H5Aopen(meta, "tokens_seen", H5P_DEFAULT);

@@ -24,6 +24,7 @@ typedef struct CkptState {
     int64_t step;           // optimizer steps done
     double tokens_seen;
     int64_t data_cursor;    // the next step's index into the data order (= step)
+    int64_t data_rows;      // global token rows consumed (the data cursor in rows); -1: not in the file
 } CkptState;
 
 // Collective over z's group. Writes the checkpoint of `st` into dir.

@@ -63,6 +63,7 @@ static const char *const precision_names[] = {"auto", "fp32", "bf16", NULL};
 static const char *const devpath_names[] = {"auto", "nccl", "staged", NULL};
 static const char *const tokenizer_names[] = {"byte", NULL};
 static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
+static const char *const on_nan_names[] = {"stop", "skip", NULL};
 
 #define OFF(f) offsetof(Config, f)
 #define GE(lo) (lo), 0, R_MIN
@@ -83,6 +84,12 @@ static const KeyDef keys[] = {
      "kernel threads per rank; 0 = cores / ranks on the node"},
     {"run", "peak_gflops", T_FLOAT, OFF(run.peak_gflops), "0", GE(0), NULL,
      "sgemm peak GFLOP/s for MFU; 0 = measure at start"},
+    {"run", "stop_signals", T_STR, OFF(run.stop_signals), "TERM, USR1", ANY, NULL,
+     "signals that stop the run after the current step with a checkpoint, exit 75; none = no handlers"},
+    {"run", "time_limit", T_STR, OFF(run.time_limit), "0", ANY, NULL,
+     "wall-time limit of the job (3600, 90m, 2h, H:MM:SS); it stops with a checkpoint before it, exit 75; 0 = none"},
+    {"run", "time_margin", T_FLOAT, OFF(run.time_margin), "60", GE(0), NULL,
+     "seconds kept free before the time limit (or Slurm's end time) for the exit"},
 
     {"model", "vocab", T_INT, OFF(model.vocab), "257", IN(2, 10000000), NULL,
      "vocabulary size V"},
@@ -134,6 +141,12 @@ static const KeyDef keys[] = {
      "matrix products: bf16 inputs with fp32 accumulation (cuda only), or fp32; auto = bf16 on cuda, fp32 on cpu"},
     {"train", "save_weights", T_BOOL, OFF(train.save_weights), "true", ANY, NULL,
      "write init.h5 and final.h5"},
+    {"train", "on_nan", T_ENUM, OFF(train.on_nan), "stop", ANY, on_nan_names,
+     "non-finite loss or gradient norm: stop (exit 3, no checkpoint of it) or skip the update"},
+    {"train", "fault_nan_step", T_INT, OFF(train.fault_nan_step), "0", GE(0), NULL,
+     "test only: poison the gradient of this step (1-based) on one rank; 0 = none"},
+    {"train", "fault_nan_rank", T_INT, OFF(train.fault_nan_rank), "0", GE(0), NULL,
+     "test only: ... on this rank"},
 
     {"optimizer", "lr", T_FLOAT, OFF(optim.lr), "6e-4", GT(0), NULL, "peak learning rate"},
     {"optimizer", "min_lr", T_FLOAT, OFF(optim.min_lr), "0", GE(0), NULL,

@@ -18,6 +18,7 @@ enum { DECAY_COSINE = 0, DECAY_LINEAR, DECAY_NONE };
 enum { PRECISION_AUTO = 0, PRECISION_FP32, PRECISION_BF16 };
 enum { DEVPATH_AUTO = 0, DEVPATH_NCCL, DEVPATH_STAGED };
 enum { TOKENIZER_BYTE = 0 };
+enum { ON_NAN_STOP = 0, ON_NAN_SKIP };
 
 typedef struct RunConfig {
     char name[DECK_STR];      // run name; outputs go to out_dir
@@ -26,6 +27,9 @@ typedef struct RunConfig {
     int backend;              // BACKEND_*
     int64_t threads;          // kernel threads per rank; 0 = cores / ranks on the node
     double peak_gflops;       // sgemm peak for MFU; 0 = measure at start
+    char stop_signals[DECK_STR]; // signals that stop the run with a checkpoint (stop.h parses them)
+    char time_limit[DECK_STR];   // wall-time limit: seconds, 90m, 2h, H:MM:SS; "0" = none (stop.h)
+    double time_margin;       // seconds kept free before the limit
 } RunConfig;
 
 typedef struct ModelConfig {
@@ -60,6 +64,9 @@ typedef struct TrainConfig {
     int64_t eval_batches;     // micro-batches of validation per rank
     int precision;            // PRECISION_*
     int save_weights;         // write init.h5 and final.h5
+    int on_nan;               // ON_NAN_*: a non-finite loss or gradient norm stops the run or skips the step
+    int64_t fault_nan_step;   // test only: 1-based step whose gradient is poisoned; 0 = none
+    int64_t fault_nan_rank;   // test only: ... on this rank
 } TrainConfig;
 
 typedef struct OptimConfig {

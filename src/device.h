@@ -11,6 +11,7 @@
 
 #include "backend.h"
 #include "deck.h"
+#include "peak.h"
 
 typedef struct DeviceInfo {
     int backend;            // BACKEND_CPU or BACKEND_CUDA
@@ -36,8 +37,8 @@ void device_describe(const DeviceInfo *info, char *buf, size_t n);
 
 // The matrix-product rate this rank's share of the device reaches, GFLOP/s:
 // cuBLAS n^3 GEMMs in the run's precision (cuda), sgemm (cpu). share: ranks
-// that use the same device.
-double device_gemm_peak_gflops(const DeviceInfo *info, int share);
+// that use the same device. how: the figures and the method, for run.h5.
+double device_gemm_peak_gflops(const DeviceInfo *info, int share, PeakInfo *how);
 
 // How collectives move device buffers, from [comm] device_path: COMM_PATH_*
 // (comm.h). cpu: host MPI. Returns -1 with a message when the deck asks for

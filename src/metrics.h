@@ -1,20 +1,37 @@
 // metrics.h: run.h5, the per-step record of a training run.
 //
-// /metrics/<name> are extendible datasets with one row per step: 1-D for
-// job-wide figures, (steps, ranks) for per-rank ones. Written by rank 0 and
-// flushed at every log interval so a live run can be read (h5py, plot_run.py).
-// Root attributes hold the resolved deck and the machine.
+// /metrics/<name> are extendible datasets with one row per optimizer step,
+// keyed by the `step` column: 1-D for job-wide figures, and peak_rss_mb as
+// (steps, ranks), extendible in both dimensions: its width is the most ranks
+// any job of the run had, and a row of a job with fewer ranks is NaN past its
+// `ranks` column. One run keeps one run.h5 across resumes at any layout: a
+// resume keeps the rows with step <= the checkpoint's step (found by reading
+// the step column) and appends from there.
+//
+// Live reading: rank 0 writes the file without HDF5's file lock and only in
+// bursts at flush time (rows are buffered in memory between log intervals),
+// so h5py and h5dump open it while the run goes on and see every flushed row.
+// HDF5's SWMR mode was tried and not used: its files cannot be opened by
+// h5dump, nor by h5py without swmr=True. Root attributes hold the resolved
+// deck, the machine, how the MFU peak was measured and a line per job.
 #ifndef PARTITA_METRICS_H
 #define PARTITA_METRICS_H
 
 #include <hdf5.h>
 #include <stdint.h>
 
+#include "peak.h"
+
 // Job-wide columns, in this order in MetricsRow.v.
 // comm_bytes_<op>: bytes this rank sent in the step, per collective (comm.h);
-// comm_wait: seconds blocked in collectives (communication not hidden by compute).
+// comm_wait: seconds blocked in collectives (communication not hidden by compute);
+// gflops: achieved model GFLOP/s of the job; skipped: 1 where a non-finite
+// loss or gradient norm skipped the update (train.on_nan = skip); ranks: the
+// job's ranks (the meaningful columns of peak_rss_mb); data_rows: global
+// token rows consumed after the step (the data cursor).
 enum { M_STEP, M_LOSS, M_VAL_LOSS, M_LR, M_GRAD_NORM, M_TOKENS_PER_S, M_MFU, M_STEP_TIME,
-       M_TOKENS, M_COMM_ALL_REDUCE, M_COMM_REDUCE_SCATTER, M_COMM_ALL_GATHER, M_COMM_WAIT, M_NCOLS };
+       M_TOKENS, M_COMM_ALL_REDUCE, M_COMM_REDUCE_SCATTER, M_COMM_ALL_GATHER, M_COMM_WAIT,
+       M_GFLOPS, M_SKIPPED, M_RANKS, M_DATA_ROWS, M_NCOLS };
 
 typedef struct MetricsRow {
     double v[M_NCOLS];
@@ -25,19 +42,28 @@ typedef struct Metrics {
     hid_t file;
     hid_t ds[M_NCOLS];
     hid_t ds_rss;
-    int ranks;
-    uint64_t rows;
+    int ranks;              // this job's
+    uint64_t rows;          // rows in the file
+    int cap, pending;       // rows buffered since the last flush
+    double *buf;            // (cap, M_NCOLS)
+    double *rss;            // (cap, ranks)
+    double *col;            // (cap) one column, for the write
 } Metrics;
 
 const char *metrics_name(int col);
-// Creates path (rank 0 only), with the deck text and machine description as attributes.
-void metrics_create(Metrics *mt, const char *path, int ranks, const char *deck_text,
-                    const char *machine, double peak_gflops, int threads);
-// Reopens path to continue a resumed run: keeps the first `rows` rows (the
-// steps the checkpoint holds) and drops the rest. Returns -1 (and does
-// nothing) if the file is missing or was written by another number of ranks.
-int metrics_reopen(Metrics *mt, const char *path, int ranks, uint64_t rows);
+// Opens path for a run of `ranks` ranks (rank 0 only), buffering up to
+// buffer_rows rows between flushes. resume_step > 0: continues the file if
+// it opens (keeping the rows with step <= resume_step) and returns 1; else
+// (or if it does not open: it is kept as run-unreadable-<time>.h5) creates
+// it and returns 0.
+int metrics_open(Metrics *mt, const char *path, int ranks, int64_t resume_step, int buffer_rows);
+// Root attributes of this job: deck, machine, ranks, threads, the MFU peak and
+// how it was measured (per-rank figures in per_rank, ranks entries), and one
+// more line in `jobs`.
+void metrics_describe(Metrics *mt, const char *deck_text, const char *machine, double peak_gflops,
+                      const PeakInfo *how, const double *per_rank, int threads, int64_t start_step);
 void metrics_append(Metrics *mt, const MetricsRow *row);
+// Writes the buffered rows and flushes the file (readers see them from now).
 void metrics_flush(Metrics *mt);
 void metrics_close(Metrics *mt);
 

@@ -9,11 +9,14 @@
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
+#include "peak.h"
+#include "stop.h"
 #include "sysutil.h"
 #include "topo.h"
 #include "weights.h"
 #include "zero.h"
 
+#include <errno.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdlib.h>
@@ -33,6 +36,9 @@ typedef struct Trainer {
     const Backend *bk;          // where model states and activations live
     int threads;
     double peak_gflops;         // job-wide: sum over ranks of each rank's GEMM rate
+    PeakInfo peak;              // how this rank measured its share
+    double *peak_all;           // (ranks) each rank's GEMM rate (rank 0)
+    Stop stop;                  // stop signals and the time limit
     TokenFile train_file, val_file;
     Loader train, val;
     Model model;
@@ -42,6 +48,10 @@ typedef struct Trainer {
     int B, T, accum;
     int32_t *inputs, *targets;  // (B, T)
     int64_t start_step;         // 0, or the step a checkpoint resumed at
+    int64_t base_rows;          // global data rows consumed before start_step
+    int64_t last_ckpt;          // step of the newest checkpoint this job wrote (-1: none)
+    double ckpt_s;              // the longest checkpoint write of this job (an estimate before one)
+    double step_s[4];           // the last steps' seconds (ring), for the time limit
     double *rss_all;            // (ranks) per-rank peak RSS, MiB
     double flops_per_token;
 } Trainer;
@@ -119,6 +129,13 @@ static void open_data(Trainer *tr) {
     if (ve > vb) loader_create(&tr->val, vf, vb, ve, tr->B, tr->T, ORDER_SEQUENTIAL, 0, V);
 }
 
+// Global data rows consumed once `steps` steps are done: the checkpoint's
+// cursor plus this job's steps at this job's batch (train.batch may change
+// between jobs; rows are neither skipped nor repeated).
+static int64_t rows_done(const Trainer *tr, int64_t steps) {
+    return tr->base_rows + (steps - tr->start_step) * tr->cfg->train.batch;
+}
+
 // [checkpoint] resume: rank 0 decides which file (all ranks then read it).
 static void resume(Trainer *tr) {
     char path[1200] = "";
@@ -128,23 +145,76 @@ static void resume(Trainer *tr) {
     MPI_CHECK(MPI_Bcast(&found, 1, MPI_INT, 0, MPI_COMM_WORLD));
     if (!found) return;
     MPI_CHECK(MPI_Bcast(path, sizeof path, MPI_CHAR, 0, MPI_COMM_WORLD));
-    CkptState st;
+    CkptState st = {.data_rows = -1};
     double t0 = wall_seconds();
     ckpt_read(&tr->zero, tr->deck, path, &st);
     if (st.step > tr->cfg->train.steps)
         FATAL_ALL("raise [train] steps to train on", "checkpoint '%s' is at step %lld, past train.steps = %lld",
                   path, (long long)st.step, (long long)tr->cfg->train.steps);
     tr->start_step = st.step;
+    tr->base_rows = st.data_rows >= 0 ? st.data_rows : st.step * tr->cfg->train.batch;
     log_info("resumed from %s at step %lld (%.2f s)\n", path, (long long)st.step, wall_seconds() - t0);
+    if (st.data_rows >= 0 && st.data_rows != st.step * tr->cfg->train.batch)
+        log_info("data: continuing at row %lld of the data order (the checkpoint's cursor; batch %lld now)\n",
+                 (long long)st.data_rows, (long long)tr->cfg->train.batch);
 }
 
 static void checkpoint(Trainer *tr, int64_t steps_done) {
-    CkptState st = {.step = steps_done, .data_cursor = steps_done,
-                    .tokens_seen = (double)steps_done * (double)tr->cfg->train.batch * tr->T};
+    int64_t rows = rows_done(tr, steps_done);
+    CkptState st = {.step = steps_done, .data_cursor = steps_done, .data_rows = rows,
+                    .tokens_seen = (double)rows * tr->T};
     double t0 = wall_seconds();
     zero_pull_states(&tr->zero);
     ckpt_write(&tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
     log_info("checkpoint: %s/step-%06lld.h5 (%.2f s)\n", tr->cfg->checkpoint.dir, (long long)steps_done, wall_seconds() - t0);
+}
+
+// A checkpoint, timed (the time limit plans with the longest of this job).
+static void save(Trainer *tr, int64_t steps_done) {
+    double t0 = wall_seconds();
+    checkpoint(tr, steps_done);
+    double dt = wall_seconds() - t0;
+    if (dt > tr->ckpt_s || tr->last_ckpt < 0) tr->ckpt_s = dt;
+    tr->last_ckpt = steps_done;
+}
+
+// Ranks that outnumber the cores of their node take turns on them, and one
+// may time a small sgemm alone on a core: the node's figure is capped at its
+// cores times the best per-thread rate measured on it.
+static double cap_to_cores(Trainer *tr, double mine) {
+    double v[2] = {mine, mine / tr->threads}, node_sum = 0, best_thread = 0;
+    MPI_CHECK(MPI_Allreduce(&v[0], &node_sum, 1, MPI_DOUBLE, MPI_SUM, tr->topo.node));
+    MPI_CHECK(MPI_Allreduce(&v[1], &best_thread, 1, MPI_DOUBLE, MPI_MAX, tr->topo.node));
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    double cap = (double)(cores > 0 ? cores : 1) * best_thread;
+    if (node_sum <= cap) return mine;
+    size_t len = strlen(tr->peak.method);
+    snprintf(tr->peak.method + len, sizeof tr->peak.method - len, "; node capped at %ld cores x %.1f GFLOP/s",
+             cores, best_thread);
+    return mine * cap / node_sum;
+}
+
+// Every rank times sgemm at once, so the figure is what the job really has;
+// ranks sharing a GPU count their share of it. Rank 0 keeps each rank's figure.
+static void measure_peak(Trainer *tr) {
+    const Config *c = tr->cfg;
+    int share = 1;
+    if (tr->dev.backend == BACKEND_CUDA && tr->topo.local_size > tr->dev.cuda_devices)
+        share = (tr->topo.local_size + tr->dev.cuda_devices - 1) / tr->dev.cuda_devices;
+    double mine;
+    if (c->run.peak_gflops > 0) {
+        memset(&tr->peak, 0, sizeof tr->peak);
+        mine = tr->peak.gflops = c->run.peak_gflops / tr->topo.size;
+        snprintf(tr->peak.method, sizeof tr->peak.method, "given: [run] peak_gflops = %g for the job, split evenly over ranks",
+                 c->run.peak_gflops);
+    } else {
+        MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+        mine = device_gemm_peak_gflops(&tr->dev, share, &tr->peak);
+        if (tr->dev.backend != BACKEND_CUDA) mine = cap_to_cores(tr, mine);
+    }
+    tr->peak_all = xcalloc((size_t)tr->topo.size * sizeof(double), "peak per rank");
+    MPI_CHECK(MPI_Gather(&mine, 1, MPI_DOUBLE, tr->peak_all, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+    MPI_CHECK(MPI_Allreduce(&mine, &tr->peak_gflops, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
 }
 
 static void trainer_create(Trainer *tr, const Deck *d) {
@@ -166,13 +236,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     start_backend(tr, &co);
     comm_init(&tr->dp, tr->topo.dp, "dp", &co);
 
-    // Every rank measures at once, so the figure is what the job really has;
-    // ranks sharing a GPU count their share of it.
-    int share = 1;
-    if (tr->dev.backend == BACKEND_CUDA && tr->topo.local_size > tr->dev.cuda_devices)
-        share = (tr->topo.local_size + tr->dev.cuda_devices - 1) / tr->dev.cuda_devices;
-    double mine = c->run.peak_gflops > 0 ? c->run.peak_gflops / tr->topo.size : device_gemm_peak_gflops(&tr->dev, share);
-    MPI_CHECK(MPI_Allreduce(&mine, &tr->peak_gflops, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+    measure_peak(tr);
 
     if (tr->topo.rank == 0) make_dirs(c->run.out_dir, "set [run] out_dir to a writable directory");
     MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
@@ -185,26 +249,25 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     tr->targets = xmalloc((size_t)tr->B * tr->T * sizeof(int32_t), "targets");
     tr->rss_all = xcalloc((size_t)tr->topo.size * sizeof(double), "rss");
     tr->flops_per_token = model_flops_per_token(&tr->model, tr->T);
+    tr->last_ckpt = -1;
+    // Before the first checkpoint of the job, plan with 1 s + its bytes at 200 MB/s.
+    tr->ckpt_s = 1.0 + 3.0 * (double)tr->model.nparams * sizeof(float) / 200e6;
     resume(tr);
     if (tr->topo.rank == 0) {
         char path[DECK_STR + 16], machine[512];
         machine_text(tr, machine, sizeof machine);
         snprintf(path, sizeof path, "%s/run.h5", c->run.out_dir);
-        if (tr->start_step > 0 && metrics_reopen(&tr->metrics, path, tr->topo.size, (uint64_t)tr->start_step) == 0)
+        int buffer = c->train.log_interval < 4096 ? (int)c->train.log_interval : 4096;
+        if (metrics_open(&tr->metrics, path, tr->topo.size, tr->start_step, buffer))
             log_info("run.h5: continuing %s from step %lld\n", path, (long long)tr->start_step);
-        else {
-            if (tr->start_step > 0) {
-                char old[DECK_STR + 64];
-                snprintf(old, sizeof old, "%s/run-before-step-%lld.h5", c->run.out_dir, (long long)tr->start_step);
-                if (rename(path, old) == 0) log_warn("run.h5 was written by another layout; kept as %s", old);
-            }
-            metrics_create(&tr->metrics, path, tr->topo.size, tr->deck_text, machine, tr->peak_gflops, tr->threads);
-        }
+        metrics_describe(&tr->metrics, tr->deck_text, machine, tr->peak_gflops, &tr->peak, tr->peak_all,
+                         tr->threads, tr->start_step);
         h5_attr_i64(tr->metrics.file, "zero_stage", tr->zero.stage);
         h5_attr_i64(tr->metrics.file, "model_state_bytes", (int64_t)tr->zero.state_bytes);
         h5_attr_i64(tr->metrics.file, "working_bytes", (int64_t)tr->zero.working_bytes);
         h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->T));
         h5_attr_i64(tr->metrics.file, "nparams", (int64_t)tr->model.nparams);
+        metrics_flush(&tr->metrics);
     }
 }
 
@@ -221,6 +284,7 @@ static void trainer_free(Trainer *tr) {
     free(tr->inputs);
     free(tr->targets);
     free(tr->rss_all);
+    free(tr->peak_all);
     free(tr->deck_text);
     topo_free(&tr->topo);
 }
@@ -240,30 +304,38 @@ static double evaluate(Trainer *tr) {
     return sum[0] / sum[1];
 }
 
-// One optimizer step: grad_accum micro-steps (ZeRO reduces gradients as
-// buckets complete), the global norm, clip, AdamW on the owned shard.
-// Returns the step's mean loss; fills grad norm and lr.
-static double train_step(Trainer *tr, int64_t step, double *grad_norm, double *lr) {
+// The gradients of one optimizer step: grad_accum micro-steps (ZeRO reduces
+// gradients as buckets complete), then the global norm. Returns the step's
+// mean loss over the job. Rank r reads, at micro-step a, the B rows from
+// rows_done(step) + (a*dp + r)*B.
+static double compute_grads(Trainer *tr, int64_t step, double *grad_norm) {
     Model *m = &tr->model;
+    const Config *c = tr->cfg;
     const int B = tr->B, T = tr->T, accum = tr->accum;
     zero_begin_step(&tr->zero, step);
     double loss = 0.0;
     float dloss = 1.0f / ((float)B * (float)T * (float)accum);
+    uint64_t base = (uint64_t)rows_done(tr, step);
     for (int a = 0; a < accum; a++) {
-        uint64_t g0 = (((uint64_t)step * accum + a) * (uint64_t)tr->dp.size + (uint64_t)tr->dp.rank) * (uint64_t)B;
+        uint64_t g0 = base + ((uint64_t)a * (uint64_t)tr->dp.size + (uint64_t)tr->dp.rank) * (uint64_t)B;
         loader_batch(&tr->train, g0, tr->inputs, tr->targets);
         zero_begin_micro(&tr->zero, a, accum);
         loss += model_forward(m, tr->ps, tr->inputs, tr->targets, B, T, 1);
-        model_backward(m, tr->ps, tr->inputs, tr->targets, B, T, dloss);
+        // Test-only: one rank's gradient of this step turns NaN.
+        int poison = c->train.fault_nan_step == step + 1 && c->train.fault_nan_rank == tr->topo.rank && a == accum - 1;
+        if (poison) log_warn("test fault: poisoning the gradient of step %lld", (long long)step + 1);
+        model_backward(m, tr->ps, tr->inputs, tr->targets, B, T, poison ? NAN : dloss);
     }
     *grad_norm = zero_reduce_grads(&tr->zero);
     double l = loss / accum;
     comm_allreduce_sum_f64(&tr->dp, &l, 1, "loss");
-    l /= tr->dp.size;
-    *lr = optim_lr(&tr->zero.optim, step);
-    zero_step(&tr->zero, *lr, optim_clip_scale(*grad_norm, tr->cfg->train.clip));
+    return l / tr->dp.size;
+}
+
+// Clip and AdamW on the owned shard.
+static void apply_update(Trainer *tr, double grad_norm, double lr) {
+    zero_step(&tr->zero, lr, optim_clip_scale(grad_norm, tr->cfg->train.clip));
     tr->bk->sync();     // the step's time includes its device work (AdamW runs asynchronously)
-    return l;
 }
 
 static void format_eta(double s, char *buf, size_t n) {
@@ -293,89 +365,244 @@ static void print_header(const Trainer *tr) {
     char dev[300];
     device_describe(&tr->dev, dev, sizeof dev);
     log_info("backend: %s; collectives: %s\n", dev, comm_path_name(tr->dp.opt.path));
-    log_info("compute: %.3f GFLOP per token, measured %s peak %.1f GFLOP/s (job)%s\n",
-             tr->flops_per_token * 1e-9,
-             tr->dev.backend == BACKEND_CUDA ? (tr->dev.bf16 ? "cuBLAS bf16 GEMM" : "cuBLAS fp32 GEMM") : "sgemm",
-             tr->peak_gflops, c->run.peak_gflops > 0 ? ", from [run] peak_gflops" : "");
+    log_info("compute: %.3f GFLOP per token; MFU peak %.1f GFLOP/s (job; rank 0 %.1f): %s\n",
+             tr->flops_per_token * 1e-9, tr->peak_gflops, tr->peak_all[0], tr->peak.method);
     log_info("memory per rank: ZeRO-%d model states %.1f MiB, working buffers %.1f MiB, activations %.1f MiB\n",
              tr->zero.stage, (double)tr->zero.state_bytes / 1048576.0, (double)tr->zero.working_bytes / 1048576.0,
              (double)model_activation_bytes(&tr->model, tr->B, tr->T) / 1048576.0);
 }
 
+// One step's figures, for run.h5 and the progress line.
+typedef struct StepOut {
+    double loss, val, gnorm, lr, dt;
+    int skipped;            // the update was not applied (non-finite loss or gradient norm)
+    int print;              // a progress line (and a run.h5 flush) after it
+} StepOut;
+
+// Counters at the previous row, so each row holds one step's traffic.
+typedef struct CommMark {
+    uint64_t bytes[COMM_NOPS];
+    double wait_s;
+} CommMark;
+
+// Collective (per-rank memory); rank 0 appends the row and maybe prints.
+static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *o, CommMark *mark, double train_time) {
+    gather_rss(tr);
+    if (tr->topo.rank != 0) return;
+    const Config *c = tr->cfg;
+    double tokens_per_step = (double)c->train.batch * tr->T;
+    double tps = tokens_per_step / o->dt, gflops = tps * tr->flops_per_token * 1e-9;
+    double mfu = gflops / tr->peak_gflops;
+    MetricsRow row = {.peak_rss_mb = tr->rss_all};
+    row.v[M_STEP] = (double)(step + 1);
+    row.v[M_LOSS] = o->loss;
+    row.v[M_VAL_LOSS] = o->val;
+    row.v[M_LR] = o->lr;
+    row.v[M_GRAD_NORM] = o->gnorm;
+    row.v[M_TOKENS_PER_S] = tps;
+    row.v[M_MFU] = mfu;
+    row.v[M_GFLOPS] = gflops;
+    row.v[M_STEP_TIME] = o->dt;
+    row.v[M_DATA_ROWS] = (double)rows_done(tr, step + 1);
+    row.v[M_TOKENS] = row.v[M_DATA_ROWS] * tr->T;
+    row.v[M_SKIPPED] = o->skipped;
+    row.v[M_RANKS] = tr->topo.size;
+    row.v[M_COMM_ALL_REDUCE] = (double)(tr->dp.bytes[COMM_ALLREDUCE] - mark->bytes[COMM_ALLREDUCE]);
+    row.v[M_COMM_REDUCE_SCATTER] = (double)(tr->dp.bytes[COMM_REDUCE_SCATTER] - mark->bytes[COMM_REDUCE_SCATTER]);
+    row.v[M_COMM_ALL_GATHER] = (double)(tr->dp.bytes[COMM_ALLGATHER] - mark->bytes[COMM_ALLGATHER]);
+    row.v[M_COMM_WAIT] = tr->dp.wait_s - mark->wait_s;
+    memcpy(mark->bytes, tr->dp.bytes, sizeof mark->bytes);
+    mark->wait_s = tr->dp.wait_s;
+    metrics_append(&tr->metrics, &row);
+    if (!o->print) return;
+    char eta[32], vbuf[32] = "";
+    format_eta(train_time / (double)(step + 1 - tr->start_step) * (double)(stop - step - 1), eta, sizeof eta);
+    if (isfinite(o->val)) snprintf(vbuf, sizeof vbuf, " | val %.4f", o->val);
+    log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.1f GFLOP/s | %.3f s/step | ETA %s\n",
+             (long long)step + 1, (long long)c->train.steps, o->loss, vbuf, o->lr, o->gnorm, tps, 100.0 * mfu, gflops,
+             o->dt, eta);
+    metrics_flush(&tr->metrics);
+}
+
+// Rank 0's guess of the next step's seconds: the slowest of the last four
+// steps, plus the last evaluation's time if the next step evaluates.
+static double predict_step(const Trainer *tr, int64_t step, int64_t stop, double eval_s) {
+    double worst = 0;
+    for (int i = 0; i < 4; i++) worst = tr->step_s[i] > worst ? tr->step_s[i] : worst;
+    int64_t ei = tr->cfg->train.eval_interval;
+    int evaluates = step == stop - 1 || (ei > 0 && (step + 1) % ei == 0);
+    return worst + (evaluates ? eval_s : 0.0);
+}
+
+// What ended the step loop.
+enum { END_DONE, END_STOPPED, END_NAN };
+
+static void report_nan(const Trainer *tr, int64_t step, const StepOut *o) {
+    if (tr->topo.rank != 0) return;
+    char latest[1100], name[256] = "none";
+    snprintf(latest, sizeof latest, "%s/latest", tr->cfg->checkpoint.dir);
+    FILE *f = fopen(latest, "r");
+    if (f) {
+        if (!fgets(name, sizeof name, f)) snprintf(name, sizeof name, "none");
+        fclose(f);
+        name[strcspn(name, "\n")] = 0;
+    }
+    fprintf(stderr, "error: step %lld: %s is not finite (loss %g, gradient norm %g); the update was not applied "
+            "and no checkpoint of it was written ([train] on_nan = stop); %s names %s\n"
+            "  hint: resume from it with a lower [optimizer] lr, a longer warmup or [train] clip, "
+            "or set [train] on_nan = skip to step over such batches\n",
+            (long long)step + 1, isfinite(o->loss) ? "the gradient norm" : "the loss", o->loss, o->gnorm, latest, name);
+    fflush(stderr);
+}
+
+static void report_stop(const Trainer *tr, int64_t done) {
+    char why[128];
+    stop_reason(&tr->stop, why, sizeof why);
+    log_info("stopping at step %lld on %s: checkpoint written to %s/step-%06lld.h5, exit %d\n", (long long)done, why,
+             tr->cfg->checkpoint.dir, (long long)done, STOP_EXIT_TEMPFAIL);
+}
+
+static void print_stop_plan(const Trainer *tr) {
+    const Stop *s = &tr->stop;
+    char sigs[128] = "";
+    for (int i = 0; i < s->nsig; i++) {
+        Stop one = {.reason = STOP_SIGNAL, .signo = s->sigs[i]};
+        char nm[32];
+        size_t len = strlen(sigs);
+        snprintf(sigs + len, sizeof sigs - len, "%s%s", i ? ", " : "", stop_reason(&one, nm, sizeof nm));
+    }
+    double left = stop_seconds_left(s);
+    char lim[192] = "no time limit";
+    if (isfinite(left)) {
+        char hms[32];
+        format_eta(left, hms, sizeof hms);
+        snprintf(lim, sizeof lim, "time limit in %s (%s, less %.0f s margin)", hms, s->deadline_from, s->margin);
+    }
+    log_info("stop: %s%s with a checkpoint, exit %d; %s\n", s->nsig ? "on " : "no stop signals", sigs,
+             STOP_EXIT_TEMPFAIL, lim);
+}
+
+// <out_dir>/exit_status: the status and why, written by rank 0 as the run
+// ends (removed as it starts, so a run that crashed leaves none). mpiexec's
+// own status is not reliable when mpiexec itself receives the stop signal.
+static void exit_status(const Trainer *tr, int rc, const char *why) {
+    if (tr->topo.rank != 0) return;
+    char path[DECK_STR + 32], tmp[DECK_STR + 48];
+    snprintf(path, sizeof path, "%s/exit_status", tr->cfg->run.out_dir);
+    if (rc < 0) {
+        SYS_CHECK(unlink(path) == 0 || errno == ENOENT, "cannot remove '%s': %s", path, strerror(errno));
+        return;
+    }
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    SYS_CHECK(f, "cannot write '%s': %s", tmp, strerror(errno));
+    fprintf(f, "%d\n%s\n", rc, why);
+    SYS_CHECK(fflush(f) == 0 && fsync(fileno(f)) == 0, "cannot write '%s': %s", tmp, strerror(errno));
+    SYS_CHECK(fclose(f) == 0, "cannot write '%s': %s", tmp, strerror(errno));
+    SYS_CHECK(rename(tmp, path) == 0, "cannot rename '%s': %s", tmp, strerror(errno));
+}
+
 int train_run(const Deck *d) {
     Trainer tr;
+    char err[2048];
+    int rank = 0;
+    MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    Stop stop;
+    if (stop_init(&stop, d, rank, err, sizeof err) != 0) {
+        if (rank == 0) fprintf(stderr, "%s\n", err);
+        return STOP_EXIT_INPUT;
+    }
     trainer_create(&tr, d);
+    tr.stop = stop;
+    exit_status(&tr, -1, NULL);
     const Config *c = tr.cfg;
     print_header(&tr);
+    print_stop_plan(&tr);
     char path[DECK_STR + 32];
     if (c->train.save_weights && tr.start_step == 0) {
         snprintf(path, sizeof path, "%s/init.h5", c->run.out_dir);
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, 0, tr.deck_text);
     }
-    const double tokens_per_step = (double)c->train.batch * tr.T;
-    double t_start = wall_seconds(), train_time = 0.0, last_val = evaluate(&tr);
+    double t_start = wall_seconds(), train_time = 0.0, eval_s = wall_seconds(), last_val = evaluate(&tr);
+    eval_s = wall_seconds() - eval_s;
     log_info("step %6lld/%lld | val %.4f (%s)\n", (long long)tr.start_step, (long long)c->train.steps, last_val,
              tr.start_step ? "resumed" : "initial");
     if (tr.topo.rank == 0 && tr.start_step == 0) h5_attr_f64(tr.metrics.file, "val_loss_initial", last_val);
-    uint64_t before[COMM_NOPS];
-    memcpy(before, tr.dp.bytes, sizeof before);
-    double comm_before = tr.dp.wait_s;
+    CommMark mark;
+    memcpy(mark.bytes, tr.dp.bytes, sizeof mark.bytes);
+    mark.wait_s = tr.dp.wait_s;
     // The job may stop early (stop_at) with a checkpoint; the schedule still spans train.steps.
-    int64_t stop = c->train.stop_at > 0 && c->train.stop_at < c->train.steps ? c->train.stop_at : c->train.steps;
-    for (int64_t step = tr.start_step; step < stop; step++) {
-        double t0 = wall_seconds(), gnorm = 0, lr = 0;
-        double loss = train_step(&tr, step, &gnorm, &lr);
-        double dt = wall_seconds() - t0;
-        train_time += dt;
-        int last = step == stop - 1;
-        int do_eval = last || (c->train.eval_interval > 0 && (step + 1) % c->train.eval_interval == 0);
-        double val = do_eval ? evaluate(&tr) : NAN;
-        if (do_eval) last_val = val;
-        if (!isfinite(loss))
-            FATAL_ALL("lower optimizer.lr or raise train.clip", "loss is %g at step %lld", loss, (long long)step + 1);
-        int64_t ival = c->checkpoint.interval;
-        if (ival > 0 && ((step + 1) % ival == 0 || last)) checkpoint(&tr, step + 1);
-        gather_rss(&tr);
-        if (tr.topo.rank != 0) continue;
-        double tps = tokens_per_step / dt;
-        double mfu = tps * tr.flops_per_token * 1e-9 / tr.peak_gflops;
-        MetricsRow row = {.peak_rss_mb = tr.rss_all};
-        row.v[M_STEP] = (double)(step + 1);
-        row.v[M_LOSS] = loss;
-        row.v[M_VAL_LOSS] = val;
-        row.v[M_LR] = lr;
-        row.v[M_GRAD_NORM] = gnorm;
-        row.v[M_TOKENS_PER_S] = tps;
-        row.v[M_MFU] = mfu;
-        row.v[M_STEP_TIME] = dt;
-        row.v[M_TOKENS] = tokens_per_step * (double)(step + 1);
-        row.v[M_COMM_ALL_REDUCE] = (double)(tr.dp.bytes[COMM_ALLREDUCE] - before[COMM_ALLREDUCE]);
-        row.v[M_COMM_REDUCE_SCATTER] = (double)(tr.dp.bytes[COMM_REDUCE_SCATTER] - before[COMM_REDUCE_SCATTER]);
-        row.v[M_COMM_ALL_GATHER] = (double)(tr.dp.bytes[COMM_ALLGATHER] - before[COMM_ALLGATHER]);
-        row.v[M_COMM_WAIT] = tr.dp.wait_s - comm_before;
-        memcpy(before, tr.dp.bytes, sizeof before);
-        comm_before = tr.dp.wait_s;
-        metrics_append(&tr.metrics, &row);
-        if ((step + 1) % c->train.log_interval == 0 || last || do_eval) {
-            char eta[32];
-            format_eta(train_time / (double)(step + 1 - tr.start_step) * (double)(stop - step - 1), eta, sizeof eta);
-            char vbuf[32] = "";
-            if (do_eval) snprintf(vbuf, sizeof vbuf, " | val %.4f", val);
-            log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.3f s/step | ETA %s\n",
-                     (long long)step + 1, (long long)c->train.steps, loss, vbuf, lr, gnorm, tps,
-                     100.0 * mfu, dt, eta);
-            metrics_flush(&tr.metrics);
+    int64_t stop_at = c->train.stop_at > 0 && c->train.stop_at < c->train.steps ? c->train.stop_at : c->train.steps;
+    int end = END_DONE;
+    int64_t step = tr.start_step;
+    StepOut o = {0};
+    for (; step < stop_at; step++) {
+        if (stop_check(&tr.stop, MPI_COMM_WORLD, predict_step(&tr, step, stop_at, eval_s), tr.ckpt_s)) {
+            end = END_STOPPED;
+            break;
         }
+        double t0 = wall_seconds();
+        o = (StepOut){.val = NAN};
+        o.loss = compute_grads(&tr, step, &o.gnorm);
+        o.lr = optim_lr(&tr.zero.optim, step);
+        // Every rank holds the same job-wide loss and norm, so all take the same branch.
+        o.skipped = !isfinite(o.loss) || !isfinite(o.gnorm);
+        if (!o.skipped) apply_update(&tr, o.gnorm, o.lr);
+        o.dt = wall_seconds() - t0;
+        tr.step_s[step % 4] = o.dt;
+        train_time += o.dt;
+        if (o.skipped && c->train.on_nan == ON_NAN_STOP) {
+            o.print = 1;
+            record_step(&tr, step, stop_at, &o, &mark, train_time);
+            end = END_NAN;
+            break;
+        }
+        if (o.skipped && tr.topo.rank == 0)
+            log_warn("step %lld: loss %g, gradient norm %g: not finite, update skipped ([train] on_nan = skip)",
+                     (long long)step + 1, o.loss, o.gnorm);
+        int last = step == stop_at - 1;
+        int do_eval = last || (c->train.eval_interval > 0 && (step + 1) % c->train.eval_interval == 0);
+        if (do_eval) {
+            double te = wall_seconds();
+            last_val = o.val = evaluate(&tr);
+            eval_s = wall_seconds() - te;
+        }
+        int64_t ival = c->checkpoint.interval;
+        if (ival > 0 && ((step + 1) % ival == 0 || last)) save(&tr, step + 1);
+        o.print = (step + 1) % c->train.log_interval == 0 || last || do_eval;
+        record_step(&tr, step, stop_at, &o, &mark, train_time);
     }
-    if (c->train.save_weights && stop == c->train.steps) {
+    int rc = STOP_EXIT_DONE;
+    if (end == END_NAN) {
+        report_nan(&tr, step, &o);
+        rc = STOP_EXIT_NAN;
+    } else if (end == END_STOPPED || stop_at < c->train.steps) {
+        // Any early stop leaves a checkpoint to continue from.
+        if (tr.last_ckpt != step) save(&tr, step);
+        if (end == END_STOPPED) {
+            report_stop(&tr, step);
+            rc = STOP_EXIT_TEMPFAIL;
+        }
+    } else if (c->train.save_weights) {
         snprintf(path, sizeof path, "%s/final.h5", c->run.out_dir);
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, c->train.steps, tr.deck_text);
     }
-    log_info("%s: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n",
-             stop == c->train.steps ? "done" : "stopped (train.stop_at)", (long long)(stop - tr.start_step),
-             wall_seconds() - t_start, train_time, last_val, c->run.out_dir);
+    char why[160];
+    const char *how = end == END_NAN ? "stopped (non-finite loss or gradient)"
+                    : end == END_STOPPED ? "stopped early" : stop_at < c->train.steps ? "stopped (train.stop_at)" : "done";
+    if (end == END_STOPPED) {
+        char r[128];
+        snprintf(why, sizeof why, "stopped at step %lld on %s with a checkpoint", (long long)step,
+                 stop_reason(&tr.stop, r, sizeof r));
+    } else {
+        snprintf(why, sizeof why, "%s at step %lld", how, (long long)step);
+    }
+    exit_status(&tr, rc, why);
+    log_info("%s: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n", how,
+             (long long)(step - tr.start_step), wall_seconds() - t_start, train_time, last_val, c->run.out_dir);
     trainer_free(&tr);
-    return 0;
+    stop_free(&tr.stop);
+    return rc;
 }
 
 int train_dump(const Deck *d, const char *out_path) {

@@ -42,6 +42,7 @@ tests=(
   "fuzz-json            bash tests/fuzz/run.sh json"
   "asan-readers         $PYTHON tests/test_fuzz.py"
   "slurm                $PYTHON tests/test_slurm.py"
+  "batch-system         $PYTHON tests/test_batch.py"
 )
 
 pass=0; fail=0; skip=0; failed=()

@@ -18,8 +18,8 @@ p = run(["train", os.path.join(ROOT, "inputs/gpt-tiny.deck"), "--set", f"data.tr
 print(p.stdout[-2500:])
 lines = [l for l in p.stdout.splitlines() if re.match(r"step +\d+/\d+ \| loss", l)]
 check(len(lines) >= 10, "progress lines printed once per log interval", f"{len(lines)} lines")
-check(all(re.search(r"tok/s \| MFU +[\d.]+% \| [\d.]+ s/step \| ETA \d+:\d\d:\d\d", l) for l in lines),
-      "progress lines carry tok/s, MFU, s/step and ETA")
+check(all(re.search(r"tok/s \| MFU +[\d.]+% \| [\d.]+ GFLOP/s \| [\d.]+ s/step \| ETA \d+:\d\d:\d\d", l) for l in lines),
+      "progress lines carry tok/s, MFU, GFLOP/s, s/step and ETA")
 check(p.stdout.count("[run]") == 1, "resolved deck echoed once (rank 0)")
 
 with h5py.File(os.path.join(out, "run.h5"), "r") as f:
