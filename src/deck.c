@@ -1269,10 +1269,24 @@ static int derive(Ctx *x, int world_size) {
                         N, origin(x, kb, o1, sizeof o1), B, dp, per, origin(x, kmb, o2, sizeof o2),
                         origin(x, kdp, o3, sizeof o3), N, per, (double)N / (double)per);
         }
+        if (N / per > DECK_MAX_COUNT) {
+            int ks[] = {kb, kmb, kdp};
+            return fail(x, blame(x, ks, 3, where, sizeof where), "lower [train] batch, or raise "
+                        "[train] micro_batch", "[train] grad_accum = batch/(micro_batch*dp) = "
+                        "%" PRId64 "/(%" PRId64 "*%" PRId64 ") = %" PRId64 " is more than %" PRId64,
+                        N, B, dp, N / per, DECK_MAX_COUNT);
+        }
         c->train.grad_accum = N / per;
         d->from[kga] = DECK_FROM_DERIVED;
     } else {
         int ovf = mul_overflows(per, G);
+        if (N == 0 && !ovf && per * G > DECK_MAX_BATCH) {
+            int ks[] = {kmb, kga, kdp};
+            return fail(x, blame(x, ks, 3, where, sizeof where), "lower [train] micro_batch or "
+                        "grad_accum", "[train] batch = micro_batch*grad_accum*dp = %" PRId64 "*%"
+                        PRId64 "*%" PRId64 " = %" PRId64 " is more than %" PRId64, B, G, dp,
+                        per * G, DECK_MAX_BATCH);
+        }
         if (N == 0 && !ovf) {
             c->train.batch = per * G;
             d->from[kb] = DECK_FROM_DERIVED;
@@ -1345,6 +1359,16 @@ static int derive(Ctx *x, int world_size) {
                     "[optimizer] warmup = %" PRId64 " (%s) is larger than [train] steps = %" PRId64
                     " (%s)", c->optim.warmup, origin(x, kw, o1, sizeof o1), c->train.steps,
                     origin(x, ksteps, o2, sizeof o2));
+    }
+    // A derived value must still be in its key's range (the specific checks above explain
+    // the usual cases with their arithmetic).
+    for (int k = 0; k < NKEYS; k++) {
+        if (d->from[k] != DECK_FROM_DERIVED || keys[k].type != T_INT) continue;
+        if (in_range(k, (double)*iptr(c, k))) continue;
+        char want[200];
+        describe(k, want, sizeof want);
+        return fail(x, x->path, "set it in the deck", "derived [%s] %s = %" PRId64 " is out of "
+                    "range, expected %s", keys[k].section, keys[k].key, *iptr(c, k), want);
     }
     return check_sizes(x);
 }

@@ -25,6 +25,7 @@ tests=(
   "comm-collectives     $MPIEXEC -np 3 build/test_comm"
   "deck                 $PYTHON tests/test_deck.py"
   "cli-errors           $PYTHON tests/test_cli.py"
+  "deck-inputs          $PYTHON tests/test_inputs.py"
   "data-order           $PYTHON tests/test_data.py"
   "torch-reference      $PYTHON tests/test_torch_ref.py"
   "dp-equivalence       $PYTHON tests/test_dp.py"
