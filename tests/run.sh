@@ -35,6 +35,7 @@ tests=(
   "checkpoints          $PYTHON tests/test_ckpt.py"
   "analysis-tools       $PYTHON tests/test_analysis.py"
   "generate             $PYTHON tests/test_generate.py"
+  "generate-inputs      $PYTHON tests/test_requests.py"
   "tiny-training        $PYTHON tests/test_train_tiny.py"
   "cuda-emu             $PYTHON tests/test_cuda_emu.py"
 )

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -297,6 +298,11 @@ static void read_mirror(Gen *g, const char *path) {
         if (errno != ENOENT) log_warn("generate: cannot read the earlier outputs in '%s': %s; every request runs", path, strerror(errno));
         return;
     }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {   // a device such as /dev/full reads forever
+        fclose(f);
+        return;
+    }
     char *line = NULL, why[256];
     size_t cap = 0, len;
     int found = 0, lineno = 0, rc;
@@ -369,8 +375,10 @@ static void read_requests(Gen *g) {
     if (rc < 0) FATAL("check the file", "cannot read requests '%s' at line %d: %s", path, lineno + 1, strerror(errno));
     free(line);
     fclose(f);
+    int fresh = 0;
+    for (int i = 0; i < g->nreq; i++) fresh += !g->reqs[i].prior;
     log_info("generate: %d requests from %s (%d bad lines skipped, %d already done)\n",
-             g->nreq, path, bad, skipped);
+             fresh, path, bad, skipped);
 }
 
 // Poisson arrivals replayed in file order, or all at time 0.
