@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from common import PARTITA, ROOT, check, finish, tmpdir
 
 TMP = tmpdir("inputs")
+sanitizer = []   # cases whose run printed an AddressSanitizer or UBSan report
 ANY_INT64 = {"run.seed", "generate.arrival_seed"}  # seeds: every 64-bit integer is one
 LIMIT_S = 5.0
 
@@ -37,6 +38,8 @@ def run_check(deck_bytes, name, sets=()):
         rc, out, err = p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
         rc, out, err = 124, "", "timed out after 10 s"
+    if "Sanitizer" in err or "runtime error:" in err:   # an ASan/UBSan build (make asan)
+        sanitizer.append(name)
     return rc, out, err, time.time() - t0, path
 
 
@@ -160,4 +163,5 @@ if __name__ == "__main__":
     only = sys.argv[1:] or ["bounds", "derived", "lines"]
     for name in only:
         globals()[name]()
+    check(not sanitizer, "no AddressSanitizer or UBSan report in any run", ", ".join(sanitizer[:10]))
     finish()

@@ -36,7 +36,14 @@ def generate(out, req, np_=1, sets=(), check_rc=True, timeout=300):
             "--set", f"generate.weights={weights}", "--set", f"generate.requests={req}"]
     for s in sets:
         args += ["--set", s]
-    return run(args, np=np_, check_rc=check_rc, timeout=timeout)
+    p = run(args, np=np_, check_rc=check_rc, timeout=timeout)
+    if "Sanitizer" in p.stderr or "runtime error:" in p.stderr:   # an ASan/UBSan build (make asan)
+        sanitizer.append(out)
+        print(p.stderr[-4000:])
+    return p
+
+
+sanitizer = []
 
 
 def read_h5(path):
@@ -213,4 +220,5 @@ p = generate(f"{d}/tp2", req2, np_=2)
 per = max(1, cores // 2)
 check(f", {per} threads per rank" in p.stdout, f"tp = 2 on {cores} cores: {per} threads per rank by default",
       f"{time.time() - t0:.1f} s")
+check(not sanitizer, "no AddressSanitizer or UBSan report in any run", ", ".join(sanitizer))
 finish()
