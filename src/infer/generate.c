@@ -171,6 +171,8 @@ static int parse_prompt(Gen *g, const JsonObject *o, Req *r, char *why, size_t n
         size_t len = strlen(pt->str);
         r->prompt = xmalloc(len * sizeof(int32_t), "prompt");
         r->plen = (int)tokenizer_encode(&g->tk, (const uint8_t *)pt->str, len, (uint32_t *)r->prompt);
+        for (int i = 0; i < r->plen; i++)
+            if (r->prompt[i] < 0 || r->prompt[i] >= g->m.s.V) { snprintf(why, n, "the prompt encodes to token %d at index %d, outside the model's vocabulary of %d", r->prompt[i], i, g->m.s.V); return -1; }
         return 0;
     }
     if (tk->type != JSON_ARRAY || tk->of_strings || tk->n == 0) { snprintf(why, n, "'tokens' must be a non-empty array of token ids"); return -1; }
