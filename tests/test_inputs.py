@@ -60,8 +60,10 @@ def resolved_keys():
 
 def key_type(sec, key, value):
     """'int', 'float' or None (strings, booleans, enums), probed with a fractional value."""
-    if value.startswith('"') or value in ("true", "false") or not value.lstrip("-").replace(".", "").replace("e", "").replace("+", "").isdigit():
-        return None
+    try:
+        float(value)
+    except ValueError:
+        return None   # a string, boolean or enum
     rc, _, err, _, _ = run_check(f"[{sec}]\n{key} = 0.5\n".encode(), f"type-{sec}-{key}.deck")
     return "int" if "expected an integer" in err else "float"
 
