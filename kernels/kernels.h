@@ -17,6 +17,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// The largest head size HS = C/NH each attention kernel runs: their per-thread
+// scratch (stack arrays, registers) is sized by it. The deck refuses larger heads.
+#define KERNELS_ATT_HSMAX 256         // cpu attention_forward/backward
+#define KERNELS_PAGED_HSMAX 512       // cpu paged_attention_forward
+#define KERNELS_CUDA_ATT_HSMAX 128    // cuda attention (per-thread registers)
+#define KERNELS_CUDA_PAGED_HSMAX 256  // cuda paged attention
+
 // out[b,t,:] = wte[tok[b,t],:] + wpe[t,:]
 void encoder_forward(float *out,            // (B, T, C)
                      const int32_t *tok,    // (B, T)

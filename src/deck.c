@@ -23,6 +23,8 @@
 // WHERE is "FILE:LINE", "--set section.key=value" or, for a cross-check that involves only
 // defaults and derived keys, "FILE". The first error found ends the load.
 #include "deck.h"
+#include "kernels.h"
+#include "utf8.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -32,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 enum { T_INT, T_FLOAT, T_BOOL, T_STR, T_ENUM };
 
@@ -80,9 +83,9 @@ static const KeyDef keys[] = {
     {"run", "seed", T_INT, OFF(run.seed), "1337", ANY, NULL, "seed for init and data order"},
     {"run", "backend", T_ENUM, OFF(run.backend), "auto", ANY, backend_names,
      "compute backend: auto picks cuda where a GPU is present"},
-    {"run", "threads", T_INT, OFF(run.threads), "0", GE(0), NULL,
+    {"run", "threads", T_INT, OFF(run.threads), "0", IN(0, 4096), NULL,
      "kernel threads per rank; 0 = cores / ranks on the node"},
-    {"run", "peak_gflops", T_FLOAT, OFF(run.peak_gflops), "0", GE(0), NULL,
+    {"run", "peak_gflops", T_FLOAT, OFF(run.peak_gflops), "0", IN(0, 1e9), NULL,
      "sgemm peak GFLOP/s for MFU; 0 = measure at start"},
     {"run", "stop_signals", T_STR, OFF(run.stop_signals), "TERM, USR1", ANY, NULL,
      "signals that stop the run after the current step with a checkpoint, exit 75; none = no handlers"},
@@ -91,20 +94,20 @@ static const KeyDef keys[] = {
     {"run", "time_margin", T_FLOAT, OFF(run.time_margin), "60", GE(0), NULL,
      "seconds kept free before the time limit (or Slurm's end time) for the exit"},
 
-    {"model", "vocab", T_INT, OFF(model.vocab), "257", IN(2, 10000000), NULL,
+    {"model", "vocab", T_INT, OFF(model.vocab), "257", IN(2, DECK_MAX_VOCAB), NULL,
      "vocabulary size V"},
     {"model", "vocab_pad", T_INT, OFF(model.vocab_pad), "64", IN(1, 65536), NULL,
      "Vp = vocab rounded up to a multiple of this"},
     {"model", "layers", T_INT, OFF(model.layers), "2", IN(1, 1024), NULL,
      "transformer blocks L"},
-    {"model", "d_model", T_INT, OFF(model.d_model), "64", GE(1), NULL, "model width C"},
-    {"model", "heads", T_INT, OFF(model.heads), "4", GE(1), NULL,
+    {"model", "d_model", T_INT, OFF(model.d_model), "64", IN(1, 65536), NULL, "model width C"},
+    {"model", "heads", T_INT, OFF(model.heads), "4", IN(1, 1024), NULL,
      "attention heads NH; must divide d_model"},
-    {"model", "seq_len", T_INT, OFF(model.seq_len), "64", GE(1), NULL,
+    {"model", "seq_len", T_INT, OFF(model.seq_len), "64", IN(1, DECK_MAX_SEQ), NULL,
      "maximum sequence length T (position table rows)"},
-    {"model", "mlp_ratio", T_INT, OFF(model.mlp_ratio), "4", GE(1), NULL,
+    {"model", "mlp_ratio", T_INT, OFF(model.mlp_ratio), "4", IN(1, 64), NULL,
      "MLP hidden width = mlp_ratio * d_model"},
-    {"model", "init_std", T_FLOAT, OFF(model.init_std), "0.02", GT(0), NULL,
+    {"model", "init_std", T_FLOAT, OFF(model.init_std), "0.02", 0, 10, (R_MIN | R_MIN_OPEN | R_MAX), NULL,
      "std of the normal weight init"},
 
     {"data", "train", T_STR, OFF(data.train), "", ANY, NULL,
@@ -118,24 +121,24 @@ static const KeyDef keys[] = {
     {"data", "tokenizer", T_ENUM, OFF(data.tokenizer), "byte", ANY, tokenizer_names,
      "tokenizer"},
 
-    {"train", "steps", T_INT, OFF(train.steps), "100", GE(1), NULL, "optimizer steps to run"},
-    {"train", "stop_at", T_INT, OFF(train.stop_at), "0", GE(0), NULL,
+    {"train", "steps", T_INT, OFF(train.steps), "100", IN(1, DECK_MAX_STEPS), NULL, "optimizer steps to run"},
+    {"train", "stop_at", T_INT, OFF(train.stop_at), "0", IN(0, DECK_MAX_STEPS), NULL,
      "stop this job after this step (checkpointing there), e.g. to fit a batch time limit; 0 = train.steps"},
-    {"train", "seq_len", T_INT, OFF(train.seq_len), "0", GE(0), NULL,
+    {"train", "seq_len", T_INT, OFF(train.seq_len), "0", IN(0, DECK_MAX_SEQ), NULL,
      "training sequence length; 0 = model.seq_len"},
-    {"train", "micro_batch", T_INT, OFF(train.micro_batch), "4", GE(1), NULL,
+    {"train", "micro_batch", T_INT, OFF(train.micro_batch), "4", IN(1, DECK_MAX_COUNT), NULL,
      "sequences per rank per micro-step"},
-    {"train", "grad_accum", T_INT, OFF(train.grad_accum), "0", GE(0), NULL,
+    {"train", "grad_accum", T_INT, OFF(train.grad_accum), "0", IN(0, DECK_MAX_COUNT), NULL,
      "micro-steps per step; 0 = derive from batch (or 1)"},
-    {"train", "batch", T_INT, OFF(train.batch), "0", GE(0), NULL,
+    {"train", "batch", T_INT, OFF(train.batch), "0", IN(0, DECK_MAX_BATCH), NULL,
      "global sequences per step = micro_batch*grad_accum*dp; 0 = derive"},
-    {"train", "clip", T_FLOAT, OFF(train.clip), "1.0", GE(0), NULL,
+    {"train", "clip", T_FLOAT, OFF(train.clip), "1.0", IN(0, 1e9), NULL,
      "global gradient-norm clip; 0 = off"},
-    {"train", "log_interval", T_INT, OFF(train.log_interval), "10", GE(1), NULL,
+    {"train", "log_interval", T_INT, OFF(train.log_interval), "10", IN(1, DECK_MAX_STEPS), NULL,
      "steps between log lines"},
-    {"train", "eval_interval", T_INT, OFF(train.eval_interval), "0", GE(0), NULL,
+    {"train", "eval_interval", T_INT, OFF(train.eval_interval), "0", IN(0, DECK_MAX_STEPS), NULL,
      "steps between evaluations; 0 = only at the end"},
-    {"train", "eval_batches", T_INT, OFF(train.eval_batches), "4", GE(1), NULL,
+    {"train", "eval_batches", T_INT, OFF(train.eval_batches), "4", IN(1, DECK_MAX_COUNT), NULL,
      "validation micro-batches per rank per evaluation"},
     {"train", "precision", T_ENUM, OFF(train.precision), "auto", ANY, precision_names,
      "matrix products: bf16 inputs with fp32 accumulation (cuda only), or fp32; auto = bf16 on cuda, fp32 on cpu"},
@@ -148,10 +151,10 @@ static const KeyDef keys[] = {
     {"train", "fault_nan_rank", T_INT, OFF(train.fault_nan_rank), "0", GE(0), NULL,
      "test only: ... on this rank"},
 
-    {"optimizer", "lr", T_FLOAT, OFF(optim.lr), "6e-4", GT(0), NULL, "peak learning rate"},
-    {"optimizer", "min_lr", T_FLOAT, OFF(optim.min_lr), "0", GE(0), NULL,
+    {"optimizer", "lr", T_FLOAT, OFF(optim.lr), "6e-4", 0, 100, (R_MIN | R_MIN_OPEN | R_MAX), NULL, "peak learning rate"},
+    {"optimizer", "min_lr", T_FLOAT, OFF(optim.min_lr), "0", IN(0, 100), NULL,
      "learning rate at the end of the decay; <= lr"},
-    {"optimizer", "warmup", T_INT, OFF(optim.warmup), "0", GE(0), NULL,
+    {"optimizer", "warmup", T_INT, OFF(optim.warmup), "0", IN(0, DECK_MAX_STEPS), NULL,
      "linear warmup steps; <= train.steps"},
     {"optimizer", "decay", T_ENUM, OFF(optim.decay), "cosine", ANY, decay_names,
      "decay from lr to min_lr after warmup"},
@@ -159,19 +162,19 @@ static const KeyDef keys[] = {
      NULL, "AdamW first-moment decay"},
     {"optimizer", "beta2", T_FLOAT, OFF(optim.beta2), "0.95", 0, 1, (R_MIN | R_MAX | R_MAX_OPEN),
      NULL, "AdamW second-moment decay"},
-    {"optimizer", "eps", T_FLOAT, OFF(optim.eps), "1e-8", GT(0), NULL, "AdamW epsilon"},
-    {"optimizer", "weight_decay", T_FLOAT, OFF(optim.weight_decay), "0.1", GE(0), NULL,
+    {"optimizer", "eps", T_FLOAT, OFF(optim.eps), "1e-8", 0, 1, (R_MIN | R_MIN_OPEN | R_MAX), NULL, "AdamW epsilon"},
+    {"optimizer", "weight_decay", T_FLOAT, OFF(optim.weight_decay), "0.1", IN(0, 100), NULL,
      "AdamW decoupled weight decay"},
 
-    {"parallel", "dp", T_INT, OFF(parallel.dp), "0", GE(0), NULL,
+    {"parallel", "dp", T_INT, OFF(parallel.dp), "0", IN(0, DECK_MAX_RANKS), NULL,
      "data-parallel ranks; 0 = world size / (sp*tp)"},
-    {"parallel", "sp", T_INT, OFF(parallel.sp), "1", GE(1), NULL, "sequence-parallel ranks"},
-    {"parallel", "tp", T_INT, OFF(parallel.tp), "1", GE(1), NULL, "tensor-parallel ranks"},
-    {"parallel", "ep", T_INT, OFF(parallel.ep), "1", GE(1), NULL, "expert-parallel ranks"},
+    {"parallel", "sp", T_INT, OFF(parallel.sp), "1", IN(1, DECK_MAX_RANKS), NULL, "sequence-parallel ranks"},
+    {"parallel", "tp", T_INT, OFF(parallel.tp), "1", IN(1, DECK_MAX_RANKS), NULL, "tensor-parallel ranks"},
+    {"parallel", "ep", T_INT, OFF(parallel.ep), "1", IN(1, DECK_MAX_RANKS), NULL, "expert-parallel ranks"},
 
     {"zero", "stage", T_INT, OFF(zero.stage), "0", IN(0, 3), NULL,
      "ZeRO stage: 0 all-reduce, 1 +optimizer states, 2 +gradients, 3 +parameters partitioned"},
-    {"zero", "bucket_mb", T_FLOAT, OFF(zero.bucket_mb), "25", GT(0), NULL,
+    {"zero", "bucket_mb", T_FLOAT, OFF(zero.bucket_mb), "25", 0, 65536, (R_MIN | R_MIN_OPEN | R_MAX), NULL,
      "gradient bucket size in MiB (whole layers, in backward order)"},
     {"zero", "overlap", T_BOOL, OFF(zero.overlap), "true", ANY, NULL,
      "overlap collectives with compute (false: wait for each at once)"},
@@ -180,15 +183,15 @@ static const KeyDef keys[] = {
 
     {"checkpoint", "dir", T_STR, OFF(checkpoint.dir), "", ANY, NULL,
      "checkpoint directory; \"\" = <run.out_dir>/ckpt"},
-    {"checkpoint", "interval", T_INT, OFF(checkpoint.interval), "0", GE(0), NULL,
+    {"checkpoint", "interval", T_INT, OFF(checkpoint.interval), "0", IN(0, DECK_MAX_STEPS), NULL,
      "steps between checkpoints (and one at the end); 0 = none"},
-    {"checkpoint", "keep", T_INT, OFF(checkpoint.keep), "3", GE(0), NULL,
+    {"checkpoint", "keep", T_INT, OFF(checkpoint.keep), "3", IN(0, DECK_MAX_COUNT), NULL,
      "checkpoints kept (the newest); 0 = all"},
     {"checkpoint", "resume", T_STR, OFF(checkpoint.resume), "auto", ANY, NULL,
      "auto (the latest whole checkpoint in dir, if any), none, or a checkpoint file"},
-    {"checkpoint", "test_pause_step", T_INT, OFF(checkpoint.test_pause_step), "0", GE(0), NULL,
+    {"checkpoint", "test_pause_step", T_INT, OFF(checkpoint.test_pause_step), "0", IN(0, DECK_MAX_STEPS), NULL,
      "test only: pause half-way through writing this step's checkpoint"},
-    {"checkpoint", "test_pause_s", T_FLOAT, OFF(checkpoint.test_pause_s), "0", GE(0), NULL,
+    {"checkpoint", "test_pause_s", T_FLOAT, OFF(checkpoint.test_pause_s), "0", IN(0, 3600), NULL,
      "test only: ... for this many seconds"},
 
     {"generate", "weights", T_STR, OFF(generate.weights), "", ANY, NULL,
@@ -200,12 +203,12 @@ static const KeyDef keys[] = {
      "JSONL mirror of the outputs; \"\" = <run.out_dir>/gen.jsonl (ids found there are skipped)"},
     {"generate", "mode", T_ENUM, OFF(generate.mode), "splitfuse", ANY, gen_mode_names,
      "splitfuse (continuous batching, token budget) or static (prefill a batch, decode to the longest)"},
-    {"generate", "token_budget", T_INT, OFF(generate.token_budget), "256", GE(1), NULL,
+    {"generate", "token_budget", T_INT, OFF(generate.token_budget), "256", IN(1, DECK_MAX_COUNT), NULL,
      "tokens per forward pass: decodes first, prompt chunks fill the rest"},
-    {"generate", "kv_block", T_INT, OFF(generate.kv_block), "16", GE(1), NULL, "tokens per KV-cache block"},
-    {"generate", "kv_blocks", T_INT, OFF(generate.kv_blocks), "256", GE(1), NULL, "KV-cache blocks in the pool"},
-    {"generate", "max_batch", T_INT, OFF(generate.max_batch), "32", GE(1), NULL, "sequences running at once"},
-    {"generate", "max_new_tokens", T_INT, OFF(generate.max_new_tokens), "64", GE(1), NULL,
+    {"generate", "kv_block", T_INT, OFF(generate.kv_block), "16", IN(1, 65536), NULL, "tokens per KV-cache block"},
+    {"generate", "kv_blocks", T_INT, OFF(generate.kv_blocks), "256", IN(1, DECK_MAX_SEQ), NULL, "KV-cache blocks in the pool"},
+    {"generate", "max_batch", T_INT, OFF(generate.max_batch), "32", IN(1, 65536), NULL, "sequences running at once"},
+    {"generate", "max_new_tokens", T_INT, OFF(generate.max_new_tokens), "64", IN(1, DECK_MAX_SEQ), NULL,
      "max_tokens of requests that do not say"},
     {"generate", "arrivals", T_STR, OFF(generate.arrivals), "all_at_once", ANY, NULL,
      "all_at_once, or poisson:RATE (requests per second, replayed inside the job)"},
@@ -215,13 +218,13 @@ static const KeyDef keys[] = {
 
     {"comm", "debug", T_BOOL, OFF(comm.debug), "false", ANY, NULL,
      "ranks compare (step, op, tensor, size) before every collective and name a diverging rank"},
-    {"comm", "timeout_s", T_FLOAT, OFF(comm.timeout_s), "600", GE(0), NULL,
+    {"comm", "timeout_s", T_FLOAT, OFF(comm.timeout_s), "600", IN(0, 1e7), NULL,
      "a collective waited on longer than this is fatal, naming it; 0 = wait forever"},
-    {"comm", "fault_skip_rank", T_INT, OFF(comm.fault_skip_rank), "-1", GE(-1), NULL,
+    {"comm", "fault_skip_rank", T_INT, OFF(comm.fault_skip_rank), "-1", IN(-1, DECK_MAX_RANKS), NULL,
      "test only: this rank skips one collective (-1 = none)"},
-    {"comm", "fault_skip_step", T_INT, OFF(comm.fault_skip_step), "1", GE(1), NULL,
+    {"comm", "fault_skip_step", T_INT, OFF(comm.fault_skip_step), "1", IN(1, DECK_MAX_STEPS), NULL,
      "test only: ... its first collective of this step"},
-    {"comm", "fault_hang_s", T_FLOAT, OFF(comm.fault_hang_s), "0", GE(0), NULL,
+    {"comm", "fault_hang_s", T_FLOAT, OFF(comm.fault_hang_s), "0", IN(0, 3600), NULL,
      "test only: instead of skipping it, the faulty rank stalls this long first (a stuck rank)"},
     {"comm", "device_path", T_ENUM, OFF(comm.device_path), "auto", ANY, devpath_names,
      "cuda: nccl, or staged (device -> host -> MPI -> device, lets ranks share a GPU); auto = nccl unless ranks share a GPU"},
@@ -668,15 +671,66 @@ static void set_defaults_raw(Deck *d) {
     }
 }
 
+// A deck line (or --set argument) is UTF-8 text: no NUL or other control character but
+// tab (a CR is allowed only at the end, for CRLF files), at most DECK_LINE_MAX bytes.
+// 0, or -1 with msg/hint.
+static int check_text(const char *s, size_t n, char *msg, size_t mn, char *hint, size_t hn) {
+    if (n > 0 && s[n - 1] == '\n') n--;
+    if (n > 0 && s[n - 1] == '\r') n--;
+    if (n >= DECK_LINE_MAX) {
+        snprintf(msg, mn, "a line longer than %d bytes", DECK_LINE_MAX - 1);
+        snprintf(hint, hn, "string values hold at most %d bytes; split long lists or paths",
+                 DECK_STR - 1);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\t' || (c >= 0x20 && c != 0x7F)) continue;
+        if (c == 0) snprintf(msg, mn, "a NUL byte at column %zu", i + 1);
+        else snprintf(msg, mn, "control character 0x%02X at column %zu", c, i + 1);
+        snprintf(hint, hn, "a deck is plain UTF-8 text (tabs allowed): remove the character%s",
+                 c == 0 ? "; a NUL would silently cut the value short" : "");
+        return -1;
+    }
+    size_t bad;
+    if (!utf8_valid(s, n, &bad)) {
+        snprintf(msg, mn, "invalid UTF-8 (byte 0x%02X at column %zu)", (unsigned char)s[bad],
+                 bad + 1);
+        snprintf(hint, hn, "decks and --set values are UTF-8; convert the file (e.g. iconv -f "
+                           "latin1 -t utf-8)");
+        return -1;
+    }
+    return 0;
+}
+
+// Reads one line of at most DECK_LINE_MAX bytes (with its newline) into line; a longer
+// one is reported by check_text. Returns the length, or -1 at the end of the file.
+static ssize_t read_line(FILE *f, char *line) {
+    size_t n = 0;
+    int ch;
+    while ((ch = getc(f)) != EOF) {
+        line[n++] = (char)ch;
+        if (ch == '\n' || n == DECK_LINE_MAX) break;
+    }
+    if (n == 0) return -1;
+    line[n] = '\0';
+    return (ssize_t)n;
+}
+
 static int parse_file(Ctx *x, FILE *f) {
     Deck *d = x->d;
-    char *line = NULL;
-    size_t cap = 0;
+    char *line = malloc(DECK_LINE_MAX + 1);
     int lineno = 0, sec = -1, rc = 0;
     char where[DECK_STR + 64], msg[1024], hint[1024], sb[80];
-    while (getline(&line, &cap, f) != -1) {
+    if (!line) return fail(x, x->path, NULL, "out of memory");
+    ssize_t len;
+    while ((len = read_line(f, line)) != -1) {
         lineno++;
         snprintf(where, sizeof where, "%s:%d", x->path, lineno);
+        if (check_text(line, (size_t)len, msg, sizeof msg, hint, sizeof hint)) {
+            rc = fail(x, where, hint, "%s", msg);
+            break;
+        }
         char *p = line;
         if (lineno == 1 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;  // UTF-8 BOM
         p = trim(p);
@@ -824,6 +878,11 @@ static int apply_set(Ctx *x, int i) {
     char where[DECK_STR + 64], msg[1024], hint[1024], sb[80];
     snprintf(where, sizeof where, "--set %s", shown(arg, sb, sizeof sb));
     size_t len = strlen(arg);
+    if (check_text(arg, len, msg, sizeof msg, hint, sizeof hint)) {
+        // Not shown: the argument itself may be what is unprintable.
+        snprintf(where, sizeof where, "--set argument %d", i + 1);
+        return fail(x, where, hint, "%s", msg);
+    }
     char *copy = malloc(len + 1);
     if (!copy) return fail(x, where, NULL, "out of memory");
     memcpy(copy, arg, len + 1);
@@ -943,6 +1002,165 @@ static int key_index(const char *dotted) {
     return k;
 }
 
+// A factor of a size derived from the deck: a key's value (key >= 0) or a constant.
+typedef struct Term {
+    const char *name;
+    int64_t v;
+    int key;
+} Term;
+
+// Refuses prod(t[0..n)) > limit (or a product that overflows int64), showing the
+// arithmetic and where each key came from. what: "[train] micro_batch*seq_len".
+static int limit_product(Ctx *x, const char *what, const Term *t, int n, int64_t limit,
+                         const char *unit, const char *why, const char *hint) {
+    int64_t p = 1;
+    int ovf = 0;
+    for (int i = 0; i < n; i++) {
+        if (mul_overflows(p, t[i].v)) ovf = 1;
+        else p *= t[i].v;
+    }
+    if (!ovf && p <= limit) return 0;
+    char where[DECK_STR + 64], o[32], vals[256], from[512];
+    Buf vb = {vals, sizeof vals, 0}, fb = {from, sizeof from, 0};
+    int ks[16], nk = 0;
+    for (int i = 0; i < n; i++) {
+        bprintf(&vb, "%s%" PRId64, i ? "*" : "", t[i].v);
+        int seen = t[i].key < 0 || nk == 16;
+        for (int j = 0; j < nk; j++) seen |= ks[j] == t[i].key;
+        if (seen) continue;
+        ks[nk++] = t[i].key;
+        bprintf(&fb, "%s%s: %s", fb.len ? ", " : "", keys[t[i].key].key,
+                origin(x, t[i].key, o, sizeof o));
+    }
+    if (ovf) bprintf(&vb, " (overflows 64 bits)");
+    else bprintf(&vb, " = %" PRId64, p);
+    return fail(x, blame(x, ks, nk, where, sizeof where), hint,
+                "%s = %s %s, more than the limit of %" PRId64 " (%s) (%s)", what, vals, unit,
+                limit, why, from);
+}
+
+// HS = d_model / heads must fit the attention kernels' scratch (kernels.h).
+static int check_head_size(Ctx *x) {
+    const Config *c = &x->d->cfg;
+    const int kh = key_index("model.heads"), kc = key_index("model.d_model"),
+              kb = key_index("run.backend");
+    int64_t HS = c->model.d_model / c->model.heads, max = KERNELS_ATT_HSMAX;
+    const char *kernel = "the cpu attention";
+    if (KERNELS_PAGED_HSMAX < max) max = KERNELS_PAGED_HSMAX, kernel = "the cpu paged attention";
+    if (c->run.backend == BACKEND_CUDA && KERNELS_CUDA_ATT_HSMAX < max)
+        max = KERNELS_CUDA_ATT_HSMAX, kernel = "the cuda attention";
+    if (HS <= max) return 0;
+    char where[DECK_STR + 64], hint[256], o1[32], o2[32];
+    int ks[] = {kh, kc, kb};
+    snprintf(hint, sizeof hint, "raise [model] heads to at least %" PRId64 " (a divisor of d_model), "
+             "or lower d_model", (c->model.d_model + max - 1) / max);
+    return fail(x, blame(x, ks, 3, where, sizeof where), hint,
+                "[model] head size d_model/heads = %" PRId64 "/%" PRId64 " = %" PRId64 " is larger "
+                "than %" PRId64 ", the most %s runs (heads: %s, d_model: %s)", c->model.d_model,
+                c->model.heads, HS, max, kernel, origin(x, kh, o1, sizeof o1),
+                origin(x, kc, o2, sizeof o2));
+}
+
+// Every size derived from several keys: rows and buffers of a micro-batch, the model's
+// tensors, the tokens of the run, generation's KV pool and pass message.
+static int check_sizes(Ctx *x) {
+    const Config *c = &x->d->cfg;
+    const int kB = key_index("train.micro_batch"), kT = key_index("train.seq_len"),
+              kV = key_index("model.vocab"), kVp = key_index("model.vocab_pad"),
+              kC = key_index("model.d_model"), kM = key_index("model.mlp_ratio"),
+              kL = key_index("model.layers"), kMT = key_index("model.seq_len"),
+              kN = key_index("train.batch"), kS = key_index("train.steps"),
+              kbs = key_index("generate.kv_block"), knb = key_index("generate.kv_blocks"),
+              kbud = key_index("generate.token_budget"), kmb = key_index("generate.max_batch"),
+              knv = key_index("generate.naive");
+    const int64_t B = c->train.micro_batch, T = c->train.seq_len, C = c->model.d_model;
+    const int64_t Vp = (c->model.vocab + c->model.vocab_pad - 1) / c->model.vocab_pad *
+                       c->model.vocab_pad;
+    const int64_t M = c->model.mlp_ratio, L = c->model.layers, maxT = c->model.seq_len;
+    const char *buf_why = "floats in one buffer, 4 TiB";
+    const char *less = "lower [train] micro_batch or seq_len";
+    {
+        Term t[] = {{"micro_batch", B, kB}, {"seq_len", T, kT}};
+        if (limit_product(x, "[train] token rows micro_batch*seq_len", t, 2, INT32_MAX, "rows",
+                          "the kernels index rows with 32-bit integers", less)) return -1;
+    }
+    {
+        Term t[] = {{"micro_batch", B, kB}, {"seq_len", T, kT}, {"Vp (vocab padded)", Vp, kV}};
+        if (limit_product(x, "[train] logits micro_batch*seq_len*Vp", t, 3, DECK_MAX_ELEMS,
+                          "floats", buf_why, less)) return -1;
+    }
+    {
+        Term t[] = {{"micro_batch", B, kB}, {"seq_len", T, kT}, {"mlp_ratio", M, kM},
+                    {"d_model", C, kC}};
+        if (limit_product(x, "[train] MLP activations micro_batch*seq_len*mlp_ratio*d_model", t, 4,
+                          DECK_MAX_ELEMS, "floats", buf_why, less)) return -1;
+    }
+    {
+        Term t[] = {{"Vp (vocab padded)", Vp, kVp}, {"d_model", C, kC}};
+        if (limit_product(x, "[model] wte Vp*d_model", t, 2, DECK_MAX_ELEMS, "floats", buf_why,
+                          "lower [model] vocab or d_model")) return -1;
+    }
+    {
+        Term t[] = {{"seq_len", maxT, kMT}, {"d_model", C, kC}};
+        if (limit_product(x, "[model] wpe seq_len*d_model", t, 2, DECK_MAX_ELEMS, "floats", buf_why,
+                          "lower [model] seq_len or d_model")) return -1;
+    }
+    {
+        // Per layer: (4 + 2 mlp_ratio) C^2 weights and (9 + mlp_ratio) C biases and norms.
+        Term t[] = {{"layers", L, kL}, {"(4+2*mlp_ratio)", 4 + 2 * M, kM}, {"d_model", C, kC},
+                    {"d_model", C, kC}};
+        if (limit_product(x, "[model] layer weights layers*(4+2*mlp_ratio)*d_model^2", t, 4,
+                          DECK_MAX_PARAMS, "parameters", "17.6 trillion",
+                          "lower [model] layers, d_model or mlp_ratio")) return -1;
+    }
+    {
+        Term t[] = {{"steps", c->train.steps, kS}, {"batch", c->train.batch, kN},
+                    {"seq_len", T, kT}};
+        if (limit_product(x, "[train] tokens of the run steps*batch*seq_len", t, 3,
+                          DECK_MAX_TOKENS, "tokens", "2^53, counted exactly in a double",
+                          "lower [train] steps, batch or seq_len")) return -1;
+    }
+    // Generation: the KV pool, the logits of a pass, the naive reference, the pass message.
+    const int64_t bs = c->generate.kv_block;
+    {
+        Term t[] = {{"kv_blocks", c->generate.kv_blocks, knb}, {"kv_block", bs, kbs},
+                    {"layers", L, kL}, {"2 (K and V)", 2, -1}, {"d_model", C, kC}};
+        if (limit_product(x, "[generate] KV cache kv_blocks*kv_block*layers*2*d_model", t, 5,
+                          DECK_MAX_ELEMS, "floats", buf_why,
+                          "lower [generate] kv_blocks or kv_block")) return -1;
+    }
+    {
+        Term t[] = {{"max_batch", c->generate.max_batch, kmb}, {"Vp (vocab padded)", Vp, kV}};
+        if (limit_product(x, "[generate] logits max_batch*Vp", t, 2, DECK_MAX_ELEMS, "floats",
+                          buf_why, "lower [generate] max_batch")) return -1;
+    }
+    {
+        Term t[] = {{"token_budget", c->generate.token_budget, kbud}, {"mlp_ratio", M, kM},
+                    {"d_model", C, kC}};
+        if (limit_product(x, "[generate] MLP activations token_budget*mlp_ratio*d_model", t, 3,
+                          DECK_MAX_ELEMS, "floats", buf_why, "lower [generate] token_budget"))
+            return -1;
+    }
+    if (c->generate.naive) {
+        Term t[] = {{"seq_len", maxT, kMT}, {"Vp (vocab padded)", Vp, kV}};
+        if (limit_product(x, "[generate] naive logits seq_len*Vp", t, 2, DECK_MAX_ELEMS, "floats",
+                          buf_why, "lower [model] seq_len, or set [generate] naive = false"))
+            return -1;
+        (void)knv;
+    }
+    {
+        // Each pass is one broadcast of int32s: 3 + token_budget*(2 + blocks) + max_batch.
+        int64_t blocks = (maxT + bs - 1) / bs;
+        Term t[] = {{"4 bytes", 4, -1}, {"token_budget", c->generate.token_budget, kbud},
+                    {"(2 + seq_len/kv_block)", 2 + blocks, kbs}};
+        if (limit_product(x, "[generate] pass message 4*token_budget*(2+ceil(seq_len/kv_block))",
+                          t, 3, INT32_MAX - 4 * (3 + DECK_MAX_COUNT), "bytes",
+                          "one MPI broadcast counts bytes in a 32-bit int",
+                          "lower [generate] token_budget, or raise kv_block")) return -1;
+    }
+    return 0;
+}
+
 static int derive(Ctx *x, int world_size) {
     Deck *d = x->d;
     Config *c = &d->cfg;
@@ -1009,9 +1227,10 @@ static int derive(Ctx *x, int world_size) {
     const int kh = key_index("model.heads"), kc = key_index("model.d_model");
     if (c->model.d_model % c->model.heads != 0) {
         int64_t C = c->model.d_model, NH = c->model.heads, lo = 0, hi = 0;
+        // Both searches are bounded by the table: NH <= 1024 and C <= 65536 steps at most.
         for (int64_t h = NH - 1; h >= 1 && !lo; h--)
             if (C % h == 0) lo = h;
-        for (int64_t h = NH + 1; h <= C && !hi; h++)
+        for (int64_t h = NH + 1; h <= C && h <= 1024 && !hi; h++)
             if (C % h == 0) hi = h;
         if (hi)
             snprintf(hint, sizeof hint, "choose heads among the divisors of d_model = %" PRId64
@@ -1026,6 +1245,9 @@ static int derive(Ctx *x, int world_size) {
                     NH, origin(x, kh, o1, sizeof o1), C, origin(x, kc, o2, sizeof o2), C, NH,
                     C % NH);
     }
+
+    // The head size the attention kernels can run.
+    if (check_head_size(x)) return -1;
 
     // train.batch = micro_batch * grad_accum * dp.
     const int kmb = key_index("train.micro_batch"), kga = key_index("train.grad_accum"), kb = key_index("train.batch");
@@ -1060,10 +1282,24 @@ static int derive(Ctx *x, int world_size) {
                         N, origin(x, kb, o1, sizeof o1), B, dp, per, origin(x, kmb, o2, sizeof o2),
                         origin(x, kdp, o3, sizeof o3), N, per, (double)N / (double)per);
         }
+        if (N / per > DECK_MAX_COUNT) {
+            int ks[] = {kb, kmb, kdp};
+            return fail(x, blame(x, ks, 3, where, sizeof where), "lower [train] batch, or raise "
+                        "[train] micro_batch", "[train] grad_accum = batch/(micro_batch*dp) = "
+                        "%" PRId64 "/(%" PRId64 "*%" PRId64 ") = %" PRId64 " is more than %" PRId64,
+                        N, B, dp, N / per, DECK_MAX_COUNT);
+        }
         c->train.grad_accum = N / per;
         d->from[kga] = DECK_FROM_DERIVED;
     } else {
         int ovf = mul_overflows(per, G);
+        if (N == 0 && !ovf && per * G > DECK_MAX_BATCH) {
+            int ks[] = {kmb, kga, kdp};
+            return fail(x, blame(x, ks, 3, where, sizeof where), "lower [train] micro_batch or "
+                        "grad_accum", "[train] batch = micro_batch*grad_accum*dp = %" PRId64 "*%"
+                        PRId64 "*%" PRId64 " = %" PRId64 " is more than %" PRId64, B, G, dp,
+                        per * G, DECK_MAX_BATCH);
+        }
         if (N == 0 && !ovf) {
             c->train.batch = per * G;
             d->from[kb] = DECK_FROM_DERIVED;
@@ -1137,7 +1373,17 @@ static int derive(Ctx *x, int world_size) {
                     " (%s)", c->optim.warmup, origin(x, kw, o1, sizeof o1), c->train.steps,
                     origin(x, ksteps, o2, sizeof o2));
     }
-    return 0;
+    // A derived value must still be in its key's range (the specific checks above explain
+    // the usual cases with their arithmetic).
+    for (int k = 0; k < NKEYS; k++) {
+        if (d->from[k] != DECK_FROM_DERIVED || keys[k].type != T_INT) continue;
+        if (in_range(k, (double)*iptr(c, k))) continue;
+        char want[200];
+        describe(k, want, sizeof want);
+        return fail(x, x->path, "set it in the deck", "derived [%s] %s = %" PRId64 " is out of "
+                    "range, expected %s", keys[k].section, keys[k].key, *iptr(c, k), want);
+    }
+    return check_sizes(x);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1148,6 +1394,11 @@ int deck_load(Deck *d, const char *path, int nsets, char *const *sets, int world
     Ctx x = {.d = d, .path = path, .sets = sets, .err = err, .errlen = errlen};
     if (err && errlen) err[0] = '\0';
     set_defaults_raw(d);
+    if (strlen(path) >= sizeof d->path) {
+        char sb[80];
+        return fail(&x, shown(path, sb, sizeof sb), "move the deck to a shorter path",
+                    "the deck's path is longer than %d bytes", DECK_STR - 1);
+    }
     snprintf(d->path, sizeof d->path, "%s", path);
     FILE *f = fopen(path, "r");
     if (!f) {

@@ -10,7 +10,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DECK_STR 512
+#define DECK_STR 512        // bytes of a string value, with its NUL
+#define DECK_LINE_MAX 4096  // bytes of a deck line, with its newline
+
+// Upper bounds of the integer keys (README, "Limits"). With them every size the
+// program derives from a deck fits the int arithmetic of the kernels and the
+// int64 counters; derive() checks the products (rows, buffers, messages).
+#define DECK_MAX_STEPS (INT64_C(1) << 30)  // steps, stop_at, intervals, warmup
+#define DECK_MAX_SEQ (INT64_C(1) << 24)    // seq_len, max_new_tokens, kv_blocks
+#define DECK_MAX_COUNT (INT64_C(1) << 20)  // micro_batch, grad_accum, eval_batches, token_budget, keep
+#define DECK_MAX_BATCH (INT64_C(1) << 40)  // train.batch
+#define DECK_MAX_RANKS (INT64_C(1) << 20)  // dp, sp, tp, ep, comm.fault_skip_rank
+#define DECK_MAX_VOCAB 10000000            // model.vocab
+#define DECK_MAX_ELEMS (INT64_C(1) << 40)  // floats in one tensor or activation buffer (4 TiB)
+#define DECK_MAX_PARAMS (INT64_C(1) << 44) // parameters of a model
+#define DECK_MAX_TOKENS (INT64_C(1) << 53) // tokens of a run (counted in a double)
 
 enum { BACKEND_AUTO = 0, BACKEND_CPU, BACKEND_CUDA };
 enum { ORDER_SEQUENTIAL = 0, ORDER_SHUFFLED };

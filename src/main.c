@@ -8,6 +8,7 @@
 #endif
 #include "estimate.h"
 #include "infer/generate.h"
+#include "kernels.h"
 #include "log.h"
 #include "prep.h"
 #include "train.h"
@@ -89,6 +90,11 @@ static int check_runnable(const Deck *d, int rank) {
     DeviceInfo dev;
     if (device_select(d, 1, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
     if (msg[0]) {
+    } else if (dev.backend == BACKEND_CUDA && c->model.d_model / c->model.heads > KERNELS_CUDA_ATT_HSMAX) {
+        snprintf(msg, sizeof msg, "error: %s: head size d_model/heads = %lld/%lld = %lld is larger than %d, the most "
+                 "the cuda attention runs\n  hint: raise [model] heads, or set [run] backend = cpu",
+                 deck_where(d, "model.heads", where, sizeof where), (long long)c->model.d_model,
+                 (long long)c->model.heads, (long long)(c->model.d_model / c->model.heads), KERNELS_CUDA_ATT_HSMAX);
     } else if (c->parallel.sp != 1 || c->parallel.tp != 1 || c->parallel.ep != 1) {
         snprintf(msg, sizeof msg, "error: %s: sequence, tensor and expert parallelism are not implemented yet\n"
                  "  hint: set [parallel] sp, tp and ep to 1", deck_where(d, "parallel.sp", where, sizeof where));

@@ -1,4 +1,4 @@
-// sysutil.c: the monotonic clock and mkdir -p.
+// sysutil.c: the monotonic clock, mkdir -p, threads per rank.
 #include "sysutil.h"
 #include "log.h"
 
@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 double wall_seconds(void) {
     struct timespec ts;
@@ -26,4 +27,20 @@ void make_dirs(const char *path, const char *hint) {
         *p = c;
         if (!c) break;
     }
+}
+
+void make_parent_dirs(const char *file, const char *hint) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", file);
+    char *slash = strrchr(buf, '/');
+    if (!slash || slash == buf) return;
+    *slash = 0;
+    make_dirs(buf, hint);
+}
+
+int threads_per_rank(int64_t requested, int ranks_on_node) {
+    if (requested > 0) return (int)requested;   // the deck bounds it (<= 4096)
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long n = cores / (ranks_on_node > 0 ? ranks_on_node : 1);
+    return n > 0 ? (int)n : 1;
 }

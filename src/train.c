@@ -62,14 +62,6 @@ static double peak_rss_mb(void) {
     return (double)ru.ru_maxrss / 1024.0;   // Linux reports KiB
 }
 
-// Threads per rank: the deck's, else the node's cores shared among its ranks.
-static int pick_threads(const Config *c, const Topo *t) {
-    if (c->run.threads > 0) return (int)c->run.threads;
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int n = (int)(cores / t->local_size);
-    return n > 0 ? n : 1;
-}
-
 static void machine_text(const Trainer *tr, char *buf, size_t n) {
     char host[256] = "?", dev[300];
     gethostname(host, sizeof host - 1);
@@ -225,7 +217,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     tr->deck_text = xmalloc(1 << 16, "deck text");
     deck_format(d, tr->deck_text, 1 << 16);
     topo_init(&tr->topo, (int)c->parallel.dp);
-    tr->threads = pick_threads(c, &tr->topo);
+    tr->threads = threads_per_rank(c->run.threads, tr->topo.local_size);
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
                       .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step,
                       .fault_hang_s = c->comm.fault_hang_s, .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN)};

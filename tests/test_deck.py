@@ -133,7 +133,7 @@ def main():
         ["'train.steps' is not a key name", "[train] then steps"], line=2)
     bad("missing key before '='", "[train]\n = 5\n", ["missing the key"], line=2)
     bad("empty value", "[train]\nsteps =    # nothing here\n",
-        ["[train] steps", "empty value", "an integer >= 1", "default (100)"], line=2)
+        ["[train] steps", "empty value", "an integer in [1, 1073741824]", "default (100)"], line=2)
     bad("empty string needs quotes", "[data]\ntrain =\n", ["[data] train", "empty value", '""'],
         line=2)
     bad("empty run name", '[run]\nname = ""\n', ["[run] name", "empty string"], line=2)
@@ -159,13 +159,13 @@ def main():
     bad("boolean wrong type", "[train]\nsave_weights = maybe\n",
         ["[train] save_weights", "expected a boolean", "got 'maybe'"], line=2)
     bad("integer out of range", "[train]\nsteps = 0\n",
-        ["[train] steps", "0 is out of range", "an integer >= 1"], line=2)
+        ["[train] steps", "0 is out of range", "an integer in [1, 1073741824]"], line=2)
     bad("integer out of range, both bounds", "[model]\nvocab = 20M\n",
         ["[model] vocab", "out of range", "[2, 10000000]"], line=2)
     bad("number out of range, half-open", "[optimizer]\nbeta1 = 1.0\n",
         ["[optimizer] beta1", "out of range", "a number in [0, 1)"], line=2)
     bad("number out of range, open", "[optimizer]\neps = 0\n",
-        ["[optimizer] eps", "out of range", "a number > 0"], line=2)
+        ["[optimizer] eps", "out of range", "a number in (0, 1]"], line=2)
     bad("val_fraction out of range", "[data]\nval_fraction = 0.7\n",
         ["[data] val_fraction", "[0, 0.5]"], line=2)
     bad("unknown enum value", "[run]\nbackend = gpu\n",

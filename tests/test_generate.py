@@ -110,11 +110,11 @@ many, _, _, p = generate("pool", 1, "generate.kv_blocks=7",
                          "generate.token_budget=16")
 err = p.stderr
 check(all(len(many[f"m{i}"]) == 10 for i in range(8)), "8 requests through a 7-block pool all complete (at most 3 at once)")
-check("request 'huge' refused" in err and "needs 8 KV blocks" in err and many["huge"] == [],
+check('request "huge" refused' in err and "needs 8 KV blocks" in err and many["huge"] == [],
       "a request that can never fit the pool is refused with a message")
 check("many.jsonl:10: bad request" in err, "a malformed line is reported with its line number", "line 10")
 check("many.jsonl:11: bad request" in err and "temperature" in err, "a bad value is reported with its line and key")
-check("request 'long' refused" in err and "exceeds the model's 64 positions" in err, "an over-long prompt is refused")
+check('request "long" refused' in err and "exceeds the model's 64 positions" in err, "an over-long prompt is refused")
 check("many.jsonl:13: bad request" in err and "max_tokenz" in err, "an unknown key is reported")
 
 # Rerunning into the same output skips the ids already done.

@@ -19,7 +19,7 @@
 #include "fastmath.h"
 
 #define ATT_TILE 64
-#define ATT_HSMAX 256
+#define ATT_HSMAX KERNELS_ATT_HSMAX
 
 // Rows of a tile are 3C floats apart in qkv, each in its own page, so the
 // hardware prefetcher does not follow them: the next tile is requested while

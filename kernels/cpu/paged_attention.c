@@ -9,6 +9,7 @@
 void paged_attention_forward(float *out, const float *q, int q_stride, const float *kv,
                              size_t block_stride, size_t v_offset, const int32_t *tables, int max_blocks,
                              const int32_t *pos, int N, int C, int NH, int bs) {
+    if (NH <= 0 || C % NH != 0 || C / NH > KERNELS_PAGED_HSMAX) abort();   // the deck refuses these
     const int HS = C / NH;
     const float scale = 1.0f / sqrtf((float)HS);
 #pragma omp parallel for schedule(dynamic, 1) collapse(2)
@@ -17,7 +18,7 @@ void paged_attention_forward(float *out, const float *q, int q_stride, const flo
             const float *qi = q + (size_t)i * q_stride + h * HS;
             const int32_t *table = tables + (size_t)i * max_blocks;
             float *o = out + (size_t)i * C + h * HS;
-            float acc[512];
+            float acc[KERNELS_PAGED_HSMAX];
             float m = -INFINITY, l = 0.0f;
             for (int d = 0; d < HS; d++) acc[d] = 0.0f;
             for (int j = 0; j <= pos[i]; j++) {

@@ -18,10 +18,11 @@
 #include <cstdio>
 
 #include "cuda_common.cuh"
+#include "kernels.h"
 
 #define ATT_TILE 64
 #define ATT_THREADS 256
-#define ATT_HSMAX 128
+#define ATT_HSMAX KERNELS_CUDA_ATT_HSMAX
 #define ATT_PS 68       // row stride of the P / dS tile in the forward and dQ kernels
 #define ATT_PSB 65      // the same in the dKV kernel (smaller, so HS = 128 fits an A100)
 

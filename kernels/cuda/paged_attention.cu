@@ -2,9 +2,10 @@
 // One warp per (row, head): lane l holds head dimensions l, l+32, ...; keys are
 // visited in order with an online softmax, as the cpu backend does.
 #include "cuda_common.cuh"
+#include "kernels.h"
 
 #define PA_WARPS 8
-#define PA_HSMAX 256
+#define PA_HSMAX KERNELS_CUDA_PAGED_HSMAX
 
 // out_i = sum_j softmax_j(scale q_i . k_j) v_j over j <= pos_i; key j of row i is
 // in block tables[i, j / bs], slot j % bs: K at kv + block*block_stride + slot*C,

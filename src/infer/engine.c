@@ -118,8 +118,17 @@ static void reduce_into_residual(Engine *e, int N, const float *bias) {
 
 void engine_forward(Engine *e, int N, const int32_t *tok, const int32_t *pos, const int32_t *tables,
                     int max_blocks, int nsample, const int32_t *sample_rows, float *logits) {
-    SYS_CHECK(N <= e->Nmax && nsample <= e->Smax, "pass of %d rows (%d sampled) exceeds %d (%d)", N, nsample, e->Nmax, e->Smax);
+    SYS_CHECK(N >= 0 && nsample >= 0 && N <= e->Nmax && nsample <= e->Smax, "pass of %d rows (%d sampled) exceeds %d (%d)", N, nsample, e->Nmax, e->Smax);
     const int C = e->s.C, Cl = e->Cl, Hl = e->Hl, bs = e->bs;
+    // Rank 0 composed the pass; every rank checks it before indexing with it.
+    for (int i = 0; i < N; i++) {
+        SYS_CHECK(tok[i] >= 0 && tok[i] < e->s.V && pos[i] >= 0 && pos[i] < e->s.maxT && pos[i] / bs < max_blocks,
+                  "pass row %d: token %d or position %d out of range (V %d, positions %d)", i, tok[i], pos[i], e->s.V, e->s.maxT);
+        int32_t blk = tables[(size_t)i * max_blocks + pos[i] / bs];
+        SYS_CHECK(blk >= 0 && blk < e->nblocks, "pass row %d: KV block %d outside the pool of %d", i, blk, e->nblocks);
+    }
+    for (int k = 0; k < nsample; k++)
+        SYS_CHECK(sample_rows[k] >= 0 && sample_rows[k] < N, "sampled row %d of a pass of %d rows", sample_rows[k], N);
     for (int i = 0; i < N; i++) {
         const float *a = e->wte + (size_t)tok[i] * C, *b = e->wpe + (size_t)pos[i] * C;
         float *x = e->x + (size_t)i * C;

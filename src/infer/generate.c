@@ -8,6 +8,7 @@
 #include "comm.h"
 #include "engine.h"
 #include "h5io.h"
+#include "kernels.h"
 #include "json.h"
 #include "log.h"
 #include "model.h"
@@ -15,9 +16,11 @@
 #include "sampler.h"
 #include "sysutil.h"
 #include "tokenizer.h"
+#include "utf8.h"
 #include "weights.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -25,12 +28,17 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 enum { R_WAITING, R_RUNNING, R_DONE, R_REFUSED };
 #define MAX_STOPS 4
+#define REQ_ID_MAX 127                  // bytes of a request id
+#define REQ_LINE_MAX ((size_t)4 << 20)  // bytes of a request line (and of a mirror line)
+#define REQ_TEMPERATURE_MAX 100.0
+#define REQ_SEED_MAX 9007199254740992.0 // 2^53: every integer up to it is exact in JSON's doubles
 
 typedef struct Req {
-    char id[128];
+    char id[REQ_ID_MAX + 1];
     int line;                   // in the requests file; 0 for earlier runs' outputs
     int prior;                  // done by an earlier run (read back from the JSONL mirror)
     int32_t *prompt;
@@ -71,6 +79,9 @@ typedef struct Gen {
     int32_t *sample_req;        // (Smax) request of each sampled row
     float *logits;              // (Smax, Vp)
     FILE *mirror;
+    char mirror_path[DECK_STR + 16];
+    char *line;                 // the JSONL line being written, grown as needed
+    size_t line_cap;
     double t0;
     int passes;
     double pass_tokens;
@@ -79,41 +90,22 @@ typedef struct Gen {
 // ---------------------------------------------------------------------------
 // Text
 
-// Copies n bytes to out (room for 3 n + 1) as UTF-8, replacing invalid sequences with U+FFFD.
-static void utf8_clean(const char *s, size_t n, char *out) {
-    char *o = out;
-    for (size_t i = 0; i < n; ) {
-        unsigned char c = (unsigned char)s[i];
-        int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = len > 0 && i + (size_t)len <= n;
-        for (int k = 1; ok && k < len; k++) ok = ((unsigned char)s[i + k] >> 6) == 2;
-        if (ok) {
-            memcpy(o, s + i, (size_t)len);
-            o += len;
-            i += (size_t)len;
-        } else {
-            memcpy(o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            i++;
-        }
-    }
-    *o = 0;
-}
-
-// Decodes r's output; if a stop string appears, cuts there and returns 1.
+// Decodes r's output; if a stop string appears, cuts there and returns 1. The
+// bytes are matched raw (they may hold NULs); the text kept is valid UTF-8: a
+// byte that starts no valid sequence (the byte tokenizer can emit any byte), and
+// a NUL, becomes U+FFFD.
 static int decode_output(Gen *g, Req *r) {
     char *raw = r->raw;
     size_t n = tokenizer_decode(&g->tk, (const uint32_t *)r->out, (size_t)r->nout, raw);
-    raw[n] = 0;
     int stopped = 0;
     for (int k = 0; k < r->nstop; k++) {
-        char *hit = strstr(raw, r->stops[k]);
+        char *hit = memmem(raw, n, r->stops[k], strlen(r->stops[k]));
         if (hit) {
-            *hit = 0;
             n = (size_t)(hit - raw);
             stopped = 1;
         }
     }
+    raw[n] = 0;
     utf8_clean(raw, n, r->text);
     return stopped;
 }
@@ -141,9 +133,92 @@ static int find_id(const Gen *g, const char *id) {
     return -1;
 }
 
-static int int_value(const JsonValue *v, double lo, double hi, int *out) {
-    if (!v || v->type != JSON_NUMBER || v->num != floor(v->num) || v->num < lo || v->num > hi) return -1;
-    *out = (int)v->num;
+// v is an integer number in [lo, hi] (doubles: exact for every bound used here).
+static int int_in(const JsonValue *v, double lo, double hi) {
+    return v && v->type == JSON_NUMBER && v->num == floor(v->num) && v->num >= lo && v->num <= hi;
+}
+
+// r->id from "id": a non-empty string of at most REQ_ID_MAX bytes, or an integer
+// of at most 2^53 in magnitude (written in decimal).
+static int parse_id(const JsonValue *v, Req *r, char *why, size_t n) {
+    if (!v || (v->type != JSON_STRING && v->type != JSON_NUMBER)) {
+        snprintf(why, n, "'id' (a string or an integer) is required");
+        return -1;
+    }
+    if (v->type == JSON_NUMBER) {
+        if (!int_in(v, -REQ_SEED_MAX, REQ_SEED_MAX)) {
+            snprintf(why, n, "a number 'id' must be an integer in [-2^53, 2^53]; use a string for other ids");
+            return -1;
+        }
+        snprintf(r->id, sizeof r->id, "%.0f", v->num);
+        return 0;
+    }
+    size_t len = strlen(v->str);
+    if (len == 0 || len > REQ_ID_MAX) {
+        snprintf(why, n, "'id' must be 1 to %d bytes, got %zu", REQ_ID_MAX, len);
+        return -1;
+    }
+    memcpy(r->id, v->str, len + 1);
+    return 0;
+}
+
+// The prompt as token ids, from "prompt" (UTF-8 text, encoded) or "tokens" (ids < V).
+static int parse_prompt(Gen *g, const JsonObject *o, Req *r, char *why, size_t n) {
+    const JsonValue *pt = json_get(o, "prompt"), *tk = json_get(o, "tokens");
+    if ((pt != NULL) == (tk != NULL)) { snprintf(why, n, "give exactly one of 'prompt' (text) or 'tokens' (ids)"); return -1; }
+    if (pt) {
+        if (pt->type != JSON_STRING || !pt->str[0]) { snprintf(why, n, "'prompt' must be a non-empty string"); return -1; }
+        size_t len = strlen(pt->str);
+        r->prompt = xmalloc(len * sizeof(int32_t), "prompt");
+        r->plen = (int)tokenizer_encode(&g->tk, (const uint8_t *)pt->str, len, (uint32_t *)r->prompt);
+        for (int i = 0; i < r->plen; i++)
+            if (r->prompt[i] < 0 || r->prompt[i] >= g->m.s.V) { snprintf(why, n, "the prompt encodes to token %d at index %d, outside the model's vocabulary of %d", r->prompt[i], i, g->m.s.V); return -1; }
+        return 0;
+    }
+    if (tk->type != JSON_ARRAY || tk->of_strings || tk->n == 0) { snprintf(why, n, "'tokens' must be a non-empty array of token ids"); return -1; }
+    r->prompt = xmalloc((size_t)tk->n * sizeof(int32_t), "prompt");
+    for (int i = 0; i < tk->n; i++) {
+        double t = tk->nums[i];
+        if (t != floor(t) || t < 0 || t >= g->m.s.V) { snprintf(why, n, "token %.17g at index %d is not an integer in [0, %d)", t, i, g->m.s.V); return -1; }
+        r->prompt[i] = (int32_t)t;
+    }
+    r->plen = tk->n;
+    return 0;
+}
+
+// Sampling settings and max_tokens, each bounded.
+static int parse_sampling(Gen *g, const JsonObject *o, Req *r, char *why, size_t n) {
+    const JsonValue *v;
+    r->max_tokens = (int)g->cfg->generate.max_new_tokens;
+    if ((v = json_get(o, "max_tokens"))) {
+        if (!int_in(v, 1, (double)DECK_MAX_SEQ)) { snprintf(why, n, "'max_tokens' must be an integer in [1, %lld]", (long long)DECK_MAX_SEQ); return -1; }
+        r->max_tokens = (int)v->num;
+    }
+    r->sp = (SamplerParams){.temperature = 0.0, .top_k = 0, .top_p = 1.0, .seed = 0};
+    if ((v = json_get(o, "temperature"))) {
+        if (v->type != JSON_NUMBER || v->num < 0 || v->num > REQ_TEMPERATURE_MAX) { snprintf(why, n, "'temperature' must be a number in [0, %g]", REQ_TEMPERATURE_MAX); return -1; }
+        r->sp.temperature = v->num;
+    }
+    if ((v = json_get(o, "top_k"))) {
+        if (!int_in(v, 0, INT32_MAX)) { snprintf(why, n, "'top_k' must be an integer in [0, %d] (0 = off)", INT32_MAX); return -1; }
+        r->sp.top_k = (int)v->num;
+    }
+    if ((v = json_get(o, "top_p"))) {
+        if (v->type != JSON_NUMBER || v->num <= 0 || v->num > 1) { snprintf(why, n, "'top_p' must be a number in (0, 1]"); return -1; }
+        r->sp.top_p = v->num;
+    }
+    if ((v = json_get(o, "seed"))) {
+        if (!int_in(v, 0, REQ_SEED_MAX)) { snprintf(why, n, "'seed' must be an integer in [0, 2^53]"); return -1; }
+        r->sp.seed = (uint64_t)v->num;
+    }
+    if ((v = json_get(o, "stop"))) {
+        if (v->type == JSON_STRING && v->str[0]) {
+            r->stops[r->nstop++] = strdup(v->str);
+        } else if (v->type == JSON_ARRAY && (v->of_strings || v->n == 0) && v->n <= MAX_STOPS) {
+            for (int i = 0; i < v->n; i++) if (v->strs[i][0]) r->stops[r->nstop++] = strdup(v->strs[i]);
+        } else { snprintf(why, n, "'stop' must be a string or up to %d strings", MAX_STOPS); return -1; }
+        for (int k = 0; k < r->nstop; k++) SYS_CHECK(r->stops[k], "out of memory for stop strings");
+    }
     return 0;
 }
 
@@ -153,55 +228,17 @@ static int parse_request(Gen *g, const JsonObject *o, Req *r, char *why, size_t 
     for (int i = 0; i < o->n; i++) {
         int ok = 0;
         for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) ok |= strcmp(o->keys[i], known[k]) == 0;
-        if (!ok) { snprintf(why, n, "unknown key '%s' (known: id, prompt, tokens, max_tokens, temperature, top_k, top_p, seed, stop)", o->keys[i]); return -1; }
+        if (!ok) { snprintf(why, n, "unknown key '%.64s' (known: id, prompt, tokens, max_tokens, temperature, top_k, top_p, seed, stop)", o->keys[i]); return -1; }
     }
-    const JsonValue *v = json_get(o, "id");
-    if (!v || (v->type != JSON_STRING && v->type != JSON_NUMBER)) { snprintf(why, n, "'id' (a string or number) is required"); return -1; }
-    if (v->type == JSON_STRING) snprintf(r->id, sizeof r->id, "%s", v->str);
-    else snprintf(r->id, sizeof r->id, "%.0f", v->num);
-    if (!r->id[0]) { snprintf(why, n, "'id' is empty"); return -1; }
-    if (find_id(g, r->id) >= 0) { snprintf(why, n, "duplicate id '%s'", r->id); return -1; }
-    const JsonValue *pt = json_get(o, "prompt"), *tk = json_get(o, "tokens");
-    if ((pt != NULL) == (tk != NULL)) { snprintf(why, n, "give exactly one of 'prompt' (text) or 'tokens' (ids)"); return -1; }
-    if (pt) {
-        if (pt->type != JSON_STRING || !pt->str[0]) { snprintf(why, n, "'prompt' must be a non-empty string"); return -1; }
-        size_t len = strlen(pt->str);
-        r->prompt = xmalloc(len * sizeof(int32_t), "prompt");
-        r->plen = (int)tokenizer_encode(&g->tk, (const uint8_t *)pt->str, len, (uint32_t *)r->prompt);
-    } else {
-        if (tk->type != JSON_ARRAY || tk->of_strings || tk->n == 0) { snprintf(why, n, "'tokens' must be a non-empty array of token ids"); return -1; }
-        r->prompt = xmalloc((size_t)tk->n * sizeof(int32_t), "prompt");
-        for (int i = 0; i < tk->n; i++) {
-            double t = tk->nums[i];
-            if (t != floor(t) || t < 0 || t >= g->m.s.V) { snprintf(why, n, "token %g at index %d is not in [0, %d)", t, i, g->m.s.V); return -1; }
-            r->prompt[i] = (int32_t)t;
-        }
-        r->plen = tk->n;
+    if (parse_id(json_get(o, "id"), r, why, n)) return -1;
+    if (find_id(g, r->id) >= 0) {
+        char q[160];
+        json_quote(q, sizeof q, 0, r->id);
+        snprintf(why, n, "duplicate id %s", q);
+        return -1;
     }
-    r->max_tokens = (int)g->cfg->generate.max_new_tokens;
-    if ((v = json_get(o, "max_tokens")) && int_value(v, 1, 1 << 20, &r->max_tokens)) { snprintf(why, n, "'max_tokens' must be an integer >= 1"); return -1; }
-    r->sp = (SamplerParams){.temperature = 0.0, .top_k = 0, .top_p = 1.0, .seed = 0};
-    if ((v = json_get(o, "temperature"))) {
-        if (v->type != JSON_NUMBER || v->num < 0) { snprintf(why, n, "'temperature' must be a number >= 0"); return -1; }
-        r->sp.temperature = v->num;
-    }
-    if ((v = json_get(o, "top_k")) && int_value(v, 0, 1e9, &r->sp.top_k)) { snprintf(why, n, "'top_k' must be an integer >= 0"); return -1; }
-    if ((v = json_get(o, "top_p"))) {
-        if (v->type != JSON_NUMBER || v->num <= 0 || v->num > 1) { snprintf(why, n, "'top_p' must be in (0, 1]"); return -1; }
-        r->sp.top_p = v->num;
-    }
-    if ((v = json_get(o, "seed"))) {
-        if (v->type != JSON_NUMBER || v->num != floor(v->num) || v->num < 0) { snprintf(why, n, "'seed' must be an integer >= 0"); return -1; }
-        r->sp.seed = (uint64_t)v->num;
-    }
-    if ((v = json_get(o, "stop"))) {
-        if (v->type == JSON_STRING && v->str[0]) {
-            r->stops[r->nstop++] = strdup(v->str);
-        } else if (v->type == JSON_ARRAY && (v->of_strings || v->n == 0) && v->n <= MAX_STOPS) {
-            for (int i = 0; i < v->n; i++) if (v->strs[i][0]) r->stops[r->nstop++] = strdup(v->strs[i]);
-        } else { snprintf(why, n, "'stop' must be a string or up to %d strings", MAX_STOPS); return -1; }
-    }
-    return 0;
+    if (parse_prompt(g, o, r, why, n)) return -1;
+    return parse_sampling(g, o, r, why, n);
 }
 
 static void add_request(Gen *g, const Req *r) {
@@ -210,43 +247,89 @@ static void add_request(Gen *g, const Req *r) {
     g->reqs[g->nreq++] = *r;
 }
 
-// Outputs of earlier runs into the same mirror: their ids are done already.
+// An int32 array of token ids from a mirror line's array, or NULL if v is not one.
+static int32_t *token_array(const JsonValue *v, const char *what) {
+    if (!v || v->type != JSON_ARRAY || (v->n > 0 && v->of_strings)) return NULL;
+    int32_t *t = xmalloc(sizeof(int32_t) * (size_t)(v->n + 1), what);
+    for (int i = 0; i < v->n; i++) {
+        if (v->nums[i] != floor(v->nums[i]) || v->nums[i] < 0 || v->nums[i] > INT32_MAX) {
+            free(t);
+            return NULL;
+        }
+        t[i] = (int32_t)v->nums[i];
+    }
+    return t;
+}
+
+static double time_or_nan(const JsonValue *v) { return v && v->type == JSON_NUMBER ? v->num : NAN; }
+
+// One line of an earlier run's mirror as a done request; -1 with why when it is not one.
+static int mirror_request(Gen *g, const JsonObject *o, Req *r, char *why, size_t n) {
+    const JsonValue *id = json_get(o, "id"), *st = json_get(o, "status"), *tx = json_get(o, "text");
+    if (!st || st->type != JSON_STRING || strcmp(st->str, "done") != 0) { snprintf(why, n, "no \"status\": \"done\""); return -1; }
+    if (!id || id->type != JSON_STRING || parse_id(id, r, why, n)) { snprintf(why, n, "no string 'id' of 1 to %d bytes", REQ_ID_MAX); return -1; }
+    if (find_id(g, r->id) >= 0) { snprintf(why, n, "id already read from an earlier line"); return -1; }
+    if (tx && tx->type != JSON_STRING) { snprintf(why, n, "'text' is not a string"); return -1; }
+    r->prompt = token_array(json_get(o, "prompt_tokens"), "prior prompt");
+    r->out = token_array(json_get(o, "tokens"), "prior output");
+    if (!r->prompt || !r->out) {
+        free(r->prompt);
+        free(r->out);
+        snprintf(why, n, "'tokens' and 'prompt_tokens' must be arrays of token ids");
+        return -1;
+    }
+    r->plen = json_get(o, "prompt_tokens")->n;
+    r->nout = json_get(o, "tokens")->n;
+    r->text = strdup(tx ? tx->str : "");
+    SYS_CHECK(r->text, "out of memory for earlier outputs");
+    r->prior = 1;
+    r->state = R_DONE;
+    r->arrival = time_or_nan(json_get(o, "arrival"));
+    r->first = time_or_nan(json_get(o, "first_token"));
+    r->finish = time_or_nan(json_get(o, "finish"));
+    snprintf(r->note, sizeof r->note, "done by an earlier run");
+    return 0;
+}
+
+// Outputs of earlier runs into the same mirror: their ids are done already. A line
+// that is not a whole output (a run killed mid-write, an edited file) is reported
+// with its line number and ignored: its request runs again.
 static void read_mirror(Gen *g, const char *path) {
     FILE *f = fopen(path, "r");
-    if (!f) return;
-    char *line = NULL;
-    size_t cap = 0;
-    int found = 0;
-    while (getline(&line, &cap, f) > 0) {
-        JsonObject o;
-        char err[128];
-        if (json_parse_object(line, &o, err, sizeof err)) continue;
-        const JsonValue *id = json_get(&o, "id"), *st = json_get(&o, "status"), *tok = json_get(&o, "tokens");
-        const JsonValue *pr = json_get(&o, "prompt_tokens"), *tx = json_get(&o, "text");
-        if (id && id->type == JSON_STRING && st && st->type == JSON_STRING && !strcmp(st->str, "done") &&
-            tok && tok->type == JSON_ARRAY && pr && pr->type == JSON_ARRAY && find_id(g, id->str) < 0) {
-            Req r;
-            memset(&r, 0, sizeof r);
-            snprintf(r.id, sizeof r.id, "%s", id->str);
-            r.prior = 1;
-            r.state = R_DONE;
-            r.plen = pr->n;
-            r.prompt = xmalloc(sizeof(int32_t) * (size_t)(pr->n + 1), "prior prompt");
-            for (int i = 0; i < pr->n; i++) r.prompt[i] = (int32_t)pr->nums[i];
-            r.nout = tok->n;
-            r.out = xmalloc(sizeof(int32_t) * (size_t)(tok->n + 1), "prior output");
-            for (int i = 0; i < tok->n; i++) r.out[i] = (int32_t)tok->nums[i];
-            r.text = strdup(tx && tx->type == JSON_STRING ? tx->str : "");
-            const JsonValue *a = json_get(&o, "arrival"), *b = json_get(&o, "first_token"), *c = json_get(&o, "finish");
-            r.arrival = a ? a->num : NAN;
-            r.first = b ? b->num : NAN;
-            r.finish = c ? c->num : NAN;
-            snprintf(r.note, sizeof r.note, "done by an earlier run");
-            add_request(g, &r);
-            found++;
-        }
-        json_free(&o);
+    if (!f) {
+        if (errno != ENOENT) log_warn("generate: cannot read the earlier outputs in '%s': %s; every request runs", path, strerror(errno));
+        return;
     }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {   // a device such as /dev/full reads forever
+        fclose(f);
+        return;
+    }
+    char *line = NULL, why[256];
+    size_t cap = 0, len;
+    int found = 0, lineno = 0, rc;
+    while ((rc = jsonl_read_line(f, &line, &cap, REQ_LINE_MAX, &len)) > 0) {
+        lineno++;
+        if (rc == 1 && line[strspn(line, " \t\r")] == 0) continue;
+        JsonObject o;
+        Req r;
+        memset(&r, 0, sizeof r);
+        if (rc == 2) snprintf(why, sizeof why, "a NUL byte in the line");
+        else if (rc == 3) snprintf(why, sizeof why, "a line longer than %zu bytes", REQ_LINE_MAX);
+        if (rc != 1 || json_parse_object(line, &o, why, sizeof why)) {
+            log_warn("%s:%d: not an earlier output, ignored (its request, if any, runs again): %s", path, lineno, why);
+            continue;
+        }
+        int bad = mirror_request(g, &o, &r, why, sizeof why);
+        json_free(&o);
+        if (bad) {
+            log_warn("%s:%d: not an earlier output, ignored (its request, if any, runs again): %s", path, lineno, why);
+            continue;
+        }
+        add_request(g, &r);
+        found++;
+    }
+    if (rc < 0) log_warn("generate: reading '%s' stopped at line %d: %s", path, lineno, strerror(errno));
     free(line);
     fclose(f);
     if (found) log_info("generate: %d requests already done in %s are skipped\n", found, path);
@@ -257,25 +340,29 @@ static void read_requests(Gen *g) {
     FILE *f = fopen(path, "r");
     if (!f) FATAL("set [generate] requests to a JSONL file", "cannot read requests '%s': %s", path, strerror(errno));
     char *line = NULL;
-    size_t cap = 0;
-    int lineno = 0, bad = 0, skipped = 0;
-    while (getline(&line, &cap, f) > 0) {
+    size_t cap = 0, len;
+    int lineno = 0, bad = 0, skipped = 0, rc;
+    while ((rc = jsonl_read_line(f, &line, &cap, REQ_LINE_MAX, &len)) > 0) {
         lineno++;
-        char *p = line;
-        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
-        if (!*p) continue;
+        if (rc == 1 && line[strspn(line, " \t\r")] == 0) continue;
         JsonObject o;
         char why[256];
         Req r;
         memset(&r, 0, sizeof r);
         r.line = lineno;
+        if (rc == 2 || rc == 3) {
+            if (rc == 2) snprintf(why, sizeof why, "a NUL byte in the line");
+            else snprintf(why, sizeof why, "a line longer than %zu bytes", REQ_LINE_MAX);
+            bad += req_error(path, lineno, why) != 0;
+            continue;
+        }
         if (json_parse_object(line, &o, why, sizeof why)) {
             bad += req_error(path, lineno, why) != 0;
             continue;
         }
-        int rc = parse_request(g, &o, &r, why, sizeof why);
+        int prc = parse_request(g, &o, &r, why, sizeof why);
         json_free(&o);
-        if (rc) {
+        if (prc) {
             if (strncmp(why, "duplicate id", 12) == 0 && g->reqs[find_id(g, r.id)].prior) {
                 skipped++;   // done by an earlier run into this mirror
             } else {
@@ -287,10 +374,13 @@ static void read_requests(Gen *g) {
         }
         add_request(g, &r);
     }
+    if (rc < 0) FATAL("check the file", "cannot read requests '%s' at line %d: %s", path, lineno + 1, strerror(errno));
     free(line);
     fclose(f);
+    int fresh = 0;
+    for (int i = 0; i < g->nreq; i++) fresh += !g->reqs[i].prior;
     log_info("generate: %d requests from %s (%d bad lines skipped, %d already done)\n",
-             g->nreq, path, bad, skipped);
+             fresh, path, bad, skipped);
 }
 
 // Poisson arrivals replayed in file order, or all at time 0.
@@ -330,7 +420,9 @@ static void refuse(Gen *g, Req *r, const char *fmt, ...) {
     va_end(ap);
     r->state = R_REFUSED;
     (void)g;
-    fprintf(stderr, "%s:%d: request '%s' refused: %s\n", g->cfg->generate.requests, r->line, r->id, r->note);
+    char id[2 * REQ_ID_MAX + 8];
+    json_quote(id, sizeof id, 0, r->id);
+    fprintf(stderr, "%s:%d: request %s refused: %s\n", g->cfg->generate.requests, r->line, id, r->note);
 }
 
 static void check_fits(Gen *g) {
@@ -361,22 +453,55 @@ static int admit(Gen *g, Req *r, double now) {
     return 1;
 }
 
+// The JSONL line under construction: g->line grows to fit, so no id or text can overflow it.
+static void line_reserve(Gen *g, size_t len, size_t more) {
+    if (len + more + 1 <= g->line_cap) return;
+    size_t cap = 2 * (len + more + 1);
+    char *p = realloc(g->line, cap);
+    SYS_CHECK(p, "out of memory for a JSONL line of %zu bytes", cap);
+    g->line = p;
+    g->line_cap = cap;
+}
+
+__attribute__((format(printf, 3, 4))) static size_t line_printf(Gen *g, size_t len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int w = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    SYS_CHECK(w >= 0, "cannot format a JSONL line");
+    line_reserve(g, len, (size_t)w);
+    va_start(ap, fmt);
+    vsnprintf(g->line + len, g->line_cap - len, fmt, ap);
+    va_end(ap);
+    return len + (size_t)w;
+}
+
+static size_t line_quote(Gen *g, size_t len, const char *s) {
+    size_t need = json_quote(NULL, 0, 0, s);
+    line_reserve(g, len, need);
+    return json_quote(g->line, g->line_cap, len, s);
+}
+
+static void mirror_failed(const Gen *g, const char *what) {
+    FATAL("check the disk (space, quota, permissions); the requests written so far are kept and skipped on a rerun",
+          "cannot %s '%s': %s", what, g->mirror_path, strerror(errno));
+}
+
+// One finished request as a line of the JSONL mirror, flushed so a killed job loses no
+// finished request (a rerun skips the ids found there).
 static void write_mirror_line(Gen *g, const Req *r) {
-    size_t cap = 256 + strlen(r->text) * 6 + 12 * ((size_t)r->nout + (size_t)r->plen), len = 0;
-    char *buf = xmalloc(cap, "jsonl line");
-    len += (size_t)snprintf(buf + len, cap - len, "{\"id\": ");
-    len = json_quote(buf, cap, len, r->id);
-    len += (size_t)snprintf(buf + len, cap - len, ", \"status\": \"done\", \"text\": ");
-    len = json_quote(buf, cap, len, r->text);
-    len += (size_t)snprintf(buf + len, cap - len, ", \"tokens\": [");
-    for (int i = 0; i < r->nout; i++) len += (size_t)snprintf(buf + len, cap - len, i ? ", %d" : "%d", r->out[i]);
-    len += (size_t)snprintf(buf + len, cap - len, "], \"prompt_tokens\": [");
-    for (int i = 0; i < r->plen; i++) len += (size_t)snprintf(buf + len, cap - len, i ? ", %d" : "%d", r->prompt[i]);
-    snprintf(buf + len, cap - len, "], \"arrival\": %.6f, \"first_token\": %.6f, \"finish\": %.6f}\n", r->arrival,
-             r->first, r->finish);
-    fputs(buf, g->mirror);
-    fflush(g->mirror);
-    free(buf);
+    size_t len = line_printf(g, 0, "{\"id\": ");
+    len = line_quote(g, len, r->id);
+    len = line_printf(g, len, ", \"status\": \"done\", \"text\": ");
+    len = line_quote(g, len, r->text);
+    len = line_printf(g, len, ", \"tokens\": [");
+    for (int i = 0; i < r->nout; i++) len = line_printf(g, len, i ? ", %d" : "%d", r->out[i]);
+    len = line_printf(g, len, "], \"prompt_tokens\": [");
+    for (int i = 0; i < r->plen; i++) len = line_printf(g, len, i ? ", %d" : "%d", r->prompt[i]);
+    len = line_printf(g, len, "], \"arrival\": %.6f, \"first_token\": %.6f, \"finish\": %.6f}\n", r->arrival,
+                      r->first, r->finish);
+    errno = 0;
+    if (fwrite(g->line, 1, len, g->mirror) != len || fflush(g->mirror) != 0) mirror_failed(g, "write to");
 }
 
 static void finish_request(Gen *g, Req *r, double now) {
@@ -710,7 +835,16 @@ int generate_run(const Deck *d) {
     g.deck = d;
     g.cfg = &d->cfg;
     const Config *c = g.cfg;
-    CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s, .fault_skip_rank = -1};
+    // Threads as in training: [run] threads, else the node's cores shared among its ranks.
+    MPI_Comm node;
+    int on_node = 1;
+    MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    MPI_CHECK(MPI_Comm_size(node, &on_node));
+    MPI_CHECK(MPI_Comm_free(&node));
+    int threads = threads_per_rank(c->run.threads, on_node);
+    kernels_set_threads(threads);
+    CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s, .fault_skip_rank = -1,
+                      .oversubscribed = (long)threads * on_node > sysconf(_SC_NPROCESSORS_ONLN)};
     comm_init(&g.comm, MPI_COMM_WORLD, "tp", &co);
     int rank = g.comm.rank;
     char *deck_text = xmalloc(1 << 16, "deck text");
@@ -730,14 +864,16 @@ int generate_run(const Deck *d) {
         g.sample_req = xcalloc(sizeof(int32_t) * (size_t)Smax, "sampled requests");
         g.logits = xmalloc(sizeof(float) * (size_t)Smax * g.m.s.Vp, "logits");
     }
-    char out[DECK_STR + 16], mirror[DECK_STR + 16];
+    char out[DECK_STR + 16], *mirror = g.mirror_path;
     derive_path(out, sizeof out, c->generate.out, c->run.out_dir, "gen.h5");
-    derive_path(mirror, sizeof mirror, c->generate.jsonl, c->run.out_dir, "gen.jsonl");
+    derive_path(mirror, sizeof g.mirror_path, c->generate.jsonl, c->run.out_dir, "gen.jsonl");
     int rc = 0;
     if (rank == 0) {
-        mkdir(c->run.out_dir, 0777);
-        log_info("generate: %s, %zu parameters, tp = %d, mode %s, token budget %d, KV cache %lld blocks of %d tokens (%.1f MiB per rank)\n",
-                 c->generate.weights, g.m.nparams, g.comm.size,
+        make_dirs(c->run.out_dir, "set [run] out_dir to a directory you can write");
+        make_parent_dirs(out, "set [generate] out to a path you can write");
+        make_parent_dirs(mirror, "set [generate] jsonl to a path you can write");
+        log_info("generate: %s, %zu parameters, tp = %d, %d threads per rank, mode %s, token budget %d, KV cache %lld blocks of %d tokens (%.1f MiB per rank)\n",
+                 c->generate.weights, g.m.nparams, g.comm.size, threads,
                  c->generate.naive ? "naive" : c->generate.mode == GEN_STATIC ? "static" : "splitfuse", Nmax,
                  (long long)c->generate.kv_blocks, bs,
                  (double)engine_kv_bytes_per_block(&g.m, g.comm.size, bs) * (double)c->generate.kv_blocks / 1048576.0);
@@ -748,12 +884,16 @@ int generate_run(const Deck *d) {
         g.free_blocks = xmalloc(sizeof(int32_t) * (size_t)c->generate.kv_blocks, "free blocks");
         for (int b = (int)c->generate.kv_blocks - 1; b >= 0; b--) g.free_blocks[g.nfree++] = b;
         g.mirror = fopen(mirror, "a");
-        SYS_CHECK(g.mirror, "cannot append to '%s': %s", mirror, strerror(errno));
+        if (!g.mirror) mirror_failed(&g, "append to");
         g.t0 = wall_seconds();
         if (c->generate.naive) serve_naive(&g);
         else serve(&g);
         double makespan = wall_seconds() - g.t0;
-        fclose(g.mirror);
+        errno = 0;
+        if (fsync(fileno(g.mirror)) != 0 && errno != EINVAL) mirror_failed(&g, "sync");
+        if (fclose(g.mirror) != 0) mirror_failed(&g, "close");
+        g.mirror = NULL;
+        free(g.line);
         write_gen_h5(&g, out, deck_text, makespan);
         log_info("generate: wrote %s and %s\n", out, mirror);
     } else if (!c->generate.naive) {

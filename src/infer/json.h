@@ -1,14 +1,18 @@
-// json.h: just enough JSON for one request object per line.
+// json.h: just enough JSON for one request object per line (JSONL).
 //
 // An object of up to JSON_MAX_KEYS members whose values are strings, numbers,
-// booleans, null, or flat arrays of numbers or of strings.
+// booleans, null, or flat arrays (up to JSON_MAX_ARRAY elements) of numbers or
+// of strings. Strict: see json.c for everything it refuses. Strings come out
+// as valid UTF-8 without NUL bytes.
 #ifndef PARTITA_JSON_H
 #define PARTITA_JSON_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY };
 #define JSON_MAX_KEYS 24
+#define JSON_MAX_ARRAY (1 << 20)
 
 typedef struct JsonValue {
     int type;
@@ -31,7 +35,15 @@ typedef struct JsonObject {
 int json_parse_object(const char *text, JsonObject *obj, char *err, size_t errlen);
 void json_free(JsonObject *obj);
 const JsonValue *json_get(const JsonObject *obj, const char *key);
-// Appends s as a JSON string literal (quoted, escaped) to out; returns the new length.
+// Appends s as a JSON string literal (quoted, escaped) at out[len], writing only
+// inside out[0..cap) and NUL-terminating there; returns the length the whole
+// literal needs (len + its size), so json_quote(NULL, 0, 0, s) measures it.
 size_t json_quote(char *out, size_t cap, size_t len, const char *s);
+
+// Reads one line (without its newline) of at most max bytes into *buf (grown
+// to max + 2 bytes once), its length in *len. Returns 1 for a line, 0 at the end
+// of the file, -1 on a read error (errno), 2 for a line holding a NUL byte, 3 for
+// a line longer than max (read to its end and dropped: memory stays bounded).
+int jsonl_read_line(FILE *f, char **buf, size_t *cap, size_t max, size_t *len);
 
 #endif
