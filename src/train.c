@@ -246,7 +246,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     tr->ckpt_s = 1.0 + 3.0 * (double)tr->model.nparams * sizeof(float) / 200e6;
     resume(tr);
     if (tr->topo.rank == 0) {
-        char path[DECK_STR + 16], machine[512];
+        char path[DECK_STR + 16], machine[1024];
         machine_text(tr, machine, sizeof machine);
         snprintf(path, sizeof path, "%s/run.h5", c->run.out_dir);
         int buffer = c->train.log_interval < 4096 ? (int)c->train.log_interval : 4096;
