@@ -177,6 +177,12 @@ static const KeyDef keys[] = {
      "test only: pause half-way through writing this step's checkpoint"},
     {"checkpoint", "test_pause_s", T_FLOAT, OFF(checkpoint.test_pause_s), "0", GE(0), NULL,
      "test only: ... for this many seconds"},
+    {"checkpoint", "fault_stall_rank", T_INT, OFF(checkpoint.fault_stall_rank), "-1", GE(-1), NULL,
+     "test only: this rank stalls in the middle of a checkpoint write (-1 = none)"},
+    {"checkpoint", "fault_stall_step", T_INT, OFF(checkpoint.fault_stall_step), "0", GE(0), NULL,
+     "test only: ... of this step's checkpoint"},
+    {"checkpoint", "fault_stall_s", T_FLOAT, OFF(checkpoint.fault_stall_s), "0", GE(0), NULL,
+     "test only: ... for this many seconds (a stuck rank; [comm] timeout_s must end the job)"},
 
     {"generate", "weights", T_STR, OFF(generate.weights), "", ANY, NULL,
      "weights to generate with: a weights file (init.h5, final.h5, ckpt export) or a checkpoint"},
