@@ -182,6 +182,7 @@ static hid_t open_parallel(const char *path, MPI_Comm comm, int create, char *wh
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5_CHECK(fapl);
     H5_CHECK(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL));
+    if (create) h5_checksummed_format(fapl);
     errno = 0;
     hid_t f = create ? H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : H5Fopen(path, H5F_ACC_RDONLY, fapl);
     int err = errno;
@@ -562,7 +563,7 @@ void ckpt_write(CkptJob *job, const Zero *z, const Deck *d, const char *deck_tex
             while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
         }
     }
-    watchdog_phase(&wd, "summing checksums (waiting for the other ranks)");
+    watchdog_phase(&wd, "summing checksums: waiting for the other ranks");
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, m->ntensors * DS_KINDS, MPI_UINT64_T, MPI_SUM, z->comm->comm));
     watchdog_phase(&wd, "writing /meta");
     write_meta(f, z, d, deck_text, st, sums);
@@ -712,7 +713,7 @@ static int load(Zero *z, const Deck *d, const char *path, CkptState *st, Watchdo
         io_group(&io, groups[k], h[k].buf, h[k].begin, h[k].begin, h[k].end, lo, hi, sums + k * m->ntensors);
     H5_CHECK(H5Pclose(dxpl));
     sums[ns] = (uint64_t)io.errors;     // reduced with the checksums
-    watchdog_phase(wd, "summing checksums (waiting for the other ranks)");
+    watchdog_phase(wd, "summing checksums: waiting for the other ranks");
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, (int)ns + 1, MPI_UINT64_T, MPI_SUM, comm));
     rc = 0;
     if (sums[ns]) {
@@ -795,14 +796,15 @@ static size_t list_candidates(const char *dir, Candidate **out, int *latest_stat
     DIR *dd = opendir(dir);
     for (struct dirent *e; dd && (e = readdir(dd)); ) {
         int64_t s;
-        if (!parse_step(e->d_name, &s) || strlen(e->d_name) >= sizeof c->name) continue;
+        size_t len = strlen(e->d_name);
+        if (!parse_step(e->d_name, &s) || len >= sizeof c->name) continue;
         if (n == cap) {
             cap = cap ? 2 * cap : 16;
             c = realloc(c, cap * sizeof *c);
             SYS_CHECK(c, "out of memory listing checkpoints");
         }
         c[n].step = s;
-        snprintf(c[n].name, sizeof c[n].name, "%s", e->d_name);
+        memcpy(c[n].name, e->d_name, len + 1);
         if (lstep >= 0 && strcmp(e->d_name, name) == 0) *latest_state = 1;
         n++;
     }

@@ -46,10 +46,18 @@ _Noreturn void h5_fatal_at(const char *file, int line, const char *call, int err
     log_fatal_at(file, line, NULL, "HDF5 call failed: %s: %s", call, why);
 }
 
+void h5_checksummed_format(hid_t fapl) { H5_CHECK(H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST)); }
+
 hid_t h5_create(const char *path) {
     h5_quiet();
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5_CHECK(fapl);
+    h5_checksummed_format(fapl);
     errno = 0;
-    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    int err = errno;
+    H5_CHECK(H5Pclose(fapl));
+    errno = err;
     if (f < 0) {
         char why[600];
         h5_reason(errno, why, sizeof why);

@@ -25,6 +25,12 @@ void h5_quiet(void);
 // stack. Clears the stack.
 void h5_reason(int err, char *buf, size_t n);
 
+// Files are written in the HDF5 1.8+ format (superblock v2, object headers
+// v2, ...), whose metadata carry checksums: a flipped byte in HDF5's own
+// structures is then found by the library instead of being parsed (the
+// 1.10 library here is not robust against damaged metadata of the older
+// format: seen, reads out of bounds). Readable by HDF5 1.8 and later, h5py.
+void h5_checksummed_format(hid_t fapl);
 hid_t h5_create(const char *path);              // truncates; fatal naming the path and reason
 hid_t h5_open_read(const char *path);           // fatal naming the path and reason on failure
 void h5_close(hid_t f);                         // flushes and closes; fatal naming the file and reason

@@ -35,11 +35,16 @@ void log_warn(const char *fmt, ...) {
 
 static _Noreturn void fatal_v(const char *file, int line, const char *hint, const char *fmt, va_list ap) {
     fflush(stdout);
-    if (g_rank != 0) fprintf(stderr, "[rank %d] ", g_rank);
-    fprintf(stderr, "error: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n  (rank %d, %s:%d)\n", g_rank, file, line);
-    if (hint) fprintf(stderr, "  hint: %s\n", hint);
+    // One buffer, one write: messages of ranks failing at once stay whole.
+    char msg[8192];
+    size_t n = 0;
+    if (g_rank != 0) n += (size_t)snprintf(msg + n, sizeof msg - n, "[rank %d] ", g_rank);
+    n += (size_t)snprintf(msg + n, sizeof msg - n, "error: ");
+    if (n < sizeof msg) n += (size_t)vsnprintf(msg + n, sizeof msg - n, fmt, ap);
+    if (n < sizeof msg) n += (size_t)snprintf(msg + n, sizeof msg - n, "\n  (rank %d, %s:%d)\n", g_rank, file, line);
+    if (hint && n < sizeof msg) n += (size_t)snprintf(msg + n, sizeof msg - n, "  hint: %s\n", hint);
+    if (n >= sizeof msg) memcpy(msg + sizeof msg - 5, "...\n", 5);
+    fputs(msg, stderr);
     fflush(stderr);
     int up = 0;
     MPI_Initialized(&up);

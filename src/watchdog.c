@@ -30,11 +30,13 @@ static void *watch(void *arg) {
     // Past the deadline. No MPI here (no thread support): print and leave;
     // mpiexec ends the other ranks when this one dies.
     int r = log_rank();
+    char msg[2048], prefix[32] = "";
+    if (r != 0) snprintf(prefix, sizeof prefix, "[rank %d] ", r);
+    snprintf(msg, sizeof msg, "%serror: %s did not finish within timeout_s = %g s on rank %d (%s)\n%s%s%s", prefix,
+             w->what, w->timeout_s, r, w->phase ? w->phase : "?", w->hint[0] ? "  hint: " : "", w->hint,
+             w->hint[0] ? "\n" : "");
     fflush(stdout);
-    if (r != 0) fprintf(stderr, "[rank %d] ", r);
-    fprintf(stderr, "error: %s did not finish within timeout_s = %g s on rank %d (%s)\n", w->what, w->timeout_s, r,
-            w->phase ? w->phase : "?");
-    if (w->hint[0]) fprintf(stderr, "  hint: %s\n", w->hint);
+    fputs(msg, stderr);     // one write, so that it stays whole beside other ranks' messages
     fflush(stderr);
     usleep(300000);     // let mpiexec forward the message before the job is torn down
     _exit(1);
