@@ -655,10 +655,12 @@ static int check_datasets(hid_t f, hid_t meta, const Model *m, char *why, size_t
             uint64_t sum;
             if (!is_float)
                 snprintf(why, n, "/%s is not a float dataset", name);
-            else if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1]))
-                snprintf(why, n, "/%s has %d dimensions (%llu, %llu), the model expects (%d, %d)", name, nd,
-                         (unsigned long long)dims[0], (unsigned long long)(nd >= 2 ? dims[1] : 0), t->shape[0],
-                         t->ndim == 2 ? t->shape[1] : 0);
+            else if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
+                char got[160], want[64];
+                h5_shape_text(dims, nd, got, sizeof got);
+                h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, sizeof want);
+                snprintf(why, n, "/%s has shape %s, the model expects %s", name, got, want);
+            }
             else if (h5_read_attr_u64(meta, key, &sum) != H5A_OK)
                 snprintf(why, n, "/meta lacks a valid %s", key);
             else
@@ -894,8 +896,10 @@ static int read_whole(hid_t f, const char *name, const ParamTensor *t, float *bu
     if (!is_float) {
         snprintf(why, n, "not a float dataset");
     } else if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
-        snprintf(why, n, "%d-D shape (%llu, %llu) instead of (%d, %d)", nd, (unsigned long long)dims[0],
-                 (unsigned long long)(nd >= 2 ? dims[1] : 0), t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
+        char got[160], want[64];
+        h5_shape_text(dims, nd, got, sizeof got);
+        h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, sizeof want);
+        snprintf(why, n, "shape %s instead of %s", got, want);
     } else {
         herr_t r;
         errno = 0;

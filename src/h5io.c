@@ -315,6 +315,13 @@ void h5_attr_describe(hid_t obj, const char *name, char *buf, size_t n) {
     H5Aclose(a);
 }
 
+void h5_shape_text(const hsize_t *dims, int nd, char *buf, size_t n) {
+    size_t k = (size_t)snprintf(buf, n, "(");
+    for (int i = 0; i < nd && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%llu", i ? ", " : "", (unsigned long long)dims[i]);
+    if (k < n) snprintf(buf + k, n - k, ")");
+}
+
 hid_t h5_group(hid_t f, const char *path) {
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     H5_CHECK(lcpl);

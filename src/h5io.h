@@ -58,6 +58,9 @@ int h5_attr_kind(hid_t obj, const char *name);
 // "a 1-D array of 3 integers", "a string of 70000 bytes", "a float"...
 void h5_attr_describe(hid_t obj, const char *name, char *buf, size_t n);
 
+// "(320, 32)", "()" for a scalar: a dataset's shape for a message.
+void h5_shape_text(const hsize_t *dims, int nd, char *buf, size_t n);
+
 // Creates intermediate groups as needed ("a/b/c").
 hid_t h5_group(hid_t f, const char *path);
 

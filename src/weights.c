@@ -83,6 +83,10 @@ int weights_read_shape(hid_t obj, GPTShape *s, char *why, size_t n) {
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         int64_t v = 0;
         int rc = h5_read_attr_i64(obj, want[i].attr, &v);
+        if (rc == H5A_MISSING) {
+            snprintf(why, n, "the attribute %s is missing", want[i].attr);
+            return -1;
+        }
         if (rc != H5A_OK) {
             char what[128];
             h5_attr_describe(obj, want[i].attr, what, sizeof what);
@@ -113,7 +117,7 @@ static void check_against(const GPTShape *f, const GPTShape *m, const char *path
         {"n_layer", "model.layers", f->L, m->L}, {"n_embd", "model.d_model", f->C, m->C},
         {"n_head", "model.heads", f->NH, m->NH}, {"vocab_size", "model.vocab", f->V, m->V},
         {"padded_vocab_size", "model.vocab_pad", f->Vp, m->Vp}, {"n_positions", "model.seq_len", f->maxT, m->maxT},
-        {"mlp_hidden", "model.mlp_ratio", f->H, m->H}};
+        {"mlp_hidden", "model.mlp_ratio x model.d_model", f->H, m->H}};
     for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++)
         if (pairs[i].file != pairs[i].model)
             FATAL_ALL("set the deck's [model] to the shape the weights were trained with",
@@ -141,16 +145,18 @@ static void read_tensor(hid_t f, hid_t meta, const ParamTensor *t, const char *p
     hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
     H5_CHECK(sp);
     H5_CHECK(ty);
-    hsize_t dims[2] = {0, 0};
+    hsize_t dims[H5S_MAX_RANK] = {0};
     int nd = H5Sget_simple_extent_ndims(sp);
-    if (nd >= 1 && nd <= 2) H5_CHECK(H5Sget_simple_extent_dims(sp, dims, NULL));
+    if (nd > 0) H5_CHECK(H5Sget_simple_extent_dims(sp, dims, NULL));
     if (H5Tget_class(ty) != H5T_FLOAT)
         FATAL_ALL("weights are float32 datasets", "'%s': /%s is not a float dataset", path, name);
-    if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1]))
-        FATAL_ALL("the file must match the deck's [model] shape",
-                  "'%s': /%s has %d dimensions (%llu, %llu), the model expects (%d, %d)", path, name, nd,
-                  (unsigned long long)dims[0], (unsigned long long)(nd == 2 ? dims[1] : 0),
-                  t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
+    if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
+        char got[160], want[64];
+        h5_shape_text(dims, nd, got, sizeof got);
+        h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, sizeof want);
+        FATAL_ALL("the file must match the deck's [model] shape", "'%s': /%s has shape %s, the model expects %s",
+                  path, name, got, want);
+    }
     herr_t rc;
     errno = 0;
     H5E_BEGIN_TRY { rc = H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst); } H5E_END_TRY;

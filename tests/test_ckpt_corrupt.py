@@ -190,7 +190,7 @@ check(not accepted, "every edited attribute or dataset is refused (the meta chec
 # A few refusals name what is wrong.
 for name, must in [("n_embd-zero", "n_embd = 0"), ("step-array", "step is a 1-D array of 100"),
                    ("step-edit", "meta checksum mismatch"), ("n_head-array", "n_head is a 1-D array of 3"),
-                   ("layout-long", "layout is a string"), ("wte-3d", "3-D shape"), ("version-3", "format_version = 3"),
+                   ("layout-long", "layout is a string"), ("wte-3d", "shape (320, 32, 2) instead of (320, 32)"), ("version-3", "format_version = 3"),
                    ("bool-attr", "'boolean' is an enum"), ("n_layer-huge", "n_layer = 1099511627776 is outside"),
                    ("trunc-0.3", "truncated file")]:
     path = os.path.join(d, f"v-{name}.h5")
