@@ -150,8 +150,8 @@ variants += [
     ("meta-dataset", dataset("meta", np.zeros(3))),
     ("optim-del", dataset("optim", None)),
 ]
-variants += [(f"flip-{s}", flip(s)) for s in range(24)]
-variants += [(f"flipmeta-{s}", flip_meta(s)) for s in range(40)]
+variants += [(f"flip-{s}", flip(s)) for s in range(16)]
+variants += [(f"flipmeta-{s}", flip_meta(s)) for s in range(24)]
 variants += [(f"trunc-{f}", truncate(f)) for f in (0.0, 0.01, 0.3, 0.9, 0.999)]
 
 
