@@ -670,6 +670,48 @@ static int check_datasets(hid_t f, hid_t meta, const Model *m, char *why, size_t
     return 0;
 }
 
+// Reads every dataset into z's holdings; checks, collectively, that every
+// read succeeded and every dataset matches its stored checksum.
+static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdog *wd, char *why, size_t n) {
+    const Model *m = z->m;
+    watchdog_phase(wd, "reading the datasets");
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    H5_CHECK(dxpl);
+    H5_CHECK(H5Pset_dxpl_mpio(dxpl, ckpt_io_mode()));
+    Holding h[DS_KINDS];
+    holdings(z, h);
+    size_t lo, hi;
+    zero_part(z, z->r, 0, z->N, &lo, &hi);  // the part this rank vouches for in the checksums
+    size_t ns = (size_t)m->ntensors * DS_KINDS;
+    uint64_t *sums = xcalloc(sizeof(uint64_t) * (ns + 1), "checksums");
+    Io io = {.f = f, .dxpl = dxpl, .m = m, .path = path};
+    for (int k = 0; k < DS_KINDS; k++)
+        io_group(&io, groups[k], h[k].buf, h[k].begin, h[k].begin, h[k].end, lo, hi, sums + k * m->ntensors);
+    H5_CHECK(H5Pclose(dxpl));
+    sums[ns] = (uint64_t)io.errors;     // reduced with the checksums
+    watchdog_phase(wd, "summing checksums: waiting for the other ranks");
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, (int)ns + 1, MPI_UINT64_T, MPI_SUM, z->comm->comm));
+    int rc = 0;
+    if (sums[ns]) {
+        snprintf(why, n, "%llu dataset reads failed (truncated or damaged file)", (unsigned long long)sums[ns]);
+        rc = -1;
+    }
+    for (int k = 0; k < DS_KINDS && !rc; k++)
+        for (int i = 0; i < m->ntensors && !rc; i++) {
+            char key[160];
+            uint64_t want = 0, got = sums[k * m->ntensors + i];
+            snprintf(key, sizeof key, "checksum:/%s/%s", groups[k], m->tensors[i].name);
+            h5_read_attr_u64(meta, key, &want);     // checked in check_datasets
+            if (want != got) {
+                snprintf(why, n, "dataset /%s/%s fails its checksum (stored %016llx, read %016llx)", groups[k],
+                         m->tensors[i].name, (unsigned long long)want, (unsigned long long)got);
+                rc = -1;
+            }
+        }
+    free(sums);
+    return rc;
+}
+
 static int load(Zero *z, const Deck *d, const char *path, CkptState *st, Watchdog *wd, char *why, size_t n) {
     const Model *m = z->m;
     MPI_Comm comm = z->comm->comm;
@@ -700,42 +742,7 @@ static int load(Zero *z, const Deck *d, const char *path, CkptState *st, Watchdo
     rc = check_datasets(f, meta, m, why, n);
     if (agree(comm, rc, why, n) != 0) goto fail;
 
-    watchdog_phase(wd, "reading the datasets");
-    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    H5_CHECK(dxpl);
-    H5_CHECK(H5Pset_dxpl_mpio(dxpl, ckpt_io_mode()));
-    Holding h[DS_KINDS];
-    holdings(z, h);
-    size_t lo, hi;
-    zero_part(z, z->r, 0, z->N, &lo, &hi);  // the part this rank vouches for in the checksums
-    size_t ns = (size_t)m->ntensors * DS_KINDS;
-    uint64_t *sums = xcalloc(sizeof(uint64_t) * (ns + 1), "checksums");
-    Io io = {.f = f, .dxpl = dxpl, .m = m, .path = path};
-    for (int k = 0; k < DS_KINDS; k++)
-        io_group(&io, groups[k], h[k].buf, h[k].begin, h[k].begin, h[k].end, lo, hi, sums + k * m->ntensors);
-    H5_CHECK(H5Pclose(dxpl));
-    sums[ns] = (uint64_t)io.errors;     // reduced with the checksums
-    watchdog_phase(wd, "summing checksums: waiting for the other ranks");
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, (int)ns + 1, MPI_UINT64_T, MPI_SUM, comm));
-    rc = 0;
-    if (sums[ns]) {
-        snprintf(why, n, "%llu dataset reads failed (truncated or damaged file)", (unsigned long long)sums[ns]);
-        rc = -1;
-    }
-    for (int k = 0; k < DS_KINDS && !rc; k++)
-        for (int i = 0; i < m->ntensors && !rc; i++) {
-            char key[160];
-            uint64_t want = 0, got = sums[k * m->ntensors + i];
-            snprintf(key, sizeof key, "checksum:/%s/%s", groups[k], m->tensors[i].name);
-            h5_read_attr_u64(meta, key, &want);     // checked in check_datasets
-            if (want != got) {
-                snprintf(why, n, "dataset /%s/%s fails its checksum (stored %016llx, read %016llx)", groups[k],
-                         m->tensors[i].name, (unsigned long long)want, (unsigned long long)got);
-                rc = -1;
-            }
-        }
-    free(sums);
-    if (rc != 0) goto fail;
+    if (read_verified(z, f, meta, path, wd, why, n) != 0) goto fail;
     st->step = mi.step;
     st->data_cursor = mi.data_cursor;
     st->tokens_seen = mi.tokens_seen;
