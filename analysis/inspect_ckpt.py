@@ -10,17 +10,77 @@ For each dataset: shape, dtype, L2 norm, mean, std, min, max (float64 over the
 finite elements; a count of NaN/Inf follows if there are any). A checkpoint (one
 with /meta) stores "checksum:/params/<name>" per dataset; each is recomputed
 (the order-independent sum of ckpt.c) and reported ok / MISMATCH / MISSING.
+A checkpoint of format 2 also stores meta_checksum over every other attribute
+of /meta (step, optim_t, the deck, the per-dataset checksums...); it is
+recomputed here exactly as ckpt.c does (see src/ckpt.h) and reported ok or
+MISMATCH; format 1 files have none (reported, not a failure).
 Exit status: 0 all good, 1 a checksum mismatches or is missing, 2 the file
 cannot be read as a checkpoint or weights file.
 """
 import argparse
 import os
+import struct
 import sys
+
+import h5py
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from partita_h5 import datasets_under, deck_compact, die, natural_key, open_h5, py, tensor_stats  # noqa: E402
 
 CHECKSUM_PREFIX = "checksum:"
+META_CHECKSUM = "meta_checksum"
+FNV_OFFSET, FNV_PRIME, MASK64 = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
+
+
+def fnv(h, data):
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & MASK64
+    return h
+
+
+def meta_digest(meta):
+    """ckpt.c's meta_checksum: FNV-1a 64 over every attribute of /meta but
+    meta_checksum, in byte order of the names, each as u64le(len(name)) name
+    tag u64le(len(value)) value. Returns (digest, None) or (None, why)."""
+    h = FNV_OFFSET
+    names = sorted((n for n in meta.attrs if n != META_CHECKSUM), key=lambda n: n.encode("utf-8"))
+    for name in names:
+        aid = meta.attrs.get_id(name)
+        dt, shape = aid.dtype, aid.shape
+        if shape is None or int(np.prod(shape)) != 1:
+            return None, f"attribute '{name}' is not one value (shape {shape})"
+        raw = np.asarray(meta.attrs[name]).reshape(-1)[0]
+        if h5py.check_string_dtype(dt) is not None:
+            tag = b"s"
+            value = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
+            value = value.split(b"\0", 1)[0]       # C reads strings to their first NUL
+        elif dt.kind == "i" and dt.itemsize <= 8:
+            tag, value = b"i", struct.pack("<q", int(raw))
+        elif dt.kind == "u" and dt.itemsize <= 8:
+            tag, value = b"u", struct.pack("<Q", int(raw))
+        elif dt.kind == "f" and dt.itemsize <= 8:
+            tag, value = b"f", struct.pack("<d", float(raw))
+        else:
+            return None, f"attribute '{name}' is of type {dt}, not a number or a string"
+        key = name.encode("utf-8")
+        h = fnv(h, struct.pack("<Q", len(key)) + key + tag + struct.pack("<Q", len(value)) + value)
+    return h, None
+
+
+def check_meta(meta):
+    """(ok, text): /meta's checksum verdict."""
+    if META_CHECKSUM not in meta.attrs:
+        if "format_version" in meta.attrs and int(py(meta.attrs["format_version"])) >= 2:
+            return False, "MISSING (format 2 stores one)"
+        return True, "none stored (format 1: /meta is not covered)"
+    want = int(py(meta.attrs[META_CHECKSUM])) & MASK64
+    got, why = meta_digest(meta)
+    if got is None:
+        return False, f"cannot be computed: {why}"
+    if got != want:
+        return False, f"MISMATCH (stored {want:016x}, computed {got:016x}): an attribute of /meta was changed after the write"
+    return True, "ok"
 
 
 def show_attrs(obj, title, show_deck):
@@ -105,6 +165,10 @@ def main():
         print(f"{len(datasets)} datasets, {nelem:,} elements")
         if meta is None:
             return 0
+        meta_ok, meta_text = check_meta(meta)
+        print(f"meta checksum: {meta_text}")
+        if not meta_ok:
+            bad.append("/meta")
         # A checksum with no dataset: a tensor the writer vouched for is gone.
         for name in sorted(stored, key=natural_key):
             print(f"  {name:<{w}} MISSING dataset (a checksum is stored for it)")

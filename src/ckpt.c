@@ -3,17 +3,29 @@
 #include "h5io.h"
 #include "log.h"
 #include "sysutil.h"
+#include "watchdog.h"
 #include "weights.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+// Format 2: /meta carries format_version and meta_checksum (see ckpt.h).
+#define CKPT_FORMAT 2
+#define META_CHECKSUM "meta_checksum"
+// Bounds on what /meta may hold (a damaged or hostile file must not make us
+// loop or allocate without end).
+#define META_MAX_ATTRS (1 << 20)
+#define META_MAX_STRING ((size_t)1 << 24)
+#define CKPT_MAX_STEP ((int64_t)1 << 50)
 
 enum { DS_PARAMS, DS_EXP_AVG, DS_EXP_AVG_SQ, DS_KINDS };
 static const char *groups[DS_KINDS] = {"params", "optim/exp_avg", "optim/exp_avg_sq"};
@@ -64,27 +76,51 @@ static void select_range(hid_t space, const ParamTensor *t, size_t a, size_t b) 
 #undef ADD
 }
 
+// ---------------------------------------------------------------------------
+// Moving tensors between memory and the datasets of one group.
+
+typedef struct Io {
+    hid_t f, dxpl;
+    const Model *m;
+    const char *path;       // for messages
+    int writing;
+    int errors;             // reads: datasets this rank could not read
+} Io;
+
 // Moves the flat elements [lo, hi) of every tensor between buf (which holds
 // elements from buf_begin on) and the datasets of one group. Collective: every
 // rank calls it for every tensor, with an empty selection where it has nothing.
 // Adds each tensor's checksum of the elements [clo, chi) to sums[tensor].
-static void io_group(hid_t f, hid_t dxpl, const Model *m, const char *group, float *buf, size_t buf_begin,
-                     size_t lo, size_t hi, size_t clo, size_t chi, uint64_t *sums, int writing) {
+// A write that fails is fatal on this rank, naming the file and the reason; a
+// read that fails is counted in io->errors (the caller makes it collective).
+static void io_group(Io *io, const char *group, float *buf, size_t buf_begin, size_t lo, size_t hi, size_t clo,
+                     size_t chi, uint64_t *sums) {
+    const Model *m = io->m;
     for (int i = 0; i < m->ntensors; i++) {
         const ParamTensor *t = &m->tensors[i];
         char name[128];
         snprintf(name, sizeof name, "%s/%s", group, t->name);
         hid_t ds;
-        if (writing) {
+        errno = 0;
+        if (io->writing) {
             hsize_t dims[2] = {(hsize_t)t->shape[0], (hsize_t)t->shape[1]};
             hid_t sp = H5Screate_simple(t->ndim, dims, NULL);
             H5_CHECK(sp);
-            ds = H5Dcreate2(f, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+            ds = H5Dcreate2(io->f, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
             H5_CHECK(H5Sclose(sp));
         } else {
-            ds = H5Dopen2(f, name, H5P_DEFAULT);
+            ds = H5Dopen2(io->f, name, H5P_DEFAULT);
         }
-        H5_CHECK(ds);
+        if (ds < 0 && !io->writing) {
+            io->errors++;
+            H5Eclear2(H5E_DEFAULT);
+            continue;
+        }
+        if (ds < 0) {
+            char why[600];
+            h5_reason(errno, why, sizeof why);
+            FATAL("check the file system's space and health", "checkpoint '%s': cannot create /%s: %s", io->path, name, why);
+        }
         size_t a = t->offset > lo ? t->offset : lo, b = t->offset + t->numel < hi ? t->offset + t->numel : hi;
         if (b < a) b = a;
         hid_t fs = H5Dget_space(ds);
@@ -95,10 +131,23 @@ static void io_group(hid_t f, hid_t dxpl, const Model *m, const char *group, flo
         H5_CHECK(ms);
         if (!n) H5_CHECK(H5Sselect_none(ms));
         float *p = buf + (a - buf_begin);
-        if (writing) H5_CHECK(H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, n ? p : buf));
-        else H5_CHECK(H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, n ? p : buf));
-        size_t ca = t->offset > clo ? t->offset : clo, cb = t->offset + t->numel < chi ? t->offset + t->numel : chi;
-        if (cb > ca) sums[i] += ckpt_checksum(buf + (ca - buf_begin), cb - ca, ca - t->offset);
+        herr_t rc;
+        errno = 0;
+        if (io->writing) rc = H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, io->dxpl, n ? p : buf);
+        else rc = H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, io->dxpl, n ? p : buf);
+        if (rc < 0 && io->writing) {
+            char why[600];
+            h5_reason(errno, why, sizeof why);
+            FATAL("check the file system's space (df) and health; the previous checkpoint is untouched",
+                  "checkpoint write of '%s' failed on /%s: %s", io->path, name, why);
+        }
+        if (rc < 0) {
+            io->errors++;
+            H5Eclear2(H5E_DEFAULT);
+        } else {
+            size_t ca = t->offset > clo ? t->offset : clo, cb = t->offset + t->numel < chi ? t->offset + t->numel : chi;
+            if (cb > ca) sums[i] += ckpt_checksum(buf + (ca - buf_begin), cb - ca, ca - t->offset);
+        }
         H5_CHECK(H5Sclose(ms));
         H5_CHECK(H5Sclose(fs));
         H5_CHECK(H5Dclose(ds));
@@ -127,14 +176,17 @@ static void holdings(const Zero *z, Holding h[DS_KINDS]) {
     h[DS_EXP_AVG_SQ] = (Holding){z->host_v, z->optim.begin, z->optim.end};
 }
 
-static hid_t open_parallel(const char *path, MPI_Comm comm, int create) {
+// Opens or creates path collectively; on failure returns < 0 with why filled.
+static hid_t open_parallel(const char *path, MPI_Comm comm, int create, char *why, size_t n) {
+    h5_quiet();
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5_CHECK(fapl);
     H5_CHECK(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL));
-    hid_t f;
-    H5E_BEGIN_TRY {
-        f = create ? H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    } H5E_END_TRY;
+    if (create) h5_checksummed_format(fapl);
+    errno = 0;
+    hid_t f = create ? H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    int err = errno;
+    if (f < 0) h5_reason(err, why, n);
     H5_CHECK(H5Pclose(fapl));
     return f;
 }
@@ -146,76 +198,281 @@ static void sync_path(const char *path, int directory) {
     close(fd);
 }
 
+// "step-NNNNNN.h5" (digits only) -> NNNNNN.
 static int parse_step(const char *name, int64_t *step) {
-    int n = 0;
-    long long s;
-    if (sscanf(name, "step-%lld.h5%n", &s, &n) == 1 && name[n] == 0) {
-        *step = s;
+    if (strncmp(name, "step-", 5) != 0) return 0;
+    const char *p = name + 5;
+    int64_t s = 0;
+    int digits = 0;
+    for (; *p >= '0' && *p <= '9'; p++, digits++) {
+        if (s > (INT64_MAX - 9) / 10) return 0;
+        s = s * 10 + (*p - '0');
+    }
+    if (!digits || strcmp(p, ".h5") != 0) return 0;
+    *step = s;
+    return 1;
+}
+
+// ---------------------------------------------------------------------------
+// What this job wrote, and pruning it.
+
+void ckpt_job_free(CkptJob *j) {
+    free(j->steps);
+    memset(j, 0, sizeof *j);
+}
+
+static void job_add(CkptJob *j, int64_t step) {
+    size_t k = 0;
+    while (k < j->n && j->steps[k] != step) k++;
+    if (k < j->n) {             // written again: it is now the newest
+        memmove(j->steps + k, j->steps + k + 1, (j->n - k - 1) * sizeof *j->steps);
+        j->n--;
+    }
+    if (j->n == j->cap) {
+        size_t cap = j->cap ? 2 * j->cap : 16;
+        int64_t *p = realloc(j->steps, cap * sizeof *p);
+        SYS_CHECK(p, "out of memory tracking checkpoints");
+        j->steps = p;
+        j->cap = cap;
+    }
+    j->steps[j->n++] = step;
+}
+
+// Removes leftovers of crashed writes (step-*.h5.tmp: never a checkpoint),
+// then the oldest checkpoints this job wrote beyond `keep`. Checkpoints of
+// earlier jobs in the same directory are never touched.
+static void prune(const char *dir, CkptJob *j, int64_t keep) {
+    DIR *dd = opendir(dir);
+    if (dd) {
+        for (struct dirent *e; (e = readdir(dd)); ) {
+            size_t len = strlen(e->d_name);
+            if (strncmp(e->d_name, "step-", 5) != 0 || len < 7 || strcmp(e->d_name + len - 7, ".h5.tmp") != 0) continue;
+            char path[1200];
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+        closedir(dd);
+    }
+    while (keep > 0 && j->n > (size_t)keep) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/step-%06lld.h5", dir, (long long)j->steps[0]);
+        if (unlink(path) != 0 && errno != ENOENT) log_warn("cannot delete old checkpoint '%s': %s", path, strerror(errno));
+        memmove(j->steps, j->steps + 1, (j->n - 1) * sizeof *j->steps);
+        j->n--;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// /meta: its checksum (see ckpt.h) and its attributes, each checked.
+
+typedef struct Names {
+    char **v;
+    size_t n, cap;
+    int overflow;
+} Names;
+
+static herr_t collect_name(hid_t loc, const char *name, const H5A_info_t *info, void *data) {
+    (void)loc, (void)info;
+    Names *nm = data;
+    if (nm->n >= META_MAX_ATTRS) {
+        nm->overflow = 1;
         return 1;
+    }
+    if (nm->n == nm->cap) {
+        size_t cap = nm->cap ? 2 * nm->cap : 64;
+        char **p = realloc(nm->v, cap * sizeof *p);
+        if (!p) return -1;
+        nm->v = p;
+        nm->cap = cap;
+    }
+    if (!(nm->v[nm->n] = strdup(name))) return -1;
+    nm->n++;
+    return 0;
+}
+
+static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static uint64_t fnv_u64(uint64_t h, uint64_t v) {
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(v >> (8 * i));
+    return fnv(h, b, 8);
+}
+
+// Folds attribute `name` into h; -1 with why if it is not one number or string.
+static int digest_attr(hid_t meta, const char *name, uint64_t *h, char *why, size_t n) {
+    int kind = h5_attr_kind(meta, name), rc = H5A_BAD;
+    unsigned char tag = (unsigned char)kind;
+    uint64_t x = 0;
+    char *str = NULL;
+    if (kind == 'i') {
+        int64_t v;
+        rc = h5_read_attr_i64(meta, name, &v);
+        x = (uint64_t)v;
+    } else if (kind == 'u') {
+        rc = h5_read_attr_u64(meta, name, &x);
+    } else if (kind == 'f') {
+        double v;
+        rc = h5_read_attr_f64(meta, name, &v);
+        memcpy(&x, &v, sizeof x);
+    } else if (kind == 's') {
+        rc = h5_read_attr_strdup(meta, name, META_MAX_STRING, &str);
+    }
+    if (rc != H5A_OK) {
+        char what[128];
+        h5_attr_describe(meta, name, what, sizeof what);
+        snprintf(why, n, "/meta attribute '%.100s' is %s, not one number or string", name, what);
+        return -1;
+    }
+    size_t len = strlen(name);
+    *h = fnv_u64(*h, len);
+    *h = fnv(*h, name, len);
+    *h = fnv(*h, &tag, 1);
+    if (str) {
+        *h = fnv_u64(*h, strlen(str));
+        *h = fnv(*h, str, strlen(str));
+        free(str);
+    } else {
+        *h = fnv_u64(*h, 8);
+        *h = fnv_u64(*h, x);
     }
     return 0;
 }
 
-// Removes leftovers of crashed writes, then the oldest checkpoints beyond `keep`.
-static void prune(const char *dir, int64_t keep, int64_t newest) {
-    DIR *dd = opendir(dir);
-    if (!dd) return;
-    for (struct dirent *e; (e = readdir(dd)); ) {
-        size_t len = strlen(e->d_name);
-        if (strncmp(e->d_name, "step-", 5) != 0 || len < 4 || strcmp(e->d_name + len - 4, ".tmp") != 0) continue;
-        char path[1200];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
+// The checksum of every attribute of /meta but meta_checksum itself.
+static int meta_digest(hid_t meta, uint64_t *sum, char *why, size_t n) {
+    Names nm = {0};
+    hsize_t idx = 0;
+    herr_t r;
+    H5E_BEGIN_TRY { r = H5Aiterate2(meta, H5_INDEX_NAME, H5_ITER_INC, &idx, collect_name, &nm); } H5E_END_TRY;
+    int rc = 0;
+    if (r < 0 || nm.overflow) {
+        if (nm.overflow) snprintf(why, n, "/meta holds more than %d attributes", META_MAX_ATTRS);
+        else snprintf(why, n, "/meta's attributes cannot be listed");
+        rc = -1;
     }
-    closedir(dd);
-    while (keep > 0) {
-        if (!(dd = opendir(dir))) return;
-        int count = 0;
-        int64_t oldest = INT64_MAX, s;
-        for (struct dirent *e; (e = readdir(dd)); )
-            if (parse_step(e->d_name, &s)) {
-                count++;
-                if (s < oldest) oldest = s;
-            }
-        closedir(dd);
-        if (count <= keep || oldest == newest) return;
-        char path[1200];
-        snprintf(path, sizeof path, "%s/step-%06lld.h5", dir, (long long)oldest);
-        if (unlink(path) != 0) return;
+    if (rc == 0) {
+        qsort(nm.v, nm.n, sizeof *nm.v, cmp_name);
+        uint64_t h = 0xcbf29ce484222325ull;
+        for (size_t i = 0; i < nm.n && rc == 0; i++)
+            if (strcmp(nm.v[i], META_CHECKSUM) != 0) rc = digest_attr(meta, nm.v[i], &h, why, n);
+        *sum = h;
     }
+    for (size_t i = 0; i < nm.n; i++) free(nm.v[i]);
+    free(nm.v);
+    return rc;
 }
 
-void ckpt_write(const Zero *z, const Deck *d, const char *deck_text, const char *dir, const CkptState *st) {
-    const Model *m = z->m;
-    const Config *c = &d->cfg;
-    char path[1100], tmp[1200];
-    if (z->r == 0) make_dirs(dir, "set [checkpoint] dir to a writable directory");
-    MPI_CHECK(MPI_Barrier(z->comm->comm));
-    snprintf(path, sizeof path, "%s/step-%06lld.h5", dir, (long long)st->step);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    hid_t f = open_parallel(tmp, z->comm->comm, 1);
-    if (f < 0) FATAL_ALL("check [checkpoint] dir", "cannot create checkpoint '%s'", tmp);
-    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    H5_CHECK(dxpl);
-    H5_CHECK(H5Pset_dxpl_mpio(dxpl, ckpt_io_mode()));
+typedef struct MetaInfo {
+    int64_t version;        // 1: before meta_checksum
+    GPTShape s;
+    int64_t step, data_cursor, optim_t, seed;
+    int64_t data_rows;      // -1: written before the cursor was kept in rows
+    double tokens_seen;
+    char layout[128];
+} MetaInfo;
 
-    Holding h[DS_KINDS];
-    holdings(z, h);
-    size_t lo, hi;
-    zero_part(z, z->r, 0, z->N, &lo, &hi);      // this rank writes its dp shard of everything
-    uint64_t *sums = xcalloc(sizeof(uint64_t) * (size_t)m->ntensors * DS_KINDS, "checksums");
-    for (int k = 0; k < DS_KINDS; k++) {
-        H5_CHECK(H5Gclose(h5_group(f, groups[k])));
-        io_group(f, dxpl, m, groups[k], h[k].buf, h[k].begin, lo, hi, lo, hi, sums + k * m->ntensors, 1);
-        // Test-only: stop half-way through, so a test can kill the job mid-write.
-        if (k == 0 && c->checkpoint.test_pause_step == st->step && c->checkpoint.test_pause_s > 0) {
-            log_info("checkpoint: test pause %.0f s while writing %s\n", c->checkpoint.test_pause_s, tmp);
-            usleep((useconds_t)(c->checkpoint.test_pause_s * 1e6));
+static int bad_int(hid_t meta, const char *name, char *why, size_t n) {
+    char what[128];
+    h5_attr_describe(meta, name, what, sizeof what);
+    snprintf(why, n, "/meta attribute %s is %s, not one integer", name, what);
+    return -1;
+}
+
+// Reads and range-checks every attribute the reader uses. -1 with why naming it.
+static int meta_read(hid_t meta, MetaInfo *mi, char *why, size_t n) {
+    memset(mi, 0, sizeof *mi);
+    int rc = h5_read_attr_i64(meta, "format_version", &mi->version);
+    if (rc == H5A_MISSING) mi->version = 1;
+    else if (rc != H5A_OK) return bad_int(meta, "format_version", why, n);
+    if (mi->version < 1 || mi->version > CKPT_FORMAT) {
+        snprintf(why, n, "/meta format_version = %lld; this Partita reads formats 1 to %d", (long long)mi->version,
+                 CKPT_FORMAT);
+        return -1;
+    }
+    char w[300];
+    if (weights_read_shape(meta, &mi->s, w, sizeof w) != 0) {
+        snprintf(why, n, "/meta: %s", w);
+        return -1;
+    }
+    struct { const char *attr; int64_t *dst, lo, hi; } ints[] = {
+        {"step", &mi->step, 0, CKPT_MAX_STEP}, {"data_cursor", &mi->data_cursor, 0, INT64_MAX},
+        {"optim_t", &mi->optim_t, 0, INT32_MAX}, {"seed", &mi->seed, INT64_MIN, INT64_MAX}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        if (h5_read_attr_i64(meta, ints[i].attr, ints[i].dst) != H5A_OK) return bad_int(meta, ints[i].attr, why, n);
+        if (*ints[i].dst < ints[i].lo || *ints[i].dst > ints[i].hi) {
+            snprintf(why, n, "/meta attribute %s = %lld is outside [%lld, %lld]", ints[i].attr,
+                     (long long)*ints[i].dst, (long long)ints[i].lo, (long long)ints[i].hi);
+            return -1;
         }
     }
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, m->ntensors * DS_KINDS, MPI_UINT64_T, MPI_SUM, z->comm->comm));
+    rc = h5_read_attr_i64(meta, "data_rows", &mi->data_rows);
+    if (rc == H5A_MISSING) mi->data_rows = -1;
+    else if (rc != H5A_OK) return bad_int(meta, "data_rows", why, n);
+    else if (mi->data_rows < -1) {
+        snprintf(why, n, "/meta attribute data_rows = %lld is negative", (long long)mi->data_rows);
+        return -1;
+    }
+    rc = h5_read_attr_f64(meta, "tokens_seen", &mi->tokens_seen);
+    if (rc == H5A_MISSING) mi->tokens_seen = 0;
+    else if (rc != H5A_OK || !isfinite(mi->tokens_seen) || mi->tokens_seen < 0) {
+        char what[128];
+        h5_attr_describe(meta, "tokens_seen", what, sizeof what);
+        snprintf(why, n, "/meta attribute tokens_seen is %s%s", rc == H5A_OK ? "negative or not finite: " : what,
+                 rc == H5A_OK ? "" : ", not one number");
+        return -1;
+    }
+    rc = h5_read_attr_str(meta, "layout", mi->layout, sizeof mi->layout);
+    if (rc == H5A_MISSING) snprintf(mi->layout, sizeof mi->layout, "?");
+    else if (rc != H5A_OK) {
+        char what[128];
+        h5_attr_describe(meta, "layout", what, sizeof what);
+        snprintf(why, n, "/meta attribute layout is %s, not a string of at most %zu bytes", what, sizeof mi->layout - 1);
+        return -1;
+    }
+    return 0;
+}
 
+// Verifies meta_checksum (format 2). 0 ok, 1 none stored (format 1), -1 with why.
+static int meta_verify(hid_t meta, int64_t version, char *why, size_t n) {
+    uint64_t stored = 0, sum = 0;
+    int rc = h5_read_attr_u64(meta, META_CHECKSUM, &stored);
+    if (rc == H5A_MISSING && version < 2) return 1;
+    if (rc == H5A_MISSING) {
+        snprintf(why, n, "/meta lacks %s (format_version %lld has one)", META_CHECKSUM, (long long)version);
+        return -1;
+    }
+    if (rc != H5A_OK) return bad_int(meta, META_CHECKSUM, why, n);
+    if (meta_digest(meta, &sum, why, n) != 0) return -1;
+    if (sum != stored) {
+        snprintf(why, n, "meta checksum mismatch: an attribute of /meta (step, optim_t, the deck, a dataset checksum...) "
+                 "was changed, added or removed after the write (stored %016llx, computed %016llx)",
+                 (unsigned long long)stored, (unsigned long long)sum);
+        return -1;
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+
+#define CKPT_TIMEOUT_HINT "a rank is stopped or the file system hangs; the previous checkpoint is whole and " \
+    "<dir>/latest names it; raise [comm] timeout_s if checkpoints take this long"
+
+static void write_meta(hid_t f, const Zero *z, const Deck *d, const char *deck_text, const CkptState *st,
+                       const uint64_t *sums) {
+    const Model *m = z->m;
+    const Config *c = &d->cfg;
     hid_t meta = h5_group(f, "meta");
+    h5_attr_i64(meta, "format_version", CKPT_FORMAT);
     h5_attr_i64(meta, "step", st->step);
     h5_attr_f64(meta, "tokens_seen", st->tokens_seen);
     h5_attr_i64(meta, "data_cursor", st->data_cursor);
@@ -238,108 +495,195 @@ void ckpt_write(const Zero *z, const Deck *d, const char *deck_text, const char 
             H5_CHECK(H5Aclose(a));
             H5_CHECK(H5Sclose(sp));
         }
+    // Last: the checksum of all of the above, the same on every rank.
+    uint64_t digest = 0;
+    char why[400];
+    if (meta_digest(meta, &digest, why, sizeof why) != 0) FATAL(NULL, "checkpoint /meta: %s", why);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(meta, META_CHECKSUM, H5T_STD_U64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    H5_CHECK(a);
+    H5_CHECK(H5Awrite(a, H5T_NATIVE_UINT64, &digest));
+    H5_CHECK(H5Aclose(a));
+    H5_CHECK(H5Sclose(sp));
     H5_CHECK(H5Gclose(meta));
+}
+
+// Rank 0: the synced file gets its real name, then `latest` names it.
+static void publish(const char *dir, const char *tmp, const char *path, int64_t step) {
+    const char *hint = "check the checkpoint directory's space and permissions";
+    sync_path(tmp, 0);
+    if (rename(tmp, path) != 0) FATAL(hint, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
+    sync_path(dir, 1);
+    char latest[1100], ltmp[1200];
+    snprintf(latest, sizeof latest, "%s/latest", dir);
+    snprintf(ltmp, sizeof ltmp, "%s.tmp", latest);
+    FILE *lf = fopen(ltmp, "w");
+    if (!lf) FATAL(hint, "cannot write '%s': %s", ltmp, strerror(errno));
+    fprintf(lf, "step-%06lld.h5\n", (long long)step);
+    if (fflush(lf) != 0 || fsync(fileno(lf)) != 0) FATAL(hint, "cannot write '%s': %s", ltmp, strerror(errno));
+    if (fclose(lf) != 0) FATAL(hint, "cannot write '%s': %s", ltmp, strerror(errno));
+    if (rename(ltmp, latest) != 0) FATAL(hint, "cannot rename '%s' to '%s': %s", ltmp, latest, strerror(errno));
+    sync_path(dir, 1);
+}
+
+void ckpt_write(CkptJob *job, const Zero *z, const Deck *d, const char *deck_text, const char *dir,
+                const CkptState *st) {
+    const Model *m = z->m;
+    const Config *c = &d->cfg;
+    char path[1100], tmp[1200], why[600];
+    snprintf(path, sizeof path, "%s/step-%06lld.h5", dir, (long long)st->step);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    Watchdog wd;
+    watchdog_start(&wd, c->comm.timeout_s, CKPT_TIMEOUT_HINT, "checkpoint write of '%s'", tmp);
+    watchdog_phase(&wd, "waiting for every rank to reach the checkpoint");
+    if (z->r == 0) make_dirs(dir, "set [checkpoint] dir to a writable directory");
+    MPI_CHECK(MPI_Barrier(z->comm->comm));
+    watchdog_phase(&wd, "creating the file");
+    hid_t f = open_parallel(tmp, z->comm->comm, 1, why, sizeof why);
+    if (f < 0)
+        FATAL_ALL("check [checkpoint] dir: it must be a writable directory with space", "cannot create checkpoint '%s': %s",
+                  tmp, why);
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    H5_CHECK(dxpl);
+    H5_CHECK(H5Pset_dxpl_mpio(dxpl, ckpt_io_mode()));
+
+    Holding h[DS_KINDS];
+    holdings(z, h);
+    size_t lo, hi;
+    zero_part(z, z->r, 0, z->N, &lo, &hi);      // this rank writes its dp shard of everything
+    uint64_t *sums = xcalloc(sizeof(uint64_t) * (size_t)m->ntensors * DS_KINDS, "checksums");
+    Io io = {.f = f, .dxpl = dxpl, .m = m, .path = tmp, .writing = 1};
+    static const char *const writing[DS_KINDS] = {"writing /params", "writing /optim/exp_avg", "writing /optim/exp_avg_sq"};
+    for (int k = 0; k < DS_KINDS; k++) {
+        watchdog_phase(&wd, writing[k]);
+        H5_CHECK(H5Gclose(h5_group(f, groups[k])));
+        io_group(&io, groups[k], h[k].buf, h[k].begin, lo, hi, lo, hi, sums + k * m->ntensors);
+        if (k != 0) continue;
+        // Test-only: stop half-way through, so a test can kill the job mid-write.
+        if (c->checkpoint.test_pause_step == st->step && c->checkpoint.test_pause_s > 0) {
+            log_info("checkpoint: test pause %.0f s while writing %s\n", c->checkpoint.test_pause_s, tmp);
+            usleep((useconds_t)(c->checkpoint.test_pause_s * 1e6));
+        }
+        // Test-only: one rank stalls (a stuck rank); the watchdog must end the job.
+        if (c->checkpoint.fault_stall_rank == z->r && c->checkpoint.fault_stall_step == st->step &&
+            c->checkpoint.fault_stall_s > 0) {
+            log_warn("test fault: stalling %.0f s while writing %s", c->checkpoint.fault_stall_s, tmp);
+            struct timespec ts = {(time_t)c->checkpoint.fault_stall_s, 0};
+            while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+        }
+    }
+    watchdog_phase(&wd, "summing checksums: waiting for the other ranks");
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, m->ntensors * DS_KINDS, MPI_UINT64_T, MPI_SUM, z->comm->comm));
+    watchdog_phase(&wd, "writing /meta");
+    write_meta(f, z, d, deck_text, st, sums);
     free(sums);
     H5_CHECK(H5Pclose(dxpl));
-    H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL));
-    H5_CHECK(H5Fclose(f));
-
-    // Only a whole, synced file gets the real name, and only then is it `latest`.
-    if (z->r == 0) {
-        sync_path(tmp, 0);
-        SYS_CHECK(rename(tmp, path) == 0, "cannot rename '%s': %s", tmp, strerror(errno));
-        sync_path(dir, 1);
-        char latest[1100], ltmp[1200];
-        snprintf(latest, sizeof latest, "%s/latest", dir);
-        snprintf(ltmp, sizeof ltmp, "%s.tmp", latest);
-        FILE *lf = fopen(ltmp, "w");
-        SYS_CHECK(lf, "cannot write '%s': %s", ltmp, strerror(errno));
-        fprintf(lf, "step-%06lld.h5\n", (long long)st->step);
-        SYS_CHECK(fflush(lf) == 0 && fsync(fileno(lf)) == 0, "cannot sync '%s'", ltmp);
-        fclose(lf);
-        SYS_CHECK(rename(ltmp, latest) == 0, "cannot rename '%s': %s", ltmp, strerror(errno));
-        sync_path(dir, 1);
-        prune(dir, c->checkpoint.keep, st->step);
+    watchdog_phase(&wd, "flushing and closing the file");
+    errno = 0;
+    if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0 || H5Fclose(f) < 0) {
+        h5_reason(errno, why, sizeof why);
+        FATAL("check the file system's space (df) and health; the previous checkpoint is untouched",
+              "checkpoint write of '%s' failed when flushing it: %s", tmp, why);
     }
+    if (z->r == 0) {
+        watchdog_phase(&wd, "syncing, renaming and updating latest");
+        publish(dir, tmp, path, st->step);
+        job_add(job, st->step);
+        prune(dir, job, c->checkpoint.keep);
+    }
+    watchdog_phase(&wd, "waiting for rank 0 to publish the checkpoint");
     MPI_CHECK(MPI_Barrier(z->comm->comm));
+    watchdog_stop(&wd);
 }
 
 // ---------------------------------------------------------------------------
 // Reading
 
-// Checks the shape the file was written for against the deck's; returns a
-// message or "" (identical on every rank: they read the same metadata).
-static void check_shape(hid_t meta, const Model *m, const Deck *d, const char *path, char *err, size_t n) {
+// Checks the shape the file was written for against the deck's (fatal: the
+// file is whole, the deck is wrong).
+static void check_shape(const GPTShape *f, const Model *m, const Deck *d, const char *path) {
     const GPTShape *s = &m->s;
-    struct { const char *attr, *key; int64_t want; } want[] = {
-        {"n_layer", "model.layers", s->L}, {"n_embd", "model.d_model", s->C}, {"n_head", "model.heads", s->NH},
-        {"vocab_size", "model.vocab", s->V}, {"padded_vocab_size", "model.vocab_pad", s->Vp},
-        {"n_positions", "model.seq_len", s->maxT}, {"mlp_hidden", "model.mlp_ratio", s->H}};
-    err[0] = 0;
+    struct { const char *attr, *key; int64_t file, want; } want[] = {
+        {"n_layer", "model.layers", f->L, s->L}, {"n_embd", "model.d_model", f->C, s->C},
+        {"n_head", "model.heads", f->NH, s->NH}, {"vocab_size", "model.vocab", f->V, s->V},
+        {"padded_vocab_size", "model.vocab_pad", f->Vp, s->Vp}, {"n_positions", "model.seq_len", f->maxT, s->maxT},
+        {"mlp_hidden", "model.mlp_ratio", f->H, s->H}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-        int64_t v;
+        if (want[i].file == want[i].want) continue;
         char where[600];
-        if (h5_read_attr_i64(meta, want[i].attr, &v) < 0) {
-            snprintf(err, n, "checkpoint '%s': /meta lacks the attribute %s", path, want[i].attr);
-            return;
-        }
-        if (v != want[i].want) {
-            snprintf(err, n, "checkpoint '%s' was written for %s = %lld, but the deck's %s gives %lld (%s)", path,
-                     want[i].attr, (long long)v, want[i].key, (long long)want[i].want,
-                     deck_where(d, want[i].key, where, sizeof where));
-            return;
-        }
+        FATAL_ALL("resume with the deck that wrote it, or set [checkpoint] resume = none",
+                  "checkpoint '%s' was written for %s = %lld, but the deck's %s gives %lld (%s)", path, want[i].attr,
+                  (long long)want[i].file, want[i].key, (long long)want[i].want,
+                  deck_where(d, want[i].key, where, sizeof where));
     }
 }
 
-void ckpt_read(Zero *z, const Deck *d, const char *path, CkptState *st) {
-    const Model *m = z->m;
-    hid_t f = open_parallel(path, z->comm->comm, 0);
-    if (f < 0)
-        FATAL_ALL("the file is truncated, not HDF5 or unreadable; resume from an older one or none",
-                  "cannot open checkpoint '%s'", path);
-    char err[1200];
-    if (H5Lexists(f, "meta", H5P_DEFAULT) <= 0)
-        FATAL_ALL("this is not a Partita checkpoint", "checkpoint '%s' has no /meta group", path);
-    hid_t meta = H5Gopen2(f, "meta", H5P_DEFAULT);
-    H5_CHECK(meta);
-    check_shape(meta, m, d, path, err, sizeof err);
-    if (err[0]) FATAL_ALL("resume with the deck that wrote it, or set [checkpoint] resume = none", "%s", err);
-    int64_t v = 0;
-    if (h5_read_attr_i64(meta, "step", &st->step) < 0 || h5_read_attr_i64(meta, "data_cursor", &st->data_cursor) < 0 ||
-        h5_read_attr_i64(meta, "optim_t", &v) < 0)
-        FATAL_ALL(NULL, "checkpoint '%s': /meta lacks step, data_cursor or optim_t", path);
-    z->optim.t = (int)v;
-    if (h5_read_attr_i64(meta, "data_rows", &st->data_rows) < 0) st->data_rows = -1;
-    double tokens = 0;
-    if (H5Aexists(meta, "tokens_seen") > 0) {
-        hid_t a = H5Aopen(meta, "tokens_seen", H5P_DEFAULT);
-        H5_CHECK(a);
-        H5_CHECK(H5Aread(a, H5T_NATIVE_DOUBLE, &tokens));
-        H5_CHECK(H5Aclose(a));
-    }
-    st->tokens_seen = tokens;
-    // Every dataset must be there with the model's shape before any is read.
+// Makes a verdict collective: -1 and the lowest failing rank's why if any
+// rank failed, else 0.
+static int agree(MPI_Comm comm, int rc, char *why, size_t n) {
+    int me, size, first;
+    MPI_CHECK(MPI_Comm_rank(comm, &me));
+    MPI_CHECK(MPI_Comm_size(comm, &size));
+    int mine = rc != 0 ? me : size;
+    MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
+    if (first == size) return 0;
+    if (n > (size_t)INT32_MAX) n = INT32_MAX;
+    MPI_CHECK(MPI_Bcast(why, (int)n, MPI_CHAR, first, comm));
+    why[n - 1] = 0;
+    return -1;
+}
+
+// Every dataset there, float, with the model's shape, and its checksum stored.
+static int check_datasets(hid_t f, hid_t meta, const Model *m, char *why, size_t n) {
     for (int k = 0; k < DS_KINDS; k++)
         for (int i = 0; i < m->ntensors; i++) {
             const ParamTensor *t = &m->tensors[i];
-            char name[160];
+            char name[160], key[180];
             snprintf(name, sizeof name, "%s/%s", groups[k], t->name);
+            snprintf(key, sizeof key, "checksum:/%s", name);
             htri_t ok;
-            H5E_BEGIN_TRY { ok = H5Lexists(f, name, H5P_DEFAULT); } H5E_END_TRY;
-            if (ok <= 0) FATAL_ALL("the checkpoint is incomplete or from another model", "checkpoint '%s' lacks the dataset /%s", path, name);
-            hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
-            hid_t sp = H5Dget_space(ds);
-            hsize_t dims[2] = {0, 0};
-            int nd = H5Sget_simple_extent_ndims(sp);
-            H5_CHECK(H5Sget_simple_extent_dims(sp, dims, NULL));
-            if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1]))
-                FATAL_ALL("the checkpoint is from another model", "checkpoint '%s': /%s has shape (%llu, %llu), the model expects (%d, %d)",
-                          path, name, (unsigned long long)dims[0], (unsigned long long)(nd == 2 ? dims[1] : 0),
-                          t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
-            H5_CHECK(H5Sclose(sp));
-            H5_CHECK(H5Dclose(ds));
+            H5E_BEGIN_TRY { ok = H5Lexists(f, groups[k], H5P_DEFAULT) > 0 ? H5Lexists(f, name, H5P_DEFAULT) : 0; } H5E_END_TRY;
+            if (ok <= 0) {
+                snprintf(why, n, "it lacks the dataset /%s", name);
+                return -1;
+            }
+            hid_t ds;
+            H5E_BEGIN_TRY { ds = H5Dopen2(f, name, H5P_DEFAULT); } H5E_END_TRY;
+            if (ds < 0) {
+                snprintf(why, n, "/%s is not a dataset", name);
+                return -1;
+            }
+            hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
+            hsize_t dims[H5S_MAX_RANK] = {0};
+            int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
+            if (nd > 0) H5Sget_simple_extent_dims(sp, dims, NULL);
+            int is_float = ty >= 0 && H5Tget_class(ty) == H5T_FLOAT;
+            if (ty >= 0) H5Tclose(ty);
+            if (sp >= 0) H5Sclose(sp);
+            H5Dclose(ds);
+            uint64_t sum;
+            if (!is_float)
+                snprintf(why, n, "/%s is not a float dataset", name);
+            else if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
+                char got[160], want[64];
+                h5_shape_text(dims, nd, got, sizeof got);
+                h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, sizeof want);
+                snprintf(why, n, "/%s has shape %s, the model expects %s", name, got, want);
+            }
+            else if (h5_read_attr_u64(meta, key, &sum) != H5A_OK)
+                snprintf(why, n, "/meta lacks a valid %s", key);
+            else
+                continue;
+            return -1;
         }
+    return 0;
+}
+
+// Reads every dataset into z's holdings; checks, collectively, that every
+// read succeeded and every dataset matches its stored checksum.
+static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdog *wd, char *why, size_t n) {
+    const Model *m = z->m;
+    watchdog_phase(wd, "reading the datasets");
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     H5_CHECK(dxpl);
     H5_CHECK(H5Pset_dxpl_mpio(dxpl, ckpt_io_mode()));
@@ -347,182 +691,373 @@ void ckpt_read(Zero *z, const Deck *d, const char *path, CkptState *st) {
     holdings(z, h);
     size_t lo, hi;
     zero_part(z, z->r, 0, z->N, &lo, &hi);  // the part this rank vouches for in the checksums
-    uint64_t *sums = xcalloc(sizeof(uint64_t) * (size_t)m->ntensors * DS_KINDS, "checksums");
+    size_t ns = (size_t)m->ntensors * DS_KINDS;
+    uint64_t *sums = xcalloc(sizeof(uint64_t) * (ns + 1), "checksums");
+    Io io = {.f = f, .dxpl = dxpl, .m = m, .path = path};
     for (int k = 0; k < DS_KINDS; k++)
-        io_group(f, dxpl, m, groups[k], h[k].buf, h[k].begin, h[k].begin, h[k].end, lo, hi, sums + k * m->ntensors, 0);
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, m->ntensors * DS_KINDS, MPI_UINT64_T, MPI_SUM, z->comm->comm));
-    for (int k = 0; k < DS_KINDS; k++)
-        for (int i = 0; i < m->ntensors; i++) {
-            char key[160];
-            uint64_t want = 0;
-            snprintf(key, sizeof key, "checksum:/%s/%s", groups[k], m->tensors[i].name);
-            hid_t at = -1;
-            H5E_BEGIN_TRY { at = H5Aopen(meta, key, H5P_DEFAULT); } H5E_END_TRY;
-            if (at < 0) FATAL_ALL("the checkpoint is incomplete", "checkpoint '%s': /meta lacks %s", path, key);
-            H5_CHECK(H5Aread(at, H5T_NATIVE_UINT64, &want));
-            H5_CHECK(H5Aclose(at));
-            if (want != sums[k * m->ntensors + i])
-                FATAL_ALL("the file is corrupt: resume from an older checkpoint",
-                          "checkpoint '%s': dataset /%s/%s fails its checksum (stored %016llx, read %016llx)", path,
-                          groups[k], m->tensors[i].name, (unsigned long long)want,
-                          (unsigned long long)sums[k * m->ntensors + i]);
-        }
-    zero_push_states(z);    // read into the host copies; on cuda they go to the device now
-    free(sums);
+        io_group(&io, groups[k], h[k].buf, h[k].begin, h[k].begin, h[k].end, lo, hi, sums + k * m->ntensors);
     H5_CHECK(H5Pclose(dxpl));
-    H5_CHECK(H5Gclose(meta));
-    H5_CHECK(H5Fclose(f));
+    sums[ns] = (uint64_t)io.errors;     // reduced with the checksums
+    watchdog_phase(wd, "summing checksums: waiting for the other ranks");
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, (int)ns + 1, MPI_UINT64_T, MPI_SUM, z->comm->comm));
+    int rc = 0;
+    if (sums[ns]) {
+        snprintf(why, n, "%llu dataset reads failed (truncated or damaged file)", (unsigned long long)sums[ns]);
+        rc = -1;
+    }
+    for (int k = 0; k < DS_KINDS && !rc; k++)
+        for (int i = 0; i < m->ntensors && !rc; i++) {
+            char key[160];
+            uint64_t want = 0, got = sums[k * m->ntensors + i];
+            snprintf(key, sizeof key, "checksum:/%s/%s", groups[k], m->tensors[i].name);
+            h5_read_attr_u64(meta, key, &want);     // checked in check_datasets
+            if (want != got) {
+                snprintf(why, n, "dataset /%s/%s fails its checksum (stored %016llx, read %016llx)", groups[k],
+                         m->tensors[i].name, (unsigned long long)want, (unsigned long long)got);
+                rc = -1;
+            }
+        }
+    free(sums);
+    return rc;
 }
 
-int ckpt_find_resume(const Deck *d, const char *dir, char *path, size_t n, int rank) {
-    const char *r = d->cfg.checkpoint.resume;
-    if (strcmp(r, "none") == 0) return 0;
-    if (strcmp(r, "auto") != 0) {
-        snprintf(path, n, "%s", r);
-        return 1;
+static int load(Zero *z, const Deck *d, const char *path, CkptState *st, Watchdog *wd, char *why, size_t n) {
+    const Model *m = z->m;
+    MPI_Comm comm = z->comm->comm;
+    char w[600] = "";
+    watchdog_phase(wd, "opening the file");
+    hid_t f = open_parallel(path, comm, 0, w, sizeof w);
+    if (f < 0) snprintf(why, n, "cannot open it (missing, truncated or not HDF5): %s", w);
+    if (agree(comm, f < 0, why, n) != 0) {
+        if (f >= 0) H5Fclose(f);
+        return -1;
     }
-    char latest[1100], name[256] = "";
-    snprintf(latest, sizeof latest, "%s/latest", dir);
-    FILE *lf = fopen(latest, "r");
-    if (!lf) return 0;
-    if (!fgets(name, sizeof name, lf)) name[0] = 0;
-    fclose(lf);
-    name[strcspn(name, "\n")] = 0;
-    if (!name[0]) return 0;
-    snprintf(path, n, "%s/%s", dir, name);
-    if (access(path, R_OK) != 0) {
-        if (rank == 0) log_warn("%s names '%s', which is missing; starting afresh", latest, path);
-        return 0;
+    watchdog_phase(wd, "checking /meta");
+    hid_t meta = -1;
+    H5E_BEGIN_TRY { meta = H5Gopen2(f, "meta", H5P_DEFAULT); } H5E_END_TRY;
+    MetaInfo mi;
+    int rc = 0, verified = 1;
+    if (meta < 0) {
+        snprintf(why, n, "it has no /meta group: not a Partita checkpoint");
+        rc = -1;
+    } else if (meta_read(meta, &mi, why, n) != 0 || (verified = meta_verify(meta, mi.version, why, n)) < 0) {
+        rc = -1;    // an attribute out of range is named; an edit in range fails the meta checksum
     }
-    return 1;
+    if (agree(comm, rc, why, n) != 0) goto fail;
+    if (verified == 1 && log_rank() == 0)
+        log_warn("checkpoint '%s' is of format 1 (written before /meta had a checksum): its attributes are range-checked "
+                 "but not verified", path);
+    check_shape(&mi.s, m, d, path);
+    rc = check_datasets(f, meta, m, why, n);
+    if (agree(comm, rc, why, n) != 0) goto fail;
+
+    if (read_verified(z, f, meta, path, wd, why, n) != 0) goto fail;
+    st->step = mi.step;
+    st->data_cursor = mi.data_cursor;
+    st->data_rows = mi.data_rows;
+    st->tokens_seen = mi.tokens_seen;
+    z->optim.t = (int)mi.optim_t;
+    zero_push_states(z);    // read into the host copies; on cuda they go to the device now
+    H5_CHECK(H5Gclose(meta));
+    watchdog_phase(wd, "closing the file");
+    H5_CHECK(H5Fclose(f));
+    return 0;
+fail:
+    if (meta >= 0) H5Gclose(meta);
+    H5Fclose(f);
+    return -1;
+}
+
+int ckpt_load(Zero *z, const Deck *d, const char *path, CkptState *st, char *why, size_t n) {
+    Watchdog wd;
+    watchdog_start(&wd, d->cfg.comm.timeout_s, "a rank is stopped or the file system hangs; raise [comm] timeout_s "
+                   "if reading a checkpoint takes this long", "checkpoint read of '%s'", path);
+    int rc = load(z, d, path, st, &wd, why, n);
+    watchdog_stop(&wd);
+    return rc;
 }
 
 // ---------------------------------------------------------------------------
-// `partita ckpt info|export`: one process, serial HDF5.
+// Resuming: rank 0 names the candidates one by one, every rank tries each.
 
-static void model_from_meta(hid_t meta, const char *path, Model *m) {
-    int64_t L, C, NH, V, Vp, T, H;
-    if (h5_read_attr_i64(meta, "n_layer", &L) < 0 || h5_read_attr_i64(meta, "n_embd", &C) < 0 ||
-        h5_read_attr_i64(meta, "n_head", &NH) < 0 || h5_read_attr_i64(meta, "vocab_size", &V) < 0 ||
-        h5_read_attr_i64(meta, "padded_vocab_size", &Vp) < 0 || h5_read_attr_i64(meta, "n_positions", &T) < 0 ||
-        h5_read_attr_i64(meta, "mlp_hidden", &H) < 0)
-        FATAL("this is not a Partita checkpoint", "'%s': /meta lacks the model shape", path);
-    ModelConfig mc = {.vocab = V, .vocab_pad = Vp, .layers = L, .d_model = C, .heads = NH, .seq_len = T,
-                      .mlp_ratio = H / C, .init_std = 0.02};
-    model_table(m, &mc);
+typedef struct Candidate {
+    int64_t step;
+    char name[64];
+} Candidate;
+
+static int cmp_newest(const void *a, const void *b) {
+    int64_t x = ((const Candidate *)a)->step, y = ((const Candidate *)b)->step;
+    return x < y ? 1 : x > y ? -1 : 0;
 }
+
+// Rank 0: the file `latest` names first (when it is there), then every other
+// step-*.h5 of dir, newest first. Returns how many; *latest_state: 0 no
+// `latest`, 1 names a file that is there, -1 names a missing or odd one.
+static size_t list_candidates(const char *dir, Candidate **out, int *latest_state) {
+    char lpath[1100], name[256] = "";
+    snprintf(lpath, sizeof lpath, "%s/latest", dir);
+    *latest_state = 0;
+    FILE *lf = fopen(lpath, "r");
+    if (lf) {
+        if (!fgets(name, sizeof name, lf)) name[0] = 0;
+        fclose(lf);
+        name[strcspn(name, "\r\n")] = 0;
+        *latest_state = -1;
+    }
+    int64_t lstep = -1;
+    if (lf && !parse_step(name, &lstep)) {
+        log_warn("'%s' holds '%.200s', not a checkpoint name (step-NNNNNN.h5); looking for the newest whole checkpoint in '%s'",
+                 lpath, name, dir);
+        lstep = -1;
+    }
+    Candidate *c = NULL;
+    size_t n = 0, cap = 0;
+    DIR *dd = opendir(dir);
+    for (struct dirent *e; dd && (e = readdir(dd)); ) {
+        int64_t s;
+        size_t len = strlen(e->d_name);
+        if (!parse_step(e->d_name, &s) || len >= sizeof c->name) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            c = realloc(c, cap * sizeof *c);
+            SYS_CHECK(c, "out of memory listing checkpoints");
+        }
+        c[n].step = s;
+        memcpy(c[n].name, e->d_name, len + 1);
+        if (lstep >= 0 && strcmp(e->d_name, name) == 0) *latest_state = 1;
+        n++;
+    }
+    if (dd) closedir(dd);
+    qsort(c, n, sizeof *c, cmp_newest);
+    // The file latest names goes first.
+    for (size_t i = 0; i < n && *latest_state == 1; i++)
+        if (strcmp(c[i].name, name) == 0) {
+            Candidate t = c[i];
+            memmove(c + 1, c, i * sizeof *c);
+            c[0] = t;
+            break;
+        }
+    if (*latest_state == -1 && lstep >= 0)
+        log_warn("'%s' names '%s', which is missing; looking for the newest whole checkpoint in '%s'", lpath, name, dir);
+    if (*latest_state == 0 && n > 0)
+        log_warn("'%s' is missing but '%s' holds checkpoints; trying the newest", lpath, dir);
+    *out = c;
+    return n;
+}
+
+int ckpt_resume(Zero *z, const Deck *d, const char *dir, CkptState *st, char *path, size_t n) {
+    const char *r = d->cfg.checkpoint.resume;
+    MPI_Comm comm = z->comm->comm;
+    char why[1200];
+    if (strcmp(r, "none") == 0) return 0;
+    if (strcmp(r, "auto") != 0) {
+        snprintf(path, n, "%s", r);
+        if (ckpt_load(z, d, path, st, why, sizeof why) != 0)
+            FATAL_ALL("resume from another checkpoint, or set [checkpoint] resume = auto or none",
+                      "cannot resume from checkpoint '%s': %s", path, why);
+        return 1;
+    }
+    int me;
+    MPI_CHECK(MPI_Comm_rank(comm, &me));
+    Candidate *c = NULL;
+    int latest_state = 0;
+    size_t nc = me == 0 ? list_candidates(dir, &c, &latest_state) : 0, tried = 0;
+    int code;
+    for (;;) {
+        // 1: try path; 0: none left, start afresh; -1: none left and some were damaged.
+        code = tried < nc ? 1 : tried ? -1 : 0;
+        if (code == 1) snprintf(path, n, "%s/%s", dir, c[tried].name);
+        MPI_CHECK(MPI_Bcast(&code, 1, MPI_INT, 0, comm));
+        if (code != 1) break;
+        if (n > (size_t)INT32_MAX) n = INT32_MAX;
+        MPI_CHECK(MPI_Bcast(path, (int)n, MPI_CHAR, 0, comm));
+        if (ckpt_load(z, d, path, st, why, sizeof why) == 0) {
+            if (me == 0 && (tried > 0 || latest_state != 1))
+                log_warn("resuming from '%s', the newest checkpoint in '%s' that loads whole", path, dir);
+            free(c);
+            return 1;
+        }
+        if (me == 0) log_warn("checkpoint '%s' is damaged: %s; trying an older one", path, why);
+        tried++;
+    }
+    free(c);
+    if (code == -1)
+        FATAL_ALL("set [checkpoint] resume = none to start afresh (the damaged files stay), or resume = a checkpoint file",
+                  "no checkpoint in '%s' loads whole (the warnings above say why each was refused)", dir);
+    if (me == 0 && latest_state == -1) log_warn("no checkpoint to resume from in '%s'; starting afresh", dir);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// `partita ckpt info|export`: one process, serial HDF5. Every problem is a
+// message and status 1, never a crash: the file is outside input.
 
 // Reads one whole dataset; returns its checksum, or reports why it cannot.
 static int read_whole(hid_t f, const char *name, const ParamTensor *t, float *buf, uint64_t *sum, char *why, size_t n) {
     htri_t ok;
     H5E_BEGIN_TRY { ok = H5Lexists(f, name, H5P_DEFAULT); } H5E_END_TRY;
-    if (ok <= 0) {
-        snprintf(why, n, "missing");
+    hid_t ds = -1;
+    if (ok > 0) H5E_BEGIN_TRY { ds = H5Dopen2(f, name, H5P_DEFAULT); } H5E_END_TRY;
+    if (ds < 0) {
+        snprintf(why, n, ok > 0 ? "not a dataset" : "missing");
         return -1;
     }
-    hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
-    hid_t sp = H5Dget_space(ds);
-    hsize_t dims[2] = {0, 0};
-    int nd = H5Sget_simple_extent_ndims(sp);
-    H5Sget_simple_extent_dims(sp, dims, NULL);
-    H5Sclose(sp);
-    if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
-        snprintf(why, n, "shape (%llu, %llu) instead of (%d, %d)", (unsigned long long)dims[0],
-                 (unsigned long long)dims[1], t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
-        H5Dclose(ds);
-        return -1;
+    hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
+    hsize_t dims[H5S_MAX_RANK] = {0};
+    int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
+    if (nd > 0) H5Sget_simple_extent_dims(sp, dims, NULL);
+    int is_float = ty >= 0 && H5Tget_class(ty) == H5T_FLOAT;
+    if (ty >= 0) H5Tclose(ty);
+    if (sp >= 0) H5Sclose(sp);
+    int rc = -1;
+    if (!is_float) {
+        snprintf(why, n, "not a float dataset");
+    } else if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
+        char got[160], want[64];
+        h5_shape_text(dims, nd, got, sizeof got);
+        h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, sizeof want);
+        snprintf(why, n, "shape %s instead of %s", got, want);
+    } else {
+        herr_t r;
+        errno = 0;
+        H5E_BEGIN_TRY { r = H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf); } H5E_END_TRY;
+        if (r < 0) {
+            char reason[300];
+            h5_reason(errno, reason, sizeof reason);
+            snprintf(why, n, "unreadable (truncated?): %.200s", reason);
+        } else {
+            *sum = ckpt_checksum(buf, t->numel, 0);
+            rc = 0;
+        }
     }
-    herr_t rc;
-    H5E_BEGIN_TRY { rc = H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf); } H5E_END_TRY;
     H5Dclose(ds);
-    if (rc < 0) {
-        snprintf(why, n, "unreadable (truncated?)");
+    return rc;
+}
+
+// The model table of the shape in /meta; -1 if the tensors it describes
+// cannot fit in a file of fsize bytes (a damaged shape attribute).
+static int model_from_meta(const MetaInfo *mi, long long fsize, int kinds, Model *m, char *why, size_t n) {
+    ModelConfig mc = {.vocab = mi->s.V, .vocab_pad = mi->s.Vp, .layers = mi->s.L, .d_model = mi->s.C,
+                      .heads = mi->s.NH, .seq_len = mi->s.maxT, .mlp_ratio = mi->s.H / mi->s.C, .init_std = 0.02};
+    model_table(m, &mc);
+    size_t bytes;
+    if (__builtin_mul_overflow(m->nparams, sizeof(float) * (size_t)kinds, &bytes) || bytes > (size_t)fsize) {
+        snprintf(why, n, "the shape attributes (L=%d C=%d NH=%d V=%d Vp=%d T=%d H=%d) describe %zu parameters, "
+                 "more than the file's %lld bytes can hold", mi->s.L, mi->s.C, mi->s.NH, mi->s.V, mi->s.Vp,
+                 mi->s.maxT, mi->s.H, m->nparams, fsize);
+        model_free(m);
         return -1;
     }
-    *sum = ckpt_checksum(buf, t->numel, 0);
     return 0;
 }
 
-int ckpt_main(int argc, char **argv) {
-    if (argc < 2 || (strcmp(argv[0], "info") != 0 && strcmp(argv[0], "export") != 0) ||
-        (strcmp(argv[0], "export") == 0 && argc != 3)) {
-        fprintf(stderr, "usage: partita ckpt info FILE | partita ckpt export FILE OUT.h5\n");
-        return 2;
-    }
-    const char *path = argv[1];
-    hid_t f;
-    H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); } H5E_END_TRY;
-    if (f < 0) {
-        fprintf(stderr, "error: cannot open checkpoint '%s' (missing, truncated or not HDF5)\n", path);
-        return 1;
-    }
+static int info_fail(const char *path, const char *what, const char *hint) {
+    fprintf(stderr, "error: checkpoint '%s': %s\n", path, what);
+    if (hint) fprintf(stderr, "  hint: %s\n", hint);
+    return 1;
+}
+
+static int export_weights(hid_t meta, const Model *m, const MetaInfo *mi, const float *buf, const char *src,
+                          const char *out) {
+    char *deck = NULL;
+    if (h5_read_attr_strdup(meta, "deck", META_MAX_STRING, &deck) != H5A_OK) deck = NULL;
+    hid_t f = h5_create(out);
+    weights_write_shape(f, m);
+    h5_attr_i64(f, "step", mi->step);
+    h5_attr_str(f, "deck", deck ? deck : "");
+    h5_attr_str(f, "layout", "GPT-2 names; linear weights (in, out) as HF Conv1D; wte tied to the LM head");
+    weights_write_group(m, f, "params", buf);
+    h5_close(f);
+    free(deck);
+    printf("export: %s (step %lld) -> %s\n", src, (long long)mi->step, out);
+    return 0;
+}
+
+static int inspect(hid_t f, const char *path, int is_info, const char *out) {
+    const char *damaged = "the file is damaged: use an older checkpoint";
     hid_t meta;
     H5E_BEGIN_TRY { meta = H5Gopen2(f, "meta", H5P_DEFAULT); } H5E_END_TRY;
-    if (meta < 0) {
-        fprintf(stderr, "error: '%s' has no /meta group: not a Partita checkpoint\n", path);
-        return 1;
+    if (meta < 0) return info_fail(path, "no /meta group: not a Partita checkpoint", NULL);
+    MetaInfo mi;
+    char why[1200], mwhy[600] = "";
+    if (meta_read(meta, &mi, why, sizeof why) != 0) {
+        H5Gclose(meta);
+        return info_fail(path, why, damaged);
     }
+    int mrc = meta_verify(meta, mi.version, mwhy, sizeof mwhy);
+    struct stat sb;
+    long long fsize = stat(path, &sb) == 0 ? (long long)sb.st_size : 0;
     Model m;
-    model_from_meta(meta, path, &m);
-    int64_t step = 0, t = 0;
-    char layout[128] = "?";
-    h5_read_attr_i64(meta, "step", &step);
-    h5_read_attr_i64(meta, "optim_t", &t);
-    h5_read_attr_str(meta, "layout", layout, sizeof layout);
-    float *buf = xmalloc(m.nparams * sizeof(float), "checkpoint tensor");
-    int bad = 0, is_info = strcmp(argv[0], "info") == 0;
+    if (model_from_meta(&mi, fsize, is_info ? DS_KINDS : 1, &m, why, sizeof why) != 0) {
+        H5Gclose(meta);
+        return info_fail(path, why, damaged);
+    }
+    float *buf = malloc(m.nparams * sizeof(float));
+    if (!buf) {
+        model_free(&m);
+        H5Gclose(meta);
+        return info_fail(path, "out of memory for its tensors", NULL);
+    }
+    int bad = 0;
     if (is_info) {
         printf("checkpoint %s\n  step %lld, written by %s, %zu parameters (L=%d C=%d NH=%d V=%d Vp=%d)\n", path,
-               (long long)step, layout, m.nparams, m.s.L, m.s.C, m.s.NH, m.s.V, m.s.Vp);
+               (long long)mi.step, mi.layout, m.nparams, m.s.L, m.s.C, m.s.NH, m.s.V, m.s.Vp);
+        printf("  /meta: format %lld, %s\n", (long long)mi.version,
+               mrc == 0 ? "meta checksum ok" : mrc > 0 ? "no meta checksum (format 1: attributes range-checked only)" : mwhy);
         printf("  %-44s %-14s %12s  %s\n", "dataset", "shape", "bytes", "checksum");
+    } else if (mrc < 0) {
+        fprintf(stderr, "error: checkpoint '%s': %s\n", path, mwhy);
     }
     for (int k = 0; k < (is_info ? DS_KINDS : 1); k++)
         for (int i = 0; i < m.ntensors; i++) {
             const ParamTensor *pt = &m.tensors[i];
-            char name[160], key[180], why[128] = "", shape[32];
+            char name[160], key[180], dwhy[300] = "", shape[32];
             snprintf(name, sizeof name, "%s/%s", groups[k], pt->name);
             snprintf(key, sizeof key, "checksum:/%s", name);
             uint64_t sum = 0, want = 0;
-            int rc = read_whole(f, name, pt, buf + pt->offset, &sum, why, sizeof why);
-            if (rc == 0) {
-                hid_t a;
-                H5E_BEGIN_TRY { a = H5Aopen(meta, key, H5P_DEFAULT); } H5E_END_TRY;
-                if (a < 0) {
-                    snprintf(why, sizeof why, "no stored checksum");
-                    rc = -1;
-                } else {
-                    H5Aread(a, H5T_NATIVE_UINT64, &want);
-                    H5Aclose(a);
-                    if (want != sum) {
-                        snprintf(why, sizeof why, "checksum MISMATCH (stored %016llx, read %016llx)",
-                                 (unsigned long long)want, (unsigned long long)sum);
-                        rc = -1;
-                    }
-                }
+            int rc = read_whole(f, name, pt, buf + pt->offset, &sum, dwhy, sizeof dwhy);
+            if (rc == 0 && h5_read_attr_u64(meta, key, &want) != H5A_OK) {
+                snprintf(dwhy, sizeof dwhy, "no valid stored checksum");
+                rc = -1;
+            } else if (rc == 0 && want != sum) {
+                snprintf(dwhy, sizeof dwhy, "checksum MISMATCH (stored %016llx, read %016llx)", (unsigned long long)want,
+                         (unsigned long long)sum);
+                rc = -1;
             }
             bad += rc != 0;
             if (pt->ndim == 2) snprintf(shape, sizeof shape, "(%d, %d)", pt->shape[0], pt->shape[1]);
             else snprintf(shape, sizeof shape, "(%d)", pt->shape[0]);
-            if (is_info) printf("  /%-43s %-14s %12zu  %s\n", name, shape, pt->numel * sizeof(float), rc ? why : "ok");
-            else if (rc) fprintf(stderr, "error: checkpoint '%s': /%s: %s\n", path, name, why);
+            if (is_info) printf("  /%-43s %-14s %12zu  %s\n", name, shape, pt->numel * sizeof(float), rc ? dwhy : "ok");
+            else if (rc) fprintf(stderr, "error: checkpoint '%s': /%s: %s\n", path, name, dwhy);
         }
-    if (is_info) printf("%s: %d of %d datasets bad\n", bad ? "FAILED" : "ok", bad, m.ntensors * DS_KINDS);
-    if (!is_info && !bad) {
-        // A weights file: the layout weights_write uses, from the whole buffer.
-        hid_t out = h5_create(argv[2]);
-        weights_write_shape(out, &m);
-        h5_attr_i64(out, "step", step);
-        char deck[65536] = "";
-        h5_read_attr_str(meta, "deck", deck, sizeof deck);
-        h5_attr_str(out, "deck", deck);
-        h5_attr_str(out, "layout", "GPT-2 names; linear weights (in, out) as HF Conv1D; wte tied to the LM head");
-        weights_write_group(&m, out, "params", buf);
-        h5_close(out);
-        printf("export: %s (step %lld) -> %s\n", path, (long long)step, argv[2]);
-    }
+    if (is_info)
+        printf("%s: %s%d of %d datasets bad\n", bad || mrc < 0 ? "FAILED" : "ok", mrc < 0 ? "meta checksum MISMATCH; " : "",
+               bad, m.ntensors * DS_KINDS);
+    int rc = bad || mrc < 0 ? 1 : 0;
+    if (!is_info && !rc) rc = export_weights(meta, &m, &mi, buf, path, out);
     free(buf);
     model_free(&m);
     H5Gclose(meta);
+    return rc;
+}
+
+int ckpt_main(int argc, char **argv) {
+    if (argc < 2 || (strcmp(argv[0], "info") != 0 && strcmp(argv[0], "export") != 0) ||
+        (strcmp(argv[0], "export") == 0 && argc != 3) || (strcmp(argv[0], "info") == 0 && argc != 2)) {
+        fprintf(stderr, "usage: partita ckpt info FILE | partita ckpt export FILE OUT.h5\n");
+        return 2;
+    }
+    const char *path = argv[1];
+    h5_quiet();
+    errno = 0;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) {
+        char why[600], what[800];
+        h5_reason(errno, why, sizeof why);
+        snprintf(what, sizeof what, "cannot open it (missing, truncated or not HDF5): %s", why);
+        return info_fail(path, what, NULL);
+    }
+    int rc = inspect(f, path, strcmp(argv[0], "info") == 0, argc == 3 ? argv[2] : NULL);
     H5Fclose(f);
-    return bad ? 1 : 0;
+    return rc;
 }

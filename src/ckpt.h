@@ -5,14 +5,29 @@
 // written collectively: each rank writes the slice of the flat layout its dp
 // shard covers as up to three hyperslabs per tensor. /meta holds step,
 // tokens_seen, data_cursor, seed, optim_t, the model shape, the resolved deck,
-// the layout that wrote it and one checksum per dataset ("checksum:/params/..."):
-// the sum mod 2^64 of mix64(i << 32 ^ bits(x_i)) over elements i, so ranks sum
-// their parts in any order (analysis/inspect_ckpt.py recomputes it).
+// the layout that wrote it, format_version and one checksum per dataset
+// ("checksum:/params/..."): the sum mod 2^64 of mix64(i << 32 ^ bits(x_i))
+// over elements i, so ranks sum their parts in any order.
+//
+// Format 2 adds meta_checksum: FNV-1a 64 over every other attribute of /meta
+// in byte order of their names, each as u64le(len(name)) name tag
+// u64le(len(value)) value, tag 'i' (signed integer, value int64 LE), 'u'
+// (unsigned integer, uint64 LE), 'f' (float, float64 LE) or 's' (string, its
+// bytes). Any edited, added or removed attribute (an edited step, a per-dataset
+// checksum) fails it. Format 1 files (no format_version, no meta_checksum) are
+// still read, with a warning that /meta is not verified.
+// analysis/inspect_ckpt.py recomputes both kinds of checksum.
+//
 // A write goes to step-NNNNNN.h5.tmp, is flushed and synced, renamed, and only
-// then does <dir>/latest name it; at most `keep` checkpoints are kept.
+// then does <dir>/latest name it. Pruning keeps the newest `keep` checkpoints
+// this job wrote and deletes only those (never a checkpoint of an earlier job)
+// and leftovers step-*.h5.tmp of crashed writes. Reads and writes run under a
+// watchdog: one that does not finish within [comm] timeout_s ends the job with
+// a message naming the file and the rank (watchdog.h).
 #ifndef PARTITA_CKPT_H
 #define PARTITA_CKPT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "comm.h"
@@ -27,15 +42,31 @@ typedef struct CkptState {
     int64_t data_rows;      // global token rows consumed (the data cursor in rows); -1: not in the file
 } CkptState;
 
-// Collective over z's group. Writes the checkpoint of `st` into dir.
-void ckpt_write(const Zero *z, const Deck *d, const char *deck_text, const char *dir, const CkptState *st);
-// Collective. Loads path into z (any layout that wrote it) and st; fatal, naming
-// the dataset, if it does not fit the deck's model or fails its checksum.
-void ckpt_read(Zero *z, const Deck *d, const char *path, CkptState *st);
-// Resolves [checkpoint] resume: "none" -> 0; "auto" -> the newest checkpoint in
-// dir that opens and passes its checks (warning about newer ones that do not),
-// or 0 if none; a path -> that path. Returns 1 with path filled to resume.
-int ckpt_find_resume(const Deck *d, const char *dir, char *path, size_t n, int rank);
+// The checkpoints this job wrote that are still on disk (oldest first): the
+// only ones pruning may delete. Zero-initialised = none; the trainer holds one.
+typedef struct CkptJob {
+    int64_t *steps;
+    size_t n, cap;
+} CkptJob;
+void ckpt_job_free(CkptJob *j);
+
+// Collective over z's group. Writes the checkpoint of `st` into dir, records
+// it in job and prunes job's older ones beyond [checkpoint] keep.
+void ckpt_write(CkptJob *job, const Zero *z, const Deck *d, const char *deck_text, const char *dir,
+                const CkptState *st);
+// Collective. Loads path into z (any layout that wrote it) and st. Returns 0,
+// or -1 with why filled (the same on every rank) when the file is damaged: it
+// cannot be opened, /meta fails its checksum or an attribute is out of range,
+// a dataset is missing, misshapen, unreadable or fails its checksum. Fatal,
+// naming the attribute and the deck key, when it is whole but written for
+// another model.
+int ckpt_load(Zero *z, const Deck *d, const char *path, CkptState *st, char *why, size_t n);
+// Collective. Resolves [checkpoint] resume and loads: "none" -> 0; a path ->
+// that file (fatal if damaged); "auto" -> the file <dir>/latest names, else
+// (missing or damaged: a warning names it and why) the newest step-*.h5 in dir
+// that loads whole; 0 if dir holds none, fatal if it holds some and none loads.
+// Returns 1 with path (n bytes) filled when it resumed.
+int ckpt_resume(Zero *z, const Deck *d, const char *dir, CkptState *st, char *path, size_t n);
 
 // `partita ckpt info FILE` and `partita ckpt export FILE OUT.h5` (one rank).
 int ckpt_main(int argc, char **argv);

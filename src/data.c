@@ -5,30 +5,69 @@
 #include "rng.h"
 #include "deck.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+// "a float32 dataset", "a signed 8-bit integer dataset", ...
+static void describe_type(hid_t t, char *buf, size_t n) {
+    H5T_class_t c = H5Tget_class(t);
+    size_t bits = 8 * H5Tget_size(t);
+    if (c == H5T_INTEGER)
+        snprintf(buf, n, "%s %zu-bit integers", H5Tget_sign(t) == H5T_SGN_NONE ? "unsigned" : "signed", bits);
+    else if (c == H5T_FLOAT) snprintf(buf, n, "%zu-bit floats", bits);
+    else if (c == H5T_STRING) snprintf(buf, n, "strings");
+    else snprintf(buf, n, "values of HDF5 type class %d", (int)c);
+}
+
+// One integer attribute of /tokens in [lo, hi], or fatal naming it.
+static int64_t token_attr(const TokenFile *f, const char *name, int64_t lo, int64_t hi) {
+    int64_t v = 0;
+    int rc = h5_read_attr_i64(f->dset, name, &v);
+    if (rc != H5A_OK) {
+        char what[128];
+        h5_attr_describe(f->dset, name, what, sizeof what);
+        FATAL_ALL("remake the file with `partita prep`", "'%s': the attribute %s of /tokens is %s, not one integer",
+                  f->path, name, what);
+    }
+    if (v < lo || v > hi)
+        FATAL_ALL("remake the file with `partita prep`", "'%s': the attribute %s = %lld of /tokens is outside [%lld, %lld]",
+                  f->path, name, (long long)v, (long long)lo, (long long)hi);
+    return v;
+}
+
 void tokenfile_open(TokenFile *f, const char *path) {
+    const char *remake = "token files are made by `partita prep OUT.h5 TEXT...`: /tokens is a 1-D dataset of "
+                         "unsigned 16- or 32-bit integers";
     memset(f, 0, sizeof *f);
     snprintf(f->path, sizeof f->path, "%s", path);
     f->file = h5_open_read(path);
-    if (H5Lexists(f->file, "tokens", H5P_DEFAULT) <= 0)
-        FATAL_ALL("token files are made by `partita prep OUT.h5 TEXT...`",
-              "'%s' has no /tokens dataset", path);
-    f->dset = H5Dopen2(f->file, "tokens", H5P_DEFAULT);
-    H5_CHECK(f->dset);
+    htri_t there;
+    H5E_BEGIN_TRY { there = H5Lexists(f->file, "tokens", H5P_DEFAULT); } H5E_END_TRY;
+    if (there > 0) H5E_BEGIN_TRY { f->dset = H5Dopen2(f->file, "tokens", H5P_DEFAULT); } H5E_END_TRY;
+    if (there <= 0 || f->dset < 0) FATAL_ALL(remake, "'%s' has no /tokens dataset", path);
+    // The type first: a float or signed file would be converted without a word.
+    hid_t t = H5Dget_type(f->dset);
+    H5_CHECK(t);
+    size_t size = H5Tget_size(t);
+    if (H5Tget_class(t) != H5T_INTEGER || H5Tget_sign(t) != H5T_SGN_NONE || (size != 2 && size != 4)) {
+        char what[96];
+        describe_type(t, what, sizeof what);
+        FATAL_ALL(remake, "'%s': /tokens holds %s", path, what);
+    }
+    H5_CHECK(H5Tclose(t));
     hid_t sp = H5Dget_space(f->dset);
     H5_CHECK(sp);
+    int nd = H5Sget_simple_extent_ndims(sp);
+    if (nd != 1) FATAL_ALL(remake, "'%s': /tokens has %d dimensions, not 1", path, nd);
     hsize_t n = 0;
-    if (H5Sget_simple_extent_ndims(sp) != 1)
-        FATAL_ALL(NULL, "'%s': /tokens must be 1-D", path);
     H5_CHECK(H5Sget_simple_extent_dims(sp, &n, NULL));
     H5_CHECK(H5Sclose(sp));
     f->ntok = n;
-    if (h5_read_attr_i64(f->dset, "vocab_size", &f->vocab_size) < 0 ||
-        h5_read_attr_i64(f->dset, "eot", &f->eot) < 0)
-        FATAL_ALL("remake it with `partita prep`", "'%s': /tokens lacks the vocab_size or eot attribute", path);
-    if (h5_read_attr_str(f->dset, "tokenizer", f->tokenizer, sizeof f->tokenizer) < 0)
+    // A token is below vocab_size, which a uint16 file cannot exceed 2^16 for.
+    f->vocab_size = token_attr(f, "vocab_size", 1, size == 2 ? (int64_t)1 << 16 : (int64_t)1 << 32);
+    f->eot = token_attr(f, "eot", 0, f->vocab_size - 1);
+    if (h5_read_attr_str(f->dset, "tokenizer", f->tokenizer, sizeof f->tokenizer) != H5A_OK)
         snprintf(f->tokenizer, sizeof f->tokenizer, "unknown");
 }
 
@@ -95,12 +134,23 @@ static void read_row(Loader *ld, uint64_t row) {
     H5_CHECK(H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &count, NULL));
     hid_t ms = H5Screate_simple(1, &count, NULL);
     H5_CHECK(ms);
-    H5_CHECK(H5Dread(ld->f->dset, H5T_NATIVE_UINT32, ms, fs, H5P_DEFAULT, ld->row));
+    errno = 0;
+    herr_t rc;
+    H5E_BEGIN_TRY { rc = H5Dread(ld->f->dset, H5T_NATIVE_UINT32, ms, fs, H5P_DEFAULT, ld->row); } H5E_END_TRY;
+    if (rc < 0) {
+        char why[600];
+        h5_reason(errno, why, sizeof why);
+        FATAL("the token file is truncated or damaged: remake it with `partita prep`",
+              "'%s': cannot read tokens %llu..%llu: %s", ld->f->path, (unsigned long long)start,
+              (unsigned long long)(start + count), why);
+    }
     H5_CHECK(H5Sclose(ms));
     H5_CHECK(H5Sclose(fs));
+    // Only this rank reads these rows: the error is its own to report (FATAL,
+    // not FATAL_ALL, which would leave it to a rank 0 that never sees it).
     for (int t = 0; t <= ld->T; t++)
         if ((int64_t)ld->row[t] >= ld->vocab)
-            FATAL_ALL("model.vocab must cover the token file's vocab_size",
+            FATAL("every token must be below model.vocab: remake the file with `partita prep`, or raise model.vocab",
                   "'%s': token %u at position %llu is outside the model vocabulary (%lld)",
                   ld->f->path, ld->row[t], (unsigned long long)(start + (hsize_t)t), (long long)ld->vocab);
 }

@@ -91,7 +91,7 @@ static const KeyDef keys[] = {
      "signals that stop the run after the current step with a checkpoint, exit 75; none = no handlers"},
     {"run", "time_limit", T_STR, OFF(run.time_limit), "0", ANY, NULL,
      "wall-time limit of the job (3600, 90m, 2h, H:MM:SS); it stops with a checkpoint before it, exit 75; 0 = none"},
-    {"run", "time_margin", T_FLOAT, OFF(run.time_margin), "60", GE(0), NULL,
+    {"run", "time_margin", T_FLOAT, OFF(run.time_margin), "60", IN(0, 86400), NULL,
      "seconds kept free before the time limit (or Slurm's end time) for the exit"},
 
     {"model", "vocab", T_INT, OFF(model.vocab), "257", IN(2, DECK_MAX_VOCAB), NULL,
@@ -146,9 +146,9 @@ static const KeyDef keys[] = {
      "write init.h5 and final.h5"},
     {"train", "on_nan", T_ENUM, OFF(train.on_nan), "stop", ANY, on_nan_names,
      "non-finite loss or gradient norm: stop (exit 3, no checkpoint of it) or skip the update"},
-    {"train", "fault_nan_step", T_INT, OFF(train.fault_nan_step), "0", GE(0), NULL,
+    {"train", "fault_nan_step", T_INT, OFF(train.fault_nan_step), "0", IN(0, DECK_MAX_STEPS), NULL,
      "test only: poison the gradient of this step (1-based) on one rank; 0 = none"},
-    {"train", "fault_nan_rank", T_INT, OFF(train.fault_nan_rank), "0", GE(0), NULL,
+    {"train", "fault_nan_rank", T_INT, OFF(train.fault_nan_rank), "0", IN(0, DECK_MAX_RANKS), NULL,
      "test only: ... on this rank"},
 
     {"optimizer", "lr", T_FLOAT, OFF(optim.lr), "6e-4", 0, 100, (R_MIN | R_MIN_OPEN | R_MAX), NULL, "peak learning rate"},
@@ -193,6 +193,12 @@ static const KeyDef keys[] = {
      "test only: pause half-way through writing this step's checkpoint"},
     {"checkpoint", "test_pause_s", T_FLOAT, OFF(checkpoint.test_pause_s), "0", IN(0, 3600), NULL,
      "test only: ... for this many seconds"},
+    {"checkpoint", "fault_stall_rank", T_INT, OFF(checkpoint.fault_stall_rank), "-1", IN(-1, DECK_MAX_RANKS), NULL,
+     "test only: this rank stalls in the middle of a checkpoint write (-1 = none)"},
+    {"checkpoint", "fault_stall_step", T_INT, OFF(checkpoint.fault_stall_step), "0", IN(0, DECK_MAX_STEPS), NULL,
+     "test only: ... of this step's checkpoint"},
+    {"checkpoint", "fault_stall_s", T_FLOAT, OFF(checkpoint.fault_stall_s), "0", IN(0, 3600), NULL,
+     "test only: ... for this many seconds (a stuck rank; [comm] timeout_s must end the job)"},
 
     {"generate", "weights", T_STR, OFF(generate.weights), "", ANY, NULL,
      "weights to generate with: a weights file (init.h5, final.h5, ckpt export) or a checkpoint"},

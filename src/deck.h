@@ -108,6 +108,9 @@ typedef struct CheckpointConfig {
     char resume[DECK_STR];    // auto | none | PATH
     int64_t test_pause_step;  // test only
     double test_pause_s;      // test only
+    int64_t fault_stall_rank; // test only: -1 = none
+    int64_t fault_stall_step; // test only: the checkpoint (step) during whose write it stalls
+    double fault_stall_s;     // test only
 } CheckpointConfig;
 
 enum { GEN_SPLITFUSE = 0, GEN_STATIC };

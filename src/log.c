@@ -35,10 +35,16 @@ void log_warn(const char *fmt, ...) {
 
 static _Noreturn void fatal_v(const char *file, int line, const char *hint, const char *fmt, va_list ap) {
     fflush(stdout);
-    fprintf(stderr, "error: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n  (rank %d, %s:%d)\n", g_rank, file, line);
-    if (hint) fprintf(stderr, "  hint: %s\n", hint);
+    // One buffer, one write: messages of ranks failing at once stay whole.
+    char msg[8192];
+    size_t n = 0;
+    if (g_rank != 0) n += (size_t)snprintf(msg + n, sizeof msg - n, "[rank %d] ", g_rank);
+    n += (size_t)snprintf(msg + n, sizeof msg - n, "error: ");
+    if (n < sizeof msg) n += (size_t)vsnprintf(msg + n, sizeof msg - n, fmt, ap);
+    if (n < sizeof msg) n += (size_t)snprintf(msg + n, sizeof msg - n, "\n  (rank %d, %s:%d)\n", g_rank, file, line);
+    if (hint && n < sizeof msg) n += (size_t)snprintf(msg + n, sizeof msg - n, "  hint: %s\n", hint);
+    if (n >= sizeof msg) memcpy(msg + sizeof msg - 5, "...\n", 5);
+    fputs(msg, stderr);
     fflush(stderr);
     int up = 0;
     MPI_Initialized(&up);
@@ -57,12 +63,18 @@ _Noreturn void log_fatal_at(const char *file, int line, const char *hint, const 
     fatal_v(file, line, hint, fmt, ap);
 }
 
+// How long a rank other than 0 waits for rank 0's abort after an error every
+// rank should meet alike, before it reports the error itself.
+#define FATAL_ALL_WAIT_S 5
+
 _Noreturn void log_fatal_all_at(const char *file, int line, const char *hint, const char *fmt, ...) {
     if (g_rank != 0) {
-        // Rank 0 meets the same error and its MPI_Abort ends this process; the
-        // timeout only guards against rank 0 being stuck elsewhere.
-        sleep(30);
-        MPI_Abort(MPI_COMM_WORLD, 1);
+        // Rank 0 meets the same error and its MPI_Abort ends this process. If
+        // it does not come, rank 0 is elsewhere (the error was this rank's
+        // alone, or rank 0 is stuck): say it here rather than die silently.
+        sleep(FATAL_ALL_WAIT_S);
+        fprintf(stderr, "[rank %d] rank 0 did not end the job within %d s of this error:\n", g_rank,
+                FATAL_ALL_WAIT_S);
     }
     va_list ap;
     va_start(ap, fmt);

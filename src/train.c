@@ -52,6 +52,7 @@ typedef struct Trainer {
     int64_t last_ckpt;          // step of the newest checkpoint this job wrote (-1: none)
     double ckpt_s;              // the longest checkpoint write of this job (an estimate before one)
     double step_s[4];           // the last steps' seconds (ring), for the time limit
+    CkptJob ckpt;               // checkpoints this job wrote (the only ones pruning deletes)
     double *rss_all;            // (ranks) per-rank peak RSS, MiB
     double flops_per_token;
 } Trainer;
@@ -128,18 +129,13 @@ static int64_t rows_done(const Trainer *tr, int64_t steps) {
     return tr->base_rows + (steps - tr->start_step) * tr->cfg->train.batch;
 }
 
-// [checkpoint] resume: rank 0 decides which file (all ranks then read it).
+// [checkpoint] resume: the file `latest` names, or the newest whole one
+// (ckpt_resume tries them in turn, collectively).
 static void resume(Trainer *tr) {
     char path[1200] = "";
-    int found = 0;
-    if (tr->topo.rank == 0)
-        found = ckpt_find_resume(tr->deck, tr->cfg->checkpoint.dir, path, sizeof path, 0);
-    MPI_CHECK(MPI_Bcast(&found, 1, MPI_INT, 0, MPI_COMM_WORLD));
-    if (!found) return;
-    MPI_CHECK(MPI_Bcast(path, sizeof path, MPI_CHAR, 0, MPI_COMM_WORLD));
     CkptState st = {.data_rows = -1};
     double t0 = wall_seconds();
-    ckpt_read(&tr->zero, tr->deck, path, &st);
+    if (!ckpt_resume(&tr->zero, tr->deck, tr->cfg->checkpoint.dir, &st, path, sizeof path)) return;
     if (st.step > tr->cfg->train.steps)
         FATAL_ALL("raise [train] steps to train on", "checkpoint '%s' is at step %lld, past train.steps = %lld",
                   path, (long long)st.step, (long long)tr->cfg->train.steps);
@@ -157,7 +153,7 @@ static void checkpoint(Trainer *tr, int64_t steps_done) {
                     .tokens_seen = (double)rows * tr->T};
     double t0 = wall_seconds();
     zero_pull_states(&tr->zero);
-    ckpt_write(&tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
+    ckpt_write(&tr->ckpt, &tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
     log_info("checkpoint: %s/step-%06lld.h5 (%.2f s)\n", tr->cfg->checkpoint.dir, (long long)steps_done, wall_seconds() - t0);
 }
 
@@ -278,6 +274,7 @@ static void trainer_free(Trainer *tr) {
     free(tr->rss_all);
     free(tr->peak_all);
     free(tr->deck_text);
+    ckpt_job_free(&tr->ckpt);
     topo_free(&tr->topo);
 }
 

@@ -1,8 +1,10 @@
 // weights.c: parameter table <-> /params/<name> datasets.
 #include "weights.h"
+#include "ckpt.h"
 #include "h5io.h"
 #include "log.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -67,28 +69,128 @@ void weights_write(const Model *m, const ParamStore *ps, int writer, const char 
     }
 }
 
+// ---------------------------------------------------------------------------
+// Reading: every number taken from the file is checked before it sizes or
+// indexes anything.
+
+int weights_read_shape(hid_t obj, GPTShape *s, char *why, size_t n) {
+    struct { const char *attr; int *dst; int64_t lo, hi; } want[] = {
+        {"n_layer", &s->L, 1, WEIGHTS_MAX_LAYERS}, {"n_embd", &s->C, 1, WEIGHTS_MAX_EMBD},
+        {"n_head", &s->NH, 1, WEIGHTS_MAX_EMBD}, {"vocab_size", &s->V, 1, WEIGHTS_MAX_VOCAB},
+        {"padded_vocab_size", &s->Vp, 1, WEIGHTS_MAX_VOCAB}, {"n_positions", &s->maxT, 1, WEIGHTS_MAX_POSITIONS},
+        {"mlp_hidden", &s->H, 1, WEIGHTS_MAX_HIDDEN}};
+    memset(s, 0, sizeof *s);
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        int64_t v = 0;
+        int rc = h5_read_attr_i64(obj, want[i].attr, &v);
+        if (rc == H5A_MISSING) {
+            snprintf(why, n, "the attribute %s is missing", want[i].attr);
+            return -1;
+        }
+        if (rc != H5A_OK) {
+            char what[128];
+            h5_attr_describe(obj, want[i].attr, what, sizeof what);
+            snprintf(why, n, "the attribute %s is %s, not one integer", want[i].attr, what);
+            return -1;
+        }
+        if (v < want[i].lo || v > want[i].hi) {
+            snprintf(why, n, "the attribute %s = %lld is outside [%lld, %lld]", want[i].attr, (long long)v,
+                     (long long)want[i].lo, (long long)want[i].hi);
+            return -1;
+        }
+        *want[i].dst = (int)v;
+    }
+    if (s->C % s->NH != 0)
+        snprintf(why, n, "n_head = %d does not divide n_embd = %d", s->NH, s->C);
+    else if (s->V > s->Vp)
+        snprintf(why, n, "vocab_size = %d exceeds padded_vocab_size = %d", s->V, s->Vp);
+    else if (s->H % s->C != 0)
+        snprintf(why, n, "n_embd = %d does not divide mlp_hidden = %d", s->C, s->H);
+    else
+        return 0;
+    return -1;
+}
+
+// Checks the file's shape attributes against the model the deck builds.
+static void check_against(const GPTShape *f, const GPTShape *m, const char *path, const char *where) {
+    struct { const char *attr, *key; int file, model; } pairs[] = {
+        {"n_layer", "model.layers", f->L, m->L}, {"n_embd", "model.d_model", f->C, m->C},
+        {"n_head", "model.heads", f->NH, m->NH}, {"vocab_size", "model.vocab", f->V, m->V},
+        {"padded_vocab_size", "model.vocab_pad", f->Vp, m->Vp}, {"n_positions", "model.seq_len", f->maxT, m->maxT},
+        {"mlp_hidden", "model.mlp_ratio x model.d_model", f->H, m->H}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++)
+        if (pairs[i].file != pairs[i].model)
+            FATAL_ALL("set the deck's [model] to the shape the weights were trained with",
+                      "'%s': %s%s = %d, but the deck's %s gives %d", path, where, pairs[i].attr, pairs[i].file,
+                      pairs[i].key, pairs[i].model);
+}
+
+// A checkpoint stores "checksum:/params/<name>" in /meta; a weights file none.
+static int stored_checksum(hid_t meta, const char *name, uint64_t *sum) {
+    if (meta < 0) return 0;
+    char key[160];
+    snprintf(key, sizeof key, "checksum:/params/%s", name);
+    return h5_read_attr_u64(meta, key, sum) == H5A_OK;
+}
+
+static void read_tensor(hid_t f, hid_t meta, const ParamTensor *t, const char *path, float *dst) {
+    char name[96];
+    snprintf(name, sizeof name, "params/%s", t->name);
+    htri_t there;
+    H5E_BEGIN_TRY { there = H5Lexists(f, "params", H5P_DEFAULT) > 0 ? H5Lexists(f, name, H5P_DEFAULT) : 0; } H5E_END_TRY;
+    if (there <= 0) FATAL_ALL("the file must match the deck's [model] shape", "'%s' has no dataset /%s", path, name);
+    hid_t ds;
+    H5E_BEGIN_TRY { ds = H5Dopen2(f, name, H5P_DEFAULT); } H5E_END_TRY;
+    if (ds < 0) FATAL_ALL("the file is damaged", "'%s': /%s is not a dataset", path, name);
+    hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
+    H5_CHECK(sp);
+    H5_CHECK(ty);
+    hsize_t dims[H5S_MAX_RANK] = {0};
+    int nd = H5Sget_simple_extent_ndims(sp);
+    if (nd > 0) H5_CHECK(H5Sget_simple_extent_dims(sp, dims, NULL));
+    if (H5Tget_class(ty) != H5T_FLOAT)
+        FATAL_ALL("weights are float32 datasets", "'%s': /%s is not a float dataset", path, name);
+    if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
+        char got[160], want[64];
+        h5_shape_text(dims, nd, got, sizeof got);
+        h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, sizeof want);
+        FATAL_ALL("the file must match the deck's [model] shape", "'%s': /%s has shape %s, the model expects %s",
+                  path, name, got, want);
+    }
+    herr_t rc;
+    errno = 0;
+    H5E_BEGIN_TRY { rc = H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst); } H5E_END_TRY;
+    if (rc < 0) {
+        char why[600];
+        h5_reason(errno, why, sizeof why);
+        FATAL_ALL("the file is truncated or damaged", "'%s': cannot read /%s: %s", path, name, why);
+    }
+    uint64_t want;
+    if (stored_checksum(meta, t->name, &want) && ckpt_checksum(dst, t->numel, 0) != want)
+        FATAL_ALL("the checkpoint is damaged: use an older one", "'%s': /%s fails its checksum (stored %016llx, read %016llx)",
+                  path, name, (unsigned long long)want, (unsigned long long)ckpt_checksum(dst, t->numel, 0));
+    H5_CHECK(H5Tclose(ty));
+    H5_CHECK(H5Sclose(sp));
+    H5_CHECK(H5Dclose(ds));
+}
+
 void weights_read(const Model *m, const char *path, float *full) {
     hid_t f = h5_open_read(path);
-    for (int i = 0; i < m->ntensors; i++) {
-        const ParamTensor *t = &m->tensors[i];
-        char name[96];
-        snprintf(name, sizeof name, "params/%s", t->name);
-        if (H5Lexists(f, "params", H5P_DEFAULT) <= 0 || H5Lexists(f, name, H5P_DEFAULT) <= 0)
-            FATAL("the file must match the deck's [model] shape", "'%s' has no dataset /%s", path, name);
-        hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
-        H5_CHECK(ds);
-        hid_t sp = H5Dget_space(ds);
-        hsize_t dims[2] = {0, 0};
-        int nd = H5Sget_simple_extent_ndims(sp);
-        H5_CHECK(H5Sget_simple_extent_dims(sp, dims, NULL));
-        if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1]))
-            FATAL("the file must match the deck's [model] shape",
-                  "'%s': /%s has shape (%llu, %llu), the model expects (%d, %d)", path, name,
-                  (unsigned long long)dims[0], (unsigned long long)(nd == 2 ? dims[1] : 0),
-                  t->shape[0], t->ndim == 2 ? t->shape[1] : 0);
-        H5_CHECK(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, full + t->offset));
-        H5_CHECK(H5Sclose(sp));
-        H5_CHECK(H5Dclose(ds));
+    // A checkpoint keeps the shape in /meta, a weights file at the root.
+    htri_t is_ckpt;
+    H5E_BEGIN_TRY { is_ckpt = H5Lexists(f, "meta", H5P_DEFAULT); } H5E_END_TRY;
+    hid_t meta = -1;
+    if (is_ckpt > 0) {
+        H5E_BEGIN_TRY { meta = H5Gopen2(f, "meta", H5P_DEFAULT); } H5E_END_TRY;
+        if (meta < 0) FATAL_ALL("the file is damaged", "'%s': /meta is not a group", path);
     }
-    h5_close(f);
+    GPTShape s;
+    char why[300];
+    if (weights_read_shape(meta >= 0 ? meta : f, &s, why, sizeof why) != 0)
+        FATAL_ALL("use a weights file from `partita train` (final.h5), `partita ckpt export`, or a checkpoint",
+                  "'%s': %s%s", path, meta >= 0 ? "/meta: " : "", why);
+    check_against(&s, &m->s, path, meta >= 0 ? "/meta " : "");
+    for (int i = 0; i < m->ntensors; i++) read_tensor(f, meta, &m->tensors[i], path, full + m->tensors[i].offset);
+    if (meta >= 0) H5_CHECK(H5Gclose(meta));
+    H5_CHECK(H5Fclose(f));
 }

@@ -8,6 +8,7 @@
 #define PARTITA_WEIGHTS_H
 
 #include <hdf5.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model.h"
@@ -23,8 +24,21 @@ void weights_write(const Model *m, const ParamStore *ps, int writer, const char 
 void weights_write_shape(hid_t obj, const Model *m);
 // Writes params or grads (the same table) into group g of an open file.
 void weights_write_group(const Model *m, hid_t f, const char *group, const float *buf);
-// Reads a weights file into full (m->nparams floats); fatal if a tensor is
-// missing or its shape differs.
+// Reads and range-checks the model-shape attributes of obj (each a scalar
+// integer; 1 <= n_layer <= WEIGHTS_MAX_LAYERS, n_head divides n_embd,
+// vocab_size <= padded_vocab_size, n_embd divides mlp_hidden, ...), so that
+// a model table built from them cannot overflow. Returns 0, or -1 with why
+// naming the attribute, what it is and what was expected.
+int weights_read_shape(hid_t obj, GPTShape *s, char *why, size_t n);
+// The largest dimensions a file may declare (far above any deck).
+enum { WEIGHTS_MAX_LAYERS = 1 << 16, WEIGHTS_MAX_EMBD = 1 << 20, WEIGHTS_MAX_VOCAB = 1 << 30,
+       WEIGHTS_MAX_POSITIONS = 1 << 24, WEIGHTS_MAX_HIDDEN = 1 << 24 };
+
+// Reads a weights file, or a checkpoint's /params, into full (m->nparams
+// floats). Collective in the sense that every rank calls it alike: a file
+// whose shape attributes differ from m (naming the attribute, both values and
+// the file), a missing, non-float or misshapen dataset, or (checkpoints) a
+// dataset that fails its stored checksum is fatal.
 void weights_read(const Model *m, const char *path, float *full);
 
 #endif

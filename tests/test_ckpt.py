@@ -143,7 +143,7 @@ with open(good, "rb") as f:
     data = f.read()
 with open(bad, "wb") as f:
     f.write(data[: len(data) // 2])
-refused("a truncated checkpoint is refused", bad, ["cannot open checkpoint", "truncated.h5"])
+refused("a truncated checkpoint is refused", bad, ["cannot resume from checkpoint", "truncated.h5", "truncated file"])
 
 bad = os.path.join(d, "missing.h5")
 shutil.copy(good, bad)
