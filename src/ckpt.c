@@ -828,7 +828,7 @@ static size_t list_candidates(const char *dir, Candidate **out, int *latest_stat
         n++;
     }
     if (dd) closedir(dd);
-    qsort(c, n, sizeof *c, cmp_newest);
+    if (n > 1) qsort(c, n, sizeof *c, cmp_newest);
     // The file latest names goes first.
     for (size_t i = 0; i < n && *latest_state == 1; i++)
         if (strcmp(c[i].name, name) == 0) {
