@@ -18,6 +18,7 @@ enum { DECAY_COSINE = 0, DECAY_LINEAR, DECAY_NONE };
 enum { PRECISION_AUTO = 0, PRECISION_FP32, PRECISION_BF16 };
 enum { DEVPATH_AUTO = 0, DEVPATH_NCCL, DEVPATH_STAGED };
 enum { TOKENIZER_BYTE = 0 };
+enum { RECOMPUTE_NONE = 0, RECOMPUTE_LAYER };   // [train] recompute (sequence parallelism issue 11)
 
 typedef struct RunConfig {
     char name[DECK_STR];      // run name; outputs go to out_dir
@@ -60,6 +61,7 @@ typedef struct TrainConfig {
     int64_t eval_batches;     // micro-batches of validation per rank
     int precision;            // PRECISION_*
     int save_weights;         // write init.h5 and final.h5
+    int recompute;            // RECOMPUTE_*: activation checkpointing per layer
 } TrainConfig;
 
 typedef struct OptimConfig {

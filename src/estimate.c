@@ -31,9 +31,9 @@ int estimate_run(const Deck *d, int ranks) {
     Model m;
     model_table(&m, &c->model);
     const int B = (int)c->train.micro_batch, T = (int)c->train.seq_len, accum = (int)c->train.grad_accum;
-    const int p = (int)c->parallel.dp;
-    double acts = (double)model_activation_bytes(&m, B, T);
-    double acts_ckpt = (double)model_activation_bytes_checkpointed(&m, B, T);
+    const int sp = (int)c->parallel.sp, p = (int)c->parallel.dp * sp, Tl = T / sp;
+    double acts = (double)model_activation_bytes_layout(&m, B, Tl, sp, 0, (int)c->train.recompute);
+    double acts_ckpt = (double)model_activation_bytes_layout(&m, B, Tl, sp, 0, RECOMPUTE_LAYER);
     double base = baseline_bytes();
     double io = 2.0 * B * T * 4 + (double)(T + 1) * 4 * 2 + 65536;   // batch, loader rows, deck text
 

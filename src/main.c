@@ -89,9 +89,9 @@ static int check_runnable(const Deck *d, int rank) {
     DeviceInfo dev;
     if (device_select(d, 1, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
     if (msg[0]) {
-    } else if (c->parallel.sp != 1 || c->parallel.tp != 1 || c->parallel.ep != 1) {
-        snprintf(msg, sizeof msg, "error: %s: sequence, tensor and expert parallelism are not implemented yet\n"
-                 "  hint: set [parallel] sp, tp and ep to 1", deck_where(d, "parallel.sp", where, sizeof where));
+    } else if (c->parallel.tp != 1 || c->parallel.ep != 1) {
+        snprintf(msg, sizeof msg, "error: %s: tensor and expert parallelism are not implemented yet\n"
+                 "  hint: set [parallel] tp and ep to 1", deck_where(d, "parallel.tp", where, sizeof where));
     } else if (!c->data.train[0]) {
         snprintf(msg, sizeof msg, "error: %s: [data] train is not set\n"
                  "  hint: make a token file with `partita prep data/tokens.h5 TEXT...` and set train = data/tokens.h5",

@@ -14,7 +14,8 @@
 // comm_bytes_<op>: bytes this rank sent in the step, per collective (comm.h);
 // comm_wait: seconds blocked in collectives (communication not hidden by compute).
 enum { M_STEP, M_LOSS, M_VAL_LOSS, M_LR, M_GRAD_NORM, M_TOKENS_PER_S, M_MFU, M_STEP_TIME,
-       M_TOKENS, M_COMM_ALL_REDUCE, M_COMM_REDUCE_SCATTER, M_COMM_ALL_GATHER, M_COMM_WAIT, M_NCOLS };
+       M_TOKENS, M_COMM_ALL_REDUCE, M_COMM_REDUCE_SCATTER, M_COMM_ALL_GATHER, M_COMM_WAIT,
+       M_COMM_ALL_TO_ALL, M_NCOLS };
 
 typedef struct MetricsRow {
     double v[M_NCOLS];

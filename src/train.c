@@ -29,6 +29,7 @@ typedef struct Trainer {
     char *deck_text;
     Topo topo;
     Comm dp;
+    Comm sp;                    // sequence group (Ulysses all-to-alls); size 1 without sp
     DeviceInfo dev;
     const Backend *bk;          // where model states and activations live
     int threads;
@@ -40,7 +41,8 @@ typedef struct Trainer {
     const ParamStore *ps;
     Metrics metrics;
     int B, T, accum;
-    int32_t *inputs, *targets;  // (B, T)
+    int Tl;                     // this rank's tokens of each row: T / sp
+    int32_t *inputs, *targets;  // (B, Tl)
     int64_t start_step;         // 0, or the step a checkpoint resumed at
     double *rss_all;            // (ranks) per-rank peak RSS, MiB
     double flops_per_token;
@@ -76,7 +78,8 @@ static size_t arena_bytes(const Trainer *tr) {
     model_table(&m, &tr->cfg->model);
     zero_plan(&m, &tr->cfg->zero, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
     size_t bytes = plan.params + plan.grads + plan.optim + plan.working +
-                   model_activation_bytes(&m, tr->B, tr->T) + ((size_t)64 << 20);
+                   model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
+                                                 (int)tr->cfg->train.recompute) + ((size_t)64 << 20);
     model_free(&m);
     return bytes;
 }
@@ -117,6 +120,10 @@ static void open_data(Trainer *tr) {
     loader_create(&tr->train, &tr->train_file, tb, te, tr->B, tr->T, c->data.order,
                   (uint64_t)c->run.seed, V);
     if (ve > vb) loader_create(&tr->val, vf, vb, ve, tr->B, tr->T, ORDER_SEQUENTIAL, 0, V);
+    if (tr->Tl != tr->T) {  // sequence parallelism: this rank's slice of every row
+        loader_set_slice(&tr->train, tr->topo.sp_rank * tr->Tl, tr->Tl);
+        if (ve > vb) loader_set_slice(&tr->val, tr->topo.sp_rank * tr->Tl, tr->Tl);
+    }
 }
 
 // [checkpoint] resume: rank 0 decides which file (all ranks then read it).
@@ -154,7 +161,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     const Config *c = tr->cfg;
     tr->deck_text = xmalloc(1 << 16, "deck text");
     deck_format(d, tr->deck_text, 1 << 16);
-    topo_init(&tr->topo, (int)c->parallel.dp);
+    topo_init(&tr->topo, (int)c->parallel.dp, (int)c->parallel.sp);
     tr->threads = pick_threads(c, &tr->topo);
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
                       .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step,
@@ -162,9 +169,11 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     kernels_set_threads(tr->threads);
     tr->B = (int)c->train.micro_batch;
     tr->T = (int)c->train.seq_len;
+    tr->Tl = tr->T / tr->topo.sp_size;
     tr->accum = (int)c->train.grad_accum;
     start_backend(tr, &co);
     comm_init(&tr->dp, tr->topo.dp, "dp", &co);
+    comm_init(&tr->sp, tr->topo.sp, "sp", &co);
 
     // Every rank measures at once, so the figure is what the job really has;
     // ranks sharing a GPU count their share of it.
@@ -177,12 +186,13 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     if (tr->topo.rank == 0) make_dirs(c->run.out_dir, "set [run] out_dir to a writable directory");
     MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
     open_data(tr);
-    model_create(&tr->model, &c->model, tr->B, tr->T, tr->bk);
+    ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute};
+    model_create_parallel(&tr->model, &c->model, tr->B, tr->Tl, tr->bk, &mp);
     zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &c->optim, c->train.steps);
     zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
     tr->ps = zero_store(&tr->zero);
-    tr->inputs = xmalloc((size_t)tr->B * tr->T * sizeof(int32_t), "inputs");
-    tr->targets = xmalloc((size_t)tr->B * tr->T * sizeof(int32_t), "targets");
+    tr->inputs = xmalloc((size_t)tr->B * tr->Tl * sizeof(int32_t), "inputs");
+    tr->targets = xmalloc((size_t)tr->B * tr->Tl * sizeof(int32_t), "targets");
     tr->rss_all = xcalloc((size_t)tr->topo.size * sizeof(double), "rss");
     tr->flops_per_token = model_flops_per_token(&tr->model, tr->T);
     resume(tr);
@@ -203,7 +213,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
         h5_attr_i64(tr->metrics.file, "zero_stage", tr->zero.stage);
         h5_attr_i64(tr->metrics.file, "model_state_bytes", (int64_t)tr->zero.state_bytes);
         h5_attr_i64(tr->metrics.file, "working_bytes", (int64_t)tr->zero.working_bytes);
-        h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->T));
+        h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->Tl));
         h5_attr_i64(tr->metrics.file, "nparams", (int64_t)tr->model.nparams);
     }
 }
@@ -216,6 +226,7 @@ static void trainer_free(Trainer *tr) {
     if (tr->cfg->data.val[0]) tokenfile_close(&tr->val_file);
     zero_free(&tr->zero);
     model_free(&tr->model);
+    comm_free(&tr->sp);
     comm_free(&tr->dp);
     device_stop(&tr->dev);
     free(tr->inputs);
@@ -231,9 +242,9 @@ static double evaluate(Trainer *tr) {
     double sum[2] = {0.0, 0.0};
     int64_t nb = tr->cfg->train.eval_batches;
     for (int64_t k = 0; k < nb; k++) {
-        uint64_t g0 = ((uint64_t)k * (uint64_t)tr->dp.size + (uint64_t)tr->dp.rank) * (uint64_t)tr->B;
+        uint64_t g0 = ((uint64_t)k * (uint64_t)tr->topo.data_size + (uint64_t)tr->topo.data_rank) * (uint64_t)tr->B;
         loader_batch(&tr->val, g0, tr->inputs, tr->targets);
-        sum[0] += model_forward(&tr->model, tr->ps, tr->inputs, tr->targets, tr->B, tr->T, 0);
+        sum[0] += model_forward(&tr->model, tr->ps, tr->inputs, tr->targets, tr->B, tr->Tl, 0);
         sum[1] += 1.0;
     }
     comm_allreduce_sum_f64(&tr->dp, sum, 2, "validation loss");
@@ -245,12 +256,15 @@ static double evaluate(Trainer *tr) {
 // Returns the step's mean loss; fills grad norm and lr.
 static double train_step(Trainer *tr, int64_t step, double *grad_norm, double *lr) {
     Model *m = &tr->model;
-    const int B = tr->B, T = tr->T, accum = tr->accum;
+    // T: this rank's tokens. ZeRO averages gradients over all dp x sp ranks, so
+    // scaling by the local token count gives the mean over every token of the step.
+    const int B = tr->B, T = tr->Tl, accum = tr->accum;
     zero_begin_step(&tr->zero, step);
+    comm_set_step(&tr->sp, step);
     double loss = 0.0;
     float dloss = 1.0f / ((float)B * (float)T * (float)accum);
     for (int a = 0; a < accum; a++) {
-        uint64_t g0 = (((uint64_t)step * accum + a) * (uint64_t)tr->dp.size + (uint64_t)tr->dp.rank) * (uint64_t)B;
+        uint64_t g0 = (((uint64_t)step * accum + a) * (uint64_t)tr->topo.data_size + (uint64_t)tr->topo.data_rank) * (uint64_t)B;
         loader_batch(&tr->train, g0, tr->inputs, tr->targets);
         zero_begin_micro(&tr->zero, a, accum);
         loss += model_forward(m, tr->ps, tr->inputs, tr->targets, B, T, 1);
@@ -287,9 +301,9 @@ static void print_header(const Trainer *tr) {
              c->data.train, (unsigned long long)tr->train_file.ntok, tr->train_file.tokenizer,
              (unsigned long long)tr->train.rows, (unsigned long long)tr->val.rows, tr->T + 1,
              c->data.order == ORDER_SHUFFLED ? "shuffled" : "sequential");
-    log_info("layout: %d ranks (dp=%d), %d threads per rank, batch %lld sequences = %lld tokens per step\n",
-             tr->topo.size, tr->dp.size, tr->threads, (long long)c->train.batch,
-             (long long)c->train.batch * tr->T);
+    log_info("layout: %d ranks (dp=%d x sp=%d), %d threads per rank, batch %lld sequences = %lld tokens per step%s\n",
+             tr->topo.size, tr->topo.data_size, tr->topo.sp_size, tr->threads, (long long)c->train.batch,
+             (long long)c->train.batch * tr->T, c->train.recompute ? ", activation checkpointing per layer" : "");
     char dev[300];
     device_describe(&tr->dev, dev, sizeof dev);
     log_info("backend: %s; collectives: %s\n", dev, comm_path_name(tr->dp.opt.path));
@@ -299,7 +313,7 @@ static void print_header(const Trainer *tr) {
              tr->peak_gflops, c->run.peak_gflops > 0 ? ", from [run] peak_gflops" : "");
     log_info("memory per rank: ZeRO-%d model states %.1f MiB, working buffers %.1f MiB, activations %.1f MiB\n",
              tr->zero.stage, (double)tr->zero.state_bytes / 1048576.0, (double)tr->zero.working_bytes / 1048576.0,
-             (double)model_activation_bytes(&tr->model, tr->B, tr->T) / 1048576.0);
+             (double)model_activation_bytes(&tr->model, tr->B, tr->Tl) / 1048576.0);
 }
 
 int train_run(const Deck *d) {
@@ -317,7 +331,7 @@ int train_run(const Deck *d) {
     log_info("step %6lld/%lld | val %.4f (%s)\n", (long long)tr.start_step, (long long)c->train.steps, last_val,
              tr.start_step ? "resumed" : "initial");
     if (tr.topo.rank == 0 && tr.start_step == 0) h5_attr_f64(tr.metrics.file, "val_loss_initial", last_val);
-    uint64_t before[COMM_NOPS];
+    uint64_t before[COMM_NOPS], a2a_before = tr.sp.bytes[COMM_ALLTOALL];
     memcpy(before, tr.dp.bytes, sizeof before);
     double comm_before = tr.dp.wait_s;
     // The job may stop early (stop_at) with a checkpoint; the schedule still spans train.steps.
@@ -353,6 +367,8 @@ int train_run(const Deck *d) {
         row.v[M_COMM_REDUCE_SCATTER] = (double)(tr.dp.bytes[COMM_REDUCE_SCATTER] - before[COMM_REDUCE_SCATTER]);
         row.v[M_COMM_ALL_GATHER] = (double)(tr.dp.bytes[COMM_ALLGATHER] - before[COMM_ALLGATHER]);
         row.v[M_COMM_WAIT] = tr.dp.wait_s - comm_before;
+        row.v[M_COMM_ALL_TO_ALL] = (double)(tr.sp.bytes[COMM_ALLTOALL] - a2a_before);   // sp (issue 11)
+        a2a_before = tr.sp.bytes[COMM_ALLTOALL];
         memcpy(before, tr.dp.bytes, sizeof before);
         comm_before = tr.dp.wait_s;
         metrics_append(&tr.metrics, &row);
