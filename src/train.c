@@ -402,6 +402,7 @@ int train_dump(const Deck *d, const char *out_path) {
     tr.cfg = c;
     tr.B = (int)c->train.micro_batch;
     tr.T = (int)c->train.seq_len;
+    tr.Tl = tr.T;   // the dump runs one rank, whole rows
     kernels_set_threads(c->run.threads > 0 ? (int)c->run.threads : 1);
     open_data(&tr);
     Model *m = &tr.model;
