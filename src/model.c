@@ -120,7 +120,8 @@ typedef struct Acts {
     float *encoded;                 // (B, T, C)
     // per layer l, at stride per_layer (recompute: one block for every layer)
     float *ln1, *ln1_mean, *ln1_rstd;   // (B,T,C) (B,T) (B,T)
-    float *qkv, *atty;                  // (B,T,3C) (B,T,C)
+    float *qkv, *atty;                  // (B,T,3C) (B,T,C); with sp, qkv is NULL: the projections
+                                        // are built in the all-to-all buffer and only qkvh is kept
     float *qkvh, *atth, *att_lse;       // (B,Tf,3Cl) (B,Tf,Cl) (B,NHl,Tf): attention on this rank's heads
     float *attproj, *res2;              // (B,T,C)
     float *ln2, *ln2_mean, *ln2_rstd;
@@ -150,7 +151,7 @@ static Acts acts_layout(const GPTShape *s, float *base, Geom g) {
     a.ln1 = carve(base, &off, BT * C);
     a.ln1_mean = carve(base, &off, BT);
     a.ln1_rstd = carve(base, &off, BT);
-    a.qkv = carve(base, &off, BT * 3 * C);
+    a.qkv = g.sp > 1 ? NULL : carve(base, &off, BT * 3 * C);
     a.atty = carve(base, &off, BT * C);
     a.qkvh = g.sp > 1 ? carve(base, &off, BTf * 3 * Cl) : a.qkv;
     a.atth = g.sp > 1 ? carve(base, &off, BTf * Cl) : a.atty;
@@ -188,26 +189,33 @@ static const float *layer_in(const Acts *a, int l, size_t BTC) {
     return l > 0 ? layer_out(a, l - 1, BTC) : a->encoded;
 }
 
-// Backward scratch: the residual-stream gradient plus one buffer per width;
-// with sp, the attention gradients of this rank's heads over full rows.
+// Backward scratch: the residual-stream gradient plus one buffer per width.
+// With sp, dh1 and dh2 are also the all-to-all send and receive buffers (sized
+// for both): the MLP's hidden gradients are dead whenever an exchange runs
+// (in forward, in a layer's recompute, and in backward's attention, which
+// comes after the MLP's), so sequence parallelism adds no buffer of its own.
+// Backward's attention gradients of this rank's heads over full rows live in
+// them too: d(atth) in send, d(qkvh) in recv (see attention_bwd).
 typedef struct Scratch {
     float *dres, *dc, *d3c, *dh1, *dh2;
-    float *datth, *dqkvh;           // (B,Tf,Cl) (B,Tf,3Cl); alias dc, d3c without sp
     size_t total;
 } Scratch;
 
-static Scratch scratch_layout(const GPTShape *s, float *base, Geom g) {
+static Scratch scratch_layout(const GPTShape *s, float *base, Geom g, size_t a2a) {
     Scratch d;
-    size_t BT = (size_t)g.B * g.T, BTf = (size_t)g.B * g.Tf, off = 0;
+    size_t BT = (size_t)g.B * g.T, off = 0, wide = BT * s->H > a2a ? BT * s->H : a2a;
     d.dres = carve(base, &off, BT * s->C);
     d.dc = carve(base, &off, BT * s->C);
     d.d3c = carve(base, &off, BT * 3 * (size_t)s->C);
-    d.dh1 = carve(base, &off, BT * s->H);
-    d.dh2 = carve(base, &off, BT * s->H);
-    d.datth = g.sp > 1 ? carve(base, &off, BTf * (size_t)g.Cl) : d.dc;
-    d.dqkvh = g.sp > 1 ? carve(base, &off, BTf * 3 * (size_t)g.Cl) : d.d3c;
+    d.dh1 = carve(base, &off, wide);
+    d.dh2 = carve(base, &off, wide);
     d.total = off;
     return d;
+}
+
+// Floats of each all-to-all buffer for geometry g: 0 without sp.
+static size_t a2a_floats(const GPTShape *s, Geom g) {
+    return g.sp > 1 ? ulysses_buffer_floats(g.B, g.T, s->C, s->NH, g.sp) : 0;
 }
 
 void model_table(Model *m, const ModelConfig *mc) {
@@ -219,8 +227,7 @@ void model_table(Model *m, const ModelConfig *mc) {
 
 size_t model_activation_bytes_layout(const Model *m, int B, int T, int sp, int sp_rank, int recompute) {
     Geom g = geom(&m->s, B, T, sp, sp_rank, recompute);
-    size_t floats = acts_layout(&m->s, NULL, g).total + scratch_layout(&m->s, NULL, g).total;
-    if (sp > 1) floats += 2 * ulysses_buffer_floats(B, T, m->s.C, m->s.NH, sp);
+    size_t floats = acts_layout(&m->s, NULL, g).total + scratch_layout(&m->s, NULL, g, a2a_floats(&m->s, g)).total;
     return sizeof(float) * floats + 2 * sizeof(int32_t) * (size_t)B * (size_t)T;
 }
 
@@ -244,12 +251,15 @@ void model_create_parallel(Model *m, const ModelConfig *mc, int B, int T, const 
     Geom g = model_geom(m, B, T);
     m->nacts = acts_layout(&m->s, NULL, g).total;
     m->acts = bk->alloc(m->nacts * sizeof(float), "activations");
-    m->nscratch = scratch_layout(&m->s, NULL, g).total;
+    m->nscratch = scratch_layout(&m->s, NULL, g, a2a_floats(&m->s, g)).total;
     m->scratch = bk->alloc(m->nscratch * sizeof(float), "backward scratch");
     m->tok = bk->alloc((size_t)B * T * sizeof(int32_t), "input tokens");
     m->tgt = bk->alloc((size_t)B * T * sizeof(int32_t), "target tokens");
     m->host_losses = xcalloc((size_t)B * T * sizeof(float), "per-token losses");
-    if (m->sp > 1) ulysses_create(&m->ulysses, mp->sp, bk, B, T, m->s.C, m->s.NH);
+    if (m->sp > 1) {    // the all-to-all buffers are the scratch's dh1 and dh2
+        Scratch d = scratch_layout(&m->s, m->scratch, g, a2a_floats(&m->s, g));
+        ulysses_create(&m->ulysses, mp->sp, bk, B, T, m->s.C, m->s.NH, d.dh1, d.dh2);
+    }
 }
 
 void model_create(Model *m, const ModelConfig *mc, int B, int T, const Backend *bk) {
@@ -308,11 +318,17 @@ double model_flops_per_token(const Model *m, int T) {
 // ---------------------------------------------------------------------------
 // Forward and backward
 
-// Attention of layer l's qkv into atty: on this rank's tokens and all heads,
-// or (sp > 1) all-to-all to full rows of this rank's heads and back.
+// Where layer l's QKV projection goes: its activation, or with sp the
+// all-to-all receive buffer, which seq_to_heads packs from before it receives.
+static float *qkv_out(Model *m, const Acts *a, int l) {
+    return m->sp > 1 ? m->ulysses.recv : at(a, a->qkv, l);
+}
+
+// Attention of layer l's qkv (qkv_out) into atty: on this rank's tokens and
+// all heads, or (sp > 1) all-to-all to full rows of this rank's heads and back.
 static void attention_fwd(Model *m, const Acts *a, int l, int B, int T) {
     const Backend *k = m->bk;
-    float *qkv = at(a, a->qkv, l), *atty = at(a, a->atty, l);
+    float *qkv = qkv_out(m, a, l), *atty = at(a, a->atty, l);
     if (m->sp == 1) {
         k->attention_forward(atty, at(a, a->att_lse, l), qkv, B, T, m->s.C, m->s.NH);
         return;
@@ -326,7 +342,9 @@ static void attention_fwd(Model *m, const Acts *a, int l, int B, int T) {
     ulysses_heads_to_seq(u, atty, at(a, a->atth, l), B, T, 1, tag);
 }
 
-// d.dc holds d(atty) of layer l; leaves d(qkv) in d.d3c.
+// d.dc holds d(atty) of layer l; leaves d(qkv) in d.d3c. With sp, d(atth)
+// lands in the send buffer and d(qkvh) is written to the receive buffer, each
+// free at that point (ulysses.h: src may be recv, dst send).
 static void attention_bwd(Model *m, const Acts *a, const Scratch *d, int l, int B, int T) {
     const Backend *k = m->bk;
     if (m->sp == 1) {
@@ -337,11 +355,12 @@ static void attention_bwd(Model *m, const Acts *a, const Scratch *d, int l, int 
     Ulysses *u = &m->ulysses;
     char tag[40];
     snprintf(tag, sizeof tag, "d att h.%d", l);
-    ulysses_seq_to_heads(u, d->datth, d->dc, B, T, 1, tag);
-    k->attention_backward(d->dqkvh, d->datth, at(a, a->qkvh, l), at(a, a->atth, l), at(a, a->att_lse, l), B,
+    float *datth = u->send, *dqkvh = u->recv;
+    ulysses_seq_to_heads(u, datth, d->dc, B, T, 1, tag);
+    k->attention_backward(dqkvh, datth, at(a, a->qkvh, l), at(a, a->atth, l), at(a, a->att_lse, l), B,
                           T * m->sp, u->Cl, u->NHl);
     snprintf(tag, sizeof tag, "d qkv h.%d", l);
-    ulysses_heads_to_seq(u, d->d3c, d->dqkvh, B, T, 3, tag);
+    ulysses_heads_to_seq(u, d->d3c, dqkvh, B, T, 3, tag);
 }
 
 // Layer l's forward from `res` into layer_out(l), with the layer's parameters pl.
@@ -352,7 +371,7 @@ static void layer_forward(Model *m, const Acts *a, int l, const float *pl, int B
     const Backend *k = m->bk;
     const float *res = layer_in(a, l, N * C);
 #define W(j) TP(m, pl, u, LT(l, j))
-    float *ln1 = at(a, a->ln1, l), *qkv = at(a, a->qkv, l), *atty = at(a, a->atty, l);
+    float *ln1 = at(a, a->ln1, l), *qkv = qkv_out(m, a, l), *atty = at(a, a->atty, l);
     float *attproj = at(a, a->attproj, l), *res2 = at(a, a->res2, l), *ln2 = at(a, a->ln2, l);
     float *fch = at(a, a->fch, l), *fch_gelu = at(a, a->fch_gelu, l);
     float *fcproj = at(a, a->fcproj, l), *res3 = layer_out(a, l, N * C);
@@ -429,7 +448,7 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     (void)targets;
     Geom g = model_geom(m, B, T);
     Acts a = acts_layout(s, m->acts, g);
-    Scratch d = scratch_layout(s, m->scratch, g);
+    Scratch d = scratch_layout(s, m->scratch, g, a2a_floats(s, g));
 
     // LM head (parameters still held from forward): logits -> dlogits in place,
     // then into dlnf and the tied wte.

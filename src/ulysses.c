@@ -18,7 +18,8 @@ size_t ulysses_buffer_floats(int B, int Tl, int C, int NH, int sp) {
     return (size_t)B * (size_t)Tl * 3 * wide;
 }
 
-void ulysses_create(Ulysses *u, Comm *comm, const Backend *bk, int B, int Tl, int C, int NH) {
+void ulysses_create(Ulysses *u, Comm *comm, const Backend *bk, int B, int Tl, int C, int NH,
+                    float *send, float *recv) {
     memset(u, 0, sizeof *u);
     u->comm = comm;
     u->bk = bk;
@@ -38,17 +39,13 @@ void ulysses_create(Ulysses *u, Comm *comm, const Backend *bk, int B, int Tl, in
     u->counts = xcalloc(sizeof(size_t) * (size_t)u->sp, "ulysses counts");
     u->rcounts = xcalloc(sizeof(size_t) * (size_t)u->sp, "ulysses counts");
     u->nbuf = ulysses_buffer_floats(B, Tl, C, NH, u->sp);
-    u->send = bk->alloc(u->nbuf * sizeof(float), "all-to-all send buffer");
-    u->recv = bk->alloc(u->nbuf * sizeof(float), "all-to-all receive buffer");
+    u->send = send;
+    u->recv = recv;
     comm_register(comm, u->send, u->nbuf, "all-to-all send buffer");
     comm_register(comm, u->recv, u->nbuf, "all-to-all receive buffer");
 }
 
 void ulysses_free(Ulysses *u) {
-    if (u->bk) {
-        u->bk->release(u->send);
-        u->bk->release(u->recv);
-    }
     free(u->h0);
     free(u->nh);
     free(u->counts);

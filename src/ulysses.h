@@ -30,26 +30,37 @@ typedef struct Ulysses {
     int *h0, *nh;           // (sp) first head and head count of rank k
     int NHl, Cl;            // this rank's heads and their channels NHl * hs
     int B, Tl;              // the largest micro-batch the buffers hold
-    float *send, *recv;     // all-to-all buffers (backend memory, registered with comm)
-    size_t nbuf;            // floats in each
+    float *send, *recv;     // all-to-all buffers (backend memory lent by the caller, registered with comm)
+    size_t nbuf;            // floats in each: ulysses_buffer_floats
     size_t *counts, *rcounts;   // (sp)
 } Ulysses;
 
 // Rank k's heads of NH split over sp ranks: first head *h0, *nh heads.
 void ulysses_split_heads(int NH, int sp, int k, int *h0, int *nh);
-// Buffers for micro-batches of up to B x Tl local tokens; collective over comm
-// (nothing is exchanged, but every rank must call it in the same order).
-void ulysses_create(Ulysses *u, Comm *comm, const Backend *bk, int B, int Tl, int C, int NH);
+// For micro-batches of up to B x Tl local tokens, exchanging through send and
+// recv (backend memory of ulysses_buffer_floats each, lent by the caller, who
+// may use them for anything between exchanges: the model lends part of its
+// backward scratch). Registers them with comm, so every rank must call it in
+// the same order.
+void ulysses_create(Ulysses *u, Comm *comm, const Backend *bk, int B, int Tl, int C, int NH,
+                    float *send, float *recv);
 void ulysses_free(Ulysses *u);
-// Floats of the two buffers ulysses_create allocates (for memory plans).
+// Floats of each of the two buffers: B Tl 3 max(C, sp Cl0), Cl0 the channels of
+// rank 0 (which has the most heads). Enough for a (B, Tl, 3, C) sequence slice
+// and for a (B, Tl sp, 3, Cl) head slice of any rank.
 size_t ulysses_buffer_floats(int B, int Tl, int C, int NH, int sp);
 
 // Sequence slices to head slices: src (B, Tl, parts, C) on every rank of the
 // group -> dst (B, Tl*sp, parts, Cl) of this rank's heads. parts = 3 for
 // q, k, v (forward), 1 for the attention output's gradient (backward).
+// Both calls pack src into u->send before the exchange and unpack u->recv into
+// dst after it, so src may be u->recv and dst may be u->send: a caller can
+// build its input in u->recv and keep its output in u->send, needing no
+// buffer of its own for either.
 void ulysses_seq_to_heads(Ulysses *u, float *dst, const float *src, int B, int Tl, int parts, const char *tag);
 // The inverse: src (B, Tl*sp, parts, Cl) -> dst (B, Tl, parts, C). parts = 1 for
 // the attention output (forward), 3 for the q, k, v gradients (backward).
+// The same aliasing holds: src may be u->recv, dst u->send.
 void ulysses_heads_to_seq(Ulysses *u, float *dst, const float *src, int B, int Tl, int parts, const char *tag);
 
 // Bytes rank `rank` sends in one all-to-all (what stays on the rank is not
