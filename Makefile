@@ -30,7 +30,7 @@ DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-ope
         liburing-dev python3 python3-numpy python3-h5py python3-matplotlib python3-torch hdf5-tools
 
 .PHONY: all deps test bench clean demo
-all: build/partita build/test_kernels build/test_comm $(GPU_TARGETS)
+all: build/partita build/test_kernels build/test_comm build/test_ulysses $(GPU_TARGETS)
 
 build/partita: $(OBJ) $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
@@ -39,6 +39,9 @@ build/test_kernels: build/tests/unit/test_kernels.o $(KOBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 build/test_comm: build/tests/unit/test_comm.o build/src/comm.o build/src/comm_nccl.o build/src/log.o $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
+
+build/test_ulysses: build/tests/unit/test_ulysses.o build/src/ulysses.o build/src/comm.o build/src/comm_nccl.o build/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
 build/%.o: %.c
@@ -70,4 +73,4 @@ bench: all
 clean:
 	rm -rf build
 
--include $(OBJ:.o=.d) build/tests/unit/test_kernels.d build/tests/unit/test_comm.d
+-include $(OBJ:.o=.d) build/tests/unit/test_kernels.d build/tests/unit/test_comm.d build/tests/unit/test_ulysses.d

@@ -23,6 +23,7 @@ tests=(
   "kernel-sumsq         build/test_kernels sumsq"
   "kernel-determinism   build/test_kernels determinism"
   "comm-collectives     $MPIEXEC -np 3 build/test_comm"
+  "ulysses-layouts      $MPIEXEC -np 4 build/test_ulysses"
   "deck                 $PYTHON tests/test_deck.py"
   "cli-errors           $PYTHON tests/test_cli.py"
   "data-order           $PYTHON tests/test_data.py"
