@@ -15,7 +15,9 @@
 // counts sp divides and does not (NH = 6 at sp = 4: 2,2,1,1 heads; NH = 3 at
 // sp = 2: 2,1; NH = 4 at sp = 3: 2,1,1), on the host path and on the staged path
 // (a stand-in "device" of host memory, so the mirror copies are exercised); and
-// the byte counter against ulysses_sent_bytes.
+// the byte counter against ulysses_sent_bytes. Last, comm's all-to-alls in
+// flight together: two on one communicator with different counts, waited in
+// reverse order, each keeps the counts MPI reads (its own slot) and delivers.
 // Run: mpiexec.mpich -np 4 build/test_ulysses
 #include "backend.h"
 #include "comm.h"
@@ -137,6 +139,57 @@ static void suite(MPI_Comm world, int sp, int NH, int path) {
     if (member) MPI_CHECK(MPI_Comm_free(&sub));
 }
 
+// Rank r sends (k + 1) * (r + 1) * m floats to rank k, valued 1000 m + 100 r + k.
+static void fill_a2a(int r, int p, int m, size_t *counts, size_t *rcounts, float *send) {
+    size_t o = 0;
+    for (int k = 0; k < p; k++) {
+        counts[k] = (size_t)((k + 1) * (r + 1) * m);
+        rcounts[k] = (size_t)((r + 1) * (k + 1) * m);
+        for (size_t i = 0; i < counts[k]; i++) send[o++] = (float)(1000 * m + 100 * r + k);
+    }
+}
+
+static int check_a2a(int r, int p, int m, const float *recv) {
+    size_t o = 0;
+    int bad = 0;
+    for (int k = 0; k < p; k++)
+        for (int i = 0; i < (r + 1) * (k + 1) * m; i++) bad += recv[o++] != (float)(1000 * m + 100 * k + r);
+    return bad;
+}
+
+static void two_in_flight(MPI_Comm world) {
+    CommOptions opt = {.fault_skip_rank = -1, .timeout_s = 60, .path = COMM_PATH_HOST, .bk = &stand_in};
+    Comm c;
+    comm_init(&c, world, "world", &opt);
+    const int p = c.size, r = c.rank;
+    size_t counts[2][16], rcounts[2][16];
+    float *send[2], *recv[2];
+    CommReq req[2];
+    int kept = 1, bad = 0;
+    for (int j = 0; j < 2; j++) {
+        send[j] = calloc((size_t)((j + 1) * p * p * (p + 1)), sizeof(float));
+        recv[j] = calloc((size_t)((j + 1) * p * p * (p + 1)), sizeof(float));
+        fill_a2a(r, p, j + 1, counts[j], rcounts[j], send[j]);
+        comm_ialltoallv(&c, send[j], counts[j], recv[j], rcounts[j], "in flight", &req[j]);
+    }
+    // the first request's counts, as MPI holds them, after the second was issued
+    const int *sc = c.a2a + (size_t)req[0].slot * 4 * (size_t)p, *rc = sc + 2 * p;
+    kept &= req[0].slot >= 0 && req[1].slot >= 0 && req[0].slot != req[1].slot;
+    for (int k = 0; k < p && kept; k++) kept &= sc[k] == (int)counts[0][k] && rc[k] == (int)rcounts[0][k];
+    comm_wait(&c, &req[1]);
+    comm_wait(&c, &req[0]);
+    for (int j = 0; j < 2; j++) bad += check_a2a(r, p, j + 1, recv[j]);
+    check(world, kept, "two all-to-alls in flight on one communicator hold their own counts (slots differ, "
+          "the first's unchanged by the second)", kept);
+    check(world, bad == 0 && c.a2a_busy == 0, "both deliver, waited in reverse order, and free their slots "
+          "(mismatches)", bad);
+    for (int j = 0; j < 2; j++) {
+        free(send[j]);
+        free(recv[j]);
+    }
+    comm_free(&c);
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     int rank, size;
@@ -147,6 +200,7 @@ int main(int argc, char **argv) {
     for (int path = COMM_PATH_HOST; path <= COMM_PATH_STAGED; path++)
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
             if (cases[i][0] <= size) suite(MPI_COMM_WORLD, cases[i][0], cases[i][1], path);
+    two_in_flight(MPI_COMM_WORLD);
     if (rank == 0) printf("summary: %d failed checks\n", failures);
     MPI_Finalize();
     return failures ? 1 : 0;
