@@ -84,7 +84,8 @@ static void sp_section(const Config *c, const Model *m, double base, double mem)
     double un = sp > 1 ? 2.0 * sizeof(float) * (double)ulysses_buffer_floats(B, Tl, m->s.C, m->s.NH, sp) : 0.0;
     printf("  %-44s %10.1f MiB\n", "activations per rank, recompute = none", mib(an));
     printf("  %-44s %10.1f MiB\n", "activations per rank, recompute = layer", mib(al));
-    printf("  %-44s %10.1f MiB (included above)\n", "all-to-all send/receive buffers", mib(un));
+    printf("  %-44s %10.1f MiB (included above: they share the MLP's backward scratch)\n",
+           "all-to-all send/receive buffers", mib(un));
     double xn = a2a_bytes(&m->s, B, Tl, sp, accum, 0), xl = a2a_bytes(&m->s, B, Tl, sp, accum, 1);
     double ag = allgather_sp_bytes(&m->s, B, Tl, sp, accum);
     printf("  %-44s %10.2f MiB (recompute = layer: %.2f)\n", "all-to-all sent per step per rank", mib(xn), mib(xl));

@@ -15,6 +15,7 @@
 #include "zero.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,7 @@ typedef struct Trainer {
     int32_t *inputs, *targets;  // (B, Tl)
     int64_t start_step;         // 0, or the step a checkpoint resumed at
     double *rss_all;            // (ranks) per-rank peak RSS, MiB
+    double rss_base;            // resident MiB before the model is allocated, largest rank: the process baseline
     double flops_per_token;
 } Trainer;
 
@@ -52,6 +54,16 @@ static double peak_rss_mb(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
     return (double)ru.ru_maxrss / 1024.0;   // Linux reports KiB
+}
+
+// Resident memory now (not the peak), MiB; 0 if /proc is unreadable.
+static double rss_now_mb(void) {
+    long pages = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return 0.0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
+    fclose(f);
+    return (double)rss * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
 }
 
 // Threads per rank: the deck's, else the node's cores shared among its ranks.
@@ -186,6 +198,8 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     if (tr->topo.rank == 0) make_dirs(c->run.out_dir, "set [run] out_dir to a writable directory");
     MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
     open_data(tr);
+    double base = rss_now_mb();     // MPI, HDF5, BLAS, the loader: what the model's memory comes on top of
+    MPI_CHECK(MPI_Allreduce(&base, &tr->rss_base, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
     ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute};
     model_create_parallel(&tr->model, &c->model, tr->B, tr->Tl, tr->bk, &mp);
     zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &c->optim, c->train.steps);
@@ -215,6 +229,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
         h5_attr_i64(tr->metrics.file, "working_bytes", (int64_t)tr->zero.working_bytes);
         h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->Tl));
         h5_attr_i64(tr->metrics.file, "nparams", (int64_t)tr->model.nparams);
+        h5_attr_f64(tr->metrics.file, "baseline_rss_mb", tr->rss_base);
     }
 }
 
