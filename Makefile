@@ -33,7 +33,7 @@ DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-ope
         clang libclang-rt-14-dev slurm-wlm munge
 
 .PHONY: all deps test bench clean demo asan portable fuzz fuzz-build FORCE
-all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(GPU_TARGETS)
+all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(GPU_TARGETS)
 
 $(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
@@ -42,6 +42,9 @@ $(BUILD)/test_kernels: $(BUILD)/tests/unit/test_kernels.o $(KOBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test_comm: $(BUILD)/tests/unit/test_comm.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
+
+$(BUILD)/test_ulysses: $(BUILD)/tests/unit/test_ulysses.o $(BUILD)/src/ulysses.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
 # Every object depends on the flags it was compiled with, so switching
@@ -107,4 +110,4 @@ bench: all
 clean:
 	rm -rf build build-asan
 
--include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d
+-include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d

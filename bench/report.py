@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Prints the benchmark tables of bench/run.sh from the runs' HDF5 and logs.
-usage: report.py train RUN.h5 TORCH.log | report.py zero DIR | report.py ckpt DIR BYTES PLAIN_SECONDS"""
+usage: report.py train RUN.h5 TORCH.log | report.py zero DIR | report.py ckpt DIR BYTES PLAIN_SECONDS
+       | report.py sp DIR"""
 import glob
 import os
 import re
@@ -86,5 +87,45 @@ def gen(d):
         print(f"  {label:34s} {float(res['splitfuse'][key]):10.3f} {float(res['static'][key]):10.3f}")
 
 
+def rss_table(d):
+    """Peak RSS per rank (the largest rank's) split into what the run planned (run.h5 attributes:
+    model states, working buffers, activations incl. backward scratch and all-to-all buffers), the
+    process baseline (resident before the model is allocated: MPI, HDF5, BLAS, the loader; largest
+    rank) and the rest (MPI's reduction temporaries, allocator slack)."""
+    mb = 2.0**20
+    print("  peak RSS per rank, recompute = layer, long-seq model (L=4 C=256 NH=4), B=1, MiB")
+    print(f"  {'ZeRO':>4s} {'T':>6s} {'sp':>3s} {'peak RSS':>9s} {'states':>8s} {'working':>8s} {'activations':>12s} "
+          f"{'baseline':>9s} {'other':>7s}")
+    for st in (0, 3):
+        rss = {}
+        for T, n in [(4096, 1), (16384, 4)]:
+            m, a = metrics(os.path.join(d, f"rss-{T}-{n}-z{st}", "run.h5"))
+            rss[n] = float(m["peak_rss_mb"].max())
+            states, work, acts = (float(a[k]) / mb for k in ("model_state_bytes", "working_bytes", "activation_bytes"))
+            base = float(a["baseline_rss_mb"])
+            other = rss[n] - states - work - acts - base
+            print(f"  {st:4d} {T:6d} {n:3d} {rss[n]:9.1f} {states:8.1f} {work:8.1f} {acts:12.1f} {base:9.1f} {other:7.1f}")
+        r = rss[4] / rss[1]
+        print(f"  ZeRO-{st}: (16K, sp=4) / (4K, sp=1) = {r:.3f} ({'within' if abs(r - 1) <= 0.10 else 'NOT within'} 10%)")
+    print("  (baseline: resident before the model is allocated, MPI, HDF5, BLAS and the loader; other: the rest,"
+          " MPI's reduction temporaries)")
+
+
+def sp(d):
+    print("  weak scaling, T/sp = 2048 fixed (rank 0's all-to-all bytes; Ulysses predicts (sp-1)/sp x const)")
+    print(f"  {'T':>6s} {'sp':>3s} {'a2a MiB/step':>13s} {'/ ((sp-1)/sp)':>14s} {'s/step':>8s} {'tok/s':>8s} {'peak RSS MiB/rank':>18s}")
+    for T, n in [(2048, 1), (4096, 2), (8192, 4)]:
+        m, _ = metrics(os.path.join(d, f"weak-{T}-{n}", "run.h5"))
+        b = float(m["comm_bytes_all_to_all"][0]) / 2**20
+        norm = b / ((n - 1) / n) if n > 1 else float("nan")
+        print(f"  {T:6d} {n:3d} {b:13.2f} {norm:14.2f} {float(np.median(m['step_time'])):8.2f} "
+              f"{float(np.median(m['tokens_per_s'])):8.0f} {float(m['peak_rss_mb'].max()):18.1f}")
+    rss_table(d)
+    m, a = metrics(os.path.join(d, "long-seq", "run.h5"))
+    print(f"  long-seq deck (T=32768, sp=4, recompute): {float(np.median(m['tokens_per_s'])):.0f} tok/s, "
+          f"MFU {100 * float(np.median(m['mfu'])):.1f}%, {float(np.median(m['step_time'])):.1f} s/step, "
+          f"peak RSS per rank {float(m['peak_rss_mb'].max()):.1f} MiB")
+
+
 if __name__ == "__main__":
-    {"train": train, "zero": zero, "ckpt": ckpt, "gen": gen}[sys.argv[1]](*sys.argv[2:])
+    {"train": train, "zero": zero, "ckpt": ckpt, "gen": gen, "sp": sp}[sys.argv[1]](*sys.argv[2:])

@@ -10,7 +10,10 @@
 #  4. generation with the 124M shape (random weights), 2 threads: decode tokens/s
 #     at batch 1 and 8, prefill tokens/s of a 512-token prompt, and p99
 #     inter-token latency under Poisson arrivals, SplitFuse against static.
-# BENCH_ONLY=train|zero|ckpt|gen runs one part; BENCH_STEPS sets the steps timed.
+#  5. sequence parallelism (Ulysses): all-to-all bytes and step time at (T, sp) =
+#     (2K, 1), (4K, 2), (8K, 4), peak RSS per rank at (16K, 4) vs (4K, 1) with
+#     recompute, the long-seq deck, and the longest T `estimate` fits in 20 GiB.
+# BENCH_ONLY=train|zero|ckpt|gen|sp runs one part; BENCH_STEPS sets the steps timed.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -84,4 +87,40 @@ if [ "$ONLY" = all ] || [ "$ONLY" = gen ]; then
       --set generate.max_batch=8 --set "generate.arrivals=poisson:${BENCH_RATE:-0.5}" > $g/poisson-$mode.log
   done
   $PYTHON bench/report.py gen $g
+fi
+
+if [ "$ONLY" = all ] || [ "$ONLY" = sp ]; then
+  echo "== 5. sequence parallelism, B=1, 1 thread per rank: weak scaling on the gpt-tiny shape (L=2 C=64 NH=4), 2 steps"
+  SP="--set train.steps=2 --set optimizer.warmup=0 --set train.micro_batch=1 --set train.grad_accum=1 --set train.batch=0
+      --set train.eval_batches=1 --set train.eval_interval=0 --set train.save_weights=false --set data.val_fraction=0.3
+      --set run.threads=1 --set checkpoint.interval=0 --set checkpoint.resume=none --set data.train=data/licenses.h5"
+  for ts in 2048:1 4096:2 8192:4; do
+    T=${ts%:*}; n=${ts#*:}
+    $MPIEXEC -np $n build/partita train inputs/gpt-tiny.deck $SP --set model.seq_len=$T --set parallel.sp=$n \
+      --set run.out_dir=$out/sp/weak-$T-$n > $out/sp-weak-$T-$n.log
+  done
+  # Peak RSS per rank with recompute: the long-seq model (L=4 C=256 NH=4, activations
+  # dominate) at (4K, sp=1, np=1) vs (16K, sp=4, np=4), one step, ZeRO-0 (every rank holds
+  # all model states) and ZeRO-3 (states sharded over the 4 ranks, as DeepSpeed runs it).
+  # run.h5 holds the planned parts (states, working buffers, activations) and the process
+  # baseline (resident before the model is allocated); report.py prints the split.
+  for st in 0 3; do
+    for ts in 4096:1 16384:4; do
+      T=${ts%:*}; n=${ts#*:}
+      $MPIEXEC -np $n build/partita train inputs/long-seq.deck $SP --set train.steps=1 --set model.seq_len=$T \
+        --set parallel.sp=$n --set zero.stage=$st --set train.recompute=layer \
+        --set run.out_dir=$out/sp/rss-$T-$n-z$st > $out/sp-rss-$T-$n-z$st.log
+    done
+  done
+  $MPIEXEC -np 4 build/partita train inputs/long-seq.deck --set data.train=data/licenses.h5 --set train.steps=2 \
+    --set checkpoint.interval=0 --set checkpoint.resume=none --set run.out_dir=$out/sp/long-seq > $out/sp-long-seq.log
+  $PYTHON bench/report.py sp $out/sp
+  # 20 GiB per rank at the deck's ZeRO-3: sp=1 on one rank, sp=1 x dp=4 (the same ranks
+  # as sp=4, model states sharded alike), sp=4.
+  for lay in 1:1:1 4:4:1 4:1:4; do
+    n=${lay%%:*}; rest=${lay#*:}; dp=${rest%:*}; sp=${rest#*:}
+    t=$(build/partita estimate inputs/long-seq.deck --ranks $n --set parallel.dp=$dp --set parallel.sp=$sp \
+        --set data.train=data/licenses.h5 --mem-per-rank 20G | awk '/^longest_T/ {print $2, $3}')
+    echo "  estimate, long-seq model, 20 GiB per rank, dp=$dp x sp=$sp: longest T $t (recompute none, layer)"
+  done
 fi

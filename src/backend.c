@@ -24,11 +24,17 @@ static void cpu_axpy(float *y, const float *x, float a, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+static void cpu_copy2d(float *dst, size_t dst_stride, const float *src, size_t src_stride, size_t rows,
+                       size_t cols) {
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (size_t r = 0; r < rows; r++) memcpy(dst + r * dst_stride, src + r * src_stride, cols * sizeof(float));
+}
+
 static const Backend cpu_table = {
     .kind = BACKEND_CPU, .device_memory = 0, .name = "cpu",
     .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .copy = cpu_copy,
     .to_host = cpu_copy, .from_host = cpu_copy, .from_host_i32 = cpu_copy_i32,
-    .axpy = cpu_axpy, .sync = cpu_sync,
+    .axpy = cpu_axpy, .copy2d = cpu_copy2d, .sync = cpu_sync,
     .encoder_forward = encoder_forward, .encoder_backward = encoder_backward,
     .layernorm_forward = layernorm_forward, .layernorm_backward = layernorm_backward,
     .matmul_forward = matmul_forward, .matmul_backward = matmul_backward,
@@ -54,7 +60,7 @@ static const Backend cuda_table = {
     .kind = BACKEND_CUDA, .device_memory = 1, .name = "cuda",
     .alloc = cuda_alloc, .release = cuda_release, .zero = cuda_memset_zero, .copy = cuda_copy_d2d,
     .to_host = cuda_copy_d2h, .from_host = cuda_copy_h2d, .from_host_i32 = cuda_copy_h2d_i32,
-    .axpy = cuda_axpy, .sync = cuda_synchronize,
+    .axpy = cuda_axpy, .copy2d = cuda_copy2d, .sync = cuda_synchronize,
     .encoder_forward = cuda_encoder_forward, .encoder_backward = cuda_encoder_backward,
     .layernorm_forward = cuda_layernorm_forward, .layernorm_backward = cuda_layernorm_backward,
     .matmul_forward = cuda_matmul_forward, .matmul_backward = cuda_matmul_backward,

@@ -28,6 +28,8 @@ typedef struct Backend {
     void (*from_host)(float *dst, const float *host, size_t n);
     void (*from_host_i32)(int32_t *dst, const int32_t *host, size_t n);
     void (*axpy)(float *y, const float *x, float a, size_t n);     // y += a x
+    // rows x cols floats: dst[r * dst_stride + c] = src[r * src_stride + c] (no overlap)
+    void (*copy2d)(float *dst, size_t dst_stride, const float *src, size_t src_stride, size_t rows, size_t cols);
     void (*sync)(void);                                             // all issued work done
 
     // kernels.h, entry for entry.

@@ -26,8 +26,7 @@ void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt)
     c->counts = xcalloc(sizeof(int) * (size_t)c->size, "comm counts");
     c->displs = xcalloc(sizeof(int) * (size_t)c->size, "comm displacements");
     c->sigs = xcalloc(sizeof(CommSig) * (size_t)c->size, "comm signatures");
-    c->rcounts = xcalloc(sizeof(int) * (size_t)c->size, "comm receive counts");
-    c->rdispls = xcalloc(sizeof(int) * (size_t)c->size, "comm receive displacements");
+    c->a2a = xcalloc(sizeof(int) * 4 * COMM_A2A_SLOTS * (size_t)c->size, "comm all-to-all counts");
     if (c->opt.path == COMM_PATH_NCCL) c->nccl = nccl_create(comm, c->rank, c->size);
 }
 
@@ -73,9 +72,8 @@ void comm_free(Comm *c) {
     free(c->counts);
     free(c->displs);
     free(c->sigs);
-    free(c->rcounts);
-    free(c->rdispls);
-    c->counts = c->displs = c->rcounts = c->rdispls = NULL;
+    free(c->a2a);
+    c->counts = c->displs = c->a2a = NULL;
     c->sigs = NULL;
 }
 
@@ -166,6 +164,7 @@ static int begin(Comm *c, int op, size_t count, size_t bytes_sent, const char *t
     r->active = 0;
     r->event = -1;
     r->land = NULL;
+    r->slot = -1;
     r->req = MPI_REQUEST_NULL;
     if (c->opt.fault_skip_rank == c->rank && c->opt.fault_skip_step == c->step + 1 && !c->skipped) {
         c->skipped = 1;
@@ -258,17 +257,43 @@ void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag,
                               c->comm, &r->req));
 }
 
+// A free all-to-all slot, now owned by r until its completion.
+static int *take_slot(Comm *c, CommReq *r) {
+    int k = 0;
+    while (k < COMM_A2A_SLOTS && (c->a2a_busy >> k & 1u)) k++;
+    if (k == COMM_A2A_SLOTS)
+        FATAL("wait for an all-to-all before issuing another", "comm: more than %d all-to-alls in flight on group %s",
+              COMM_A2A_SLOTS, c->name);
+    c->a2a_busy |= 1u << k;
+    r->slot = k;
+    return c->a2a + (size_t)k * 4 * (size_t)c->size;
+}
+
+static void release_slot(Comm *c, CommReq *r) {
+    if (r->slot >= 0) c->a2a_busy &= ~(1u << r->slot);
+    r->slot = -1;
+}
+
 void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *recv, const size_t *rcounts,
                      const char *tag, CommReq *r) {
-    size_t total = fill_counts(c, counts, "all-to-all"), rtotal = 0;
+    size_t total = 0, rtotal = 0;
     for (int k = 0; k < c->size; k++) {
-        c->rcounts[k] = as_int(rcounts[k], "all-to-all");
-        c->rdispls[k] = as_int(rtotal, "all-to-all");
+        total += counts[k];
         rtotal += rcounts[k];
     }
     // What leaves this rank: everything but its part for itself.
     if (begin(c, COMM_ALLTOALL, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
     r->active = 1;
+    int *sc = take_slot(c, r), *sd = sc + c->size, *rc = sd + c->size, *rd = rc + c->size;
+    size_t so = 0, ro = 0;
+    for (int k = 0; k < c->size; k++) {
+        sc[k] = as_int(counts[k], "all-to-all");
+        sd[k] = as_int(so, "all-to-all");
+        rc[k] = as_int(rcounts[k], "all-to-all");
+        rd[k] = as_int(ro, "all-to-all");
+        so += counts[k];
+        ro += rcounts[k];
+    }
     if (c->opt.path == COMM_PATH_NCCL) {
         r->event = nccl_alltoallv(c->nccl, send, counts, recv, rcounts);
         return;
@@ -280,8 +305,7 @@ void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *re
         send = hs;
         recv = hr;
     }
-    MPI_CHECK(MPI_Ialltoallv(send, c->counts, c->displs, MPI_FLOAT, recv, c->rcounts, c->rdispls, MPI_FLOAT,
-                             c->comm, &r->req));
+    MPI_CHECK(MPI_Ialltoallv(send, sc, sd, MPI_FLOAT, recv, rc, rd, MPI_FLOAT, c->comm, &r->req));
 }
 
 void comm_wait(Comm *c, CommReq *r) {
@@ -293,6 +317,7 @@ void comm_wait(Comm *c, CommReq *r) {
         wait_request(c, &r->req, &r->sig);
         land(c, r);
     }
+    release_slot(c, r);
     r->active = 0;
 }
 
@@ -303,6 +328,7 @@ int comm_test(Comm *c, CommReq *r) {
     MPI_CHECK(MPI_Test(&r->req, &done, MPI_STATUS_IGNORE));
     if (done) {
         land(c, r);
+        release_slot(c, r);
         r->active = 0;
     }
     return done;

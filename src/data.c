@@ -93,11 +93,18 @@ void loader_create(Loader *ld, const TokenFile *f, uint64_t begin, uint64_t end,
               "'%s': tokens %llu..%llu hold no row of seq_len+1 = %d tokens", f->path,
               (unsigned long long)begin, (unsigned long long)end, T + 1);
     ld->row = xmalloc((size_t)(T + 1) * sizeof(uint32_t), "loader row");
+    ld->slice_len = T;
     ld->perm_epoch = -1;
     if (order == ORDER_SHUFFLED) {
         SYS_CHECK(ld->rows < UINT32_MAX, "too many rows to shuffle: %llu", (unsigned long long)ld->rows);
         ld->perm = xmalloc(ld->rows * sizeof(uint32_t), "shuffle permutation");
     }
+}
+
+void loader_set_slice(Loader *ld, int off, int len) {
+    SYS_CHECK(off >= 0 && len >= 1 && off + len <= ld->T, "loader slice %d+%d outside a row of %d", off, len, ld->T);
+    ld->slice_off = off;
+    ld->slice_len = len;
 }
 
 void loader_free(Loader *ld) {
@@ -128,7 +135,8 @@ static uint64_t physical_row(Loader *ld, uint64_t g) {
 }
 
 static void read_row(Loader *ld, uint64_t row) {
-    hsize_t start = ld->begin + row * (uint64_t)(ld->T + 1), count = (hsize_t)ld->T + 1;
+    hsize_t start = ld->begin + row * (uint64_t)(ld->T + 1) + (uint64_t)ld->slice_off;
+    hsize_t count = (hsize_t)ld->slice_len + 1;
     hid_t fs = H5Dget_space(ld->f->dset);
     H5_CHECK(fs);
     H5_CHECK(H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &count, NULL));
@@ -148,7 +156,7 @@ static void read_row(Loader *ld, uint64_t row) {
     H5_CHECK(H5Sclose(fs));
     // Only this rank reads these rows: the error is its own to report (FATAL,
     // not FATAL_ALL, which would leave it to a rank 0 that never sees it).
-    for (int t = 0; t <= ld->T; t++)
+    for (int t = 0; t <= ld->slice_len; t++)
         if ((int64_t)ld->row[t] >= ld->vocab)
             FATAL("every token must be below model.vocab: remake the file with `partita prep`, or raise model.vocab",
                   "'%s': token %u at position %llu is outside the model vocabulary (%lld)",
@@ -156,7 +164,7 @@ static void read_row(Loader *ld, uint64_t row) {
 }
 
 void loader_batch(Loader *ld, uint64_t g0, int32_t *inputs, int32_t *targets) {
-    const int T = ld->T;
+    const int T = ld->slice_len;
     for (int b = 0; b < ld->B; b++) {
         read_row(ld, physical_row(ld, g0 + (uint64_t)b));
         for (int t = 0; t < T; t++) {

@@ -38,13 +38,17 @@ typedef struct Loader {
     uint32_t *perm;         // (rows) permutation of the current epoch (shuffled only)
     int64_t perm_epoch;
     uint32_t *row;          // (T+1) read buffer
+    int slice_off, slice_len;   // serve tokens [off, off+len) of each row (sequence parallelism); 0, T
 } Loader;
 
 // Serves rows of the tokens [begin, end) of f. Fatal if not one row fits.
 void loader_create(Loader *ld, const TokenFile *f, uint64_t begin, uint64_t end, int B, int T,
                    int order, uint64_t seed, int64_t vocab);
 void loader_free(Loader *ld);
-// Rows g0 .. g0+B-1 into inputs and targets, (B, T) each.
+// Sequence parallelism: loader_batch serves tokens [off, off + len) of each
+// row's inputs and targets, (B, len) each.
+void loader_set_slice(Loader *ld, int off, int len);
+// Rows g0 .. g0+B-1 into inputs and targets, (B, T) each (or the slice).
 void loader_batch(Loader *ld, uint64_t g0, int32_t *inputs, int32_t *targets);
 
 #endif

@@ -63,6 +63,7 @@ static const char *const backend_names[] = {"auto", "cpu", "cuda", NULL};
 static const char *const order_names[] = {"sequential", "shuffled", NULL};
 static const char *const decay_names[] = {"cosine", "linear", "none", NULL};
 static const char *const precision_names[] = {"auto", "fp32", "bf16", NULL};
+static const char *const recompute_names[] = {"none", "layer", NULL};
 static const char *const devpath_names[] = {"auto", "nccl", "staged", NULL};
 static const char *const tokenizer_names[] = {"byte", NULL};
 static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
@@ -140,6 +141,8 @@ static const KeyDef keys[] = {
      "steps between evaluations; 0 = only at the end"},
     {"train", "eval_batches", T_INT, OFF(train.eval_batches), "4", IN(1, DECK_MAX_COUNT), NULL,
      "validation micro-batches per rank per evaluation"},
+    {"train", "recompute", T_ENUM, OFF(train.recompute), "none", ANY, recompute_names,
+     "none: keep every activation; layer: keep each layer's input and recompute the layer in backward"},
     {"train", "precision", T_ENUM, OFF(train.precision), "auto", ANY, precision_names,
      "matrix products: bf16 inputs with fp32 accumulation (cuda only), or fp32; auto = bf16 on cuda, fp32 on cpu"},
     {"train", "save_weights", T_BOOL, OFF(train.save_weights), "true", ANY, NULL,
@@ -1227,6 +1230,24 @@ static int derive(Ctx *x, int world_size) {
                     "[train] seq_len = %" PRId64 " (%s) is larger than [model] seq_len = %" PRId64
                     " (%s)", c->train.seq_len, origin(x, kts, o1, sizeof o1), c->model.seq_len,
                     origin(x, kms, o2, sizeof o2));
+    }
+
+    // Sequence parallelism: each rank of a group of sp holds T/sp tokens and at least one head.
+    if (c->train.seq_len % c->parallel.sp != 0) {
+        int ks[] = {kts, ksp};
+        snprintf(hint, sizeof hint, "choose [train] seq_len as a multiple of sp = %" PRId64 " (e.g. %" PRId64
+                 "), or an sp that divides it", c->parallel.sp, c->train.seq_len / c->parallel.sp * c->parallel.sp);
+        return fail(x, blame(x, ks, 2, where, sizeof where), hint,
+                    "[train] seq_len = %" PRId64 " (%s) is not divisible by [parallel] sp = %" PRId64 " (%s)",
+                    c->train.seq_len, origin(x, kts, o1, sizeof o1), c->parallel.sp, origin(x, ksp, o2, sizeof o2));
+    }
+    if (c->model.heads < c->parallel.sp) {
+        int ks[] = {key_index("model.heads"), ksp};
+        snprintf(hint, sizeof hint, "sequence parallelism splits heads over the sp ranks: use sp <= %" PRId64
+                 ", or more heads", c->model.heads);
+        return fail(x, blame(x, ks, 2, where, sizeof where), hint,
+                    "[model] heads = %" PRId64 " (%s) is fewer than [parallel] sp = %" PRId64 " (%s)",
+                    c->model.heads, origin(x, ks[0], o1, sizeof o1), c->parallel.sp, origin(x, ksp, o2, sizeof o2));
     }
 
     // model.heads divides model.d_model.

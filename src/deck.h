@@ -33,6 +33,7 @@ enum { PRECISION_AUTO = 0, PRECISION_FP32, PRECISION_BF16 };
 enum { DEVPATH_AUTO = 0, DEVPATH_NCCL, DEVPATH_STAGED };
 enum { TOKENIZER_BYTE = 0 };
 enum { ON_NAN_STOP = 0, ON_NAN_SKIP };
+enum { RECOMPUTE_NONE = 0, RECOMPUTE_LAYER };   // [train] recompute (sequence parallelism issue 11)
 
 typedef struct RunConfig {
     char name[DECK_STR];      // run name; outputs go to out_dir
@@ -81,6 +82,7 @@ typedef struct TrainConfig {
     int on_nan;               // ON_NAN_*: a non-finite loss or gradient norm stops the run or skips the step
     int64_t fault_nan_step;   // test only: 1-based step whose gradient is poisoned; 0 = none
     int64_t fault_nan_rank;   // test only: ... on this rank
+    int recompute;            // RECOMPUTE_*: activation checkpointing per layer
 } TrainConfig;
 
 typedef struct OptimConfig {

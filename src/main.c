@@ -28,7 +28,8 @@ static void usage(FILE *f) {
         "usage: mpiexec -np N partita <command> [args]\n"
         "  train DECK [--set section.key=value]...   train a GPT; writes run.h5 and weights\n"
         "  check DECK [--set section.key=value]...   validate a deck and print it resolved\n"
-        "  estimate DECK --ranks N [--set ...]       per-rank memory, communication, FLOPs for ZeRO 0-3\n"
+        "  estimate DECK --ranks N [--mem-per-rank 4G] [--set ...]\n"
+        "                                            per-rank memory, communication, FLOPs for ZeRO 0-3; sp plan\n"
         "  generate DECK [--set ...]                 batched generation (KV cache, SplitFuse, tensor parallel)\n"
         "  prep OUT.h5 TEXT_FILE_OR_DIR...            tokenize text into an HDF5 token file\n"
         "  ckpt info FILE                            a checkpoint's step, layout, tensors, checksums\n"
@@ -83,6 +84,30 @@ static int load_deck(Deck *d, int argc, char **argv, const char **extra, int *ne
     return 0;
 }
 
+// estimate's `--mem-per-rank SIZE` (bytes, or with a K/M/G/T suffix, powers of 1024), removed from argv.
+static int parse_mem_flag(int *argc, char **argv, double *mem, int rank) {
+    for (int i = 0; i + 1 < *argc; i++) {
+        if (strcmp(argv[i], "--mem-per-rank") != 0) continue;
+        char *end;
+        double v = strtod(argv[i + 1], &end);
+        const char *units = "KMGT", *u = *end ? strchr(units, *end) : NULL;
+        if (u && *u) {
+            for (const char *k = units; k <= u; k++) v *= 1024.0;
+            end++;
+        }
+        if (*end || !(v > 0) || v > 1e18) {
+            if (rank == 0) fprintf(stderr, "error: --mem-per-rank wants a size such as 4G or 512M, got '%s'\n"
+                                           "  hint: bytes, or a number with K, M, G or T (powers of 1024)\n", argv[i + 1]);
+            return -1;
+        }
+        *mem = v;
+        for (int j = i; j + 2 < *argc; j++) argv[j] = argv[j + 2];
+        *argc -= 2;
+        return 0;
+    }
+    return 0;
+}
+
 // Checks the deck asks for what this binary can do, before any work starts.
 static int check_runnable(const Deck *d, int rank) {
     char where[600], msg[4096] = "";
@@ -95,9 +120,9 @@ static int check_runnable(const Deck *d, int rank) {
                  "the cuda attention runs\n  hint: raise [model] heads, or set [run] backend = cpu",
                  deck_where(d, "model.heads", where, sizeof where), (long long)c->model.d_model,
                  (long long)c->model.heads, (long long)(c->model.d_model / c->model.heads), KERNELS_CUDA_ATT_HSMAX);
-    } else if (c->parallel.sp != 1 || c->parallel.tp != 1 || c->parallel.ep != 1) {
-        snprintf(msg, sizeof msg, "error: %s: sequence, tensor and expert parallelism are not implemented yet\n"
-                 "  hint: set [parallel] sp, tp and ep to 1", deck_where(d, "parallel.sp", where, sizeof where));
+    } else if (c->parallel.tp != 1 || c->parallel.ep != 1) {
+        snprintf(msg, sizeof msg, "error: %s: tensor and expert parallelism are not implemented yet\n"
+                 "  hint: set [parallel] tp and ep to 1", deck_where(d, "parallel.tp", where, sizeof where));
     } else if (!c->data.train[0]) {
         snprintf(msg, sizeof msg, "error: %s: [data] train is not set\n"
                  "  hint: make a token file with `partita prep data/tokens.h5 TEXT...` and set train = data/tokens.h5",
@@ -221,6 +246,8 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
     int is_dump = strcmp(cmd, "dump") == 0, is_estimate = strcmp(cmd, "estimate") == 0;
     int is_generate = strcmp(cmd, "generate") == 0;
     int ranks = size;
+    double mem_per_rank = 0.0;
+    if (is_estimate && parse_mem_flag(&argc, argv, &mem_per_rank, rank) != 0) return 2;
     if (is_estimate) {
         // `--ranks N` plans for N ranks instead of this job's size.
         for (int i = 0; i + 1 < argc; i++) {
@@ -250,7 +277,7 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
     SYS_CHECK(d && extra, "out of memory");
     if ((rc = load_deck(d, argc, argv, extra, &nextra, rank, ranks)) == 0) {
         if (is_estimate) {
-            if (rank == 0) rc = estimate_run(d, ranks);
+            if (rank == 0) rc = estimate_run(d, ranks, mem_per_rank);
         } else if (is_check) {
             if (rank == 0) {
                 char *text = malloc(1 << 16);

@@ -94,20 +94,46 @@ static float *TP(const Model *m, const float *base, int u, int idx) {
 // Activation layout: one buffer, carved by the same walk at create time and at
 // every use, so the offsets can never disagree.
 
+// What a rank's activations look like: its T tokens of each row, and with
+// sequence parallelism the full rows Tf = T * sp for its NHl heads (Cl channels).
+typedef struct Geom {
+    int B, T, Tf, NHl, Cl;
+    int sp;             // 1: qkvh and atth alias qkv and atty
+    int recompute;      // RECOMPUTE_LAYER: one layer's block, reused; outputs kept per layer
+} Geom;
+
+static Geom geom(const GPTShape *s, int B, int T, int sp, int sp_rank, int recompute) {
+    Geom g = {.B = B, .T = T, .Tf = T * sp, .NHl = s->NH, .Cl = s->C, .sp = sp, .recompute = recompute};
+    if (sp > 1) {
+        int h0;
+        ulysses_split_heads(s->NH, sp, sp_rank, &h0, &g.NHl);
+        g.Cl = g.NHl * (s->C / s->NH);
+    }
+    return g;
+}
+
+static Geom model_geom(const Model *m, int B, int T) {
+    return geom(&m->s, B, T, m->sp, m->sp_rank, m->recompute);
+}
+
 typedef struct Acts {
     float *encoded;                 // (B, T, C)
-    // per layer l, at stride per_layer
+    // per layer l, at stride per_layer (recompute: one block for every layer)
     float *ln1, *ln1_mean, *ln1_rstd;   // (B,T,C) (B,T) (B,T)
-    float *qkv, *atty, *att_lse;        // (B,T,3C) (B,T,C) (B,NH,T)
+    float *qkv, *atty;                  // (B,T,3C) (B,T,C); with sp, qkv is NULL: the projections
+                                        // are built in the all-to-all buffer and only qkvh is kept
+    float *qkvh, *atth, *att_lse;       // (B,Tf,3Cl) (B,Tf,Cl) (B,NHl,Tf): attention on this rank's heads
     float *attproj, *res2;              // (B,T,C)
     float *ln2, *ln2_mean, *ln2_rstd;
     float *fch, *fch_gelu;              // (B,T,H)
     float *fcproj, *res3;               // (B,T,C)
     size_t per_layer;
+    float *outs;                        // recompute: (L, B, T, C) each layer's output
     float *lnf, *lnf_mean, *lnf_rstd;   // (B,T,C) (B,T) (B,T)
     float *logits;                      // (B,T,Vp)
     float *losses, *lse;                // (B,T)
     size_t total;
+    int recompute;
 } Acts;
 
 static float *carve(float *base, size_t *off, size_t n) {
@@ -116,17 +142,20 @@ static float *carve(float *base, size_t *off, size_t n) {
     return p;
 }
 
-static Acts acts_layout(const GPTShape *s, float *base, int B, int T) {
+static Acts acts_layout(const GPTShape *s, float *base, Geom g) {
     Acts a;
-    size_t BT = (size_t)B * T, C = (size_t)s->C, off = 0;
+    size_t BT = (size_t)g.B * g.T, BTf = (size_t)g.B * g.Tf, C = (size_t)s->C, Cl = (size_t)g.Cl, off = 0;
+    a.recompute = g.recompute;
     a.encoded = carve(base, &off, BT * C);
     size_t layer0 = off;
     a.ln1 = carve(base, &off, BT * C);
     a.ln1_mean = carve(base, &off, BT);
     a.ln1_rstd = carve(base, &off, BT);
-    a.qkv = carve(base, &off, BT * 3 * C);
+    a.qkv = g.sp > 1 ? NULL : carve(base, &off, BT * 3 * C);
     a.atty = carve(base, &off, BT * C);
-    a.att_lse = carve(base, &off, BT * (size_t)s->NH);
+    a.qkvh = g.sp > 1 ? carve(base, &off, BTf * 3 * Cl) : a.qkv;
+    a.atth = g.sp > 1 ? carve(base, &off, BTf * Cl) : a.atty;
+    a.att_lse = carve(base, &off, BTf * (size_t)g.NHl);
     a.attproj = carve(base, &off, BT * C);
     a.res2 = carve(base, &off, BT * C);
     a.ln2 = carve(base, &off, BT * C);
@@ -137,7 +166,8 @@ static Acts acts_layout(const GPTShape *s, float *base, int B, int T) {
     a.fcproj = carve(base, &off, BT * C);
     a.res3 = carve(base, &off, BT * C);
     a.per_layer = off - layer0;
-    off = layer0 + a.per_layer * (size_t)s->L;
+    off = layer0 + a.per_layer * (size_t)(g.recompute ? 1 : s->L);
+    a.outs = g.recompute ? carve(base, &off, BT * C * (size_t)s->L) : NULL;
     a.lnf = carve(base, &off, BT * C);
     a.lnf_mean = carve(base, &off, BT);
     a.lnf_rstd = carve(base, &off, BT);
@@ -148,59 +178,92 @@ static Acts acts_layout(const GPTShape *s, float *base, int B, int T) {
     return a;
 }
 
-// Pointer p of layer 0 moved to layer l.
-static float *at(const Acts *a, float *p, int l) { return p + a->per_layer * (size_t)l; }
+// Pointer p of layer 0 moved to layer l (with recompute every layer shares the block).
+static float *at(const Acts *a, float *p, int l) { return a->recompute ? p : p + a->per_layer * (size_t)l; }
+
+// Layer l's output (the residual stream after it) and input.
+static float *layer_out(const Acts *a, int l, size_t BTC) {
+    return a->recompute ? a->outs + BTC * (size_t)l : at(a, a->res3, l);
+}
+static const float *layer_in(const Acts *a, int l, size_t BTC) {
+    return l > 0 ? layer_out(a, l - 1, BTC) : a->encoded;
+}
 
 // Backward scratch: the residual-stream gradient plus one buffer per width.
+// With sp, dh1 and dh2 are also the all-to-all send and receive buffers (sized
+// for both): the MLP's hidden gradients are dead whenever an exchange runs
+// (in forward, in a layer's recompute, and in backward's attention, which
+// comes after the MLP's), so sequence parallelism adds no buffer of its own.
+// Backward's attention gradients of this rank's heads over full rows live in
+// them too: d(atth) in send, d(qkvh) in recv (see attention_bwd).
 typedef struct Scratch {
     float *dres, *dc, *d3c, *dh1, *dh2;
     size_t total;
 } Scratch;
 
-static Scratch scratch_layout(const GPTShape *s, float *base, int B, int T) {
+static Scratch scratch_layout(const GPTShape *s, float *base, Geom g, size_t a2a) {
     Scratch d;
-    size_t BT = (size_t)B * T, off = 0;
+    size_t BT = (size_t)g.B * g.T, off = 0, wide = BT * s->H > a2a ? BT * s->H : a2a;
     d.dres = carve(base, &off, BT * s->C);
     d.dc = carve(base, &off, BT * s->C);
     d.d3c = carve(base, &off, BT * 3 * (size_t)s->C);
-    d.dh1 = carve(base, &off, BT * s->H);
-    d.dh2 = carve(base, &off, BT * s->H);
+    d.dh1 = carve(base, &off, wide);
+    d.dh2 = carve(base, &off, wide);
     d.total = off;
     return d;
+}
+
+// Floats of each all-to-all buffer for geometry g: 0 without sp.
+static size_t a2a_floats(const GPTShape *s, Geom g) {
+    return g.sp > 1 ? ulysses_buffer_floats(g.B, g.T, s->C, s->NH, g.sp) : 0;
 }
 
 void model_table(Model *m, const ModelConfig *mc) {
     memset(m, 0, sizeof *m);
     m->s = model_shape(mc);
+    m->sp = 1;
     build_table(m);
 }
 
+size_t model_activation_bytes_layout(const Model *m, int B, int T, int sp, int sp_rank, int recompute) {
+    Geom g = geom(&m->s, B, T, sp, sp_rank, recompute);
+    size_t floats = acts_layout(&m->s, NULL, g).total + scratch_layout(&m->s, NULL, g, a2a_floats(&m->s, g)).total;
+    return sizeof(float) * floats + 2 * sizeof(int32_t) * (size_t)B * (size_t)T;
+}
+
 size_t model_activation_bytes(const Model *m, int B, int T) {
-    return sizeof(float) * (acts_layout(&m->s, NULL, B, T).total + scratch_layout(&m->s, NULL, B, T).total) +
-           2 * sizeof(int32_t) * (size_t)B * (size_t)T;
+    return model_activation_bytes_layout(m, B, T, m->sp ? m->sp : 1, m->sp_rank, m->recompute);
 }
 
-size_t model_activation_bytes_checkpointed(const Model *m, int B, int T) {
-    Acts a = acts_layout(&m->s, NULL, B, T);
-    size_t layers = a.per_layer * (size_t)m->s.L, inputs = (size_t)B * T * (size_t)m->s.C * (size_t)m->s.L;
-    return sizeof(float) * (a.total - layers + a.per_layer + inputs + scratch_layout(&m->s, NULL, B, T).total);
-}
-
-void model_create(Model *m, const ModelConfig *mc, int B, int T, const Backend *bk) {
+void model_create_parallel(Model *m, const ModelConfig *mc, int B, int T, const Backend *bk,
+                           const ModelParallel *mp) {
     memset(m, 0, sizeof *m);
     m->s = model_shape(mc);
-    SYS_CHECK(T <= m->s.maxT, "sequence length %d exceeds model.seq_len %d", T, m->s.maxT);
+    m->sp = mp && mp->sp ? mp->sp->size : 1;
+    m->sp_rank = mp && mp->sp ? mp->sp->rank : 0;
+    m->recompute = mp ? mp->recompute : RECOMPUTE_NONE;
+    SYS_CHECK((size_t)T * (size_t)m->sp <= (size_t)m->s.maxT, "sequence length %d exceeds model.seq_len %d",
+              T * m->sp, m->s.maxT);
     build_table(m);
     m->bk = bk;
     m->B = B;
     m->T = T;
-    m->nacts = acts_layout(&m->s, NULL, B, T).total;
+    Geom g = model_geom(m, B, T);
+    m->nacts = acts_layout(&m->s, NULL, g).total;
     m->acts = bk->alloc(m->nacts * sizeof(float), "activations");
-    m->nscratch = scratch_layout(&m->s, NULL, B, T).total;
+    m->nscratch = scratch_layout(&m->s, NULL, g, a2a_floats(&m->s, g)).total;
     m->scratch = bk->alloc(m->nscratch * sizeof(float), "backward scratch");
     m->tok = bk->alloc((size_t)B * T * sizeof(int32_t), "input tokens");
     m->tgt = bk->alloc((size_t)B * T * sizeof(int32_t), "target tokens");
     m->host_losses = xcalloc((size_t)B * T * sizeof(float), "per-token losses");
+    if (m->sp > 1) {    // the all-to-all buffers are the scratch's dh1 and dh2
+        Scratch d = scratch_layout(&m->s, m->scratch, g, a2a_floats(&m->s, g));
+        ulysses_create(&m->ulysses, mp->sp, bk, B, T, m->s.C, m->s.NH, d.dh1, d.dh2);
+    }
+}
+
+void model_create(Model *m, const ModelConfig *mc, int B, int T, const Backend *bk) {
+    model_create_parallel(m, mc, B, T, bk, NULL);
 }
 
 void model_free(Model *m) {
@@ -214,6 +277,7 @@ void model_free(Model *m) {
         m->bk->release(m->tgt);
     }
     free(m->host_losses);
+    if (m->sp > 1) ulysses_free(&m->ulysses);
     memset(m, 0, sizeof *m);
 }
 
@@ -243,7 +307,7 @@ void model_init_range(const Model *m, float *dst, size_t begin, size_t end, uint
 }
 
 const float *model_logits(const Model *m) {
-    return acts_layout(&m->s, m->acts, m->fwd_B, m->fwd_T).logits;
+    return acts_layout(&m->s, m->acts, model_geom(m, m->fwd_B, m->fwd_T)).logits;
 }
 
 double model_flops_per_token(const Model *m, int T) {
@@ -254,45 +318,101 @@ double model_flops_per_token(const Model *m, int T) {
 // ---------------------------------------------------------------------------
 // Forward and backward
 
+// Where layer l's QKV projection goes: its activation, or with sp the
+// all-to-all receive buffer, which seq_to_heads packs from before it receives.
+static float *qkv_out(Model *m, const Acts *a, int l) {
+    return m->sp > 1 ? m->ulysses.recv : at(a, a->qkv, l);
+}
+
+// Attention of layer l's qkv (qkv_out) into atty: on this rank's tokens and
+// all heads, or (sp > 1) all-to-all to full rows of this rank's heads and back.
+static void attention_fwd(Model *m, const Acts *a, int l, int B, int T) {
+    const Backend *k = m->bk;
+    float *qkv = qkv_out(m, a, l), *atty = at(a, a->atty, l);
+    if (m->sp == 1) {
+        k->attention_forward(atty, at(a, a->att_lse, l), qkv, B, T, m->s.C, m->s.NH);
+        return;
+    }
+    Ulysses *u = &m->ulysses;
+    char tag[40];
+    snprintf(tag, sizeof tag, "qkv h.%d", l);
+    ulysses_seq_to_heads(u, at(a, a->qkvh, l), qkv, B, T, 3, tag);
+    k->attention_forward(at(a, a->atth, l), at(a, a->att_lse, l), at(a, a->qkvh, l), B, T * m->sp, u->Cl, u->NHl);
+    snprintf(tag, sizeof tag, "att h.%d", l);
+    ulysses_heads_to_seq(u, atty, at(a, a->atth, l), B, T, 1, tag);
+}
+
+// d.dc holds d(atty) of layer l; leaves d(qkv) in d.d3c. With sp, d(atth)
+// lands in the send buffer and d(qkvh) is written to the receive buffer, each
+// free at that point (ulysses.h: src may be recv, dst send).
+static void attention_bwd(Model *m, const Acts *a, const Scratch *d, int l, int B, int T) {
+    const Backend *k = m->bk;
+    if (m->sp == 1) {
+        k->attention_backward(d->d3c, d->dc, at(a, a->qkv, l), at(a, a->atty, l), at(a, a->att_lse, l), B, T,
+                              m->s.C, m->s.NH);
+        return;
+    }
+    Ulysses *u = &m->ulysses;
+    char tag[40];
+    snprintf(tag, sizeof tag, "d att h.%d", l);
+    float *datth = u->send, *dqkvh = u->recv;
+    ulysses_seq_to_heads(u, datth, d->dc, B, T, 1, tag);
+    k->attention_backward(dqkvh, datth, at(a, a->qkvh, l), at(a, a->atth, l), at(a, a->att_lse, l), B,
+                          T * m->sp, u->Cl, u->NHl);
+    snprintf(tag, sizeof tag, "d qkv h.%d", l);
+    ulysses_heads_to_seq(u, d->d3c, dqkvh, B, T, 3, tag);
+}
+
+// Layer l's forward from `res` into layer_out(l), with the layer's parameters pl.
+static void layer_forward(Model *m, const Acts *a, int l, const float *pl, int B, int T) {
+    const GPTShape *s = &m->s;
+    const int C = s->C, H = s->H, u = U_LAYER(l);
+    const size_t N = (size_t)B * T;
+    const Backend *k = m->bk;
+    const float *res = layer_in(a, l, N * C);
+#define W(j) TP(m, pl, u, LT(l, j))
+    float *ln1 = at(a, a->ln1, l), *qkv = qkv_out(m, a, l), *atty = at(a, a->atty, l);
+    float *attproj = at(a, a->attproj, l), *res2 = at(a, a->res2, l), *ln2 = at(a, a->ln2, l);
+    float *fch = at(a, a->fch, l), *fch_gelu = at(a, a->fch_gelu, l);
+    float *fcproj = at(a, a->fcproj, l), *res3 = layer_out(a, l, N * C);
+    k->layernorm_forward(ln1, at(a, a->ln1_mean, l), at(a, a->ln1_rstd, l), res, W(P_LN1W), W(P_LN1B), N, C);
+    k->matmul_forward(qkv, ln1, W(P_QKVW), W(P_QKVB), N, C, 3 * C, 0);
+    attention_fwd(m, a, l, B, T);
+    k->matmul_forward(attproj, atty, W(P_ATTPW), W(P_ATTPB), N, C, C, 0);
+    k->residual_forward(res2, res, attproj, N * C);
+    k->layernorm_forward(ln2, at(a, a->ln2_mean, l), at(a, a->ln2_rstd, l), res2, W(P_LN2W), W(P_LN2B), N, C);
+    k->matmul_forward(fch, ln2, W(P_FCW), W(P_FCB), N, C, H, 0);
+    k->gelu_forward(fch_gelu, fch, N * H);
+    k->matmul_forward(fcproj, fch_gelu, W(P_FCPW), W(P_FCPB), N, H, C, 0);
+    k->residual_forward(res3, res2, fcproj, N * C);
+#undef W
+}
+
 float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const int32_t *targets,
                     int B, int T, int for_backward) {
     SYS_CHECK(B <= m->B && T <= m->T, "batch %dx%d exceeds the allocated %dx%d", B, T, m->B, m->T);
+    SYS_CHECK(m->sp == 1 || T == m->T, "sequence parallelism runs full rows only (%d of %d tokens)", T, m->T);
     const GPTShape *s = &m->s;
-    const int C = s->C, NH = s->NH, H = s->H, L = s->L, UF = U_FINAL(m);
+    const int C = s->C, L = s->L, UF = U_FINAL(m);
     const size_t N = (size_t)B * T;
     const Backend *k = m->bk;
-    Acts a = acts_layout(s, m->acts, B, T);
+    Acts a = acts_layout(s, m->acts, model_geom(m, B, T));
     m->fwd_B = B;
     m->fwd_T = T;
     k->from_host_i32(m->tok, inputs, N);
     if (targets) k->from_host_i32(m->tgt, targets, N);
 
+    // Position embeddings from this rank's offset in the row.
+    const size_t pos0 = (size_t)m->sp_rank * (size_t)m->T * (size_t)C;
     const float *emb = ps->params(ps->ctx, U_EMBED, PHASE_FWD);
-    k->encoder_forward(a.encoded, m->tok, TP(m, emb, U_EMBED, 0), TP(m, emb, U_EMBED, 1), B, T, C);
+    k->encoder_forward(a.encoded, m->tok, TP(m, emb, U_EMBED, 0), TP(m, emb, U_EMBED, 1) + pos0, B, T, C);
     ps->release(ps->ctx, U_EMBED, PHASE_FWD);
-    const float *res = a.encoded;
     for (int l = 0; l < L; l++) {
         const int u = U_LAYER(l);
-        const float *pl = ps->params(ps->ctx, u, PHASE_FWD);
-#define W(j) TP(m, pl, u, LT(l, j))
-        float *ln1 = at(&a, a.ln1, l), *qkv = at(&a, a.qkv, l), *atty = at(&a, a.atty, l);
-        float *attproj = at(&a, a.attproj, l), *res2 = at(&a, a.res2, l), *ln2 = at(&a, a.ln2, l);
-        float *fch = at(&a, a.fch, l), *fch_gelu = at(&a, a.fch_gelu, l);
-        float *fcproj = at(&a, a.fcproj, l), *res3 = at(&a, a.res3, l);
-        k->layernorm_forward(ln1, at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), res, W(P_LN1W), W(P_LN1B), N, C);
-        k->matmul_forward(qkv, ln1, W(P_QKVW), W(P_QKVB), N, C, 3 * C, 0);
-        k->attention_forward(atty, at(&a, a.att_lse, l), qkv, B, T, C, NH);
-        k->matmul_forward(attproj, atty, W(P_ATTPW), W(P_ATTPB), N, C, C, 0);
-        k->residual_forward(res2, res, attproj, N * C);
-        k->layernorm_forward(ln2, at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), res2, W(P_LN2W), W(P_LN2B), N, C);
-        k->matmul_forward(fch, ln2, W(P_FCW), W(P_FCB), N, C, H, 0);
-        k->gelu_forward(fch_gelu, fch, N * H);
-        k->matmul_forward(fcproj, fch_gelu, W(P_FCPW), W(P_FCPB), N, H, C, 0);
-        k->residual_forward(res3, res2, fcproj, N * C);
-#undef W
+        layer_forward(m, &a, l, ps->params(ps->ctx, u, PHASE_FWD), B, T);
         ps->release(ps->ctx, u, PHASE_FWD);
-        res = res3;
     }
+    const float *res = layer_in(&a, L, N * C);
     // The LM head: ln_f and the tied wte, held through backward when it follows.
     const int lnf = 2 + P_PER_LAYER * L;
     const float *fin = ps->params(ps->ctx, UF, PHASE_FWD);
@@ -321,13 +441,14 @@ float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const
 void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const int32_t *targets,
                     int B, int T, float dloss) {
     const GPTShape *s = &m->s;
-    const int C = s->C, NH = s->NH, H = s->H, L = s->L, UF = U_FINAL(m);
+    const int C = s->C, H = s->H, L = s->L, UF = U_FINAL(m);
     const size_t N = (size_t)B * T;
     const Backend *k = m->bk;
     (void)inputs;   // the forward copied both to m->tok and m->tgt
     (void)targets;
-    Acts a = acts_layout(s, m->acts, B, T);
-    Scratch d = scratch_layout(s, m->scratch, B, T);
+    Geom g = model_geom(m, B, T);
+    Acts a = acts_layout(s, m->acts, g);
+    Scratch d = scratch_layout(s, m->scratch, g, a2a_floats(s, g));
 
     // LM head (parameters still held from forward): logits -> dlogits in place,
     // then into dlnf and the tied wte.
@@ -339,7 +460,7 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     k->matmul_backward(d.dc, TP(m, gemb, U_EMBED, 0), NULL, a.logits, a.lnf, TP(m, emb, U_EMBED, 0), N, C, s->Vp, 1);
     ps->release(ps->ctx, U_EMBED, PHASE_BWD);
     k->zero(d.dres, N * C);
-    const float *last = L > 0 ? at(&a, a.res3, L - 1) : a.encoded;
+    const float *last = layer_in(&a, L, N * C);
     float *gfin = ps->grads(ps->ctx, UF);
     k->layernorm_backward(d.dres, TP(m, gfin, UF, lnf), TP(m, gfin, UF, lnf + 1), d.dc, last,
                        TP(m, fin, UF, lnf), a.lnf_mean, a.lnf_rstd, N, C);
@@ -349,10 +470,12 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     for (int l = L - 1; l >= 0; l--) {
         const int u = U_LAYER(l);
         const float *pl = ps->params(ps->ctx, u, PHASE_BWD);
+        // Activation checkpointing: the layer's activations again, from its kept input.
+        if (m->recompute && l < L - 1) layer_forward(m, &a, l, pl, B, T);   // the last is still there
         float *gl = ps->grads(ps->ctx, u);
 #define W(j) TP(m, pl, u, LT(l, j))
 #define G(j) TP(m, gl, u, LT(l, j))
-        const float *res = l > 0 ? at(&a, a.res3, l - 1) : a.encoded;
+        const float *res = layer_in(&a, l, N * C);
         // res3 = res2 + fcproj: d.dres is d(res3), and flows to both.
         k->matmul_backward(d.dh1, G(P_FCPW), G(P_FCPB), d.dres, at(&a, a.fch_gelu, l), W(P_FCPW), N, H, C, 0);
         k->gelu_backward(d.dh2, at(&a, a.fch, l), d.dh1, N * H);
@@ -361,7 +484,7 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
                            at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), N, C);
         // res2 = res + attproj: d.dres is now d(res2).
         k->matmul_backward(d.dc, G(P_ATTPW), G(P_ATTPB), d.dres, at(&a, a.atty, l), W(P_ATTPW), N, C, C, 0);
-        k->attention_backward(d.d3c, d.dc, at(&a, a.qkv, l), at(&a, a.atty, l), at(&a, a.att_lse, l), B, T, C, NH);
+        attention_bwd(m, &a, &d, l, B, T);
         k->matmul_backward(d.dc, G(P_QKVW), G(P_QKVB), d.d3c, at(&a, a.ln1, l), W(P_QKVW), N, C, 3 * C, 0);
         k->layernorm_backward(d.dres, G(P_LN1W), G(P_LN1B), d.dc, res, W(P_LN1W),
                            at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), N, C);
@@ -370,6 +493,7 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
         ps->release(ps->ctx, u, PHASE_BWD);
         ps->grads_ready(ps->ctx, u);
     }
-    k->encoder_backward(TP(m, gemb, U_EMBED, 0), TP(m, gemb, U_EMBED, 1), d.dres, m->tok, B, T, C);
+    const size_t pos0 = (size_t)m->sp_rank * (size_t)m->T * (size_t)C;
+    k->encoder_backward(TP(m, gemb, U_EMBED, 0), TP(m, gemb, U_EMBED, 1) + pos0, d.dres, m->tok, B, T, C);
     ps->grads_ready(ps->ctx, U_EMBED);
 }

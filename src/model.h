@@ -13,7 +13,9 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "comm.h"
 #include "deck.h"
+#include "ulysses.h"
 
 typedef struct GPTShape {
     int V, Vp;      // vocabulary, padded vocabulary (wte rows)
@@ -54,6 +56,13 @@ typedef struct ParamStore {
     void (*grads_ready)(void *ctx, int unit);
 } ParamStore;
 
+// How a rank's model splits the work with others: sequence parallelism over
+// the group sp (Ulysses, ulysses.h), and activation checkpointing.
+typedef struct ModelParallel {
+    Comm *sp;               // the sequence group; NULL or size 1: none
+    int recompute;          // RECOMPUTE_* (deck.h): keep only layer inputs, recompute in backward
+} ModelParallel;
+
 typedef struct Model {
     GPTShape s;
     int ntensors;
@@ -62,7 +71,10 @@ typedef struct Model {
     int nunits;             // L + 2
     size_t *unit_begin, *unit_end;  // (nunits) ranges in floats
     const Backend *bk;      // where activations live and kernels run
-    int B, T;               // the batch the activations are sized for
+    int B, T;               // the batch the activations are sized for (T: this rank's tokens)
+    int sp, sp_rank;        // sequence group: this rank holds tokens [sp_rank T, (sp_rank+1) T) of each row
+    int recompute;          // RECOMPUTE_*
+    Ulysses ulysses;        // sp > 1: the all-to-alls around attention
     float *acts;            // all activations, one buffer (backend memory)
     size_t nacts;
     float *scratch;         // backward scratch, one buffer (backend memory)
@@ -78,6 +90,10 @@ GPTShape model_shape(const ModelConfig *mc);
 // B x T on backend bk. Parameters and gradients belong to the ParamStore
 // (zero.h) and live on the same backend.
 void model_create(Model *m, const ModelConfig *mc, int B, int T, const Backend *bk);
+// The same for one rank of a sequence group (T is then the rank's T/sp tokens
+// of each row, at position offset sp_rank * T) and/or with recompute.
+void model_create_parallel(Model *m, const ModelConfig *mc, int B, int T, const Backend *bk,
+                           const ModelParallel *mp);
 void model_free(Model *m);
 // The table and units alone (no activations): for tools that only need sizes.
 void model_table(Model *m, const ModelConfig *mc);
@@ -111,11 +127,12 @@ const float *model_logits(const Model *m);
 // Training FLOPs per token (forward + backward): 6 * (non-wpe parameters)
 // + 12 * L * C * T for attention scores and values.
 double model_flops_per_token(const Model *m, int T);
-// Bytes of activations, backward scratch and token buffers for a B x T micro-batch.
+// Bytes of activations, backward scratch, all-to-all buffers and token
+// buffers for a B x T micro-batch (T: this rank's tokens), for the model's
+// own sp and recompute.
 size_t model_activation_bytes(const Model *m, int B, int T);
-// The same with activation checkpointing (each layer keeps only its input and
-// one layer's activations are recomputed at a time): a plan figure for
-// `partita estimate`; the trainer does not checkpoint yet.
-size_t model_activation_bytes_checkpointed(const Model *m, int B, int T);
+// The same for any layout, without a model: rank sp_rank of a sequence group
+// of sp holding B x T tokens of rows of T*sp; recompute: RECOMPUTE_*.
+size_t model_activation_bytes_layout(const Model *m, int B, int T, int sp, int sp_rank, int recompute);
 
 #endif

@@ -1,7 +1,13 @@
 // topo.h: the job's ranks laid out as process groups.
 //
-// Today only the data-parallel group carries traffic; sp, tp and ep are
-// validated by the deck and will split the world here when they land.
+// The world of dp x sp ranks is cut into dp sequence groups of sp consecutive
+// ranks (consecutive ranks share a node first): world rank w is rank w % sp
+// of sequence group w / sp. Every rank holds the same model, so ZeRO
+// partitions model states over, and reduces gradients over, all of them: the
+// group `dp` below is the whole world (the name predates sp). The data-parallel
+// index of a rank is its sequence group's index (data_rank of data_size = dp);
+// the rank in the group picks the slice of the row. tp and ep would split the
+// world further here.
 #ifndef PARTITA_TOPO_H
 #define PARTITA_TOPO_H
 
@@ -10,12 +16,16 @@
 typedef struct Topo {
     int rank, size;             // in MPI_COMM_WORLD
     int local_rank, local_size; // ranks sharing this node
-    int dp_rank, dp_size;
-    MPI_Comm dp;                // data-parallel group
+    int dp_rank, dp_size;       // in the ZeRO / gradient group: all dp x sp ranks
+    MPI_Comm dp;                // the ZeRO / gradient group
+    int sp_rank, sp_size;       // in this rank's sequence group
+    MPI_Comm sp;                // the sequence group (sp consecutive ranks)
+    int data_rank, data_size;   // data-parallel index (the sequence group's) and count (dp)
     MPI_Comm node;              // ranks on this node
 } Topo;
 
-void topo_init(Topo *t, int dp);
+// dp * sp must be the world size (the deck has checked it).
+void topo_init(Topo *t, int dp, int sp);
 void topo_free(Topo *t);
 
 #endif

@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,7 @@ typedef struct Trainer {
     char *deck_text;
     Topo topo;
     Comm dp;
+    Comm sp;                    // sequence group (Ulysses all-to-alls); size 1 without sp
     DeviceInfo dev;
     const Backend *bk;          // where model states and activations live
     int threads;
@@ -46,7 +48,8 @@ typedef struct Trainer {
     const ParamStore *ps;
     Metrics metrics;
     int B, T, accum;
-    int32_t *inputs, *targets;  // (B, T)
+    int Tl;                     // this rank's tokens of each row: T / sp
+    int32_t *inputs, *targets;  // (B, Tl)
     int64_t start_step;         // 0, or the step a checkpoint resumed at
     int64_t base_rows;          // global data rows consumed before start_step
     int64_t last_ckpt;          // step of the newest checkpoint this job wrote (-1: none)
@@ -54,6 +57,7 @@ typedef struct Trainer {
     double step_s[4];           // the last steps' seconds (ring), for the time limit
     CkptJob ckpt;               // checkpoints this job wrote (the only ones pruning deletes)
     double *rss_all;            // (ranks) per-rank peak RSS, MiB
+    double rss_base;            // resident MiB before the model is allocated, largest rank: the process baseline
     double flops_per_token;
 } Trainer;
 
@@ -61,6 +65,16 @@ static double peak_rss_mb(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
     return (double)ru.ru_maxrss / 1024.0;   // Linux reports KiB
+}
+
+// Resident memory now (not the peak), MiB; 0 if /proc is unreadable.
+static double rss_now_mb(void) {
+    long pages = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return 0.0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
+    fclose(f);
+    return (double)rss * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
 }
 
 static void machine_text(const Trainer *tr, char *buf, size_t n) {
@@ -79,7 +93,8 @@ static size_t arena_bytes(const Trainer *tr) {
     model_table(&m, &tr->cfg->model);
     zero_plan(&m, &tr->cfg->zero, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
     size_t bytes = plan.params + plan.grads + plan.optim + plan.working +
-                   model_activation_bytes(&m, tr->B, tr->T) + ((size_t)64 << 20);
+                   model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
+                                                 (int)tr->cfg->train.recompute) + ((size_t)64 << 20);
     model_free(&m);
     return bytes;
 }
@@ -120,6 +135,10 @@ static void open_data(Trainer *tr) {
     loader_create(&tr->train, &tr->train_file, tb, te, tr->B, tr->T, c->data.order,
                   (uint64_t)c->run.seed, V);
     if (ve > vb) loader_create(&tr->val, vf, vb, ve, tr->B, tr->T, ORDER_SEQUENTIAL, 0, V);
+    if (tr->Tl != tr->T) {  // sequence parallelism: this rank's slice of every row
+        loader_set_slice(&tr->train, tr->topo.sp_rank * tr->Tl, tr->Tl);
+        if (ve > vb) loader_set_slice(&tr->val, tr->topo.sp_rank * tr->Tl, tr->Tl);
+    }
 }
 
 // Global data rows consumed once `steps` steps are done: the checkpoint's
@@ -212,7 +231,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     const Config *c = tr->cfg;
     tr->deck_text = xmalloc(1 << 16, "deck text");
     deck_format(d, tr->deck_text, 1 << 16);
-    topo_init(&tr->topo, (int)c->parallel.dp);
+    topo_init(&tr->topo, (int)c->parallel.dp, (int)c->parallel.sp);
     tr->threads = threads_per_rank(c->run.threads, tr->topo.local_size);
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
                       .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step,
@@ -220,21 +239,26 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     kernels_set_threads(tr->threads);
     tr->B = (int)c->train.micro_batch;
     tr->T = (int)c->train.seq_len;
+    tr->Tl = tr->T / tr->topo.sp_size;
     tr->accum = (int)c->train.grad_accum;
     start_backend(tr, &co);
     comm_init(&tr->dp, tr->topo.dp, "dp", &co);
+    comm_init(&tr->sp, tr->topo.sp, "sp", &co);
 
     measure_peak(tr);
 
     if (tr->topo.rank == 0) make_dirs(c->run.out_dir, "set [run] out_dir to a writable directory");
     MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
     open_data(tr);
-    model_create(&tr->model, &c->model, tr->B, tr->T, tr->bk);
+    double base = rss_now_mb();     // MPI, HDF5, BLAS, the loader: what the model's memory comes on top of
+    MPI_CHECK(MPI_Allreduce(&base, &tr->rss_base, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+    ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute};
+    model_create_parallel(&tr->model, &c->model, tr->B, tr->Tl, tr->bk, &mp);
     zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &c->optim, c->train.steps);
     zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
     tr->ps = zero_store(&tr->zero);
-    tr->inputs = xmalloc((size_t)tr->B * tr->T * sizeof(int32_t), "inputs");
-    tr->targets = xmalloc((size_t)tr->B * tr->T * sizeof(int32_t), "targets");
+    tr->inputs = xmalloc((size_t)tr->B * tr->Tl * sizeof(int32_t), "inputs");
+    tr->targets = xmalloc((size_t)tr->B * tr->Tl * sizeof(int32_t), "targets");
     tr->rss_all = xcalloc((size_t)tr->topo.size * sizeof(double), "rss");
     tr->flops_per_token = model_flops_per_token(&tr->model, tr->T);
     tr->last_ckpt = -1;
@@ -253,8 +277,9 @@ static void trainer_create(Trainer *tr, const Deck *d) {
         h5_attr_i64(tr->metrics.file, "zero_stage", tr->zero.stage);
         h5_attr_i64(tr->metrics.file, "model_state_bytes", (int64_t)tr->zero.state_bytes);
         h5_attr_i64(tr->metrics.file, "working_bytes", (int64_t)tr->zero.working_bytes);
-        h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->T));
+        h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->Tl));
         h5_attr_i64(tr->metrics.file, "nparams", (int64_t)tr->model.nparams);
+        h5_attr_f64(tr->metrics.file, "baseline_rss_mb", tr->rss_base);
         metrics_flush(&tr->metrics);
     }
 }
@@ -267,6 +292,7 @@ static void trainer_free(Trainer *tr) {
     if (tr->cfg->data.val[0]) tokenfile_close(&tr->val_file);
     zero_free(&tr->zero);
     model_free(&tr->model);
+    comm_free(&tr->sp);
     comm_free(&tr->dp);
     device_stop(&tr->dev);
     free(tr->inputs);
@@ -284,9 +310,9 @@ static double evaluate(Trainer *tr) {
     double sum[2] = {0.0, 0.0};
     int64_t nb = tr->cfg->train.eval_batches;
     for (int64_t k = 0; k < nb; k++) {
-        uint64_t g0 = ((uint64_t)k * (uint64_t)tr->dp.size + (uint64_t)tr->dp.rank) * (uint64_t)tr->B;
+        uint64_t g0 = ((uint64_t)k * (uint64_t)tr->topo.data_size + (uint64_t)tr->topo.data_rank) * (uint64_t)tr->B;
         loader_batch(&tr->val, g0, tr->inputs, tr->targets);
-        sum[0] += model_forward(&tr->model, tr->ps, tr->inputs, tr->targets, tr->B, tr->T, 0);
+        sum[0] += model_forward(&tr->model, tr->ps, tr->inputs, tr->targets, tr->B, tr->Tl, 0);
         sum[1] += 1.0;
     }
     comm_allreduce_sum_f64(&tr->dp, sum, 2, "validation loss");
@@ -300,13 +326,16 @@ static double evaluate(Trainer *tr) {
 static double compute_grads(Trainer *tr, int64_t step, double *grad_norm) {
     Model *m = &tr->model;
     const Config *c = tr->cfg;
-    const int B = tr->B, T = tr->T, accum = tr->accum;
+    // T: this rank's tokens. ZeRO averages gradients over all dp x sp ranks, so
+    // scaling by the local token count gives the mean over every token of the step.
+    const int B = tr->B, T = tr->Tl, accum = tr->accum;
     zero_begin_step(&tr->zero, step);
+    comm_set_step(&tr->sp, step);
     double loss = 0.0;
     float dloss = 1.0f / ((float)B * (float)T * (float)accum);
     uint64_t base = (uint64_t)rows_done(tr, step);
     for (int a = 0; a < accum; a++) {
-        uint64_t g0 = base + ((uint64_t)a * (uint64_t)tr->dp.size + (uint64_t)tr->dp.rank) * (uint64_t)B;
+        uint64_t g0 = base + ((uint64_t)a * (uint64_t)tr->topo.data_size + (uint64_t)tr->topo.data_rank) * (uint64_t)B;
         loader_batch(&tr->train, g0, tr->inputs, tr->targets);
         zero_begin_micro(&tr->zero, a, accum);
         loss += model_forward(m, tr->ps, tr->inputs, tr->targets, B, T, 1);
@@ -348,9 +377,9 @@ static void print_header(const Trainer *tr) {
              c->data.train, (unsigned long long)tr->train_file.ntok, tr->train_file.tokenizer,
              (unsigned long long)tr->train.rows, (unsigned long long)tr->val.rows, tr->T + 1,
              c->data.order == ORDER_SHUFFLED ? "shuffled" : "sequential");
-    log_info("layout: %d ranks (dp=%d), %d threads per rank, batch %lld sequences = %lld tokens per step\n",
-             tr->topo.size, tr->dp.size, tr->threads, (long long)c->train.batch,
-             (long long)c->train.batch * tr->T);
+    log_info("layout: %d ranks (dp=%d x sp=%d), %d threads per rank, batch %lld sequences = %lld tokens per step%s\n",
+             tr->topo.size, tr->topo.data_size, tr->topo.sp_size, tr->threads, (long long)c->train.batch,
+             (long long)c->train.batch * tr->T, c->train.recompute ? ", activation checkpointing per layer" : "");
     char dev[300];
     device_describe(&tr->dev, dev, sizeof dev);
     log_info("backend: %s; collectives: %s\n", dev, comm_path_name(tr->dp.opt.path));
@@ -358,7 +387,7 @@ static void print_header(const Trainer *tr) {
              tr->flops_per_token * 1e-9, tr->peak_gflops, tr->peak_all[0], tr->peak.method);
     log_info("memory per rank: ZeRO-%d model states %.1f MiB, working buffers %.1f MiB, activations %.1f MiB\n",
              tr->zero.stage, (double)tr->zero.state_bytes / 1048576.0, (double)tr->zero.working_bytes / 1048576.0,
-             (double)model_activation_bytes(&tr->model, tr->B, tr->T) / 1048576.0);
+             (double)model_activation_bytes(&tr->model, tr->B, tr->Tl) / 1048576.0);
 }
 
 // One step's figures, for run.h5 and the progress line.
@@ -370,7 +399,8 @@ typedef struct StepOut {
 
 // Counters at the previous row, so each row holds one step's traffic.
 typedef struct CommMark {
-    uint64_t bytes[COMM_NOPS];
+    uint64_t bytes[COMM_NOPS];     // dp (ZeRO) group
+    uint64_t a2a;                  // sp group: Ulysses all-to-alls
     double wait_s;
 } CommMark;
 
@@ -400,6 +430,8 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_COMM_REDUCE_SCATTER] = (double)(tr->dp.bytes[COMM_REDUCE_SCATTER] - mark->bytes[COMM_REDUCE_SCATTER]);
     row.v[M_COMM_ALL_GATHER] = (double)(tr->dp.bytes[COMM_ALLGATHER] - mark->bytes[COMM_ALLGATHER]);
     row.v[M_COMM_WAIT] = tr->dp.wait_s - mark->wait_s;
+    row.v[M_COMM_ALL_TO_ALL] = (double)(tr->sp.bytes[COMM_ALLTOALL] - mark->a2a);
+    mark->a2a = tr->sp.bytes[COMM_ALLTOALL];
     memcpy(mark->bytes, tr->dp.bytes, sizeof mark->bytes);
     mark->wait_s = tr->dp.wait_s;
     metrics_append(&tr->metrics, &row);
@@ -520,6 +552,7 @@ int train_run(const Deck *d) {
     CommMark mark;
     memcpy(mark.bytes, tr.dp.bytes, sizeof mark.bytes);
     mark.wait_s = tr.dp.wait_s;
+    mark.a2a = tr.sp.bytes[COMM_ALLTOALL];
     // The job may stop early (stop_at) with a checkpoint; the schedule still spans train.steps.
     int64_t stop_at = c->train.stop_at > 0 && c->train.stop_at < c->train.steps ? c->train.stop_at : c->train.steps;
     int end = END_DONE;
@@ -602,6 +635,7 @@ int train_dump(const Deck *d, const char *out_path) {
     tr.cfg = c;
     tr.B = (int)c->train.micro_batch;
     tr.T = (int)c->train.seq_len;
+    tr.Tl = tr.T;   // the dump runs one rank, whole rows
     kernels_set_threads(c->run.threads > 0 ? (int)c->run.threads : 1);
     open_data(&tr);
     Model *m = &tr.model;

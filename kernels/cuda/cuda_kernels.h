@@ -66,6 +66,8 @@ void cuda_memset_zero(float *x, size_t n);
 void cuda_copy_h2d(float *dst, const float *src, size_t n);   // returns when done
 void cuda_copy_d2h(float *dst, const float *src, size_t n);   // returns when done
 void cuda_copy_d2d(float *dst, const float *src, size_t n);   // asynchronous
+// rows x cols: dst[r * dst_stride + c] = src[r * src_stride + c]; asynchronous
+void cuda_copy2d(float *dst, size_t dst_stride, const float *src, size_t src_stride, size_t rows, size_t cols);
 void cuda_copy_h2d_i32(int32_t *dst, const int32_t *src, size_t n);   // returns when done
 // y += a x
 void cuda_axpy(float *y, const float *x, float a, size_t n);

@@ -278,6 +278,30 @@ void cuda_copy_d2d(float *dst, const float *src, size_t n)
     CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, ctx.stream));
 }
 
+__global__ void copy2d_kernel(float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                              size_t rows, size_t cols)
+{
+    size_t n = rows * cols;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / cols, c = i - r * cols;
+        dst[r * dst_stride + c] = src[r * src_stride + c];
+    }
+}
+
+// Strided block copy (the layout permutations of sequence parallelism).
+void cuda_copy2d(float *dst,                // (rows, dst_stride)
+                 size_t dst_stride,
+                 const float *src,          // (rows, src_stride)
+                 size_t src_stride, size_t rows, size_t cols)
+{
+    require_init("cuda_copy2d");
+    if (rows == 0 || cols == 0) return;
+    copy2d_kernel<<<cuda_blocks(rows * cols, ELT_THREADS), ELT_THREADS, 0, ctx.stream>>>(
+        dst, dst_stride, src, src_stride, rows, cols);
+    CUDA_LAUNCH_CHECK("copy2d_kernel");
+}
+
 // ---------------------------------------------------------------- elementwise
 
 __global__ void residual_kernel(float *out, const float *a, const float *b, size_t n)
