@@ -18,6 +18,7 @@ Slurm holds a requeued job for ~2 minutes before it is eligible again; the test 
 at once (`scontrol update StartTime=now`).
 """
 import argparse
+import re
 import os
 import shutil
 import signal
@@ -251,7 +252,7 @@ def case_training(s, tokens):
     text = read(log)
     check(rc == 0, "(a) sbatch --wait of train-cpu.sbatch: the job ends with status 0",
           f"rc {rc}, {time.time() - t0:.1f} s; job log tail: {text[-600:]!r}" if rc != 0 else f"{time.time() - t0:.1f} s")
-    check("layout: 2 ranks (dp=2)" in text, "(a) srun --mpi=pmi2 started one job of 2 MPI ranks (dp = 2)",
+    check(re.search(r"layout: 2 ranks \(dp=2\b", text), "(a) srun --mpi=pmi2 started one job of 2 MPI ranks (dp = 2)",
           next((ln for ln in text.splitlines() if ln.startswith("layout:")), "no layout line"))
     run_h5 = os.path.join(out, "run.h5")
     steps = metrics_steps(run_h5) if os.path.exists(run_h5) else []
