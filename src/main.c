@@ -11,6 +11,7 @@
 #include "kernels.h"
 #include "log.h"
 #include "prep.h"
+#include "stop.h"
 #include "train.h"
 
 #include <mpi.h>
@@ -109,12 +110,31 @@ static int parse_mem_flag(int *argc, char **argv, double *mem, int rank) {
 }
 
 // Checks the deck asks for what this binary can do, before any work starts.
+// [run] time_limit and stop_signals are strings the trainer parses at start;
+// `check` and `train` refuse a bad one here, naming the deck line.
+static int check_stop_keys(const Deck *d, char *msg, size_t n) {
+    char why[256], where[600];
+    double seconds;
+    int sigs[STOP_MAX_SIGNALS];
+    if (stop_parse_duration(d->cfg.run.time_limit, &seconds, why, sizeof why) != 0) {
+        snprintf(msg, n, "error: %s: [run] time_limit: %s\n  hint: write e.g. time_limit = 2h, 90m, 3600 or 1:30:00 "
+                 "(0 = none)", deck_where(d, "run.time_limit", where, sizeof where), why);
+        return -1;
+    }
+    if (stop_parse_signals(d->cfg.run.stop_signals, sigs, STOP_MAX_SIGNALS, why, sizeof why) < 0) {
+        snprintf(msg, n, "error: %s: [run] stop_signals: %s\n  hint: list signal names, e.g. stop_signals = TERM, "
+                 "USR1 (or none)", deck_where(d, "run.stop_signals", where, sizeof where), why);
+        return -1;
+    }
+    return 0;
+}
+
 static int check_runnable(const Deck *d, int rank) {
     char where[600], msg[4096] = "";
     const Config *c = &d->cfg;
     DeviceInfo dev;
     if (device_select(d, 1, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
-    if (msg[0]) {
+    if (msg[0] || check_stop_keys(d, msg, sizeof msg) != 0) {
     } else if (dev.backend == BACKEND_CUDA && c->model.d_model / c->model.heads > KERNELS_CUDA_ATT_HSMAX) {
         snprintf(msg, sizeof msg, "error: %s: head size d_model/heads = %lld/%lld = %lld is larger than %d, the most "
                  "the cuda attention runs\n  hint: raise [model] heads, or set [run] backend = cpu",
@@ -279,7 +299,11 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
         if (is_estimate) {
             if (rank == 0) rc = estimate_run(d, ranks, mem_per_rank);
         } else if (is_check) {
-            if (rank == 0) {
+            char msg[1200];
+            if (check_stop_keys(d, msg, sizeof msg) != 0) {
+                if (rank == 0) fprintf(stderr, "%s\n", msg);
+                rc = 2;
+            } else if (rank == 0) {
                 char *text = malloc(1 << 16);
                 SYS_CHECK(text, "out of memory");
                 deck_format(d, text, 1 << 16);

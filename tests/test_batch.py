@@ -212,6 +212,10 @@ for key, val in [("run.time_limit", "2x"), ("run.time_limit", "1:75:00"), ("run.
     p = train("bad", 1, f"{key}={val}", check_rc=False)
     check(p.returncode == 2 and f"[{key.split('.')[0]}] {key.split('.')[1]}" in p.stderr and "hint:" in p.stderr,
           f"{key} = {val}: exit 2 naming the key", p.stderr.strip().splitlines()[0] if p.stderr.strip() else "")
+    # `partita check` refuses them too, before any job is submitted.
+    p = run(["check", deck, "--set", f"{key}={val}"], check_rc=False)
+    check(p.returncode == 2 and f"[{key.split('.')[0]}] {key.split('.')[1]}" in p.stderr,
+          f"partita check: {key} = {val}: exit 2 naming the key", p.stderr.strip().splitlines()[0] if p.stderr.strip() else "")
 for val in ["3600", "90m", "2h", "1:30:00", "0"]:
     p = train("ok-" + val.replace(":", "_"), 1, f"run.time_limit={val}", "train.steps=2", check_rc=False)
     check(p.returncode == 0, f"time_limit = {val} is accepted")
