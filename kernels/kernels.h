@@ -112,6 +112,37 @@ void paged_attention_forward(float *out,               // (N, C)
                              const int32_t *pos,       // (N)
                              int N, int C, int NH, int bs);
 
+// Inference rows (a ragged batch): out[i,:] = wte[tok[i],:] + wpe[pos[i],:].
+void embed_rows(float *out,                 // (N, C)
+                const int32_t *tok,         // (N)
+                const int32_t *pos,         // (N)
+                const float *wte,           // (Vp, C)
+                const float *wpe,           // (maxT, C)
+                int N, int C);
+// Each row's key and value (columns [C, 2C) and [2C, 3C) of its qkv row) into
+// its cache slot: block tables[i*max_blocks + pos[i]/bs], slot pos[i] % bs, at
+// the layout of paged_attention_forward.
+void kv_store(float *kv, size_t block_stride, size_t v_offset,
+              const float *qkv,             // (N, 3C)
+              const int32_t *tables, int max_blocks, const int32_t *pos,
+              int N, int C, int bs);
+
+// Weights held for inference: W is (OC, IC) (one row per output column), as
+// fp32, bf16 (the upper half of an fp32, rounded to nearest even) or int8
+// with a scale per row (W_fp32[j, :] ~ scale[j] * W_int8[j, :]).
+enum { WDT_F32 = 0, WDT_BF16 = 1, WDT_I8 = 2 };
+// What is done with y = inp @ W^T + bias: stored, stored as GELU(y), or added to out.
+enum { EPI_NONE = 0, EPI_GELU = 1, EPI_RESIDUAL = 2 };
+// Small N (decode) streams each weight once over all threads; larger N uses
+// sgemm (bf16/int8 converted block by block). tmp (N, OC) is scratch for
+// epilogues on the large-N path. scale is NULL unless wdtype == WDT_I8.
+void matmul_held_forward(float *out,        // (N, OC)
+                         const float *inp,  // (N, IC)
+                         const void *weight, int wdtype, const float *scale,
+                         const float *bias, // (OC) or NULL
+                         size_t N, int IC, int OC, int epilogue,
+                         float *tmp);       // (N, OC)
+
 // Fused softmax + cross-entropy over the first V of Vp logits per row:
 // losses[i] = lse_i - logits[i, target_i], lse_i = log sum_{v<V} exp(logits[i,v]).
 // Probabilities are never stored. A target < 0 marks a row that is ignored

@@ -43,6 +43,8 @@ static const Backend cpu_table = {
     .attention_forward = attention_forward, .attention_backward = attention_backward,
     .crossentropy_forward = crossentropy_forward, .crossentropy_backward = crossentropy_backward,
     .adamw_update = adamw_update, .scale_inplace = scale_inplace, .sumsq = sumsq,
+    .embed_rows = embed_rows, .kv_store = kv_store, .paged_attention_forward = paged_attention_forward,
+    .matmul_held_forward = matmul_held_forward,
 };
 
 const Backend *backend_cpu(void) { return &cpu_table; }

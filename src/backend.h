@@ -56,6 +56,16 @@ typedef struct Backend {
                                  size_t N, int V, int Vp);
     void (*crossentropy_backward)(float *dlogits, const float *logits, const float *lse,
                                   const int32_t *targets, float dloss, size_t N, int V, int Vp);
+    // Inference (a ragged batch over the paged KV cache); NULL where a backend lacks them.
+    void (*embed_rows)(float *out, const int32_t *tok, const int32_t *pos, const float *wte, const float *wpe,
+                       int N, int C);
+    void (*kv_store)(float *kv, size_t block_stride, size_t v_offset, const float *qkv, const int32_t *tables,
+                     int max_blocks, const int32_t *pos, int N, int C, int bs);
+    void (*paged_attention_forward)(float *out, const float *q, int q_stride, const float *kv, size_t block_stride,
+                                    size_t v_offset, const int32_t *tables, int max_blocks, const int32_t *pos,
+                                    int N, int C, int NH, int bs);
+    void (*matmul_held_forward)(float *out, const float *inp, const void *weight, int wdtype, const float *scale,
+                                const float *bias, size_t N, int IC, int OC, int epilogue, float *tmp);
     void (*adamw_update)(float *param, const float *grad, float *m, float *v, size_t n, float lr,
                          float beta1, float beta2, float eps, float wd, int t);
     void (*scale_inplace)(float *x, float s, size_t n);

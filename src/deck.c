@@ -67,6 +67,7 @@ static const char *const recompute_names[] = {"none", "layer", NULL};
 static const char *const devpath_names[] = {"auto", "nccl", "staged", NULL};
 static const char *const tokenizer_names[] = {"byte", NULL};
 static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
+static const char *const gen_wdtype_names[] = {"fp32", "bf16", "int8", NULL};
 static const char *const on_nan_names[] = {"stop", "skip", NULL};
 
 #define OFF(f) offsetof(Config, f)
@@ -212,6 +213,8 @@ static const KeyDef keys[] = {
      "JSONL mirror of the outputs; \"\" = <run.out_dir>/gen.jsonl (ids found there are skipped)"},
     {"generate", "mode", T_ENUM, OFF(generate.mode), "splitfuse", ANY, gen_mode_names,
      "splitfuse (continuous batching, token budget) or static (prefill a batch, decode to the longest)"},
+    {"generate", "weights_dtype", T_ENUM, OFF(generate.weights_dtype), "fp32", ANY, gen_wdtype_names,
+     "matrices held for inference (generate, eval) as fp32, bf16, or int8 (a scale per output channel; activations fp32)"},
     {"generate", "token_budget", T_INT, OFF(generate.token_budget), "256", IN(1, DECK_MAX_COUNT), NULL,
      "tokens per forward pass: decodes first, prompt chunks fill the rest"},
     {"generate", "kv_block", T_INT, OFF(generate.kv_block), "16", IN(1, 65536), NULL, "tokens per KV-cache block"},

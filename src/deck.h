@@ -116,6 +116,7 @@ typedef struct CheckpointConfig {
 } CheckpointConfig;
 
 enum { GEN_SPLITFUSE = 0, GEN_STATIC };
+enum { GEN_W_FP32 = 0, GEN_W_BF16, GEN_W_INT8 };   // the order of kernels.h WDT_*
 
 typedef struct GenerateConfig {
     char weights[DECK_STR];   // a weights file (init/final/export) or a checkpoint
@@ -123,6 +124,7 @@ typedef struct GenerateConfig {
     char out[DECK_STR];       // gen.h5; "" = <out_dir>/gen.h5
     char jsonl[DECK_STR];     // the JSONL mirror; "" = <out_dir>/gen.jsonl
     int mode;                 // GEN_*
+    int weights_dtype;        // GEN_W_*: how inference holds the matrices
     int64_t token_budget;     // tokens per forward pass (SplitFuse)
     int64_t kv_block;         // tokens per KV block
     int64_t kv_blocks;        // blocks in the pool

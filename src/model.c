@@ -1,5 +1,6 @@
 // model.c: GPT-2 forward and backward over the kernels of kernels.h.
 #include "model.h"
+#include "kernels.h"   // the WDT_* and EPI_* constants only: compute goes through the Backend
 #include "log.h"
 #include "rng.h"
 
@@ -44,14 +45,31 @@ static void build_table(Model *m) {
         "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
         "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
         "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"};
-    const int C = s->C, H = s->H;
+    const int C = s->C, H = s->H, Ct = m->Ct, Ht = m->Ht;
+    // Training: HF Conv1D shapes (in, out). Inference: the held slice, matrices as (out, in) rows apart.
     const int rows[P_PER_LAYER] = {C, C, C, 3 * C, C, C, C, C, C, H, H, C};
     const int cols[P_PER_LAYER] = {0, 0, 3 * C, 0, C, 0, 0, 0, H, 0, C, 0};
+    const int hrows[P_PER_LAYER] = {C, C, 3 * Ct, 3 * Ct, C, C, C, C, Ht, Ht, C, C};
+    const int hcols[P_PER_LAYER] = {0, 0, C, 0, Ct, 0, 0, 0, C, 0, Ht, 0};
+    const int split[P_PER_LAYER] = {TP_WHOLE, TP_WHOLE, TP_COLS_QKV, TP_COLS_QKV, TP_ROWS, TP_RANK0,
+                                    TP_WHOLE, TP_WHOLE, TP_COLS, TP_COLS, TP_ROWS, TP_RANK0};
     for (int l = 0; l < s->L; l++) {
         for (int j = 0; j < P_PER_LAYER; j++) {
             char name[48];
             snprintf(name, sizeof name, "h.%d.%s", l, names[j]);
-            add_tensor(m, name, rows[j], cols[j], cols[j] != 0);
+            if (!m->infer) {
+                add_tensor(m, name, rows[j], cols[j], cols[j] != 0);
+                continue;
+            }
+            if (hcols[j]) {     // apart: no room in the flat layout
+                size_t keep = m->nparams;
+                add_tensor(m, name, hrows[j], hcols[j], 1);
+                m->nparams = keep;
+                m->tensors[m->ntensors - 1].apart = 1;
+            } else {
+                add_tensor(m, name, hrows[j], 0, 0);
+            }
+            m->tensors[m->ntensors - 1].tp_split = split[j];
         }
     }
     add_tensor(m, "ln_f.weight", C, 0, 0);
@@ -63,6 +81,14 @@ static void build_table(Model *m) {
     for (int u = 1; u < m->nunits; u++) m->unit_begin[u] = m->tensors[2 + P_PER_LAYER * (u - 1)].offset;
     for (int u = 0; u + 1 < m->nunits; u++) m->unit_end[u] = m->unit_begin[u + 1];
     m->unit_end[m->nunits - 1] = m->nparams;
+}
+
+// Training holds every head and hidden column.
+static void hold_all(Model *m) {
+    m->tp_size = 1;
+    m->Ct = m->s.C;
+    m->NHt = m->s.NH;
+    m->Ht = m->s.H;
 }
 
 int model_unit_of(const Model *m, size_t i) {
@@ -100,6 +126,8 @@ typedef struct Geom {
     int B, T, Tf, NHl, Cl;
     int sp;             // 1: qkvh and atth alias qkv and atty
     int recompute;      // RECOMPUTE_LAYER: one layer's block, reused; outputs kept per layer
+    int infer;          // a pass of B rows (T = 1) of which S are sampled: one block, the residual in place
+    int S;
 } Geom;
 
 static Geom geom(const GPTShape *s, int B, int T, int sp, int sp_rank, int recompute) {
@@ -113,7 +141,12 @@ static Geom geom(const GPTShape *s, int B, int T, int sp, int sp_rank, int recom
 }
 
 static Geom model_geom(const Model *m, int B, int T) {
-    return geom(&m->s, B, T, m->sp, m->sp_rank, m->recompute);
+    Geom g = geom(&m->s, B, T, m->sp, m->sp_rank, m->recompute);
+    if (m->infer) {
+        g.infer = 1;
+        g.S = m->Smax;
+    }
+    return g;
 }
 
 typedef struct Acts {
@@ -134,6 +167,7 @@ typedef struct Acts {
     float *losses, *lse;                // (B,T)
     size_t total;
     int recompute;
+    int infer;
 } Acts;
 
 static float *carve(float *base, size_t *off, size_t n) {
@@ -142,8 +176,38 @@ static float *carve(float *base, size_t *off, size_t n) {
     return p;
 }
 
-static Acts acts_layout(const GPTShape *s, float *base, Geom g) {
+// Inference: one block for every layer, the residual stream x updated in place
+// (encoded = res2 = res3), only the sampled rows through the LM head; fch is
+// the scratch of the fused products' epilogues on their sgemm path.
+static Acts acts_layout_infer(const GPTShape *s, float *base, Geom g) {
     Acts a;
+    memset(&a, 0, sizeof a);
+    size_t N = (size_t)g.B, S = (size_t)g.S, C = (size_t)s->C, off = 0;
+    size_t wide = (size_t)s->H > 3 * C ? (size_t)s->H : 3 * C;
+    a.recompute = a.infer = 1;
+    a.res3 = a.res2 = a.encoded = carve(base, &off, N * C);
+    a.ln1 = a.ln2 = carve(base, &off, N * C);
+    a.ln1_mean = a.ln2_mean = carve(base, &off, N);
+    a.ln1_rstd = a.ln2_rstd = carve(base, &off, N);
+    a.qkv = a.qkvh = carve(base, &off, N * 3 * C);
+    a.atty = a.atth = carve(base, &off, N * C);
+    a.attproj = a.fcproj = carve(base, &off, N * C);
+    a.fch = carve(base, &off, N * wide);
+    a.fch_gelu = carve(base, &off, N * (size_t)s->H);
+    a.lnf = carve(base, &off, S * C);
+    a.lnf_mean = carve(base, &off, S);
+    a.lnf_rstd = carve(base, &off, S);
+    a.logits = carve(base, &off, S * (size_t)s->Vp);
+    a.losses = carve(base, &off, S);
+    a.lse = carve(base, &off, S);
+    a.total = off;
+    return a;
+}
+
+static Acts acts_layout(const GPTShape *s, float *base, Geom g) {
+    if (g.infer) return acts_layout_infer(s, base, g);
+    Acts a;
+    a.infer = 0;
     size_t BT = (size_t)g.B * g.T, BTf = (size_t)g.B * g.Tf, C = (size_t)s->C, Cl = (size_t)g.Cl, off = 0;
     a.recompute = g.recompute;
     a.encoded = carve(base, &off, BT * C);
@@ -183,10 +247,11 @@ static float *at(const Acts *a, float *p, int l) { return a->recompute ? p : p +
 
 // Layer l's output (the residual stream after it) and input.
 static float *layer_out(const Acts *a, int l, size_t BTC) {
+    if (a->infer) return a->res3;
     return a->recompute ? a->outs + BTC * (size_t)l : at(a, a->res3, l);
 }
 static const float *layer_in(const Acts *a, int l, size_t BTC) {
-    return l > 0 ? layer_out(a, l - 1, BTC) : a->encoded;
+    return l > 0 && !a->infer ? layer_out(a, l - 1, BTC) : a->encoded;
 }
 
 // Backward scratch: the residual-stream gradient plus one buffer per width.
@@ -222,6 +287,7 @@ void model_table(Model *m, const ModelConfig *mc) {
     memset(m, 0, sizeof *m);
     m->s = model_shape(mc);
     m->sp = 1;
+    hold_all(m);
     build_table(m);
 }
 
@@ -244,6 +310,7 @@ void model_create_parallel(Model *m, const ModelConfig *mc, int B, int T, const 
     m->recompute = mp ? mp->recompute : RECOMPUTE_NONE;
     SYS_CHECK((size_t)T * (size_t)m->sp <= (size_t)m->s.maxT, "sequence length %d exceeds model.seq_len %d",
               T * m->sp, m->s.maxT);
+    hold_all(m);
     build_table(m);
     m->bk = bk;
     m->B = B;
@@ -275,6 +342,8 @@ void model_free(Model *m) {
         m->bk->release(m->scratch);
         m->bk->release(m->tok);
         m->bk->release(m->tgt);
+        if (m->pos) m->bk->release(m->pos);
+        if (m->tables) m->bk->release(m->tables);
     }
     free(m->host_losses);
     if (m->sp > 1) ulysses_free(&m->ulysses);
@@ -324,11 +393,28 @@ static float *qkv_out(Model *m, const Acts *a, int l) {
     return m->sp > 1 ? m->ulysses.recv : at(a, a->qkv, l);
 }
 
+// What a pass over the paged KV cache adds to a forward: the cache and the
+// rows' tables (already in backend memory: m->tok, m->pos, m->tables).
+typedef struct Paged {
+    const PagedKV *kv;
+    int max_blocks;
+} Paged;
+
 // Attention of layer l's qkv (qkv_out) into atty: on this rank's tokens and
-// all heads, or (sp > 1) all-to-all to full rows of this rank's heads and back.
-static void attention_fwd(Model *m, const Acts *a, int l, int B, int T) {
+// all heads, or (sp > 1) all-to-all to full rows of this rank's heads and back,
+// or (a pass, pg) each row's key and value into the cache, then every row
+// over its sequence's cache.
+static void attention_fwd(Model *m, const Acts *a, int l, int B, int T, const Paged *pg) {
     const Backend *k = m->bk;
     float *qkv = qkv_out(m, a, l), *atty = at(a, a->atty, l);
+    if (pg) {
+        const PagedKV *kv = pg->kv;
+        float *kvl = kv->kv + (size_t)l * kv->layer_stride;
+        k->kv_store(kvl, kv->block_stride, kv->v_offset, qkv, m->tables, pg->max_blocks, m->pos, B, m->Ct, kv->bs);
+        k->paged_attention_forward(atty, qkv, 3 * m->Ct, kvl, kv->block_stride, kv->v_offset, m->tables,
+                                   pg->max_blocks, m->pos, B, m->Ct, m->NHt, kv->bs);
+        return;
+    }
     if (m->sp == 1) {
         k->attention_forward(atty, at(a, a->att_lse, l), qkv, B, T, m->s.C, m->s.NH);
         return;
@@ -363,10 +449,45 @@ static void attention_bwd(Model *m, const Acts *a, const Scratch *d, int l, int 
     ulysses_heads_to_seq(u, d->d3c, dqkvh, B, T, 3, tag);
 }
 
-// Layer l's forward from `res` into layer_out(l), with the layer's parameters pl.
-static void layer_forward(Model *m, const Acts *a, int l, const float *pl, int B, int T) {
+// out = inp @ W + bias for layer l's matrix j (its bias is j + 1): the
+// training layout through matmul_forward (epi must be EPI_NONE), or the matrix
+// as the inference store holds it, with the epilogue fused (tmp: its scratch).
+static void linear(Model *m, const ParamStore *ps, const float *pl, int l, int j, float *out, const float *inp,
+                   size_t N, int IC, int OC, int epi, float *tmp) {
+    const int u = U_LAYER(l);
+    const float *w = TP(m, pl, u, LT(l, j)), *bias = TP(m, pl, u, LT(l, j + 1));
+    if (!m->infer) {
+        m->bk->matmul_forward(out, inp, w, bias, N, IC, OC, 0);
+        return;
+    }
+    HeldMatrix hm = ps->matrix(ps->ctx, LT(l, j));
+    m->bk->matmul_held_forward(out, inp, hm.w, hm.dtype, hm.scale, bias, N, IC, OC, epi, tmp);
+}
+
+// out_res = res + inp @ W_j + b_j for the row-split projections (c_proj):
+// with tp, the partial products are summed over the group first (the bias is
+// held by one rank); an inference pass at tp = 1 adds into the residual
+// stream in place, fused.
+static void project_residual(Model *m, const ParamStore *ps, const float *pl, int l, int j, float *out_res,
+                             const float *res, float *proj, const float *inp, size_t N, int IC, float *tmp) {
+    const int C = m->s.C;
+    if (m->infer && m->tp_size == 1) {
+        linear(m, ps, pl, l, j, out_res, inp, N, IC, C, EPI_RESIDUAL, tmp);   // out_res == res
+        return;
+    }
+    linear(m, ps, pl, l, j, proj, inp, N, IC, C, EPI_NONE, tmp);
+    if (m->tp_size > 1) comm_allreduce_sum(m->tp, proj, N * (size_t)C, "tp");
+    m->bk->residual_forward(out_res, res, proj, N * (size_t)C);
+}
+
+// Layer l's forward from `res` into layer_out(l), with the layer's parameters
+// pl (and, in a pass, the matrices of ps). Training and inference run this
+// same code; a pass (pg) differs in its attention (the paged cache), in the
+// held slices (widths Ct, Ht), and in the fused epilogues.
+static void layer_forward(Model *m, const Acts *a, int l, const float *pl, const ParamStore *ps, int B, int T,
+                          const Paged *pg) {
     const GPTShape *s = &m->s;
-    const int C = s->C, H = s->H, u = U_LAYER(l);
+    const int C = s->C, Ct = m->Ct, Ht = m->Ht, u = U_LAYER(l);
     const size_t N = (size_t)B * T;
     const Backend *k = m->bk;
     const float *res = layer_in(a, l, N * C);
@@ -376,20 +497,23 @@ static void layer_forward(Model *m, const Acts *a, int l, const float *pl, int B
     float *fch = at(a, a->fch, l), *fch_gelu = at(a, a->fch_gelu, l);
     float *fcproj = at(a, a->fcproj, l), *res3 = layer_out(a, l, N * C);
     k->layernorm_forward(ln1, at(a, a->ln1_mean, l), at(a, a->ln1_rstd, l), res, W(P_LN1W), W(P_LN1B), N, C);
-    k->matmul_forward(qkv, ln1, W(P_QKVW), W(P_QKVB), N, C, 3 * C, 0);
-    attention_fwd(m, a, l, B, T);
-    k->matmul_forward(attproj, atty, W(P_ATTPW), W(P_ATTPB), N, C, C, 0);
-    k->residual_forward(res2, res, attproj, N * C);
+    linear(m, ps, pl, l, P_QKVW, qkv, ln1, N, C, 3 * Ct, EPI_NONE, fch);
+    attention_fwd(m, a, l, B, T, pg);
+    project_residual(m, ps, pl, l, P_ATTPW, res2, res, attproj, atty, N, Ct, fch);
     k->layernorm_forward(ln2, at(a, a->ln2_mean, l), at(a, a->ln2_rstd, l), res2, W(P_LN2W), W(P_LN2B), N, C);
-    k->matmul_forward(fch, ln2, W(P_FCW), W(P_FCB), N, C, H, 0);
-    k->gelu_forward(fch_gelu, fch, N * H);
-    k->matmul_forward(fcproj, fch_gelu, W(P_FCPW), W(P_FCPB), N, H, C, 0);
-    k->residual_forward(res3, res2, fcproj, N * C);
+    if (m->infer) {
+        linear(m, ps, pl, l, P_FCW, fch_gelu, ln2, N, C, Ht, EPI_GELU, fch);
+    } else {
+        linear(m, ps, pl, l, P_FCW, fch, ln2, N, C, Ht, EPI_NONE, NULL);
+        k->gelu_forward(fch_gelu, fch, N * Ht);
+    }
+    project_residual(m, ps, pl, l, P_FCPW, res3, res2, fcproj, fch_gelu, N, Ht, fch);
 #undef W
 }
 
 float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const int32_t *targets,
                     int B, int T, int for_backward) {
+    SYS_CHECK(!m->infer, "model_forward on an inference model (use model_forward_paged)");
     SYS_CHECK(B <= m->B && T <= m->T, "batch %dx%d exceeds the allocated %dx%d", B, T, m->B, m->T);
     SYS_CHECK(m->sp == 1 || T == m->T, "sequence parallelism runs full rows only (%d of %d tokens)", T, m->T);
     const GPTShape *s = &m->s;
@@ -409,7 +533,7 @@ float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     ps->release(ps->ctx, U_EMBED, PHASE_FWD);
     for (int l = 0; l < L; l++) {
         const int u = U_LAYER(l);
-        layer_forward(m, &a, l, ps->params(ps->ctx, u, PHASE_FWD), B, T);
+        layer_forward(m, &a, l, ps->params(ps->ctx, u, PHASE_FWD), ps, B, T, NULL);
         ps->release(ps->ctx, u, PHASE_FWD);
     }
     const float *res = layer_in(&a, L, N * C);
@@ -471,7 +595,7 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
         const int u = U_LAYER(l);
         const float *pl = ps->params(ps->ctx, u, PHASE_BWD);
         // Activation checkpointing: the layer's activations again, from its kept input.
-        if (m->recompute && l < L - 1) layer_forward(m, &a, l, pl, B, T);   // the last is still there
+        if (m->recompute && l < L - 1) layer_forward(m, &a, l, pl, ps, B, T, NULL);   // the last is still there
         float *gl = ps->grads(ps->ctx, u);
 #define W(j) TP(m, pl, u, LT(l, j))
 #define G(j) TP(m, gl, u, LT(l, j))
@@ -496,4 +620,99 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     const size_t pos0 = (size_t)m->sp_rank * (size_t)m->T * (size_t)C;
     k->encoder_backward(TP(m, gemb, U_EMBED, 0), TP(m, gemb, U_EMBED, 1) + pos0, d.dres, m->tok, B, T, C);
     ps->grads_ready(ps->ctx, U_EMBED);
+}
+
+// ---------------------------------------------------------------------------
+// Inference: a ragged batch over the paged KV cache, through layer_forward
+
+void model_create_infer(Model *m, const ModelConfig *mc, int Nmax, int Smax, int max_blocks, const Backend *bk,
+                        Comm *tp) {
+    memset(m, 0, sizeof *m);
+    m->s = model_shape(mc);
+    m->sp = 1;
+    m->infer = 1;
+    m->tp = tp;
+    m->tp_size = tp ? tp->size : 1;
+    m->tp_rank = tp ? tp->rank : 0;
+    SYS_CHECK(m->s.NH % m->tp_size == 0 && m->s.H % m->tp_size == 0,
+              "tp = %d must divide the heads (%d) and the MLP width (%d)", m->tp_size, m->s.NH, m->s.H);
+    SYS_CHECK(Nmax > 0 && Smax > 0 && Smax <= Nmax && max_blocks > 0, "inference pass of %d rows, %d sampled, %d blocks",
+              Nmax, Smax, max_blocks);
+    SYS_CHECK(bk->embed_rows && bk->kv_store && bk->paged_attention_forward && bk->matmul_held_forward,
+              "the %s backend has no inference kernels", bk->name);
+    m->NHt = m->s.NH / m->tp_size;
+    m->Ct = m->NHt * (m->s.C / m->s.NH);
+    m->Ht = m->s.H / m->tp_size;
+    build_table(m);
+    m->bk = bk;
+    m->B = Nmax;
+    m->T = 1;
+    m->Smax = Smax;
+    m->max_blocks = max_blocks;
+    m->nacts = acts_layout(&m->s, NULL, model_geom(m, Nmax, 1)).total;
+    m->acts = bk->alloc(m->nacts * sizeof(float), "inference activations");
+    m->tok = bk->alloc((size_t)Nmax * sizeof(int32_t), "pass tokens");
+    m->pos = bk->alloc((size_t)Nmax * sizeof(int32_t), "pass positions");
+    m->tables = bk->alloc((size_t)Nmax * (size_t)max_blocks * sizeof(int32_t), "pass block tables");
+    m->tgt = bk->alloc((size_t)Smax * sizeof(int32_t), "pass targets");
+    m->host_losses = xcalloc((size_t)Smax * sizeof(float), "per-token losses");
+}
+
+PagedKV model_kv_layout(const Model *m, int nblocks, int bs) {
+    PagedKV kv = {.kv = NULL, .nblocks = nblocks, .bs = bs};
+    kv.v_offset = (size_t)bs * (size_t)m->Ct;
+    kv.layer_stride = 2 * kv.v_offset;
+    kv.block_stride = kv.layer_stride * (size_t)m->s.L;
+    return kv;
+}
+
+// Rank 0 composed the pass; every rank checks it before indexing with it.
+static void check_pass(const Model *m, const PagedKV *kv, const RaggedBatch *b) {
+    SYS_CHECK(b->N >= 0 && b->nsample >= 0 && b->N <= m->B && b->nsample <= m->Smax && b->max_blocks == m->max_blocks,
+              "pass of %d rows (%d sampled, %d blocks per sequence) exceeds %d (%d, %d)", b->N, b->nsample,
+              b->max_blocks, m->B, m->Smax, m->max_blocks);
+    for (int i = 0; i < b->N; i++) {
+        SYS_CHECK(b->tok[i] >= 0 && b->tok[i] < m->s.V && b->pos[i] >= 0 && b->pos[i] < m->s.maxT &&
+                      b->pos[i] / kv->bs < b->max_blocks,
+                  "pass row %d: token %d at position %d outside the model", i, b->tok[i], b->pos[i]);
+        int32_t blk = b->tables[(size_t)i * b->max_blocks + b->pos[i] / kv->bs];
+        SYS_CHECK(blk >= 0 && blk < kv->nblocks, "pass row %d: KV block %d outside the pool of %d", i, blk, kv->nblocks);
+    }
+    for (int k = 0; k < b->nsample; k++)
+        SYS_CHECK(b->sample[k] >= 0 && b->sample[k] < b->N, "sampled row %d of a pass of %d rows", b->sample[k], b->N);
+}
+
+void model_forward_paged(Model *m, const ParamStore *ps, const PagedKV *kv, const RaggedBatch *b,
+                         float *host_logits) {
+    SYS_CHECK(m->infer, "model_forward_paged on a training model");
+    check_pass(m, kv, b);
+    const GPTShape *s = &m->s;
+    const int C = s->C, L = s->L, UF = U_FINAL(m), N = b->N, S = b->nsample;
+    const Backend *k = m->bk;
+    if (N == 0) return;
+    Acts a = acts_layout(s, m->acts, model_geom(m, N, 1));
+    m->fwd_B = N;
+    m->fwd_T = 1;
+    k->from_host_i32(m->tok, b->tok, (size_t)N);
+    k->from_host_i32(m->pos, b->pos, (size_t)N);
+    k->from_host_i32(m->tables, b->tables, (size_t)N * (size_t)b->max_blocks);
+    const Paged pg = {.kv = kv, .max_blocks = b->max_blocks};
+    const float *emb = ps->params(ps->ctx, U_EMBED, PHASE_FWD);
+    k->embed_rows(a.encoded, m->tok, m->pos, TP(m, emb, U_EMBED, 0), TP(m, emb, U_EMBED, 1), N, C);
+    ps->release(ps->ctx, U_EMBED, PHASE_FWD);
+    for (int l = 0; l < L; l++) {
+        const int u = U_LAYER(l);
+        layer_forward(m, &a, l, ps->params(ps->ctx, u, PHASE_FWD), ps, N, 1, &pg);
+        ps->release(ps->ctx, u, PHASE_FWD);
+    }
+    if (!host_logits || S == 0) return;     // the LM head only where the logits are wanted
+    // The sampled rows of the residual stream (ln1 is free now), ln_f, the tied head.
+    for (int i = 0; i < S; i++) k->copy(a.ln1 + (size_t)i * C, a.res3 + (size_t)b->sample[i] * C, (size_t)C);
+    const int lnf = 2 + P_PER_LAYER * L;
+    const float *fin = ps->params(ps->ctx, UF, PHASE_FWD);
+    k->layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.ln1, TP(m, fin, UF, lnf), TP(m, fin, UF, lnf + 1), (size_t)S, C);
+    ps->release(ps->ctx, UF, PHASE_FWD);
+    HeldMatrix head = ps->matrix(ps->ctx, 0);
+    k->matmul_held_forward(a.logits, a.lnf, head.w, head.dtype, head.scale, NULL, (size_t)S, C, s->Vp, EPI_NONE, NULL);
+    k->to_host(host_logits, a.logits, (size_t)S * (size_t)s->Vp);
 }

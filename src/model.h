@@ -30,7 +30,18 @@ typedef struct ParamTensor {
     int shape[2];
     size_t offset, numel;   // in floats, into the flat buffer
     int decay;              // 1: AdamW weight decay applies (matrices)
+    // Inference tables (model_create_infer) only: how this rank's tensor is cut
+    // from the whole one (TP_*), and whether it is held apart from the flat
+    // layout (a matrix reached through ParamStore.matrix; offset is then unused).
+    int tp_split;
+    int apart;
 } ParamTensor;
+
+// How a tensor-parallel rank holds a tensor (Megatron style): whole, a slice
+// of columns (of each of q, k and v for c_attn), a slice of rows, or whole on
+// tp rank 0 and zero elsewhere (the biases after a row-split product, so the
+// all-reduce adds them once).
+enum { TP_WHOLE = 0, TP_COLS, TP_COLS_QKV, TP_ROWS, TP_RANK0 };
 
 // Per-layer tensor order, the index of h.<l>.<name> is 2 + 12*l + j.
 enum { P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_ATTPW, P_ATTPB,
@@ -45,6 +56,14 @@ enum { PHASE_FWD = 0, PHASE_BWD = 1 };
 // whether they are local, sharded and gathered (ZeRO-3), or offloaded.
 // Pointers returned are the base of the unit: tensor t of unit u is at
 // base + (t.offset - unit_begin[u]).
+// A matrix as an inference store holds it: (out, in) rows, in a weight dtype
+// (kernels.h WDT_*), with a scale per row for int8.
+typedef struct HeldMatrix {
+    const void *w;
+    int dtype;
+    const float *scale;
+} HeldMatrix;
+
 typedef struct ParamStore {
     void *ctx;
     // Full parameters of unit u, valid until release(u, phase).
@@ -54,7 +73,27 @@ typedef struct ParamStore {
     float *(*grads)(void *ctx, int unit);
     // Unit u's gradients of this micro-step are complete.
     void (*grads_ready)(void *ctx, int unit);
+    // Inference stores only (model_forward_paged): matrix tensor t (tensor-table
+    // index) as held. The LM head uses t = 0 (wte).
+    HeldMatrix (*matrix)(void *ctx, int tensor);
 } ParamStore;
+
+// The paged KV cache (backend memory): (nblocks, L, 2, bs, Ct) floats, K then V
+// of bs slots per layer per block, Ct the channels of this rank's heads.
+typedef struct PagedKV {
+    float *kv;
+    int nblocks, bs;
+    size_t block_stride, layer_stride, v_offset;
+} PagedKV;
+
+// One inference pass: N token rows from any number of sequences (decode
+// tokens and prompt chunks side by side), host arrays. Row i is token tok[i]
+// at position pos[i] of the sequence whose block table is tables + i *
+// max_blocks; logits are computed for the rows listed in sample.
+typedef struct RaggedBatch {
+    int N, nsample, max_blocks;
+    const int32_t *tok, *pos, *tables, *sample;
+} RaggedBatch;
 
 // How a rank's model splits the work with others: sequence parallelism over
 // the group sp (Ulysses, ulysses.h), and activation checkpointing.
@@ -83,6 +122,13 @@ typedef struct Model {
     float *host_losses;     // (B*T) per-token losses copied back for the mean
     int fwd_B, fwd_T;       // shape of the last forward
     float mean_loss;        // of the last forward with targets
+    // Inference (model_create_infer): B = Nmax rows per pass, T = 1.
+    int infer;
+    int Smax, max_blocks;   // sampled rows per pass, blocks per sequence
+    Comm *tp;               // the tensor-parallel group, or NULL
+    int tp_size, tp_rank;
+    int Ct, NHt, Ht;        // channels of the heads held, heads held, MLP hidden held (all of them at tp = 1)
+    int32_t *pos, *tables;  // (Nmax) (Nmax, max_blocks) backend memory
 } Model;
 
 GPTShape model_shape(const ModelConfig *mc);
@@ -119,6 +165,24 @@ float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const
 // into the store's buffers; grads_ready is called unit by unit as each completes.
 void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const int32_t *targets,
                     int B, int T, float dloss);
+
+// A model for inference: passes of up to Nmax rows (Smax of them sampled)
+// over a paged KV cache with max_blocks blocks per sequence; with tp (NULL or
+// size 1: none) the rank holds NH/tp heads and H/tp MLP columns: c_attn and
+// c_fc by columns, both c_proj by rows (their biases on tp rank 0), one
+// all-reduce after each; the rest whole. The table is this rank's: shapes are
+// the held slices, matrices are apart (ParamStore.matrix), the flat layout
+// holds the rest.
+void model_create_infer(Model *m, const ModelConfig *mc, int Nmax, int Smax, int max_blocks, const Backend *bk,
+                        Comm *tp);
+// The KV cache's geometry for this model (kv left NULL: the caller allocates
+// nblocks * block_stride floats).
+PagedKV model_kv_layout(const Model *m, int nblocks, int bs);
+// One pass through the same layer code as model_forward: parameters through
+// ps (ps->matrix for matrices), each row's key and value stored into the
+// cache before any row attends. Fills host_logits (nsample, Vp).
+void model_forward_paged(Model *m, const ParamStore *ps, const PagedKV *kv, const RaggedBatch *b,
+                         float *host_logits);
 
 // Logits of the last forward, (B, T, Vp), in backend memory; valid until the
 // next backward.

@@ -46,3 +46,15 @@ void encoder_backward(float *dwte,          // (Vp, C) accumulates
         }
     }
 }
+
+// out[i,:] = wte[tok[i],:] + wpe[pos[i],:]
+void embed_rows(float *out, const int32_t *tok, const int32_t *pos, const float *wte, const float *wpe,
+                int N, int C)
+{
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *o = out + (size_t)n * C;
+        const float *we = wte + (size_t)tok[n] * C, *pe = wpe + (size_t)pos[n] * C;
+        for (int c = 0; c < C; c++) o[c] = we[c] + pe[c];
+    }
+}

@@ -1,8 +1,10 @@
-// engine.c: tensor-parallel forward through the paged KV cache.
+// engine.c: the inference parameter store (tensor-parallel slices, weight
+// dtypes) and the paged KV cache around model_forward_paged.
 #include "engine.h"
 #include "kernels.h"
 #include "log.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,155 +12,144 @@ size_t engine_kv_bytes_per_block(const Model *m, int tp, int bs) {
     return (size_t)m->s.L * 2 * (size_t)bs * (size_t)(m->s.C / tp) * sizeof(float);
 }
 
-// Copies columns [c0, c0+n) of a (rows, cols) matrix into dst (rows, n).
-static float *take_cols(float *dst, const float *src, int rows, int cols, int c0, int n) {
-    for (int r = 0; r < rows; r++) memcpy(dst + (size_t)r * n, src + (size_t)r * cols + c0, (size_t)n * sizeof(float));
-    return dst + (size_t)rows * n;
+uint16_t engine_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);   // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
 }
 
-static const float *T(const Model *m, const float *full, int l, int j) {
-    return full + m->tensors[2 + P_PER_LAYER * l + j].offset;
+// ---------------------------------------------------------------------------
+// Slicing: this rank's part of a whole tensor (model.h TP_*)
+
+// Column of the whole (in, out) matrix or bias behind held output j.
+static int src_col(const Model *m, int split, int j) {
+    if (split == TP_COLS_QKV) return (j / m->Ct) * m->s.C + m->tp_rank * m->Ct + j % m->Ct;
+    if (split == TP_COLS) return m->tp_rank * m->Ht + j;
+    return j;
 }
 
-void engine_create(Engine *e, const Model *m, const float *full, Comm *comm, int nblocks, int bs, int Nmax, int Smax) {
-    memset(e, 0, sizeof *e);
-    e->s = m->s;
-    e->comm = comm;
-    e->tp = comm->size;
-    e->tp_rank = comm->rank;
-    const int C = m->s.C, H = m->s.H, L = m->s.L, tp = e->tp, r = e->tp_rank;
-    SYS_CHECK(m->s.NH % tp == 0 && H % tp == 0, "tp = %d must divide the heads (%d) and the MLP width (%d)", tp, m->s.NH, H);
-    e->Cl = C / tp;
-    e->NHl = m->s.NH / tp;
-    e->Hl = H / tp;
-    const int Cl = e->Cl, Hl = e->Hl;
-    size_t per_layer = 4 * (size_t)C + (size_t)C * 3 * Cl + 3 * (size_t)Cl + (size_t)Cl * C + C
-                       + (size_t)C * Hl + Hl + (size_t)Hl * C + C;
-    size_t total = (size_t)m->s.Vp * C + (size_t)m->s.maxT * C + 2 * (size_t)C + per_layer * L;
-    e->weights = xmalloc(total * sizeof(float), "inference weights");
-    e->layers = xcalloc(sizeof(EngineLayer) * (size_t)L, "inference layers");
-    float *w = e->weights;
-#define COPY(dst, src, n) do { memcpy(w, (src), (size_t)(n) * sizeof(float)); (dst) = w; w += (n); } while (0)
-    COPY(e->wte, full + m->tensors[0].offset, m->tensors[0].numel);
-    COPY(e->wpe, full + m->tensors[1].offset, m->tensors[1].numel);
-    int lnf = 2 + P_PER_LAYER * L;
-    COPY(e->lnfw, full + m->tensors[lnf].offset, C);
-    COPY(e->lnfb, full + m->tensors[lnf + 1].offset, C);
-    for (int l = 0; l < L; l++) {
-        EngineLayer *ly = &e->layers[l];
-        COPY(ly->ln1w, T(m, full, l, P_LN1W), C);
-        COPY(ly->ln1b, T(m, full, l, P_LN1B), C);
-        COPY(ly->ln2w, T(m, full, l, P_LN2W), C);
-        COPY(ly->ln2b, T(m, full, l, P_LN2B), C);
-        // c_attn: this rank's heads of q, of k and of v, side by side.
-        float *q = w;
-        for (int part = 0; part < 3; part++) {
-            float *tmp = xmalloc((size_t)C * Cl * sizeof(float), "slice");
-            take_cols(tmp, T(m, full, l, P_QKVW), C, 3 * C, part * C + r * Cl, Cl);
-            for (int row = 0; row < C; row++)
-                memcpy(q + (size_t)row * 3 * Cl + part * Cl, tmp + (size_t)row * Cl, (size_t)Cl * sizeof(float));
-            free(tmp);
-        }
-        ly->qkvw = q;
-        w += (size_t)C * 3 * Cl;
-        float *qb = w;
-        for (int part = 0; part < 3; part++)
-            memcpy(qb + part * Cl, T(m, full, l, P_QKVB) + part * C + r * Cl, (size_t)Cl * sizeof(float));
-        ly->qkvb = qb;
-        w += 3 * Cl;
-        COPY(ly->attpw, T(m, full, l, P_ATTPW) + (size_t)r * Cl * C, (size_t)Cl * C);   // rows of c_proj
-        COPY(ly->attpb, T(m, full, l, P_ATTPB), C);
-        ly->fcw = w;
-        w = take_cols(w, T(m, full, l, P_FCW), C, H, r * Hl, Hl);
-        COPY(ly->fcb, T(m, full, l, P_FCB) + r * Hl, Hl);
-        COPY(ly->fcpw, T(m, full, l, P_FCPW) + (size_t)r * Hl * C, (size_t)Hl * C);
-        COPY(ly->fcpb, T(m, full, l, P_FCPB), C);
+// Held matrix t as fp32 (out, in) rows into dst, from the whole (Rg, Cg) one.
+static void slice_matrix(const Model *m, const ParamTensor *lt, const float *G, int Cg, float *dst) {
+    const int OC = lt->shape[0], IC = lt->shape[1];
+    const int row0 = lt->tp_split == TP_ROWS ? m->tp_rank * IC : 0;
+    for (int j = 0; j < OC; j++) {
+        const int c = src_col(m, lt->tp_split, j);
+        for (int i = 0; i < IC; i++) dst[(size_t)j * IC + i] = G[(size_t)(row0 + i) * Cg + c];
     }
-#undef COPY
-    e->nblocks = nblocks;
-    e->bs = bs;
-    e->v_offset = (size_t)bs * Cl;
-    e->layer_stride = 2 * e->v_offset;
-    e->block_stride = e->layer_stride * (size_t)L;
-    e->kv = xcalloc((size_t)nblocks * e->block_stride * sizeof(float), "KV cache");
+}
+
+// A non-matrix tensor's held part into dst.
+static void slice_vector(const Model *m, const ParamTensor *lt, const float *G, float *dst) {
+    if (lt->tp_split == TP_RANK0 && m->tp_rank != 0) {
+        memset(dst, 0, lt->numel * sizeof(float));
+        return;
+    }
+    if (lt->tp_split == TP_COLS || lt->tp_split == TP_COLS_QKV) {
+        for (size_t j = 0; j < lt->numel; j++) dst[j] = G[src_col(m, lt->tp_split, (int)j)];
+        return;
+    }
+    memcpy(dst, G, lt->numel * sizeof(float));
+}
+
+// fp32 (rows, cols) into the engine's dtype, in backend memory; sets *scale for int8.
+static void *hold(Engine *e, const float *w, int rows, int cols, float **scale) {
+    const size_t n = (size_t)rows * (size_t)cols;
+    size_t bytes = e->wdtype == WDT_F32 ? 4 * n : e->wdtype == WDT_BF16 ? 2 * n : n;
+    size_t words = (bytes + 3) / 4;
+    uint32_t *host = xcalloc(words * 4, "held weights");
+    *scale = NULL;
+    if (e->wdtype == WDT_F32) {
+        memcpy(host, w, bytes);
+    } else if (e->wdtype == WDT_BF16) {
+        uint16_t *h = (uint16_t *)host;
+        for (size_t i = 0; i < n; i++) h[i] = engine_bf16(w[i]);
+    } else {
+        int8_t *q = (int8_t *)host;
+        float *s = xmalloc(sizeof(float) * (size_t)rows, "int8 scales");
+        for (int r = 0; r < rows; r++) {
+            const float *x = w + (size_t)r * cols;
+            float mx = 0.0f;
+            for (int i = 0; i < cols; i++) mx = fabsf(x[i]) > mx ? fabsf(x[i]) : mx;
+            float sc = mx > 0 ? mx / 127.0f : 1.0f;
+            for (int i = 0; i < cols; i++) q[(size_t)r * cols + i] = (int8_t)lrintf(x[i] / sc);
+            s[r] = sc;
+        }
+        *scale = e->bk->alloc(sizeof(float) * (size_t)rows, "int8 scales");
+        e->bk->from_host(*scale, s, (size_t)rows);
+        free(s);
+    }
+    void *d = e->bk->alloc(words * 4, "held weights");
+    e->bk->from_host(d, (const float *)host, words);
+    free(host);
+    e->held_bytes += bytes;
+    return d;
+}
+
+static const float *store_params(void *ctx, int u, int phase) {
+    Engine *e = ctx;
+    (void)phase;
+    return e->flat + e->m.unit_begin[u];
+}
+static void store_release(void *ctx, int u, int phase) { (void)ctx; (void)u; (void)phase; }
+static HeldMatrix store_matrix(void *ctx, int t) {
+    Engine *e = ctx;
+    if (t == 0 && e->wdtype == WDT_F32) return (HeldMatrix){e->flat, WDT_F32, NULL};   // the tied head is wte
+    SYS_CHECK(t >= 0 && t < e->m.ntensors && e->mats[t], "tensor %d is not a held matrix", t);
+    return (HeldMatrix){e->mats[t], e->wdtype, e->scales[t]};
+}
+
+void engine_create(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
+                   Comm *tp, int wdtype, int nblocks, int bs, int Nmax, int Smax, int max_blocks) {
+    memset(e, 0, sizeof *e);
+    e->bk = bk;
+    e->wdtype = wdtype;
     e->Nmax = Nmax;
     e->Smax = Smax;
-    size_t N = (size_t)Nmax;
-    e->x = xmalloc(N * C * sizeof(float), "pass x");
-    e->ln = xmalloc(N * C * sizeof(float), "pass ln");
-    e->mean = xmalloc(N * sizeof(float), "pass mean");
-    e->rstd = xmalloc(N * sizeof(float), "pass rstd");
-    e->qkv = xmalloc(N * 3 * Cl * sizeof(float), "pass qkv");
-    e->att = xmalloc(N * Cl * sizeof(float), "pass att");
-    e->proj = xmalloc(N * C * sizeof(float), "pass proj");
-    e->fc = xmalloc(N * Hl * sizeof(float), "pass fc");
-    e->fcg = xmalloc(N * Hl * sizeof(float), "pass fc gelu");
-    e->lnf = xmalloc((size_t)Smax * C * sizeof(float), "pass lnf");
+    Model *m = &e->m;
+    model_create_infer(m, mc, Nmax, Smax, max_blocks, bk, tp);
+    SYS_CHECK(m->ntensors == g->ntensors, "inference table of %d tensors, whole model %d", m->ntensors, g->ntensors);
+    float *flat = xcalloc(m->nparams * sizeof(float) + 1, "held parameters");
+    e->mats = xcalloc(sizeof(void *) * (size_t)m->ntensors, "held matrices");
+    e->scales = xcalloc(sizeof(float *) * (size_t)m->ntensors, "held scales");
+    size_t most = 0;
+    for (int t = 0; t < m->ntensors; t++) most = m->tensors[t].numel > most ? m->tensors[t].numel : most;
+    float *tmp = xmalloc(most * sizeof(float), "slice");
+    for (int t = 0; t < m->ntensors; t++) {
+        const ParamTensor *lt = &m->tensors[t], *gt = &g->tensors[t];
+        if (lt->apart) {
+            slice_matrix(m, lt, full + gt->offset, gt->shape[1], tmp);
+            e->mats[t] = hold(e, tmp, lt->shape[0], lt->shape[1], &e->scales[t]);
+        } else {
+            slice_vector(m, lt, full + gt->offset, flat + lt->offset);
+        }
+    }
+    // The tied LM head: wte's rows as held (fp32: wte itself, in the flat layout).
+    if (wdtype != WDT_F32) e->mats[0] = hold(e, full, m->s.Vp, m->s.C, &e->scales[0]);
+    else e->held_bytes += m->tensors[0].numel * sizeof(float);
+    free(tmp);
+    e->flat = bk->alloc(m->nparams * sizeof(float) + 4, "held parameters");
+    bk->from_host(e->flat, flat, m->nparams);
+    free(flat);
+    e->ps = (ParamStore){.ctx = e, .params = store_params, .release = store_release, .matrix = store_matrix};
+    e->kv = model_kv_layout(m, nblocks, bs);
+    e->kv.kv = bk->alloc((size_t)nblocks * e->kv.block_stride * sizeof(float), "KV cache");
 }
 
 void engine_free(Engine *e) {
-    free(e->weights);
-    free(e->layers);
-    free(e->kv);
-    free(e->x); free(e->ln); free(e->mean); free(e->rstd); free(e->qkv); free(e->att);
-    free(e->proj); free(e->fc); free(e->fcg); free(e->lnf);
+    for (int t = 0; t < e->m.ntensors; t++) {
+        if (e->mats[t]) e->bk->release(e->mats[t]);
+        if (e->scales[t]) e->bk->release(e->scales[t]);
+    }
+    free(e->mats);
+    free(e->scales);
+    e->bk->release(e->flat);
+    e->bk->release(e->kv.kv);
+    model_free(&e->m);
     memset(e, 0, sizeof *e);
 }
 
-// proj holds this rank's partial product: sum over ranks, add the bias once, add to x.
-static void reduce_into_residual(Engine *e, int N, const float *bias) {
-    const int C = e->s.C;
-    if (e->tp > 1) comm_allreduce_sum(e->comm, e->proj, (size_t)N * C, "tp");
-    for (int i = 0; i < N; i++) {
-        float *x = e->x + (size_t)i * C;
-        const float *p = e->proj + (size_t)i * C;
-        for (int c = 0; c < C; c++) x[c] += p[c] + bias[c];
-    }
-}
-
-void engine_forward(Engine *e, int N, const int32_t *tok, const int32_t *pos, const int32_t *tables,
-                    int max_blocks, int nsample, const int32_t *sample_rows, float *logits) {
-    SYS_CHECK(N >= 0 && nsample >= 0 && N <= e->Nmax && nsample <= e->Smax, "pass of %d rows (%d sampled) exceeds %d (%d)", N, nsample, e->Nmax, e->Smax);
-    const int C = e->s.C, Cl = e->Cl, Hl = e->Hl, bs = e->bs;
-    // Rank 0 composed the pass; every rank checks it before indexing with it.
-    for (int i = 0; i < N; i++) {
-        SYS_CHECK(tok[i] >= 0 && tok[i] < e->s.V && pos[i] >= 0 && pos[i] < e->s.maxT && pos[i] / bs < max_blocks,
-                  "pass row %d: token %d or position %d out of range (V %d, positions %d)", i, tok[i], pos[i], e->s.V, e->s.maxT);
-        int32_t blk = tables[(size_t)i * max_blocks + pos[i] / bs];
-        SYS_CHECK(blk >= 0 && blk < e->nblocks, "pass row %d: KV block %d outside the pool of %d", i, blk, e->nblocks);
-    }
-    for (int k = 0; k < nsample; k++)
-        SYS_CHECK(sample_rows[k] >= 0 && sample_rows[k] < N, "sampled row %d of a pass of %d rows", sample_rows[k], N);
-    for (int i = 0; i < N; i++) {
-        const float *a = e->wte + (size_t)tok[i] * C, *b = e->wpe + (size_t)pos[i] * C;
-        float *x = e->x + (size_t)i * C;
-        for (int c = 0; c < C; c++) x[c] = a[c] + b[c];
-    }
-    for (int l = 0; l < e->s.L; l++) {
-        const EngineLayer *ly = &e->layers[l];
-        layernorm_forward(e->ln, e->mean, e->rstd, e->x, ly->ln1w, ly->ln1b, (size_t)N, C);
-        matmul_forward(e->qkv, e->ln, ly->qkvw, ly->qkvb, (size_t)N, C, 3 * Cl, 0);
-        // Every row's key and value go into its cache slot before any row attends,
-        // so a prompt chunk sees its own earlier tokens.
-        float *kvl = e->kv + (size_t)l * e->layer_stride;
-        for (int i = 0; i < N; i++) {
-            int32_t blk = tables[(size_t)i * max_blocks + pos[i] / bs];
-            float *k = kvl + (size_t)blk * e->block_stride + (size_t)(pos[i] % bs) * Cl;
-            memcpy(k, e->qkv + (size_t)i * 3 * Cl + Cl, (size_t)Cl * sizeof(float));
-            memcpy(k + e->v_offset, e->qkv + (size_t)i * 3 * Cl + 2 * Cl, (size_t)Cl * sizeof(float));
-        }
-        paged_attention_forward(e->att, e->qkv, 3 * Cl, kvl, e->block_stride, e->v_offset, tables, max_blocks,
-                                pos, N, Cl, e->NHl, bs);
-        matmul_forward(e->proj, e->att, ly->attpw, NULL, (size_t)N, Cl, C, 0);
-        reduce_into_residual(e, N, ly->attpb);
-        layernorm_forward(e->ln, e->mean, e->rstd, e->x, ly->ln2w, ly->ln2b, (size_t)N, C);
-        matmul_forward(e->fc, e->ln, ly->fcw, ly->fcb, (size_t)N, C, Hl, 0);
-        gelu_forward(e->fcg, e->fc, (size_t)N * Hl);
-        matmul_forward(e->proj, e->fcg, ly->fcpw, NULL, (size_t)N, Hl, C, 0);
-        reduce_into_residual(e, N, ly->fcpb);
-    }
-    for (int k = 0; k < nsample; k++)
-        memcpy(e->ln + (size_t)k * C, e->x + (size_t)sample_rows[k] * C, (size_t)C * sizeof(float));
-    layernorm_forward(e->lnf, e->mean, e->rstd, e->ln, e->lnfw, e->lnfb, (size_t)nsample, C);
-    if (nsample) matmul_forward(logits, e->lnf, e->wte, NULL, (size_t)nsample, C, e->s.Vp, 1);
+void engine_forward(Engine *e, const RaggedBatch *b, float *logits) {
+    model_forward_paged(&e->m, &e->ps, &e->kv, b, e->m.tp_rank == 0 ? logits : NULL);
 }

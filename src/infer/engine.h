@@ -1,12 +1,11 @@
-// engine.h: the inference forward pass over a ragged batch, tensor-parallel.
+// engine.h: how inference holds the model: this rank's tensor-parallel slices
+// of the parameters (matrices in a weight dtype), the paged KV cache, and the
+// passes run through the model's own forward (model_forward_paged).
 //
-// A pass is N token rows from any number of sequences (decode tokens and
-// prompt chunks side by side: Dynamic SplitFuse), each with its position and
-// its sequence's KV block table. Matrix products run once over all N rows.
-// With tp ranks, each holds NH/tp heads and H/tp MLP columns (Megatron
-// style): c_attn and c_fc split by columns, the two c_proj by rows, one
-// all-reduce after attention and one after the MLP. Embeddings, LayerNorms and
-// the LM head are replicated.
+// The engine is a parameter store, not a second model: model.c runs the
+// layers; the engine only decides what each rank holds (model.h TP_*: c_attn
+// and c_fc by columns, both c_proj by rows, the rest whole) and in which
+// dtype (WDT_*: fp32, bf16, or int8 with a scale per output channel).
 #ifndef PARTITA_ENGINE_H
 #define PARTITA_ENGINE_H
 
@@ -16,34 +15,31 @@
 #include "comm.h"
 #include "model.h"
 
-typedef struct EngineLayer {
-    const float *ln1w, *ln1b, *qkvw, *qkvb, *attpw, *attpb;   // qkvw (C, 3Cl), attpw (Cl, C)
-    const float *ln2w, *ln2b, *fcw, *fcb, *fcpw, *fcpb;       // fcw (C, Hl), fcpw (Hl, C)
-} EngineLayer;
-
 typedef struct Engine {
-    GPTShape s;
-    int tp, tp_rank;
-    Comm *comm;
-    int Cl, NHl, Hl;            // this rank's slice of channels, heads, MLP hidden
-    float *weights;             // one buffer: replicated tensors and this rank's slices
-    const float *wte, *wpe, *lnfw, *lnfb;
-    EngineLayer *layers;
-    float *kv;                  // (nblocks, L, 2, bs, Cl) the paged KV cache
-    int nblocks, bs;
-    size_t block_stride, layer_stride, v_offset;
+    Model m;                    // this rank's inference model (its table: the held slices)
+    ParamStore ps;
+    const Backend *bk;
+    int wdtype;                 // WDT_* of the matrices
+    float *flat;                // (m.nparams) backend memory: the non-matrix tensors
+    void **mats;                // (ntensors) each held matrix, or NULL
+    float **scales;             // (ntensors) int8 per-row scales, or NULL
+    size_t held_bytes;          // bytes of the matrices as held (what a decode pass streams)
+    PagedKV kv;                 // kv.kv: backend memory
     int Nmax, Smax;             // rows per pass, sampled rows per pass
-    float *x, *ln, *mean, *rstd, *qkv, *att, *proj, *fc, *fcg, *lnf, *logits;  // scratch for Nmax rows
 } Engine;
 
-// full: the whole model's parameters in the flat layout of model.h (m's table).
-void engine_create(Engine *e, const Model *m, const float *full, Comm *comm, int nblocks, int bs, int Nmax, int Smax);
+// g: the whole model's table (model_table) and full its parameters in that
+// layout (host memory). tp: the tensor-parallel group (every rank calls this).
+void engine_create(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
+                   Comm *tp, int wdtype, int nblocks, int bs, int Nmax, int Smax, int max_blocks);
 void engine_free(Engine *e);
 size_t engine_kv_bytes_per_block(const Model *m, int tp, int bs);
 
-// Runs N rows; fills logits (nsample, Vp) for the rows listed in sample_rows.
-// tables: (N, max_blocks) block table of each row's sequence.
-void engine_forward(Engine *e, int N, const int32_t *tok, const int32_t *pos, const int32_t *tables,
-                    int max_blocks, int nsample, const int32_t *sample_rows, float *logits);
+// One pass (every tp rank, the same pass); logits (nsample, Vp) on tp rank 0
+// (NULL elsewhere).
+void engine_forward(Engine *e, const RaggedBatch *b, float *logits);
+
+// A float as bf16 (round to nearest even; NaN kept a NaN).
+uint16_t engine_bf16(float x);
 
 #endif

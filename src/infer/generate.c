@@ -603,7 +603,9 @@ static double next_arrival(const Gen *g) {
 
 static void run_pass(Gen *g) {
     Pass p = pass_view(g);
-    engine_forward(&g->e, p.N, p.tok, p.pos, p.tables, g->max_blocks, p.nsample, p.sample, g->logits);
+    RaggedBatch b = {.N = p.N, .nsample = p.nsample, .max_blocks = g->max_blocks, .tok = p.tok, .pos = p.pos,
+                     .tables = p.tables, .sample = p.sample};
+    engine_forward(&g->e, &b, g->logits);
 }
 
 static void broadcast_pass(Gen *g) {
@@ -856,9 +858,11 @@ int generate_run(const Deck *d) {
     sampler_create(&g.smp, g.m.s.V);
     int bs = (int)c->generate.kv_block;
     g.max_blocks = (g.m.s.maxT + bs - 1) / bs;
-    int Nmax = (int)c->generate.token_budget, Smax = (int)c->generate.max_batch;
+    int Nmax = (int)c->generate.token_budget;
+    int Smax = c->generate.max_batch < Nmax ? (int)c->generate.max_batch : Nmax;   // a pass samples at most its rows
     if (!c->generate.naive) {
-        engine_create(&g.e, &g.m, g.full, &g.comm, (int)c->generate.kv_blocks, bs, Nmax, Smax);
+        engine_create(&g.e, &g.m, g.full, &c->model, backend_cpu(), &g.comm, c->generate.weights_dtype,
+                      (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
         g.msg_len = 3 + (size_t)Nmax * (2 + (size_t)g.max_blocks) + (size_t)Smax;
         g.msg = xcalloc(g.msg_len * sizeof(int32_t), "pass message");
         g.sample_req = xcalloc(sizeof(int32_t) * (size_t)Smax, "sampled requests");

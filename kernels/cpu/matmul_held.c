@@ -1,0 +1,179 @@
+// matmul_held.c: inference products against weights held as (OC, IC) rows in
+// fp32, bf16 or int8 (matmul_held_forward in kernels.h).
+//
+// Few rows (decode, N <= MH_SMALL_M): the output columns are split over the
+// threads in contiguous ranges, so each thread streams its own rows of W once,
+// front to back, and takes the dot products of every input row with them
+// (the inputs stay in cache). Nothing is repacked per call. Each (n, j) is one
+// dot product summed in a fixed order (vector lanes, then the lanes added in
+// a fixed tree), so the bits do not depend on the thread count.
+//
+// Many rows (prefill): fp32 goes to the tiled sgemm of matmul.c; bf16 and
+// int8 convert a block of rows of W to fp32 in a per-task buffer and run one
+// single-threaded sgemm on it, on a grid of tasks fixed by the shape.
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastmath.h"
+#include "kernels.h"
+
+#define MH_SMALL_M 8        // rows at most for the streaming dot-product path
+#define MH_BLOCK_ROWS 64    // rows of W converted per task on the prefill path
+
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef uint16_t vh __attribute__((vector_size(16)));
+typedef int8_t vb __attribute__((vector_size(8)));
+typedef uint32_t vu __attribute__((vector_size(32)));
+#define VL 8
+
+static inline vf load_f(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline vf load_w(const void *w, int dt, size_t i) {
+    if (dt == WDT_F32) return load_f((const float *)w + i);
+    if (dt == WDT_BF16) {
+        vh h;
+        memcpy(&h, (const uint16_t *)w + i, sizeof h);
+        vu u = __builtin_convertvector(h, vu) << 16;
+        return (vf)u;
+    }
+    vb b;
+    memcpy(&b, (const int8_t *)w + i, sizeof b);
+    return __builtin_convertvector(__builtin_convertvector(b, vi), vf);
+}
+static inline float scalar_w(const void *w, int dt, size_t i) {
+    if (dt == WDT_F32) return ((const float *)w)[i];
+    if (dt == WDT_BF16) return bits2f((int32_t)((uint32_t)((const uint16_t *)w)[i] << 16));
+    return (float)((const int8_t *)w)[i];
+}
+static inline float hsum(vf v) {
+    float a = (v[0] + v[4]) + (v[1] + v[5]), b = (v[2] + v[6]) + (v[3] + v[7]);
+    return a + b;
+}
+
+// gelu_forward's formula (gelu.c), so fused and unfused give the same bits.
+static inline float gelu1(float x) {
+    float z = -2.0f * 0.7978845608028654f * fmaf(0.044715f * x, x * x, x);
+    z = z > 80.0f ? 80.0f : z;
+    return x / (1.0f + exp_fast(z));
+}
+
+static inline void store(float *o, float v, int epi) {
+    if (epi == EPI_GELU) *o = gelu1(v);
+    else if (epi == EPI_RESIDUAL) *o += v;
+    else *o = v;
+}
+
+// Rows [j0, j1) of W against the NR input rows; out (NR, OC). Two rows of W at a time.
+static inline __attribute__((always_inline)) void dots(float *out, const float *inp, const void *w, int dt,
+                                                       const float *scale, const float *bias, int NR, int IC,
+                                                       int OC, int j0, int j1, int epi) {
+    const int ICv = IC / VL * VL;
+    int j = j0;
+    for (; j + 1 < j1; j += 2) {
+        vf a0[MH_SMALL_M], a1[MH_SMALL_M];
+        for (int n = 0; n < NR; n++) a0[n] = a1[n] = (vf){0};
+        const size_t r0 = (size_t)j * IC, r1 = r0 + (size_t)IC;
+        for (int i = 0; i < ICv; i += VL) {
+            vf w0 = load_w(w, dt, r0 + i), w1 = load_w(w, dt, r1 + i);
+            for (int n = 0; n < NR; n++) {
+                vf x = load_f(inp + (size_t)n * IC + i);
+                a0[n] += x * w0;
+                a1[n] += x * w1;
+            }
+        }
+        for (int n = 0; n < NR; n++) {
+            float s0 = hsum(a0[n]), s1 = hsum(a1[n]);
+            for (int i = ICv; i < IC; i++) {
+                float x = inp[(size_t)n * IC + i];
+                s0 += x * scalar_w(w, dt, r0 + i);
+                s1 += x * scalar_w(w, dt, r1 + i);
+            }
+            if (scale) { s0 *= scale[j]; s1 *= scale[j + 1]; }
+            if (bias) { s0 += bias[j]; s1 += bias[j + 1]; }
+            store(out + (size_t)n * OC + j, s0, epi);
+            store(out + (size_t)n * OC + j + 1, s1, epi);
+        }
+    }
+    for (; j < j1; j++) {
+        const size_t r0 = (size_t)j * IC;
+        for (int n = 0; n < NR; n++) {
+            vf a = (vf){0};
+            for (int i = 0; i < ICv; i += VL) a += load_f(inp + (size_t)n * IC + i) * load_w(w, dt, r0 + i);
+            float s = hsum(a);
+            for (int i = ICv; i < IC; i++) s += inp[(size_t)n * IC + i] * scalar_w(w, dt, r0 + i);
+            if (scale) s *= scale[j];
+            if (bias) s += bias[j];
+            store(out + (size_t)n * OC + j, s, epi);
+        }
+    }
+}
+
+// One instance per row count, so the accumulators live in registers.
+#define DOTS_N(NR) \
+    static void dots_##NR(float *out, const float *inp, const void *w, int dt, const float *scale, \
+                          const float *bias, int IC, int OC, int j0, int j1, int epi) { \
+        dots(out, inp, w, dt, scale, bias, NR, IC, OC, j0, j1, epi); \
+    }
+DOTS_N(1) DOTS_N(2) DOTS_N(3) DOTS_N(4) DOTS_N(5) DOTS_N(6) DOTS_N(7) DOTS_N(8)
+typedef void (*DotsFn)(float *, const float *, const void *, int, const float *, const float *, int, int, int, int, int);
+static const DotsFn dots_of[MH_SMALL_M + 1] = {NULL, dots_1, dots_2, dots_3, dots_4, dots_5, dots_6, dots_7, dots_8};
+
+static void small_m(float *out, const float *inp, const void *w, int dt, const float *scale, const float *bias,
+                    int N, int IC, int OC, int epi) {
+    DotsFn f = dots_of[N];
+    #pragma omp parallel
+    {
+        // Contiguous even-sized ranges of output columns, one per thread.
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        int per = ((OC + nt - 1) / nt + 1) & ~1;
+        int j0 = t * per < OC ? t * per : OC, j1 = j0 + per < OC ? j0 + per : OC;
+        if (j0 < j1) f(out, inp, w, dt, scale, bias, IC, OC, j0, j1, epi);
+    }
+}
+
+// Rows [r0, r0 + nr) of W as fp32, scaled, into buf (nr, IC).
+static void convert_rows(float *buf, const void *w, int dt, const float *scale, int r0, int nr, int IC) {
+    for (int r = 0; r < nr; r++) {
+        size_t base = (size_t)(r0 + r) * IC;
+        float s = scale ? scale[r0 + r] : 1.0f;
+        for (int i = 0; i < IC; i++) buf[(size_t)r * IC + i] = scalar_w(w, dt, base + i) * s;
+    }
+}
+
+static void epilogue_rows(float *out, const float *tmp, const float *bias, size_t N, int OC, int epi) {
+    #pragma omp parallel for schedule(static)
+    for (size_t n = 0; n < N; n++)
+        for (int c = 0; c < OC; c++) store(out + n * OC + c, tmp[n * OC + c] + (bias ? bias[c] : 0.0f), epi);
+}
+
+void matmul_held_forward(float *out, const float *inp, const void *weight, int wdtype, const float *scale,
+                         const float *bias, size_t N, int IC, int OC, int epilogue, float *tmp) {
+    if (N == 0) return;
+    if (N <= MH_SMALL_M) {
+        small_m(out, inp, weight, wdtype, scale, bias, (int)N, IC, OC, epilogue);
+        return;
+    }
+    float *dst = epilogue == EPI_NONE ? out : tmp;
+    if (wdtype == WDT_F32) {
+        matmul_forward(dst, inp, weight, epilogue == EPI_NONE ? bias : NULL, N, IC, OC, 1);
+        if (epilogue != EPI_NONE) epilogue_rows(out, tmp, bias, N, OC, epilogue);
+        return;
+    }
+    const int nb = (OC + MH_BLOCK_ROWS - 1) / MH_BLOCK_ROWS;
+    #pragma omp parallel
+    {
+        float *buf = malloc(sizeof(float) * (size_t)MH_BLOCK_ROWS * (size_t)IC);
+        if (!buf) abort();
+        #pragma omp for schedule(dynamic, 1)
+        for (int b = 0; b < nb; b++) {
+            int r0 = b * MH_BLOCK_ROWS, nr = OC - r0 < MH_BLOCK_ROWS ? OC - r0 : MH_BLOCK_ROWS;
+            convert_rows(buf, weight, wdtype, scale, r0, nr, IC);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, nr, IC, 1.0f, inp, IC, buf, IC, 0.0f,
+                        dst + r0, OC);
+        }
+        free(buf);
+    }
+    if (bias || epilogue != EPI_NONE) epilogue_rows(out, dst, bias, N, OC, epilogue);
+}
