@@ -7,6 +7,7 @@
 #include "cuda/cuda_kernels.h"
 #endif
 #include "estimate.h"
+#include "infer/eval.h"
 #include "infer/generate.h"
 #include "kernels.h"
 #include "log.h"
@@ -32,6 +33,7 @@ static void usage(FILE *f) {
         "  estimate DECK --ranks N [--mem-per-rank 4G] [--set ...]\n"
         "                                            per-rank memory, communication, FLOPs for ZeRO 0-3; sp plan\n"
         "  generate DECK [--set ...]                 batched generation (KV cache, SplitFuse, tensor parallel)\n"
+        "  eval DECK [LOGITS.f32] [--set ...]        validation loss and perplexity of [generate] weights\n"
         "  prep OUT.h5 TEXT_FILE_OR_DIR...            tokenize text into an HDF5 token file\n"
         "  ckpt info FILE                            a checkpoint's step, layout, tensors, checksums\n"
         "  ckpt export FILE OUT.h5                   a checkpoint's weights as a GPT-2-named weights file\n"
@@ -193,6 +195,32 @@ static int check_generate(const Deck *d, int rank, int size) {
     return 2;
 }
 
+// Checks an eval deck: the weights file and the token files present, one rank per model copy.
+static int check_eval(const Deck *d, int rank, int nextra) {
+    char where[600], msg[4096] = "";
+    const Config *c = &d->cfg;
+    if (nextra > 1) {
+        snprintf(msg, sizeof msg, "usage: partita eval DECK [LOGITS.f32] [--set ...]");
+    } else if (!c->generate.weights[0] || access(c->generate.weights, R_OK) != 0) {
+        snprintf(msg, sizeof msg, "error: %s: [generate] weights = \"%s\": no such readable file\n"
+                 "  hint: use a run's final.h5, an `partita ckpt export`, or a checkpoint",
+                 deck_where(d, "generate.weights", where, sizeof where), c->generate.weights);
+    } else if (!c->data.val[0] && (!c->data.train[0] || access(c->data.train, R_OK) != 0)) {
+        snprintf(msg, sizeof msg, "error: %s: [data] train = \"%s\": no such readable file (eval reads its "
+                 "val_fraction tail)\n  hint: set [data] val or [data] train to a token file",
+                 deck_where(d, "data.train", where, sizeof where), c->data.train);
+    } else if (c->data.val[0] && access(c->data.val, R_OK) != 0) {
+        snprintf(msg, sizeof msg, "error: %s: [data] val = \"%s\": no such readable file\n"
+                 "  hint: make it with `partita prep`", deck_where(d, "data.val", where, sizeof where), c->data.val);
+    } else if (c->parallel.tp != 1) {
+        snprintf(msg, sizeof msg, "error: %s: eval deals rows over the ranks, each with the whole model\n"
+                 "  hint: set [parallel] tp = 1", deck_where(d, "parallel.tp", where, sizeof where));
+    }
+    if (!msg[0]) return 0;
+    if (rank == 0) fprintf(stderr, "%s\n", msg);
+    return 2;
+}
+
 // A binary compiled for instructions this CPU lacks would die of SIGILL somewhere in the
 // first kernel; check before anything runs, in code compiled for the baseline x86-64 (the
 // target attribute), and say what to do. -march=native on another node type is the usual cause.
@@ -264,7 +292,7 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
 
     int is_train = strcmp(cmd, "train") == 0, is_check = strcmp(cmd, "check") == 0;
     int is_dump = strcmp(cmd, "dump") == 0, is_estimate = strcmp(cmd, "estimate") == 0;
-    int is_generate = strcmp(cmd, "generate") == 0;
+    int is_generate = strcmp(cmd, "generate") == 0, is_eval = strcmp(cmd, "eval") == 0;
     int ranks = size;
     double mem_per_rank = 0.0;
     if (is_estimate && parse_mem_flag(&argc, argv, &mem_per_rank, rank) != 0) return 2;
@@ -284,7 +312,7 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
             break;
         }
     }
-    if (!is_train && !is_check && !is_dump && !is_estimate && !is_generate) {
+    if (!is_train && !is_check && !is_dump && !is_estimate && !is_generate && !is_eval) {
         if (rank == 0) {
             fprintf(stderr, "error: unknown command '%s'\n", cmd);
             usage(stderr);
@@ -313,6 +341,9 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
         } else if (is_generate) {
             rc = check_generate(d, rank, size);
             if (rc == 0) rc = generate_run(d);
+        } else if (is_eval) {
+            rc = check_eval(d, rank, nextra);
+            if (rc == 0) rc = eval_run(d, nextra ? extra[0] : NULL);
         } else if ((rc = check_runnable(d, rank)) == 0) {
             if (is_train) rc = train_run(d);
             else if (nextra != 1 || size != 1) {

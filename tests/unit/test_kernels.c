@@ -1,7 +1,7 @@
 // test_kernels.c: unit tests of the cpu kernels (kernels/kernels.h).
 //
 // Usage: test_kernels [NAME]   NAME one of encoder layernorm matmul gelu residual
-//        attention crossentropy adamw sumsq determinism; no NAME runs them all.
+//        attention crossentropy adamw sumsq determinism paged held; no NAME runs them all.
 // Exit status 0 when every check passed, 1 otherwise.
 //
 // Each test draws fresh random inputs (seeded xorshift), poisons outputs with
@@ -911,6 +911,197 @@ static int test_determinism(Rng *r)
     return fails;
 }
 
+// ---------------------------------------------------------------- inference: paged attention, held matmul
+
+// One ragged batch: nseq sequences of random lengths up to maxlen, their keys and
+// values scattered over a shuffled pool of blocks of bs slots; one query row per
+// (sequence, position) for the last `rows` positions of each (decode and prefill
+// rows side by side). Compared with float64 softmax attention over the sequence.
+static int paged_case(Rng *r, int nseq, int maxlen, int bs, int C, int NH, int threads)
+{
+    const int HS = C / NH, max_blocks = (maxlen + bs - 1) / bs, nblocks = nseq * max_blocks;
+    const size_t v_offset = (size_t)bs * C, block_stride = 2 * v_offset;
+    float *kv = fnew((size_t)nblocks * block_stride);
+    fill(r, kv, (size_t)nblocks * block_stride, 1.0f);
+    int32_t *perm = xmalloc(sizeof(int32_t) * (size_t)nblocks);
+    for (int b = 0; b < nblocks; b++) perm[b] = b;
+    for (int b = nblocks - 1; b > 0; b--) { int k = rng_int(r, b + 1), t = perm[b]; perm[b] = perm[k]; perm[k] = t; }
+    int *len = xmalloc(sizeof(int) * (size_t)nseq);
+    int N = 0;
+    for (int q = 0; q < nseq; q++) { len[q] = 1 + rng_int(r, maxlen); N += len[q] < 3 ? len[q] : 3; }
+    float *qv = fnew((size_t)N * 3 * C), *out = fnew((size_t)N * C);
+    fill(r, qv, (size_t)N * 3 * C, 1.0f);
+    int32_t *tables = xmalloc(sizeof(int32_t) * (size_t)N * max_blocks), *pos = xmalloc(sizeof(int32_t) * (size_t)N);
+    int *seq = xmalloc(sizeof(int) * (size_t)N);
+    int i = 0;
+    for (int q = 0; q < nseq; q++)
+        for (int k = len[q] - (len[q] < 3 ? len[q] : 3); k < len[q]; k++, i++) {
+            seq[i] = q;
+            pos[i] = k;
+            for (int b = 0; b < max_blocks; b++) tables[(size_t)i * max_blocks + b] = perm[q * max_blocks + b];
+        }
+    poison(out, (size_t)N * C);
+    kernels_set_threads(threads);
+    paged_attention_forward(out, qv, 3 * C, kv, block_stride, v_offset, tables, max_blocks, pos, N, C, NH, bs);
+    double *ref = dnew((size_t)N * C), *sc = dnew((size_t)maxlen);
+    for (i = 0; i < N; i++) {
+        const int32_t *tb = tables + (size_t)i * max_blocks;
+        for (int h = 0; h < NH; h++) {
+            double mx = -INFINITY, z = 0.0;
+            for (int j = 0; j <= pos[i]; j++) {
+                const float *k = kv + (size_t)tb[j / bs] * block_stride + (size_t)(j % bs) * C + h * HS;
+                double d = 0.0;
+                for (int e = 0; e < HS; e++) d += (double)qv[(size_t)i * 3 * C + h * HS + e] * k[e];
+                sc[j] = d / sqrt((double)HS);
+                mx = sc[j] > mx ? sc[j] : mx;
+            }
+            for (int j = 0; j <= pos[i]; j++) z += (sc[j] = exp(sc[j] - mx));
+            for (int e = 0; e < HS; e++) {
+                double a = 0.0;
+                for (int j = 0; j <= pos[i]; j++)
+                    a += sc[j] * kv[(size_t)tb[j / bs] * block_stride + v_offset + (size_t)(j % bs) * C + h * HS + e];
+                ref[(size_t)i * C + h * HS + e] = a / z;
+            }
+        }
+    }
+    char what[128];
+    snprintf(what, sizeof what, "paged attention %d seqs to %d tokens, bs %d, C %d, NH %d, %d thr", nseq, maxlen, bs,
+             C, NH, threads);
+    int fails = check(what, relerr(out, ref, (size_t)N * C), TOL_FWD);
+    (void)seq;
+    free(kv); free(perm); free(len); free(qv); free(out); free(tables); free(pos); free(seq); free(ref); free(sc);
+    return fails;
+}
+
+static int test_paged(Rng *r)
+{
+    const int saved = kernels_get_threads();
+    int fails = 0;
+    fails += paged_case(r, 3, 40, 16, 64, 4, 2);
+    fails += paged_case(r, 4, 37, 7, 48, 3, 2);       // odd block size, head size 16
+    fails += paged_case(r, 2, 30, 1, 40, 2, 1);       // one slot per block, head size 20 (not a multiple of 8)
+    fails += paged_case(r, 2, 2000, 13, 64, 2, 2);    // long contexts, odd block size
+    fails += paged_case(r, 5, 9, 64, 24, 3, 2);       // blocks larger than the sequences
+    // kv_store puts each row's key and value where paged attention reads them
+    {
+        const int C = 8, bs = 3, N = 5, mb = 3;
+        float *kv = fnew(4 * 2 * bs * C), *qkv = fnew(N * 3 * C);
+        fill(r, qkv, N * 3 * C, 1.0f);
+        poison(kv, 4 * 2 * bs * C);
+        int32_t tables[N * mb], pos[N];
+        for (int i = 0; i < N; i++) { pos[i] = i; tables[i * mb] = 2; tables[i * mb + 1] = 0; tables[i * mb + 2] = 3; }
+        kv_store(kv, 2 * bs * C, bs * C, qkv, tables, mb, pos, N, C, bs);
+        int ok = 1;
+        for (int i = 0; i < N; i++) {
+            const float *k = kv + (size_t)tables[i * mb + i / bs] * 2 * bs * C + (i % bs) * C;
+            ok &= memcmp(k, qkv + i * 3 * C + C, C * sizeof(float)) == 0;
+            ok &= memcmp(k + bs * C, qkv + i * 3 * C + 2 * C, C * sizeof(float)) == 0;
+        }
+        fails += check_true("kv_store: keys and values in their block and slot", ok);
+        free(kv); free(qkv);
+    }
+    kernels_set_threads(saved);
+    return fails;
+}
+
+static uint16_t to_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static double bf16_value(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+// out = epi(inp @ W^T + b) with W (OC, IC) held as fp32, bf16 or int8; the float64
+// reference uses the held values themselves (the products, not the rounding, are tested).
+static int held_case(Rng *r, int N, int IC, int OC, int dt, int epi, int hb, int threads)
+{
+    float *inp = fnew((size_t)N * IC), *w = fnew((size_t)OC * IC), *b = fnew(OC), *out = fnew((size_t)N * OC);
+    float *tmp = fnew((size_t)N * OC), *scale = fnew(OC);
+    fill(r, inp, (size_t)N * IC, 1.0f);
+    fill(r, w, (size_t)OC * IC, 0.5f);
+    fill(r, b, OC, 0.5f);
+    double *wd = dnew((size_t)OC * IC);
+    void *held = w;
+    uint16_t *wh = NULL;
+    int8_t *wq = NULL;
+    if (dt == WDT_BF16) {
+        wh = xmalloc(sizeof(uint16_t) * (size_t)OC * IC);
+        for (size_t k = 0; k < (size_t)OC * IC; k++) wd[k] = bf16_value(wh[k] = to_bf16(w[k]));
+        held = wh;
+    } else if (dt == WDT_I8) {
+        wq = xmalloc((size_t)OC * IC);
+        for (int j = 0; j < OC; j++) {
+            float mx = 0;
+            for (int i = 0; i < IC; i++) mx = fabsf(w[(size_t)j * IC + i]) > mx ? fabsf(w[(size_t)j * IC + i]) : mx;
+            scale[j] = mx / 127.0f;
+            for (int i = 0; i < IC; i++) {
+                wq[(size_t)j * IC + i] = (int8_t)lrintf(w[(size_t)j * IC + i] / scale[j]);
+                wd[(size_t)j * IC + i] = (double)scale[j] * wq[(size_t)j * IC + i];
+            }
+        }
+        held = wq;
+    } else {
+        for (size_t k = 0; k < (size_t)OC * IC; k++) wd[k] = w[k];
+    }
+    double *ref = dnew((size_t)N * OC);
+    fill(r, out, (size_t)N * OC, 1.0f);     // EPI_RESIDUAL adds into what is there
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < OC; j++) {
+            double a = hb ? b[j] : 0.0;
+            for (int i = 0; i < IC; i++) a += (double)inp[(size_t)n * IC + i] * wd[(size_t)j * IC + i];
+            if (epi == EPI_GELU) a = ref_gelu(a);
+            if (epi == EPI_RESIDUAL) a += out[(size_t)n * OC + j];
+            ref[(size_t)n * OC + j] = a;
+        }
+    if (epi != EPI_RESIDUAL) poison(out, (size_t)N * OC);
+    kernels_set_threads(threads);
+    matmul_held_forward(out, inp, held, dt, dt == WDT_I8 ? scale : NULL, hb ? b : NULL, (size_t)N, IC, OC, epi, tmp);
+    static const char *dts[] = {"fp32", "bf16", "int8"}, *epis[] = {"", " +gelu", " +residual"};
+    char what[128];
+    snprintf(what, sizeof what, "held matmul %s N=%d IC=%d OC=%d%s%s, %d thr", dts[dt], N, IC, OC, hb ? " +bias" : "",
+             epis[epi], threads);
+    int fails = check(what, relerr(out, ref, (size_t)N * OC), TOL_FWD);
+    free(inp); free(w); free(b); free(out); free(tmp); free(scale); free(wd); free(wh); free(wq); free(ref);
+    return fails;
+}
+
+static int test_held(Rng *r)
+{
+    const int saved = kernels_get_threads();
+    int fails = 0;
+    for (int dt = 0; dt < 3; dt++) {
+        fails += held_case(r, 1, 64, 96, dt, EPI_NONE, 1, 2);
+        fails += held_case(r, 3, 37, 19, dt, EPI_GELU, 1, 2);     // odd sizes: scalar tails, an odd column
+        fails += held_case(r, 8, 72, 33, dt, EPI_RESIDUAL, 1, 1);
+        fails += held_case(r, 5, 40, 50, dt, EPI_NONE, 0, 3);
+        fails += held_case(r, 29, 45, 70, dt, EPI_GELU, 1, 2);   // the sgemm path
+        fails += held_case(r, 17, 64, 130, dt, EPI_RESIDUAL, 0, 2);
+    }
+    // the decode path's bits do not depend on the thread count
+    {
+        const int N = 4, IC = 100, OC = 77;
+        float *inp = fnew(N * IC), *w = fnew(OC * IC), *a = fnew(N * OC), *b = fnew(N * OC);
+        fill(r, inp, N * IC, 1.0f);
+        fill(r, w, OC * IC, 1.0f);
+        kernels_set_threads(1);
+        matmul_held_forward(a, inp, w, WDT_F32, NULL, NULL, N, IC, OC, EPI_NONE, NULL);
+        kernels_set_threads(3);
+        matmul_held_forward(b, inp, w, WDT_F32, NULL, NULL, N, IC, OC, EPI_NONE, NULL);
+        fails += check_true("held matmul N=4: 1 thread vs 3 threads bitwise identical", memcmp(a, b, sizeof(float) * N * OC) == 0);
+        free(inp); free(w); free(a); free(b);
+    }
+    kernels_set_threads(saved);
+    return fails;
+}
+
 // ---------------------------------------------------------------- main
 
 typedef struct {
@@ -924,6 +1115,7 @@ static const Test tests[] = {
     { "residual", test_residual },         { "attention", test_attention },
     { "crossentropy", test_crossentropy }, { "adamw", test_adamw },
     { "sumsq", test_sumsq },               { "determinism", test_determinism },
+    { "paged", test_paged },               { "held", test_held },
 };
 enum { NTESTS = sizeof tests / sizeof tests[0] };
 
