@@ -33,12 +33,15 @@ DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-ope
         clang libclang-rt-14-dev slurm-wlm munge
 
 .PHONY: all deps test bench clean demo asan portable fuzz fuzz-build FORCE
-all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(GPU_TARGETS)
+all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_sampler $(GPU_TARGETS)
 
 $(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
 
 $(BUILD)/test_kernels: $(BUILD)/tests/unit/test_kernels.o $(KOBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/test_sampler: $(BUILD)/tests/unit/test_sampler.o $(BUILD)/src/infer/sampler.o $(BUILD)/src/log.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test_comm: $(BUILD)/tests/unit/test_comm.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)

@@ -117,6 +117,53 @@ check("many.jsonl:11: bad request" in err and "temperature" in err, "a bad value
 check('request "long" refused' in err and "exceeds the model's 64 positions" in err, "an over-long prompt is refused")
 check("many.jsonl:13: bad request" in err and "max_tokenz" in err, "an unknown key is reported")
 
+# Scheduler: with a token budget below the running requests, rows go round-robin, so the last
+# request in the file starts while the first still runs (before: the first token_budget running
+# requests took every row until they finished), and the tokens are the same as with a large budget.
+with open(os.path.join(d, "rr.jsonl"), "w") as f:
+    for i in range(4):
+        f.write(json.dumps({"id": f"r{i}", "tokens": [84 + i], "max_tokens": 12}) + "\n")
+req_path = f"{d}/rr.jsonl"
+rr2, rr_times, _, _ = generate("rr2", 1, "generate.token_budget=2", "generate.max_batch=4")
+rr64, _, _, _ = generate("rr64", 1, "generate.token_budget=64", "generate.max_batch=4")
+arr, fst, fin = rr_times
+check(rr2 == rr64 and all(len(v) == 12 for v in rr2.values()), "token budget 2 with 4 running requests gives the tokens of budget 64")
+check(fst[3] < fin[0] and fst[2] < fin[1], "budget 2 < 4 running: the last request's first token comes before the first finishes",
+      f"r3 first token {fst[3]:.6f} s, r0 finish {fin[0]:.6f} s")
+
+# Stop strings on the streamed output: the text is the stop-free output cut at the first occurrence.
+req_path = req_path_main
+# (a sampled request: the tiny model's greedy outputs are all spaces; its draws depend on its seed
+# and its own tokens only, so the stopped run repeats the tokens up to the stop)
+gid = "s1"
+g_text = bytes(sf16[gid]).decode("latin-1")
+# a 2-byte stop whose first occurrence is as late as possible (at least past the first bytes)
+stop = max((g_text[i:i + 2] for i in range(len(g_text) - 1)), key=lambda x: g_text.index(x))
+check(g_text.index(stop) >= 2, "the sampled output has a 2-byte string first seen past its start", f"{gid}: {stop!r}")
+with open(os.path.join(d, "stop.jsonl"), "w") as f:
+    r = dict(next(r for r in reqs if r["id"] == gid))
+    r.update({"id": "st", "stop": ["never-ever", stop]})
+    f.write(json.dumps(r) + "\n")
+req_path = f"{d}/stop.jsonl"
+generate("stop", 1)
+with open(os.path.join(d, "stop/gen.jsonl")) as f:
+    st = json.loads(f.readline())
+want = g_text[:g_text.index(stop)]
+check(st["text"] == want and st["tokens"] == [int(t) for t in sf16[gid][:len(st["tokens"])]], "a stop string cuts the streamed output at its first occurrence",
+      f"{st['text']!r} vs {want!r}")
+
+# Idle tensor-parallel ranks: rank 0 waits for Poisson arrivals longer than [comm] timeout_s;
+# the other rank must not time out in the meantime.
+with open(os.path.join(d, "slow.jsonl"), "w") as f:
+    for i in range(3):
+        f.write(json.dumps({"id": f"w{i}", "prompt": prompts[i], "max_tokens": 3}) + "\n")
+req_path = f"{d}/slow.jsonl"
+slow, slow_times, _, p = generate("slow", 2, "generate.arrivals=poisson:0.5", "generate.arrival_seed=3", "comm.timeout_s=0.6")
+gaps = np.diff(np.concatenate([[0.0], slow_times[0]]))
+check(gaps.max() > 0.6, "the Poisson arrivals leave a gap longer than the timeout", f"longest gap {gaps.max():.2f} s")
+check(len(slow) == 3 and all(len(v) == 3 for v in slow.values()), "tp=2 ranks idle past [comm] timeout_s while waiting for arrivals complete")
+req_path = req_path_main
+
 # Rerunning into the same output skips the ids already done.
 req_path = req_path_main
 again, _, _, p = generate("sf16", 1, "generate.token_budget=16")

@@ -55,7 +55,8 @@ typedef struct Req {
     int32_t *table;             // (max_blocks) KV blocks reserved for it
     int nblocks;
     int fed;                    // tokens already in the cache
-    char *raw;                  // (max_tokens + 1) decoded bytes, rewritten per token
+    char *raw;                  // (max_tokens + 1) decoded bytes, appended per token
+    size_t nraw;
     char *text;                 // (3 max_tokens + 1) the output as clean UTF-8
     char note[200];
 } Req;
@@ -85,29 +86,37 @@ typedef struct Gen {
     double t0;
     int passes;
     double pass_tokens;
+    int next_decode;            // the request the next pass's decode rows start from (round-robin)
 } Gen;
 
 // ---------------------------------------------------------------------------
 // Text
 
-// Decodes r's output; if a stop string appears, cuts there and returns 1. The
-// bytes are matched raw (they may hold NULs); the text kept is valid UTF-8: a
-// byte that starts no valid sequence (the byte tokenizer can emit any byte), and
-// a NUL, becomes U+FFFD.
-static int decode_output(Gen *g, Req *r) {
-    char *raw = r->raw;
-    size_t n = tokenizer_decode(&g->tk, (const uint32_t *)r->out, (size_t)r->nout, raw);
-    int stopped = 0;
+// Appends the bytes of r's newest token to r->raw (streaming: each token is
+// decoded once). Returns 1 when a stop string appears, with r->nraw cut where
+// the earliest one starts. Only matches that end in the new bytes can be new,
+// so only the last (longest stop - 1) old bytes are searched again. The bytes
+// are matched raw (they may hold NULs).
+static int decode_step(Gen *g, Req *r) {
+    const size_t old = r->nraw;
+    const uint32_t t = (uint32_t)r->out[r->nout - 1];
+    r->nraw += tokenizer_decode(&g->tk, &t, 1, r->raw + old);
+    size_t cut = r->nraw + 1;
     for (int k = 0; k < r->nstop; k++) {
-        char *hit = memmem(raw, n, r->stops[k], strlen(r->stops[k]));
-        if (hit) {
-            n = (size_t)(hit - raw);
-            stopped = 1;
-        }
+        size_t len = strlen(r->stops[k]), from = old + 1 > len ? old + 1 - len : 0;
+        const char *hit = memmem(r->raw + from, r->nraw - from, r->stops[k], len);
+        if (hit && (size_t)(hit - r->raw) < cut) cut = (size_t)(hit - r->raw);
     }
-    raw[n] = 0;
-    utf8_clean(raw, n, r->text);
-    return stopped;
+    if (cut > r->nraw) return 0;
+    r->nraw = cut;
+    return 1;
+}
+
+// The output as clean UTF-8, once, when r finishes: a byte that starts no valid
+// sequence (the byte tokenizer can emit any byte), and a NUL, becomes U+FFFD.
+static void finish_text(Req *r) {
+    r->raw[r->nraw] = 0;
+    utf8_clean(r->raw, r->nraw, r->text);
 }
 
 // ---------------------------------------------------------------------------
@@ -507,6 +516,7 @@ static void write_mirror_line(Gen *g, const Req *r) {
 static void finish_request(Gen *g, Req *r, double now) {
     r->finish = now;
     r->state = R_DONE;
+    finish_text(r);
     for (int k = 0; k < r->nblocks; k++) g->free_blocks[g->nfree++] = r->table[k];
     r->nblocks = 0;
     write_mirror_line(g, r);
@@ -517,7 +527,7 @@ static void take_token(Gen *g, Req *r, int32_t tok, double now) {
     if (r->nout == 0) r->first = now;
     r->tok_time[r->nout] = now;
     r->out[r->nout++] = tok;
-    int stopped = decode_output(g, r);
+    int stopped = decode_step(g, r);
     if (stopped || r->nout >= r->max_tokens) finish_request(g, r, now);
 }
 
@@ -556,12 +566,35 @@ static void add_rows(Gen *g, Pass *p, int ri, int k) {
 
 // Composes the next pass. splitfuse: running decodes first, then prompt chunks
 // fill the token budget; static: the admitted batch's prompts, then its decodes.
+// When the running decodes alone fill the budget (or the sampled rows of a
+// pass) and leave no room for a waiting prompt, or exceed it, rows go round-robin over every running request from where the last
+// pass stopped, one decode row or one prompt chunk each: no request starves
+// behind the ones before it in the file.
 static void compose(Gen *g, Pass *p, int splitfuse) {
     int budget = g->e.Nmax;
     p->N = p->nsample = 0;
-    int prefilling = 0;
-    for (int i = 0; i < g->nreq; i++)
-        if (g->reqs[i].state == R_RUNNING && g->reqs[i].fed < g->reqs[i].plen) prefilling = 1;
+    int prefilling = 0, decoding = 0;
+    for (int i = 0; i < g->nreq; i++) {
+        const Req *r = &g->reqs[i];
+        if (r->state != R_RUNNING) continue;
+        if (r->fed < r->plen) prefilling = 1;
+        else decoding++;
+    }
+    const int full = decoding > budget || decoding > g->e.Smax ||
+                     (splitfuse && prefilling && (decoding >= budget || decoding >= g->e.Smax));
+    if ((splitfuse || !prefilling) && full) {
+        int last = -1;
+        for (int k = 0; k < g->nreq && p->N < budget && p->nsample < g->e.Smax; k++) {
+            int i = (g->next_decode + k) % g->nreq;
+            Req *r = &g->reqs[i];
+            if (r->state != R_RUNNING || (!splitfuse && r->fed < r->plen)) continue;
+            int left = r->plen - r->fed;
+            add_rows(g, p, i, left > 0 ? (left < budget - p->N ? left : budget - p->N) : 1);
+            last = i;
+        }
+        if (last >= 0) g->next_decode = (last + 1) % g->nreq;
+        return;
+    }
     if (splitfuse || !prefilling) {
         for (int i = 0; i < g->nreq && p->N < budget && p->nsample < g->e.Smax; i++) {
             Req *r = &g->reqs[i];
@@ -628,9 +661,13 @@ static void serve(Gen *g) {
             if (t < 0 && !any_running(g)) break;
             SYS_CHECK(t >= 0 || any_running(g), "scheduler stalled");
             if (t > now) {
-                double dt = t - now;
+                // The other tp ranks wait in a broadcast bounded by [comm] timeout_s: wake them
+                // with an empty pass at least every half timeout while no request has arrived.
+                double dt = t - now, tmo = g->cfg->comm.timeout_s;
+                if (g->comm.size > 1 && tmo > 0 && dt > tmo / 2) dt = tmo / 2;
                 struct timespec ts = {(time_t)dt, (long)((dt - floor(dt)) * 1e9)};
                 nanosleep(&ts, NULL);
+                if (g->comm.size > 1) broadcast_pass(g);   // N = 0: an idle pass
             }
             continue;
         }
@@ -653,7 +690,7 @@ static void follow(Gen *g) {
     for (;;) {
         broadcast_pass(g);
         if (g->msg[2]) return;
-        run_pass(g);
+        if (g->msg[0] > 0) run_pass(g);     // N = 0: rank 0 is waiting for arrivals
     }
 }
 

@@ -28,23 +28,41 @@ static int32_t argmax(const float *x, int n) {
     return best;
 }
 
-// Sorts idx[0..n) by p descending, ties by index: a bottom-up merge sort, since
-// C11's qsort cannot carry p to its comparator.
-static void sort_desc(int32_t *idx, int32_t *tmp, const float *p, int n) {
-    for (int w = 1; w < n; w *= 2) {
-        for (int lo = 0; lo < n; lo += 2 * w) {
-            int mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
-            int a = lo, b = mid, k = lo;
-            while (a < mid && b < hi) {
-                int ta = idx[a], tb = idx[b];
-                if (p[ta] > p[tb] || (p[ta] == p[tb] && ta < tb)) tmp[k++] = idx[a++];
-                else tmp[k++] = idx[b++];
-            }
-            while (a < mid) tmp[k++] = idx[a++];
-            while (b < hi) tmp[k++] = idx[b++];
-        }
-        for (int i = 0; i < n; i++) idx[i] = tmp[i];
+// Order of the candidates: higher probability first, ties by the lower index.
+static int before(const float *p, int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); }
+
+static void sift_down(int32_t *h, int n, int i, const float *p) {
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= n) return;
+        if (c + 1 < n && before(p, h[c + 1], h[c])) c++;
+        if (!before(p, h[c], h[i])) return;
+        int32_t t = h[i];
+        h[i] = h[c];
+        h[c] = t;
+        i = c;
     }
+}
+
+// The candidates top-k / top-p keep, best first, into out; returns their count.
+// A heap over the vocabulary (built in O(V)) is popped only as far as the cut:
+// O(V + kept log V) instead of sorting all V per token.
+static int nucleus(Sampler *s, const SamplerParams *p, int32_t *out) {
+    const int V = s->V;
+    int32_t *h = s->idx;
+    for (int i = 0; i < V; i++) h[i] = i;
+    for (int i = V / 2 - 1; i >= 0; i--) sift_down(h, V, i, s->probs);
+    int limit = p->top_k > 0 && p->top_k < V ? p->top_k : V, n = V, kept = 0;
+    double cum = 0.0;
+    while (kept < limit) {
+        int32_t best = h[0];
+        out[kept++] = best;
+        cum += s->probs[best];
+        if (p->top_p < 1.0 && cum >= p->top_p) break;
+        h[0] = h[--n];
+        sift_down(h, n, 0, s->probs);
+    }
+    return kept;
 }
 
 int32_t sampler_next(Sampler *s, const float *logits, const SamplerParams *p, int64_t n) {
@@ -57,28 +75,21 @@ int32_t sampler_next(Sampler *s, const float *logits, const SamplerParams *p, in
         z += s->probs[i];
     }
     for (int i = 0; i < V; i++) s->probs[i] = (float)(s->probs[i] / z);
+    const int32_t *cand = s->tmp;
     int keep = V;
     if (p->top_k > 0 || p->top_p < 1.0) {
-        for (int i = 0; i < V; i++) s->idx[i] = i;
-        sort_desc(s->idx, s->tmp, s->probs, V);
-        if (p->top_k > 0 && p->top_k < keep) keep = p->top_k;
-        if (p->top_p < 1.0) {
-            double cum = 0.0;
-            for (int k = 0; k < keep; k++) {
-                cum += s->probs[s->idx[k]];
-                if (cum >= p->top_p) { keep = k + 1; break; }
-            }
-        }
+        keep = nucleus(s, p, s->tmp);
     } else {
         for (int i = 0; i < V; i++) s->idx[i] = i;
+        cand = s->idx;
     }
     double mass = 0.0;
-    for (int k = 0; k < keep; k++) mass += s->probs[s->idx[k]];
+    for (int k = 0; k < keep; k++) mass += s->probs[cand[k]];
     Rng r = rng_stream(p->seed, RNG_SAMPLE, (uint64_t)n);
     double u = rng_uniform(&r) * mass, acc = 0.0;
     for (int k = 0; k < keep; k++) {
-        acc += s->probs[s->idx[k]];
-        if (u < acc) return s->idx[k];
+        acc += s->probs[cand[k]];
+        if (u < acc) return cand[k];
     }
-    return s->idx[keep - 1];
+    return cand[keep - 1];
 }
