@@ -41,6 +41,11 @@ $(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
 $(BUILD)/test_kernels: $(BUILD)/tests/unit/test_kernels.o $(KOBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# The memory bandwidth probe of the generation benchmark (bench/run.sh).
+$(BUILD)/stream_probe: bench/stream.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -march=$(ARCH) -std=c11 -fopenmp -Wall -Wextra -o $@ $<
+
 $(BUILD)/test_sampler: $(BUILD)/tests/unit/test_sampler.o $(BUILD)/src/infer/sampler.o $(BUILD)/src/log.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 

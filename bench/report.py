@@ -67,16 +67,28 @@ def gen_file(path):
 
 
 def gen(d):
-    rows = []
-    for case, label in (("decode1", "decode, batch 1"), ("decode8", "decode, batch 8")):
-        a, arr, fst, fin, oo, po = gen_file(os.path.join(d, case, "gen.h5"))
-        n = np.diff(oo)
-        # decode tokens/s: tokens after the first over the time from the first token to the last finish
-        rows.append((label, float((n - 1).sum() / (fin.max() - fst.min()))))
-    a, arr, fst, fin, oo, po = gen_file(os.path.join(d, "prefill", "gen.h5"))
-    rows.append(("prefill, 512-token prompt", float(np.diff(po)[0] / (fst[0] - arr[0]))))
-    for label, v in rows:
-        print(f"  {label:34s} {v:10.1f} tokens/s")
+    stream = open(os.path.join(d, "stream.txt")).read()
+    read_bw = float(re.search(r"read ([0-9.]+) GB/s", stream).group(1))
+    dtypes = [dt for dt in ("fp32", "bf16", "int8") if os.path.exists(os.path.join(d, f"decode1-{dt}", "gen.h5"))]
+    print(f"  {'tokens/s':34s} " + " ".join(f"{dt:>10s}" for dt in dtypes))
+    rows = {}
+    for dt in dtypes:
+        for case, label in (("decode1", "decode, batch 1"), ("decode8", "decode, batch 8")):
+            a, arr, fst, fin, oo, po = gen_file(os.path.join(d, f"{case}-{dt}", "gen.h5"))
+            n = np.diff(oo)
+            # decode tokens/s: tokens after the first over the time from the first token to the last finish
+            rows.setdefault(label, {})[dt] = float((n - 1).sum() / (fin.max() - fst.min()))
+        a, arr, fst, fin, oo, po = gen_file(os.path.join(d, f"prefill-{dt}", "gen.h5"))
+        rows.setdefault("prefill, 512-token prompt", {})[dt] = float(np.diff(po)[0] / (fst[0] - arr[0]))
+    for label, v in rows.items():
+        print(f"  {label:34s} " + " ".join(f"{v[dt]:10.1f}" for dt in dtypes))
+    print(f"  memory bandwidth (stream read, same run): {read_bw:.2f} GB/s  [{stream.strip()}]")
+    for dt in dtypes:
+        log = open(os.path.join(d, f"decode1-{dt}.log")).read()
+        held = int(re.search(r"held_bytes (\d+)", log).group(1))
+        bw = held * rows["decode, batch 1"][dt] / 1e9
+        print(f"  {dt}: {held / 2**20:.0f} MiB of matrices per token at batch 1 -> {bw:.2f} GB/s of weights, "
+              f"{100 * bw / read_bw:.0f}% of the measured read bandwidth")
     print(f"  {'Poisson load':34s} {'splitfuse':>10s} {'static':>10s}")
     res = {}
     for mode in ("splitfuse", "static"):

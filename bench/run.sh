@@ -8,7 +8,9 @@
 #  3. checkpoint write/read bandwidth of the 124M deck at np=1, 2, 4 against a
 #     plain sequential write of the same bytes to the same disk.
 #  4. generation with the 124M shape (random weights), 2 threads: decode tokens/s
-#     at batch 1 and 8, prefill tokens/s of a 512-token prompt, and p99
+#     at batch 1 and 8, prefill tokens/s of a 512-token prompt for fp32, bf16 and
+#     int8 weights (BENCH_DTYPES), the weight bytes/s of batch-1 decode against a
+#     STREAM-like probe of the memory bandwidth (bench/stream.c), and p99
 #     inter-token latency under Poisson arrivals, SplitFuse against static.
 #  5. sequence parallelism (Ulysses): all-to-all bytes and step time at (T, sp) =
 #     (2K, 1), (4K, 2), (8K, 4), peak RSS per rank at (16K, 4) vs (4K, 1) with
@@ -75,10 +77,15 @@ if [ "$ONLY" = all ] || [ "$ONLY" = gen ]; then
     --set train.seq_len=64 --set train.micro_batch=1 --set train.eval_batches=1 --set checkpoint.resume=none > $g/w.log
   $PYTHON bench/gen_requests.py $g
   GEN="--set generate.weights=$g/w/init.h5 --set run.threads=$THREADS --set generate.kv_blocks=1024 --set generate.kv_block=16"
-  for case in decode1 decode8 prefill; do
-    rm -rf $g/$case
-    $MPIEXEC -np 1 build/partita generate $DECK $GEN --set generate.requests=$g/$case.jsonl \
-      --set run.out_dir=$g/$case --set generate.token_budget=512 > $g/$case.log
+  make -s build/stream_probe
+  OMP_NUM_THREADS=$THREADS build/stream_probe 512 > $g/stream.txt
+  cat $g/stream.txt
+  for dt in ${BENCH_DTYPES:-fp32 bf16 int8}; do
+    for case in decode1 decode8 prefill; do
+      rm -rf $g/$case-$dt
+      $MPIEXEC -np 1 build/partita generate $DECK $GEN --set generate.requests=$g/$case.jsonl \
+        --set run.out_dir=$g/$case-$dt --set generate.token_budget=512 --set generate.weights_dtype=$dt > $g/$case-$dt.log
+    done
   done
   for mode in splitfuse static; do
     rm -rf $g/poisson-$mode

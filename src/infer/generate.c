@@ -918,6 +918,11 @@ int generate_run(const Deck *d) {
                  c->generate.naive ? "naive" : c->generate.mode == GEN_STATIC ? "static" : "splitfuse", Nmax,
                  (long long)c->generate.kv_blocks, bs,
                  (double)engine_kv_bytes_per_block(&g.m, g.comm.size, bs) * (double)c->generate.kv_blocks / 1048576.0);
+        if (!c->generate.naive) {
+            static const char *dtypes[] = {"fp32", "bf16", "int8"};
+            log_info("generate: matrices held as %s: %.1f MiB per rank streamed by each decode pass (held_bytes %zu)\n",
+                     dtypes[c->generate.weights_dtype], (double)g.e.held_bytes / 1048576.0, g.e.held_bytes);
+        }
         read_mirror(&g, mirror);
         read_requests(&g);
         set_arrivals(&g);
