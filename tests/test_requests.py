@@ -221,4 +221,27 @@ per = max(1, cores // 2)
 check(f", {per} threads per rank" in p.stdout, f"tp = 2 on {cores} cores: {per} threads per rank by default",
       f"{time.time() - t0:.1f} s")
 check(not sanitizer, "no AddressSanitizer or UBSan report in any run", ", ".join(sanitizer))
+# A text prompt is checked against the model's vocabulary: a model of 100 tokens cannot take the
+# byte 'z' (122); the request is refused naming the token, the rest run.
+import numpy as np
+small_tok = os.path.join(d, "small-vocab.h5")
+with h5py.File(small_tok, "w") as f:
+    t = f.create_dataset("tokens", data=(np.arange(20000) * 7 % 100).astype(np.uint16))
+    t.attrs["vocab_size"] = np.int64(100)
+    t.attrs["eot"] = np.int64(99)
+    t.attrs["tokenizer"] = "byte"
+small_sets = ["--set", "model.vocab=100", "--set", f"data.train={small_tok}"]
+run(["train", os.path.join(ROOT, "inputs/gpt-tiny.deck"), "--set", f"run.out_dir={d}/small", "--set", "train.steps=1",
+     "--set", "optimizer.warmup=0"] + small_sets, np=1)
+with open(os.path.join(d, "vocab.jsonl"), "w") as f:
+    f.write(json.dumps({"id": "low", "prompt": "ABC", "max_tokens": 2}) + "\n")
+    f.write(json.dumps({"id": "high", "prompt": "ABz", "max_tokens": 2}) + "\n")
+p = run(["generate", deck, "--set", f"run.out_dir={d}/vocab", "--set", f"generate.weights={d}/small/final.h5",
+         "--set", f"generate.requests={d}/vocab.jsonl", "--set", "model.vocab=100"], np=1, check_rc=False)
+ids, _ = read_h5(os.path.join(d, "vocab/gen.h5")) if p.returncode == 0 else ([], [])
+check(p.returncode == 0 and "vocab.jsonl:2: bad request" in p.stderr and "token 122 at index 2" in p.stderr and
+      "vocabulary of 100" in p.stderr and ids == ["low"],
+      "a text prompt with a byte outside a 100-token vocabulary is refused naming it; the others run",
+      (p.stderr.strip().splitlines() or [""])[-1])
+
 finish()
