@@ -11,7 +11,12 @@
 // Many rows (prefill): fp32 goes to the tiled sgemm of matmul.c; bf16 and
 // int8 convert a block of rows of W to fp32 in a per-task buffer and run one
 // single-threaded sgemm on it, on a grid of tasks fixed by the shape.
+// Products here may be fused multiply-adds (ISO C mode leaves contraction off):
+// inference, tested against float64, not against the training kernels' bits.
+#pragma GCC optimize("fp-contract=fast")
+
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,16 +27,35 @@
 #define MH_SMALL_M 8        // rows at most for the streaming dot-product path
 #define MH_BLOCK_ROWS 64    // rows of W converted per task on the prefill path
 
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-typedef uint16_t vh __attribute__((vector_size(16)));
-typedef int8_t vb __attribute__((vector_size(8)));
-typedef uint32_t vu __attribute__((vector_size(32)));
-#define VL 8
+#ifdef __AVX512F__
+#define VL 16                       // floats per vector: one zmm register
+#else
+#define VL 8                        // one ymm register
+#endif
+typedef float vf __attribute__((vector_size(4 * VL)));
+typedef int32_t vi __attribute__((vector_size(4 * VL)));
+typedef uint32_t vu __attribute__((vector_size(4 * VL)));
+typedef uint16_t vh __attribute__((vector_size(2 * VL)));
+typedef int8_t vb __attribute__((vector_size(VL)));
 
 static inline vf load_f(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+// VL weights from element i as floats. The widening loads use intrinsics where
+// there are some: GCC turns a generic int8 -> int32 conversion into scalar code.
 static inline vf load_w(const void *w, int dt, size_t i) {
     if (dt == WDT_F32) return load_f((const float *)w + i);
+#if defined(__AVX512F__)
+    if (dt == WDT_BF16) {
+        __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
+        return (vf)_mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+    }
+    return (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)w + i))));
+#elif defined(__AVX2__)
+    if (dt == WDT_BF16) {
+        __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+        return (vf)_mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+    }
+    return (vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)w + i))));
+#else
     if (dt == WDT_BF16) {
         vh h;
         memcpy(&h, (const uint16_t *)w + i, sizeof h);
@@ -41,18 +65,22 @@ static inline vf load_w(const void *w, int dt, size_t i) {
     vb b;
     memcpy(&b, (const int8_t *)w + i, sizeof b);
     return __builtin_convertvector(__builtin_convertvector(b, vi), vf);
+#endif
 }
 static inline float scalar_w(const void *w, int dt, size_t i) {
     if (dt == WDT_F32) return ((const float *)w)[i];
     if (dt == WDT_BF16) return bits2f((int32_t)((uint32_t)((const uint16_t *)w)[i] << 16));
     return (float)((const int8_t *)w)[i];
 }
+// The lanes added in a fixed tree.
 static inline float hsum(vf v) {
-    float a = (v[0] + v[4]) + (v[1] + v[5]), b = (v[2] + v[6]) + (v[3] + v[7]);
-    return a + b;
+    float t[VL];
+    memcpy(t, &v, sizeof t);
+    for (int w = VL / 2; w > 0; w /= 2)
+        for (int k = 0; k < w; k++) t[k] += t[k + w];
+    return t[0];
 }
 
-// gelu_forward's formula (gelu.c), so fused and unfused give the same bits.
 static inline float gelu1(float x) {
     float z = -2.0f * 0.7978845608028654f * fmaf(0.044715f * x, x * x, x);
     z = z > 80.0f ? 80.0f : z;
@@ -110,26 +138,31 @@ static inline __attribute__((always_inline)) void dots(float *out, const float *
     }
 }
 
-// One instance per row count, so the accumulators live in registers.
-#define DOTS_N(NR) \
-    static void dots_##NR(float *out, const float *inp, const void *w, int dt, const float *scale, \
-                          const float *bias, int IC, int OC, int j0, int j1, int epi) { \
-        dots(out, inp, w, dt, scale, bias, NR, IC, OC, j0, j1, epi); \
+// One instance per (row count, weight dtype), so the accumulators live in
+// registers and the dtype is not tested inside the loop.
+#define DOTS_N(NR, DT) \
+    static void dots_##NR##_##DT(float *out, const float *inp, const void *w, const float *scale, \
+                                 const float *bias, int IC, int OC, int j0, int j1, int epi) { \
+        dots(out, inp, w, DT, scale, bias, NR, IC, OC, j0, j1, epi); \
     }
-DOTS_N(1) DOTS_N(2) DOTS_N(3) DOTS_N(4) DOTS_N(5) DOTS_N(6) DOTS_N(7) DOTS_N(8)
-typedef void (*DotsFn)(float *, const float *, const void *, int, const float *, const float *, int, int, int, int, int);
-static const DotsFn dots_of[MH_SMALL_M + 1] = {NULL, dots_1, dots_2, dots_3, dots_4, dots_5, dots_6, dots_7, dots_8};
+#define DOTS_DT(DT) DOTS_N(1, DT) DOTS_N(2, DT) DOTS_N(3, DT) DOTS_N(4, DT) \
+                    DOTS_N(5, DT) DOTS_N(6, DT) DOTS_N(7, DT) DOTS_N(8, DT)
+DOTS_DT(0) DOTS_DT(1) DOTS_DT(2)
+typedef void (*DotsFn)(float *, const float *, const void *, const float *, const float *, int, int, int, int, int);
+#define DOTS_ROW(DT) {NULL, dots_1_##DT, dots_2_##DT, dots_3_##DT, dots_4_##DT, dots_5_##DT, dots_6_##DT, \
+                      dots_7_##DT, dots_8_##DT}
+static const DotsFn dots_of[3][MH_SMALL_M + 1] = {DOTS_ROW(0), DOTS_ROW(1), DOTS_ROW(2)};
 
 static void small_m(float *out, const float *inp, const void *w, int dt, const float *scale, const float *bias,
                     int N, int IC, int OC, int epi) {
-    DotsFn f = dots_of[N];
+    DotsFn f = dots_of[dt][N];
     #pragma omp parallel
     {
         // Contiguous even-sized ranges of output columns, one per thread.
         int nt = omp_get_num_threads(), t = omp_get_thread_num();
         int per = ((OC + nt - 1) / nt + 1) & ~1;
         int j0 = t * per < OC ? t * per : OC, j1 = j0 + per < OC ? j0 + per : OC;
-        if (j0 < j1) f(out, inp, w, dt, scale, bias, IC, OC, j0, j1, epi);
+        if (j0 < j1) f(out, inp, w, scale, bias, IC, OC, j0, j1, epi);
     }
 }
 
