@@ -71,6 +71,8 @@ static const Backend cuda_table = {
     .attention_forward = cuda_attention_forward, .attention_backward = cuda_attention_backward,
     .crossentropy_forward = cuda_crossentropy_forward, .crossentropy_backward = cuda_crossentropy_backward,
     .adamw_update = cuda_adamw_update, .scale_inplace = cuda_scale_inplace, .sumsq = cuda_sumsq,
+    .embed_rows = cuda_embed_rows, .kv_store = cuda_kv_store, .paged_attention_forward = cuda_paged_attention_forward,
+    .matmul_held_forward = cuda_matmul_held_forward,
 };
 #endif
 

@@ -40,8 +40,8 @@ int device_select(const Deck *d, int cuda_ok, DeviceInfo *info, char *err, size_
         return -1;
     }
     if (want == BACKEND_CUDA && !cuda_ok) {
-        snprintf(err, n, "error: %s: [run] backend = cuda: generation runs on the cpu backend only "
-                 "(the cuda path covers training)\n  hint: use backend = auto or cpu", where);
+        snprintf(err, n, "error: %s: [run] backend = cuda: generation runs on cuda with one rank (tp = 1) and "
+                 "without [generate] naive\n  hint: use backend = auto or cpu, or launch one rank", where);
         return -1;
     }
     if (want == BACKEND_CUDA || (want == BACKEND_AUTO && cuda_ok && info->cuda_devices > 0))

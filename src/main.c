@@ -168,7 +168,7 @@ static int check_generate(const Deck *d, int rank, int size) {
     char where[600], msg[4096] = "";
     const GenerateConfig *g = &d->cfg.generate;
     DeviceInfo dev;
-    if (device_select(d, 0, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
+    if (device_select(d, !g->naive && size == 1, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
     if (msg[0]) {
     } else if (!g->weights[0] || access(g->weights, R_OK) != 0) {
         snprintf(msg, sizeof msg, "error: %s: [generate] weights = \"%s\": no such readable file\n"

@@ -25,7 +25,7 @@
 #include "kernels.h"
 
 #define MH_SMALL_M 8        // rows at most for the streaming dot-product path
-#define MH_BLOCK_ROWS 64    // rows of W converted per task on the prefill path
+#define MH_BLOCK_ROWS 128   // rows of W converted per task on the prefill path
 
 #ifdef __AVX512F__
 #define VL 16                       // floats per vector: one zmm register
@@ -168,10 +168,16 @@ static void small_m(float *out, const float *inp, const void *w, int dt, const f
 
 // Rows [r0, r0 + nr) of W as fp32, scaled, into buf (nr, IC).
 static void convert_rows(float *buf, const void *w, int dt, const float *scale, int r0, int nr, int IC) {
+    const int ICv = IC / VL * VL;
     for (int r = 0; r < nr; r++) {
-        size_t base = (size_t)(r0 + r) * IC;
-        float s = scale ? scale[r0 + r] : 1.0f;
-        for (int i = 0; i < IC; i++) buf[(size_t)r * IC + i] = scalar_w(w, dt, base + i) * s;
+        const size_t base = (size_t)(r0 + r) * IC;
+        const float s = scale ? scale[r0 + r] : 1.0f;
+        float *d = buf + (size_t)r * IC;
+        for (int i = 0; i < ICv; i += VL) {
+            vf v = load_w(w, dt, base + i) * s;
+            memcpy(d + i, &v, sizeof v);
+        }
+        for (int i = ICv; i < IC; i++) d[i] = scalar_w(w, dt, base + i) * s;
     }
 }
 

@@ -72,6 +72,8 @@ enum ScratchSlot {
     SCRATCH_SORT,       // encoder backward: sorted tokens and cub temp storage
     SCRATCH_ATTN,       // attention backward: D = rowsum(dout * out)
     SCRATCH_SUMSQ,      // sumsq partials
+    SCRATCH_HELD,       // inference: a bf16/int8 weight converted to fp32 for a prefill GEMM
+    SCRATCH_HELD_OUT,   // inference: a prefill GEMM's output before its epilogue
     SCRATCH_NSLOTS
 };
 void *cuda_scratch(ScratchSlot slot, size_t bytes);

@@ -111,6 +111,16 @@ void cuda_paged_attention_forward(float *out, const float *q, int q_stride, cons
                                   size_t block_stride, size_t v_offset, const int32_t *tables,
                                   int max_blocks, const int32_t *pos, int N, int C, int NH, int bs);
 
+// Inference (kernels.h: embed_rows, kv_store, matmul_held_forward).
+void cuda_embed_rows(float *out, const int32_t *tok, const int32_t *pos, const float *wte, const float *wpe,
+                     int N, int C);
+void cuda_kv_store(float *kv, size_t block_stride, size_t v_offset, const float *qkv, const int32_t *tables,
+                   int max_blocks, const int32_t *pos, int N, int C, int bs);
+// weight: (OC, IC) fp32, bf16 or int8 (scale per row), device memory; tmp may be
+// NULL (the backend's own scratch is used).
+void cuda_matmul_held_forward(float *out, const float *inp, const void *weight, int wdtype, const float *scale,
+                              const float *bias, size_t N, int IC, int OC, int epilogue, float *tmp);
+
 void cuda_crossentropy_forward(float *losses, float *lse, const float *logits,
                                const int32_t *targets, size_t N, int V, int Vp);
 void cuda_crossentropy_backward(float *dlogits, const float *logits, const float *lse,

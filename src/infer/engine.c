@@ -137,6 +137,17 @@ void engine_create(Engine *e, const Model *g, const float *full, const ModelConf
     e->kv.kv = bk->alloc((size_t)nblocks * e->kv.block_stride * sizeof(float), "KV cache");
 }
 
+size_t engine_arena_bytes(const Model *g, int tp, int nblocks, int bs, int Nmax, int Smax, int max_blocks) {
+    const GPTShape *s = &g->s;
+    const size_t C = (size_t)s->C, H = (size_t)s->H, N = (size_t)Nmax, S = (size_t)Smax;
+    const size_t wide = H > 3 * C ? H : 3 * C;
+    size_t held = 4 * (g->nparams + (size_t)s->Vp * C) + 512 * (size_t)g->ntensors;   // + per-allocation alignment
+    size_t kv = (size_t)nblocks * engine_kv_bytes_per_block(g, tp, bs);
+    size_t acts = 4 * (N * (8 * C + wide + H + 4) + S * (C + (size_t)s->Vp + 8)) + 64 * 64;
+    size_t ints = 4 * (N * (3 + (size_t)max_blocks) + S);
+    return held + kv + acts + ints + ((size_t)16 << 20);
+}
+
 void engine_free(Engine *e) {
     for (int t = 0; t < e->m.ntensors; t++) {
         if (e->mats[t]) e->bk->release(e->mats[t]);

@@ -35,6 +35,11 @@ void engine_create(Engine *e, const Model *g, const float *full, const ModelConf
 void engine_free(Engine *e);
 size_t engine_kv_bytes_per_block(const Model *m, int tp, int bs);
 
+// Device memory an engine needs at most (held matrices, the rest of the
+// parameters, the KV cache, a pass's activations and tables): the arena of a
+// cuda run.
+size_t engine_arena_bytes(const Model *g, int tp, int nblocks, int bs, int Nmax, int Smax, int max_blocks);
+
 // One pass (every tp rank, the same pass); logits (nsample, Vp) on tp rank 0
 // (NULL elsewhere).
 void engine_forward(Engine *e, const RaggedBatch *b, float *logits);

@@ -2,6 +2,7 @@
 #include "eval.h"
 #include "comm.h"
 #include "data.h"
+#include "device.h"
 #include "engine.h"
 #include "kernels.h"
 #include "log.h"
@@ -96,7 +97,9 @@ int eval_run(const Deck *d, const char *logits_path) {
     MPI_Comm node;
     int on_node = 1;
     MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    int local_rank = 0;
     MPI_CHECK(MPI_Comm_size(node, &on_node));
+    MPI_CHECK(MPI_Comm_rank(node, &local_rank));
     MPI_CHECK(MPI_Comm_free(&node));
     int threads = threads_per_rank(c->run.threads, on_node);
     kernels_set_threads(threads);
@@ -115,8 +118,13 @@ int eval_run(const Deck *d, const char *logits_path) {
     weights_read(&ev.g, c->generate.weights, ev.full);
     const int bs = (int)c->generate.kv_block;
     ev.max_blocks = (T + bs - 1) / bs;
-    if (!ev.naive) {
-        engine_create(&ev.e, &ev.g, ev.full, &c->model, backend_cpu(), NULL, c->generate.weights_dtype, ev.max_blocks,
+    DeviceInfo dev;
+    memset(&dev, 0, sizeof dev);
+    if (!ev.naive) {     // the inference forward on the run's backend (naive: the cpu reference)
+        char err[2048];
+        if (device_select(d, 1, &dev, err, sizeof err) != 0) FATAL_ALL(NULL, "%s", err);
+        const Backend *bk = device_start(&dev, local_rank, engine_arena_bytes(&ev.g, 1, ev.max_blocks, bs, T, T, ev.max_blocks));
+        engine_create(&ev.e, &ev.g, ev.full, &c->model, bk, NULL, c->generate.weights_dtype, ev.max_blocks,
                       bs, T, T, ev.max_blocks);
         free(ev.full);
         ev.full = NULL;
@@ -141,14 +149,15 @@ int eval_run(const Deck *d, const char *logits_path) {
     }
     comm_allreduce_sum_f64(&ev.comm, acc, 2, "eval loss");
     double loss = acc[1] > 0 ? acc[0] / acc[1] : NAN;
-    log_info("eval: %s on %s tokens [%llu, %llu): %llu rows of %d tokens over %d ranks, forward %s, weights %s\n",
+    log_info("eval: %s on %s tokens [%llu, %llu): %llu rows of %d tokens over %d ranks, forward %s, weights %s, backend %s\n",
              c->generate.weights, ev.file.path, (unsigned long long)tb, (unsigned long long)te,
              (unsigned long long)ev.ld.rows, T, ev.comm.size, ev.naive ? "training (naive)" : "inference",
-             ev.naive ? "fp32" : dtypes[c->generate.weights_dtype]);
+             ev.naive ? "fp32" : dtypes[c->generate.weights_dtype], ev.naive ? "cpu" : ev.e.bk->name);
     log_info("eval: loss %.6f perplexity %.4f (%.0f tokens, %.2f s)\n", loss, exp(loss), acc[1], wall_seconds() - t0);
     if (ev.naive) model_free(&ev.g);
     else {
         engine_free(&ev.e);
+        device_stop(&dev);
         model_free(&ev.g);
     }
     free(ev.full);

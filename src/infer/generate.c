@@ -6,6 +6,7 @@
 // which hold their slices of the weights and of the cache.
 #include "generate.h"
 #include "comm.h"
+#include "device.h"
 #include "engine.h"
 #include "h5io.h"
 #include "kernels.h"
@@ -878,7 +879,9 @@ int generate_run(const Deck *d) {
     MPI_Comm node;
     int on_node = 1;
     MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    int local_rank = 0;
     MPI_CHECK(MPI_Comm_size(node, &on_node));
+    MPI_CHECK(MPI_Comm_rank(node, &local_rank));
     MPI_CHECK(MPI_Comm_free(&node));
     int threads = threads_per_rank(c->run.threads, on_node);
     kernels_set_threads(threads);
@@ -897,8 +900,15 @@ int generate_run(const Deck *d) {
     g.max_blocks = (g.m.s.maxT + bs - 1) / bs;
     int Nmax = (int)c->generate.token_budget;
     int Smax = c->generate.max_batch < Nmax ? (int)c->generate.max_batch : Nmax;   // a pass samples at most its rows
+    DeviceInfo dev;
+    memset(&dev, 0, sizeof dev);
     if (!c->generate.naive) {
-        engine_create(&g.e, &g.m, g.full, &c->model, backend_cpu(), &g.comm, c->generate.weights_dtype,
+        // The cuda backend where the deck asks for it (or auto finds a device) at tp = 1; naive stays on cpu.
+        char err[2048];
+        if (device_select(d, g.comm.size == 1, &dev, err, sizeof err) != 0) FATAL_ALL(NULL, "%s", err);
+        const Backend *bk = device_start(&dev, local_rank, engine_arena_bytes(&g.m, g.comm.size, (int)c->generate.kv_blocks,
+                                                                               bs, Nmax, Smax, g.max_blocks));
+        engine_create(&g.e, &g.m, g.full, &c->model, bk, &g.comm, c->generate.weights_dtype,
                       (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
         g.msg_len = 3 + (size_t)Nmax * (2 + (size_t)g.max_blocks) + (size_t)Smax;
         g.msg = xcalloc(g.msg_len * sizeof(int32_t), "pass message");
@@ -913,6 +923,7 @@ int generate_run(const Deck *d) {
         make_dirs(c->run.out_dir, "set [run] out_dir to a directory you can write");
         make_parent_dirs(out, "set [generate] out to a path you can write");
         make_parent_dirs(mirror, "set [generate] jsonl to a path you can write");
+        log_info("generate: %s backend\n", g.e.bk ? g.e.bk->name : "cpu");
         log_info("generate: %s, %zu parameters, tp = %d, %d threads per rank, mode %s, token budget %d, KV cache %lld blocks of %d tokens (%.1f MiB per rank)\n",
                  c->generate.weights, g.m.nparams, g.comm.size, threads,
                  c->generate.naive ? "naive" : c->generate.mode == GEN_STATIC ? "static" : "splitfuse", Nmax,
@@ -954,6 +965,7 @@ int generate_run(const Deck *d) {
     free(g.free_blocks);
     if (!c->generate.naive) {
         engine_free(&g.e);
+        device_stop(&dev);
         free(g.msg);
         free(g.sample_req);
         free(g.logits);

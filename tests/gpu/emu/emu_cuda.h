@@ -947,6 +947,15 @@ struct Launch {
 inline void *dyn_smem() { return cur->smem.empty() ? nullptr : cur->smem.data(); }
 }   // namespace emu
 
+// ---------------------------------------------------------------- bit casts
+
+inline float __uint_as_float(unsigned int u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 // ---------------------------------------------------------------- bf16
 
 struct __nv_bfloat16 {
