@@ -14,6 +14,8 @@
 #    machine lacks; the carried build/partita, else one rebuilt here; then
 #    tiny deck cpu vs cuda fp32 and bf16 loss curves, ZeRO 0-3 at np=2 on the
 #    one GPU (staged) and np=1 over NCCL vs np=1, 124M bf16 tokens/s and MFU;
+#    generation on cuda: tiny greedy/sampled tokens equal to cpu's (fp32 and int8
+#    weights), 124M bf16-weight decode tokens/s at batch 1, 8, 64 and prefill;
 # 5. a summary table, one row per check. Logs: build/gpu_check/ (and $OUT/
 #    when $OUT is set: summary.txt, gpu_check_logs.tar.gz, two main logs).
 # docs/gpu.md says how to run it, what each row means and the CHECK_* knobs.
@@ -195,6 +197,7 @@ if [ "$DRY" = 1 ]; then BK=cpu; BF=fp32; else BK=cuda; BF=bf16; fi
 rm -rf "$LOG/runs" "$LOG"/train-*.log "$LOG/binary.log" "$LOG/rebuild.log" "$LOG/mpi-smoke.log" "$LOG/prep.log"
 mkdir -p "$LOG/runs"
 envrow="not set up"; binrow="not run"; fp32row="not run"; bf16row="not run"; ncclrow="not run"; perfrow="not run"
+gentokrow="not run"; genperfrow="not run"
 zrow=("not run" "not run" "not run" "not run")
 note_fail() { if [ $rc = 0 ]; then rc=$1; fi; }
 
@@ -522,9 +525,48 @@ compare() {
   judge "$LOG/runs/$1.curve" "$LOG/runs/$2.curve" "$3" "$TINY_STEPS" || note_fail 1
 }
 
+# grun NAME CAP KEEP ARGS...: `partita generate ARGS` on one rank, out_dir $LOG/runs/NAME; sets grc
+grun() {
+  local name=$1 cap=$2 keep=$3 t s lg=$LOG/gen-$1.log
+  shift 3
+  t=$(( $(left) - keep )); [ $t -gt "$cap" ] && t=$cap
+  rm -rf "$LOG/runs/$name"
+  if [ $t -lt 20 ]; then echo "not run: out of time" > "$lg"; grc=125; say "  $name: not run, out of time"; return; fi
+  echo "+ timeout $t $P generate $*" > "$lg"
+  s=$SECONDS
+  timeout -k 10 "$t" "$P" generate "$@" --set run.out_dir="$LOG/runs/$name" >> "$lg" 2>&1; grc=$?
+  echo "+ exit $grc after $((SECONDS - s)) s" >> "$lg"
+  say "  $name: exit $grc, $((SECONDS - s)) s ($(grep -m1 '^generate: .* backend' "$lg"))"
+}
+# gen_requests DIR TEXTFILE: decode1 (1 x 16-token prompt, 64 new), decode8, decode64, prefill (512-token prompt, 1 new)
+gen_requests() {
+  python3 - "$1" "$2" <<'PY'
+import json, os, sys
+d, src = sys.argv[1:3]
+text = open(src, "rb").read().decode("latin-1") * 4
+def write(name, reqs):
+    with open(os.path.join(d, name), "w") as f:
+        for r in reqs: f.write(json.dumps(r) + "\n")
+for n in (1, 8, 64):
+    write(f"decode{n}.jsonl", [{"id": f"d{i}", "prompt": text[37 * i:37 * i + 16], "max_tokens": 64} for i in range(n)])
+write("prefill.jsonl", [{"id": "p0", "prompt": text[:512], "max_tokens": 1}])
+PY
+}
+# gen_rate CASE: tokens/s of run gen-CASE from its gen.jsonl (decode: tokens after the first over first token -> last finish)
+gen_rate() {
+  python3 - "$LOG/runs/gen-$1/gen.jsonl" "$1" <<'PY'
+import json, sys
+rs = [json.loads(l) for l in open(sys.argv[1])]
+if sys.argv[2] == "prefill":
+    r = rs[0]; print(f"{len(r['prompt_tokens']) / (r['first_token'] - r['arrival']):.0f}")
+else:
+    print(f"{sum(len(r['tokens']) - 1 for r in rs) / (max(r['finish'] for r in rs) - min(r['first_token'] for r in rs)):.0f}")
+PY
+}
+
 if [ -z "$P" ]; then
   r="not run: no runnable partita (see the partita row)"
-  fp32row=$r; bf16row=$r; ncclrow=$r; perfrow=$r; zrow=("$r" "$r" "$r" "$r")
+  fp32row=$r; bf16row=$r; ncclrow=$r; perfrow=$r; zrow=("$r" "$r" "$r" "$r"); gentokrow=$r; genperfrow=$r
   note_fail 2
 else
   CORPUS=$LOG/corpus.h5
@@ -554,7 +596,7 @@ else
     [ $cpu_ok = 1 ] || note_fail 1
     if [ $gpu_ok = 0 ] || [ -z "$P" ]; then
       if [ -z "$P" ]; then r="not run: no runnable partita (see the partita row)"; else r="not run: $gpu_why"; fi
-      fp32row="$r; $cpunote"; bf16row=$r; ncclrow=$r; perfrow=$r; zrow=("$r" "$r" "$r" "$r")
+      fp32row="$r; $cpunote"; bf16row=$r; ncclrow=$r; perfrow=$r; zrow=("$r" "$r" "$r" "$r"); gentokrow=$r; genperfrow=$r
     else
       # np=1 reference on the staged path, so that the nccl row below is NCCL's own
       trun tiny-cuda-fp32 60 150 1 "${TINY[@]}" "${CUDA32[@]}" --set comm.device_path=staged
@@ -601,6 +643,43 @@ else
         fi
         [ "$n" -gt 0 ] || { perfrow="FAILED: no step lines after step $PERF_SKIP (log: $lg)"; note_fail 1; }
       fi
+      # generation through the same forward: tiny greedy + sampled tokens on cuda == cpu (fp32 and int8
+      # weights); 124M decode at batch 1, 8, 64 and a 512-token prefill with bf16 weights
+      trun gen-tiny 60 100 1 "${TINY[@]}" "${CPU[@]}" --set train.save_weights=true
+      gw=$LOG/runs/gen-tiny/final.h5
+      if [ $trc != 0 ] || [ ! -f "$gw" ]; then gentokrow=$(run_fail gen-tiny $trc); note_fail 1
+      else
+        python3 -c 'import json,sys
+for i, p in enumerate(["The cuda backend", "Partita trains", "a", "The input deck"]): print(json.dumps({"id": f"g{i}", "prompt": p, "max_tokens": 24}))
+print(json.dumps({"id": "s0", "prompt": "ZeRO", "max_tokens": 24, "temperature": 0.9, "top_k": 40, "seed": 3}))' > "$LOG/gen-tiny.jsonl"
+        gentokrow=""
+        for wd in fp32 int8; do
+          G=(inputs/generate-tiny.deck --set generate.weights="$gw" --set generate.requests="$LOG/gen-tiny.jsonl"
+             --set generate.weights_dtype=$wd --set generate.token_budget=8)
+          grun tok-cpu-$wd 60 80 "${G[@]}" --set run.backend=cpu --set run.threads=1; c=$grc
+          grun tok-cuda-$wd 60 80 "${G[@]}" --set run.backend="$BK"; g=$grc
+          if [ $c != 0 ] || [ $g != 0 ]; then gentokrow="$gentokrow $wd: FAILED (exit cpu $c, cuda $g; logs $LOG/gen-tok-*.log);"; note_fail 1
+          elif cmp -s <(python3 -c 'import json,sys; print(sorted((r["id"], r["tokens"]) for r in map(json.loads, open(sys.argv[1]))))' "$LOG/runs/tok-cpu-$wd/gen.jsonl") \
+                      <(python3 -c 'import json,sys; print(sorted((r["id"], r["tokens"]) for r in map(json.loads, open(sys.argv[1]))))' "$LOG/runs/tok-cuda-$wd/gen.jsonl"); then
+            gentokrow="$gentokrow $wd: ok, 5 of 5 requests equal;"
+          else gentokrow="$gentokrow $wd: FAILED, tokens differ (see $LOG/runs/tok-*-$wd/gen.jsonl);"; note_fail 1; fi
+        done
+      fi
+      trun gen-w124 120 60 1 inputs/gpt2-124m.deck --set data.train="$CORPUS" --set run.backend="$BK" --set train.steps=1 \
+        --set train.seq_len=64 --set train.micro_batch=1 --set train.batch=1 --set train.eval_batches=1 \
+        --set checkpoint.interval=0 --set checkpoint.resume=none
+      if [ $trc != 0 ] || [ ! -f "$LOG/runs/gen-w124/init.h5" ]; then genperfrow=$(run_fail gen-w124 $trc); note_fail 1
+      else
+        gen_requests "$LOG" README.md
+        genperfrow="bf16 weights, tokens/s:"
+        for case in decode1 decode8 decode64 prefill; do
+          grun gen-$case 90 30 inputs/gpt2-124m.deck --set generate.weights="$LOG/runs/gen-w124/init.h5" \
+            --set generate.requests="$LOG/$case.jsonl" --set run.backend="$BK" --set generate.weights_dtype=bf16 \
+            --set generate.kv_blocks=1024 --set generate.kv_block=16 --set generate.token_budget=512 --set generate.max_batch=64
+          if [ $grc = 0 ]; then genperfrow="$genperfrow $case $(gen_rate $case);"
+          else genperfrow="$genperfrow $case FAILED (exit $grc, $LOG/gen-gen-$case.log);"; [ $grc = 125 ] || note_fail 1; fi
+        done
+      fi
     fi
   fi
 fi
@@ -626,6 +705,8 @@ fi
   done
   printf '%-40s %s\n' "np=1 device_path=nccl vs np=1 staged" "$ncclrow"
   printf '%-40s %s\n' "124M B=8 T=1024 bf16 tok/s, MFU" "$perfrow"
+  printf '%-40s %s\n' "generate tiny: cuda tokens == cpu" "$gentokrow"
+  printf '%-40s %s\n' "generate 124M cuda (b1, b8, b64, prefill)" "$genperfrow"
 } | tee "$LOG/summary.txt"
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
   # $OUT takes 8 files at most: the summary, every log in one tarball, two logs as they are
