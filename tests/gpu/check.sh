@@ -665,7 +665,7 @@ print(json.dumps({"id": "s0", "prompt": "ZeRO", "max_tokens": 24, "temperature":
           else gentokrow="$gentokrow $wd: FAILED, tokens differ (see $LOG/runs/tok-*-$wd/gen.jsonl);"; note_fail 1; fi
         done
       fi
-      trun gen-w124 120 60 1 inputs/gpt2-124m.deck --set data.train="$CORPUS" --set run.backend="$BK" --set train.steps=1 \
+      trun gen-w124 120 60 1 inputs/gpt2-124m.deck --set data.train="$CORPUS" --set run.backend="$BK" --set train.steps=1 --set optimizer.warmup=0 \
         --set train.seq_len=64 --set train.micro_batch=1 --set train.batch=1 --set train.eval_batches=1 \
         --set checkpoint.interval=0 --set checkpoint.resume=none
       if [ $trc != 0 ] || [ ! -f "$LOG/runs/gen-w124/init.h5" ]; then genperfrow=$(run_fail gen-w124 $trc); note_fail 1
