@@ -641,35 +641,19 @@ static int check_datasets(hid_t f, hid_t meta, const Model *m, char *why, size_t
             char name[160], key[180];
             snprintf(name, sizeof name, "%s/%s", groups[k], t->name);
             snprintf(key, sizeof key, "checksum:/%s", name);
-            htri_t ok;
-            H5E_BEGIN_TRY { ok = H5Lexists(f, groups[k], H5P_DEFAULT) > 0 ? H5Lexists(f, name, H5P_DEFAULT) : 0; } H5E_END_TRY;
-            if (ok <= 0) {
-                snprintf(why, n, "it lacks the dataset /%s", name);
-                return -1;
-            }
+            char got[160], want[160];
             hid_t ds;
-            H5E_BEGIN_TRY { ds = H5Dopen2(f, name, H5P_DEFAULT); } H5E_END_TRY;
-            if (ds < 0) {
-                snprintf(why, n, "/%s is not a dataset", name);
-                return -1;
-            }
-            hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
-            hsize_t dims[H5S_MAX_RANK] = {0};
-            int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
-            if (nd > 0) H5Sget_simple_extent_dims(sp, dims, NULL);
-            int is_float = ty >= 0 && H5Tget_class(ty) == H5T_FLOAT;
-            if (ty >= 0) H5Tclose(ty);
-            if (sp >= 0) H5Sclose(sp);
-            H5Dclose(ds);
+            int rc = weights_open_tensor(f, name, t, &ds, got, want, sizeof got);
+            if (ds >= 0) H5Dclose(ds);
             uint64_t sum;
-            if (!is_float)
+            if (rc == WEIGHTS_TENSOR_MISSING)
+                snprintf(why, n, "it lacks the dataset /%s", name);
+            else if (rc == WEIGHTS_TENSOR_NOT_DATASET)
+                snprintf(why, n, "/%s is not a dataset", name);
+            else if (rc == WEIGHTS_TENSOR_NOT_FLOAT)
                 snprintf(why, n, "/%s is not a float dataset", name);
-            else if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
-                char got[160], want[64];
-                h5_shape_text(dims, nd, got, sizeof got);
-                h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, sizeof want);
+            else if (rc == WEIGHTS_TENSOR_BAD_SHAPE)
                 snprintf(why, n, "/%s has shape %s, the model expects %s", name, got, want);
-            }
             else if (h5_read_attr_u64(meta, key, &sum) != H5A_OK)
                 snprintf(why, n, "/meta lacks a valid %s", key);
             else
@@ -894,29 +878,18 @@ int ckpt_resume(Zero *z, const Deck *d, const char *dir, CkptState *st, char *pa
 
 // Reads one whole dataset; returns its checksum, or reports why it cannot.
 static int read_whole(hid_t f, const char *name, const ParamTensor *t, float *buf, uint64_t *sum, char *why, size_t n) {
-    htri_t ok;
-    H5E_BEGIN_TRY { ok = H5Lexists(f, name, H5P_DEFAULT); } H5E_END_TRY;
-    hid_t ds = -1;
-    if (ok > 0) H5E_BEGIN_TRY { ds = H5Dopen2(f, name, H5P_DEFAULT); } H5E_END_TRY;
-    if (ds < 0) {
-        snprintf(why, n, ok > 0 ? "not a dataset" : "missing");
+    char got[160], want[160];
+    hid_t ds;
+    int st = weights_open_tensor(f, name, t, &ds, got, want, sizeof got);
+    if (st == WEIGHTS_TENSOR_MISSING || st == WEIGHTS_TENSOR_NOT_DATASET) {
+        snprintf(why, n, st == WEIGHTS_TENSOR_MISSING ? "missing" : "not a dataset");
         return -1;
     }
-    hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
-    hsize_t dims[H5S_MAX_RANK] = {0};
-    int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
-    if (nd > 0) H5Sget_simple_extent_dims(sp, dims, NULL);
-    int is_float = ty >= 0 && H5Tget_class(ty) == H5T_FLOAT;
-    if (ty >= 0) H5Tclose(ty);
-    if (sp >= 0) H5Sclose(sp);
     int rc = -1;
-    if (!is_float) {
+    if (st == WEIGHTS_TENSOR_NOT_FLOAT) {
         snprintf(why, n, "not a float dataset");
-    } else if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
-        char got[160], want[64];
-        h5_shape_text(dims, nd, got, sizeof got);
-        h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, sizeof want);
-        snprintf(why, n, "shape %s instead of %s", got, want);
+    } else if (st == WEIGHTS_TENSOR_BAD_SHAPE) {
+        snprintf(why, n, "shape %.60s instead of %.60s", got, want);
     } else {
         herr_t r;
         errno = 0;
@@ -930,7 +903,7 @@ static int read_whole(hid_t f, const char *name, const ParamTensor *t, float *bu
             rc = 0;
         }
     }
-    H5Dclose(ds);
+    if (ds >= 0) H5Dclose(ds);
     return rc;
 }
 
