@@ -33,7 +33,7 @@ DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-ope
         clang libclang-rt-14-dev slurm-wlm munge
 
 .PHONY: all deps test bench clean demo asan portable fuzz fuzz-build FORCE
-all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(GPU_TARGETS)
+all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_bpe $(GPU_TARGETS)
 
 $(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
@@ -43,6 +43,9 @@ $(BUILD)/test_kernels: $(BUILD)/tests/unit/test_kernels.o $(KOBJ)
 
 $(BUILD)/test_comm: $(BUILD)/tests/unit/test_comm.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
+
+$(BUILD)/test_bpe: $(BUILD)/tests/unit/test_bpe.o $(BUILD)/src/tokenizer.o $(BUILD)/src/uniclass.o $(BUILD)/src/utf8.o $(BUILD)/src/log.o
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test_ulysses: $(BUILD)/tests/unit/test_ulysses.o $(BUILD)/src/ulysses.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
@@ -60,7 +63,7 @@ $(BUILD)/%.o: %.c $(BUILD)/.flags
 # AddressSanitizer + UBSan build of the cpu backend (build-asan/), which
 # `make test` runs the readers under; and the libFuzzer harnesses (clang).
 asan:
-	@$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 ASAN=1 build-asan/partita build-asan/test_kernels build-asan/test_comm
+	@$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 ASAN=1 build-asan/partita build-asan/test_kernels build-asan/test_comm build-asan/test_bpe
 
 # A build for other CPU types (x86-64-v3); see flags.mk.
 portable:
@@ -110,4 +113,4 @@ bench: all
 clean:
 	rm -rf build build-asan
 
--include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d
+-include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d
