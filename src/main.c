@@ -32,7 +32,8 @@ static void usage(FILE *f) {
         "  estimate DECK --ranks N [--mem-per-rank 4G] [--set ...]\n"
         "                                            per-rank memory, communication, FLOPs for ZeRO 0-3; sp plan\n"
         "  generate DECK [--set ...]                 batched generation (KV cache, SplitFuse, tensor parallel)\n"
-        "  prep OUT.h5 TEXT_FILE_OR_DIR...            tokenize text into an HDF5 token file\n"
+        "  prep [--tokenizer byte|gpt2] [--tokenizer-dir DIR] OUT.h5 TEXT_FILE_OR_DIR...\n"
+        "                                            tokenize text (files, dirs, .jsonl) into an HDF5 token file\n"
         "  ckpt info FILE                            a checkpoint's step, layout, tensors, checksums\n"
         "  ckpt export FILE OUT.h5                   a checkpoint's weights as a GPT-2-named weights file\n"
         "  dump DECK OUT.h5 [--set ...]              write one batch's logits and gradients (tests)\n"
@@ -259,7 +260,7 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
         if (rank == 0) usage(stdout);
         return 0;
     }
-    if (strcmp(cmd, "prep") == 0) return rank == 0 ? prep_main(argc, argv) : 0;
+    if (strcmp(cmd, "prep") == 0) return prep_main(argc, argv);   // every rank: parallel over the job
     if (strcmp(cmd, "ckpt") == 0) return rank == 0 ? ckpt_main(argc, argv) : 0;
 
     int is_train = strcmp(cmd, "train") == 0, is_check = strcmp(cmd, "check") == 0;

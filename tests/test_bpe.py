@@ -159,6 +159,85 @@ def test_bad_files(d):
           "vocab.json + merges.txt (Hugging Face names) load to the same vocabulary", a.strip())
 
 
+def test_prep(d):
+    """prep --tokenizer gpt2: the same file at np = 1 and 3 (license texts, a .jsonl
+    file, a text of many lines cut between ranks); the ids are the JavaScript's;
+    the recorded tokenizer is checked against the deck when training."""
+    import h5py
+    import numpy as np
+    from common import run
+    src = os.path.join(d, "prep-src")
+    os.makedirs(src, exist_ok=True)
+    for p in sorted(glob.glob("/usr/share/common-licenses/*")):
+        if os.path.isfile(p):
+            shutil.copy(p, src)
+    docs = ["first document", "second\nwith lines", "caf\u00e9 \U0001F600 <|endoftext|> inside"]
+    with open(os.path.join(src, "zz.jsonl"), "w") as f:
+        for t in docs:
+            f.write(json.dumps({"id": 1, "text": t}) + "\n")
+    outs = {}
+    for np_ in (1, 3):
+        out = os.path.join(d, f"prep{np_}.h5")
+        p = run(["prep", "--tokenizer", "gpt2", out, src], np=np_)
+        check("MB/s" in p.stdout and "tokens" in p.stdout, f"prep at np={np_} prints a summary with MB/s and tokens",
+              p.stdout.strip().splitlines()[-1])
+        with h5py.File(out) as f:
+            ds = f["tokens"]
+            outs[np_] = ds[:]
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in ds.attrs.items()}
+    check(np.array_equal(outs[1], outs[3]), f"prep output identical at np=1 and np=3 ({len(outs[1])} tokens, {outs[1].dtype})")
+    check(attrs.get("tokenizer") == "gpt2" and str(attrs.get("tokenizer_hash", "")).startswith("fnv1a64:")
+          and attrs.get("vocab_size") == 50257 and attrs.get("eot") == 50256,
+          "the token file records tokenizer gpt2, its vocabulary hash, vocab_size 50257, eot 50256", str(attrs))
+    files = sorted(p for p in glob.glob(os.path.join(src, "*")) if not p.endswith(".jsonl"))
+    tmp = []
+    for i, t in enumerate(docs):
+        tmp.append(os.path.join(d, f"doc{i}.txt"))
+        with open(tmp[-1], "w") as f:
+            f.write(t)
+    want = []
+    for ids in js_encode(files + tmp):
+        want += ids + [50256]
+    check(outs[1].tolist() == want, f"prep's ids are gpt-3-encoder's, an EOT after each of {len(files) + len(docs)} documents")
+    # A long text cut between ranks: many lines, pieces of whitespace at the cuts.
+    big = os.path.join(d, "big.txt")
+    with open("/usr/share/common-licenses/GPL-3") as f:
+        gpl = f.read()
+    with open(big, "w") as f:
+        for i in range(6):
+            f.write(gpl.replace("\n", " \n" if i % 2 else "\n  "))
+    r = {}
+    for np_ in (1, 3):
+        out = os.path.join(d, f"big{np_}.h5")
+        run(["prep", "--tokenizer", "gpt2", out, big], np=np_)
+        with h5py.File(out) as f:
+            r[np_] = f["tokens"][:]
+    check(np.array_equal(r[1], r[3]) and r[1].tolist() == js_encode([big])[0] + [50256],
+          f"one {os.path.getsize(big)}-byte file cut between 3 ranks: the ids of the serial run and of the JavaScript")
+    # Mismatches refused, naming both.
+    byte = os.path.join(d, "byte.h5")
+    run(["prep", byte, src])
+    deck = os.path.join(ROOT, "inputs", "gpt-tiny.deck")
+    sets = ["--set", "train.steps=1", "--set", "optimizer.warmup=0"]
+    cases = [(byte, ["--set", "data.tokenizer=gpt2", "--set", "model.vocab=50257"], "made by the byte tokenizer"),
+             (os.path.join(d, "prep1.h5"), [], "made by the gpt2 tokenizer"),
+             (os.path.join(d, "prep1.h5"), ["--set", "data.tokenizer=gpt2"], "smaller than the gpt2 tokenizer's 50257"),
+             (os.path.join(d, "prep1.h5"), ["--set", "data.tokenizer=gpt2", "--set", "model.vocab=50257",
+                                            "--set", f"data.tokenizer_dir={os.path.join(d, 'other-vocab')}"], "holds vocabulary")]
+    other = os.path.join(d, "other-vocab")
+    os.makedirs(other, exist_ok=True)
+    enc = json.load(open(os.path.join(GPT2, "encoder.json")))
+    a, b = enc["\u0120the"], enc["\u0120a"]
+    enc["\u0120the"], enc["\u0120a"] = b, a
+    json.dump(enc, open(os.path.join(other, "encoder.json"), "w"))
+    shutil.copy(os.path.join(GPT2, "vocab.bpe"), other)
+    for path, extra, reason in cases:
+        p = run(["train", deck, "--set", f"data.train={path}"] + extra + sets, np=1, check_rc=False)
+        check(p.returncode != 0 and reason in p.stderr and path in p.stderr,
+              f"train refuses a token file of another tokenizer/vocabulary: {reason}",
+              [l for l in p.stderr.splitlines() if "error" in l][:1])
+
+
 def main():
     for need in (os.path.join(GPT2, "encoder.json"), os.path.join(GPT2, "Encoder.js")):
         if not os.path.exists(need):
@@ -169,6 +248,7 @@ def main():
     test_against_js(d)
     test_invalid_utf8(d)
     test_bad_files(d)
+    test_prep(d)
     shutil.rmtree(d, ignore_errors=True)
     finish()
 
