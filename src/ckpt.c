@@ -1,6 +1,7 @@
 // ckpt.c: collective HDF5 checkpoints by hyperslab, atomic by rename.
 #include "ckpt.h"
 #include "h5io.h"
+#include "safetensors.h"
 #include "log.h"
 #include "sysutil.h"
 #include "watchdog.h"
@@ -930,8 +931,22 @@ static int info_fail(const char *path, const char *what, const char *hint) {
     return 1;
 }
 
+// --format safetensors: fp32 with Hugging Face GPT-2 names, and config.json in the same directory.
+static int export_safetensors(const Model *m, const MetaInfo *mi, const float *buf, const char *src, const char *out) {
+    char config[4200], why[1200];
+    const char *slash = strrchr(out, '/');
+    snprintf(config, sizeof config, "%.*sconfig.json", slash ? (int)(slash - out + 1) : 0, out);
+    if (st_write(out, m, buf, config, why, sizeof why) != 0) {
+        fprintf(stderr, "error: %s\n", why);
+        return 1;
+    }
+    printf("export: %s (step %lld) -> %s (safetensors, fp32) and %s\n", src, (long long)mi->step, out, config);
+    return 0;
+}
+
 static int export_weights(hid_t meta, const Model *m, const MetaInfo *mi, const float *buf, const char *src,
-                          const char *out) {
+                          const char *out, int safetensors) {
+    if (safetensors) return export_safetensors(m, mi, buf, src, out);
     char *deck = NULL;
     if (h5_read_attr_strdup(meta, "deck", META_MAX_STRING, &deck) != H5A_OK) deck = NULL;
     hid_t f = h5_create(out);
@@ -946,7 +961,7 @@ static int export_weights(hid_t meta, const Model *m, const MetaInfo *mi, const 
     return 0;
 }
 
-static int inspect(hid_t f, const char *path, int is_info, const char *out) {
+static int inspect(hid_t f, const char *path, int is_info, const char *out, int safetensors) {
     const char *damaged = "the file is damaged: use an older checkpoint";
     hid_t meta;
     H5E_BEGIN_TRY { meta = H5Gopen2(f, "meta", H5P_DEFAULT); } H5E_END_TRY;
@@ -1007,7 +1022,7 @@ static int inspect(hid_t f, const char *path, int is_info, const char *out) {
         printf("%s: %s%d of %d datasets bad\n", bad || mrc < 0 ? "FAILED" : "ok", mrc < 0 ? "meta checksum MISMATCH; " : "",
                bad, m.ntensors * DS_KINDS);
     int rc = bad || mrc < 0 ? 1 : 0;
-    if (!is_info && !rc) rc = export_weights(meta, &m, &mi, buf, path, out);
+    if (!is_info && !rc) rc = export_weights(meta, &m, &mi, buf, path, out, safetensors);
     free(buf);
     model_free(&m);
     H5Gclose(meta);
@@ -1015,9 +1030,18 @@ static int inspect(hid_t f, const char *path, int is_info, const char *out) {
 }
 
 int ckpt_main(int argc, char **argv) {
+    int safetensors = 0;
+    if (argc == 5 && strcmp(argv[0], "export") == 0 && strcmp(argv[3], "--format") == 0) {
+        if (strcmp(argv[4], "safetensors") != 0 && strcmp(argv[4], "h5") != 0) {
+            fprintf(stderr, "error: --format %s: unknown format\n  hint: h5 or safetensors\n", argv[4]);
+            return 2;
+        }
+        safetensors = strcmp(argv[4], "safetensors") == 0;
+        argc = 3;
+    }
     if (argc < 2 || (strcmp(argv[0], "info") != 0 && strcmp(argv[0], "export") != 0) ||
         (strcmp(argv[0], "export") == 0 && argc != 3) || (strcmp(argv[0], "info") == 0 && argc != 2)) {
-        fprintf(stderr, "usage: partita ckpt info FILE | partita ckpt export FILE OUT.h5\n");
+        fprintf(stderr, "usage: partita ckpt info FILE | partita ckpt export FILE OUT [--format h5|safetensors]\n");
         return 2;
     }
     const char *path = argv[1];
@@ -1030,7 +1054,7 @@ int ckpt_main(int argc, char **argv) {
         snprintf(what, sizeof what, "cannot open it (missing, truncated or not HDF5): %s", why);
         return info_fail(path, what, NULL);
     }
-    int rc = inspect(f, path, strcmp(argv[0], "info") == 0, argc == 3 ? argv[2] : NULL);
+    int rc = inspect(f, path, strcmp(argv[0], "info") == 0, argc == 3 ? argv[2] : NULL, safetensors);
     H5Fclose(f);
     return rc;
 }
