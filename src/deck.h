@@ -31,7 +31,7 @@ enum { ORDER_SEQUENTIAL = 0, ORDER_SHUFFLED };
 enum { DECAY_COSINE = 0, DECAY_LINEAR, DECAY_NONE };
 enum { PRECISION_AUTO = 0, PRECISION_FP32, PRECISION_BF16 };
 enum { DEVPATH_AUTO = 0, DEVPATH_NCCL, DEVPATH_STAGED };
-enum { TOKENIZER_BYTE = 0 };
+enum { TOKENIZER_BYTE = 0, TOKENIZER_GPT2 };
 enum { ON_NAN_STOP = 0, ON_NAN_SKIP };
 enum { RECOMPUTE_NONE = 0, RECOMPUTE_LAYER };   // [train] recompute (sequence parallelism issue 11)
 
@@ -64,6 +64,7 @@ typedef struct DataConfig {
     double val_fraction;      // tail of train held out when val is ""
     int order;                // ORDER_*
     int tokenizer;            // TOKENIZER_*
+    char tokenizer_dir[DECK_STR]; // gpt2: encoder.json + vocab.bpe (or vocab.json + merges.txt)
 } DataConfig;
 
 typedef struct TrainConfig {

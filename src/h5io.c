@@ -151,38 +151,45 @@ static int attr_done(Attr *at, int rc) {
     return rc;
 }
 
-int h5_read_attr_u64(hid_t obj, const char *name, uint64_t *value) {
+// One integer attribute of either sign, as its sign and magnitude: the
+// signed and unsigned readers below then take only what fits them.
+static int read_attr_int(hid_t obj, const char *name, int *negative, uint64_t *magnitude) {
     Attr at;
     int rc = attr_open(obj, name, &at);
     if (rc != H5A_OK) return rc;
     if (at.cls != H5T_INTEGER || H5Tget_size(at.type) > 8) return attr_done(&at, H5A_BAD);
     herr_t r;
+    *negative = 0;
     if (H5Tget_sign(at.type) == H5T_SGN_NONE) {
-        H5E_BEGIN_TRY { r = H5Aread(at.a, H5T_NATIVE_UINT64, value); } H5E_END_TRY;
+        H5E_BEGIN_TRY { r = H5Aread(at.a, H5T_NATIVE_UINT64, magnitude); } H5E_END_TRY;
         return attr_done(&at, r < 0 ? H5A_BAD : H5A_OK);
     }
     int64_t v;
     H5E_BEGIN_TRY { r = H5Aread(at.a, H5T_NATIVE_INT64, &v); } H5E_END_TRY;
-    if (r < 0 || v < 0) return attr_done(&at, H5A_BAD);
-    *value = (uint64_t)v;
+    if (r < 0) return attr_done(&at, H5A_BAD);
+    *negative = v < 0;
+    *magnitude = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
     return attr_done(&at, H5A_OK);
 }
 
-int h5_read_attr_i64(hid_t obj, const char *name, int64_t *value) {
-    uint64_t u;
-    Attr at;
-    int rc = attr_open(obj, name, &at);
+int h5_read_attr_u64(hid_t obj, const char *name, uint64_t *value) {
+    int neg;
+    uint64_t mag;
+    int rc = read_attr_int(obj, name, &neg, &mag);
     if (rc != H5A_OK) return rc;
-    if (at.cls != H5T_INTEGER || H5Tget_size(at.type) > 8) return attr_done(&at, H5A_BAD);
-    herr_t r;
-    if (H5Tget_sign(at.type) == H5T_SGN_NONE) {
-        H5E_BEGIN_TRY { r = H5Aread(at.a, H5T_NATIVE_UINT64, &u); } H5E_END_TRY;
-        if (r < 0 || u > (uint64_t)INT64_MAX) return attr_done(&at, H5A_BAD);
-        *value = (int64_t)u;
-        return attr_done(&at, H5A_OK);
-    }
-    H5E_BEGIN_TRY { r = H5Aread(at.a, H5T_NATIVE_INT64, value); } H5E_END_TRY;
-    return attr_done(&at, r < 0 ? H5A_BAD : H5A_OK);
+    if (neg) return H5A_BAD;
+    *value = mag;
+    return H5A_OK;
+}
+
+int h5_read_attr_i64(hid_t obj, const char *name, int64_t *value) {
+    int neg;
+    uint64_t mag;
+    int rc = read_attr_int(obj, name, &neg, &mag);
+    if (rc != H5A_OK) return rc;
+    if (mag > (uint64_t)INT64_MAX + (neg ? 1u : 0u)) return H5A_BAD;
+    *value = neg ? (mag == (uint64_t)INT64_MAX + 1u ? INT64_MIN : -(int64_t)mag) : (int64_t)mag;
+    return H5A_OK;
 }
 
 int h5_read_attr_f64(hid_t obj, const char *name, double *value) {

@@ -12,6 +12,7 @@
 #include "kernels.h"
 #include "log.h"
 #include "prep.h"
+#include "safetensors.h"
 #include "stop.h"
 #include "train.h"
 
@@ -34,9 +35,13 @@ static void usage(FILE *f) {
         "                                            per-rank memory, communication, FLOPs for ZeRO 0-3; sp plan\n"
         "  generate DECK [--set ...]                 batched generation (KV cache, SplitFuse, tensor parallel)\n"
         "  eval DECK [LOGITS.f32] [--set ...]        validation loss and perplexity of [generate] weights\n"
-        "  prep OUT.h5 TEXT_FILE_OR_DIR...            tokenize text into an HDF5 token file\n"
+        "  prep [--tokenizer byte|gpt2] [--tokenizer-dir DIR] OUT.h5 TEXT_FILE_OR_DIR...\n"
+        "                                            tokenize text (files, dirs, .jsonl) into an HDF5 token file\n"
         "  ckpt info FILE                            a checkpoint's step, layout, tensors, checksums\n"
-        "  ckpt export FILE OUT.h5                   a checkpoint's weights as a GPT-2-named weights file\n"
+        "  ckpt export FILE OUT [--format h5|safetensors]\n"
+        "                                            a checkpoint's weights as a GPT-2-named weights file,\n"
+        "                                            or a Hugging Face safetensors file (+ config.json beside it)\n"
+        "  import FILE.safetensors OUT.h5 [--heads N] a Hugging Face GPT-2 safetensors file as a weights file\n"
         "  dump DECK OUT.h5 [--set ...]              write one batch's logits and gradients (tests)\n"
         "  version                                   print the version\n"
         "\n"
@@ -287,8 +292,9 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
         if (rank == 0) usage(stdout);
         return 0;
     }
-    if (strcmp(cmd, "prep") == 0) return rank == 0 ? prep_main(argc, argv) : 0;
+    if (strcmp(cmd, "prep") == 0) return prep_main(argc, argv);   // every rank: parallel over the job
     if (strcmp(cmd, "ckpt") == 0) return rank == 0 ? ckpt_main(argc, argv) : 0;
+    if (strcmp(cmd, "import") == 0) return rank == 0 ? st_import_main(argc, argv) : 0;
 
     int is_train = strcmp(cmd, "train") == 0, is_check = strcmp(cmd, "check") == 0;
     int is_dump = strcmp(cmd, "dump") == 0, is_estimate = strcmp(cmd, "estimate") == 0;

@@ -10,6 +10,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "peak.h"
+#include "prep.h"
 #include "stop.h"
 #include "sysutil.h"
 #include "topo.h"
@@ -125,6 +126,11 @@ static void open_data(Trainer *tr) {
         ve = tr->train_file.ntok;
     }
     int64_t V = c->model.vocab;
+    for (int k = 0; k < 1 + (c->data.val[0] != 0); k++) {   // the deck's tokenizer made the files (issue 17)
+        char why[2048], where[600];
+        if (prep_check_tokens(k ? c->data.val : c->data.train, c->data.tokenizer, c->data.tokenizer_dir, V, why, sizeof why))
+            FATAL_ALL(NULL, "%s: %s", deck_where(tr->deck, "data.tokenizer", where, sizeof where), why);
+    }
     if (tr->train_file.vocab_size > V) {
         char where[600];
         FATAL_ALL("set [model] vocab to at least the token file's vocab_size",

@@ -133,29 +133,49 @@ static int stored_checksum(hid_t meta, const char *name, uint64_t *sum) {
     return h5_read_attr_u64(meta, key, sum) == H5A_OK;
 }
 
-static void read_tensor(hid_t f, hid_t meta, const ParamTensor *t, const char *path, float *dst) {
-    char name[96];
-    snprintf(name, sizeof name, "params/%s", t->name);
+int weights_open_tensor(hid_t f, const char *name, const ParamTensor *t, hid_t *ds, char *got, char *want, size_t n) {
+    *ds = -1;
     htri_t there;
-    H5E_BEGIN_TRY { there = H5Lexists(f, "params", H5P_DEFAULT) > 0 ? H5Lexists(f, name, H5P_DEFAULT) : 0; } H5E_END_TRY;
-    if (there <= 0) FATAL_ALL("the file must match the deck's [model] shape", "'%s' has no dataset /%s", path, name);
-    hid_t ds;
-    H5E_BEGIN_TRY { ds = H5Dopen2(f, name, H5P_DEFAULT); } H5E_END_TRY;
-    if (ds < 0) FATAL_ALL("the file is damaged", "'%s': /%s is not a dataset", path, name);
-    hid_t sp = H5Dget_space(ds), ty = H5Dget_type(ds);
-    H5_CHECK(sp);
-    H5_CHECK(ty);
+    H5E_BEGIN_TRY { there = H5Lexists(f, name, H5P_DEFAULT); } H5E_END_TRY;   // < 0 when a group on the path is missing
+    if (there <= 0) return WEIGHTS_TENSOR_MISSING;
+    hid_t d;
+    H5E_BEGIN_TRY { d = H5Dopen2(f, name, H5P_DEFAULT); } H5E_END_TRY;
+    if (d < 0) return WEIGHTS_TENSOR_NOT_DATASET;
+    hid_t sp = H5Dget_space(d), ty = H5Dget_type(d);
     hsize_t dims[H5S_MAX_RANK] = {0};
-    int nd = H5Sget_simple_extent_ndims(sp);
-    if (nd > 0) H5_CHECK(H5Sget_simple_extent_dims(sp, dims, NULL));
-    if (H5Tget_class(ty) != H5T_FLOAT)
+    int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
+    if (nd > 0 && H5Sget_simple_extent_dims(sp, dims, NULL) < 0) nd = -1;
+    int is_float = ty >= 0 && H5Tget_class(ty) == H5T_FLOAT;
+    if (ty >= 0) H5Tclose(ty);
+    if (sp >= 0) H5Sclose(sp);
+    int rc = WEIGHTS_TENSOR_OK;
+    if (!is_float) rc = WEIGHTS_TENSOR_NOT_FLOAT;
+    else if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
+        h5_shape_text(dims, nd, got, n);
+        h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, n);
+        rc = WEIGHTS_TENSOR_BAD_SHAPE;
+    }
+    if (rc != WEIGHTS_TENSOR_OK) H5Dclose(d);
+    else *ds = d;
+    return rc;
+}
+
+static void read_tensor(hid_t f, hid_t meta, const ParamTensor *t, const char *path, float *dst) {
+    char name[96], got[160], want[160];
+    snprintf(name, sizeof name, "params/%s", t->name);
+    hid_t ds;
+    switch (weights_open_tensor(f, name, t, &ds, got, want, sizeof got)) {
+    case WEIGHTS_TENSOR_MISSING:
+        FATAL_ALL("the file must match the deck's [model] shape", "'%s' has no dataset /%s", path, name);
+    case WEIGHTS_TENSOR_NOT_DATASET:
+        FATAL_ALL("the file is damaged", "'%s': /%s is not a dataset", path, name);
+    case WEIGHTS_TENSOR_NOT_FLOAT:
         FATAL_ALL("weights are float32 datasets", "'%s': /%s is not a float dataset", path, name);
-    if (nd != t->ndim || dims[0] != (hsize_t)t->shape[0] || (nd == 2 && dims[1] != (hsize_t)t->shape[1])) {
-        char got[160], want[64];
-        h5_shape_text(dims, nd, got, sizeof got);
-        h5_shape_text((hsize_t[]){(hsize_t)t->shape[0], (hsize_t)t->shape[1]}, t->ndim, want, sizeof want);
+    case WEIGHTS_TENSOR_BAD_SHAPE:
         FATAL_ALL("the file must match the deck's [model] shape", "'%s': /%s has shape %s, the model expects %s",
                   path, name, got, want);
+    default:
+        break;
     }
     herr_t rc;
     errno = 0;
@@ -165,12 +185,10 @@ static void read_tensor(hid_t f, hid_t meta, const ParamTensor *t, const char *p
         h5_reason(errno, why, sizeof why);
         FATAL_ALL("the file is truncated or damaged", "'%s': cannot read /%s: %s", path, name, why);
     }
-    uint64_t want;
-    if (stored_checksum(meta, t->name, &want) && ckpt_checksum(dst, t->numel, 0) != want)
+    uint64_t stored;
+    if (stored_checksum(meta, t->name, &stored) && ckpt_checksum(dst, t->numel, 0) != stored)
         FATAL_ALL("the checkpoint is damaged: use an older one", "'%s': /%s fails its checksum (stored %016llx, read %016llx)",
-                  path, name, (unsigned long long)want, (unsigned long long)ckpt_checksum(dst, t->numel, 0));
-    H5_CHECK(H5Tclose(ty));
-    H5_CHECK(H5Sclose(sp));
+                  path, name, (unsigned long long)stored, (unsigned long long)ckpt_checksum(dst, t->numel, 0));
     H5_CHECK(H5Dclose(ds));
 }
 

@@ -34,6 +34,14 @@ int weights_read_shape(hid_t obj, GPTShape *s, char *why, size_t n);
 enum { WEIGHTS_MAX_LAYERS = 1 << 16, WEIGHTS_MAX_EMBD = 1 << 20, WEIGHTS_MAX_VOCAB = 1 << 30,
        WEIGHTS_MAX_POSITIONS = 1 << 24, WEIGHTS_MAX_HIDDEN = 1 << 24 };
 
+// Opens dataset `name` of f (quietly) and checks it is a float dataset of t's
+// shape: WEIGHTS_TENSOR_OK with *ds open (the caller closes it), or why not
+// with *ds = -1 (for a wrong shape, got and want hold the two shapes as text).
+// Weights files and checkpoints read their tensors through it.
+enum { WEIGHTS_TENSOR_OK = 0, WEIGHTS_TENSOR_MISSING, WEIGHTS_TENSOR_NOT_DATASET, WEIGHTS_TENSOR_NOT_FLOAT,
+       WEIGHTS_TENSOR_BAD_SHAPE };
+int weights_open_tensor(hid_t f, const char *name, const ParamTensor *t, hid_t *ds, char *got, char *want, size_t n);
+
 // Reads a weights file, or a checkpoint's /params, into full (m->nparams
 // floats). Collective in the sense that every rank calls it alike: a file
 // whose shape attributes differ from m (naming the attribute, both values and

@@ -33,6 +33,8 @@ tests=(
   "cli-errors           $PYTHON tests/test_cli.py"
   "deck-inputs          $PYTHON tests/test_inputs.py"
   "data-order           $PYTHON tests/test_data.py"
+  "bpe-tokenizer        $PYTHON tests/test_bpe.py"
+  "safetensors          $PYTHON tests/test_safetensors.py"
   "torch-reference      $PYTHON tests/test_torch_ref.py"
   "dp-equivalence       $PYTHON tests/test_dp.py"
   "zero-stages          $PYTHON tests/test_zero.py"
