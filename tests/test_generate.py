@@ -164,6 +164,52 @@ check(gaps.max() > 0.6, "the Poisson arrivals leave a gap longer than the timeou
 check(len(slow) == 3 and all(len(v) == 3 for v in slow.values()), "tp=2 ranks idle past [comm] timeout_s while waiting for arrivals complete")
 req_path = req_path_main
 
+# GPT-2 BPE (issue 17's tokenizer, `make deps` fetches data/gpt2): the output is decoded token by token
+# (multi-byte tokens, UTF-8 held across tokens); its text is the decode of its tokens, cut at a stop.
+bpe_dir = os.path.join(ROOT, "data/gpt2")
+if os.path.exists(os.path.join(bpe_dir, "encoder.json")):
+    bpe_tok = os.path.join(d, "bpe.h5")
+    run(["prep", "--tokenizer", "gpt2", "--tokenizer-dir", bpe_dir, bpe_tok, "/usr/share/common-licenses/GPL-3"])
+    bpe = ["--set", "data.tokenizer=gpt2", "--set", f"data.tokenizer_dir={bpe_dir}", "--set", "model.vocab=50257"]
+    run(["train", os.path.join(ROOT, "inputs/gpt-tiny.deck"), "--set", f"data.train={bpe_tok}", "--set",
+         f"run.out_dir={d}/bpe", "--set", "train.steps=20", "--set", "train.eval_interval=0"] + bpe, np=1)
+    with open(os.path.join(d, "bpe.jsonl"), "w") as f:
+        f.write(json.dumps({"id": "free", "prompt": "free software é", "max_tokens": 24, "temperature": 1.0, "seed": 2}) + "\n")
+    req_path = f"{d}/bpe.jsonl"
+    args = ["generate", deck, "--set", f"run.out_dir={d}/bpe-gen", "--set", f"generate.weights={d}/bpe/final.h5",
+            "--set", f"generate.requests={req_path}"] + bpe
+    run(args, np=1)
+    with open(os.path.join(d, "bpe-gen/gen.jsonl")) as f:
+        full = json.loads(f.readline())
+    enc = json.load(open(os.path.join(bpe_dir, "encoder.json")))
+    dec = {v: k for k, v in enc.items()}
+    bs = [b for b in range(ord("!"), ord("~") + 1)] + [b for b in range(ord("\xa1"), ord("\xac") + 1)] + \
+         [b for b in range(ord("\xae"), ord("\xff") + 1)]
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    byte_of = {chr(c): b for b, c in zip(bs, cs)}
+    raw = b"".join(bytes(byte_of[ch] for ch in dec[t]) for t in full["tokens"] if t != 50256)
+    want = raw.decode("utf-8", errors="replace")
+    check(full["text"] == want, "gpt2: the streamed text equals the decode of the output tokens", repr(full["text"][:40]))
+    words = [w for w in want.split(" ") if len(w) >= 3]
+    stop = words[len(words) // 2] if words else "the"
+    with open(os.path.join(d, "bpe.jsonl"), "w") as f:
+        f.write(json.dumps({"id": "free", "prompt": "free software é", "max_tokens": 24, "temperature": 1.0, "seed": 2,
+                            "stop": stop}) + "\n")
+    args[args.index(f"run.out_dir={d}/bpe-gen")] = f"run.out_dir={d}/bpe-stop"
+    run(args, np=1)
+    with open(os.path.join(d, "bpe-stop/gen.jsonl")) as f:
+        st = json.loads(f.readline())
+    check(stop in want and st["text"] == want[:want.index(stop)], "gpt2: a stop string cuts the streamed text at its first occurrence",
+          f"stop {stop!r}: {st['text'][-20:]!r}")
+    req_path = req_path_main
+else:
+    print("skip gpt2 streaming checks: no data/gpt2 (make deps)")
+
 # Rerunning into the same output skips the ids already done.
 req_path = req_path_main
 again, _, _, p = generate("sf16", 1, "generate.token_budget=16")

@@ -56,8 +56,9 @@ typedef struct Req {
     int32_t *table;             // (max_blocks) KV blocks reserved for it
     int nblocks;
     int fed;                    // tokens already in the cache
-    char *raw;                  // (max_tokens + 1) decoded bytes, appended per token
+    char *raw;                  // (max_tokens * max_token_bytes + 5) decoded bytes, appended per token
     size_t nraw;
+    TokStream stream;           // bytes of a UTF-8 sequence a token left incomplete
     char *text;                 // (3 max_tokens + 1) the output as clean UTF-8
     char note[200];
 } Req;
@@ -94,14 +95,13 @@ typedef struct Gen {
 // Text
 
 // Appends the bytes of r's newest token to r->raw (streaming: each token is
-// decoded once). Returns 1 when a stop string appears, with r->nraw cut where
+// decoded once; a UTF-8 sequence it leaves incomplete waits for the next). Returns 1 when a stop string appears, with r->nraw cut where
 // the earliest one starts. Only matches that end in the new bytes can be new,
 // so only the last (longest stop - 1) old bytes are searched again. The bytes
 // are matched raw (they may hold NULs).
 static int decode_step(Gen *g, Req *r) {
     const size_t old = r->nraw;
-    const uint32_t t = (uint32_t)r->out[r->nout - 1];
-    r->nraw += tokenizer_decode(&g->tk, &t, 1, r->raw + old);
+    r->nraw += tokenizer_decode_step(&g->tk, &r->stream, (uint32_t)r->out[r->nout - 1], r->raw + old);
     size_t cut = r->nraw + 1;
     for (int k = 0; k < r->nstop; k++) {
         size_t len = strlen(r->stops[k]), from = old + 1 > len ? old + 1 - len : 0;
@@ -115,7 +115,8 @@ static int decode_step(Gen *g, Req *r) {
 
 // The output as clean UTF-8, once, when r finishes: a byte that starts no valid
 // sequence (the byte tokenizer can emit any byte), and a NUL, becomes U+FFFD.
-static void finish_text(Req *r) {
+static void finish_text(Req *r, int stopped) {
+    if (!stopped) r->nraw += tokenizer_decode_flush(&r->stream, r->raw + r->nraw);
     r->raw[r->nraw] = 0;
     utf8_clean(r->raw, r->nraw, r->text);
 }
@@ -124,12 +125,13 @@ static void finish_text(Req *r) {
 // Requests
 
 // A request's output buffers, sized once when it starts: no allocation per token.
-static void req_buffers(Req *r) {
-    size_t n = (size_t)r->max_tokens;
+static void req_buffers(const Gen *g, Req *r) {
+    size_t n = (size_t)r->max_tokens, bytes = n * (size_t)g->tk.max_token_bytes + 5;
     r->out = xmalloc(sizeof(int32_t) * n, "output tokens");
     r->tok_time = xmalloc(sizeof(double) * n, "token times");
-    r->raw = xmalloc(n + 1, "decoded output");
-    r->text = xcalloc(3 * n + 1, "output text");
+    r->raw = xmalloc(bytes, "decoded output");
+    r->text = xcalloc(3 * bytes + 1, "output text");
+    memset(&r->stream, 0, sizeof r->stream);
 }
 
 static int req_error(const char *path, int line, char *msg) {
@@ -457,7 +459,7 @@ static int admit(Gen *g, Req *r, double now) {
     for (int k = 0; k < g->max_blocks; k++) r->table[k] = 0;
     for (int k = 0; k < need; k++) r->table[k] = g->free_blocks[--g->nfree];
     r->nblocks = need;
-    req_buffers(r);
+    req_buffers(g, r);
     r->state = R_RUNNING;
     (void)now;
     return 1;
@@ -514,10 +516,10 @@ static void write_mirror_line(Gen *g, const Req *r) {
     if (fwrite(g->line, 1, len, g->mirror) != len || fflush(g->mirror) != 0) mirror_failed(g, "write to");
 }
 
-static void finish_request(Gen *g, Req *r, double now) {
+static void finish_request(Gen *g, Req *r, double now, int stopped) {
     r->finish = now;
     r->state = R_DONE;
-    finish_text(r);
+    finish_text(r, stopped);
     for (int k = 0; k < r->nblocks; k++) g->free_blocks[g->nfree++] = r->table[k];
     r->nblocks = 0;
     write_mirror_line(g, r);
@@ -529,7 +531,7 @@ static void take_token(Gen *g, Req *r, int32_t tok, double now) {
     r->tok_time[r->nout] = now;
     r->out[r->nout++] = tok;
     int stopped = decode_step(g, r);
-    if (stopped || r->nout >= r->max_tokens) finish_request(g, r, now);
+    if (stopped || r->nout >= r->max_tokens) finish_request(g, r, now, stopped);
 }
 
 // ---------------------------------------------------------------------------
@@ -712,7 +714,7 @@ static void serve_naive(Gen *g) {
     for (int i = 0; i < g->nreq; i++) {
         Req *r = &g->reqs[i];
         if (r->state != R_WAITING) continue;
-        req_buffers(r);
+        req_buffers(g, r);
         r->state = R_RUNNING;
         memcpy(seq, r->prompt, sizeof(int32_t) * (size_t)r->plen);
         while (r->state == R_RUNNING) {
@@ -891,7 +893,9 @@ int generate_run(const Deck *d) {
     int rank = g.comm.rank;
     char *deck_text = xmalloc(1 << 16, "deck text");
     deck_format(d, deck_text, 1 << 16);
-    tokenizer_init(&g.tk, c->data.tokenizer);
+    char why[600];
+    if (tokenizer_open(&g.tk, c->data.tokenizer, c->data.tokenizer_dir, why, sizeof why) != 0)
+        FATAL_ALL("run `make deps`, or set [data] tokenizer_dir", "generate: %s", why);
     model_create(&g.m, &c->model, 1, c->generate.naive ? (int)c->model.seq_len : 1, backend_cpu());
     g.full = xmalloc(g.m.nparams * sizeof(float), "weights");
     weights_read(&g.m, c->generate.weights, g.full);
@@ -971,6 +975,7 @@ int generate_run(const Deck *d) {
         free(g.logits);
     }
     sampler_free(&g.smp);
+    tokenizer_free(&g.tk);
     free(g.full);
     model_free(&g.m);
     comm_free(&g.comm);
