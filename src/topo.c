@@ -26,3 +26,11 @@ void topo_free(Topo *t) {
     MPI_CHECK(MPI_Comm_free(&t->dp));
     MPI_CHECK(MPI_Comm_free(&t->node));
 }
+
+void topo_node_place(int *local_rank, int *local_size) {
+    MPI_Comm node;
+    MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    MPI_CHECK(MPI_Comm_size(node, local_size));
+    MPI_CHECK(MPI_Comm_rank(node, local_rank));
+    MPI_CHECK(MPI_Comm_free(&node));
+}

@@ -27,5 +27,8 @@ typedef struct Topo {
 // dp * sp must be the world size (the deck has checked it).
 void topo_init(Topo *t, int dp, int sp);
 void topo_free(Topo *t);
+// This rank's place among the ranks of its node (MPI_COMM_TYPE_SHARED), for
+// commands that need no grid (generate, eval): its rank there and their count.
+void topo_node_place(int *local_rank, int *local_size);
 
 #endif

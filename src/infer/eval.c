@@ -8,6 +8,7 @@
 #include "log.h"
 #include "model.h"
 #include "sysutil.h"
+#include "topo.h"
 #include "weights.h"
 
 #include <errno.h>
@@ -94,13 +95,8 @@ int eval_run(const Deck *d, const char *logits_path) {
     memset(&ev, 0, sizeof ev);
     ev.cfg = &d->cfg;
     const Config *c = ev.cfg;
-    MPI_Comm node;
-    int on_node = 1;
-    MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
-    int local_rank = 0;
-    MPI_CHECK(MPI_Comm_size(node, &on_node));
-    MPI_CHECK(MPI_Comm_rank(node, &local_rank));
-    MPI_CHECK(MPI_Comm_free(&node));
+    int local_rank = 0, on_node = 1;
+    topo_node_place(&local_rank, &on_node);
     int threads = threads_per_rank(c->run.threads, on_node);
     kernels_set_threads(threads);
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s, .fault_skip_rank = -1,

@@ -16,6 +16,7 @@
 #include "rng.h"
 #include "sampler.h"
 #include "sysutil.h"
+#include "topo.h"
 #include "tokenizer.h"
 #include "utf8.h"
 #include "weights.h"
@@ -878,13 +879,8 @@ int generate_run(const Deck *d) {
     g.cfg = &d->cfg;
     const Config *c = g.cfg;
     // Threads as in training: [run] threads, else the node's cores shared among its ranks.
-    MPI_Comm node;
-    int on_node = 1;
-    MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
-    int local_rank = 0;
-    MPI_CHECK(MPI_Comm_size(node, &on_node));
-    MPI_CHECK(MPI_Comm_rank(node, &local_rank));
-    MPI_CHECK(MPI_Comm_free(&node));
+    int local_rank = 0, on_node = 1;
+    topo_node_place(&local_rank, &on_node);
     int threads = threads_per_rank(c->run.threads, on_node);
     kernels_set_threads(threads);
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s, .fault_skip_rank = -1,
