@@ -51,6 +51,16 @@ def licenses_tokens(d):
     return path
 
 
+# The micro GPT most integration tests train (seconds per run): a deck's [model] section.
+MICRO_MODEL = """[model]
+vocab = 257
+layers = 2
+d_model = 32
+heads = 2
+seq_len = 32
+"""
+
+
 def write_deck(path, text):
     with open(path, "w") as f:
         f.write(text)

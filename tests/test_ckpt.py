@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import torch
 
-from common import MPIEXEC, PARTITA, ROOT, check, finish, licenses_tokens, run, tmpdir, write_deck
+from common import MICRO_MODEL, MPIEXEC, PARTITA, ROOT, check, finish, licenses_tokens, run, tmpdir, write_deck
 from gpt_torch import gpt_forward, loss_of
 
 d = tmpdir("ckpt")
@@ -31,13 +31,7 @@ tok = licenses_tokens(d)
 deck = write_deck(os.path.join(d, "c.deck"), f"""
 [run]
 seed = 5
-[model]
-vocab = 257
-layers = 2
-d_model = 32
-heads = 2
-seq_len = 32
-[data]
+{MICRO_MODEL}[data]
 train = {tok}
 order = shuffled
 [train]

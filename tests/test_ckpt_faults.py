@@ -26,20 +26,14 @@ import time
 
 import h5py
 
-from common import MPIEXEC, PARTITA, ROOT, check, finish, licenses_tokens, run, tmpdir, write_deck
+from common import MICRO_MODEL, MPIEXEC, PARTITA, ROOT, check, finish, licenses_tokens, run, tmpdir, write_deck
 
 d = tmpdir("ckptfault")
 tok = licenses_tokens(d)
 deck = write_deck(os.path.join(d, "c.deck"), f"""
 [run]
 seed = 5
-[model]
-vocab = 257
-layers = 2
-d_model = 32
-heads = 2
-seq_len = 32
-[data]
+{MICRO_MODEL}[data]
 train = {tok}
 [train]
 steps = 6
