@@ -3,10 +3,13 @@
 #include "engine.h"
 #include "kernels.h"
 #include "log.h"
+#include "sysutil.h"
+#include "topo.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 size_t engine_kv_bytes_per_block(const Model *m, int tp, int bs) {
     return (size_t)m->s.L * 2 * (size_t)bs * (size_t)(m->s.C / tp) * sizeof(float);
@@ -163,4 +166,15 @@ void engine_free(Engine *e) {
 
 void engine_forward(Engine *e, const RaggedBatch *b, float *logits) {
     model_forward_paged(&e->m, &e->ps, &e->kv, b, e->m.tp_rank == 0 ? logits : NULL);
+}
+
+int engine_start_ranks(Comm *comm, const char *name, int64_t threads_key, int debug, double timeout_s) {
+    int local_rank = 0, on_node = 1;
+    topo_node_place(&local_rank, &on_node);
+    int threads = threads_per_rank(threads_key, on_node);
+    kernels_set_threads(threads);
+    CommOptions co = {.debug = debug, .timeout_s = timeout_s, .fault_skip_rank = -1,
+                      .oversubscribed = (long)threads * on_node > sysconf(_SC_NPROCESSORS_ONLN)};
+    comm_init(comm, MPI_COMM_WORLD, name, &co);
+    return local_rank;
 }

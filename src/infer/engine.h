@@ -47,4 +47,10 @@ void engine_forward(Engine *e, const RaggedBatch *b, float *logits);
 // A float as bf16 (round to nearest even; NaN kept a NaN).
 uint16_t engine_bf16(float x);
 
+// The ranks of an inference job (generate, eval): kernel threads as in
+// training ([run] threads, else the node's cores shared among its ranks) and
+// the world communicator `name` with the deck's debug and timeout. Returns
+// this rank's place on its node (which GPU it takes).
+int engine_start_ranks(Comm *comm, const char *name, int64_t threads_key, int debug, double timeout_s);
+
 #endif

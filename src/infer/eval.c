@@ -95,13 +95,7 @@ int eval_run(const Deck *d, const char *logits_path) {
     memset(&ev, 0, sizeof ev);
     ev.cfg = &d->cfg;
     const Config *c = ev.cfg;
-    int local_rank = 0, on_node = 1;
-    topo_node_place(&local_rank, &on_node);
-    int threads = threads_per_rank(c->run.threads, on_node);
-    kernels_set_threads(threads);
-    CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s, .fault_skip_rank = -1,
-                      .oversubscribed = (long)threads * on_node > sysconf(_SC_NPROCESSORS_ONLN)};
-    comm_init(&ev.comm, MPI_COMM_WORLD, "eval", &co);
+    int local_rank = engine_start_ranks(&ev.comm, "eval", c->run.threads, c->comm.debug, c->comm.timeout_s);
     ev.naive = c->generate.naive;
     ev.T = c->train.seq_len > 0 ? (int)c->train.seq_len : (int)c->model.seq_len;
     uint64_t tb, te;

@@ -878,14 +878,7 @@ int generate_run(const Deck *d) {
     g.deck = d;
     g.cfg = &d->cfg;
     const Config *c = g.cfg;
-    // Threads as in training: [run] threads, else the node's cores shared among its ranks.
-    int local_rank = 0, on_node = 1;
-    topo_node_place(&local_rank, &on_node);
-    int threads = threads_per_rank(c->run.threads, on_node);
-    kernels_set_threads(threads);
-    CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s, .fault_skip_rank = -1,
-                      .oversubscribed = (long)threads * on_node > sysconf(_SC_NPROCESSORS_ONLN)};
-    comm_init(&g.comm, MPI_COMM_WORLD, "tp", &co);
+    int local_rank = engine_start_ranks(&g.comm, "tp", c->run.threads, c->comm.debug, c->comm.timeout_s);
     int rank = g.comm.rank;
     char *deck_text = xmalloc(1 << 16, "deck text");
     deck_format(d, deck_text, 1 << 16);
@@ -925,7 +918,7 @@ int generate_run(const Deck *d) {
         make_parent_dirs(mirror, "set [generate] jsonl to a path you can write");
         log_info("generate: %s backend\n", g.e.bk ? g.e.bk->name : "cpu");
         log_info("generate: %s, %zu parameters, tp = %d, %d threads per rank, mode %s, token budget %d, KV cache %lld blocks of %d tokens (%.1f MiB per rank)\n",
-                 c->generate.weights, g.m.nparams, g.comm.size, threads,
+                 c->generate.weights, g.m.nparams, g.comm.size, kernels_get_threads(),
                  c->generate.naive ? "naive" : c->generate.mode == GEN_STATIC ? "static" : "splitfuse", Nmax,
                  (long long)c->generate.kv_blocks, bs,
                  (double)engine_kv_bytes_per_block(&g.m, g.comm.size, bs) * (double)c->generate.kv_blocks / 1048576.0);
