@@ -30,6 +30,7 @@ tests=(
   "comm-collectives     $MPIEXEC -np 3 build/test_comm"
   "ulysses-layouts      $MPIEXEC -np 4 build/test_ulysses"
   "deck                 $PYTHON tests/test_deck.py"
+  "moe-deck             $PYTHON tests/test_moe_deck.py"
   "cli-errors           $PYTHON tests/test_cli.py"
   "deck-inputs          $PYTHON tests/test_inputs.py"
   "data-order           $PYTHON tests/test_data.py"
