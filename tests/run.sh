@@ -37,6 +37,7 @@ tests=(
   "bpe-tokenizer        $PYTHON tests/test_bpe.py"
   "safetensors          $PYTHON tests/test_safetensors.py"
   "torch-reference      $PYTHON tests/test_torch_ref.py"
+  "moe-torch-reference  $PYTHON tests/moe_torch.py"
   "dp-equivalence       $PYTHON tests/test_dp.py"
   "zero-stages          $PYTHON tests/test_zero.py"
   "sequence-parallel    $PYTHON tests/test_sp.py"
