@@ -43,6 +43,7 @@ tests=(
   "sequence-parallel    $PYTHON tests/test_sp.py"
   "comm-debug           $PYTHON tests/test_comm_debug.py"
   "estimate-memory      $PYTHON tests/test_estimate.py"
+  "estimate-moe         $PYTHON tests/test_estimate_moe.py"
   "checkpoints          $PYTHON tests/test_ckpt.py"
   "checkpoint-faults    $PYTHON tests/test_ckpt_faults.py"
   "checkpoint-corrupt   $PYTHON tests/test_ckpt_corrupt.py"
