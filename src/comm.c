@@ -23,10 +23,8 @@ void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt)
     c->opt = *opt;
     MPI_CHECK(MPI_Comm_rank(comm, &c->rank));
     MPI_CHECK(MPI_Comm_size(comm, &c->size));
-    c->counts = xcalloc(sizeof(int) * (size_t)c->size, "comm counts");
-    c->displs = xcalloc(sizeof(int) * (size_t)c->size, "comm displacements");
     c->sigs = xcalloc(sizeof(CommSig) * (size_t)c->size, "comm signatures");
-    c->a2a = xcalloc(sizeof(int) * 4 * COMM_A2A_SLOTS * (size_t)c->size, "comm all-to-all counts");
+    c->vargs = xcalloc(sizeof(int) * 4 * COMM_SLOTS * (size_t)c->size, "comm counts of collectives in flight");
     if (c->opt.path == COMM_PATH_NCCL) c->nccl = nccl_create(comm, c->rank, c->size);
 }
 
@@ -69,11 +67,9 @@ void comm_free(Comm *c) {
     c->nmirrors = 0;
     if (c->nccl) nccl_destroy(c->nccl);
     c->nccl = NULL;
-    free(c->counts);
-    free(c->displs);
     free(c->sigs);
-    free(c->a2a);
-    c->counts = c->displs = c->a2a = NULL;
+    free(c->vargs);
+    c->vargs = NULL;
     c->sigs = NULL;
 }
 
@@ -192,16 +188,6 @@ static int as_int(size_t n, const char *what) {
     return (int)n;
 }
 
-static size_t fill_counts(Comm *c, const size_t *counts, const char *what) {
-    size_t total = 0;
-    for (int k = 0; k < c->size; k++) {
-        c->counts[k] = as_int(counts[k], what);
-        c->displs[k] = as_int(total, what);
-        total += counts[k];
-    }
-    return total;
-}
-
 void comm_iallreduce_sum(Comm *c, float *buf, size_t n, const char *tag, CommReq *r) {
     size_t sent = c->size > 1 ? 2 * (size_t)(c->size - 1) * n * sizeof(float) / (size_t)c->size : 0;
     if (begin(c, COMM_ALLREDUCE, n, sent, tag, r)) return;
@@ -219,11 +205,46 @@ void comm_iallreduce_sum(Comm *c, float *buf, size_t n, const char *tag, CommReq
     MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n, "all-reduce"), MPI_FLOAT, MPI_SUM, c->comm, &r->req));
 }
 
+// A free slot of counts, now owned by r until its completion.
+static int *take_slot(Comm *c, CommReq *r) {
+    int k = 0;
+    while (k < COMM_SLOTS && (c->busy >> k & 1u)) k++;
+    if (k == COMM_SLOTS)
+        FATAL("wait for some collectives before issuing more (a request that is never waited on leaks its slot)",
+              "comm: more than %d v-collectives in flight on group %s", COMM_SLOTS, c->name);
+    c->busy |= (uint64_t)1 << k;
+    r->slot = k;
+    return c->vargs + (size_t)k * 4 * (size_t)c->size;
+}
+
+static void release_slot(Comm *c, CommReq *r) {
+    if (r->slot >= 0) c->busy &= ~((uint64_t)1 << r->slot);
+    r->slot = -1;
+}
+
+static size_t sum_counts(const Comm *c, const size_t *counts) {
+    size_t total = 0;
+    for (int k = 0; k < c->size; k++) total += counts[k];
+    return total;
+}
+
+// Copies counts (and their displacements) into dst as MPI's ints.
+static void put_counts(Comm *c, int *cnt, int *dsp, const size_t *counts, const char *what) {
+    size_t at = 0;
+    for (int k = 0; k < c->size; k++) {
+        cnt[k] = as_int(counts[k], what);
+        dsp[k] = as_int(at, what);
+        at += counts[k];
+    }
+}
+
 void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const size_t *counts,
                               const char *tag, CommReq *r) {
-    size_t total = fill_counts(c, counts, "reduce-scatter");
+    size_t total = sum_counts(c, counts);
     if (begin(c, COMM_REDUCE_SCATTER, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
     r->active = 1;
+    int *cnt = take_slot(c, r);
+    put_counts(c, cnt, cnt + c->size, counts, "reduce-scatter");
     if (c->opt.path == COMM_PATH_NCCL) {
         r->event = nccl_reduce_scatter_sum(c->nccl, send, recv, counts);
         return;
@@ -235,65 +256,38 @@ void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const siz
         send = hs;
         recv = hr;
     }
-    MPI_CHECK(MPI_Ireduce_scatter(send, recv, c->counts, MPI_FLOAT, MPI_SUM, c->comm, &r->req));
+    MPI_CHECK(MPI_Ireduce_scatter(send, recv, cnt, MPI_FLOAT, MPI_SUM, c->comm, &r->req));
 }
 
 void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag, CommReq *r) {
-    size_t total = fill_counts(c, counts, "all-gather");
+    size_t total = sum_counts(c, counts);
     if (begin(c, COMM_ALLGATHER, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
     r->active = 1;
+    int *cnt = take_slot(c, r), *dsp = cnt + c->size;
+    put_counts(c, cnt, dsp, counts, "all-gather");
     if (c->opt.path == COMM_PATH_NCCL) {
         r->event = nccl_allgather(c->nccl, buf, counts);
         return;
     }
     if (c->opt.path == COMM_PATH_STAGED) {
         float *h = mirror_of(c, buf, total);
-        size_t at = (size_t)c->displs[c->rank];
+        size_t at = (size_t)dsp[c->rank];
         c->opt.bk->to_host(h + at, buf + at, counts[c->rank]);
         set_landing(r, buf, h, total);
         buf = h;
     }
-    MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, c->counts, c->displs, MPI_FLOAT,
-                              c->comm, &r->req));
-}
-
-// A free all-to-all slot, now owned by r until its completion.
-static int *take_slot(Comm *c, CommReq *r) {
-    int k = 0;
-    while (k < COMM_A2A_SLOTS && (c->a2a_busy >> k & 1u)) k++;
-    if (k == COMM_A2A_SLOTS)
-        FATAL("wait for an all-to-all before issuing another", "comm: more than %d all-to-alls in flight on group %s",
-              COMM_A2A_SLOTS, c->name);
-    c->a2a_busy |= 1u << k;
-    r->slot = k;
-    return c->a2a + (size_t)k * 4 * (size_t)c->size;
-}
-
-static void release_slot(Comm *c, CommReq *r) {
-    if (r->slot >= 0) c->a2a_busy &= ~(1u << r->slot);
-    r->slot = -1;
+    MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, cnt, dsp, MPI_FLOAT, c->comm, &r->req));
 }
 
 void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *recv, const size_t *rcounts,
                      const char *tag, CommReq *r) {
-    size_t total = 0, rtotal = 0;
-    for (int k = 0; k < c->size; k++) {
-        total += counts[k];
-        rtotal += rcounts[k];
-    }
+    size_t total = sum_counts(c, counts), rtotal = sum_counts(c, rcounts);
     // What leaves this rank: everything but its part for itself.
     if (begin(c, COMM_ALLTOALL, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
     r->active = 1;
     int *sc = take_slot(c, r), *sd = sc + c->size, *rc = sd + c->size, *rd = rc + c->size;
-    size_t so = 0, ro = 0;
-    for (int k = 0; k < c->size; k++) {
-        sc[k] = as_int(counts[k], "all-to-all");
-        sd[k] = as_int(so, "all-to-all");
-        rc[k] = as_int(rcounts[k], "all-to-all");
-        rd[k] = as_int(ro, "all-to-all");
-        so += counts[k];
-        ro += rcounts[k];
-    }
+    put_counts(c, sc, sd, counts, "all-to-all");
+    put_counts(c, rc, rd, rcounts, "all-to-all");
     if (c->opt.path == COMM_PATH_NCCL) {
         r->event = nccl_alltoallv(c->nccl, send, counts, recv, rcounts);
         return;

@@ -42,7 +42,7 @@ typedef struct CommSig {
 typedef struct CommReq {
     MPI_Request req;
     int active;
-    int slot;               // all-to-all: its counts slot in Comm.a2a until completion; -1 none
+    int slot;               // v-collectives: its counts slot in Comm.vargs until completion; -1 none
     CommSig sig;
     int event;              // nccl: the completion event's slot, -1 none
     float *land;            // staged: device buffer the result goes to on completion ...
@@ -68,7 +68,8 @@ typedef struct CommMirror {     // staged path: a registered device buffer and i
 } CommMirror;
 
 enum { COMM_MAX_MIRRORS = 32 };
-enum { COMM_A2A_SLOTS = 8 };    // all-to-alls in flight at once on one communicator
+enum { COMM_SLOTS = 64 };       // v-collectives (reduce-scatter, all-gather, all-to-all) in flight at
+                                // once on one communicator: each owns one slot of counts until completion
 
 typedef struct Comm {
     MPI_Comm comm;
@@ -81,10 +82,10 @@ typedef struct Comm {
     uint64_t bytes[COMM_NOPS];  // bytes sent by this rank, per op, since start
     uint64_t calls[COMM_NOPS];
     double wait_s;          // time blocked in waits: communication not hidden by compute
-    int *counts, *displs;   // (size) scratch for the v-collectives
-    int *a2a;               // (COMM_A2A_SLOTS, 4, size) counts, displacements, receive counts and
-                            // displacements of each all-to-all in flight (MPI reads them until it completes)
-    unsigned a2a_busy;      // bit k: slot k belongs to a request not yet completed
+    int *vargs;             // (COMM_SLOTS, 4, size) send counts, displacements, receive counts and
+                            // displacements of each v-collective in flight: the MPI standard forbids
+                            // touching them before the request completes, so no two requests share them
+    uint64_t busy;          // bit k: slot k belongs to a request not yet completed
     CommSig *sigs;          // (size) scratch for debug checks
     CommMirror mirrors[COMM_MAX_MIRRORS];
     int nmirrors;
@@ -114,9 +115,10 @@ void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const siz
 // this rank's own part must be in place already.
 void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag, CommReq *r);
 // send holds counts[k] floats for rank k back to back; recv receives
-// rcounts[k] floats from rank k back to back (MoE dispatch, Ulysses). Up to
-// COMM_A2A_SLOTS may be in flight on one communicator, each with its own copy
-// of the counts (fatal beyond).
+// rcounts[k] floats from rank k back to back (MoE dispatch, Ulysses).
+// The v-collectives copy counts into a slot of their own: the caller may reuse
+// its arrays at once. Up to COMM_SLOTS may be in flight on one communicator
+// (fatal beyond, naming the group).
 void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *recv, const size_t *rcounts,
                      const char *tag, CommReq *r);
 // Waits for r (no-op if inactive), yielding the core, timing the wait.
