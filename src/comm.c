@@ -6,6 +6,8 @@
 #include "log.h"
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,103 @@
 static const char *op_names[COMM_NOPS] = {"all_reduce", "reduce_scatter", "all_gather", "all_to_all", "broadcast"};
 
 const char *comm_op_name(int op) { return op >= 0 && op < COMM_NOPS ? op_names[op] : "?"; }
+
+const char *comm_progress_name(int progress) {
+    return progress == COMM_PROGRESS_THREAD ? "thread" : progress == COMM_PROGRESS_NONE ? "none" : "poll";
+}
+
+// ---------------------------------------------------------------------------
+// The progress thread (progress = thread). It touches no request of the
+// caller's (two threads may not test one request): it probes a private
+// duplicate of the communicator, which runs MPICH's progress engine for every
+// request of the process.
+
+typedef struct CommProgress {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_int inflight;    // the caller's count, mirrored
+    int quit;               // under mu
+    MPI_Comm probe;         // the Comm's
+    struct timespec pause;
+} CommProgress;
+
+static void *progress_main(void *arg) {
+    CommProgress *p = arg;
+    pthread_mutex_lock(&p->mu);
+    while (!p->quit) {
+        if (atomic_load(&p->inflight) == 0) {
+            pthread_cond_wait(&p->cv, &p->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&p->mu);
+        int flag = 0;
+        MPI_CHECK(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, p->probe, &flag, MPI_STATUS_IGNORE));
+        if (p->pause.tv_nsec > 0) nanosleep(&p->pause, NULL);
+        else sched_yield();
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void progress_start(Comm *c) {
+    int provided = 0;
+    MPI_CHECK(MPI_Query_thread(&provided));
+    if (provided < MPI_THREAD_MULTIPLE)
+        FATAL("set [comm] progress = poll, or use an MPI built with thread support",
+              "[comm] progress = thread needs MPI_THREAD_MULTIPLE; this MPI provides level %d", provided);
+    CommProgress *p = xcalloc(sizeof *p, "comm progress thread");
+    p->probe = c->probe;
+    double us = c->opt.progress_us > 0 ? c->opt.progress_us : 0;
+    p->pause.tv_sec = (time_t)(us / 1e6);
+    p->pause.tv_nsec = (long)((us - (double)p->pause.tv_sec * 1e6) * 1e3);
+    SYS_CHECK(pthread_mutex_init(&p->mu, NULL) == 0, "cannot create the progress thread's mutex");
+    SYS_CHECK(pthread_cond_init(&p->cv, NULL) == 0, "cannot create the progress thread's condition");
+    int rc = pthread_create(&p->thread, NULL, progress_main, p);
+    SYS_CHECK(rc == 0, "cannot start the comm progress thread: %s", strerror(rc));
+    c->prog = p;
+}
+
+static void progress_stop(Comm *c) {
+    CommProgress *p = c->prog;
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p);
+    c->prog = NULL;
+}
+
+// A collective was issued (+1) or seen complete (-1): the in-flight clock,
+// and the progress thread's wake-up.
+static void fly(Comm *c, int delta) {
+    if (delta > 0 && c->inflight++ == 0) c->inflight_t0 = MPI_Wtime();
+    if (delta < 0 && --c->inflight == 0) c->inflight_s += MPI_Wtime() - c->inflight_t0;
+    CommProgress *p = c->prog;
+    if (!p) return;
+    if (atomic_fetch_add(&p->inflight, delta) == 0 && delta > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_signal(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+int comm_polls(const Comm *c) { return c->opt.progress != COMM_PROGRESS_NONE; }
+
+void comm_progress(Comm *c) {
+    if (!c->inflight || c->opt.path == COMM_PATH_NCCL) return;
+    int flag = 0;
+    MPI_CHECK(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->probe, &flag, MPI_STATUS_IGNORE));
+}
+
+double comm_inflight_s(const Comm *c) {
+    return c->inflight_s + (c->inflight > 0 ? MPI_Wtime() - c->inflight_t0 : 0);
+}
 
 void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt) {
     memset(c, 0, sizeof *c);
@@ -26,6 +125,8 @@ void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt)
     c->sigs = xcalloc(sizeof(CommSig) * (size_t)c->size, "comm signatures");
     c->vargs = xcalloc(sizeof(int) * 4 * COMM_SLOTS * (size_t)c->size, "comm counts of collectives in flight");
     if (c->opt.path == COMM_PATH_NCCL) c->nccl = nccl_create(comm, c->rank, c->size);
+    MPI_CHECK(MPI_Comm_dup(comm, &c->probe));
+    if (c->opt.progress == COMM_PROGRESS_THREAD && c->opt.path != COMM_PATH_NCCL) progress_start(c);
 }
 
 const char *comm_path_name(int path) {
@@ -63,6 +164,8 @@ static void set_landing(CommReq *r, float *dev, const float *host, size_t n) {
 }
 
 void comm_free(Comm *c) {
+    progress_stop(c);
+    if (c->probe != MPI_COMM_NULL) MPI_CHECK(MPI_Comm_free(&c->probe));
     for (int i = 0; i < c->nmirrors; i++) free(c->mirrors[i].host);
     c->nmirrors = 0;
     if (c->nccl) nccl_destroy(c->nccl);
@@ -178,6 +281,7 @@ issue:
     if (c->opt.debug) check_signature(c, &r->sig);
     c->bytes[op] += bytes_sent;
     c->calls[op]++;
+    fly(c, +1);
     return 0;
 }
 
@@ -313,6 +417,7 @@ void comm_wait(Comm *c, CommReq *r) {
     }
     release_slot(c, r);
     r->active = 0;
+    fly(c, -1);
 }
 
 int comm_test(Comm *c, CommReq *r) {
@@ -324,6 +429,7 @@ int comm_test(Comm *c, CommReq *r) {
         land(c, r);
         release_slot(c, r);
         r->active = 0;
+        fly(c, -1);
     }
     return done;
 }

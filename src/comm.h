@@ -28,6 +28,18 @@
 
 enum { COMM_PATH_HOST = 0, COMM_PATH_STAGED, COMM_PATH_NCCL };
 
+// How host-path collectives advance while the caller computes ([comm] progress):
+//   poll:   only inside comm calls (comm_test between layers, comm_wait);
+//   thread: also a progress thread per communicator that, while a collective
+//           is in flight, calls MPI_Iprobe on a private duplicate of the
+//           communicator every progress_us (MPICH moves messages only inside
+//           MPI calls; any call drives the one progress engine) and sleeps
+//           on a condition variable while none is. Needs MPI_THREAD_MULTIPLE
+//           (main.c asks for it; fatal with a hint where MPI gives less);
+//   none:   only inside comm_wait (comm_polls() is 0: callers skip their
+//           polls), the baseline that shows what the polls buy.
+enum { COMM_PROGRESS_POLL = 0, COMM_PROGRESS_THREAD, COMM_PROGRESS_NONE };
+
 enum { COMM_ALLREDUCE = 0, COMM_REDUCE_SCATTER, COMM_ALLGATHER, COMM_ALLTOALL, COMM_BCAST, COMM_NOPS };
 
 // What a collective is, as ranks compare it in debug mode.
@@ -59,6 +71,8 @@ typedef struct CommOptions {
     int oversubscribed;     // ranks x threads exceed the node's cores: long waits nap
     int path;               // COMM_PATH_*: how the float collectives reach their buffers
     const struct Backend *bk;   // staged: the copies between device and host mirrors
+    int progress;           // COMM_PROGRESS_*
+    double progress_us;     // thread: the pause between two probes (0: sched_yield only)
 } CommOptions;
 
 typedef struct CommMirror {     // staged path: a registered device buffer and its host mirror
@@ -82,6 +96,11 @@ typedef struct Comm {
     uint64_t bytes[COMM_NOPS];  // bytes sent by this rank, per op, since start
     uint64_t calls[COMM_NOPS];
     double wait_s;          // time blocked in waits: communication not hidden by compute
+    double inflight_s;      // time at least one collective was in flight (issue to observed completion)
+    int inflight;           // collectives issued and not yet seen complete
+    double inflight_t0;     // when inflight last went from 0 to 1
+    MPI_Comm probe;         // a private duplicate of comm that comm_progress and the thread probe
+    struct CommProgress *prog;  // progress = thread: the thread and what it shares with the caller
     int *vargs;             // (COMM_SLOTS, 4, size) send counts, displacements, receive counts and
                             // displacements of each v-collective in flight: the MPI standard forbids
                             // touching them before the request completes, so no two requests share them
@@ -125,6 +144,13 @@ void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *re
 void comm_wait(Comm *c, CommReq *r);
 // Non-blocking progress: returns 1 if r is complete (and marks it inactive).
 int comm_test(Comm *c, CommReq *r);
+// Whether callers should poll (comm_progress, comm_test) between their kernels: 0 with progress = none.
+int comm_polls(const Comm *c);
+// Runs MPI's progress engine once, for every collective in flight, touching none of their requests.
+void comm_progress(Comm *c);
+// Seconds with a collective in flight, counting one still in flight up to now.
+double comm_inflight_s(const Comm *c);
+const char *comm_progress_name(int progress);
 
 // Blocking conveniences.
 void comm_allreduce_sum(Comm *c, float *buf, size_t n, const char *tag);

@@ -65,6 +65,7 @@ static const char *const decay_names[] = {"cosine", "linear", "none", NULL};
 static const char *const precision_names[] = {"auto", "fp32", "bf16", NULL};
 static const char *const recompute_names[] = {"none", "layer", NULL};
 static const char *const devpath_names[] = {"auto", "nccl", "staged", NULL};
+static const char *const progress_names[] = {"poll", "thread", "none", NULL};   // = COMM_PROGRESS_*
 static const char *const tokenizer_names[] = {"byte", "gpt2", NULL};
 static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
 static const char *const gen_wdtype_names[] = {"fp32", "bf16", "int8", NULL};
@@ -242,6 +243,10 @@ static const KeyDef keys[] = {
      "test only: instead of skipping it, the faulty rank stalls this long first (a stuck rank)"},
     {"comm", "device_path", T_ENUM, OFF(comm.device_path), "auto", ANY, devpath_names,
      "cuda: nccl, or staged (device -> host -> MPI -> device, lets ranks share a GPU); auto = nccl unless ranks share a GPU"},
+    {"comm", "progress", T_ENUM, OFF(comm.progress), "poll", ANY, progress_names,
+     "how collectives advance while kernels run: poll (tests between layers), thread (a progress thread too), none"},
+    {"comm", "progress_us", T_FLOAT, OFF(comm.progress_us), "50", IN(0, 100000), NULL,
+     "progress = thread: microseconds the thread sleeps between probes (0 = yield only; it spins on the core)"},
 };
 
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))

@@ -143,6 +143,8 @@ typedef struct CommConfig {
     int64_t fault_skip_step;  // test only: 1-based step
     double fault_hang_s;      // test only: stall instead of skipping
     int device_path;          // DEVPATH_*: how collectives move device buffers (cuda)
+    int progress;             // COMM_PROGRESS_* (comm.h): poll | thread | none
+    double progress_us;       // progress = thread: pause between the thread's probes
 } CommConfig;
 
 typedef struct Config {

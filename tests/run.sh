@@ -28,6 +28,7 @@ tests=(
   "kernel-held          build/test_kernels held"
   "sampler              build/test_sampler"
   "comm-collectives     $MPIEXEC -np 3 build/test_comm"
+  "overlap-progress     $PYTHON tests/test_overlap.py"
   "ulysses-layouts      $MPIEXEC -np 4 build/test_ulysses"
   "deck                 $PYTHON tests/test_deck.py"
   "cli-errors           $PYTHON tests/test_cli.py"
