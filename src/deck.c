@@ -196,6 +196,8 @@ static const KeyDef keys[] = {
      "checkpoints kept (the newest); 0 = all"},
     {"checkpoint", "resume", T_STR, OFF(checkpoint.resume), "auto", ANY, NULL,
      "auto (the latest whole checkpoint in dir, if any), none, or a checkpoint file"},
+    {"checkpoint", "async", T_BOOL, OFF(checkpoint.async), "false", ANY, NULL,
+     "copy the states to a host buffer at the step and write them while training goes on (the next checkpoint waits)"},
     {"checkpoint", "test_pause_step", T_INT, OFF(checkpoint.test_pause_step), "0", IN(0, DECK_MAX_STEPS), NULL,
      "test only: pause half-way through writing this step's checkpoint"},
     {"checkpoint", "test_pause_s", T_FLOAT, OFF(checkpoint.test_pause_s), "0", IN(0, 3600), NULL,

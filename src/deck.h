@@ -109,6 +109,7 @@ typedef struct CheckpointConfig {
     int64_t interval;         // 0 = no checkpoints
     int64_t keep;             // newest kept; 0 = all
     char resume[DECK_STR];    // auto | none | PATH
+    int async;                // write in the background from a host copy (ckpt.h)
     int64_t test_pause_step;  // test only
     double test_pause_s;      // test only
     int64_t fault_stall_rank; // test only: -1 = none

@@ -179,7 +179,8 @@ static void checkpoint(Trainer *tr, int64_t steps_done) {
     double t0 = wall_seconds();
     zero_pull_states(&tr->zero);
     ckpt_write(&tr->ckpt, &tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
-    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s)\n", tr->cfg->checkpoint.dir, (long long)steps_done, wall_seconds() - t0);
+    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s%s)\n", tr->cfg->checkpoint.dir, (long long)steps_done,
+             wall_seconds() - t0, tr->cfg->checkpoint.async ? "; writing in the background" : "");
 }
 
 // A checkpoint, timed (the time limit plans with the longest of this job).
@@ -575,6 +576,7 @@ int train_run(const Deck *d) {
             break;
         }
         double t0 = wall_seconds();
+        ckpt_poll(&tr.ckpt);    // publishes an asynchronous checkpoint whose writes are done (counted in the step)
         o = (StepOut){.val = NAN};
         o.loss = compute_grads(&tr, step, &o.gnorm);
         o.lr = optim_lr(&tr.zero.optim, step);
@@ -620,6 +622,7 @@ int train_run(const Deck *d) {
         snprintf(path, sizeof path, "%s/final.h5", c->run.out_dir);
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, c->train.steps, tr.deck_text);
     }
+    ckpt_flush(&tr.ckpt);       // an asynchronous checkpoint still being written
     char why[160];
     const char *how = end == END_NAN ? "stopped (non-finite loss or gradient)"
                     : end == END_STOPPED ? "stopped early" : stop_at < c->train.steps ? "stopped (train.stop_at)" : "done";
