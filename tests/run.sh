@@ -29,6 +29,7 @@ tests=(
   "sampler              build/test_sampler"
   "comm-collectives     $MPIEXEC -np 3 build/test_comm"
   "overlap-progress     $PYTHON tests/test_overlap.py"
+  "ckpt-async           $PYTHON tests/test_ckpt_async.py"
   "ulysses-layouts      $MPIEXEC -np 4 build/test_ulysses"
   "deck                 $PYTHON tests/test_deck.py"
   "cli-errors           $PYTHON tests/test_cli.py"

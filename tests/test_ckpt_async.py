@@ -8,7 +8,8 @@
    (while the writer thread is half-way, paused after /params by the test
    switch, and at a few delays after the write began, whatever it is doing
    then): `latest` names a checkpoint that is whole (`ckpt info` ok), never
-   the half-written one, and resume = auto continues from it to the straight
+   the half-written one (after the last delay the write may be published or
+   the job done: then a later one), and resume = auto continues from it to the straight
    run's losses bit for bit.
 """
 import os
@@ -103,7 +104,8 @@ for label, delay in (("the writer half-way (paused after /params)", None), ("0.2
     proc.wait()
     name = latest(out)
     info = run(["ckpt", "info", os.path.join(out, "ckpt", name)], check_rc=False)
-    check(name in ("step-000002.h5", "step-000004.h5") and info.returncode == 0,
+    # Later delays may find the write done and published, or the job even finished.
+    check(name in [f"step-{s:06d}.h5" for s in (2, 4, 6, 8)] and info.returncode == 0,
           f"SIGKILL {label}: latest names a whole checkpoint", f"{name}; left: {sorted(os.listdir(os.path.join(out, 'ckpt')))}")
     if delay is None:
         check(name == "step-000002.h5" and os.path.exists(tmp), "... the half-written step 4 is a .tmp, not named")
