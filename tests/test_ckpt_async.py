@@ -113,4 +113,44 @@ for label, delay in (("the writer half-way (paused after /params)", None), ("0.2
     got, steps = losses(out)
     check(f"{name} at step" in p.stdout and np.array_equal(got, ref) and list(steps) == list(range(1, 9)),
           f"... resume = auto continues from {name} to the straight run's losses, bit for bit")
+
+
+# 3. Older formats -------------------------------------------------------------
+# A format-2 file as the HDF5 hyperslab writer made it is still read: here the
+# datasets are rewritten chunked and compressed (no raw offset: the reader must
+# go through H5Dread), /meta index dropped, format_version 2, meta checksum
+# recomputed. A format-4 file is refused naming the version.
+import importlib.util  # noqa: E402
+import shutil  # noqa: E402
+spec = importlib.util.spec_from_file_location("inspect_ckpt", os.path.join(ROOT, "analysis/inspect_ckpt.py"))
+ic = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ic)
+old = os.path.join(d, "format2.h5")
+shutil.copy(os.path.join(sync, "ckpt/step-000004.h5"), old)
+with h5py.File(old, "a") as f:
+    names = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    for n in names:
+        a = np.array(f[n])
+        del f[n]
+        f.create_dataset(n, data=a, chunks=True, compression="gzip")
+    m = f["meta"]
+    del m.attrs["index"]
+    m.attrs["format_version"] = np.int64(2)
+    h, why = ic.meta_digest(m)
+    m.attrs["meta_checksum"] = np.uint64(h)
+out = os.path.join(d, "from-format2")
+p = train(out, f"checkpoint.resume={old}", "checkpoint.interval=0")
+got, steps = losses(out)
+check("at step 4" in p.stdout and np.array_equal(got, ref[4:]) and list(steps) == [5, 6, 7, 8],
+      "a format-2 file (chunked, compressed datasets, no index) resumes to the straight run's losses, bit for bit",
+      f"{got.tolist()}")
+new = os.path.join(d, "format4.h5")
+shutil.copy(os.path.join(sync, "ckpt/step-000004.h5"), new)
+with h5py.File(new, "a") as f:
+    f["meta"].attrs["format_version"] = np.int64(4)
+p = train(os.path.join(d, "from-format4"), f"checkpoint.resume={new}", check_rc=False)
+check(p.returncode != 0 and "format_version = 4" in p.stderr and "formats 1 to 3" in p.stderr,
+      "a format-4 file is refused naming its version and the formats read",
+      next((l for l in p.stderr.splitlines() if "error" in l), "")[:200])
 finish()
