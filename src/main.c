@@ -376,7 +376,9 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
 }
 
 int main(int argc, char **argv) {
-    MPI_CHECK(MPI_Init(&argc, &argv));
+    // MULTIPLE: [comm] progress = thread and asynchronous checkpoints use threads beside the caller's.
+    int provided = 0;
+    MPI_CHECK(MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided));
     int rank = 0, size = 1;
     MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));

@@ -181,7 +181,8 @@ static void checkpoint(Trainer *tr, int64_t steps_done) {
     double t0 = wall_seconds();
     zero_pull_states(&tr->zero);
     ckpt_write(&tr->ckpt, &tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
-    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s)\n", tr->cfg->checkpoint.dir, (long long)steps_done, wall_seconds() - t0);
+    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s%s)\n", tr->cfg->checkpoint.dir, (long long)steps_done,
+             wall_seconds() - t0, tr->cfg->checkpoint.async ? "; writing in the background" : "");
 }
 
 // A checkpoint, timed (the time limit plans with the longest of this job).
@@ -244,7 +245,8 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     tr->threads = threads_per_rank(c->run.threads, tr->topo.local_size);
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
                       .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step,
-                      .fault_hang_s = c->comm.fault_hang_s, .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN)};
+                      .fault_hang_s = c->comm.fault_hang_s, .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN),
+                      .progress = c->comm.progress, .progress_us = c->comm.progress_us};
     kernels_set_threads(tr->threads);
     tr->B = (int)c->train.micro_batch;
     tr->T = (int)c->train.seq_len;
@@ -432,6 +434,7 @@ typedef struct CommMark {
     uint64_t bytes[COMM_NOPS];     // dp (ZeRO) group
     uint64_t a2a;                  // sp group: Ulysses all-to-alls
     double wait_s;
+    double inflight_s;
 } CommMark;
 
 // Collective (per-rank memory); rank 0 appends the row and maybe prints.
@@ -466,6 +469,8 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     mark->a2a = tr->sp.bytes[COMM_ALLTOALL];
     memcpy(mark->bytes, tr->dp.bytes, sizeof mark->bytes);
     mark->wait_s = tr->dp.wait_s;
+    row.v[M_COMM_INFLIGHT] = comm_inflight_s(&tr->dp) - mark->inflight_s;
+    mark->inflight_s = comm_inflight_s(&tr->dp);
     metrics_append(&tr->metrics, &row);
     if (!o->print) return;
     char eta[32], vbuf[32] = "";
@@ -584,6 +589,7 @@ int train_run(const Deck *d) {
     CommMark mark;
     memcpy(mark.bytes, tr.dp.bytes, sizeof mark.bytes);
     mark.wait_s = tr.dp.wait_s;
+    mark.inflight_s = comm_inflight_s(&tr.dp);
     mark.a2a = tr.sp.bytes[COMM_ALLTOALL];
     // The job may stop early (stop_at) with a checkpoint; the schedule still spans train.steps.
     int64_t stop_at = c->train.stop_at > 0 && c->train.stop_at < c->train.steps ? c->train.stop_at : c->train.steps;
@@ -596,6 +602,7 @@ int train_run(const Deck *d) {
             break;
         }
         double t0 = wall_seconds();
+        ckpt_poll(&tr.ckpt);    // publishes an asynchronous checkpoint whose writes are done (counted in the step)
         o = (StepOut){.val = NAN};
         o.loss = compute_grads(&tr, step, &o.gnorm);
         o.lr = optim_lr(&tr.zero.optim, step);
@@ -641,6 +648,7 @@ int train_run(const Deck *d) {
         snprintf(path, sizeof path, "%s/final.h5", c->run.out_dir);
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, c->train.steps, tr.deck_text);
     }
+    ckpt_flush(&tr.ckpt);       // an asynchronous checkpoint still being written
     char why[160];
     const char *how = end == END_NAN ? "stopped (non-finite loss or gradient)"
                     : end == END_STOPPED ? "stopped early" : stop_at < c->train.steps ? "stopped (train.stop_at)" : "done";

@@ -75,7 +75,8 @@ static void build_buckets(Zero *z, double bucket_mb) {
 
 // Lets MPICH advance the collectives in flight (it progresses only inside MPI calls).
 static void poke(Zero *z) {
-    if (!z->overlap) return;
+    if (!z->overlap || !comm_polls(z->comm)) return;
+    comm_progress(z->comm);     // the stage-3 gathers in flight too
     for (int i = 0; i < z->nbuckets; i++)
         if (z->buckets[i].req.active) comm_test(z->comm, &z->buckets[i].req);
 }
