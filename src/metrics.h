@@ -68,6 +68,12 @@ void metrics_describe(Metrics *mt, const char *deck_text, const char *machine, d
 void metrics_append(Metrics *mt, const MetricsRow *row);
 // Writes the buffered rows and flushes the file (readers see them from now).
 void metrics_flush(Metrics *mt);
+// A (steps, width) series of the caller's at path (outside /metrics, e.g. the
+// MoE loads), its rows aligned with the columns' rows: created, or in a
+// continued file reopened and cut to the rows kept (mt->rows). The caller
+// writes it with metrics_series_write before metrics_flush and closes it.
+hid_t metrics_series(Metrics *mt, const char *path, int width);
+void metrics_series_write(hid_t ds, uint64_t at, uint64_t n, int width, const double *rows);
 void metrics_close(Metrics *mt);
 
 #endif
