@@ -85,7 +85,10 @@ static void select_range(hid_t space, const ParamTensor *t, size_t a, size_t b) 
 // What a rank holds, as pieces: a local buffer and the global flat range it
 // holds. THE one mapping between rank-local buffers and the global layout:
 // every read, write and checksum below goes through these two functions
-// (a rank may hold several pieces per kind; today ZeRO gives one).
+// (a rank may hold several pieces per kind: one per ZeRO parameter group).
+// Flat ranges are in the rank's own layout (model.h: with expert parallelism
+// the held experts follow the dense tensors, the others are held nowhere
+// here); a tensor's part of a piece maps to its global dataset by name.
 
 enum { CKPT_MAX_PIECES = 16 };
 
@@ -96,23 +99,31 @@ typedef struct Piece {
 
 // The pieces of state `kind` this rank holds (and reads on a load).
 static int held_pieces(const Zero *z, int kind, Piece *out) {
-    if (kind == DS_PARAMS)
-        out[0] = (Piece){z->host_params, z->stage == 3 ? z->own_begin : 0, z->stage == 3 ? z->own_end : z->N};
-    else
-        out[0] = (Piece){kind == DS_EXP_AVG ? z->host_m : z->host_v, z->optim.begin, z->optim.end};
-    return 1;
+    if (kind == DS_PARAMS && z->stage < 3) {
+        out[0] = (Piece){z->host_params, 0, z->N};
+        return 1;
+    }
+    for (int k = 0; k < z->ngroups; k++) {
+        const ZeroGroup *g = &z->g[k];
+        float *buf = kind == DS_PARAMS ? z->host_params + g->at : kind == DS_EXP_AVG ? g->host_m : g->host_v;
+        out[k] = (Piece){buf, g->own_begin, g->own_end};
+    }
+    return z->ngroups;
 }
 
 // The pieces this rank writes and vouches for in the checksums: what it holds
-// within its dp shard, so that every element is written by exactly one rank.
+// within its shard of each group, so that every element is written by exactly
+// one rank (a dense one by one of all ranks, an expert's by one of the ranks
+// holding it).
 static int owned_pieces(const Zero *z, int kind, Piece *out) {
     Piece held[CKPT_MAX_PIECES];
     int nh = held_pieces(z, kind, held), n = 0;
-    for (int i = 0; i < nh; i++) {
-        size_t lo, hi;
-        zero_part(z, z->r, held[i].begin, held[i].end, &lo, &hi);
-        if (hi > lo) out[n++] = (Piece){held[i].buf + (lo - held[i].begin), lo, hi};
-    }
+    for (int i = 0; i < nh; i++)
+        for (int k = 0; k < z->ngroups; k++) {
+            size_t lo, hi;
+            zero_group_part(&z->g[k], z->g[k].r, held[i].begin, held[i].end, &lo, &hi);
+            if (hi > lo) out[n++] = (Piece){held[i].buf + (lo - held[i].begin), lo, hi};
+        }
     return n;
 }
 
@@ -550,9 +561,11 @@ static void write_index(hid_t meta, const Model *m) {
     size_t cap = 64 * (size_t)m->ntensors + 1, len = 0;
     char *text = xmalloc(cap, "checkpoint index");
     text[0] = 0;
-    for (int i = 0; i < m->ntensors && len < cap; i++)
-        len += (size_t)snprintf(text + len, cap - len, "%s %zu %zu\n", m->tensors[i].name, m->tensors[i].offset,
-                                m->tensors[i].numel);
+    size_t at = 0;      // the global layout: every tensor in table order (a rank's own may skip experts)
+    for (int i = 0; i < m->ntensors && len < cap; i++) {
+        len += (size_t)snprintf(text + len, cap - len, "%s %zu %zu\n", m->tensors[i].name, at, m->tensors[i].numel);
+        at += m->tensors[i].numel;
+    }
     h5_attr_str(meta, "index", text);
     free(text);
 }
@@ -572,7 +585,10 @@ static void write_meta(hid_t f, const Zero *z, int64_t optim_t, const Deck *d, c
     weights_write_shape(meta, m);
     h5_attr_str(meta, "deck", deck_text);
     char layout[128];
-    snprintf(layout, sizeof layout, "ranks=%d dp=%d zero_stage=%d", z->p, z->p, z->stage);
+    if (m->ep_size > 1)
+        snprintf(layout, sizeof layout, "ranks=%d dp=%d ep=%d zero_stage=%d", z->p, z->p, m->ep_size, z->stage);
+    else
+        snprintf(layout, sizeof layout, "ranks=%d dp=%d zero_stage=%d", z->p, z->p, z->stage);
     h5_attr_str(meta, "layout", layout);
     write_index(meta, m);
     for (int k = 0; k < DS_KINDS; k++)
@@ -1238,12 +1254,50 @@ static int read_whole(hid_t f, const char *name, const ParamTensor *t, float *bu
     return rc;
 }
 
-// The model table of the shape in /meta; -1 if the tensors it describes
-// cannot fit in a file of fsize bytes (a damaged shape attribute).
-static int model_from_meta(const MetaInfo *mi, long long fsize, int kinds, Model *m, char *why, size_t n) {
+// A Mixture-of-Experts checkpoint's layers (issue 13): layer l's experts from
+// the shape (C, E) of /params/h.<l>.mlp.gate.weight, PR-MoE from a residual
+// MLP; nmoe = 0 for a dense one. The table needs nothing else of the [moe] section.
+static void moe_from_file(hid_t f, const GPTShape *s, MoeSpec *moe) {
+    memset(moe, 0, sizeof *moe);
+    moe->L = s->L;
+    moe->top_k = 1;
+    moe->experts = xcalloc(sizeof(int) * (size_t)s->L, "moe layers");
+    for (int l = 0; l < s->L; l++) {
+        char name[96];
+        snprintf(name, sizeof name, "params/h.%d.mlp.gate.weight", l);
+        hid_t ds = -1;
+        H5E_BEGIN_TRY {
+            if (H5Lexists(f, "params", H5P_DEFAULT) > 0 && H5Lexists(f, name, H5P_DEFAULT) > 0)
+                ds = H5Dopen2(f, name, H5P_DEFAULT);
+        } H5E_END_TRY;
+        if (ds < 0) continue;
+        hid_t sp = H5Dget_space(ds);
+        hsize_t dims[2] = {0, 0};
+        if (sp >= 0 && H5Sget_simple_extent_ndims(sp) == 2 && H5Sget_simple_extent_dims(sp, dims, NULL) == 2 &&
+            dims[0] == (hsize_t)s->C && dims[1] >= 1 && dims[1] <= 4096) {
+            moe->experts[l] = (int)dims[1];
+            moe->nmoe++;
+            snprintf(name, sizeof name, "params/h.%d.mlp.residual.c_fc.weight", l);
+            htri_t r;
+            H5E_BEGIN_TRY { r = H5Lexists(f, name, H5P_DEFAULT); } H5E_END_TRY;
+            if (r > 0) moe->residual = 1;
+        }
+        if (sp >= 0) H5Sclose(sp);
+        H5Dclose(ds);
+    }
+    H5Eclear2(H5E_DEFAULT);
+}
+
+// The model table of the shape in /meta (and, for MoE, of f's gates); -1 if
+// the tensors it describes cannot fit in a file of fsize bytes (a damaged
+// shape attribute).
+static int model_from_meta(hid_t f, const MetaInfo *mi, long long fsize, int kinds, Model *m, char *why, size_t n) {
     ModelConfig mc = {.vocab = mi->s.V, .vocab_pad = mi->s.Vp, .layers = mi->s.L, .d_model = mi->s.C,
                       .heads = mi->s.NH, .seq_len = mi->s.maxT, .mlp_ratio = mi->s.H / mi->s.C, .init_std = 0.02};
-    model_table(m, &mc);
+    MoeSpec moe;
+    moe_from_file(f, &mi->s, &moe);
+    model_table_moe(m, &mc, &moe, 1, 0);
+    moe_spec_free(&moe);
     size_t bytes;
     if (__builtin_mul_overflow(m->nparams, sizeof(float) * (size_t)kinds, &bytes) || bytes > (size_t)fsize) {
         snprintf(why, n, "the shape attributes (L=%d C=%d NH=%d V=%d Vp=%d T=%d H=%d) describe %zu parameters, "
@@ -1306,7 +1360,7 @@ static int inspect(hid_t f, const char *path, int is_info, const char *out, int 
     struct stat sb;
     long long fsize = stat(path, &sb) == 0 ? (long long)sb.st_size : 0;
     Model m;
-    if (model_from_meta(&mi, fsize, is_info ? DS_KINDS : 1, &m, why, sizeof why) != 0) {
+    if (model_from_meta(f, &mi, fsize, is_info ? DS_KINDS : 1, &m, why, sizeof why) != 0) {
         H5Gclose(meta);
         return info_fail(path, why, damaged);
     }
