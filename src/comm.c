@@ -212,9 +212,11 @@ static void wait_request(Comm *c, MPI_Request *req, const CommSig *sig) {
     c->wait_s += MPI_Wtime() - t0;
 }
 
+// An all-to-all's element count is each rank's own (MoE dispatch sends what
+// its tokens chose): not compared.
 static int sig_equal(const CommSig *a, const CommSig *b) {
-    return a->op == b->op && a->count == b->count && a->step == b->step && a->seq == b->seq &&
-           strcmp(a->tag, b->tag) == 0;
+    return a->op == b->op && (a->count == b->count || a->op == COMM_ALLTOALL) && a->step == b->step &&
+           a->seq == b->seq && strcmp(a->tag, b->tag) == 0;
 }
 
 // Debug mode: every rank shows the others what it is about to issue; any
