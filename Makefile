@@ -64,6 +64,14 @@ $(BUILD)/.flags: FORCE
 	@mkdir -p $(BUILD)
 	@echo '$(CC) $(CFLAGS) $(LDLIBS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(LDLIBS)' > $@
 
+# `git describe` of the tree, baked into version.o alone (rebuilt when it changes).
+GIT_DESCRIBE := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+$(BUILD)/.git-describe: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(GIT_DESCRIBE)' | cmp -s - $@ || echo '$(GIT_DESCRIBE)' > $@
+$(BUILD)/src/version.o: $(BUILD)/.git-describe
+$(BUILD)/src/version.o: CFLAGS += -DPARTITA_GIT='"$(GIT_DESCRIBE)"'
+
 $(BUILD)/%.o: %.c $(BUILD)/.flags
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
