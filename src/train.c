@@ -60,6 +60,7 @@ typedef struct Trainer {
     double *rss_all;            // (ranks) per-rank peak RSS, MiB
     double rss_base;            // resident MiB before the model is allocated, largest rank: the process baseline
     double flops_per_token;
+    double t_begin;             // wall_seconds() as the trainer started (the progress line's elapsed time)
 } Trainer;
 
 static double peak_rss_mb(void) {
@@ -232,6 +233,7 @@ static void measure_peak(Trainer *tr) {
 
 static void trainer_create(Trainer *tr, const Deck *d) {
     memset(tr, 0, sizeof *tr);
+    tr->t_begin = wall_seconds();
     tr->deck = d;
     tr->cfg = &d->cfg;
     const Config *c = tr->cfg;
@@ -271,6 +273,8 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     // Before the first checkpoint of the job, plan with 1 s + its bytes at 200 MB/s.
     tr->ckpt_s = 1.0 + 3.0 * (double)tr->model.nparams * sizeof(float) / 200e6;
     resume(tr);
+    char hosts[4096];
+    metrics_hosts(MPI_COMM_WORLD, hosts, sizeof hosts);
     if (tr->topo.rank == 0) {
         char path[DECK_STR + 16], machine[1024];
         machine_text(tr, machine, sizeof machine);
@@ -280,6 +284,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
             log_info("run.h5: continuing %s from step %lld\n", path, (long long)tr->start_step);
         metrics_describe(&tr->metrics, tr->deck_text, machine, tr->peak_gflops, &tr->peak, tr->peak_all,
                          tr->threads, tr->start_step);
+        metrics_describe_job(&tr->metrics, hosts);
         h5_attr_i64(tr->metrics.file, "zero_stage", tr->zero.stage);
         h5_attr_i64(tr->metrics.file, "model_state_bytes", (int64_t)tr->zero.state_bytes);
         h5_attr_i64(tr->metrics.file, "working_bytes", (int64_t)tr->zero.working_bytes);
@@ -368,9 +373,22 @@ static void format_eta(double s, char *buf, size_t n) {
     snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
 }
 
-static void gather_rss(Trainer *tr) {
-    double mine = peak_rss_mb();
+// Each rank's peak RSS into rss_all (rank 0); returns the largest resident MiB now (rank 0).
+static double gather_rss(Trainer *tr) {
+    double mine = peak_rss_mb(), now = rss_now_mb(), most = 0;
     MPI_CHECK(MPI_Gather(&mine, 1, MPI_DOUBLE, tr->rss_all, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+    MPI_CHECK(MPI_Reduce(&now, &most, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD));
+    return most;
+}
+
+// The progress line's tail: elapsed wall time since start, memory in use, the local time.
+static void progress_tail(double elapsed, double rss_mb, char *buf, size_t n) {
+    char el[32], stamp[32];
+    format_eta(elapsed, el, sizeof el);
+    time_t now = time(NULL);
+    struct tm tmv;
+    strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", localtime_r(&now, &tmv));
+    snprintf(buf, n, " | elapsed %s | mem %.0f MiB | %s", el, rss_mb, stamp);
 }
 
 static void print_header(const Trainer *tr) {
@@ -412,7 +430,7 @@ typedef struct CommMark {
 
 // Collective (per-rank memory); rank 0 appends the row and maybe prints.
 static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *o, CommMark *mark, double train_time) {
-    gather_rss(tr);
+    double rss_now = gather_rss(tr);
     if (tr->topo.rank != 0) return;
     const Config *c = tr->cfg;
     double tokens_per_step = (double)c->train.batch * tr->T;
@@ -442,12 +460,13 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     mark->wait_s = tr->dp.wait_s;
     metrics_append(&tr->metrics, &row);
     if (!o->print) return;
-    char eta[32], vbuf[32] = "";
+    char eta[32], vbuf[32] = "", tail[128];
     format_eta(train_time / (double)(step + 1 - tr->start_step) * (double)(stop - step - 1), eta, sizeof eta);
     if (isfinite(o->val)) snprintf(vbuf, sizeof vbuf, " | val %.4f", o->val);
-    log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.1f GFLOP/s | %.3f s/step | ETA %s\n",
+    progress_tail(wall_seconds() - tr->t_begin, rss_now, tail, sizeof tail);
+    log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.1f GFLOP/s | %.3f s/step | ETA %s%s\n",
              (long long)step + 1, (long long)c->train.steps, o->loss, vbuf, o->lr, o->gnorm, tps, 100.0 * mfu, gflops,
-             o->dt, eta);
+             o->dt, eta, tail);
     metrics_flush(&tr->metrics);
 }
 
