@@ -52,7 +52,8 @@
     X(M_SKIPPED, "skipped", "1", 1, "1 where a non-finite loss or gradient norm skipped the update (train.on_nan = skip), else 0") \
     X(M_RANKS, "ranks", "1", 1, "ranks of the job that wrote the row (the meaningful columns of peak_rss_mb)") \
     X(M_DATA_ROWS, "data_rows", "1", 1, "global token rows consumed after the step (the data cursor)") \
-    X(M_COMM_ALL_TO_ALL, "comm_bytes_all_to_all", "byte", 0, "bytes rank 0 sent in all-to-alls during the step (sequence parallelism)")
+    X(M_COMM_ALL_TO_ALL, "comm_bytes_all_to_all", "byte", 0, "bytes rank 0 sent in all-to-alls during the step (sequence parallelism)") \
+    X(M_CHECKPOINT_TIME, "checkpoint_time", "s", 0, "wall seconds of the checkpoint written after the step (0: none); its gathers are in the step's comm_bytes_*")
 
 #define METRICS_ENUM_(id, name, unit, integer, description) id,
 enum { METRICS_COLUMNS(METRICS_ENUM_) M_NCOLS };

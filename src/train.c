@@ -55,6 +55,7 @@ typedef struct Trainer {
     int64_t base_rows;          // global data rows consumed before start_step
     int64_t last_ckpt;          // step of the newest checkpoint this job wrote (-1: none)
     double ckpt_s;              // the longest checkpoint write of this job (an estimate before one)
+    double ckpt_last_s;         // seconds of the newest checkpoint write (run.h5 checkpoint_time)
     double step_s[4];           // the last steps' seconds (ring), for the time limit
     CkptJob ckpt;               // checkpoints this job wrote (the only ones pruning deletes)
     double *rss_all;            // (ranks) per-rank peak RSS, MiB
@@ -189,6 +190,7 @@ static void save(Trainer *tr, int64_t steps_done) {
     checkpoint(tr, steps_done);
     double dt = wall_seconds() - t0;
     if (dt > tr->ckpt_s || tr->last_ckpt < 0) tr->ckpt_s = dt;
+    tr->ckpt_last_s = dt;
     tr->last_ckpt = steps_done;
 }
 
@@ -450,6 +452,7 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_TOKENS] = row.v[M_DATA_ROWS] * tr->T;
     row.v[M_SKIPPED] = o->skipped;
     row.v[M_RANKS] = tr->topo.size;
+    row.v[M_CHECKPOINT_TIME] = tr->last_ckpt == step + 1 ? tr->ckpt_last_s : 0.0;
     row.v[M_COMM_ALL_REDUCE] = (double)(tr->dp.bytes[COMM_ALLREDUCE] - mark->bytes[COMM_ALLREDUCE]);
     row.v[M_COMM_REDUCE_SCATTER] = (double)(tr->dp.bytes[COMM_REDUCE_SCATTER] - mark->bytes[COMM_REDUCE_SCATTER]);
     row.v[M_COMM_ALL_GATHER] = (double)(tr->dp.bytes[COMM_ALLGATHER] - mark->bytes[COMM_ALLGATHER]);
