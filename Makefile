@@ -149,12 +149,16 @@ $(GCIDE_DIR)/gcide.txt:
 	echo "deps: $@: $$(wc -c < $@) bytes"
 
 # The newcomer's first run: tokenize text every Debian machine has, train the tiny GPT,
-# generate from it.
+# generate from it and show what it wrote. Rerunnable: it trains afresh (run.overwrite)
+# and generates afresh (the previous demo's outputs are removed first).
 demo: all
 	@mkdir -p data
 	build/partita prep data/licenses.h5 /usr/share/common-licenses
-	$(MPIEXEC) -np 2 build/partita train inputs/gpt-tiny.deck
+	$(MPIEXEC) -np 2 build/partita train inputs/gpt-tiny.deck --set run.overwrite=true
+	@rm -f runs/gpt-tiny-gen/gen.h5 runs/gpt-tiny-gen/gen.jsonl
 	$(MPIEXEC) -np 1 build/partita generate inputs/generate-tiny.deck
+	@echo; echo "make demo: what the tiny GPT wrote (runs/gpt-tiny-gen/gen.jsonl):"
+	@$(PYTHON) analysis/show_gen.py runs/gpt-tiny-gen/gen.jsonl --requests inputs/prompts.jsonl
 
 test: all asan fuzz-build
 	@MPIEXEC=$(MPIEXEC) PYTHON=$(PYTHON) bash tests/run.sh
