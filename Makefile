@@ -150,11 +150,13 @@ $(GCIDE_DIR)/gcide.txt:
 
 # The newcomer's first run: tokenize text every Debian machine has, train the tiny GPT,
 # generate from it and show what it wrote. Rerunnable: it trains afresh (run.overwrite)
-# and generates afresh (the previous demo's outputs are removed first).
+# and generates afresh (the previous demo's outputs are removed first). DEMO_ARGS is
+# added to the train command (tests/test_readme.py shortens the run with it).
+DEMO_ARGS ?=
 demo: all
 	@mkdir -p data
 	build/partita prep data/licenses.h5 /usr/share/common-licenses
-	$(MPIEXEC) -np 2 build/partita train inputs/gpt-tiny.deck --set run.overwrite=true
+	$(MPIEXEC) -np 2 build/partita train inputs/gpt-tiny.deck --set run.overwrite=true $(DEMO_ARGS)
 	@rm -f runs/gpt-tiny-gen/gen.h5 runs/gpt-tiny-gen/gen.jsonl
 	$(MPIEXEC) -np 1 build/partita generate inputs/generate-tiny.deck
 	@echo; echo "make demo: what the tiny GPT wrote (runs/gpt-tiny-gen/gen.jsonl):"

@@ -31,6 +31,7 @@ tests=(
   "ulysses-layouts      $MPIEXEC -np 4 build/test_ulysses"
   "deck                 $PYTHON tests/test_deck.py"
   "cli-errors           $PYTHON tests/test_cli.py"
+  "readme-commands      $PYTHON tests/test_readme.py"
   "deck-inputs          $PYTHON tests/test_inputs.py"
   "data-order           $PYTHON tests/test_data.py"
   "bpe-tokenizer        $PYTHON tests/test_bpe.py"
