@@ -2,6 +2,7 @@
 #include "ckpt.h"
 #include "deck.h"
 #include "comm_nccl.h"
+#include "data.h"
 #include "device.h"
 #ifdef PARTITA_CUDA
 #include "cuda/cuda_kernels.h"
@@ -126,8 +127,22 @@ static int check_stop_keys(const Deck *d, char *msg, size_t n) {
     return 0;
 }
 
+// The first token file of [data] train (a comma-separated list when mixing) that cannot be read.
+static int unreadable_train(const char *list, char *bad, size_t n) {
+    char paths[DATA_MAX_SOURCES][512];
+    int k = data_split_list(list, paths, DATA_MAX_SOURCES);
+    snprintf(bad, n, "%.500s", list);
+    if (k < 1) return 1;
+    for (int i = 0; i < k; i++)
+        if (access(paths[i], R_OK) != 0) {
+            snprintf(bad, n, "%.500s", paths[i]);
+            return 1;
+        }
+    return 0;
+}
+
 static int check_runnable(const Deck *d, int rank) {
-    char where[600], msg[4096] = "";
+    char where[600], msg[4096] = "", bad[512];
     const Config *c = &d->cfg;
     DeviceInfo dev;
     if (device_select(d, 1, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
@@ -144,10 +159,11 @@ static int check_runnable(const Deck *d, int rank) {
         snprintf(msg, sizeof msg, "error: %s: [data] train is not set\n"
                  "  hint: make a token file with `partita prep data/tokens.h5 TEXT...` and set train = data/tokens.h5",
                  d->path);
-    } else if (access(c->data.train, R_OK) != 0) {
-        snprintf(msg, sizeof msg, "error: %s: [data] train = \"%s\": no such readable file\n"
+    } else if (unreadable_train(c->data.train, bad, sizeof bad)) {
+        snprintf(msg, sizeof msg, "error: %s: [data] train = \"%s\": no such readable file%s%s\n"
                  "  hint: make it with `partita prep %s TEXT...`",
-                 deck_where(d, "data.train", where, sizeof where), c->data.train, c->data.train);
+                 deck_where(d, "data.train", where, sizeof where), c->data.train, strcmp(bad, c->data.train) ? ": " : "",
+                 strcmp(bad, c->data.train) ? bad : "", bad);
     } else if (c->data.val[0] && access(c->data.val, R_OK) != 0) {
         snprintf(msg, sizeof msg, "error: %s: [data] val = \"%s\": no such readable file\n"
                  "  hint: leave val empty to hold out data.val_fraction of the train tokens",

@@ -113,8 +113,14 @@ static void start_backend(Trainer *tr, CommOptions *co) {
 }
 
 // Token ranges: [0, split) trains and [split, ntok) validates when no val file is given.
+static void open_data_mix(Trainer *tr);
+
 static void open_data(Trainer *tr) {
     const Config *c = tr->cfg;
+    if (strchr(c->data.train, ',') || c->data.weights[0]) {   // data mixing (issue 18): data.c
+        open_data_mix(tr);
+        return;
+    }
     tokenfile_open(&tr->train_file, c->data.train);
     const TokenFile *vf = &tr->train_file;
     uint64_t tb = 0, te = tr->train_file.ntok, vb = 0, ve = 0;
@@ -147,6 +153,43 @@ static void open_data(Trainer *tr) {
         loader_set_slice(&tr->train, tr->topo.sp_rank * tr->Tl, tr->Tl);
         if (ve > vb) loader_set_slice(&tr->val, tr->topo.sp_rank * tr->Tl, tr->Tl);
     }
+}
+
+// Several train files mixed by [data] weights: each file's tokenizer checked as
+// for one, its val_fraction tail held out unless [data] val is given.
+static void open_data_mix(Trainer *tr) {
+    const Config *c = tr->cfg;
+    char paths[DATA_MAX_SOURCES][512], why[2048], where[600];
+    int n = data_split_list(c->data.train, paths, DATA_MAX_SOURCES);
+    for (int k = 0; k < n; k++)
+        if (prep_check_tokens(paths[k], c->data.tokenizer, c->data.tokenizer_dir, c->model.vocab, why, sizeof why))
+            FATAL_ALL(NULL, "%s: %s", deck_where(tr->deck, "data.tokenizer", where, sizeof where), why);
+    int own_val = c->data.val[0] != 0;
+    if (data_open_mix(&tr->train, own_val ? NULL : &tr->val, c->data.train, c->data.weights,
+                      own_val ? 0.0 : c->data.val_fraction, tr->B, tr->T, c->data.order, (uint64_t)c->run.seed,
+                      c->model.vocab, why, sizeof why) != 0)
+        FATAL_ALL(NULL, "%s: %s", deck_where(tr->deck, c->data.weights[0] ? "data.weights" : "data.train", where,
+                  sizeof where), why);
+    tr->train_file = tr->train.mix->files[0];   // a copy for the header; the mix owns and closes the files
+    tr->train_file.file = tr->train_file.dset = 0;
+    for (int k = 0; k < tr->train.mix->n; k++)
+        if (tr->train.mix->files[k].vocab_size > c->model.vocab)
+            FATAL_ALL("set [model] vocab to at least the token files' vocab_size", "%s: model.vocab = %lld is smaller "
+                      "than the vocab_size %lld of '%s'", deck_where(tr->deck, "model.vocab", where, sizeof where),
+                      (long long)c->model.vocab, (long long)tr->train.mix->files[k].vocab_size, paths[k]);
+    if (own_val) {
+        tokenfile_open(&tr->val_file, c->data.val);
+        loader_create(&tr->val, &tr->val_file, 0, tr->val_file.ntok, tr->B, tr->T, ORDER_SEQUENTIAL, 0, c->model.vocab);
+    }
+    if (tr->Tl != tr->T) {
+        loader_set_slice(&tr->train, tr->topo.sp_rank * tr->Tl, tr->Tl);
+        if (tr->val.rows) loader_set_slice(&tr->val, tr->topo.sp_rank * tr->Tl, tr->Tl);
+    }
+    if (tr->topo.rank == 0)
+        for (int k = 0; k < tr->train.mix->n; k++)
+            log_info("data mix: %s, weight %.4f (%u of every %d rows), %llu train rows\n", paths[k],
+                     tr->train.mix->weight[k], tr->train.mix->count[k], DATA_MIX_PERIOD,
+                     (unsigned long long)tr->train.mix->src[k].rows);
 }
 
 // Global data rows consumed once `steps` steps are done: the checkpoint's
