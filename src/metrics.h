@@ -52,8 +52,11 @@
     X(M_SKIPPED, "skipped", "1", 1, "1 where a non-finite loss or gradient norm skipped the update (train.on_nan = skip), else 0") \
     X(M_RANKS, "ranks", "1", 1, "ranks of the job that wrote the row (the meaningful columns of peak_rss_mb)") \
     X(M_DATA_ROWS, "data_rows", "1", 1, "global token rows consumed after the step (the data cursor)") \
-    X(M_COMM_ALL_TO_ALL, "comm_bytes_all_to_all", "byte", 0, "bytes rank 0 sent in all-to-alls during the step (sequence parallelism)") \
-    X(M_CHECKPOINT_TIME, "checkpoint_time", "s", 0, "wall seconds of the checkpoint written after the step (0: none); its gathers are in the step's comm_bytes_*")
+    X(M_COMM_ALL_TO_ALL, "comm_bytes_all_to_all", "byte", 0, "bytes rank 0 sent in all-to-alls during the step (sequence parallelism, MoE expert parallelism)") \
+    X(M_CHECKPOINT_TIME, "checkpoint_time", "s", 0, "wall seconds of the checkpoint written after the step (0: none); its gathers are in the step's comm_bytes_*") \
+    X(M_AUX_LOSS, "aux_loss", "1", 0, "MoE load-balancing term: unweighted sum over MoE layers, mean over micro-steps and ranks; NaN without MoE") \
+    X(M_MOE_DROPPED, "moe_dropped", "1", 0, "fraction of MoE routing choices dropped by expert capacity; NaN without MoE") \
+    X(M_COMM_INFLIGHT, "comm_inflight", "s", 0, "seconds rank 0 had a dp collective in flight during the step (issue to observed completion)")
 
 #define METRICS_ENUM_(id, name, unit, integer, description) id,
 enum { METRICS_COLUMNS(METRICS_ENUM_) M_NCOLS };
@@ -103,6 +106,12 @@ void metrics_describe_job(Metrics *mt, const char *hosts);
 void metrics_append(Metrics *mt, const MetricsRow *row);
 // Writes the buffered rows and flushes the file (readers see them from now).
 void metrics_flush(Metrics *mt);
+// A (steps, width) series of the caller's at path (outside /metrics, e.g. the
+// MoE loads), its rows aligned with the columns' rows: created, or in a
+// continued file reopened and cut to the rows kept (mt->rows). The caller
+// writes it with metrics_series_write before metrics_flush and closes it.
+hid_t metrics_series(Metrics *mt, const char *path, int width);
+void metrics_series_write(hid_t ds, uint64_t at, uint64_t n, int width, const double *rows);
 void metrics_close(Metrics *mt);
 
 #endif
