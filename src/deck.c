@@ -116,7 +116,8 @@ static const KeyDef keys[] = {
     {"model", "init_std", T_FLOAT, OFF(model.init_std), "0.02", 0, 10, (R_MIN | R_MIN_OPEN | R_MAX), NULL,
      "std of the normal weight init"},
     {"model", "dropout", T_FLOAT, OFF(model.dropout), "0", 0, 1, (R_MIN | R_MAX | R_MAX_OPEN), NULL,
-     "training dropout probability; reserved: train refuses a value above 0 until dropout lands"},
+     "training dropout probability at GPT-2's sites (embeddings, attention probabilities, "
+     "both residual branches); evaluation and generation never drop"},
 
     {"data", "train", T_STR, OFF(data.train), "", ANY, NULL,
      "training token file (HDF5, from `partita prep`), or a comma-separated list of them to mix (see weights)"},

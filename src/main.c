@@ -152,9 +152,6 @@ static int check_runnable(const Deck *d, int rank) {
                  "the cuda attention runs\n  hint: raise [model] heads, or set [run] backend = cpu",
                  deck_where(d, "model.heads", where, sizeof where), (long long)c->model.d_model,
                  (long long)c->model.heads, (long long)(c->model.d_model / c->model.heads), KERNELS_CUDA_ATT_HSMAX);
-    } else if (c->model.dropout > 0) {   // the key is in the deck; the kernels are not yet (issue 18)
-        snprintf(msg, sizeof msg, "error: %s: [model] dropout = %g: training with dropout is not implemented yet\n"
-                 "  hint: set [model] dropout = 0", deck_where(d, "model.dropout", where, sizeof where), c->model.dropout);
     } else if (c->parallel.tp != 1) {   // expert parallelism (ep) trains: issue 13
         snprintf(msg, sizeof msg, "error: %s: tensor parallelism is not implemented for training yet\n"
                  "  hint: set [parallel] tp = 1", deck_where(d, "parallel.tp", where, sizeof where));

@@ -384,20 +384,20 @@ static void test_attention(Rng &r, Shape s)
     const size_t N = (size_t)s.B * s.T, C = s.C, L = (size_t)s.B * s.NH * s.T;
     Vec qkv = rand_vec(r, N * 3 * C, 1.5f);
     Vec out(N * C), lse(L);
-    attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, NULL);
     float *dqkv_in = dput(qkv), *dout_ = dpoisoned(N * C), *dlse = dpoisoned(L);
-    cuda_attention_forward(dout_, dlse, dqkv_in, s.B, s.T, s.C, s.NH);
+    cuda_attention_forward(dout_, dlse, dqkv_in, s.B, s.T, s.C, s.NH, NULL);
     report("attention_forward", "out", rel(dget(dout_, N * C), out), TOL_FP32, sh);
     report("attention_forward", "lse", rel(dget(dlse, L), lse), TOL_FP32, sh);
 
     // backward from the cpu's out and lse, so that only the backward is compared
     Vec g = rand_vec(r, N * C, 1.0f), dqkv(N * 3 * C);
     attention_backward(dqkv.data(), g.data(), qkv.data(), out.data(), lse.data(), s.B, s.T, s.C,
-                       s.NH);
+                       s.NH, NULL);
     dset(dout_, out);
     dset(dlse, lse);
     float *dg = dput(g), *dd = dpoisoned(N * 3 * C);
-    cuda_attention_backward(dd, dg, dqkv_in, dout_, dlse, s.B, s.T, s.C, s.NH);
+    cuda_attention_backward(dd, dg, dqkv_in, dout_, dlse, s.B, s.T, s.C, s.NH, NULL);
     Vec h = dget(dd, N * 3 * C);
     report("attention_backward", "dqkv", rel(h, dqkv), TOL_FP32, sh);
     // the three parts separately, so a failure says which
@@ -417,7 +417,7 @@ static void test_attention(Rng &r, Shape s)
     report("attention_backward", "dk", dist(hk, &ck) / whole, TOL_FP32, sh);
     report("attention_backward", "dv", dist(hv, &cv) / whole, TOL_FP32, sh);
     dpoison(dd, N * 3 * C);
-    cuda_attention_backward(dd, dg, dqkv_in, dout_, dlse, s.B, s.T, s.C, s.NH);
+    cuda_attention_backward(dd, dg, dqkv_in, dout_, dlse, s.B, s.T, s.C, s.NH, NULL);
     report_same("attention_backward", "dqkv", dget(dd, N * 3 * C), h, sh);
 }
 
@@ -502,12 +502,12 @@ struct AttnBench {
 static void attn_fwd(void *p)
 {
     AttnBench *a = (AttnBench *)p;
-    cuda_attention_forward(a->out, a->lse, a->qkv, a->B, a->T, a->C, a->NH);
+    cuda_attention_forward(a->out, a->lse, a->qkv, a->B, a->T, a->C, a->NH, NULL);
 }
 static void attn_bwd(void *p)
 {
     AttnBench *a = (AttnBench *)p;
-    cuda_attention_backward(a->dqkv, a->dout, a->qkv, a->out, a->lse, a->B, a->T, a->C, a->NH);
+    cuda_attention_backward(a->dqkv, a->dout, a->qkv, a->out, a->lse, a->B, a->T, a->C, a->NH, NULL);
 }
 
 struct MmBench {
