@@ -85,7 +85,7 @@ void matmul_backward(float *dinp,           // (N, IC) overwritten
 // ZeRO stage, accumulation split, recompute) drops the same elements.
 // The hash is splitmix64's finalizer; tests/test_dropout.py implements the same.
 #ifdef __CUDACC__
-#define KERNELS_HD __host__ __device__ __forceinline__
+#define KERNELS_HD __host__ __device__
 #else
 #define KERNELS_HD
 #endif
