@@ -9,6 +9,7 @@
    tolerance of the other layout tests: only fp32 sum orders differ) at dp = 2,
    ZeRO-3, grad_accum 2, sp = 2 and recompute = layer as at np = 1; each curve
    is further from the dropout = 0 curve than that, so the masks are in play.
+   An MoE model too, at dp = 2.
 3. dropout = 0 gives the losses of a deck without the key, bit for bit.
 4. Evaluation never drops: the trainer's initial val loss and `partita eval`
    through the training forward (generate.naive) equal those of dropout = 0
@@ -248,6 +249,14 @@ for what, name, np_, sets in layouts:
     bitwise = len(got) == len(ref) and np.array_equal(got, ref)
     check(e < 1e-5, f"dropout 0.1: {what} gives np=1's losses over {STEPS} steps",
           f"rel {e:.1e}{' (bitwise)' if bitwise else ''}, vs dropout 0 {gap:.1e}")
+
+# MoE layers: the MLP site is the MoE output (moe.c), dropped like the dense c_proj's
+moe = "[moe]\nexperts = 4\nevery = 1"
+moe1, _, _ = losses("moe1", P, 1, ["train.micro_batch=8"], moe)
+moe2, _, _ = losses("moe2", P, 2, ["train.micro_batch=4"], moe)
+e = rel_err(moe2, moe1) if len(moe2) == len(moe1) else 1.0
+check(len(moe1) == STEPS and e < 1e-5, f"MoE (4 experts per layer) with dropout 0.1: dp=2 gives np=1's losses",
+      f"rel {e:.1e}")
 
 omitted, val_omit, _ = losses("nokey", None, 1, ["train.micro_batch=8"])
 check(np.array_equal(omitted, none), "dropout = 0 gives the losses of a deck without the key, bit for bit",
