@@ -13,6 +13,9 @@
 //   nccl:   NCCL on a communication stream; the collective starts after the
 //           work already issued on the compute stream, and comm_wait makes the
 //           compute stream wait for it (the host does not block).
+//           Uneven parts (shards cut by a bucket) are padded to the largest in
+//           a device scratch so each bucket is one ncclReduceScatter or
+//           ncclAllGather; the padding never leaves comm.
 //   staged: device -> host mirror, MPI on the mirror, host -> device when the
 //           request completes. Slower, but ranks may share one GPU (NCCL
 //           refuses that), so tests run np=2/4 on one device. Every device
