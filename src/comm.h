@@ -31,7 +31,8 @@
 
 enum { COMM_PATH_HOST = 0, COMM_PATH_STAGED, COMM_PATH_NCCL };
 
-// How host-path collectives advance while the caller computes ([comm] progress):
+// How host-path collectives advance while the caller computes ([comm] progress;
+// the trainer's default is thread, a zeroed CommOptions gets poll):
 //   poll:   only inside comm calls (comm_test between layers, comm_wait);
 //   thread: also a progress thread per communicator that, while a collective
 //           is in flight, calls MPI_Iprobe on a private duplicate of the
