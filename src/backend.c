@@ -45,6 +45,7 @@ static const Backend cpu_table = {
     .adamw_update = adamw_update, .scale_inplace = scale_inplace, .sumsq = sumsq,
     .embed_rows = embed_rows, .kv_store = kv_store, .paged_attention_forward = paged_attention_forward,
     .matmul_held_forward = matmul_held_forward,
+    .moe_dispatch = moe_dispatch, .moe_combine = moe_combine, .moe_rowdot = moe_rowdot,
 };
 
 const Backend *backend_cpu(void) { return &cpu_table; }
