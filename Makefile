@@ -33,7 +33,7 @@ DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-ope
         clang libclang-rt-14-dev slurm-wlm munge
 
 .PHONY: all deps deps-debs test bench clean demo asan portable fuzz fuzz-build FORCE
-all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_bpe $(BUILD)/test_sampler $(GPU_TARGETS)
+all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_bpe $(BUILD)/test_sampler $(BUILD)/test_moe $(GPU_TARGETS)
 
 $(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
@@ -51,6 +51,9 @@ $(BUILD)/test_sampler: $(BUILD)/tests/unit/test_sampler.o $(BUILD)/src/infer/sam
 
 $(BUILD)/test_comm: $(BUILD)/tests/unit/test_comm.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
+
+$(BUILD)/test_moe: $(BUILD)/tests/unit/test_moe.o $(filter-out $(BUILD)/src/main.o,$(OBJ)) $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
 
 $(BUILD)/test_bpe: $(BUILD)/tests/unit/test_bpe.o $(BUILD)/src/tokenizer.o $(BUILD)/src/uniclass.o $(BUILD)/src/utf8.o $(BUILD)/src/log.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
@@ -157,4 +160,4 @@ bench: all
 clean:
 	rm -rf build build-asan
 
--include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d
+-include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d $(BUILD)/tests/unit/test_moe.d

@@ -150,10 +150,10 @@ static int check_runnable(const Deck *d, int rank) {
     } else if (c->parallel.tp != 1 || c->parallel.ep != 1) {
         snprintf(msg, sizeof msg, "error: %s: tensor and expert parallelism are not implemented yet\n"
                  "  hint: set [parallel] tp and ep to 1", deck_where(d, "parallel.tp", where, sizeof where));
-    } else if (c->moe.experts > 0) {   // MoE training: issue 13 (the moe branch lifts this)
-        snprintf(msg, sizeof msg, "error: %s: [moe] experts = %lld: training MoE models is not implemented yet\n"
-                 "  hint: set [moe] experts = 0", deck_where(d, "moe.experts", where, sizeof where),
-                 (long long)c->moe.experts);
+    } else if (c->moe.experts > 0 && c->parallel.sp > 1) {   // MoE training: issue 13
+        snprintf(msg, sizeof msg, "error: %s: Mixture of Experts with sequence parallelism (sp = %lld) is not supported\n"
+                 "  hint: set [parallel] sp = 1", deck_where(d, "parallel.sp", where, sizeof where),
+                 (long long)c->parallel.sp);
     } else if (!c->data.train[0]) {
         snprintf(msg, sizeof msg, "error: %s: [data] train is not set\n"
                  "  hint: make a token file with `partita prep data/tokens.h5 TEXT...` and set train = data/tokens.h5",

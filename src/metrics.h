@@ -31,7 +31,9 @@
 // token rows consumed after the step (the data cursor).
 enum { M_STEP, M_LOSS, M_VAL_LOSS, M_LR, M_GRAD_NORM, M_TOKENS_PER_S, M_MFU, M_STEP_TIME,
        M_TOKENS, M_COMM_ALL_REDUCE, M_COMM_REDUCE_SCATTER, M_COMM_ALL_GATHER, M_COMM_WAIT,
-       M_GFLOPS, M_SKIPPED, M_RANKS, M_DATA_ROWS, M_COMM_ALL_TO_ALL, M_NCOLS };
+       M_GFLOPS, M_SKIPPED, M_RANKS, M_DATA_ROWS, M_COMM_ALL_TO_ALL,
+       M_AUX_LOSS, M_MOE_DROPPED,   // MoE: the aux term (unweighted sum over MoE layers), fraction of choices dropped
+       M_NCOLS };
 
 typedef struct MetricsRow {
     double v[M_NCOLS];

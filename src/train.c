@@ -35,6 +35,8 @@ typedef struct Trainer {
     Topo topo;
     Comm dp;
     Comm sp;                    // sequence group (Ulysses all-to-alls); size 1 without sp
+    MoeSpec moe;                // the deck's [moe] shape (nmoe = 0: dense)
+    double moe_aux, moe_choices, moe_dropped;   // this step's sums (aux: over micro-steps of the mean over rows)
     DeviceInfo dev;
     const Backend *bk;          // where model states and activations live
     int threads;
@@ -91,7 +93,7 @@ static void machine_text(const Trainer *tr, char *buf, size_t n) {
 static size_t arena_bytes(const Trainer *tr) {
     Model m;
     ZeroPlan plan;
-    model_table(&m, &tr->cfg->model);
+    model_table_moe(&m, &tr->cfg->model, &tr->moe, 1, 0);
     zero_plan(&m, &tr->cfg->zero, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
     size_t bytes = plan.params + plan.grads + plan.optim + plan.working +
                    model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
@@ -237,6 +239,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     const Config *c = tr->cfg;
     tr->deck_text = xmalloc(1 << 16, "deck text");
     deck_format(d, tr->deck_text, 1 << 16);
+    moe_spec_from_config(&tr->moe, c);
     topo_init(&tr->topo, (int)c->parallel.dp, (int)c->parallel.sp);
     tr->threads = threads_per_rank(c->run.threads, tr->topo.local_size);
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
@@ -258,7 +261,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     open_data(tr);
     double base = rss_now_mb();     // MPI, HDF5, BLAS, the loader: what the model's memory comes on top of
     MPI_CHECK(MPI_Allreduce(&base, &tr->rss_base, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
-    ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute};
+    ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute, .moe = &tr->moe};
     model_create_parallel(&tr->model, &c->model, tr->B, tr->Tl, tr->bk, &mp);
     zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &c->optim, c->train.steps);
     zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
@@ -307,6 +310,7 @@ static void trainer_free(Trainer *tr) {
     free(tr->peak_all);
     free(tr->deck_text);
     ckpt_job_free(&tr->ckpt);
+    moe_spec_free(&tr->moe);
     topo_free(&tr->topo);
 }
 
@@ -318,11 +322,24 @@ static double evaluate(Trainer *tr) {
     for (int64_t k = 0; k < nb; k++) {
         uint64_t g0 = ((uint64_t)k * (uint64_t)tr->topo.data_size + (uint64_t)tr->topo.data_rank) * (uint64_t)tr->B;
         loader_batch(&tr->val, g0, tr->inputs, tr->targets);
+        tr->model.moe_row0 = g0;
         sum[0] += model_forward(&tr->model, tr->ps, tr->inputs, tr->targets, tr->B, tr->Tl, 0);
         sum[1] += 1.0;
     }
     comm_allreduce_sum_f64(&tr->dp, sum, 2, "validation loss");
     return sum[0] / sum[1];
+}
+
+// MoE: the last forward's aux term and drops, added to the step's sums.
+static void moe_step_stats(Trainer *tr) {
+    const Model *m = &tr->model;
+    if (!m->moe.nmoe) return;
+    tr->moe_aux += m->moe_aux;
+    for (int l = 0; l < m->s.L; l++) {
+        if (!m->moe.experts[l]) continue;
+        tr->moe_choices += (double)m->moel[l].stats.choices;
+        tr->moe_dropped += (double)m->moel[l].stats.dropped;
+    }
 }
 
 // The gradients of one optimizer step: grad_accum micro-steps (ZeRO reduces
@@ -339,21 +356,28 @@ static double compute_grads(Trainer *tr, int64_t step, double *grad_norm) {
     comm_set_step(&tr->sp, step);
     double loss = 0.0;
     float dloss = 1.0f / ((float)B * (float)T * (float)accum);
+    tr->moe_aux = tr->moe_choices = tr->moe_dropped = 0.0;
+    m->moe_seed = (uint64_t)c->run.seed;
+    m->moe_step = step;
     uint64_t base = (uint64_t)rows_done(tr, step);
     for (int a = 0; a < accum; a++) {
         uint64_t g0 = base + ((uint64_t)a * (uint64_t)tr->topo.data_size + (uint64_t)tr->topo.data_rank) * (uint64_t)B;
         loader_batch(&tr->train, g0, tr->inputs, tr->targets);
         zero_begin_micro(&tr->zero, a, accum);
+        m->moe_row0 = g0;
         loss += model_forward(m, tr->ps, tr->inputs, tr->targets, B, T, 1);
+        moe_step_stats(tr);
         // Test-only: one rank's gradient of this step turns NaN.
         int poison = c->train.fault_nan_step == step + 1 && c->train.fault_nan_rank == tr->topo.rank && a == accum - 1;
         if (poison) log_warn("test fault: poisoning the gradient of step %lld", (long long)step + 1);
         model_backward(m, tr->ps, tr->inputs, tr->targets, B, T, poison ? NAN : dloss);
     }
     *grad_norm = zero_reduce_grads(&tr->zero);
-    double l = loss / accum;
-    comm_allreduce_sum_f64(&tr->dp, &l, 1, "loss");
-    return l / tr->dp.size;
+    double l[4] = {loss / accum, tr->moe_aux / accum, tr->moe_choices, tr->moe_dropped};
+    comm_allreduce_sum_f64(&tr->dp, l, tr->moe.nmoe ? 4 : 1, "loss");
+    tr->moe_aux = l[1] / tr->dp.size;
+    tr->moe_dropped = l[2] > 0 ? l[3] / l[2] : 0.0;
+    return l[0] / tr->dp.size;
 }
 
 // Clip and AdamW on the owned shard.
@@ -437,6 +461,8 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_COMM_ALL_GATHER] = (double)(tr->dp.bytes[COMM_ALLGATHER] - mark->bytes[COMM_ALLGATHER]);
     row.v[M_COMM_WAIT] = tr->dp.wait_s - mark->wait_s;
     row.v[M_COMM_ALL_TO_ALL] = (double)(tr->sp.bytes[COMM_ALLTOALL] - mark->a2a);
+    row.v[M_AUX_LOSS] = tr->moe.nmoe ? tr->moe_aux : NAN;
+    row.v[M_MOE_DROPPED] = tr->moe.nmoe ? tr->moe_dropped : NAN;
     mark->a2a = tr->sp.bytes[COMM_ALLTOALL];
     memcpy(mark->bytes, tr->dp.bytes, sizeof mark->bytes);
     mark->wait_s = tr->dp.wait_s;
@@ -645,7 +671,10 @@ int train_dump(const Deck *d, const char *out_path) {
     kernels_set_threads(c->run.threads > 0 ? (int)c->run.threads : 1);
     open_data(&tr);
     Model *m = &tr.model;
-    model_create(m, &c->model, tr.B, tr.T, backend_cpu());
+    moe_spec_from_config(&tr.moe, c);
+    ModelParallel mp = {.moe = &tr.moe};
+    model_create_parallel(m, &c->model, tr.B, tr.T, backend_cpu(), &mp);
+    m->moe_seed = (uint64_t)c->run.seed;
     CommOptions co = {.fault_skip_rank = -1};
     comm_init(&tr.dp, MPI_COMM_WORLD, "dp", &co);
     ZeroConfig zc = {.stage = 0, .bucket_mb = 1e6, .overlap = 0};
@@ -667,6 +696,7 @@ int train_dump(const Deck *d, const char *out_path) {
     h5_write_i32(f, "targets", tg, 2, bt);
     h5_write_f32(f, "logits", model_logits(m), 3, lg);
     h5_attr_f64(f, "loss", loss);
+    h5_attr_f64(f, "aux", m->moe_aux);
     h5_attr_i64(f, "vocab_size", m->s.V);
     h5_attr_i64(f, "n_layer", m->s.L);
     h5_attr_i64(f, "n_head", m->s.NH);
@@ -679,6 +709,7 @@ int train_dump(const Deck *d, const char *out_path) {
     zero_free(&tr.zero);
     comm_free(&tr.dp);
     model_free(m);
+    moe_spec_free(&tr.moe);
     loader_free(&tr.train);
     if (tr.val.rows) loader_free(&tr.val);
     tokenfile_close(&tr.train_file);
