@@ -187,6 +187,9 @@ def moe(d):
             reach, flops = "not reached", "-"
         print(f"  {what:32s} {total / 1e6:8.2f}M {active / 1e6:8.2f}M {final:9.4f} {tps:8.0f} {fpt / 1e9:14.4f} "
               f"{reach:>12s} {flops:>13s}")
+    if not os.path.exists(os.path.join(d, "moe-8-ep2", "run.h5")):
+        print("  all-to-all share of the step at ep=2: no figure (the ep=2 run did not train; see moe-8-ep2.log)")
+        return
     m1, _ = metrics(os.path.join(d, "moe-8", "run.h5"))
     m2, _ = metrics(os.path.join(d, "moe-8-ep2", "run.h5"))
     st2 = float(np.median(col(m2, "step_time")[1:]))

@@ -148,7 +148,8 @@ if [ "$ONLY" = moe ]; then
     build/partita estimate inputs/$name.deck --ranks 2 $MOESET > $M/$name.est
     $MPIEXEC -np 2 build/partita train inputs/$name.deck $MOESET --set run.out_dir=$M/$name > $M/$name.log
   done
+  rm -rf $M/moe-8-ep2
   $MPIEXEC -np 2 build/partita train inputs/moe-8.deck $MOESET --set parallel.ep=2 --set run.out_dir=$M/moe-8-ep2 \
-    > $M/moe-8-ep2.log
+    > $M/moe-8-ep2.log 2>&1 || echo "  MoE-8 at ep=2 did not train: $(grep -m1 error: $M/moe-8-ep2.log)"
   $PYTHON bench/report.py moe $M
 fi
