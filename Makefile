@@ -41,6 +41,10 @@ $(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
 $(BUILD)/test_kernels: $(BUILD)/tests/unit/test_kernels.o $(KOBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# A ZeRO step's collectives with no compute (bench/run.sh BENCH_ONLY=overlap).
+$(BUILD)/comm_alone: $(BUILD)/bench/comm_alone.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
+
 # The memory bandwidth probe of the generation benchmark (bench/run.sh).
 $(BUILD)/stream_probe: bench/stream.c
 	@mkdir -p $(dir $@)

@@ -65,6 +65,7 @@ static const char *const decay_names[] = {"cosine", "linear", "none", NULL};
 static const char *const precision_names[] = {"auto", "fp32", "bf16", NULL};
 static const char *const recompute_names[] = {"none", "layer", NULL};
 static const char *const devpath_names[] = {"auto", "nccl", "staged", NULL};
+static const char *const progress_names[] = {"poll", "thread", "none", NULL};   // = COMM_PROGRESS_*
 static const char *const tokenizer_names[] = {"byte", "gpt2", NULL};
 static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
 static const char *const gen_wdtype_names[] = {"fp32", "bf16", "int8", NULL};
@@ -196,6 +197,8 @@ static const KeyDef keys[] = {
      "checkpoints kept (the newest); 0 = all"},
     {"checkpoint", "resume", T_STR, OFF(checkpoint.resume), "auto", ANY, NULL,
      "auto (the latest whole checkpoint in dir, if any), none, or a checkpoint file"},
+    {"checkpoint", "async", T_BOOL, OFF(checkpoint.async), "false", ANY, NULL,
+     "copy the states to a host buffer at the step and write them while training goes on (the next checkpoint waits)"},
     {"checkpoint", "test_pause_step", T_INT, OFF(checkpoint.test_pause_step), "0", IN(0, DECK_MAX_STEPS), NULL,
      "test only: pause half-way through writing this step's checkpoint"},
     {"checkpoint", "test_pause_s", T_FLOAT, OFF(checkpoint.test_pause_s), "0", IN(0, 3600), NULL,
@@ -245,6 +248,10 @@ static const KeyDef keys[] = {
      "test only: instead of skipping it, the faulty rank stalls this long first (a stuck rank)"},
     {"comm", "device_path", T_ENUM, OFF(comm.device_path), "auto", ANY, devpath_names,
      "cuda: nccl, or staged (device -> host -> MPI -> device, lets ranks share a GPU); auto = nccl unless ranks share a GPU"},
+    {"comm", "progress", T_ENUM, OFF(comm.progress), "poll", ANY, progress_names,
+     "how collectives advance while kernels run: poll (tests between layers), thread (a progress thread too), none"},
+    {"comm", "progress_us", T_FLOAT, OFF(comm.progress_us), "50", IN(0, 100000), NULL,
+     "progress = thread: microseconds the thread sleeps between probes (0 = yield only; it spins on the core)"},
 
     {"moe", "experts", T_INT, OFF(moe.experts), "0", IN(0, DECK_MAX_EXPERTS), NULL,
      "experts per MoE layer; 0 = a dense model"},

@@ -111,6 +111,7 @@ typedef struct CheckpointConfig {
     int64_t interval;         // 0 = no checkpoints
     int64_t keep;             // newest kept; 0 = all
     char resume[DECK_STR];    // auto | none | PATH
+    int async;                // write in the background from a host copy (ckpt.h)
     int64_t test_pause_step;  // test only
     double test_pause_s;      // test only
     int64_t fault_stall_rank; // test only: -1 = none
@@ -146,6 +147,8 @@ typedef struct CommConfig {
     int64_t fault_skip_step;  // test only: 1-based step
     double fault_hang_s;      // test only: stall instead of skipping
     int device_path;          // DEVPATH_*: how collectives move device buffers (cuda)
+    int progress;             // COMM_PROGRESS_* (comm.h): poll | thread | none
+    double progress_us;       // progress = thread: pause between the thread's probes
 } CommConfig;
 
 // [moe] Mixture of Experts (issue 13; the decisions are in docs/architecture.md, "Mixture of

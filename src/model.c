@@ -688,7 +688,8 @@ static void moe_mlp_forward(Model *m, const Acts *a, int l, const float *pl, con
     moe_bind(m, l, pl, pe, NULL, NULL);
     float *fcproj = at(a, a->fcproj, l);
     moe_forward(&m->moel[l], fcproj, at(a, a->ln2, l), B, T, m->moe_eval, m->moe_seed, m->moe_step, m->moe_row0);
-    if (ux != u) ps->release(ps->ctx, ux, phase);
+    // A recompute in backward keeps the experts held for the backward that follows.
+    if (ux != u && phase == PHASE_FWD) ps->release(ps->ctx, ux, phase);
     m->bk->residual_forward(layer_out(a, l, N * C), at(a, a->res2, l), fcproj, N * C);
 }
 

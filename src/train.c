@@ -35,8 +35,16 @@ typedef struct Trainer {
     Topo topo;
     Comm dp;
     Comm sp;                    // sequence group (Ulysses all-to-alls); size 1 without sp
+    Comm ep, edp;               // expert-parallel and expert-data-parallel groups (ep > 1 only)
+    int ep_size;
     MoeSpec moe;                // the deck's [moe] shape (nmoe = 0: dense)
     double moe_aux, moe_choices, moe_dropped;   // this step's sums (aux: over micro-steps of the mean over rows)
+    int moe_nx;                 // experts of every MoE layer together
+    double *moe_load;           // (moe_nx) this step's kept choices per expert (layer by layer), then per token
+    double *moe_load_rows;      // rank 0: (buffer rows, moe_nx) rows not yet in run.h5
+    int moe_load_pending, moe_load_cap;
+    uint64_t moe_load_at;       // rows of /moe_load in run.h5
+    hid_t *moe_load_ds;         // (L) rank 0: /moe_load/h.<l> of each MoE layer
     DeviceInfo dev;
     const Backend *bk;          // where model states and activations live
     int threads;
@@ -63,6 +71,11 @@ typedef struct Trainer {
     double rss_base;            // resident MiB before the model is allocated, largest rank: the process baseline
     double flops_per_token;
 } Trainer;
+
+// run.h5's /moe_load (defined with record_step).
+static void moe_load_open(Trainer *tr, int buffer);
+static void moe_load_write(Trainer *tr);
+static void moe_load_close(Trainer *tr);
 
 static double peak_rss_mb(void) {
     struct rusage ru;
@@ -93,7 +106,7 @@ static void machine_text(const Trainer *tr, char *buf, size_t n) {
 static size_t arena_bytes(const Trainer *tr) {
     Model m;
     ZeroPlan plan;
-    model_table_moe(&m, &tr->cfg->model, &tr->moe, 1, 0);
+    model_table_moe(&m, &tr->cfg->model, &tr->moe, tr->ep_size, tr->topo.ep_rank);
     zero_plan(&m, &tr->cfg->zero, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
     size_t bytes = plan.params + plan.grads + plan.optim + plan.working +
                    model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
@@ -181,7 +194,8 @@ static void checkpoint(Trainer *tr, int64_t steps_done) {
     double t0 = wall_seconds();
     zero_pull_states(&tr->zero);
     ckpt_write(&tr->ckpt, &tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
-    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s)\n", tr->cfg->checkpoint.dir, (long long)steps_done, wall_seconds() - t0);
+    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s%s)\n", tr->cfg->checkpoint.dir, (long long)steps_done,
+             wall_seconds() - t0, tr->cfg->checkpoint.async ? "; writing in the background" : "");
 }
 
 // A checkpoint, timed (the time limit plans with the longest of this job).
@@ -240,11 +254,13 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     tr->deck_text = xmalloc(1 << 16, "deck text");
     deck_format(d, tr->deck_text, 1 << 16);
     moe_spec_from_config(&tr->moe, c);
-    topo_init(&tr->topo, (int)c->parallel.dp, (int)c->parallel.sp);
+    tr->ep_size = tr->moe.nmoe ? (int)c->parallel.ep : 1;
+    topo_init(&tr->topo, (int)c->parallel.dp, (int)c->parallel.sp, tr->ep_size);
     tr->threads = threads_per_rank(c->run.threads, tr->topo.local_size);
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
                       .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step,
-                      .fault_hang_s = c->comm.fault_hang_s, .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN)};
+                      .fault_hang_s = c->comm.fault_hang_s, .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN),
+                      .progress = c->comm.progress, .progress_us = c->comm.progress_us};
     kernels_set_threads(tr->threads);
     tr->B = (int)c->train.micro_batch;
     tr->T = (int)c->train.seq_len;
@@ -253,6 +269,10 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     start_backend(tr, &co);
     comm_init(&tr->dp, tr->topo.dp, "dp", &co);
     comm_init(&tr->sp, tr->topo.sp, "sp", &co);
+    if (tr->ep_size > 1) {
+        comm_init(&tr->ep, tr->topo.ep, "ep", &co);
+        comm_init(&tr->edp, tr->topo.edp, "edp", &co);
+    }
 
     measure_peak(tr);
 
@@ -261,11 +281,15 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     open_data(tr);
     double base = rss_now_mb();     // MPI, HDF5, BLAS, the loader: what the model's memory comes on top of
     MPI_CHECK(MPI_Allreduce(&base, &tr->rss_base, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
-    ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute, .moe = &tr->moe};
+    ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute, .moe = &tr->moe,
+                        .ep = tr->ep_size > 1 ? &tr->ep : NULL};
     model_create_parallel(&tr->model, &c->model, tr->B, tr->Tl, tr->bk, &mp);
-    zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &c->optim, c->train.steps);
+    zero_create_ep(&tr->zero, &c->zero, &tr->dp, tr->ep_size > 1 ? &tr->edp : NULL, &tr->model, &c->optim,
+                   c->train.steps);
     zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
     tr->ps = zero_store(&tr->zero);
+    for (int l = 0; l < tr->model.s.L && tr->moe.nmoe; l++) tr->moe_nx += tr->moe.experts[l];
+    tr->moe_load = tr->moe_nx ? xcalloc(sizeof(double) * (size_t)tr->moe_nx, "moe load") : NULL;
     tr->inputs = xmalloc((size_t)tr->B * tr->Tl * sizeof(int32_t), "inputs");
     tr->targets = xmalloc((size_t)tr->B * tr->Tl * sizeof(int32_t), "targets");
     tr->rss_all = xcalloc((size_t)tr->topo.size * sizeof(double), "rss");
@@ -289,18 +313,28 @@ static void trainer_create(Trainer *tr, const Deck *d) {
         h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->Tl));
         h5_attr_i64(tr->metrics.file, "nparams", (int64_t)tr->model.nparams);
         h5_attr_f64(tr->metrics.file, "baseline_rss_mb", tr->rss_base);
+        moe_load_open(tr, buffer);
         metrics_flush(&tr->metrics);
     }
 }
 
 static void trainer_free(Trainer *tr) {
-    if (tr->topo.rank == 0) metrics_close(&tr->metrics);
+    if (tr->topo.rank == 0) {
+        moe_load_write(tr);
+        moe_load_close(tr);
+        metrics_close(&tr->metrics);
+    }
+    free(tr->moe_load);
     loader_free(&tr->train);
     if (tr->val.rows) loader_free(&tr->val);
     tokenfile_close(&tr->train_file);
     if (tr->cfg->data.val[0]) tokenfile_close(&tr->val_file);
     zero_free(&tr->zero);
     model_free(&tr->model);
+    if (tr->ep_size > 1) {
+        comm_free(&tr->edp);
+        comm_free(&tr->ep);
+    }
     comm_free(&tr->sp);
     comm_free(&tr->dp);
     device_stop(&tr->dev);
@@ -340,6 +374,8 @@ static void moe_step_stats(Trainer *tr) {
         tr->moe_choices += (double)m->moel[l].stats.choices;
         tr->moe_dropped += (double)m->moel[l].stats.dropped;
     }
+    for (int l = 0, at = 0; l < m->s.L; l++)
+        for (int x = 0; x < m->moe.experts[l]; x++) tr->moe_load[at++] += m->moel[l].stats.load[x];
 }
 
 // The gradients of one optimizer step: grad_accum micro-steps (ZeRO reduces
@@ -354,9 +390,11 @@ static double compute_grads(Trainer *tr, int64_t step, double *grad_norm) {
     const int B = tr->B, T = tr->Tl, accum = tr->accum;
     zero_begin_step(&tr->zero, step);
     comm_set_step(&tr->sp, step);
+    if (tr->ep_size > 1) comm_set_step(&tr->ep, step);
     double loss = 0.0;
     float dloss = 1.0f / ((float)B * (float)T * (float)accum);
     tr->moe_aux = tr->moe_choices = tr->moe_dropped = 0.0;
+    if (tr->moe_nx) memset(tr->moe_load, 0, sizeof(double) * (size_t)tr->moe_nx);
     m->moe_seed = (uint64_t)c->run.seed;
     m->moe_step = step;
     uint64_t base = (uint64_t)rows_done(tr, step);
@@ -377,6 +415,10 @@ static double compute_grads(Trainer *tr, int64_t step, double *grad_norm) {
     comm_allreduce_sum_f64(&tr->dp, l, tr->moe.nmoe ? 4 : 1, "loss");
     tr->moe_aux = l[1] / tr->dp.size;
     tr->moe_dropped = l[2] > 0 ? l[3] / l[2] : 0.0;
+    if (tr->moe_nx) {   // tokens routed to each expert, over every rank, per token of the step
+        comm_allreduce_sum_f64(&tr->dp, tr->moe_load, (size_t)tr->moe_nx, "moe load");
+        for (int x = 0; x < tr->moe_nx; x++) tr->moe_load[x] /= (double)c->train.batch * (double)tr->T;
+    }
     return l[0] / tr->dp.size;
 }
 
@@ -410,6 +452,10 @@ static void print_header(const Trainer *tr) {
     log_info("layout: %d ranks (dp=%d x sp=%d), %d threads per rank, batch %lld sequences = %lld tokens per step%s\n",
              tr->topo.size, tr->topo.data_size, tr->topo.sp_size, tr->threads, (long long)c->train.batch,
              (long long)c->train.batch * tr->T, c->train.recompute ? ", activation checkpointing per layer" : "");
+    if (tr->ep_size > 1)
+        log_info("experts: ep = %d (groups of %d consecutive data-parallel ranks; rank %d holds experts %d/%d of each "
+                 "MoE layer), their states partitioned over %d ranks\n", tr->ep_size, tr->ep_size, tr->topo.rank,
+                 tr->topo.ep_rank, tr->ep_size, tr->topo.edp_size);
     char dev[300];
     device_describe(&tr->dev, dev, sizeof dev);
     log_info("backend: %s; collectives: %s\n", dev, comm_path_name(tr->dp.opt.path));
@@ -429,10 +475,77 @@ typedef struct StepOut {
 
 // Counters at the previous row, so each row holds one step's traffic.
 typedef struct CommMark {
-    uint64_t bytes[COMM_NOPS];     // dp (ZeRO) group
-    uint64_t a2a;                  // sp group: Ulysses all-to-alls
-    double wait_s;
+    uint64_t bytes[COMM_NOPS];     // ZeRO's groups: dp (and edp with expert parallelism)
+    uint64_t a2a;                  // all-to-alls: sp (Ulysses) and ep (MoE dispatch and combine)
+    double wait_s;                 // dp (and, with ep, the edp and ep groups)
+    double inflight_s;
 } CommMark;
+
+// This rank's counters since the start of the job.
+static CommMark comm_now(const Trainer *tr) {
+    CommMark n;
+    int ep = tr->ep_size > 1;
+    for (int op = 0; op < COMM_NOPS; op++) n.bytes[op] = tr->dp.bytes[op] + (ep ? tr->edp.bytes[op] : 0);
+    n.a2a = tr->sp.bytes[COMM_ALLTOALL] + (ep ? tr->ep.bytes[COMM_ALLTOALL] : 0);
+    n.wait_s = tr->dp.wait_s + (ep ? tr->edp.wait_s + tr->ep.wait_s : 0.0);
+    n.inflight_s = comm_inflight_s(&tr->dp);
+    return n;
+}
+
+// Rank 0: the buffered rows of /moe_load/h.<l> into run.h5 (before a flush).
+static void moe_load_write(Trainer *tr) {
+    const Model *m = &tr->model;
+    uint64_t n = (uint64_t)tr->moe_load_pending;
+    if (!tr->moe_load_ds || !n) return;
+    double *rows = xmalloc(sizeof(double) * n * (size_t)tr->moe_nx, "moe load rows");
+    for (int l = 0, at = 0; l < m->s.L; l++) {
+        int E = m->moe.experts[l];
+        if (!E) continue;
+        for (uint64_t i = 0; i < n; i++)
+            memcpy(rows + i * (size_t)E, tr->moe_load_rows + i * (size_t)tr->moe_nx + at, sizeof(double) * (size_t)E);
+        metrics_series_write(tr->moe_load_ds[l], tr->moe_load_at, n, E, rows);
+        at += E;
+    }
+    free(rows);
+    tr->moe_load_at += n;
+    tr->moe_load_pending = 0;
+}
+
+// Rank 0: this step's loads into the buffer.
+static void moe_load_append(Trainer *tr) {
+    if (!tr->moe_load_ds) return;
+    if (tr->moe_load_pending == tr->moe_load_cap) moe_load_write(tr);
+    memcpy(tr->moe_load_rows + (size_t)tr->moe_load_pending * (size_t)tr->moe_nx, tr->moe_load,
+           sizeof(double) * (size_t)tr->moe_nx);
+    tr->moe_load_pending++;
+}
+
+// Rank 0: /moe_load/h.<l>, (steps, E_l), beside /metrics.
+static void moe_load_open(Trainer *tr, int buffer) {
+    const Model *m = &tr->model;
+    if (!tr->moe_nx) return;
+    tr->moe_load_cap = buffer < 1 ? 1 : buffer;
+    tr->moe_load_rows = xmalloc(sizeof(double) * (size_t)tr->moe_load_cap * (size_t)tr->moe_nx, "moe load rows");
+    tr->moe_load_ds = xcalloc(sizeof(hid_t) * (size_t)m->s.L, "moe load datasets");
+    tr->moe_load_at = tr->metrics.rows;
+    for (int l = 0; l < m->s.L; l++) {
+        if (!m->moe.experts[l]) continue;
+        char path[64];
+        snprintf(path, sizeof path, "moe_load/h.%d", l);
+        tr->moe_load_ds[l] = metrics_series(&tr->metrics, path, m->moe.experts[l]);
+        h5_attr_str(tr->moe_load_ds[l], "description", "(steps, experts of the layer): tokens routed to each expert "
+                    "(kept choices, every rank) per token of the step; rows as /metrics/step");
+    }
+}
+
+static void moe_load_close(Trainer *tr) {
+    if (!tr->moe_load_ds) return;
+    for (int l = 0; l < tr->model.s.L; l++)
+        if (tr->moe_load_ds[l] > 0) H5_CHECK(H5Dclose(tr->moe_load_ds[l]));
+    free(tr->moe_load_ds);
+    free(tr->moe_load_rows);
+    tr->moe_load_ds = NULL;
+}
 
 // Collective (per-rank memory); rank 0 appends the row and maybe prints.
 static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *o, CommMark *mark, double train_time) {
@@ -456,17 +569,18 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_TOKENS] = row.v[M_DATA_ROWS] * tr->T;
     row.v[M_SKIPPED] = o->skipped;
     row.v[M_RANKS] = tr->topo.size;
-    row.v[M_COMM_ALL_REDUCE] = (double)(tr->dp.bytes[COMM_ALLREDUCE] - mark->bytes[COMM_ALLREDUCE]);
-    row.v[M_COMM_REDUCE_SCATTER] = (double)(tr->dp.bytes[COMM_REDUCE_SCATTER] - mark->bytes[COMM_REDUCE_SCATTER]);
-    row.v[M_COMM_ALL_GATHER] = (double)(tr->dp.bytes[COMM_ALLGATHER] - mark->bytes[COMM_ALLGATHER]);
-    row.v[M_COMM_WAIT] = tr->dp.wait_s - mark->wait_s;
-    row.v[M_COMM_ALL_TO_ALL] = (double)(tr->sp.bytes[COMM_ALLTOALL] - mark->a2a);
+    CommMark now = comm_now(tr);
+    row.v[M_COMM_ALL_REDUCE] = (double)(now.bytes[COMM_ALLREDUCE] - mark->bytes[COMM_ALLREDUCE]);
+    row.v[M_COMM_REDUCE_SCATTER] = (double)(now.bytes[COMM_REDUCE_SCATTER] - mark->bytes[COMM_REDUCE_SCATTER]);
+    row.v[M_COMM_ALL_GATHER] = (double)(now.bytes[COMM_ALLGATHER] - mark->bytes[COMM_ALLGATHER]);
+    row.v[M_COMM_WAIT] = now.wait_s - mark->wait_s;
+    row.v[M_COMM_ALL_TO_ALL] = (double)(now.a2a - mark->a2a);
     row.v[M_AUX_LOSS] = tr->moe.nmoe ? tr->moe_aux : NAN;
     row.v[M_MOE_DROPPED] = tr->moe.nmoe ? tr->moe_dropped : NAN;
-    mark->a2a = tr->sp.bytes[COMM_ALLTOALL];
-    memcpy(mark->bytes, tr->dp.bytes, sizeof mark->bytes);
-    mark->wait_s = tr->dp.wait_s;
+    row.v[M_COMM_INFLIGHT] = now.inflight_s - mark->inflight_s;
+    *mark = now;
     metrics_append(&tr->metrics, &row);
+    moe_load_append(tr);
     if (!o->print) return;
     char eta[32], vbuf[32] = "";
     format_eta(train_time / (double)(step + 1 - tr->start_step) * (double)(stop - step - 1), eta, sizeof eta);
@@ -474,6 +588,7 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.1f GFLOP/s | %.3f s/step | ETA %s\n",
              (long long)step + 1, (long long)c->train.steps, o->loss, vbuf, o->lr, o->gnorm, tps, 100.0 * mfu, gflops,
              o->dt, eta);
+    moe_load_write(tr);
     metrics_flush(&tr->metrics);
 }
 
@@ -581,10 +696,7 @@ int train_run(const Deck *d) {
     log_info("step %6lld/%lld | val %.4f (%s)\n", (long long)tr.start_step, (long long)c->train.steps, last_val,
              tr.start_step ? "resumed" : "initial");
     if (tr.topo.rank == 0 && tr.start_step == 0) h5_attr_f64(tr.metrics.file, "val_loss_initial", last_val);
-    CommMark mark;
-    memcpy(mark.bytes, tr.dp.bytes, sizeof mark.bytes);
-    mark.wait_s = tr.dp.wait_s;
-    mark.a2a = tr.sp.bytes[COMM_ALLTOALL];
+    CommMark mark = comm_now(&tr);
     // The job may stop early (stop_at) with a checkpoint; the schedule still spans train.steps.
     int64_t stop_at = c->train.stop_at > 0 && c->train.stop_at < c->train.steps ? c->train.stop_at : c->train.steps;
     int end = END_DONE;
@@ -596,6 +708,7 @@ int train_run(const Deck *d) {
             break;
         }
         double t0 = wall_seconds();
+        ckpt_poll(&tr.ckpt);    // publishes an asynchronous checkpoint whose writes are done (counted in the step)
         o = (StepOut){.val = NAN};
         o.loss = compute_grads(&tr, step, &o.gnorm);
         o.lr = optim_lr(&tr.zero.optim, step);
@@ -641,6 +754,7 @@ int train_run(const Deck *d) {
         snprintf(path, sizeof path, "%s/final.h5", c->run.out_dir);
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, c->train.steps, tr.deck_text);
     }
+    ckpt_flush(&tr.ckpt);       // an asynchronous checkpoint still being written
     char why[160];
     const char *how = end == END_NAN ? "stopped (non-finite loss or gradient)"
                     : end == END_STOPPED ? "stopped early" : stop_at < c->train.steps ? "stopped (train.stop_at)" : "done";

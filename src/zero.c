@@ -9,25 +9,67 @@
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
-void zero_part(const Zero *z, int k, size_t b, size_t e, size_t *pb, size_t *pe) {
-    size_t lo = max_sz(b, (size_t)k * z->S), hi = min_sz(e, min_sz((size_t)(k + 1) * z->S, z->N));
+void zero_group_part(const ZeroGroup *g, int k, size_t b, size_t e, size_t *pb, size_t *pe) {
+    size_t lo = max_sz(b, g->begin + (size_t)k * g->S);
+    size_t hi = min_sz(e, min_sz(g->begin + (size_t)(k + 1) * g->S, g->end));
     *pb = lo;
     *pe = hi > lo ? hi : lo;
 }
 
-static void fill_counts(Zero *z, size_t b, size_t e) {
-    for (int k = 0; k < z->p; k++) {
+void zero_part(const Zero *z, int k, size_t b, size_t e, size_t *pb, size_t *pe) {
+    zero_group_part(&z->g[0], k, b, e, pb, pe);
+}
+
+static void fill_counts(ZeroGroup *g, size_t b, size_t e) {
+    for (int k = 0; k < g->p; k++) {
         size_t lo, hi;
-        zero_part(z, k, b, e, &lo, &hi);
-        z->counts[k] = hi - lo;
+        zero_group_part(g, k, b, e, &lo, &hi);
+        g->counts[k] = hi - lo;
     }
 }
 
+// Units L+2.. hold experts (model.h): group 1; the rest group 0.
+static int unit_group(const Zero *z, int u) { return u > z->m->s.L + 1 ? 1 : 0; }
+
+// Where flat element i of group g's shard sits in the shard buffers.
+static size_t shard_at(const ZeroGroup *g, size_t i) { return g->at + (i - g->own_begin); }
+
 static const char *unit_tag(const Zero *z, int u, char *buf, size_t n) {
+    const Model *m = z->m;
     if (u == 0) snprintf(buf, n, "embeddings");
-    else if (u == z->m->nunits - 1) snprintf(buf, n, "ln_f");
-    else snprintf(buf, n, "h.%d", u - 1);
+    else if (u == m->s.L + 1) snprintf(buf, n, "ln_f");
+    else if (u <= m->s.L) snprintf(buf, n, "h.%d", u - 1);
+    else
+        for (int l = 0; l < m->s.L; l++)
+            if (m->xunit[l] == u) snprintf(buf, n, "experts h.%d", l);
     return buf;
+}
+
+// The groups' ranges and this rank's shards, from the model and (p, r) of
+// group 0; group 1 (the held experts) is the p/ep ranks with the same r % ep.
+static void layout_groups(Zero *z, int p, int r) {
+    const Model *m = z->m;
+    z->ngroups = m->ngroups > 1 ? 2 : 1;
+    size_t at = 0;
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        g->begin = k ? m->group_end[0] : 0;
+        g->end = k ? m->group_end[1] : z->ngroups > 1 ? m->group_end[0] : m->nparams;
+        g->p = k ? p / m->ep_size : p;
+        g->r = k ? r / m->ep_size : r;
+        g->S = (g->end - g->begin + (size_t)g->p - 1) / (size_t)g->p;
+        zero_group_part(g, g->r, g->begin, g->end, &g->own_begin, &g->own_end);
+        if (z->stage == 0) {
+            g->own_begin = g->begin;
+            g->own_end = g->end;
+        }
+        g->at = at;
+        at += g->own_end - g->own_begin;
+    }
+    z->own = at;
+    z->S = z->g[0].S;
+    z->own_begin = z->g[0].own_begin;
+    z->own_end = z->g[0].own_end;
 }
 
 // Backend memory that collectives may move (the comm layer mirrors it on the
@@ -35,34 +77,45 @@ static const char *unit_tag(const Zero *z, int u, char *buf, size_t n) {
 static float *alloc_floats(Zero *z, size_t n, const char *what, size_t *account) {
     *account += n * sizeof(float);
     float *p = z->m->bk->alloc(n * sizeof(float), what);
-    comm_register(z->comm, p, n, what);
+    for (int k = 0; k < z->ngroups; k++)
+        if (z->g[k].comm && (k == 0 || z->g[k].comm != z->g[0].comm)) comm_register(z->g[k].comm, p, n, what);
     return p;
 }
 
 // ---------------------------------------------------------------------------
-// Buckets: whole units in backward order (ln_f, h.L-1, ..., h.0) up to the
-// bucket size; the embeddings alone.
+// Buckets: whole units of one group in backward order (ln_f, h.L-1, ..., h.0;
+// then the held experts, last MoE layer first) up to the bucket size; the
+// embeddings alone, last.
 
-static void build_buckets(Zero *z, double bucket_mb) {
+static int add_buckets(Zero *z, int nb, int u_top, int u_min, int group, size_t cap) {
     const Model *m = z->m;
-    size_t cap = (size_t)(bucket_mb * 1048576.0 / sizeof(float));
-    if (cap < 1) cap = 1;
-    z->buckets = xcalloc(sizeof(ZeroBucket) * (size_t)m->nunits, "buckets");
-    z->bucket_of = xcalloc(sizeof(int) * (size_t)m->nunits, "bucket map");
-    int nb = 0;
-    for (int u = m->nunits - 1; u >= 1; ) {
+    for (int u = u_top; u >= u_min; ) {
         ZeroBucket *b = &z->buckets[nb];
         b->u_hi = u;
         b->u_lo = u;
-        while (b->u_lo - 1 >= 1 && m->unit_end[u] - m->unit_begin[b->u_lo - 1] <= cap) b->u_lo--;
+        b->group = group;
+        while (b->u_lo - 1 >= u_min && m->unit_end[u] - m->unit_begin[b->u_lo - 1] <= cap) b->u_lo--;
         b->begin = m->unit_begin[b->u_lo];
         b->end = m->unit_end[b->u_hi];
         for (int k = b->u_lo; k <= b->u_hi; k++) z->bucket_of[k] = nb;
         nb++;
         u = b->u_lo - 1;
     }
+    return nb;
+}
+
+static void build_buckets(Zero *z, double bucket_mb) {
+    const Model *m = z->m;
+    const int L = m->s.L;
+    size_t cap = (size_t)(bucket_mb * 1048576.0 / sizeof(float));
+    if (cap < 1) cap = 1;
+    z->buckets = xcalloc(sizeof(ZeroBucket) * (size_t)m->nunits, "buckets");
+    z->bucket_of = xcalloc(sizeof(int) * (size_t)m->nunits, "bucket map");
+    int nb = add_buckets(z, 0, L + 1, 1, 0, cap);
+    nb = add_buckets(z, nb, m->nunits - 1, L + 2, 1, cap);
     ZeroBucket *e = &z->buckets[nb];
     e->u_lo = e->u_hi = 0;
+    e->group = 0;
     e->begin = 0;
     e->end = m->unit_end[0];
     z->bucket_of[0] = nb++;
@@ -75,20 +128,23 @@ static void build_buckets(Zero *z, double bucket_mb) {
 
 // Lets MPICH advance the collectives in flight (it progresses only inside MPI calls).
 static void poke(Zero *z) {
-    if (!z->overlap) return;
+    if (!z->overlap || !comm_polls(z->comm)) return;
+    for (int k = 0; k < z->ngroups; k++)
+        if (k == 0 || z->g[k].comm != z->comm) comm_progress(z->g[k].comm);   // the stage-3 gathers in flight too
     for (int i = 0; i < z->nbuckets; i++)
-        if (z->buckets[i].req.active) comm_test(z->comm, &z->buckets[i].req);
+        if (z->buckets[i].req.active) comm_test(z->g[z->buckets[i].group].comm, &z->buckets[i].req);
 }
 
 // A bucket's reduction is complete: fold this rank's part into the shard.
 static void bucket_finish(Zero *z, ZeroBucket *b) {
     if (!b->pending) return;
-    comm_wait(z->comm, &b->req);
+    ZeroGroup *g = &z->g[b->group];
+    comm_wait(g->comm, &b->req);
     b->pending = 0;
     if (z->stage >= 1) {
         size_t lo, hi;
-        zero_part(z, z->r, b->begin, b->end, &lo, &hi);
-        size_t at = lo - z->own_begin;
+        zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
+        size_t at = shard_at(g, lo);
         z->m->bk->axpy(z->gshard + at, z->recv + at, 1.0f, hi - lo);
     }
     if (b->slot >= 0) z->gring_bucket[b->slot] = -1;
@@ -96,8 +152,16 @@ static void bucket_finish(Zero *z, ZeroBucket *b) {
     b->staging = NULL;
 }
 
+// Ring slot k holds a bucket still gathering this micro-step's gradients.
+static int ring_busy(const Zero *z, int k) {
+    if (z->gring_bucket[k] < 0) return 0;
+    const ZeroBucket *b = &z->buckets[z->gring_bucket[k]];
+    return b->staging && !b->pending;
+}
+
 // Stage 2-3: a zeroed staging buffer for bucket bi, reusing the ring slot
-// whose reduction is oldest (waiting for it only now).
+// whose reduction is oldest (waiting for it only now). With two groups a
+// bucket of each may gather at once: the slot of the other is skipped.
 static void bucket_stage(Zero *z, int bi) {
     ZeroBucket *b = &z->buckets[bi];
     size_t n = b->end - b->begin;
@@ -105,7 +169,9 @@ static void bucket_stage(Zero *z, int bi) {
         b->staging = z->gembed;
     } else {
         int k = z->gring_next;
-        z->gring_next ^= 1;
+        if (ring_busy(z, k)) k ^= 1;
+        SYS_CHECK(!ring_busy(z, k), "zero: no free gradient staging slot for bucket %d", bi);
+        z->gring_next = k ^ 1;
         if (z->gring_bucket[k] >= 0) bucket_finish(z, &z->buckets[z->gring_bucket[k]]);
         z->gring_bucket[k] = bi;
         b->slot = k;
@@ -115,21 +181,22 @@ static void bucket_stage(Zero *z, int bi) {
 }
 
 static void bucket_launch(Zero *z, ZeroBucket *b, int bi) {
-    char tag[40], lo_name[16], hi_name[16];
+    char tag[48], lo_name[20], hi_name[20];
     (void)bi;
     unit_tag(z, b->u_lo, lo_name, sizeof lo_name);
     unit_tag(z, b->u_hi, hi_name, sizeof hi_name);
     if (b->u_lo == b->u_hi) snprintf(tag, sizeof tag, "grads %s", lo_name);
     else snprintf(tag, sizeof tag, "grads %s..%s", lo_name, hi_name);
+    ZeroGroup *g = &z->g[b->group];
     size_t lo, hi;
-    zero_part(z, z->r, b->begin, b->end, &lo, &hi);
+    zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
     b->pending = 1;
     if (z->stage == 0) {
-        comm_iallreduce_sum(z->comm, z->grads + b->begin, b->end - b->begin, tag, &b->req);
+        comm_iallreduce_sum(g->comm, z->grads + b->begin, b->end - b->begin, tag, &b->req);
     } else {
         const float *send = z->stage == 1 ? z->grads + b->begin : b->staging;
-        fill_counts(z, b->begin, b->end);
-        comm_ireduce_scatter_sum(z->comm, send, z->recv + (lo - z->own_begin), z->counts, tag, &b->req);
+        fill_counts(g, b->begin, b->end);
+        comm_ireduce_scatter_sum(g->comm, send, z->recv + shard_at(g, lo), g->counts, tag, &b->req);
     }
     if (!z->overlap) bucket_finish(z, b);
 }
@@ -162,26 +229,28 @@ static void store_grads_ready(void *ctx, int u) {
 
 static ZeroSlot *slot_holding(Zero *z, int u) {
     for (int k = 0; k < ZSLOT_N; k++)
-        if (z->slots[k].unit == u) return &z->slots[k];
+        if (z->slots[k].buf && z->slots[k].unit == u) return &z->slots[k];
     return NULL;
 }
 
 // Stage 3: issues the all-gather of unit u into slot s.
 static void gather_start(Zero *z, ZeroSlot *s, int u) {
+    ZeroGroup *g = &z->g[unit_group(z, u)];
     size_t ub = z->m->unit_begin[u], ue = z->m->unit_end[u], lo, hi;
-    zero_part(z, z->r, ub, ue, &lo, &hi);
-    z->m->bk->copy(s->buf + (lo - ub), z->params + (lo - z->own_begin), hi - lo);
-    fill_counts(z, ub, ue);
+    zero_group_part(g, g->r, ub, ue, &lo, &hi);
+    z->m->bk->copy(s->buf + (lo - ub), z->params + shard_at(g, lo), hi - lo);
+    fill_counts(g, ub, ue);
     char tag[40];
-    comm_iallgather(z->comm, s->buf, z->counts, unit_tag(z, u, tag, sizeof tag), &s->req);
+    comm_iallgather(g->comm, s->buf, g->counts, unit_tag(z, u, tag, sizeof tag), &s->req);
     s->unit = u;
     s->held = 0;
 }
 
 static ZeroSlot *slot_for(Zero *z, int u) {
-    int L = z->m->nunits - 2;
+    int L = z->m->s.L;
     if (u == 0) return &z->slots[ZSLOT_EMBED];
     if (u == L + 1) return &z->slots[ZSLOT_FINAL];
+    if (u > L + 1) return &z->slots[ZSLOT_EXPERT];
     ZeroSlot *a = &z->slots[ZSLOT_LAYER_A], *b = &z->slots[ZSLOT_LAYER_B];
     if (a->held) return b;
     if (b->held) return a;
@@ -189,10 +258,21 @@ static ZeroSlot *slot_for(Zero *z, int u) {
 }
 
 static void prefetch(Zero *z, int u) {
-    if (!z->prefetch || u < 1 || u > z->m->nunits - 1 || slot_holding(z, u)) return;
+    if (!z->prefetch || u < 1 || u > z->m->s.L + 1 || slot_holding(z, u)) return;
     ZeroSlot *s = slot_for(z, u);
     if (s->held || s->req.active) return;
     gather_start(z, s, u);
+}
+
+// Layer unit u's held experts (a unit of their own with expert parallelism),
+// gathered while the layer's attention runs.
+static void prefetch_experts(Zero *z, int u) {
+    const Model *m = z->m;
+    if (!z->prefetch || u < 1 || u > m->s.L || m->xunit[u - 1] == u) return;
+    int ux = m->xunit[u - 1];
+    ZeroSlot *s = &z->slots[ZSLOT_EXPERT];
+    if (slot_holding(z, ux) || s->held || s->req.active) return;
+    gather_start(z, s, ux);
 }
 
 static const float *store_params(void *ctx, int u, int phase) {
@@ -204,10 +284,11 @@ static const float *store_params(void *ctx, int u, int phase) {
         s = slot_for(z, u);
         gather_start(z, s, u);
     }
-    comm_wait(z->comm, &s->req);
+    comm_wait(z->g[unit_group(z, u)].comm, &s->req);
     int at_head = z->slots[ZSLOT_FINAL].held;    // the LM head: no layer follows
     s->held = 1;
-    int L = z->m->nunits - 2;
+    int L = z->m->s.L;
+    prefetch_experts(z, u);
     if (phase == PHASE_FWD && !(u == 0 && at_head)) prefetch(z, u + 1 <= L + 1 ? u + 1 : -1);
     if (phase == PHASE_BWD && u >= 2 && u <= L) prefetch(z, u - 1);
     return s->buf;
@@ -229,7 +310,13 @@ static void store_release(void *ctx, int u, int phase) {
 
 static size_t largest_layer(const Model *m) {
     size_t n = 0;
-    for (int u = 1; u + 1 < m->nunits; u++) n = max_sz(n, m->unit_end[u] - m->unit_begin[u]);
+    for (int u = 1; u <= m->s.L; u++) n = max_sz(n, m->unit_end[u] - m->unit_begin[u]);
+    return n;
+}
+
+static size_t largest_experts(const Model *m) {
+    size_t n = 0;
+    for (int u = m->s.L + 2; u < m->nunits; u++) n = max_sz(n, m->unit_end[u] - m->unit_begin[u]);
     return n;
 }
 
@@ -239,17 +326,38 @@ static size_t largest_bucket(const Zero *z) {
     return n;
 }
 
+// Bytes group g sends per optimizer step (no evaluation).
+static void plan_sent(const Zero *z, const ZeroGroup *g, int stage, int accum, double *sent) {
+    if (g->p <= 1) return;
+    const Model *m = z->m;
+    size_t lo, hi, f = sizeof(float), n = g->end - g->begin;
+    zero_group_part(g, g->r, g->begin, g->end, &lo, &hi);
+    double rest = (double)(n - (hi - lo)) * (double)f;   // what a reduce-scatter or all-gather sends
+    if (stage == 0) sent[COMM_ALLREDUCE] += 2.0 * (g->p - 1) / g->p * (double)n * (double)f;
+    if (stage >= 1) sent[COMM_REDUCE_SCATTER] += rest * (stage == 1 ? 1 : accum);
+    if (stage == 1 || stage == 2) sent[COMM_ALLGATHER] += rest;
+    if (stage == 3) {
+        // Each unit twice per micro-step, but ln_f once (held from forward into backward).
+        double ag = 0.0;
+        for (int u = 0; u < m->nunits; u++) {
+            if (&z->g[unit_group(z, u)] != g) continue;
+            size_t ub = m->unit_begin[u], ue = m->unit_end[u];
+            zero_group_part(g, g->r, ub, ue, &lo, &hi);
+            ag += (double)(ue - ub - (hi - lo)) * (double)f * (u == m->s.L + 1 ? 1 : 2);
+        }
+        sent[COMM_ALLGATHER] += ag * accum;
+    }
+}
+
 void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, ZeroPlan *plan) {
     Zero z;     // just the fields the partition helpers read
     memset(&z, 0, sizeof z);
     z.m = m;
-    z.p = p;
+    z.stage = zc->stage;
     z.N = m->nparams;
-    z.S = (z.N + (size_t)p - 1) / (size_t)p;
+    layout_groups(&z, p, r);
     build_buckets(&z, zc->bucket_mb);
-    size_t lo, hi, f = sizeof(float);
-    zero_part(&z, r, 0, z.N, &lo, &hi);
-    size_t own = zc->stage == 0 ? z.N : hi - lo, N = z.N;
+    size_t f = sizeof(float), own = z.own, N = z.N;
     memset(plan, 0, sizeof *plan);
     plan->params = (zc->stage == 3 ? own : N) * f;
     plan->grads = (zc->stage <= 1 ? N : 0) * f + (zc->stage >= 1 ? (own ? own : 1) * f : 0);
@@ -257,28 +365,14 @@ void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, Ze
     if (zc->stage >= 1) plan->working += (own ? own : 1) * f;
     if (zc->stage >= 2) plan->working += (2 * largest_bucket(&z) + m->unit_end[0]) * f;
     if (zc->stage == 3) {
-        size_t fin = m->unit_end[m->nunits - 1] - m->unit_begin[m->nunits - 1];
+        size_t fin = m->unit_end[m->s.L + 1] - m->unit_begin[m->s.L + 1];
         plan->working += (2 * max_sz(largest_layer(m), 1) + max_sz(m->unit_end[0], 1) + max_sz(fin, 1)) * f;
+        if (z.ngroups > 1) plan->working += max_sz(largest_experts(m), 1) * f;
     }
     // MPI's reductions stage a message-sized temporary of their own (MPICH's
     // reduce-scatter and all-reduce do): one bucket's worth when p > 1.
     if (p > 1) plan->mpi_temp = max_sz(largest_bucket(&z), m->unit_end[0]) * f;
-    double rest = (double)(N - (hi - lo)) * (double)f;   // what a reduce-scatter or all-gather sends
-    if (p > 1) {
-        if (zc->stage == 0) plan->sent[COMM_ALLREDUCE] = 2.0 * (p - 1) / p * (double)N * (double)f;
-        if (zc->stage >= 1) plan->sent[COMM_REDUCE_SCATTER] = rest * (zc->stage == 1 ? 1 : accum);
-        if (zc->stage == 1 || zc->stage == 2) plan->sent[COMM_ALLGATHER] = rest;
-        if (zc->stage == 3) {
-            // Each unit twice per micro-step, but ln_f once (held from forward into backward).
-            double ag = 0.0;
-            for (int u = 0; u < m->nunits; u++) {
-                size_t ub = m->unit_begin[u], ue = m->unit_end[u];
-                zero_part(&z, r, ub, ue, &lo, &hi);
-                ag += (double)(ue - ub - (hi - lo)) * (double)f * (u == m->nunits - 1 ? 1 : 2);
-            }
-            plan->sent[COMM_ALLGATHER] = ag * accum;
-        }
-    }
+    for (int k = 0; k < z.ngroups; k++) plan_sent(&z, &z.g[k], zc->stage, accum, plan->sent);
     free(z.buckets);
     free(z.bucket_of);
 }
@@ -288,6 +382,11 @@ void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, Ze
 
 void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, const OptimConfig *oc,
                  int64_t steps) {
+    zero_create_ep(z, zc, comm, NULL, m, oc, steps);
+}
+
+void zero_create_ep(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm, const Model *m, const OptimConfig *oc,
+                    int64_t steps) {
     memset(z, 0, sizeof *z);
     z->stage = zc->stage;
     z->overlap = zc->overlap;
@@ -297,14 +396,18 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
     z->p = comm->size;
     z->r = comm->rank;
     z->N = m->nparams;
-    z->S = (z->N + (size_t)z->p - 1) / (size_t)z->p;
-    zero_part(z, z->r, 0, z->N, &z->own_begin, &z->own_end);
-    if (z->stage == 0) {
-        z->own_begin = 0;
-        z->own_end = z->N;
+    layout_groups(z, z->p, z->r);
+    z->g[0].comm = comm;
+    z->g[0].optim = &z->optim;
+    if (z->ngroups > 1) {
+        SYS_CHECK(xcomm && xcomm->size == z->g[1].p && xcomm->rank == z->g[1].r,
+                  "zero: the experts' group must be rank %d of %d (r %% ep of %d data-parallel ranks), not %d of %d",
+                  z->g[1].r, z->g[1].p, z->p, xcomm ? xcomm->rank : -1, xcomm ? xcomm->size : 0);
+        z->g[1].comm = xcomm;
+        z->g[1].optim = &z->xoptim;
     }
-    size_t own = z->own_end - z->own_begin;
-    z->counts = xcalloc(sizeof(size_t) * (size_t)z->p, "zero counts");
+    for (int k = 0; k < z->ngroups; k++) z->g[k].counts = xcalloc(sizeof(size_t) * (size_t)z->g[k].p, "zero counts");
+    size_t own = z->own;
     build_buckets(z, zc->bucket_mb);
 
     z->params = alloc_floats(z, z->stage == 3 ? own : z->N, "parameters", &z->state_bytes);
@@ -313,8 +416,11 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
         z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);
         z->recv = alloc_floats(z, own ? own : 1, "reduce-scatter buffer", &z->working_bytes);
     }
-    optim_create(&z->optim, oc, steps, z->own_begin, z->own_end, m->bk);
-    z->state_bytes += 2 * own * sizeof(float);
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        optim_create(g->optim, oc, steps, g->own_begin, g->own_end, m->bk);
+        z->state_bytes += 2 * (g->own_end - g->own_begin) * sizeof(float);
+    }
 
     size_t max_layer = largest_layer(m), max_bucket = largest_bucket(z);
     if (z->stage >= 2) {
@@ -327,8 +433,9 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
     for (int k = 0; k < ZSLOT_N; k++) z->slots[k].unit = -1;
     if (z->stage == 3) {
         size_t caps[ZSLOT_N] = {max_layer, max_layer, m->unit_end[0],
-                                m->unit_end[m->nunits - 1] - m->unit_begin[m->nunits - 1]};
+                                m->unit_end[m->s.L + 1] - m->unit_begin[m->s.L + 1], largest_experts(m)};
         for (int k = 0; k < ZSLOT_N; k++) {
+            if (k == ZSLOT_EXPERT && z->ngroups == 1) continue;
             z->slots[k].cap = caps[k];
             z->slots[k].buf = alloc_floats(z, caps[k] ? caps[k] : 1, "gathered parameters", &z->working_bytes);
         }
@@ -341,69 +448,89 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
     if (m->bk->device_memory) {     // host copies for checkpoints and weight files
         size_t np = z->stage == 3 ? own : z->N;
         z->host_params = xcalloc((np ? np : 1) * sizeof(float), "host copy of parameters");
-        z->host_m = xcalloc((own ? own : 1) * sizeof(float), "host copy of AdamW moments");
-        z->host_v = xcalloc((own ? own : 1) * sizeof(float), "host copy of AdamW moments");
+        for (int k = 0; k < z->ngroups; k++) {
+            size_t n = z->g[k].own_end - z->g[k].own_begin;
+            z->g[k].host_m = xcalloc((n ? n : 1) * sizeof(float), "host copy of AdamW moments");
+            z->g[k].host_v = xcalloc((n ? n : 1) * sizeof(float), "host copy of AdamW moments");
+        }
     } else {
         z->host_params = z->params;
-        z->host_m = z->optim.m;
-        z->host_v = z->optim.v;
+        for (int k = 0; k < z->ngroups; k++) {
+            z->g[k].host_m = z->g[k].optim->m;
+            z->g[k].host_v = z->g[k].optim->v;
+        }
     }
+    z->host_m = z->g[0].host_m;
+    z->host_v = z->g[0].host_v;
     z->store = (ParamStore){.ctx = z, .params = store_params, .release = store_release,
                             .grads = store_grads, .grads_ready = store_grads_ready};
 }
 
 void zero_free(Zero *z) {
     const Backend *bk = z->m->bk;
-    if (bk->device_memory) {
-        free(z->host_params);
-        free(z->host_m);
-        free(z->host_v);
+    for (int k = 0; k < z->ngroups; k++) {
+        if (bk->device_memory) {
+            free(z->g[k].host_m);
+            free(z->g[k].host_v);
+        }
+        optim_free(z->g[k].optim);
+        free(z->g[k].counts);
     }
+    if (bk->device_memory) free(z->host_params);
     bk->release(z->params);
     bk->release(z->grads);
     bk->release(z->gshard);
     bk->release(z->recv);
-    optim_free(&z->optim);
     for (int k = 0; k < ZSLOT_N; k++) bk->release(z->slots[k].buf);
     bk->release(z->gring[0]);
     bk->release(z->gring[1]);
     bk->release(z->gembed);
     free(z->buckets);
     free(z->bucket_of);
-    free(z->counts);
     memset(z, 0, sizeof *z);
 }
 
 void zero_init_weights(Zero *z, uint64_t seed, double std) {
-    size_t b = z->stage == 3 ? z->own_begin : 0, e = z->stage == 3 ? z->own_end : z->N;
-    model_init_range(z->m, z->host_params, b, e, seed, std);
-    if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, e - b);
+    if (z->stage < 3) {
+        model_init_range(z->m, z->host_params, 0, z->N, seed, std);
+        if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, z->N);
+        return;
+    }
+    for (int k = 0; k < z->ngroups; k++)
+        model_init_range(z->m, z->host_params + z->g[k].at, z->g[k].own_begin, z->g[k].own_end, seed, std);
+    if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, z->own);
 }
 
 void zero_pull_states(Zero *z) {
     const Backend *bk = z->m->bk;
     if (!bk->device_memory) return;
-    size_t own = z->own_end - z->own_begin;
-    bk->to_host(z->host_params, z->params, z->stage == 3 ? own : z->N);
-    bk->to_host(z->host_m, z->optim.m, own);
-    bk->to_host(z->host_v, z->optim.v, own);
+    bk->to_host(z->host_params, z->params, z->stage == 3 ? z->own : z->N);
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        bk->to_host(g->host_m, g->optim->m, g->own_end - g->own_begin);
+        bk->to_host(g->host_v, g->optim->v, g->own_end - g->own_begin);
+    }
 }
 
 void zero_push_states(Zero *z) {
     const Backend *bk = z->m->bk;
+    z->xoptim.t = z->optim.t;   // a checkpoint sets group 0's step count; every group has taken as many
     if (!bk->device_memory) return;
-    size_t own = z->own_end - z->own_begin;
-    bk->from_host(z->params, z->host_params, z->stage == 3 ? own : z->N);
-    bk->from_host(z->optim.m, z->host_m, own);
-    bk->from_host(z->optim.v, z->host_v, own);
+    bk->from_host(z->params, z->host_params, z->stage == 3 ? z->own : z->N);
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        bk->from_host(g->optim->m, g->host_m, g->own_end - g->own_begin);
+        bk->from_host(g->optim->v, g->host_v, g->own_end - g->own_begin);
+    }
 }
 
 const ParamStore *zero_store(Zero *z) { return &z->store; }
 
 void zero_begin_step(Zero *z, int64_t step) {
     comm_set_step(z->comm, step);
+    if (z->ngroups > 1) comm_set_step(z->g[1].comm, step);
     if (z->grads) z->m->bk->zero(z->grads, z->N);
-    if (z->gshard) z->m->bk->zero(z->gshard, z->own_end - z->own_begin);
+    if (z->gshard) z->m->bk->zero(z->gshard, z->own);
 }
 
 void zero_begin_micro(Zero *z, int micro, int accum) {
@@ -417,30 +544,43 @@ void zero_begin_micro(Zero *z, int micro, int accum) {
 
 double zero_reduce_grads(Zero *z) {
     for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
+    // Every group by the data-parallel count: each token of the step counted once.
     float inv = 1.0f / (float)z->p;
     double ss;
     if (z->stage == 0) {
         if (z->p > 1) z->m->bk->scale_inplace(z->grads, inv, z->N);
-        ss = z->m->bk->sumsq(z->grads, z->N);
+        if (z->ngroups == 1) return sqrt(z->m->bk->sumsq(z->grads, z->N));
+        // Each rank adds its partition's part of every group: each element once over the job.
+        ss = 0.0;
+        for (int k = 0; k < z->ngroups; k++) {
+            size_t lo, hi;
+            zero_group_part(&z->g[k], z->g[k].r, z->g[k].begin, z->g[k].end, &lo, &hi);
+            ss += z->m->bk->sumsq(z->grads + lo, hi - lo);
+        }
     } else {
-        size_t own = z->own_end - z->own_begin;
-        if (z->p > 1) z->m->bk->scale_inplace(z->gshard, inv, own);
-        ss = z->m->bk->sumsq(z->gshard, own);
-        comm_allreduce_sum_f64(z->comm, &ss, 1, "grad norm");
+        if (z->p > 1) z->m->bk->scale_inplace(z->gshard, inv, z->own);
+        ss = z->m->bk->sumsq(z->gshard, z->own);
     }
+    comm_allreduce_sum_f64(z->comm, &ss, 1, "grad norm");
     return sqrt(ss);
 }
 
 void zero_step(Zero *z, double lr, float grad_scale) {
-    if (z->stage == 0) {
-        optim_update(&z->optim, z->m, z->params, z->grads, lr, grad_scale);
-        return;
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        if (z->stage == 0) {
+            optim_update(g->optim, z->m, z->params + g->begin, z->grads + g->begin, lr, grad_scale);
+            continue;
+        }
+        float *mine = z->stage == 3 ? z->params + g->at : z->params + g->own_begin;
+        optim_update(g->optim, z->m, mine, z->gshard + g->at, lr, grad_scale);
     }
-    float *mine = z->stage == 3 ? z->params : z->params + z->own_begin;
-    optim_update(&z->optim, z->m, mine, z->gshard, lr, grad_scale);
-    if (z->stage == 3) return;
-    CommReq r;
-    fill_counts(z, 0, z->N);
-    comm_iallgather(z->comm, z->params, z->counts, "updated parameters", &r);
-    comm_wait(z->comm, &r);
+    if (z->stage == 0 || z->stage == 3) return;
+    CommReq r[ZERO_MAX_GROUPS];
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        fill_counts(g, g->begin, g->end);
+        comm_iallgather(g->comm, z->params + g->begin, g->counts, "updated parameters", &r[k]);
+    }
+    for (int k = 0; k < z->ngroups; k++) comm_wait(z->g[k].comm, &r[k]);
 }

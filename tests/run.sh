@@ -29,6 +29,8 @@ tests=(
   "sampler              build/test_sampler"
   "moe-layer            build/test_moe"
   "comm-collectives     $MPIEXEC -np 3 build/test_comm"
+  "overlap-progress     $PYTHON tests/test_overlap.py"
+  "ckpt-async           $PYTHON tests/test_ckpt_async.py"
   "ulysses-layouts      $MPIEXEC -np 4 build/test_ulysses"
   "deck                 $PYTHON tests/test_deck.py"
   "moe-deck             $PYTHON tests/test_moe_deck.py"
