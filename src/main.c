@@ -191,7 +191,8 @@ static int check_generate(const Deck *d, int rank, int size) {
         long long tp = (long long)d->cfg.parallel.tp, ep = (long long)d->cfg.parallel.ep;
         snprintf(msg, sizeof msg, "error: %s: generate runs tensor x expert parallel over all %d ranks, but [parallel] "
                  "tp x ep = %lld x %lld = %lld\n  hint: launch %lld ranks, or choose tp and ep whose product is %d",
-                 deck_where(d, "parallel.tp", where, sizeof where), size, tp, ep, tp * ep, tp * ep, size);
+                 deck_where(d, ep > 1 ? "parallel.ep" : "parallel.tp", where, sizeof where), size, tp, ep, tp * ep,
+                 tp * ep, size);
     } else if (g->naive && size != 1) {
         snprintf(msg, sizeof msg, "error: %s: [generate] naive runs on one rank\n  hint: launch with -np 1",
                  deck_where(d, "generate.naive", where, sizeof where));

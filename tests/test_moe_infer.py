@@ -10,8 +10,9 @@ written as a weights file:
    with [generate] moe_drop = true and a small eval capacity (tokens dropped), equal to the reference
    with drops, at ep = 1 and 2;
 3. PR-MoE (residual, pyramid 2,4): generate at ep = 1 and 2 equal moe_torch.greedy;
-4. a model trained by `partita train` (MoE, ep = 1) generates the reference's greedy tokens from its
-   final.h5; a deck whose tp x ep differs from the ranks is refused with a hint.
+4. a model trained by `partita train` at ep = 2: its final.h5 (ep = 1), its last checkpoint's
+   `ckpt export` (ep = 2) and the checkpoint itself (ep = 4) generate the reference's greedy tokens;
+5. a deck whose tp x ep differs from the ranks, or whose ep does not divide the experts, is refused.
 """
 import json
 import os
@@ -176,7 +177,7 @@ for ep in (1, 2):
     check(o == pwant, f"PR-MoE (pyramid 2,4) generate at ep = {ep} equals moe_torch.greedy",
           f"{sum(o.get(k) == pwant[k] for k in pwant)} of {len(pwant)} requests")
 
-# 4. a trained MoE model's final.h5
+# 4. an MoE model trained at ep = 2: its final.h5, its last checkpoint and that checkpoint's export
 tok = licenses_tokens(d)
 trained = write_deck(os.path.join(d, "train.deck"), f"""
 [run]
@@ -190,30 +191,34 @@ top_k = 1
 [data]
 train = {tok}
 [train]
-steps = 20
+steps = 12
 seq_len = {T}
 micro_batch = 4
 eval_interval = 0
 [optimizer]
 lr = 3e-3
+warmup = 2
+[checkpoint]
+interval = 12
 [generate]
-weights = {d}/trained/final.h5
 requests = {req_path}
 token_budget = 8
 kv_block = 4
 kv_blocks = 64
 """)
-run(["train", trained], np=1)
-tw = {}
-with h5py.File(os.path.join(d, "trained/final.h5"), "r") as f:
+run(["train", trained, "--set", "parallel.ep=2"], np=2)
+final, ck = os.path.join(d, "trained/final.h5"), os.path.join(d, "trained/ckpt/step-000012.h5")
+export = os.path.join(d, "export.h5")
+run(["ckpt", "export", ck, export])
+with h5py.File(export, "r") as f:
     tw = {k: np.array(f["params"][k]) for k in f["params"]}
 tcfg = MoeCfg(layers=4, heads=4, vocab=257, experts=4, top_k=1)
-check("h.1.mlp.experts.3.c_proj.bias" in tw and "h.1.mlp.gate.weight" in tw, "final.h5 holds the experts and gates "
-      "under their global names", f"{len(tw)} tensors")
+check("h.1.mlp.experts.3.c_proj.bias" in tw and "h.3.mlp.gate.weight" in tw, "the export of an ep = 2 checkpoint holds "
+      "every expert and gate under its global name", f"{len(tw)} tensors")
 twant = want_tokens(tw, tcfg)
-for ep in (1, 4):
-    o = generate(trained, ep, 1, ep)
-    check(o == twant, f"the trained model generates moe_torch.greedy's tokens at ep = {ep}",
+for name, wfile, ep in (("final.h5", final, 1), ("the exported checkpoint", export, 2), ("the checkpoint", ck, 4)):
+    o = generate(trained, ep, 1, ep, f"generate.weights={wfile}")
+    check(o == twant, f"{name} of the model trained at ep = 2 generates moe_torch.greedy's tokens at ep = {ep}",
           f"{sum(o.get(k) == twant[k] for k in twant)} of {len(twant)} requests")
 
 p = run(["generate", top2, "--set", "parallel.ep=2"], np=4, check_rc=False)
