@@ -66,6 +66,7 @@ static double row_loss_paged(Eval *ev) {
     RaggedBatch b = {.N = T, .nsample = T, .max_blocks = ev->max_blocks, .tok = ev->inputs, .pos = ev->pos,
                      .tables = ev->tables, .sample = ev->sample};
     engine_forward(&ev->e, &b, ev->logits);
+    if (ev->e.ep_rank != 0) return 0.0;     // the logits are on the replica's first rank
     double sum = 0.0;
     for (int t = 0; t < T; t++) sum += token_loss(ev->logits + (size_t)t * ev->g.s.Vp, ev->g.s.V, ev->targets[t]);
     return sum;
