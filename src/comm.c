@@ -135,7 +135,12 @@ const char *comm_path_name(int path) {
 
 void comm_register(Comm *c, const float *buf, size_t n, const char *what) {
     if (c->opt.path != COMM_PATH_STAGED || !buf) return;
-    SYS_CHECK(c->nmirrors < COMM_MAX_MIRRORS, "more than %d buffers registered with comm", COMM_MAX_MIRRORS);
+    if (c->nmirrors == c->cap_mirrors) {
+        int cap = c->cap_mirrors ? 2 * c->cap_mirrors : 32;
+        c->mirrors = realloc(c->mirrors, sizeof(CommMirror) * (size_t)cap);
+        SYS_CHECK(c->mirrors != NULL, "out of memory for %d host mirrors on %s", cap, c->name);
+        c->cap_mirrors = cap;
+    }
     char name[96];
     snprintf(name, sizeof name, "host mirror of %s", what);
     c->mirrors[c->nmirrors++] = (CommMirror){.dev = buf, .host = xcalloc((n ? n : 1) * sizeof(float), name), .n = n};
@@ -167,7 +172,9 @@ void comm_free(Comm *c) {
     progress_stop(c);
     if (c->probe != MPI_COMM_NULL) MPI_CHECK(MPI_Comm_free(&c->probe));
     for (int i = 0; i < c->nmirrors; i++) free(c->mirrors[i].host);
-    c->nmirrors = 0;
+    free(c->mirrors);
+    c->mirrors = NULL;
+    c->nmirrors = c->cap_mirrors = 0;
     if (c->nccl) nccl_destroy(c->nccl);
     c->nccl = NULL;
     free(c->sigs);

@@ -81,7 +81,6 @@ typedef struct CommMirror {     // staged path: a registered device buffer and i
     size_t n;
 } CommMirror;
 
-enum { COMM_MAX_MIRRORS = 32 };
 enum { COMM_SLOTS = 64 };       // v-collectives (reduce-scatter, all-gather, all-to-all) in flight at
                                 // once on one communicator: each owns one slot of counts until completion
 
@@ -106,8 +105,8 @@ typedef struct Comm {
                             // touching them before the request completes, so no two requests share them
     uint64_t busy;          // bit k: slot k belongs to a request not yet completed
     CommSig *sigs;          // (size) scratch for debug checks
-    CommMirror mirrors[COMM_MAX_MIRRORS];
-    int nmirrors;
+    CommMirror *mirrors;    // staged: (cap_mirrors) registered buffers, grown by comm_register (setup only)
+    int nmirrors, cap_mirrors;
     struct NcclComm *nccl;  // nccl path: the communicator and its streams/events
 } Comm;
 
@@ -115,7 +114,8 @@ typedef struct Comm {
 // communicator (collective: every rank of comm calls it).
 void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt);
 // Staged path: buf (n floats of device memory) may be a collective's buffer;
-// allocates its host mirror. A no-op on the other paths.
+// allocates its host mirror (the table of mirrors grows as needed: call it
+// while setting up, not in the step loop). A no-op on the other paths.
 void comm_register(Comm *c, const float *buf, size_t n, const char *what);
 const char *comm_path_name(int path);
 void comm_free(Comm *c);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 enum { MOE_MAX_EXPERTS = 4096, RNG_MOE_JITTER = 7 };
+enum { MOE_COMM_PIECES = 7, MOE_ALIGN = 64 };     // buffers in the exchanged region; floats each piece aligns to
 
 // ---------------------------------------------------------------------------
 // Spec
@@ -134,6 +135,7 @@ static size_t layer_floats(const MoeSpec *s, int E, int C, int H, int B, int T, 
     if (ep > 1) n += 2 * R * C;                         // drecv, dxe
     n += 2 * RN * H + 3 * N * C;                        // dge dhe dtmp dtmp2 dtmp3 (in dtmp: 3 N C)
     n += N;                                             // ident
+    n += MOE_COMM_PIECES * MOE_ALIGN;                   // alignment of the exchanged region's pieces
     if (R_out) *R_out = R;
     return n;
 }
@@ -143,9 +145,30 @@ size_t moe_layer_bytes(const MoeSpec *s, int E, int C, int H, int B, int T, int 
 }
 
 static float *balloc(MoeLayer *ml, size_t n, const char *what) {
-    float *p = ml->bk->alloc((n ? n : 1) * sizeof(float), what);
-    if (ml->ep) comm_register(ml->ep, p, n ? n : 1, what);
-    return p;
+    return ml->bk->alloc((n ? n : 1) * sizeof(float), what);
+}
+
+static size_t align_up(size_t n) { return (n + MOE_ALIGN - 1) / MOE_ALIGN * MOE_ALIGN; }
+
+// The buffers the ep all-to-alls read and write, carved from one region that
+// is registered with the ep communicator once (the staged path mirrors it on
+// the host): counts, dispatch and combine rows, their gradients.
+static void alloc_exchanged(MoeLayer *ml, size_t N, size_t R) {
+    const size_t C = (size_t)ml->C, E = (size_t)ml->E, K = (size_t)ml->K;
+    const int epb = ml->ep != NULL;
+    size_t len[MOE_COMM_PIECES] = {E, E, N * K * C, N * K * C, N * K * C, epb ? R * C : 0, epb ? R * C : 0};
+    float **dst[MOE_COMM_PIECES] = {&ml->cnt_send, &ml->cnt_recv, &ml->send, &ml->ybuf, &ml->dsend, &ml->recv,
+                                    &ml->drecv};
+    size_t total = 0;
+    for (int i = 0; i < MOE_COMM_PIECES; i++) total += align_up(len[i]);
+    ml->xbuf = balloc(ml, total, "moe exchanged rows");
+    ml->xbuf_n = total;
+    size_t at = 0;
+    for (int i = 0; i < MOE_COMM_PIECES; i++) {
+        *dst[i] = len[i] ? ml->xbuf + at : NULL;
+        at += align_up(len[i]);
+    }
+    if (ml->ep) comm_register(ml->ep, ml->xbuf, total, "moe exchanged rows");
 }
 
 void moe_layer_create(MoeLayer *ml, const MoeSpec *s, int layer, int C, int H, int B, int T, Comm *ep,
@@ -177,20 +200,16 @@ void moe_layer_create(MoeLayer *ml, const MoeSpec *s, int layer, int C, int H, i
     ml->R = R;
     size_t RN = R > N ? R : N;
     int epb = ml->ep != NULL;
+    alloc_exchanged(ml, N, R);
     if (s->jitter) ml->xg = balloc(ml, N * C, "moe gate input");
     ml->logits = balloc(ml, N * E, "moe gate logits");
     ml->wdev = balloc(ml, N * K, "moe combine weights");
     ml->posd = bk->alloc(N * K * sizeof(int32_t), "moe dispatch rows");
-    ml->send = balloc(ml, N * K * C, "moe dispatch buffer");
-    ml->ybuf = balloc(ml, N * K * C, "moe combine buffer");
-    ml->recv = epb ? balloc(ml, R * C, "moe receive buffer") : NULL;
     ml->xe = epb ? balloc(ml, R * C, "moe expert inputs") : ml->send;
     ml->he = balloc(ml, R * H, "moe expert hidden");
     ml->ge = balloc(ml, R * H, "moe expert hidden");
     ml->ye = epb ? balloc(ml, R * C, "moe expert outputs") : ml->ybuf;
     ml->dots = balloc(ml, N * (K > 2 ? K : 2), "moe dots");
-    ml->cnt_send = balloc(ml, E, "moe counts");
-    ml->cnt_recv = balloc(ml, E, "moe counts");
     if (s->residual) {
         ml->hd = balloc(ml, N * H, "pr-moe hidden");
         ml->gd = balloc(ml, N * H, "pr-moe hidden");
@@ -199,8 +218,6 @@ void moe_layer_create(MoeLayer *ml, const MoeSpec *s, int layer, int C, int H, i
         ml->cl = balloc(ml, N * 2, "pr-moe coefficient logits");
         ml->cdev = balloc(ml, N * 2, "pr-moe coefficients");
     }
-    ml->dsend = balloc(ml, N * K * C, "moe gradient dispatch");
-    ml->drecv = epb ? balloc(ml, R * C, "moe gradient receive") : NULL;
     ml->dxe = epb ? balloc(ml, R * C, "moe expert input gradients") : ml->dsend;
     ml->dge = balloc(ml, RN * H, "moe hidden gradients");
     ml->dhe = balloc(ml, RN * H, "moe hidden gradients");
@@ -246,9 +263,8 @@ void moe_layer_create_replicated(MoeLayer *ml, const MoeSpec *s, int layer, int 
 void moe_layer_free(MoeLayer *ml) {
     const Backend *bk = ml->bk;
     if (!bk) return;
-    float *bufs[] = {ml->xg, ml->logits, ml->wdev, ml->send, ml->ybuf, ml->recv, ml->he, ml->ge, ml->dots,
-                     ml->cnt_send, ml->cnt_recv, ml->hd, ml->gd, ml->yd, ml->ym, ml->cl, ml->cdev, ml->dsend,
-                     ml->drecv, ml->dge, ml->dhe, ml->dtmp};
+    float *bufs[] = {ml->xbuf, ml->xg, ml->logits, ml->wdev, ml->he, ml->ge, ml->dots, ml->hd, ml->gd, ml->yd,
+                     ml->ym, ml->cl, ml->cdev, ml->dge, ml->dhe, ml->dtmp};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) bk->release(bufs[i]);
     if (ml->ep) {

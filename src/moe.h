@@ -98,6 +98,8 @@ typedef struct MoeLayer {
     float *logits;          // (N, E), then d(logits) in backward
     float *wdev;            // (N*K) combine weights
     int32_t *posd;          // (N*K) dispatch rows
+    float *xbuf;            // the region the ep all-to-alls touch (one comm registration):
+    size_t xbuf_n;          //   cnt_send, cnt_recv, send, ybuf, dsend, recv, drecv live in it
     float *send, *ybuf;     // (N*K, C) dispatched inputs / returned outputs, send order
     float *recv;            // (R, C) received (ep > 1), then returned outputs in receive order
     float *xe, *he, *ge, *ye;   // expert-major: (R,C) (R,H) (R,H) (R,C)
