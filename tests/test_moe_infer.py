@@ -12,18 +12,21 @@ written as a weights file:
 3. PR-MoE (residual, pyramid 2,4): generate at ep = 1 and 2 equal moe_torch.greedy;
 4. a model trained by `partita train` at ep = 2: its final.h5 (ep = 1), its last checkpoint's
    `ckpt export` (ep = 2) and the checkpoint itself (ep = 4) generate the reference's greedy tokens;
-5. a deck whose tp x ep differs from the ranks, or whose ep does not divide the experts, is refused.
+5. a deck whose tp x ep differs from the ranks, or whose ep does not divide the experts, is refused;
+6. the cuda backend on the emulated device (build/emu-partita, tests/gpu/emu; fp32): generate gives the
+   reference's tokens and eval with moe_drop the cpu loss; ep = 2 there is refused (cpu only).
 """
 import json
 import os
 import re
+import subprocess
 
 import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import check, finish, licenses_tokens, run, tmpdir, write_deck
+from common import MPIEXEC, ROOT, check, finish, licenses_tokens, run, tmpdir, write_deck
 from moe_torch import MoeCfg, as_tensors, greedy, init_weights, moe_gpt_forward
 
 d = tmpdir("moe-infer")
@@ -227,4 +230,34 @@ check(p.returncode == 2 and "tp x ep" in p.stderr and "hint:" in p.stderr,
 p = run(["generate", top2, "--set", "parallel.ep=3", "--set", "parallel.tp=1"], np=3, check_rc=False)
 check(p.returncode == 2 and "parallel.ep" in p.stderr and "hint:" in p.stderr,
       "ep that does not divide the experts is refused naming the key", p.stderr.strip().splitlines()[0] if p.stderr else "")
+
+# 6. the cuda backend, emulated (the moe_* kernels of kernels/cuda/moe.cu)
+p = subprocess.run(["bash", os.path.join(ROOT, "tests/gpu/emu/build_partita_emu.sh")], cwd=ROOT, capture_output=True,
+                   text=True, timeout=900)
+emu = os.path.join(ROOT, "build/emu-partita/partita")
+if check(p.returncode == 0 and os.access(emu, os.X_OK), "build/emu-partita/partita builds", p.stdout.strip()[-120:]):
+    def emu_run(np_, *args):
+        return subprocess.run([MPIEXEC, "-np", str(np_), emu] + list(args), cwd=ROOT, capture_output=True, text=True,
+                              timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cu = ["--set", "run.backend=cuda", "--set", "train.precision=fp32"]
+    out = os.path.join(d, "emu-gen")
+    q = emu_run(1, "generate", top2, "--set", f"run.out_dir={out}", *cu)
+    o = {}
+    if q.returncode == 0:
+        with h5py.File(os.path.join(out, "gen.h5"), "r") as f:
+            g = f["requests"]
+            ids = [x.decode() if isinstance(x, bytes) else x for x in g["id"][:]]
+            oo, ot = g["output_offsets"][:], g["output_tokens"][:]
+            o = {ids[i]: [int(t) for t in ot[oo[i]:oo[i + 1]]] for i in range(len(ids))}
+    check("backend cuda" in q.stdout and o == want, "generate on the emulated cuda backend equals moe_torch.greedy",
+          f"rc {q.returncode}, {sum(o.get(k) == want[k] for k in want)} of {len(want)} requests; {q.stderr.strip()[-200:]}")
+    q = emu_run(1, "eval", top2, "--set", "generate.moe_drop=true", *cu)
+    m = re.search(r"eval: loss ([0-9.]+)", q.stdout)
+    check(m is not None and "backend cuda" in q.stdout and abs(float(m.group(1)) - lmd) <= 1e-5 * lmd,
+          "eval with moe_drop on the emulated cuda backend equals the reference with drops",
+          f"{m.group(1) if m else q.stderr.strip()[-200:]} vs {lmd:.6f}")
+    q = emu_run(2, "eval", top2, "--set", "parallel.ep=2", *cu)
+    check(q.returncode != 0 and "cpu backend only" in q.stderr and "hint:" in q.stderr,
+          "expert-parallel eval on the cuda backend is refused with a hint", q.stderr.strip().splitlines()[0][:160]
+          if q.stderr.strip() else "")
 finish()

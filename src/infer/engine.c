@@ -140,6 +140,9 @@ void engine_create_ep(Engine *e, const Model *g, const float *full, const ModelC
     if (g->moe.nmoe && !bk->moe_dispatch)
         FATAL_ALL("set [run] backend = cpu for MoE models", "the %s backend has no Mixture-of-Experts kernels: "
                   "MoE layers run on the cpu backend only", bk->name);
+    if (ep > 1 && bk != backend_cpu())   // the ep all-reduce runs on host buffers (the job's comm path)
+        FATAL_ALL("set [parallel] ep = 1 or [run] backend = cpu", "expert-parallel inference (ep = %d) runs on the "
+                  "cpu backend only, not on %s", ep, bk->name);
     e->bk = bk;
     e->wdtype = wdtype;
     e->Nmax = Nmax;
