@@ -187,6 +187,8 @@ size_t engine_arena_bytes(const Model *g, int tp, int nblocks, int bs, int Nmax,
     size_t kv = (size_t)nblocks * engine_kv_bytes_per_block(g, tp, bs);
     size_t acts = 4 * (N * (8 * C + wide + H + 4) + S * (C + (size_t)s->Vp + 8)) + 64 * 64;
     size_t ints = 4 * (N * (3 + (size_t)max_blocks) + S);
+    for (int l = 0; l < s->L && g->moe.nmoe; l++)    // MoE layers' buffers (moe_layer_create_replicated)
+        if (g->moe.experts[l] > 0) acts += moe_layer_bytes(&g->moe, g->moe.experts[l], s->C, s->H, Nmax, 1, 1) + 4096;
     return held + kv + acts + ints + ((size_t)16 << 20);
 }
 
