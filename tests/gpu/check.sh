@@ -572,7 +572,7 @@ if [ -z "$P" ]; then
   note_fail 2
 else
   CORPUS=$LOG/corpus.h5
-  "$P" prep "$CORPUS" README.md docs src kernels inputs > "$LOG/prep.log" 2>&1; prc=$?
+  "$P" prep "$CORPUS" README.md docs src kernels inputs/*.deck > "$LOG/prep.log" 2>&1; prc=$?   # not inputs/*.jsonl: prep reads JSONL as {"text": ...} records
   say "corpus: $(tail -1 "$LOG/prep.log")"
   TINY=(inputs/gpt-tiny.deck --set data.train="$CORPUS" --set run.seed=1337 --set train.steps="$TINY_STEPS"
         --set train.log_interval=1 --set train.save_weights=false --set checkpoint.interval=0 --set checkpoint.resume=none)
