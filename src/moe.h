@@ -16,7 +16,10 @@
 //
 // Buffers are sized at create for the worst case (the capacity bound); the
 // step loop allocates nothing. The row moves run through the Backend's moe_*
-// kernels, the products through its matmul/gelu kernels.
+// kernels, the products through its matmul/gelu kernels, so on the cuda
+// backend everything but the host parts above (softmax and routing, the gate's
+// softmax backward, PR-MoE's coefficient softmax, jitter factors) stays on the
+// device; those move through the Backend's copies (a few per layer and pass).
 #ifndef PARTITA_MOE_H
 #define PARTITA_MOE_H
 
