@@ -272,6 +272,10 @@ def release_requeued(s, jid, timeout):
     ok = s.wait_for(lambda: int(s.job(jid).get("Restarts", "0")) >= 1 and
                     s.job(jid).get("JobState") == "PENDING", timeout, 0.5)
     if ok:
+        # Slurm's own requeue delay keeps a restart out of the second in which the old
+        # run's credential was revoked; forcing StartTime=now inside that second makes
+        # slurmd refuse the launch ("Job credential revoked"). Let the second pass first.
+        time.sleep(1.5)
         s.cmd(["scontrol", "update", f"JobId={jid}", "StartTime=now"])
     return ok
 
