@@ -116,7 +116,7 @@ typedef struct CheckpointConfig {
     double fault_stall_s;     // test only
 } CheckpointConfig;
 
-enum { GEN_SPLITFUSE = 0, GEN_STATIC };
+enum { GEN_SPLITFUSE = 0, GEN_STATIC, GEN_CONTINUOUS };   // = sched.h SCHED_*
 enum { GEN_W_FP32 = 0, GEN_W_BF16, GEN_W_INT8 };   // the order of kernels.h WDT_*
 
 typedef struct GenerateConfig {
@@ -134,7 +134,26 @@ typedef struct GenerateConfig {
     char arrivals[DECK_STR];  // all_at_once | poisson:RATE
     int64_t arrival_seed;
     int naive;                // test reference: recompute everything, no cache
+    int kv_alloc;             // GEN_KV_*: blocks as tokens come (lazy, preempting) or reserved up front
+    int jsonl_format;         // GEN_JSONL_*: gen.jsonl flat or as OpenAI batch output
 } GenerateConfig;
+
+enum { GEN_KV_LAZY = 0, GEN_KV_RESERVE };
+enum { GEN_JSONL_FLAT = 0, GEN_JSONL_OPENAI };
+
+// [serve]: `partita serve`, an OpenAI-compatible server over the [generate] scheduler.
+typedef struct ServeConfig {
+    char host[DECK_STR];      // address rank 0 listens on
+    int64_t port;
+    int64_t max_queue;        // requests waiting beyond max_batch before 429
+    int64_t max_connections;
+    int64_t max_body_bytes;   // a larger request body is a 413
+    double client_timeout_s;  // a client silent (not sending, not reading) this long is dropped (408)
+    double drain_s;           // SIGTERM: running requests get this long to finish
+    double sla_prompt_tok_s;  // FastGen SLA: TTFT within prompt_len / this
+    char log[DECK_STR];       // served-requests JSONL; "" = <run.out_dir>/served.jsonl
+    char model[DECK_STR];     // the model's name in the API; "" = run.name
+} ServeConfig;
 
 typedef struct CommConfig {
     int debug;                // signature check before every collective
@@ -155,10 +174,11 @@ typedef struct Config {
     ZeroConfig zero;
     CheckpointConfig checkpoint;
     GenerateConfig generate;
+    ServeConfig serve;
     CommConfig comm;
 } Config;
 
-#define DECK_MAX_KEYS 128
+#define DECK_MAX_KEYS 256
 
 // Where each key's value came from: a line of the deck file (> 0) or one of these.
 enum { DECK_FROM_DEFAULT = 0, DECK_FROM_SET = -1, DECK_FROM_DERIVED = -2 };
