@@ -9,6 +9,7 @@
 #include "estimate.h"
 #include "infer/eval.h"
 #include "infer/generate.h"
+#include "infer/serve.h"
 #include "kernels.h"
 #include "log.h"
 #include "prep.h"
@@ -34,6 +35,7 @@ static void usage(FILE *f) {
         "  estimate DECK --ranks N [--mem-per-rank 4G] [--set ...]\n"
         "                                            per-rank memory, communication, FLOPs for ZeRO 0-3; sp plan\n"
         "  generate DECK [--set ...]                 batched generation (KV cache, SplitFuse, tensor parallel)\n"
+        "  serve DECK [--set ...]                    OpenAI-compatible completions server ([serve] host, port)\n"
         "  eval DECK [LOGITS.f32] [--set ...]        validation loss and perplexity of [generate] weights\n"
         "  prep [--tokenizer byte|gpt2] [--tokenizer-dir DIR] OUT.h5 TEXT_FILE_OR_DIR...\n"
         "                                            tokenize text (files, dirs, .jsonl) into an HDF5 token file\n"
@@ -295,6 +297,7 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
     if (strcmp(cmd, "prep") == 0) return prep_main(argc, argv);   // every rank: parallel over the job
     if (strcmp(cmd, "ckpt") == 0) return rank == 0 ? ckpt_main(argc, argv) : 0;
     if (strcmp(cmd, "import") == 0) return rank == 0 ? st_import_main(argc, argv) : 0;
+    if (strcmp(cmd, "serve") == 0) return serve_main(argc, argv, rank, size);   // its own deck checks (serve.c)
 
     int is_train = strcmp(cmd, "train") == 0, is_check = strcmp(cmd, "check") == 0;
     int is_dump = strcmp(cmd, "dump") == 0, is_estimate = strcmp(cmd, "estimate") == 0;
