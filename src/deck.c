@@ -252,6 +252,8 @@ static const KeyDef keys[] = {
      "FastGen SLA: first token within prompt_len / this many seconds (generate's summary too)"},
     {"serve", "log", T_STR, OFF(serve.log), "", ANY, NULL, "served-requests JSONL; \"\" = <run.out_dir>/served.jsonl"},
     {"serve", "model", T_STR, OFF(serve.model), "", ANY, NULL, "the model's name in the API; \"\" = run.name"},
+    {"serve", "test_pass_delay_s", T_FLOAT, OFF(serve.test_pass_delay_s), "0", IN(0, 10), NULL,
+     "test only: rank 0 sleeps this long after each pass (slow generation on a tiny model)"},
 
     {"comm", "debug", T_BOOL, OFF(comm.debug), "false", ANY, NULL,
      "ranks compare (step, op, tensor, size) before every collective and name a diverging rank"},

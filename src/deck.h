@@ -153,6 +153,7 @@ typedef struct ServeConfig {
     double sla_prompt_tok_s;  // FastGen SLA: TTFT within prompt_len / this
     char log[DECK_STR];       // served-requests JSONL; "" = <run.out_dir>/served.jsonl
     char model[DECK_STR];     // the model's name in the API; "" = run.name
+    double test_pass_delay_s; // test only: rank 0 sleeps this long after each pass
 } ServeConfig;
 
 typedef struct CommConfig {

@@ -193,6 +193,7 @@ static enum MHD_Result send_buf(struct MHD_Connection *c, int status, const char
     if (!resp) return MHD_NO;
     MHD_add_response_header(resp, "Content-Type", type);
     if (status == 405) MHD_add_response_header(resp, "Allow", "POST");
+    if (status == 408 || status == 413) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result rc = MHD_queue_response(c, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return rc;
@@ -319,6 +320,10 @@ static ssize_t read_response(void *cls, uint64_t pos, char *buf, size_t max) {
     Server *s = rd->s;
     ServeReq *r = rd->r;
     (void)pos;
+    // libmicrohttpd drops a connection that moves no bytes for client_timeout_s, waiting
+    // included: a heartbeat (an SSE comment, or JSON's leading whitespace) keeps it open.
+    const double beat = s->cfg->serve.client_timeout_s / 3;
+    double since = wall_seconds();
     pthread_mutex_lock(&s->mu);
     for (;;) {
         if (r->pend && r->pend_off < r->npend) {
@@ -342,9 +347,14 @@ static ssize_t read_response(void *cls, uint64_t pos, char *buf, size_t max) {
             pthread_mutex_unlock(&s->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
+        if (wall_seconds() - since > beat && max >= 16) {
+            int n = r->q.stream ? snprintf(buf, max, ": keep-alive\n\n") : snprintf(buf, max, " ");
+            pthread_mutex_unlock(&s->mu);
+            return n;
+        }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200 * 1000000L;
+        ts.tv_nsec += 100 * 1000000L;
         if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
         pthread_cond_timedwait(&s->progress, &s->mu, &ts);
     }
@@ -667,6 +677,8 @@ static void serve_loop(Server *s) {
         int n = sched_step(&s->sch);
         publish_counts(s);
         if (n > 0) {
+            double dl = s->cfg->serve.test_pass_delay_s;
+            if (dl > 0) nanosleep(&(struct timespec){(time_t)dl, (long)((dl - floor(dl)) * 1e9)}, NULL);
             last_pass = now_s(s);
             continue;
         }
@@ -689,10 +701,12 @@ static struct MHD_Daemon *start_http(Server *s) {
     addr.sin_port = htons((uint16_t)sc->port);
     if (inet_pton(AF_INET, sc->host, &addr.sin_addr) != 1)
         FATAL("give an IPv4 address such as 127.0.0.1 or 0.0.0.0", "[serve] host = '%s' is not an IPv4 address", sc->host);
+    // libmicrohttpd's idle timeout (3 client_timeout_s) ends a client that stalls outright,
+    // without a response; one that trickles its body gets a 408 past client_timeout_s.
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG, (uint16_t)sc->port,
         NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)sc->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ceil(sc->client_timeout_s),
+        (unsigned)sc->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ceil(3 * sc->client_timeout_s),
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_END);
     if (!d)
