@@ -15,7 +15,12 @@
 #  5. sequence parallelism (Ulysses): all-to-all bytes and step time at (T, sp) =
 #     (2K, 1), (4K, 2), (8K, 4), peak RSS per rank at (16K, 4) vs (4K, 1) with
 #     recompute, the long-seq deck, and the longest T `estimate` fits in 20 GiB.
-# BENCH_ONLY=train|zero|ckpt|gen|sp runs one part; BENCH_STEPS sets the steps timed.
+#  6. serving (BENCH_ONLY=serve): `partita serve` on the 124M shape (random weights) under
+#     Poisson load from bench/loadgen.py (prompts ~600 tokens, outputs ~60, streamed), for
+#     splitfuse, continuous and static at BENCH_SERVE_RATES requests/s: throughput against
+#     mean and p95 latency and FastGen's effective throughput (sla_prompt_tok_s = a quarter of
+#     the measured single-request prefill rate), analysis/plot_serve.py's table and plot.
+# BENCH_ONLY=train|zero|ckpt|gen|sp|serve runs one part; BENCH_STEPS sets the steps timed.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -94,6 +99,40 @@ if [ "$ONLY" = all ] || [ "$ONLY" = gen ]; then
       --set generate.max_batch=8 --set "generate.arrivals=poisson:${BENCH_RATE:-0.5}" > $g/poisson-$mode.log
   done
   $PYTHON bench/report.py gen $g
+fi
+
+if [ "$ONLY" = all ] || [ "$ONLY" = serve ]; then
+  sv=$out/serve
+  mkdir -p $sv
+  PM=${BENCH_SERVE_PROMPT:-600}; OM=${BENCH_SERVE_OUT:-60}; NREQ=${BENCH_SERVE_REQUESTS:-8}; DUR=${BENCH_SERVE_DURATION:-40}
+  echo "== 6. serving, 124M GPT-2 shape (random weights), 1 rank x $THREADS threads: Poisson load, prompts ~$PM, outputs ~$OM, $NREQ requests or $DUR s per point"
+  [ -f $out/gen/w/init.h5 ] || $MPIEXEC -np 1 build/partita train $DECK --set train.steps=1 --set optimizer.warmup=0 --set run.out_dir=$out/gen/w \
+    --set train.seq_len=64 --set train.micro_batch=1 --set train.eval_batches=1 --set checkpoint.resume=none > $sv/w.log
+  SV="--set generate.weights=$out/gen/w/init.h5 --set run.threads=$THREADS --set generate.kv_blocks=512 --set generate.kv_block=16
+      --set generate.token_budget=256 --set generate.max_batch=16 --set serve.max_queue=256 --set serve.client_timeout_s=120"
+  port=$($PYTHON -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  start_server() {  # mode; waits for the "listening" line
+    rm -f $sv/$1.log; build/partita serve $DECK $SV --set generate.mode=$1 --set serve.port=$port --set run.out_dir=$sv/$1 > $sv/$1.log 2>&1 &
+    spid=$!
+    for _ in $(seq 600); do grep -q listening $sv/$1.log && return 0; sleep 0.2; done; return 1
+  }
+  # the single-request prefill rate: one prompt, one output token
+  start_server splitfuse
+  $PYTHON bench/loadgen.py --port $port --clients 1 --requests 2 --prompt-mean $PM --prompt-std 0 --out-mean 1 --out-std 0 $sv/prefill.h5 > /dev/null
+  kill -TERM $spid; wait $spid || true
+  SLA=$($PYTHON -c "import h5py,numpy as n; f=h5py.File('$sv/prefill.h5'); r=f['requests']; print(round(float(n.median(r['prompt_len'][:]/(r['first_token'][:]-r['send'][:])))/4, 1))")
+  echo "  single-request prefill: $(awk -v s=$SLA 'BEGIN{print 4*s}') tokens/s -> sla_prompt_tok_s = $SLA"
+  runs=""
+  for mode in splitfuse continuous static; do
+    start_server $mode
+    for rate in ${BENCH_SERVE_RATES:-0.1 0.3}; do
+      $PYTHON bench/loadgen.py --port $port --rate $rate --requests $NREQ --duration $DUR --prompt-mean $PM --prompt-std $((PM / 10)) \
+        --out-mean $OM --out-std $((OM / 10)) --seed 7 $sv/$mode-$rate.h5 | sed 's/^/  /'
+      runs="$runs $mode=$sv/$mode-$rate.h5"
+    done
+    kill -TERM $spid; wait $spid || true
+  done
+  $PYTHON analysis/plot_serve.py --sla-prompt-tok-s $SLA --png $sv/latency-throughput.png $runs | sed 's/^/  /'
 fi
 
 if [ "$ONLY" = all ] || [ "$ONLY" = sp ]; then

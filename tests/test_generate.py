@@ -58,6 +58,7 @@ naive, _, _, _ = generate("naive", 1, "generate.naive=true")
 sf16, times, attrs, p = generate("sf16", 1, "generate.token_budget=16")
 sf256, _, _, _ = generate("sf256", 1, "generate.token_budget=256")
 static, _, _, _ = generate("static", 1, "generate.mode=static", "generate.max_batch=3", "generate.token_budget=64")
+cont, _, _, _ = generate("cont", 1, "generate.mode=continuous", "generate.token_budget=40")
 tp2, _, _, _ = generate("tp2", 2, "generate.token_budget=16")
 
 greedy = [r["id"] for r in reqs if "temperature" not in r]
@@ -66,6 +67,7 @@ check(all(sf16[i] == naive[i] for i in greedy), "greedy with the KV cache equals
       f"{sum(sf16[i] == naive[i] for i in greedy)} of {len(greedy)}")
 check(sf16 == sf256, "SplitFuse with token budget 16 and 256 give identical tokens (sampled too)")
 check(sf16 == static, "SplitFuse and static batching give identical tokens (sampled too)")
+check(sf16 == cont, "SplitFuse and continuous batching (whole prompts first) give identical tokens (sampled too)")
 check(sf16 == tp2, "tp=2 gives the tokens of tp=1",
       f"{sum(sf16[k] == tp2[k] for k in sf16)} of {len(sf16)} requests equal")
 check(sf16["s1"] != naive.get("s1_never", []) and len(set(sf16["s1"])) > 1, "sampled requests produce varied tokens")
@@ -115,7 +117,14 @@ check('request "huge" refused' in err and "needs 8 KV blocks" in err and many["h
 check("many.jsonl:10: bad request" in err, "a malformed line is reported with its line number", "line 10")
 check("many.jsonl:11: bad request" in err and "temperature" in err, "a bad value is reported with its line and key")
 check('request "long" refused' in err and "exceeds the model's 64 positions" in err, "an over-long prompt is refused")
-check("many.jsonl:13: bad request" in err and "max_tokenz" in err, "an unknown key is reported")
+check("many.jsonl:13: key 'max_tokenz' is not one generate uses; ignored" in err and len(many.get("typo", [])) > 0,
+      "an unknown key is warned about and ignored (custom_id, metadata: OpenAI batch input); the request runs")
+# Lazy KV blocks with preemption (the default) give the tokens of reservation up front.
+res, _, res_attrs, _ = generate("pool-reserve", 1, "generate.kv_blocks=7", "generate.token_budget=16", "generate.kv_alloc=reserve")
+with h5py.File(os.path.join(d, "pool/gen.h5"), "r") as f:
+    pre = int(f.attrs["preemptions"])
+check(pre > 0 and res == many and int(res_attrs["preemptions"]) == 0,
+      "lazy KV growth preempts in a 7-block pool and gives the tokens of up-front reservation", f"{pre} preemptions")
 
 # Scheduler: with a token budget below the running requests, rows go round-robin, so the last
 # request in the file starts while the first still runs (before: the first token_budget running
@@ -151,6 +160,20 @@ with open(os.path.join(d, "stop/gen.jsonl")) as f:
 want = g_text[:g_text.index(stop)]
 check(st["text"] == want and st["tokens"] == [int(t) for t in sf16[gid][:len(st["tokens"])]], "a stop string cuts the streamed output at its first occurrence",
       f"{st['text']!r} vs {want!r}")
+check(bytes(st["tokens"]).decode("latin-1") == want and st["finish_reason"] == "stop",
+      "text and tokens agree about the stop string (the tokens end where the text does)", f"{len(st['tokens'])} tokens")
+# The same request written as OpenAI batch output (custom_id, response.body.choices, usage).
+generate("stop-openai", 1, "generate.jsonl_format=openai")
+with open(os.path.join(d, "stop-openai/gen.jsonl")) as f:
+    ob = json.loads(f.readline())
+body = ob["response"]["body"]
+check(ob["custom_id"] == "st" and ob["response"]["status_code"] == 200 and ob["error"] is None and
+      body["choices"][0]["text"] == want and body["choices"][0]["finish_reason"] == "stop" and
+      body["usage"]["completion_tokens"] == len(st["tokens"]) and body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + len(st["tokens"]),
+      "jsonl_format = openai writes OpenAI batch output (custom_id, response.body.choices[].text, finish_reason, usage)")
+p = generate("stop-openai", 1, "generate.jsonl_format=openai")[3]
+check("nothing to do" in p.stdout and "nan" not in p.stdout.lower(), "a rerun with every request done says plainly there is nothing to do (no table of NaN)",
+      [l for l in p.stdout.splitlines() if "nothing" in l][:1])
 
 # Idle tensor-parallel ranks: rank 0 waits for Poisson arrivals longer than [comm] timeout_s;
 # the other rank must not time out in the meantime.
