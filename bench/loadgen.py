@@ -41,12 +41,12 @@ def one_request(port, prompt, max_tokens, timeout, t0):
                 if data == b"[DONE]":
                     break
                 o = json.loads(data)
+                if np.isnan(rec["first"]):
+                    rec["first"] = now   # the first event: text, or the end of an output whose text is empty
                 if o.get("usage"):
                     rec["olen"] = o["usage"]["completion_tokens"]
-                if o["choices"] and o["choices"][0]["text"]:
-                    rec["chunks"].append(now)
-                    if np.isnan(rec["first"]):
-                        rec["first"] = now
+                if o["choices"] and o["choices"][0]["finish_reason"] is None:
+                    rec["chunks"].append(now)   # one chunk per generation step (its text may be empty)
             rec["finish"] = time.time() - t0
         else:
             r.read()

@@ -9,6 +9,7 @@
 - SIGTERM: the running stream finishes, the process exits 0, the served log holds the requests;
 - a tp = 2 server gives the tokens of tp = 1.
 """
+import atexit
 import http.client
 import json
 import os
@@ -58,6 +59,7 @@ class Server:
         env = dict(os.environ, OMP_NUM_THREADS="1")
         self.log = open(f"{d}/{name}.out", "w+")
         self.p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        atexit.register(lambda p=self.p: p.poll() is None and p.kill())   # a failed test leaves no server behind
         self.pid = None
         for _ in range(300):
             self.log.seek(0)
@@ -194,11 +196,14 @@ check(closed and not got.startswith(b"HTTP/1.1 200") and 1.5 < dt < 5 and st == 
 # 429: max_batch 2 + max_queue 0 = two requests at once; a third is turned away.
 results = []
 def long_stream():
-    results.append(stream_events(s, {"prompt": "GNU", "max_tokens": 40, "temperature": 0, "stream": True}))
+    results.append(stream_events(s, {"prompt": "GNU", "max_tokens": 60, "temperature": 0, "stream": True}))
 ths = [threading.Thread(target=long_stream) for _ in range(2)]
 for t in ths:
     t.start()
-time.sleep(0.3)
+for _ in range(100):   # until both run
+    if s.metric("partita_requests_running") == 2:
+        break
+    time.sleep(0.02)
 st, out = s.call("POST", "/v1/completions", {"prompt": "x", "max_tokens": 2})
 check(st == 429 and json.loads(out)["error"]["type"] == "RateLimitError", "429 when the queue is full", out[:80])
 for t in ths:
@@ -225,15 +230,21 @@ check("partita_time_to_first_token_seconds_bucket" in text and "partita_inter_to
 
 # SIGTERM: the running stream finishes, /health says draining, exit 0, the log has every request.
 results = []
-t = threading.Thread(target=lambda: results.append(stream_events(s, {"prompt": "GNU", "max_tokens": 40, "temperature": 0, "stream": True})))
+t = threading.Thread(target=lambda: results.append(stream_events(s, {"prompt": "GNU", "max_tokens": 60, "temperature": 0, "stream": True})))
 t.start()
 time.sleep(0.3)
-hc = s.conn()   # a connection opened before the signal
+hc = s.conn()   # a connection opened before the signal (new ones are refused while draining)
 hc.connect()
 os.kill(s.pid, signal.SIGTERM)
-time.sleep(0.2)
-hc.request("GET", "/health")
-hs = hc.getresponse().status
+hs = None
+for _ in range(20):
+    time.sleep(0.05)
+    hc.request("GET", "/health")
+    resp = hc.getresponse()
+    resp.read()
+    hs = resp.status
+    if hs == 503:
+        break
 t.join()
 rc, out = s.stop()
 log = [json.loads(l) for l in open(s.served)]

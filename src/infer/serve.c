@@ -58,6 +58,7 @@ typedef struct ServeReq {
     int http_status;            // for the log: 200, or 408/499 for a client that stopped reading or left
     int fd;                     // the client's socket (to notice a hang-up while waiting)
     size_t sent;                // text bytes sent (streaming)
+    int sent_tok;               // tokens whose chunk was sent (one chunk per step, as vLLM: its text may be "")
     int phase;                  // what the reader sends next: 0 text, 1 final event(s), 2 [DONE], 3 end
     char *pend;                 // bytes formatted but not yet sent
     size_t npend, pend_off;
@@ -280,7 +281,8 @@ static int next_piece(Server *s, ServeReq *r) {
         return 0;
     }
     if (r->phase == 0) {
-        if (r->q.ntext > r->sent) {
+        if (r->q.ntext > r->sent || (r->q.ntok > r->sent_tok && !r->done)) {
+            r->sent_tok = r->q.ntok;
             char *delta = xmalloc(r->q.ntext - r->sent + 1, "delta");
             memcpy(delta, r->q.text + r->sent, r->q.ntext - r->sent);
             delta[r->q.ntext - r->sent] = 0;
