@@ -245,7 +245,7 @@ static const KeyDef keys[] = {
     {"serve", "max_body_bytes", T_INT, OFF(serve.max_body_bytes), "1048576", IN(64, 1 << 26), NULL,
      "largest request body; a larger one is answered 413"},
     {"serve", "client_timeout_s", T_FLOAT, OFF(serve.client_timeout_s), "30", IN(0.1, 86400), NULL,
-     "a client that sends or reads nothing this long is dropped (408; its KV blocks freed)"},
+     "a request body not in within this long of its headers is answered 408; a client reading nothing for twice this is cut off (KV blocks freed, logged 408)"},
     {"serve", "drain_s", T_FLOAT, OFF(serve.drain_s), "30", IN(0, 86400), NULL,
      "on SIGTERM, running requests get this long to finish"},
     {"serve", "sla_prompt_tok_s", T_FLOAT, OFF(serve.sla_prompt_tok_s), "512", IN(1e-6, 1e9), NULL,
@@ -254,6 +254,8 @@ static const KeyDef keys[] = {
     {"serve", "model", T_STR, OFF(serve.model), "", ANY, NULL, "the model's name in the API; \"\" = run.name"},
     {"serve", "test_pass_delay_s", T_FLOAT, OFF(serve.test_pass_delay_s), "0", IN(0, 10), NULL,
      "test only: rank 0 sleeps this long after each pass (slow generation on a tiny model)"},
+    {"serve", "sndbuf_bytes", T_INT, OFF(serve.sndbuf_bytes), "0", IN(0, 1 << 26), NULL,
+     "kernel send buffer of a completion's connection (0 = the kernel's autotuning); smaller notices a client that stopped reading sooner"},
 
     {"comm", "debug", T_BOOL, OFF(comm.debug), "false", ANY, NULL,
      "ranks compare (step, op, tensor, size) before every collective and name a diverging rank"},

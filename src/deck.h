@@ -148,12 +148,13 @@ typedef struct ServeConfig {
     int64_t max_queue;        // requests waiting beyond max_batch before 429
     int64_t max_connections;
     int64_t max_body_bytes;   // a larger request body is a 413
-    double client_timeout_s;  // a client silent (not sending, not reading) this long is dropped (408)
+    double client_timeout_s;  // a body late by this long gets a 408; a client not reading for 2x this is cut off
     double drain_s;           // SIGTERM: running requests get this long to finish
     double sla_prompt_tok_s;  // FastGen SLA: TTFT within prompt_len / this
     char log[DECK_STR];       // served-requests JSONL; "" = <run.out_dir>/served.jsonl
     char model[DECK_STR];     // the model's name in the API; "" = run.name
     double test_pass_delay_s; // test only: rank 0 sleeps this long after each pass
+    int64_t sndbuf_bytes;     // a completion connection's kernel send buffer; 0 = the kernel's autotuning
 } ServeConfig;
 
 typedef struct CommConfig {

@@ -31,6 +31,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,8 @@ typedef struct ServeReq {
 
 typedef struct Hist { double sum; long count; long b[16]; } Hist;
 
+struct Conn;
+
 typedef struct Server {
     const Config *cfg;
     Comm comm;
@@ -85,6 +88,7 @@ typedef struct Server {
     pthread_cond_t progress;    // tokens or ends published (readers wait on it)
     pthread_cond_t work;        // the inbox or a cancel (the main thread waits on it when idle)
     ServeReq *inbox, *inbox_tail;
+    struct Conn *watch;         // connections whose body has not begun (the main thread answers 408 past the deadline)
     int ninbox, nwaiting, nrunning, blocks_used;
     int draining;
     long next_id;
@@ -183,10 +187,16 @@ static void on_done(void *ctx, Seq *q, int reason, double now) {
 
 typedef struct Conn {
     char *body;
-    size_t len;
+    size_t len;                 // body bytes kept
+    size_t got;                 // body bytes received (kept or not)
+    size_t expect;              // Content-Length; 0 when none or unknown (chunked)
     int too_big;
+    int fd;                     // the client's socket
+    int watched;                // on s->watch: the headers came, no body byte yet
+    int expired;                // the main thread answered 408 on the socket itself
     double start;               // wall seconds when the request began
     ServeReq *sr;               // the request its response streams
+    struct Conn *wprev, *wnext; // s->watch
 } Conn;
 
 static enum MHD_Result send_buf(struct MHD_Connection *c, int status, const char *type, const char *buf, size_t n) {
@@ -212,6 +222,13 @@ static enum MHD_Result send_json(Server *s, struct MHD_Connection *c, int status
 }
 
 // OpenAI's error body: {"error": {"message", "type", "param", "code"}}.
+static json_t *error_obj(int status, const char *param, const char *msg) {
+    const char *type = status == 404 ? "NotFoundError" : status == 429 ? "RateLimitError" : status >= 500 ? "ServiceUnavailableError"
+                     : status == 408 ? "TimeoutError" : "BadRequestError";
+    json_t *e = json_pack("{s:s, s:s, s:o, s:i}", "message", msg, "type", type, "param", param ? json_string(param) : json_null(), "code", status);
+    return json_pack("{s:o}", "error", e);
+}
+
 static enum MHD_Result send_error(Server *s, struct MHD_Connection *c, int status, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 static enum MHD_Result send_error(Server *s, struct MHD_Connection *c, int status, const char *param, const char *fmt, ...) {
@@ -220,9 +237,47 @@ static enum MHD_Result send_error(Server *s, struct MHD_Connection *c, int statu
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    const char *type = status == 404 ? "NotFoundError" : status == 429 ? "RateLimitError" : status >= 500 ? "ServiceUnavailableError" : "BadRequestError";
-    json_t *e = json_pack("{s:s, s:s, s:o, s:i}", "message", msg, "type", type, "param", param ? json_string(param) : json_null(), "code", status);
-    return send_json(s, c, status, json_pack("{s:o}", "error", e));
+    return send_json(s, c, status, error_obj(status, param, msg));
+}
+
+// A 408 written on the socket itself, for a client whose body is late: libmicrohttpd
+// cannot queue a response while a body is being received (it would only close the
+// connection). Nothing else is being written to fd at that point (no response was
+// queued). The write side is shut after it, so the client reads the 408 and then
+// end of file. With linger, the body's remaining bytes are read and dropped (for at
+// most linger seconds, until the client closes): closing a socket with unread bytes
+// sends a reset, which can destroy the 408 before the client reads it.
+static void answer_408(Server *s, int fd, double linger) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "the request body did not arrive within [serve] client_timeout_s = %g s", s->cfg->serve.client_timeout_s);
+    json_t *eo = error_obj(408, NULL, msg);
+    char *body = json_line(eo);
+    json_decref(eo);
+    char head[256];
+    int hn = snprintf(head, sizeof head, "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n\r\n", strlen(body));
+    const char *parts[2] = {head, body};
+    size_t lens[2] = {(size_t)hn, strlen(body)};
+    for (int i = 0; i < 2; i++) {
+        size_t off = 0;
+        while (off < lens[i]) {   // a fresh socket's send buffer takes these few hundred bytes at once
+            ssize_t n = send(fd, parts[i] + off, lens[i] - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break;
+            off += (size_t)n;
+        }
+    }
+    free(body);
+    shutdown(fd, SHUT_WR);
+    double end = wall_seconds() + linger;
+    char sink[4096];
+    while (linger > 0) {
+        double left = end - wall_seconds();
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (left <= 0 || poll(&p, 1, (int)(left * 1000) + 1) <= 0) break;
+        ssize_t n = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) break;
+    }
 }
 
 static void usage_obj(json_t *o, const Request *q) {
@@ -368,8 +423,10 @@ static void free_reader(void *cls) {
     Server *s = rd->s;
     pthread_mutex_lock(&s->mu);
     if (!rd->r->done) {
+        // Not finished and not read: a client that left (an end of file or a reset
+        // on its socket), or one that stopped reading until libmicrohttpd's timeout.
         rd->r->cancel = 1;
-        if (!rd->r->http_status || rd->r->http_status == 200) rd->r->http_status = 499;
+        if (!rd->r->http_status || rd->r->http_status == 200) rd->r->http_status = client_gone(rd->r->fd) ? 499 : 408;
         pthread_cond_signal(&s->work);
     }
     release(s, rd->r);
@@ -415,8 +472,12 @@ static enum MHD_Result completions(Server *s, struct MHD_Connection *c, Conn *cn
     r->created = (double)time(NULL);
     r->refs = 2;
     r->http_status = 200;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-    r->fd = ci ? ci->connect_fd : -1;
+    r->fd = cn->fd;
+    if (s->cfg->serve.sndbuf_bytes > 0 && r->fd >= 0) {
+        int sb = (int)s->cfg->serve.sndbuf_bytes;
+        if (setsockopt(r->fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof sb) != 0)
+            log_warn("serve: setsockopt(SO_SNDBUF, %d): %s; the kernel's default stays", sb, strerror(errno));
+    }
     request_buffers(&r->q, &s->tk, 1);
     Seq *q = &r->q.seq;
     q->prompt = r->q.prompt;
@@ -541,6 +602,70 @@ static enum MHD_Result route(Server *s, struct MHD_Connection *c, const char *ur
     return send_error(s, c, 404, NULL, "no endpoint %s (there are POST /v1/completions, GET /v1/models, /health, /metrics)", url);
 }
 
+static void watch_add(Server *s, Conn *cn) {   // with mu held
+    cn->wprev = NULL;
+    cn->wnext = s->watch;
+    if (s->watch) s->watch->wprev = cn;
+    s->watch = cn;
+    cn->watched = 1;
+}
+
+static void unwatch(Server *s, Conn *cn) {   // with mu held
+    if (!cn->watched) return;
+    if (cn->wprev) cn->wprev->wnext = cn->wnext;
+    else s->watch = cn->wnext;
+    if (cn->wnext) cn->wnext->wprev = cn->wprev;
+    cn->wprev = cn->wnext = NULL;
+    cn->watched = 0;
+}
+
+// 1 when fd has bytes (or an end) to read within seconds; 0 when it stays silent.
+static int readable_within(int fd, double seconds) {
+    double end = wall_seconds() + seconds;
+    for (;;) {
+        double left = end - wall_seconds();
+        if (left <= 0) return 0;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int n = poll(&p, 1, (int)(left * 1000) + 1);
+        if (n > 0) return 1;
+        if (n < 0 && errno != EINTR) return 1;   // let libmicrohttpd find out what is wrong
+    }
+}
+
+// A piece of the body. The rest must come within client_timeout_s of the headers:
+// everything libmicrohttpd had read is handed over here, so waiting for the socket
+// to turn readable is waiting for the client; past the deadline the client gets a
+// 408 (MHD_NO then closes the connection).
+static enum MHD_Result body_piece(Server *s, Conn *cn, const char *upload, size_t *upload_size) {
+    const double tmo = s->cfg->serve.client_timeout_s;
+    const size_t max = (size_t)s->cfg->serve.max_body_bytes;
+    pthread_mutex_lock(&s->mu);
+    int expired = cn->expired;
+    unwatch(s, cn);
+    pthread_mutex_unlock(&s->mu);
+    size_t n = *upload_size;
+    *upload_size = 0;
+    if (expired) return MHD_NO;   // the main thread answered 408 already
+    cn->got += n;
+    if (!cn->too_big && cn->len + n <= max) {
+        if (!cn->body) cn->body = xmalloc(max + 1, "request body");
+        memcpy(cn->body + cn->len, upload, n);
+        cn->len += n;
+    } else {
+        cn->too_big = 1;
+    }
+    double left = cn->start + tmo - wall_seconds();
+    int more = cn->expect == 0 || cn->got < cn->expect;   // chunked: unknown, checked at each piece
+    if (more && (left <= 0 || (cn->expect > cn->got && cn->fd >= 0 && !readable_within(cn->fd, left)))) {
+        pthread_mutex_lock(&s->mu);
+        s->status_count[408]++;
+        pthread_mutex_unlock(&s->mu);
+        answer_408(s, cn->fd, tmo < 2 ? tmo : 2);
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
 // libmicrohttpd's access handler: called with the headers, then with each piece
 // of the body, then once more when the body is complete.
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -548,31 +673,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     Server *s = cls;
     (void)version;
     Conn *cn = *con_cls;
-    const size_t max = (size_t)s->cfg->serve.max_body_bytes;
     if (!cn) {
         cn = xcalloc(sizeof *cn, "connection");
         cn->start = wall_seconds();
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        cn->fd = ci ? ci->connect_fd : -1;
         *con_cls = cn;
-        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > max) cn->too_big = 1;
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *te = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+        if (cl) cn->expect = (size_t)strtoull(cl, NULL, 10);
+        if (cn->expect > (size_t)s->cfg->serve.max_body_bytes) cn->too_big = 1;
+        if ((cn->expect > 0 || (te && strcasestr(te, "chunked"))) && cn->fd >= 0) {
+            pthread_mutex_lock(&s->mu);   // until its first byte, the main thread keeps the deadline
+            watch_add(s, cn);
+            pthread_mutex_unlock(&s->mu);
+        }
         return MHD_YES;
     }
-    if (*upload_size > 0) {
-        if (wall_seconds() - cn->start > s->cfg->serve.client_timeout_s) {
-            *upload_size = 0;
-            return send_error(s, c, 408, NULL, "the body took longer than [serve] client_timeout_s = %g s",
-                              s->cfg->serve.client_timeout_s);
-        }
-        if (!cn->too_big && cn->len + *upload_size <= max) {
-            if (!cn->body) cn->body = xmalloc(max + 1, "request body");
-            memcpy(cn->body + cn->len, upload, *upload_size);
-            cn->len += *upload_size;
-        } else {
-            cn->too_big = 1;
-        }
-        *upload_size = 0;
-        return MHD_YES;
-    }
+    if (*upload_size > 0) return body_piece(s, cn, upload, upload_size);
+    pthread_mutex_lock(&s->mu);
+    int expired = cn->expired;
+    unwatch(s, cn);
+    pthread_mutex_unlock(&s->mu);
+    if (expired) return MHD_NO;
     return route(s, c, url, method, cn);
 }
 
@@ -581,15 +704,50 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     Conn *cn = *con_cls;
     (void)c;
     if (!cn) return;
+    pthread_mutex_lock(&s->mu);
+    unwatch(s, cn);
     if (cn->sr && toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED) {
-        pthread_mutex_lock(&s->mu);
-        cn->sr->http_status = 408;   // the reader's free callback, later, cancels it
+        cn->sr->http_status = 408;   // a client that stopped reading: cut off, its request cancelled
         s->status_count[408]++;
-        pthread_mutex_unlock(&s->mu);
     }
+    pthread_mutex_unlock(&s->mu);
     free(cn->body);
     free(cn);
     *con_cls = NULL;
+}
+
+// A client that sent its headers but no byte of its body within client_timeout_s
+// (libmicrohttpd calls nobody then): the main thread answers 408 on the socket and
+// shuts its read side, which wakes the connection's thread to close it.
+static void expire_bodies(Server *s) {
+    double now = wall_seconds(), tmo = s->cfg->serve.client_timeout_s;
+    pthread_mutex_lock(&s->mu);
+    for (Conn *cn = s->watch, *next; cn; cn = next) {
+        next = cn->wnext;
+        if (now - cn->start <= tmo) continue;
+        unwatch(s, cn);
+        cn->expired = 1;
+        s->status_count[408]++;
+        answer_408(s, cn->fd, 0);
+        shutdown(cn->fd, SHUT_RD);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+// libmicrohttpd's messages, prefixed. Two notes are left out: the one it prints when
+// the access handler answers MHD_NO (serve.c does that after answering a late body
+// with a 408 itself; the one other case, a response that cannot be queued, is out of
+// memory), and a client closing mid-request (so does a client that left, an ordinary
+// event, and expire_bodies' shutdown after its 408).
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    msg[strcspn(msg, "\n")] = 0;
+    if (strncmp(msg, "Application reported internal error", 35) == 0 ||
+        strncmp(msg, "Connection was closed by remote side with incomplete request", 60) == 0)
+        return;
+    log_warn("serve: libmicrohttpd: %s", msg);
 }
 
 // ---------------------------------------------------------------------------
@@ -679,11 +837,13 @@ static void serve_loop(Server *s) {
         int n = sched_step(&s->sch);
         publish_counts(s);
         if (n > 0) {
+            expire_bodies(s);
             double dl = s->cfg->serve.test_pass_delay_s;
             if (dl > 0) nanosleep(&(struct timespec){(time_t)dl, (long)((dl - floor(dl)) * 1e9)}, NULL);
             last_pass = now_s(s);
             continue;
         }
+        expire_bodies(s);
         idle_wait(s, 0.05);
         if (s->comm.size > 1 && tmo > 0 && now_s(s) - last_pass > tmo / 4) {
             sched_idle(&s->sch);   // the other ranks wait in a broadcast bounded by [comm] timeout_s
@@ -703,12 +863,12 @@ static struct MHD_Daemon *start_http(Server *s) {
     addr.sin_port = htons((uint16_t)sc->port);
     if (inet_pton(AF_INET, sc->host, &addr.sin_addr) != 1)
         FATAL("give an IPv4 address such as 127.0.0.1 or 0.0.0.0", "[serve] host = '%s' is not an IPv4 address", sc->host);
-    // libmicrohttpd's idle timeout (3 client_timeout_s) ends a client that stalls outright,
-    // without a response; one that trickles its body gets a 408 past client_timeout_s.
+    // A body late past client_timeout_s gets a 408 from serve.c; libmicrohttpd's idle
+    // timeout, twice that, cuts off a client that stops reading (or stalls in its headers).
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG, (uint16_t)sc->port,
-        NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)sc->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ceil(3 * sc->client_timeout_s),
+        NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)sc->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ceil(2 * sc->client_timeout_s),
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_END);
     if (!d)
