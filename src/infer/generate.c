@@ -174,9 +174,30 @@ static int mirror_request(Gen *g, const json_t *o, Req *r, char *why, size_t n) 
     return 0;
 }
 
+// The mirror rewritten with the done lines only (a temporary file renamed over
+// it, so a crash leaves the old file or the new one).
+static void rewrite_mirror(Gen *g, const char *path, const char *keep, size_t n, int dropped) {
+    char tmp[DECK_STR + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    errno = 0;
+    int ok = f && fwrite(keep, 1, n, f) == n && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (f && fclose(f) != 0) ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        if (f) unlink(tmp);
+        FATAL("check the disk (space, quota, permissions)", "cannot rewrite '%s' (through '%s'): %s", g->mirror_path, tmp,
+              strerror(errno ? errno : EIO));
+    }
+    log_info("generate: %s: %d earlier refusals and unreadable lines dropped (their requests run again and are written anew)\n",
+             path, dropped);
+}
+
 // Outputs of earlier runs into the same mirror: their ids are done already. A line
 // that is not a whole output (a run killed mid-write, an edited file) is reported
-// with its line number and ignored: its request runs again. Refusals are skipped.
+// with its line number and ignored: its request runs again. Refusals are tried
+// again too. Either way the line is dropped from the file (rewritten with the done
+// lines) before this run appends, so each id is written once: a request refused
+// again gets one refusal line, not one more per rerun.
 static void read_mirror(Gen *g, const char *path) {
     FILE *f = fopen(path, "r");
     if (!f) {
@@ -188,12 +209,15 @@ static void read_mirror(Gen *g, const char *path) {
         fclose(f);
         return;
     }
-    char *line = NULL, why[256];
-    size_t cap = 0, len;
-    int found = 0, lineno = 0, rc;
+    char *line = NULL, why[256], *keep = NULL;
+    size_t cap = 0, len, nkeep = 0;
+    FILE *kf = open_memstream(&keep, &nkeep);
+    SYS_CHECK(kf, "open_memstream: %s", strerror(errno));
+    int found = 0, lineno = 0, rc, dropped = 0;
     while ((rc = jsonl_read_line(f, &line, &cap, REQ_LINE_MAX, &len)) > 0) {
         lineno++;
         if (rc == 1 && line[strspn(line, " \t\r")] == 0) continue;
+        dropped++;   // until it proves a done output
         json_t *o = NULL;
         Req r;
         memset(&r, 0, sizeof r);
@@ -217,10 +241,15 @@ static void read_mirror(Gen *g, const char *path) {
         }
         add_request(g, &r);
         found++;
+        dropped--;
+        SYS_CHECK(fwrite(line, 1, len, kf) == len && fputc('\n', kf) == '\n', "out of memory for earlier outputs");
     }
-    if (rc < 0) log_warn("generate: reading '%s' stopped at line %d: %s", path, lineno, strerror(errno));
-    free(line);
+    SYS_CHECK(fclose(kf) == 0, "out of memory for earlier outputs");
     fclose(f);
+    if (rc < 0) log_warn("generate: reading '%s' stopped at line %d: %s; it is appended to as it is", path, lineno, strerror(errno));
+    else if (dropped) rewrite_mirror(g, path, keep, nkeep, dropped);
+    free(line);
+    free(keep);
     if (found) log_info("generate: %d requests already done in %s are skipped\n", found, path);
 }
 
