@@ -25,15 +25,16 @@ def _trained(name, sets, prep, source):
     with open(DECK) as f:
         deck = f.read()
     key = hashlib.sha1(repr((sets, prep, source, st.st_size, st.st_mtime_ns, deck)).encode()).hexdigest()[:16]
+    name += "-" + os.path.basename(os.path.dirname(os.path.abspath(PARTITA)))   # build/ and build-asan/ apart
     cache = os.path.join(ROOT, "build", "test-cache")
     os.makedirs(cache, exist_ok=True)
-    final = os.path.join(cache, f"{name}-{key}")
+    final = os.path.join(cache, f"{name}@{key}")
     with open(os.path.join(cache, f"{name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(os.path.join(final, "final.h5")):
             print(f"weights: {name} reused from {final}", flush=True)
         else:
-            for old in glob.glob(os.path.join(cache, f"{name}-*")):   # an earlier build's
+            for old in glob.glob(os.path.join(cache, f"{name}@*")):   # an earlier build's
                 shutil.rmtree(old, ignore_errors=True)
             d = tmpdir("weights-" + name)
             tok = os.path.join(d, "tokens.h5")
