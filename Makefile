@@ -29,7 +29,7 @@ OBJ     := $(SRC:%.c=$(BUILD)/%.o) $(KSRC:%.c=$(BUILD)/%.o)
 KOBJ    := $(KSRC:%.c=$(BUILD)/%.o)
 
 DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-openmp \
-        liburing-dev python3 python3-numpy python3-h5py python3-matplotlib python3-torch hdf5-tools \
+        liburing-dev libmicrohttpd-dev libjansson-dev python3 python3-numpy python3-h5py python3-matplotlib python3-torch hdf5-tools \
         clang libclang-rt-14-dev slurm-wlm munge
 
 .PHONY: all deps deps-debs test bench clean demo asan portable fuzz fuzz-build FORCE
@@ -101,9 +101,11 @@ build-asan/fuzz_deck: tests/fuzz/fuzz_deck.c src/deck.c src/deck.h src/utf8.c sr
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_deck.c src/deck.c src/utf8.c -lm
 
-build-asan/fuzz_json: tests/fuzz/fuzz_json.c src/infer/json.c src/infer/json.h src/utf8.c src/utf8.h
+MPI_INC    := $(shell mpicc.mpich -show 2>/dev/null | tr ' ' '\n' | grep '^-I' | head -1)
+FUZZ_JSON_SRC := tests/fuzz/fuzz_json.c src/infer/json.c src/infer/request.c src/tokenizer.c src/uniclass.c src/utf8.c src/log.c src/sysutil.c
+build-asan/fuzz_json: $(FUZZ_JSON_SRC) src/infer/json.h src/infer/request.h src/utf8.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_json.c src/infer/json.c src/utf8.c -lm
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(MPI_INC) -I$(HDF5_INC) -o $@ $(FUZZ_JSON_SRC) -lm -ljansson -lmpich
 
 # A longer fuzzing session (FUZZ_SECONDS per reader; new crashers land in
 # build-asan/fuzz-out/; copy the ones worth keeping into tests/corpus/<reader>/).

@@ -25,7 +25,16 @@
 #     and off, compute alone (two 1-rank jobs at once: the same per-rank work
 #     and core occupancy, no collectives), communication alone (build/comm_alone:
 #     the bytes run.h5 recorded, no compute), fraction hidden with its spread.
-# BENCH_ONLY=train|zero|ckpt|gen|sp|overlap|moe runs one part; BENCH_STEPS sets the steps timed.
+#  6. serving (BENCH_ONLY=serve): `partita serve` on the 124M shape (random weights) under
+#     Poisson load from bench/loadgen.py (streamed), FastGen's experiment scaled to 2 cores:
+#     prompts ~300 tokens and outputs ~30 (FastGen: ~600 and ~60 on GPUs; BENCH_SERVE_PROMPT,
+#     BENCH_SERVE_OUT), token budget 128 (a prompt is ~2.3 passes, as 600 with FastGen's 256),
+#     8 requests per point at BENCH_SERVE_RATES requests/s (the same seeded arrivals and lengths
+#     for every mode), for splitfuse, continuous and static: throughput against mean and p95
+#     latency, p95 token latency and FastGen's effective throughput (sla_prompt_tok_s = a
+#     quarter of the single-request prefill rate measured in the same run), with
+#     analysis/plot_serve.py's table and plot. About 8 minutes on 2 free cores.
+# BENCH_ONLY=train|zero|ckpt|gen|sp|overlap|moe|serve runs one part; BENCH_STEPS sets the steps timed.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -141,6 +150,45 @@ if [ "$ONLY" = all ] || [ "$ONLY" = gen ]; then
       --set generate.max_batch=8 --set "generate.arrivals=poisson:${BENCH_RATE:-0.5}" > $g/poisson-$mode.log
   done
   $PYTHON bench/report.py gen $g
+fi
+
+if [ "$ONLY" = all ] || [ "$ONLY" = serve ]; then
+  sv=$out/serve
+  mkdir -p $sv
+  PM=${BENCH_SERVE_PROMPT:-300}; OM=${BENCH_SERVE_OUT:-30}; NREQ=${BENCH_SERVE_REQUESTS:-8}; DUR=${BENCH_SERVE_DURATION:-90}
+  # OpenMP threads that spin at barriers lose their core's time slices to the other
+  # processes of a shared machine (a 124M decode step was 4x slower at load 10): sleep instead.
+  export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+  echo "== 6. serving, 124M GPT-2 shape (random weights), 1 rank x $THREADS threads: Poisson load, prompts ~$PM, outputs ~$OM, $NREQ requests or $DUR s per point"
+  echo "  load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores; OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
+  [ -f $out/gen/w/init.h5 ] || $MPIEXEC -np 1 build/partita train $DECK --set train.steps=1 --set optimizer.warmup=0 --set run.out_dir=$out/gen/w \
+    --set train.seq_len=64 --set train.micro_batch=1 --set train.eval_batches=1 --set checkpoint.resume=none > $sv/w.log
+  SV="--set generate.weights=$out/gen/w/init.h5 --set run.threads=$THREADS --set generate.kv_blocks=512 --set generate.kv_block=16
+      --set generate.token_budget=${BENCH_SERVE_BUDGET:-128} --set generate.max_batch=16 --set serve.max_queue=256 --set serve.client_timeout_s=120"
+  port=$($PYTHON -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  start_server() {  # mode; waits for the "listening" line
+    rm -f $sv/$1.log; build/partita serve $DECK $SV --set generate.mode=$1 --set serve.port=$port --set run.out_dir=$sv/$1 > $sv/$1.log 2>&1 &
+    spid=$!
+    for _ in $(seq 600); do grep -q listening $sv/$1.log && return 0; sleep 0.2; done; return 1
+  }
+  # the single-request prefill rate: one prompt, one output token
+  start_server splitfuse
+  $PYTHON bench/loadgen.py --port $port --clients 1 --requests 2 --prompt-mean $PM --prompt-std 0 --out-mean 1 --out-std 0 $sv/prefill.h5 > /dev/null
+  kill -TERM $spid; wait $spid || true
+  SLA=$($PYTHON -c "import h5py,numpy as n; f=h5py.File('$sv/prefill.h5'); r=f['requests']; print(round(float(n.median(r['prompt_len'][:]/(r['first_token'][:]-r['send'][:])))/4, 1))")
+  echo "  single-request prefill: $(awk -v s=$SLA 'BEGIN{print 4*s}') tokens/s -> sla_prompt_tok_s = $SLA"
+  runs=""
+  for mode in splitfuse continuous static; do
+    start_server $mode
+    for rate in ${BENCH_SERVE_RATES:-0.1 0.2}; do
+      $PYTHON bench/loadgen.py --port $port --rate $rate --requests $NREQ --duration $DUR --prompt-mean $PM --prompt-std $((PM / 10)) \
+        --out-mean $OM --out-std $((OM / 10)) --seed 7 $sv/$mode-$rate.h5 | sed 's/^/  /'
+      runs="$runs $mode=$sv/$mode-$rate.h5"
+    done
+    kill -TERM $spid; wait $spid || true
+  done
+  $PYTHON analysis/plot_serve.py --sla-prompt-tok-s $SLA --png $sv/latency-throughput.png $runs | sed 's/^/  /'
+  echo "  load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 fi
 
 if [ "$ONLY" = all ] || [ "$ONLY" = sp ]; then

@@ -67,7 +67,9 @@ static const char *const recompute_names[] = {"none", "layer", NULL};
 static const char *const devpath_names[] = {"auto", "nccl", "staged", NULL};
 static const char *const progress_names[] = {"poll", "thread", "none", NULL};   // = COMM_PROGRESS_*
 static const char *const tokenizer_names[] = {"byte", "gpt2", NULL};
-static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
+static const char *const gen_mode_names[] = {"splitfuse", "static", "continuous", NULL};
+static const char *const gen_kv_names[] = {"lazy", "reserve", NULL};
+static const char *const gen_jsonl_names[] = {"flat", "openai", NULL};
 static const char *const gen_wdtype_names[] = {"fp32", "bf16", "int8", NULL};
 static const char *const on_nan_names[] = {"stop", "skip", NULL};
 static const char *const moe_gate_names[] = {"none", "jitter", NULL};
@@ -225,7 +227,7 @@ static const KeyDef keys[] = {
     {"generate", "jsonl", T_STR, OFF(generate.jsonl), "", ANY, NULL,
      "JSONL mirror of the outputs; \"\" = <run.out_dir>/gen.jsonl (ids found there are skipped)"},
     {"generate", "mode", T_ENUM, OFF(generate.mode), "splitfuse", ANY, gen_mode_names,
-     "splitfuse (continuous batching, token budget) or static (prefill a batch, decode to the longest)"},
+     "splitfuse (Dynamic SplitFuse: decodes + prompt chunks fill a token budget), continuous (vLLM/Orca: whole prompts prefilled, decodes stall meanwhile) or static (prefill a batch, decode to the longest)"},
     {"generate", "weights_dtype", T_ENUM, OFF(generate.weights_dtype), "fp32", ANY, gen_wdtype_names,
      "matrices held for inference (generate, eval) as fp32, bf16, or int8 (a scale per output channel; activations fp32)"},
     {"generate", "token_budget", T_INT, OFF(generate.token_budget), "256", IN(1, DECK_MAX_COUNT), NULL,
@@ -242,6 +244,31 @@ static const KeyDef keys[] = {
      "test reference: recompute every sequence in full for each token, no KV cache"},
     {"generate", "moe_drop", T_BOOL, OFF(generate.moe_drop), "false", ANY, NULL,
      "MoE: drop tokens over the eval capacity as training does (false: inference never drops)"},
+    {"generate", "kv_alloc", T_ENUM, OFF(generate.kv_alloc), "lazy", ANY, gen_kv_names,
+     "lazy (a block as tokens come; a dry pool preempts the newest sequence, recomputed later) or reserve (prompt + max_tokens up front)"},
+    {"generate", "jsonl_format", T_ENUM, OFF(generate.jsonl_format), "flat", ANY, gen_jsonl_names,
+     "gen.jsonl lines: flat (id, status, text, tokens) or openai (OpenAI batch output as vLLM writes it)"},
+
+    {"serve", "host", T_STR, OFF(serve.host), "127.0.0.1", 0, 0, R_NONEMPTY, NULL,
+     "address rank 0 listens on (an IPv4 address; 0.0.0.0 = every interface)"},
+    {"serve", "port", T_INT, OFF(serve.port), "8000", IN(0, 65535), NULL, "TCP port (0 = any free port, printed at start)"},
+    {"serve", "max_queue", T_INT, OFF(serve.max_queue), "64", IN(0, 65536), NULL,
+     "requests waiting for a batch slot; one more is answered 429"},
+    {"serve", "max_connections", T_INT, OFF(serve.max_connections), "128", IN(1, 4096), NULL, "open HTTP connections"},
+    {"serve", "max_body_bytes", T_INT, OFF(serve.max_body_bytes), "1048576", IN(64, 1 << 26), NULL,
+     "largest request body; a larger one is answered 413"},
+    {"serve", "client_timeout_s", T_FLOAT, OFF(serve.client_timeout_s), "30", IN(0.1, 86400), NULL,
+     "a request body not in within this long of its headers is answered 408; a client reading nothing for twice this is cut off (KV blocks freed, logged 408)"},
+    {"serve", "drain_s", T_FLOAT, OFF(serve.drain_s), "30", IN(0, 86400), NULL,
+     "on SIGTERM, running requests get this long to finish"},
+    {"serve", "sla_prompt_tok_s", T_FLOAT, OFF(serve.sla_prompt_tok_s), "512", IN(1e-6, 1e9), NULL,
+     "FastGen SLA: first token within prompt_len / this many seconds (generate's summary too)"},
+    {"serve", "log", T_STR, OFF(serve.log), "", ANY, NULL, "served-requests JSONL; \"\" = <run.out_dir>/served.jsonl"},
+    {"serve", "model", T_STR, OFF(serve.model), "", ANY, NULL, "the model's name in the API; \"\" = run.name"},
+    {"serve", "test_pass_delay_s", T_FLOAT, OFF(serve.test_pass_delay_s), "0", IN(0, 10), NULL,
+     "test only: rank 0 sleeps this long after each pass (slow generation on a tiny model)"},
+    {"serve", "sndbuf_bytes", T_INT, OFF(serve.sndbuf_bytes), "0", IN(0, 1 << 26), NULL,
+     "kernel send buffer of a completion's connection (0 = the kernel's autotuning); smaller notices a client that stopped reading sooner"},
 
     {"comm", "debug", T_BOOL, OFF(comm.debug), "false", ANY, NULL,
      "ranks compare (step, op, tensor, size) before every collective and name a diverging rank"},
@@ -286,7 +313,7 @@ static const KeyDef keys[] = {
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 _Static_assert(sizeof keys / sizeof keys[0] <= DECK_MAX_KEYS, "raise DECK_MAX_KEYS");
 
-static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel", "zero", "checkpoint", "generate", "comm", "moe"};
+static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel", "zero", "checkpoint", "generate", "serve", "comm", "moe"};
 #define NSECTIONS ((int)(sizeof sections / sizeof sections[0]))
 
 // ---------------------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ typedef struct CheckpointConfig {
     double fault_stall_s;     // test only
 } CheckpointConfig;
 
-enum { GEN_SPLITFUSE = 0, GEN_STATIC };
+enum { GEN_SPLITFUSE = 0, GEN_STATIC, GEN_CONTINUOUS };   // = sched.h SCHED_*
 enum { GEN_W_FP32 = 0, GEN_W_BF16, GEN_W_INT8 };   // the order of kernels.h WDT_*
 
 typedef struct GenerateConfig {
@@ -142,7 +142,28 @@ typedef struct GenerateConfig {
     int64_t arrival_seed;
     int naive;                // test reference: recompute everything, no cache
     int moe_drop;             // MoE: drop tokens over the eval capacity (false: never drop)
+    int kv_alloc;             // GEN_KV_*: blocks as tokens come (lazy, preempting) or reserved up front
+    int jsonl_format;         // GEN_JSONL_*: gen.jsonl flat or as OpenAI batch output
 } GenerateConfig;
+
+enum { GEN_KV_LAZY = 0, GEN_KV_RESERVE };
+enum { GEN_JSONL_FLAT = 0, GEN_JSONL_OPENAI };
+
+// [serve]: `partita serve`, an OpenAI-compatible server over the [generate] scheduler.
+typedef struct ServeConfig {
+    char host[DECK_STR];      // address rank 0 listens on
+    int64_t port;
+    int64_t max_queue;        // requests waiting beyond max_batch before 429
+    int64_t max_connections;
+    int64_t max_body_bytes;   // a larger request body is a 413
+    double client_timeout_s;  // a body late by this long gets a 408; a client not reading for 2x this is cut off
+    double drain_s;           // SIGTERM: running requests get this long to finish
+    double sla_prompt_tok_s;  // FastGen SLA: TTFT within prompt_len / this
+    char log[DECK_STR];       // served-requests JSONL; "" = <run.out_dir>/served.jsonl
+    char model[DECK_STR];     // the model's name in the API; "" = run.name
+    double test_pass_delay_s; // test only: rank 0 sleeps this long after each pass
+    int64_t sndbuf_bytes;     // a completion connection's kernel send buffer; 0 = the kernel's autotuning
+} ServeConfig;
 
 typedef struct CommConfig {
     int debug;                // signature check before every collective
@@ -182,11 +203,12 @@ typedef struct Config {
     ZeroConfig zero;
     CheckpointConfig checkpoint;
     GenerateConfig generate;
+    ServeConfig serve;
     CommConfig comm;
     MoeConfig moe;
 } Config;
 
-#define DECK_MAX_KEYS 128
+#define DECK_MAX_KEYS 256
 
 // Where each key's value came from: a line of the deck file (> 0) or one of these.
 enum { DECK_FROM_DEFAULT = 0, DECK_FROM_SET = -1, DECK_FROM_DERIVED = -2 };

@@ -10,6 +10,7 @@
 #include "estimate.h"
 #include "infer/eval.h"
 #include "infer/generate.h"
+#include "infer/serve.h"
 #include "kernels.h"
 #include "log.h"
 #include "prep.h"
@@ -497,6 +498,7 @@ static int cmd_version(int argc, char **argv, int rank, int size) {
     return 0;
 }
 static int cmd_help(int argc, char **argv, int rank, int size);
+static int cmd_serve(int argc, char **argv, int rank, int size) { return serve_main(argc, argv, rank, size); }
 
 // ---------------------------------------------------------------------------------------------
 // The commands. Adding one is one line here: its name, its arguments, a one-line
@@ -524,6 +526,9 @@ static const Command commands[] = {
      "per-rank memory, communication, FLOPs for ZeRO 0-3; sp plan", "", NULL, cmd_estimate},
     {"generate", "DECK [--set ...]", "batched generation (KV cache, SplitFuse, tensor parallel)", "generate", NULL,
      cmd_generate},
+    {"serve", "DECK [--set ...]", "OpenAI-compatible completions server ([serve] host, port)", "serve",
+     "Rank 0 listens on [serve] host:port (default 127.0.0.1:8000); the other ranks follow its\n"
+     "passes. SIGTERM stops accepting, drains running requests ([serve] drain_s) and exits 0.", cmd_serve},
     {"eval", "DECK [LOGITS.f32] [--set ...]", "validation loss and perplexity of [generate] weights", "", NULL, cmd_eval},
     {"prep", "[--tokenizer byte|gpt2] [--tokenizer-dir DIR] OUT.h5 PATH...",
      "tokenize text (files, dirs, .jsonl, - for stdin) into an HDF5 token file", "",

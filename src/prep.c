@@ -248,17 +248,17 @@ static void encode_jsonl(Tokens *t, const Tokenizer *tk, const char *path, const
             char *line = xmalloc(len + 1, "line");
             memcpy(line, s + i, len);
             line[len] = 0;
-            JsonObject o;
-            if (json_parse_object(line, &o, err, sizeof err) != 0)
+            json_t *o = json_parse_object(line, len, err, sizeof err);
+            if (!o)
                 FATAL_ALL("each line of a .jsonl file is one JSON object with a \"text\" string",
                           "'%s': the line at byte %llu: %s", path, (unsigned long long)(first_byte + i), err);
-            const JsonValue *v = json_get(&o, "text");
-            if (!v || v->type != JSON_STRING)
+            const json_t *v = json_object_get(o, "text");
+            if (!json_is_string(v))
                 FATAL_ALL("each line of a .jsonl file is one JSON object with a \"text\" string",
                           "'%s': the line at byte %llu has no \"text\" string", path, (unsigned long long)(first_byte + i));
-            encode_text(t, tk, (const uint8_t *)v->str, strlen(v->str));
+            encode_text(t, tk, (const uint8_t *)json_string_value(v), json_string_length(v));
             end_doc(t, tk);
-            json_free(&o);
+            json_decref(o);
             free(line);
         }
         i = end + 1;

@@ -60,6 +60,7 @@ tests=(
   "generate             $PYTHON tests/test_generate.py"
   "generate-inputs      $PYTHON tests/test_requests.py"
   "eval                 $PYTHON tests/test_eval.py"
+  "serve                $PYTHON tests/test_serve.py"
   "tiny-training        $PYTHON tests/test_train_tiny.py"
   "cuda-emu             $PYTHON tests/test_cuda_emu.py"
   "moe-cuda-emu         $PYTHON tests/test_moe_cuda.py"

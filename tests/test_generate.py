@@ -14,14 +14,12 @@ import h5py
 import numpy as np
 import torch
 
-from common import ROOT, check, finish, licenses_tokens, run, tmpdir, write_deck
+from common import ROOT, check, finish, run, tmpdir
+from gen_weights import BPE_DIR, BPE_SETS, bpe_weights, have_bpe, tiny_weights
 from gpt_torch import gpt_forward
 
 d = tmpdir("generate")
-tok = licenses_tokens(d)
-run(["train", os.path.join(ROOT, "inputs/gpt-tiny.deck"), "--set", f"data.train={tok}", "--set",
-     f"run.out_dir={d}/tiny", "--set", "train.steps=120"], np=1)
-weights = os.path.join(d, "tiny/final.h5")
+weights = tiny_weights()   # trained once per build, shared with test_serve.py
 
 prompts = ["The GNU General Public License is", "Permission is hereby granted, free of charge,",
            "THE SOFTWARE IS PROVIDED", "a", "Redistribution and use in source"]
@@ -58,6 +56,7 @@ naive, _, _, _ = generate("naive", 1, "generate.naive=true")
 sf16, times, attrs, p = generate("sf16", 1, "generate.token_budget=16")
 sf256, _, _, _ = generate("sf256", 1, "generate.token_budget=256")
 static, _, _, _ = generate("static", 1, "generate.mode=static", "generate.max_batch=3", "generate.token_budget=64")
+cont, _, _, _ = generate("cont", 1, "generate.mode=continuous", "generate.token_budget=40")
 tp2, _, _, _ = generate("tp2", 2, "generate.token_budget=16")
 
 greedy = [r["id"] for r in reqs if "temperature" not in r]
@@ -66,6 +65,7 @@ check(all(sf16[i] == naive[i] for i in greedy), "greedy with the KV cache equals
       f"{sum(sf16[i] == naive[i] for i in greedy)} of {len(greedy)}")
 check(sf16 == sf256, "SplitFuse with token budget 16 and 256 give identical tokens (sampled too)")
 check(sf16 == static, "SplitFuse and static batching give identical tokens (sampled too)")
+check(sf16 == cont, "SplitFuse and continuous batching (whole prompts first) give identical tokens (sampled too)")
 check(sf16 == tp2, "tp=2 gives the tokens of tp=1",
       f"{sum(sf16[k] == tp2[k] for k in sf16)} of {len(sf16)} requests equal")
 check(sf16["s1"] != naive.get("s1_never", []) and len(set(sf16["s1"])) > 1, "sampled requests produce varied tokens")
@@ -115,7 +115,31 @@ check('request "huge" refused' in err and "needs 8 KV blocks" in err and many["h
 check("many.jsonl:10: bad request" in err, "a malformed line is reported with its line number", "line 10")
 check("many.jsonl:11: bad request" in err and "temperature" in err, "a bad value is reported with its line and key")
 check('request "long" refused' in err and "exceeds the model's 64 positions" in err, "an over-long prompt is refused")
-check("many.jsonl:13: bad request" in err and "max_tokenz" in err, "an unknown key is reported")
+check("many.jsonl:13: key 'max_tokenz' is not one generate uses; ignored" in err and "many.jsonl:13: bad request" not in err
+      and "typo" in many, "an unknown key is warned about and ignored (custom_id, metadata: OpenAI batch input), not a bad line")
+# Lazy KV blocks with preemption (the default) give the tokens of reservation up front.
+res, _, res_attrs, _ = generate("pool-reserve", 1, "generate.kv_blocks=7", "generate.token_budget=16", "generate.kv_alloc=reserve")
+with h5py.File(os.path.join(d, "pool/gen.h5"), "r") as f:
+    pre = int(f.attrs["preemptions"])
+check(pre > 0 and res == many and int(res_attrs["preemptions"]) == 0,
+      "lazy KV growth preempts in a 7-block pool and gives the tokens of up-front reservation", f"{pre} preemptions")
+# Rerunning into the same gen.jsonl: done ids are skipped, refused ones tried again, and each id is
+# written once (a refusal line is replaced, not repeated on every rerun). With a larger pool "huge"
+# now runs; "long" and "bad-temp" are refused again.
+def mirror_lines(name):
+    with open(os.path.join(d, name, "gen.jsonl")) as f:
+        return [json.loads(l) for l in f]
+before = mirror_lines("pool")
+for kv in (7, 16):
+    rerun, _, _, p = generate("pool", 1, f"generate.kv_blocks={kv}", "generate.token_budget=16")
+after = mirror_lines("pool")
+ids = [l["id"] for l in after]
+status = {l["id"]: l["status"] for l in after}
+check(len(ids) == len(set(ids)) and set(ids) == {l["id"] for l in before},
+      "two reruns into one gen.jsonl leave each id once (refusals are not appended again)", f"{len(before)} lines -> {len(after)}")
+check(status["huge"] == "done" and len(rerun["huge"]) == 40 and status["long"] == "refused" and status["bad-temp"] == "refused"
+      and rerun["m3"] == many["m3"], "a request refused before runs when it fits now; the ones still refused keep one line",
+      f"huge {status['huge']}, long {status['long']}")
 
 # Scheduler: with a token budget below the running requests, rows go round-robin, so the last
 # request in the file starts while the first still runs (before: the first token_budget running
@@ -151,6 +175,20 @@ with open(os.path.join(d, "stop/gen.jsonl")) as f:
 want = g_text[:g_text.index(stop)]
 check(st["text"] == want and st["tokens"] == [int(t) for t in sf16[gid][:len(st["tokens"])]], "a stop string cuts the streamed output at its first occurrence",
       f"{st['text']!r} vs {want!r}")
+check(bytes(st["tokens"]).decode("latin-1") == want and st["finish_reason"] == "stop",
+      "text and tokens agree about the stop string (the tokens end where the text does)", f"{len(st['tokens'])} tokens")
+# The same request written as OpenAI batch output (custom_id, response.body.choices, usage).
+generate("stop-openai", 1, "generate.jsonl_format=openai")
+with open(os.path.join(d, "stop-openai/gen.jsonl")) as f:
+    ob = json.loads(f.readline())
+body = ob["response"]["body"]
+check(ob["custom_id"] == "st" and ob["response"]["status_code"] == 200 and ob["error"] is None and
+      body["choices"][0]["text"] == want and body["choices"][0]["finish_reason"] == "stop" and
+      body["usage"]["completion_tokens"] == len(st["tokens"]) and body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + len(st["tokens"]),
+      "jsonl_format = openai writes OpenAI batch output (custom_id, response.body.choices[].text, finish_reason, usage)")
+p = generate("stop-openai", 1, "generate.jsonl_format=openai")[3]
+check("nothing to do" in p.stdout and "nan" not in p.stdout.lower(), "a rerun with every request done says plainly there is nothing to do (no table of NaN)",
+      [l for l in p.stdout.splitlines() if "nothing" in l][:1])
 
 # Idle tensor-parallel ranks: rank 0 waits for Poisson arrivals longer than [comm] timeout_s;
 # the other rank must not time out in the meantime.
@@ -158,7 +196,7 @@ with open(os.path.join(d, "slow.jsonl"), "w") as f:
     for i in range(3):
         f.write(json.dumps({"id": f"w{i}", "prompt": prompts[i], "max_tokens": 3}) + "\n")
 req_path = f"{d}/slow.jsonl"
-slow, slow_times, _, p = generate("slow", 2, "generate.arrivals=poisson:0.5", "generate.arrival_seed=3", "comm.timeout_s=0.6")
+slow, slow_times, _, p = generate("slow", 2, "generate.arrivals=poisson:1", "generate.arrival_seed=3", "comm.timeout_s=0.6")
 gaps = np.diff(np.concatenate([[0.0], slow_times[0]]))
 check(gaps.max() > 0.6, "the Poisson arrivals leave a gap longer than the timeout", f"longest gap {gaps.max():.2f} s")
 check(len(slow) == 3 and all(len(v) == 3 for v in slow.values()), "tp=2 ranks idle past [comm] timeout_s while waiting for arrivals complete")
@@ -166,17 +204,13 @@ req_path = req_path_main
 
 # GPT-2 BPE (issue 17's tokenizer, `make deps` fetches data/gpt2): the output is decoded token by token
 # (multi-byte tokens, UTF-8 held across tokens); its text is the decode of its tokens, cut at a stop.
-bpe_dir = os.path.join(ROOT, "data/gpt2")
-if os.path.exists(os.path.join(bpe_dir, "encoder.json")):
-    bpe_tok = os.path.join(d, "bpe.h5")
-    run(["prep", "--tokenizer", "gpt2", "--tokenizer-dir", bpe_dir, bpe_tok, "/usr/share/common-licenses/GPL-3"])
-    bpe = ["--set", "data.tokenizer=gpt2", "--set", f"data.tokenizer_dir={bpe_dir}", "--set", "model.vocab=50257"]
-    run(["train", os.path.join(ROOT, "inputs/gpt-tiny.deck"), "--set", f"data.train={bpe_tok}", "--set",
-         f"run.out_dir={d}/bpe", "--set", "train.steps=20", "--set", "train.eval_interval=0"] + bpe, np=1)
+if have_bpe():
+    bpe_dir = BPE_DIR
+    bpe = [x for s in BPE_SETS for x in ("--set", s)]
     with open(os.path.join(d, "bpe.jsonl"), "w") as f:
         f.write(json.dumps({"id": "free", "prompt": "free software é", "max_tokens": 24, "temperature": 1.0, "seed": 2}) + "\n")
     req_path = f"{d}/bpe.jsonl"
-    args = ["generate", deck, "--set", f"run.out_dir={d}/bpe-gen", "--set", f"generate.weights={d}/bpe/final.h5",
+    args = ["generate", deck, "--set", f"run.out_dir={d}/bpe-gen", "--set", f"generate.weights={bpe_weights()}",
             "--set", f"generate.requests={req_path}"] + bpe
     run(args, np=1)
     with open(os.path.join(d, "bpe-gen/gen.jsonl")) as f:

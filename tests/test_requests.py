@@ -71,43 +71,43 @@ bad = [  # (raw line, fragment of the message)
     (json.dumps({"id": "", "prompt": "a"}), "'id' must be 1 to 127 bytes, got 0"),
     ('{"id": 1e300, "prompt": "a"}', "a number 'id' must be an integer"),
     ('{"id": 1.5, "prompt": "a"}', "a number 'id' must be an integer"),
-    ('{"id": "s1", "prompt": "a\\ud800"}', "lone high surrogate"),
-    ('{"id": "s2", "prompt": "a\\ud800\\u0041"}', "lone high surrogate"),
-    ('{"id": "s3", "prompt": "a\\udc00b"}', "lone low surrogate"),
-    ('{"id": "s4", "prompt": "a\\u0000b"}', "\\u0000 (NUL) is not allowed"),
-    ('{"id": "s5", "prompt": "a\\u12"}', "bad \\u escape"),
-    ('{"id": "s6", "prompt": "a\\x"}', "bad escape"),
-    ('{"id": "ctl", "prompt": "a\tb"}', "control character in a string"),
-    (b'{"id": "u1", "prompt": "a\xed\xa0\x80b"}', "invalid UTF-8"),           # raw surrogate
-    (b'{"id": "u2", "prompt": "a\xc0\xafb"}', "invalid UTF-8"),               # overlong
-    (b'{"id": "u3", "prompt": "a\xf8\x88\x80\x80\x80b"}', "invalid UTF-8"),   # 5-byte form
-    (b'{"id": "u4", "prompt": "a\xf4\x90\x80\x80"}', "invalid UTF-8"),        # above U+10FFFF
-    (b'{"id": "u5", "prompt": "a\xe2\x82"}', "invalid UTF-8"),                # truncated
+    ('{"id": "s1", "prompt": "a\\ud800"}', "invalid Unicode"),
+    ('{"id": "s2", "prompt": "a\\ud800\\u0041"}', "invalid Unicode"),
+    ('{"id": "s3", "prompt": "a\\udc00b"}', "invalid Unicode"),
+    ('{"id": "s4", "prompt": "a\\u0000b"}', "\\u0000 is not allowed"),
+    ('{"id": "s5", "prompt": "a\\u12"}', "invalid escape"),
+    ('{"id": "s6", "prompt": "a\\x"}', "invalid escape"),
+    ('{"id": "ctl", "prompt": "a\tb"}', "control character 0x9"),
+    (b'{"id": "u1", "prompt": "a\xed\xa0\x80b"}', "unable to decode byte"),           # raw surrogate
+    (b'{"id": "u2", "prompt": "a\xc0\xafb"}', "unable to decode byte"),               # overlong
+    (b'{"id": "u3", "prompt": "a\xf8\x88\x80\x80\x80b"}', "unable to decode byte"),   # 5-byte form
+    (b'{"id": "u4", "prompt": "a\xf4\x90\x80\x80"}', "unable to decode byte"),        # above U+10FFFF
+    (b'{"id": "u5", "prompt": "a\xe2\x82"}', "unable to decode byte"),                # truncated
     (b'{"id": "nul", "prompt": "a\x00b"}', "a NUL byte in the line"),
-    ('{"id": "n1", "prompt": "a", "max_tokens": 01}', "expected ',' or '}'"),
-    ('{"id": "n2", "prompt": "a", "max_tokens": +1}', "expected a value"),
-    ('{"id": "n3", "prompt": "a", "max_tokens": .5}', "expected a value"),
-    ('{"id": "n4", "prompt": "a", "max_tokens": 1.}', "expected a digit after '.'"),
-    ('{"id": "n5", "prompt": "a", "max_tokens": 0x10}', "expected ',' or '}'"),
-    ('{"id": "n6", "prompt": "a", "max_tokens": NaN}', "expected a value"),
-    ('{"id": "n7", "prompt": "a", "max_tokens": Infinity}', "expected a value"),
-    ('{"id": "n8", "prompt": "a", "max_tokens": 1e999}', "number too large for a double"),
-    ('{"id": "n9", "prompt": "a", "max_tokens": 1e}', "expected a digit in a number's exponent"),
-    ('{"id": "n10", "prompt": "a", "max_tokens": ' + "1" * 70 + "}", "number longer than 64 characters"),
-    ('{"id": "d1", "id": "d2", "prompt": "a"}', "duplicate key"),
-    ('{"id": "t1", "prompt": "a"} x', "trailing characters"),
-    ('{"id": "t2", "prompt": "a"}{}', "trailing characters"),
-    ('{"id": "t3", "tokens": [[1]]}', "nested arrays and objects are not supported"),
-    ('{"id": "t4", "prompt": {"a": 1}}', "nested objects are not supported"),
-    ('[1, 2]', "expected '{'"),
-    ('{"id": "t5", "tokens": [1, "a"]}', "array mixes strings and numbers"),
-    ('{' + ", ".join(f'"k{i}": 1' for i in range(25)) + "}", "too many members"),
-    ('{"id": "big", "tokens": [' + ",".join(["1"] * (1 << 20 | 1)) + "]}", "array longer than"),
+    ('{"id": "n1", "prompt": "a", "max_tokens": 01}', "invalid token near '0'"),
+    ('{"id": "n2", "prompt": "a", "max_tokens": +1}', "invalid token near '+'"),
+    ('{"id": "n3", "prompt": "a", "max_tokens": .5}', "invalid token near '.'"),
+    ('{"id": "n4", "prompt": "a", "max_tokens": 1.}', "invalid token near '1.'"),
+    ('{"id": "n5", "prompt": "a", "max_tokens": 0x10}', "'}' expected near 'x'"),
+    ('{"id": "n6", "prompt": "a", "max_tokens": NaN}', "invalid token near 'NaN'"),
+    ('{"id": "n7", "prompt": "a", "max_tokens": Infinity}', "invalid token near 'Infinity'"),
+    ('{"id": "n8", "prompt": "a", "max_tokens": 1e999}', "real number overflow"),
+    ('{"id": "n9", "prompt": "a", "max_tokens": 1e}', "invalid token near '1e'"),
+    ('{"id": "n10", "prompt": "a", "max_tokens": ' + "1" * 70 + "}", "too big integer"),
+    ('{"id": "d1", "id": "d2", "prompt": "a"}', "duplicate object key"),
+    ('{"id": "t1", "prompt": "a"} x', "end of file expected"),
+    ('{"id": "t2", "prompt": "a"}{}', "end of file expected"),
+    ('{"id": "t3", "tokens": [[1]]}', "'tokens' holds a nested array at index 0"),
+    ('{"id": "t4", "prompt": {"a": 1}}', "'prompt' must be a non-empty string or an array of token ids"),
+    ('[1, 2]', "expected an object ('{'), got an array"),
+    ('{"id": "t5", "tokens": [1, "a"]}', "'tokens' holds a string at index 1"),
+    ('{' + ", ".join(f'"k{i}": 1' for i in range(65)) + "}", "an object of 65 members (at most 64)"),
+    ('{"id": "big", "tokens": [' + ",".join(["1"] * (1 << 20 | 1)) + "]}", "an array longer than 1048576 elements"),
     ('{"id": "huge", "prompt": "' + "a" * (5 << 20) + '"}', "a line longer than 4194304 bytes"),
     ('{"id": "v1", "prompt": "a", "max_tokens": 0}', "'max_tokens' must be an integer in [1, 16777216]"),
     ('{"id": "v2", "prompt": "a", "max_tokens": 4294967296}', "'max_tokens' must be an integer in [1, 16777216]"),
     ('{"id": "v3", "prompt": "a", "max_tokens": 2.5}', "'max_tokens' must be an integer"),
-    ('{"id": "v4", "prompt": "a", "top_k": -1}', "'top_k' must be an integer in [0, 2147483647]"),
+    ('{"id": "v4", "prompt": "a", "top_k": -2}', "'top_k' must be an integer in [0, 2147483647]"),
     ('{"id": "v5", "prompt": "a", "top_k": 1e12}', "'top_k' must be an integer in [0, 2147483647]"),
     ('{"id": "v6", "prompt": "a", "top_p": 0}', "'top_p' must be a number in (0, 1]"),
     ('{"id": "v7", "prompt": "a", "top_p": 1.5}', "'top_p' must be a number in (0, 1]"),
@@ -152,7 +152,11 @@ try:
 except (UnicodeDecodeError, ValueError) as e:
     ok, lines = False, []
     print("gen.jsonl:", e)
-check(ok and len(lines) == len(good), "gen.jsonl is valid UTF-8 JSONL, one line per request", f"{len(lines)} lines")
+refused = [l for l in lines if l.get("status") == "refused"]
+lines = [l for l in lines if l.get("status") == "done"]
+check(ok and len(lines) == len(good), "gen.jsonl is valid UTF-8 JSONL, one done line per good request", f"{len(lines)} lines")
+check(len(refused) >= 20 and all(l["reason"] for l in refused) and any(l["id"] == "v8" and "temperature" in l["reason"] for l in refused),
+      "refused requests (those with an id) appear in gen.jsonl with their reason", f"{len(refused)} refused lines")
 got_ids = [l["id"] for l in lines]
 want_ids = [str(r["id"]) for r in good]
 check(sorted(got_ids) == sorted(want_ids), "ids with quotes, backslashes, control characters, 127 bytes and UTF-8 round-trip through gen.jsonl")

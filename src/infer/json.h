@@ -1,44 +1,32 @@
-// json.h: just enough JSON for one request object per line (JSONL).
+// json.h: request objects read with jansson, bounded: one JSON object per line
+// (generate's JSONL) or per HTTP body (serve).
 //
-// An object of up to JSON_MAX_KEYS members whose values are strings, numbers,
-// booleans, null, or flat arrays (up to JSON_MAX_ARRAY elements) of numbers or
-// of strings. Strict: see json.c for everything it refuses. Strings come out
-// as valid UTF-8 without NUL bytes.
+// What is refused, each with its column: anything but one object; text that is
+// not JSON (RFC 8259, jansson's strict decoder: no NaN, no leading zeros, no
+// trailing text); invalid UTF-8 and \u0000 (a C string would be cut there);
+// duplicate keys; nesting deeper than JSON_MAX_DEPTH; an object of more than
+// JSON_MAX_KEYS members; an array of more than JSON_MAX_ARRAY elements.
 #ifndef PARTITA_JSON_H
 #define PARTITA_JSON_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdio.h>
 
-enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY };
-#define JSON_MAX_KEYS 24
+#define JSON_MAX_DEPTH 8
+#define JSON_MAX_KEYS 64
 #define JSON_MAX_ARRAY (1 << 20)
 
-typedef struct JsonValue {
-    int type;
-    double num;             // JSON_NUMBER, JSON_BOOL (0/1)
-    char *str;              // JSON_STRING (UTF-8, NUL-terminated)
-    int n;                  // JSON_ARRAY length
-    int of_strings;         // JSON_ARRAY: 1 if its elements are strings
-    double *nums;           // JSON_ARRAY of numbers
-    char **strs;            // JSON_ARRAY of strings
-} JsonValue;
+// Parses text[0..len) as one object. Returns it (json_decref when done), or
+// NULL with a message naming the column in err.
+json_t *json_parse_object(const char *text, size_t len, char *err, size_t errlen);
 
-typedef struct JsonObject {
-    int n;
-    char *keys[JSON_MAX_KEYS];
-    JsonValue vals[JSON_MAX_KEYS];
-} JsonObject;
+// v as one compact line of JSON (no newline); malloc'd, the caller frees it.
+// Aborts with a message when out of memory.
+char *json_line(const json_t *v);
 
-// Parses text (one object, surrounding whitespace allowed). Returns 0, or -1
-// with a message naming the column in err.
-int json_parse_object(const char *text, JsonObject *obj, char *err, size_t errlen);
-void json_free(JsonObject *obj);
-const JsonValue *json_get(const JsonObject *obj, const char *key);
-// Appends s as a JSON string literal (quoted, escaped) at out[len], writing only
-// inside out[0..cap) and NUL-terminating there; returns the length the whole
-// literal needs (len + its size), so json_quote(NULL, 0, 0, s) measures it.
-size_t json_quote(char *out, size_t cap, size_t len, const char *s);
+// A number's value (integer or real) in *x; 0, or -1 when v is no number.
+int json_number(const json_t *v, double *x);
 
 // Reads one line (without its newline) of at most max bytes into *buf (grown
 // to max + 2 bytes once), its length in *len. Returns 1 for a line, 0 at the end

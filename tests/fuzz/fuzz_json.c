@@ -1,12 +1,17 @@
-// fuzz_json.c: libFuzzer harness for the request reader (src/infer/json.c),
+// fuzz_json.c: libFuzzer harness for the request readers: json_parse_object
+// (src/infer/json.c, jansson with Partita's bounds: generate's JSONL lines and
+// serve's HTTP bodies) and request_parse (src/infer/request.c) in both shapes,
 // built by `make fuzz-build` with clang -fsanitize=fuzzer,address,undefined.
 //
-// Input: one request line. Asserts, beyond "no sanitizer report, no hang":
-//   - json_parse_object returns 0 or -1; on -1 the message is non-empty;
-//   - on 0 the object has at most JSON_MAX_KEYS members, each with a key;
-//   - every string it returned survives json_quote and a parse back unchanged,
-//     and json_quote into a short buffer stays inside it (the gen.jsonl writer's use).
+// Input: one request line or body. Asserts, beyond "no sanitizer report, no hang":
+//   - json_parse_object returns an object or NULL with a non-empty message;
+//   - the object respects the bounds (members, depth) and survives a dump and a parse back;
+//   - request_parse returns 0, -1 or 404; on 0 the prompt is non-empty ids below V,
+//     max_tokens >= 1, at most REQ_MAX_STOPS stop strings; on -1 the message is non-empty;
+//   - a parsed request's result lines (flat and OpenAI batch output) parse back as objects.
 #include "json.h"
+#include "request.h"
+#include "tokenizer.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -18,47 +23,54 @@ static void die(const char *what, const char *detail) {
     abort();
 }
 
-static void round_trip(const char *s) {
-    char small[16];
-    size_t need = json_quote(small, sizeof small, 0, s);
-    if (strlen(small) >= sizeof small) die("json_quote wrote past a short buffer", s);
-    size_t cap = need + 16;
-    char *line = malloc(cap + 8);
-    memcpy(line, "{\"k\":", 5);
-    size_t len = json_quote(line, cap, 5, s);
-    if (len != need + 5) die("json_quote's length depends on the buffer", s);
-    memcpy(line + len, "}", 2);
-    JsonObject o;
-    char err[256];
-    if (json_parse_object(line, &o, err, sizeof err) != 0) die("a quoted string does not parse back", line);
-    const JsonValue *v = json_get(&o, "k");
-    if (!v || v->type != JSON_STRING || strcmp(v->str, s) != 0) die("a quoted string parses back different", line);
-    json_free(&o);
-    free(line);
+static Tokenizer tk;
+static int tk_ready;
+
+static void check_request(const json_t *o, int api, const char *text) {
+    Request r;
+    memset(&r, 0, sizeof r);
+    ReqDefaults d = {.tk = &tk, .V = 257, .max_tokens = 4, .temperature = 0, .seed = 1, .model = "m"};
+    const char *param = NULL;
+    char why[600] = "";
+    int rc = request_parse(&r, o, &d, api, &param, why, sizeof why);
+    if (rc != 0 && rc != -1 && rc != 404) die("request_parse returned an unknown code", text);
+    if (rc != 0 && !why[0]) die("a refused request without a message", text);
+    if (rc == 0) {
+        if (r.plen <= 0 || !r.prompt) die("an accepted request without a prompt", text);
+        for (int i = 0; i < r.plen; i++) if (r.prompt[i] < 0 || r.prompt[i] >= 257) die("a prompt token outside V", text);
+        if (r.max_tokens < 1 || r.nstop > REQ_MAX_STOPS) die("max_tokens or stops out of range", text);
+        for (int f = 0; f < 2; f++) {
+            char *line = request_result_line(&r, f, f ? "refused" : NULL, "m"), err[256];
+            json_t *back = json_parse_object(line, strlen(line), err, sizeof err);
+            if (!back) die("a result line does not parse back", line);
+            json_decref(back);
+            free(line);
+        }
+    }
+    request_free(&r);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    char *text = malloc(size + 1);
-    memcpy(text, data, size);
-    text[size] = '\0';
-    JsonObject o;
+    if (!tk_ready) {
+        char why[256];
+        if (tokenizer_open(&tk, TOKENIZER_BYTE, "", why, sizeof why) != 0) die("no byte tokenizer", why);
+        tk_ready = 1;
+    }
     char err[512];
     err[0] = '\0';
-    int rc = json_parse_object(text, &o, err, sizeof err);
-    if (rc != 0 && rc != -1) die("json_parse_object returned neither 0 nor -1", text);
-    if (rc == -1 && !err[0]) die("an error without a message", text);
-    if (rc == 0) {
-        if (o.n < 0 || o.n > JSON_MAX_KEYS) die("member count out of range", text);
-        for (int i = 0; i < o.n; i++) {
-            if (!o.keys[i]) die("a member without a key", text);
-            round_trip(o.keys[i]);
-            const JsonValue *v = &o.vals[i];
-            if (v->type == JSON_STRING) round_trip(v->str);
-            if (v->type == JSON_ARRAY && v->of_strings)
-                for (int j = 0; j < v->n; j++) round_trip(v->strs[j]);
-        }
-        json_free(&o);
+    json_t *o = json_parse_object((const char *)data, size, err, sizeof err);
+    if (!o) {
+        if (!err[0]) die("an error without a message", NULL);
+        return 0;
     }
-    free(text);
+    if (!json_is_object(o) || json_object_size(o) > JSON_MAX_KEYS) die("not an object within the bounds", err);
+    char *line = json_line(o);
+    json_t *back = json_parse_object(line, strlen(line), err, sizeof err);
+    if (!back || !json_equal(o, back)) die("an object does not survive a dump and a parse back", line);
+    json_decref(back);
+    check_request(o, REQ_API_JSONL, line);
+    check_request(o, REQ_API_OPENAI, line);
+    free(line);
+    json_decref(o);
     return 0;
 }
