@@ -145,6 +145,20 @@ typedef struct CommConfig {
     int device_path;          // DEVPATH_*: how collectives move device buffers (cuda)
 } CommConfig;
 
+enum { OFFLOAD_NONE = 0, OFFLOAD_HOST, OFFLOAD_NVME };   // [offload] optimizer / params
+
+typedef struct OffloadConfig {   // [offload]: ZeRO-Infinity tiers and Deep Optimizer States (offload.h)
+    int optimizer;            // OFFLOAD_*: where the AdamW moments live
+    int params;               // OFFLOAD_*: where the fp32 parameters live (ZeRO-3)
+    char nvme_dir[DECK_STR];  // "" = <run.out_dir>/offload
+    double subgroup_mb;       // the optimizer works on the flat state in subgroups of this size
+    int64_t queue_depth;      // I/O requests in flight per rank
+    int64_t buffers;          // staging buffers (subgroups held in memory at once)
+    int prefetch;             // read subgroup i+1 (and the next unit's shard) ahead
+    double host_cap_mb;       // most MiB of offloaded states held in memory per rank; 0 = no cap
+    int dos;                  // Deep Optimizer States on cuda: GPU/CPU subgroup placement
+} OffloadConfig;
+
 typedef struct Config {
     RunConfig run;
     ModelConfig model;
@@ -156,6 +170,7 @@ typedef struct Config {
     CheckpointConfig checkpoint;
     GenerateConfig generate;
     CommConfig comm;
+    OffloadConfig offload;
 } Config;
 
 #define DECK_MAX_KEYS 128
