@@ -9,6 +9,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
+#include "offload.h"
 #include "peak.h"
 #include "prep.h"
 #include "stop.h"
@@ -46,6 +47,8 @@ typedef struct Trainer {
     Loader train, val;
     Model model;
     Zero zero;
+    Offload off;                // [offload] optimizer/params = nvme (off.slots NULL: none)
+    double update_s;            // seconds of optimizer updates so far (this rank)
     const ParamStore *ps;
     Metrics metrics;
     int B, T, accum;
@@ -98,6 +101,30 @@ static size_t arena_bytes(const Trainer *tr) {
                                                  (int)tr->cfg->train.recompute) + ((size_t)64 << 20);
     model_free(&m);
     return bytes;
+}
+
+// [offload]: the owned range's moments (and stage-3 shard) to a file per rank.
+static void start_offload(Trainer *tr) {
+    const OffloadConfig *oc = &tr->cfg->offload;
+    if (oc->optimizer == OFFLOAD_NONE && oc->params == OFFLOAD_NONE) return;
+    if (tr->bk->device_memory)
+        FATAL_ALL("set [offload] optimizer = none and params = none on cuda for now, or [run] backend = cpu",
+                  "[offload] on the cuda backend (pinned host tiers, Deep Optimizer States) is not implemented yet");
+    if (oc->optimizer != OFFLOAD_NVME) {
+        log_info("offload: optimizer = host, params = %s: on the cpu backend the states already live in host memory\n",
+                 oc->params == OFFLOAD_HOST ? "host" : "none");
+        return;
+    }
+    Zero *z = &tr->zero;
+    offload_create(&tr->off, oc, tr->cfg->run.name, tr->topo.rank, 0, z->own_begin, z->own_end - z->own_begin,
+                   oc->params == OFFLOAD_NVME);
+    zero_attach_offload(z, &tr->off);
+    const Offload *o = &tr->off;
+    log_info("offload: optimizer = nvme%s in %s (%s, %zu-byte alignment): %d subgroups of %.3f MiB, %d buffers, "
+             "queue depth %lld, prefetch %s; %.1f MiB held in memory per rank (cap %g MiB)\n",
+             o->params_nvme ? ", params = nvme" : "", oc->nvme_dir, o->file.direct ? "O_DIRECT" : "buffered",
+             o->file.align, o->nsub, (double)o->G * 4 / 1048576.0, o->nbuf, (long long)oc->queue_depth,
+             o->prefetch ? "on" : "off", (double)o->held_bytes / 1048576.0, oc->host_cap_mb);
 }
 
 // Selects the backend and the path of device collectives, starts the device.
@@ -160,6 +187,7 @@ static void resume(Trainer *tr) {
     char path[1200] = "";
     CkptState st = {.data_rows = -1};
     double t0 = wall_seconds();
+    if (tr->off.slots) zero_pull_states(&tr->zero);   // offloaded: host copies for ckpt_resume to fill
     if (!ckpt_resume(&tr->zero, tr->deck, tr->cfg->checkpoint.dir, &st, path, sizeof path)) return;
     if (st.step > tr->cfg->train.steps)
         FATAL_ALL("raise [train] steps to train on", "checkpoint '%s' is at step %lld, past train.steps = %lld",
@@ -261,6 +289,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute};
     model_create_parallel(&tr->model, &c->model, tr->B, tr->Tl, tr->bk, &mp);
     zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &c->optim, c->train.steps);
+    start_offload(tr);
     zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
     tr->ps = zero_store(&tr->zero);
     tr->inputs = xmalloc((size_t)tr->B * tr->Tl * sizeof(int32_t), "inputs");
@@ -297,6 +326,7 @@ static void trainer_free(Trainer *tr) {
     tokenfile_close(&tr->train_file);
     if (tr->cfg->data.val[0]) tokenfile_close(&tr->val_file);
     zero_free(&tr->zero);
+    offload_free(&tr->off);
     model_free(&tr->model);
     comm_free(&tr->sp);
     comm_free(&tr->dp);
@@ -358,8 +388,10 @@ static double compute_grads(Trainer *tr, int64_t step, double *grad_norm) {
 
 // Clip and AdamW on the owned shard.
 static void apply_update(Trainer *tr, double grad_norm, double lr) {
+    double t0 = wall_seconds();
     zero_step(&tr->zero, lr, optim_clip_scale(grad_norm, tr->cfg->train.clip));
     tr->bk->sync();     // the step's time includes its device work (AdamW runs asynchronously)
+    tr->update_s += wall_seconds() - t0;
 }
 
 static void format_eta(double s, char *buf, size_t n) {
@@ -408,7 +440,23 @@ typedef struct CommMark {
     uint64_t bytes[COMM_NOPS];     // dp (ZeRO) group
     uint64_t a2a;                  // sp group: Ulysses all-to-alls
     double wait_s;
+    uint64_t io_read, io_write;    // offload
+    double io_wait, update_s;
 } CommMark;
+
+// Rank 0's offload traffic and update time in the step.
+static void record_offload(Trainer *tr, MetricsRow *row, CommMark *mark) {
+    uint64_t rd = tr->off.slots ? offload_read_bytes(&tr->off) : 0, wr = tr->off.slots ? offload_write_bytes(&tr->off) : 0;
+    double w = tr->off.slots ? offload_io_wait(&tr->off) : 0.0;
+    row->v[M_OFFLOAD_READ_BYTES] = (double)(rd - mark->io_read);
+    row->v[M_OFFLOAD_WRITE_BYTES] = (double)(wr - mark->io_write);
+    row->v[M_IO_WAIT] = w - mark->io_wait;
+    row->v[M_UPDATE_TIME] = tr->update_s - mark->update_s;
+    mark->io_read = rd;
+    mark->io_write = wr;
+    mark->io_wait = w;
+    mark->update_s = tr->update_s;
+}
 
 // Collective (per-rank memory); rank 0 appends the row and maybe prints.
 static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *o, CommMark *mark, double train_time) {
@@ -438,6 +486,7 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_COMM_WAIT] = tr->dp.wait_s - mark->wait_s;
     row.v[M_COMM_ALL_TO_ALL] = (double)(tr->sp.bytes[COMM_ALLTOALL] - mark->a2a);
     mark->a2a = tr->sp.bytes[COMM_ALLTOALL];
+    record_offload(tr, &row, mark);
     memcpy(mark->bytes, tr->dp.bytes, sizeof mark->bytes);
     mark->wait_s = tr->dp.wait_s;
     metrics_append(&tr->metrics, &row);
@@ -559,6 +608,10 @@ int train_run(const Deck *d) {
     memcpy(mark.bytes, tr.dp.bytes, sizeof mark.bytes);
     mark.wait_s = tr.dp.wait_s;
     mark.a2a = tr.sp.bytes[COMM_ALLTOALL];
+    mark.io_read = tr.off.slots ? offload_read_bytes(&tr.off) : 0;
+    mark.io_write = tr.off.slots ? offload_write_bytes(&tr.off) : 0;
+    mark.io_wait = tr.off.slots ? offload_io_wait(&tr.off) : 0.0;
+    mark.update_s = tr.update_s;
     // The job may stop early (stop_at) with a checkpoint; the schedule still spans train.steps.
     int64_t stop_at = c->train.stop_at > 0 && c->train.stop_at < c->train.steps ? c->train.stop_at : c->train.steps;
     int end = END_DONE;

@@ -1,6 +1,7 @@
 // zero.c: partitioned parameters, gradients and optimizer states.
 #include "zero.h"
 #include "log.h"
+#include "offload.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -170,7 +171,8 @@ static ZeroSlot *slot_holding(Zero *z, int u) {
 static void gather_start(Zero *z, ZeroSlot *s, int u) {
     size_t ub = z->m->unit_begin[u], ue = z->m->unit_end[u], lo, hi;
     zero_part(z, z->r, ub, ue, &lo, &hi);
-    z->m->bk->copy(s->buf + (lo - ub), z->params + (lo - z->own_begin), hi - lo);
+    if (z->off && z->off->params_nvme) offload_param_fetch(z->off, u, s->buf + (lo - ub));   // own 1/N from NVMe
+    else z->m->bk->copy(s->buf + (lo - ub), z->params + (lo - z->own_begin), hi - lo);
     fill_counts(z, ub, ue);
     char tag[40];
     comm_iallgather(z->comm, s->buf, z->counts, unit_tag(z, u, tag, sizeof tag), &s->req);
@@ -352,8 +354,11 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
                             .grads = store_grads, .grads_ready = store_grads_ready};
 }
 
+static void offload_drop_host(Zero *z);
+
 void zero_free(Zero *z) {
     const Backend *bk = z->m->bk;
+    if (z->off && z->host_m) offload_drop_host(z);
     if (bk->device_memory) {
         free(z->host_params);
         free(z->host_m);
@@ -375,13 +380,66 @@ void zero_free(Zero *z) {
 }
 
 void zero_init_weights(Zero *z, uint64_t seed, double std) {
+    if (z->off && z->off->params_nvme) {
+        offload_init_params(z->off, z->m, seed, std);
+        return;
+    }
     size_t b = z->stage == 3 ? z->own_begin : 0, e = z->stage == 3 ? z->own_end : z->N;
     model_init_range(z->m, z->host_params, b, e, seed, std);
     if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, e - b);
 }
 
+// Offloaded states: host copies made for a checkpoint (or a resume), dropped at the next step.
+static void offload_pull(Zero *z) {
+    size_t own = z->own_end - z->own_begin;
+    if (!z->host_m) z->host_m = xmalloc((own ? own : 1) * sizeof(float), "host copy of AdamW moments");
+    if (!z->host_v) z->host_v = xmalloc((own ? own : 1) * sizeof(float), "host copy of AdamW moments");
+    offload_get(z->off, OFF_M, z->host_m);
+    offload_get(z->off, OFF_V, z->host_v);
+    if (z->off->params_nvme) {
+        if (!z->host_params) z->host_params = xmalloc((own ? own : 1) * sizeof(float), "host copy of parameters");
+        offload_get(z->off, OFF_P, z->host_params);
+    }
+}
+
+static void offload_drop_host(Zero *z) {
+    free(z->host_m);
+    free(z->host_v);
+    z->host_m = z->host_v = NULL;
+    if (z->off->params_nvme) {
+        free(z->host_params);
+        z->host_params = NULL;
+    }
+}
+
+void zero_attach_offload(Zero *z, struct Offload *off) {
+    SYS_CHECK(!z->m->bk->device_memory, "offload to NVMe runs on the cpu backend only (for now)");
+    z->off = off;
+    const Backend *bk = z->m->bk;
+    size_t own = z->own_end - z->own_begin;
+    bk->release(z->optim.m);
+    bk->release(z->optim.v);
+    z->optim.m = z->optim.v = NULL;
+    z->host_m = z->host_v = NULL;
+    z->state_bytes -= 2 * own * sizeof(float);
+    if (!off->params_nvme) return;
+    bk->release(z->params);
+    z->params = z->host_params = NULL;
+    z->state_bytes -= own * sizeof(float);
+    int nu = z->m->nunits;
+    size_t *lo = xmalloc(sizeof(size_t) * (size_t)nu, "units"), *hi = xmalloc(sizeof(size_t) * (size_t)nu, "units");
+    for (int u = 0; u < nu; u++) zero_part(z, z->r, z->m->unit_begin[u], z->m->unit_end[u], &lo[u], &hi[u]);
+    offload_set_units(off, nu, lo, hi);
+    free(lo);
+    free(hi);
+}
+
 void zero_pull_states(Zero *z) {
     const Backend *bk = z->m->bk;
+    if (z->off) {
+        offload_pull(z);
+        return;
+    }
     if (!bk->device_memory) return;
     size_t own = z->own_end - z->own_begin;
     bk->to_host(z->host_params, z->params, z->stage == 3 ? own : z->N);
@@ -391,6 +449,13 @@ void zero_pull_states(Zero *z) {
 
 void zero_push_states(Zero *z) {
     const Backend *bk = z->m->bk;
+    if (z->off) {
+        offload_put(z->off, OFF_M, z->host_m);
+        offload_put(z->off, OFF_V, z->host_v);
+        if (z->off->params_nvme) offload_put(z->off, OFF_P, z->host_params);
+        offload_drop_host(z);
+        return;
+    }
     if (!bk->device_memory) return;
     size_t own = z->own_end - z->own_begin;
     bk->from_host(z->params, z->host_params, z->stage == 3 ? own : z->N);
@@ -431,13 +496,23 @@ double zero_reduce_grads(Zero *z) {
     return sqrt(ss);
 }
 
+// AdamW on the owned range: in memory, or streamed from NVMe (offload.h).
+static void update_owned(Zero *z, float *params, float *grads, double lr, float grad_scale) {
+    if (!z->off) {
+        optim_update(&z->optim, z->m, params, grads, lr, grad_scale);
+        return;
+    }
+    if (z->host_m) offload_drop_host(z);    // a checkpoint's copies
+    offload_update(z->off, z->m, &z->optim, params, grads, lr, grad_scale);
+}
+
 void zero_step(Zero *z, double lr, float grad_scale) {
     if (z->stage == 0) {
-        optim_update(&z->optim, z->m, z->params, z->grads, lr, grad_scale);
+        update_owned(z, z->params, z->grads, lr, grad_scale);
         return;
     }
     float *mine = z->stage == 3 ? z->params : z->params + z->own_begin;
-    optim_update(&z->optim, z->m, mine, z->gshard, lr, grad_scale);
+    update_owned(z, mine, z->gshard, lr, grad_scale);
     if (z->stage == 3) return;
     CommReq r;
     fill_counts(z, 0, z->N);
