@@ -12,7 +12,14 @@
 #include "cuda/cuda_kernels.h"
 #endif
 
-static void *cpu_alloc(size_t bytes, const char *what) { return xcalloc(bytes ? bytes : 1, what); }
+// calloc, not xcalloc's memset: large blocks come as untouched zero pages, so
+// memory released before use (moments handed to the offload engine) never
+// enters the resident set.
+static void *cpu_alloc(size_t bytes, const char *what) {
+    void *p = calloc(1, bytes ? bytes : 1);
+    SYS_CHECK(p, "out of memory: %zu bytes for %s", bytes, what);
+    return p;
+}
 static void cpu_release(void *p) { free(p); }
 static void cpu_zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
 static void cpu_copy(float *dst, const float *src, size_t n) { memmove(dst, src, n * sizeof(float)); }

@@ -187,7 +187,7 @@ static void resume(Trainer *tr) {
     char path[1200] = "";
     CkptState st = {.data_rows = -1};
     double t0 = wall_seconds();
-    if (tr->off.slots) zero_pull_states(&tr->zero);   // offloaded: host copies for ckpt_resume to fill
+    zero_host_buffers(&tr->zero);   // offloaded: host copies for ckpt_resume to fill
     if (!ckpt_resume(&tr->zero, tr->deck, tr->cfg->checkpoint.dir, &st, path, sizeof path)) return;
     if (st.step > tr->cfg->train.steps)
         FATAL_ALL("raise [train] steps to train on", "checkpoint '%s' is at step %lld, past train.steps = %lld",

@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
@@ -389,27 +390,43 @@ void zero_init_weights(Zero *z, uint64_t seed, double std) {
     if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, e - b);
 }
 
-// Offloaded states: host copies made for a checkpoint (or a resume), dropped at the next step.
-static void offload_pull(Zero *z) {
+// Offloaded states: host copies made for a checkpoint (or a resume), dropped
+// at the next step. Mapped, not malloc'd: untouched pages stay out of the
+// resident set (host_cap_mb), and unmapping returns them at once.
+static size_t host_bytes(const Zero *z) {
     size_t own = z->own_end - z->own_begin;
-    if (!z->host_m) z->host_m = xmalloc((own ? own : 1) * sizeof(float), "host copy of AdamW moments");
-    if (!z->host_v) z->host_v = xmalloc((own ? own : 1) * sizeof(float), "host copy of AdamW moments");
+    return (own ? own : 1) * sizeof(float);
+}
+
+static float *host_map(const Zero *z) {
+    void *p = mmap(NULL, host_bytes(z), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    SYS_CHECK(p != MAP_FAILED, "out of memory for a %zu-byte host copy of offloaded states", host_bytes(z));
+    return p;
+}
+
+static void host_unmap(const Zero *z, float **p) {
+    if (*p) munmap(*p, host_bytes(z));
+    *p = NULL;
+}
+
+void zero_host_buffers(Zero *z) {
+    if (!z->off) return;
+    if (!z->host_m) z->host_m = host_map(z);
+    if (!z->host_v) z->host_v = host_map(z);
+    if (z->off->params_nvme && !z->host_params) z->host_params = host_map(z);
+}
+
+static void offload_pull(Zero *z) {
+    zero_host_buffers(z);
     offload_get(z->off, OFF_M, z->host_m);
     offload_get(z->off, OFF_V, z->host_v);
-    if (z->off->params_nvme) {
-        if (!z->host_params) z->host_params = xmalloc((own ? own : 1) * sizeof(float), "host copy of parameters");
-        offload_get(z->off, OFF_P, z->host_params);
-    }
+    if (z->off->params_nvme) offload_get(z->off, OFF_P, z->host_params);
 }
 
 static void offload_drop_host(Zero *z) {
-    free(z->host_m);
-    free(z->host_v);
-    z->host_m = z->host_v = NULL;
-    if (z->off->params_nvme) {
-        free(z->host_params);
-        z->host_params = NULL;
-    }
+    host_unmap(z, &z->host_m);
+    host_unmap(z, &z->host_v);
+    if (z->off->params_nvme) host_unmap(z, &z->host_params);
 }
 
 void zero_attach_offload(Zero *z, struct Offload *off) {

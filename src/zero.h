@@ -96,6 +96,9 @@ void zero_free(Zero *z);
 // next step (checkpoints), and between a resume's read and zero_push_states.
 // Call before zero_init_weights.
 void zero_attach_offload(Zero *z, struct Offload *off);
+// Offloaded: makes sure host_* exist (allocated, untouched until a checkpoint
+// is read into them) before ckpt_resume; a no-op otherwise.
+void zero_host_buffers(Zero *z);
 // Initial weights (model_init_range over what this rank holds).
 void zero_init_weights(Zero *z, uint64_t seed, double std);
 // Copies parameters and moments backend -> host_* (before a checkpoint is

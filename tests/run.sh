@@ -40,6 +40,7 @@ tests=(
   "torch-reference      $PYTHON tests/test_torch_ref.py"
   "dp-equivalence       $PYTHON tests/test_dp.py"
   "zero-stages          $PYTHON tests/test_zero.py"
+  "offload              $PYTHON tests/test_offload.py"
   "sequence-parallel    $PYTHON tests/test_sp.py"
   "comm-debug           $PYTHON tests/test_comm_debug.py"
   "estimate-memory      $PYTHON tests/test_estimate.py"
