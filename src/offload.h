@@ -91,6 +91,10 @@ void offload_set_units(Offload *o, int nunits, const size_t *ulo, const size_t *
 void offload_param_fetch(Offload *o, int u, float *dst);
 
 // Bytes moved and seconds waited on I/O so far (this rank).
+// `partita estimate`: per-rank bytes on NVMe and in memory, bytes per step, a
+// predicted step time from measured disk and AdamW rates (estimate_offload.c).
+void offload_estimate(const Config *c, const Model *m, int ranks);
+
 uint64_t offload_read_bytes(const Offload *o);
 uint64_t offload_write_bytes(const Offload *o);
 double offload_io_wait(const Offload *o);
