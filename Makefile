@@ -46,6 +46,10 @@ $(BUILD)/stream_probe: bench/stream.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -march=$(ARCH) -std=c11 -fopenmp -Wall -Wextra -o $@ $<
 
+# The I/O engine against a raw O_DIRECT probe (bench/run.sh, BENCH_ONLY=offload).
+$(BUILD)/aio_probe: bench/aio_probe.c $(BUILD)/src/aio.o
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lpthread
+
 $(BUILD)/test_sampler: $(BUILD)/tests/unit/test_sampler.o $(BUILD)/src/infer/sampler.o $(BUILD)/src/log.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
