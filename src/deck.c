@@ -261,7 +261,9 @@ static const KeyDef keys[] = {
     {"offload", "host_cap_mb", T_FLOAT, OFF(offload.host_cap_mb), "0", IN(0, 1e9), NULL,
      "most MiB of offloaded states a rank holds in memory (subgroups shrink to fit); 0 = no cap"},
     {"offload", "dos", T_BOOL, OFF(offload.dos), "true", ANY, NULL,
-     "cuda, optimizer = host: Deep Optimizer States places each subgroup's update on GPU or CPU; false = all on CPU"},
+     "cuda, optimizer = host|nvme: Deep Optimizer States places each subgroup's update on GPU or CPU; false = all on CPU"},
+    {"offload", "dos_stride", T_INT, OFF(offload.dos_stride), "-1", IN(-1, 1048576), NULL,
+     "Deep Optimizer States: -1 = the performance model chooses; 0 = all on the CPU; k = every k-th subgroup on the GPU"},
 };
 
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))

@@ -91,6 +91,7 @@ typedef struct OptimConfig {
     int64_t warmup;           // linear warmup steps
     int decay;                // DECAY_* from lr to min_lr over the rest of the steps
     double beta1, beta2, eps, weight_decay;
+    int offloaded;            // not a key: set by train.c when [offload] holds the moments (none allocated)
 } OptimConfig;
 
 typedef struct ParallelConfig {
@@ -157,6 +158,7 @@ typedef struct OffloadConfig {   // [offload]: ZeRO-Infinity tiers and Deep Opti
     int prefetch;             // read subgroup i+1 (and the next unit's shard) ahead
     double host_cap_mb;       // most MiB of offloaded states held in memory per rank; 0 = no cap
     int dos;                  // Deep Optimizer States on cuda: GPU/CPU subgroup placement
+    int64_t dos_stride;       // -1: the performance model chooses; 0: all on the CPU; k: every k-th on the GPU
 } OffloadConfig;
 
 typedef struct Config {

@@ -11,8 +11,11 @@ void optim_create(Optim *o, const OptimConfig *cfg, int64_t steps, size_t begin,
     o->begin = begin;
     o->end = end;
     o->bk = bk;
-    o->m = bk->alloc((end - begin) * sizeof(float), "AdamW first moments");
-    o->v = bk->alloc((end - begin) * sizeof(float), "AdamW second moments");
+    o->m = o->v = NULL;     // offloaded: the moments live with the offload engine (offload.h)
+    if (!cfg->offloaded) {
+        o->m = bk->alloc((end - begin) * sizeof(float), "AdamW first moments");
+        o->v = bk->alloc((end - begin) * sizeof(float), "AdamW second moments");
+    }
     o->t = 0;
 }
 

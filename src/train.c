@@ -96,35 +96,71 @@ static size_t arena_bytes(const Trainer *tr) {
     ZeroPlan plan;
     model_table(&m, &tr->cfg->model);
     zero_plan(&m, &tr->cfg->zero, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
-    size_t bytes = plan.params + plan.grads + plan.optim + plan.working +
-                   model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
-                                                 (int)tr->cfg->train.recompute) + ((size_t)64 << 20);
+    size_t acts = model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
+                                                (int)tr->cfg->train.recompute);
+    size_t bytes = plan.params + plan.grads + plan.optim + plan.working + acts + ((size_t)64 << 20);
+    if (tr->cfg->offload.optimizer != OFFLOAD_NONE) {   // cuda: the moments on the host; room for DOS staging
+        bytes -= plan.optim;                            //   (taken from the activations when they hold it)
+        bytes += offload_device_bytes(&tr->cfg->offload, plan.optim / 8);
+    }
     model_free(&m);
     return bytes;
 }
 
-// [offload]: the owned range's moments (and stage-3 shard) to a file per rank.
+// [offload] moves the moments off the backend: to NVMe, or (cuda) to host memory.
+static int moments_offloaded(const Config *c, const Backend *bk) {
+    return c->offload.optimizer == OFFLOAD_NVME || (c->offload.optimizer == OFFLOAD_HOST && bk->device_memory);
+}
+
+// [offload]: the owned range's moments (and stage-3 shard; on cpu at ZeRO 2-3
+// with the moments on NVMe the reduced gradients too) to host memory or a file per rank.
 static void start_offload(Trainer *tr) {
     const OffloadConfig *oc = &tr->cfg->offload;
     if (oc->optimizer == OFFLOAD_NONE && oc->params == OFFLOAD_NONE) return;
-    if (tr->bk->device_memory)
-        FATAL_ALL("set [offload] optimizer = none and params = none on cuda for now, or [run] backend = cpu",
-                  "[offload] on the cuda backend (pinned host tiers, Deep Optimizer States) is not implemented yet");
-    if (oc->optimizer != OFFLOAD_NVME) {
+    int dev = tr->bk->device_memory;
+    if (!moments_offloaded(tr->cfg, tr->bk)) {
         log_info("offload: optimizer = host, params = %s: on the cpu backend the states already live in host memory\n",
                  oc->params == OFFLOAD_HOST ? "host" : "none");
         return;
     }
     Zero *z = &tr->zero;
-    offload_create(&tr->off, oc, tr->cfg->run.name, tr->topo.rank, 0, z->own_begin, z->own_end - z->own_begin,
-                   oc->params == OFFLOAD_NVME);
+    int params = oc->params == OFFLOAD_NVME || (oc->params == OFFLOAD_HOST && dev) ? (int)oc->params : OFFLOAD_NONE;
+    int grads = !dev && oc->optimizer == OFFLOAD_NVME && z->stage >= 2;
+    offload_create(&tr->off, oc, tr->bk, tr->cfg->run.name, tr->topo.rank, 0, z->own_begin,
+                   z->own_end - z->own_begin, params, grads);
     zero_attach_offload(z, &tr->off);
     const Offload *o = &tr->off;
-    log_info("offload: optimizer = nvme%s in %s (%s, %zu-byte alignment): %d subgroups of %.3f MiB, %d buffers, "
-             "queue depth %lld, prefetch %s; %.1f MiB held in memory per rank (cap %g MiB)\n",
-             o->params_nvme ? ", params = nvme" : "", oc->nvme_dir, o->file.direct ? "O_DIRECT" : "buffered",
-             o->file.align, o->nsub, (double)o->G * 4 / 1048576.0, o->nbuf, (long long)oc->queue_depth,
+    static const char *const tiers[] = {"device", "host", "nvme"};
+    if (o->tier == OFFLOAD_NVME)
+        log_info("offload: optimizer = nvme, params = %s, gradients = %s, in %s (%s, %zu-byte alignment): ",
+                 dev ? tiers[params] : params == OFFLOAD_NVME ? "nvme" : "memory", grads ? "nvme" : "memory",
+                 oc->nvme_dir, o->file.direct ? "O_DIRECT" : "buffered", o->file.align);
+    else
+        log_info("offload: optimizer = host (pinned), params = %s: ", tiers[params]);
+    log_info("%d subgroups of %.3f MiB, %d buffers, queue depth %lld, prefetch %s; %.1f MiB staged in memory per "
+             "rank (cap %g MiB)\n", o->nsub, (double)o->G * 4 / 1048576.0, o->nbuf, (long long)oc->queue_depth,
              o->prefetch ? "on" : "off", (double)o->held_bytes / 1048576.0, oc->host_cap_mb);
+    offload_dos_plan(&tr->off, &tr->model, oc->dos, (int)oc->dos_stride);
+}
+
+// Deep Optimizer States' choice and its inputs, as run.h5 attributes (rank 0).
+static void describe_offload(const Trainer *tr, hid_t f) {
+    const Offload *o = &tr->off;
+    if (!o->slots) return;
+    h5_attr_i64(f, "offload_subgroups", o->nsub);
+    h5_attr_i64(f, "offload_subgroup_floats", (int64_t)o->G);
+    if (!o->device) return;
+    int ngpu = 0;
+    for (int i = 0; i < o->nsub; i++) ngpu += dos_on_gpu(o->stride, i);
+    h5_attr_i64(f, "dos_stride", o->stride);
+    h5_attr_i64(f, "dos_gpu_subgroups", ngpu);
+    h5_attr_f64(f, "dos_bw_h2d", o->rates.bw_h2d);
+    h5_attr_f64(f, "dos_bw_d2h", o->rates.bw_d2h);
+    h5_attr_f64(f, "dos_cpu_rate", o->rates.cpu_rate);
+    h5_attr_f64(f, "dos_gpu_rate", o->rates.gpu_rate);
+    h5_attr_f64(f, "dos_cpu_slowdown", o->rates.cpu_slowdown);
+    h5_attr_f64(f, "dos_predicted_s", o->predicted_s);
+    h5_attr_f64(f, "dos_cpu_only_s", o->cpu_only_s);
 }
 
 // Selects the backend and the path of device collectives, starts the device.
@@ -288,7 +324,9 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     MPI_CHECK(MPI_Allreduce(&base, &tr->rss_base, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
     ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute};
     model_create_parallel(&tr->model, &c->model, tr->B, tr->Tl, tr->bk, &mp);
-    zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &c->optim, c->train.steps);
+    OptimConfig optc = c->optim;
+    optc.offloaded = moments_offloaded(c, tr->bk);
+    zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &optc, c->train.steps);
     start_offload(tr);
     zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
     tr->ps = zero_store(&tr->zero);
@@ -315,6 +353,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
         h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->Tl));
         h5_attr_i64(tr->metrics.file, "nparams", (int64_t)tr->model.nparams);
         h5_attr_f64(tr->metrics.file, "baseline_rss_mb", tr->rss_base);
+        describe_offload(tr, tr->metrics.file);
         metrics_flush(&tr->metrics);
     }
 }

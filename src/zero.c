@@ -9,6 +9,8 @@
 #include <string.h>
 
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
+// The offload engine holds the parameter shard (params = host|nvme).
+static int params_off(const Zero *z) { return z->off && z->off->params_tier != OFFLOAD_NONE; }
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
 void zero_part(const Zero *z, int k, size_t b, size_t e, size_t *pb, size_t *pe) {
@@ -91,7 +93,11 @@ static void bucket_finish(Zero *z, ZeroBucket *b) {
         size_t lo, hi;
         zero_part(z, z->r, b->begin, b->end, &lo, &hi);
         size_t at = lo - z->own_begin;
-        z->m->bk->axpy(z->gshard + at, z->recv + at, 1.0f, hi - lo);
+        if (z->gland[0])    // gradients on NVMe: accumulated (and, after the last micro-step, averaged) there
+            offload_grad_put(z->off, at, hi - z->own_begin, z->gland[b->slot >= 0 ? b->slot : 2], z->first_micro,
+                             z->last_micro, z->p > 1 ? 1.0f / (float)z->p : 1.0f);
+        else
+            z->m->bk->axpy(z->gshard + at, z->recv + at, 1.0f, hi - lo);
     }
     if (b->slot >= 0) z->gring_bucket[b->slot] = -1;
     b->slot = -1;
@@ -131,7 +137,8 @@ static void bucket_launch(Zero *z, ZeroBucket *b, int bi) {
     } else {
         const float *send = z->stage == 1 ? z->grads + b->begin : b->staging;
         fill_counts(z, b->begin, b->end);
-        comm_ireduce_scatter_sum(z->comm, send, z->recv + (lo - z->own_begin), z->counts, tag, &b->req);
+        float *recv = z->gland[0] ? z->gland[b->slot >= 0 ? b->slot : 2] : z->recv + (lo - z->own_begin);
+        comm_ireduce_scatter_sum(z->comm, send, recv, z->counts, tag, &b->req);
     }
     if (!z->overlap) bucket_finish(z, b);
 }
@@ -172,7 +179,7 @@ static ZeroSlot *slot_holding(Zero *z, int u) {
 static void gather_start(Zero *z, ZeroSlot *s, int u) {
     size_t ub = z->m->unit_begin[u], ue = z->m->unit_end[u], lo, hi;
     zero_part(z, z->r, ub, ue, &lo, &hi);
-    if (z->off && z->off->params_nvme) offload_param_fetch(z->off, u, s->buf + (lo - ub));   // own 1/N from NVMe
+    if (params_off(z)) offload_param_fetch(z->off, u, s->buf + (lo - ub));   // own 1/N from host memory or NVMe
     else z->m->bk->copy(s->buf + (lo - ub), z->params + (lo - z->own_begin), hi - lo);
     fill_counts(z, ub, ue);
     char tag[40];
@@ -369,6 +376,7 @@ void zero_free(Zero *z) {
     bk->release(z->grads);
     bk->release(z->gshard);
     bk->release(z->recv);
+    for (int k = 0; k < 3; k++) bk->release(z->gland[k]);
     optim_free(&z->optim);
     for (int k = 0; k < ZSLOT_N; k++) bk->release(z->slots[k].buf);
     bk->release(z->gring[0]);
@@ -381,7 +389,7 @@ void zero_free(Zero *z) {
 }
 
 void zero_init_weights(Zero *z, uint64_t seed, double std) {
-    if (z->off && z->off->params_nvme) {
+    if (params_off(z)) {
         offload_init_params(z->off, z->m, seed, std);
         return;
     }
@@ -413,34 +421,59 @@ void zero_host_buffers(Zero *z) {
     if (!z->off) return;
     if (!z->host_m) z->host_m = host_map(z);
     if (!z->host_v) z->host_v = host_map(z);
-    if (z->off->params_nvme && !z->host_params) z->host_params = host_map(z);
+    if (params_off(z) && !z->host_params) z->host_params = host_map(z);
 }
 
 static void offload_pull(Zero *z) {
     zero_host_buffers(z);
     offload_get(z->off, OFF_M, z->host_m);
     offload_get(z->off, OFF_V, z->host_v);
-    if (z->off->params_nvme) offload_get(z->off, OFF_P, z->host_params);
+    if (params_off(z)) offload_get(z->off, OFF_P, z->host_params);
 }
 
 static void offload_drop_host(Zero *z) {
     host_unmap(z, &z->host_m);
     host_unmap(z, &z->host_v);
-    if (z->off->params_nvme) host_unmap(z, &z->host_params);
+    if (params_off(z)) host_unmap(z, &z->host_params);
+}
+
+// Gradients on NVMe: the shard and its landing area give way to a landing
+// buffer per gradient staging slot (two layer buckets, the embeddings).
+static void attach_grads(Zero *z) {
+    const Backend *bk = z->m->bk;
+    size_t own = z->own_end - z->own_begin, most = 0, emb = 0, lo, hi;
+    bk->release(z->gshard);
+    bk->release(z->recv);
+    z->gshard = z->recv = NULL;
+    z->state_bytes -= own * sizeof(float);
+    z->working_bytes -= own * sizeof(float);
+    for (int i = 0; i < z->nbuckets; i++) {
+        zero_part(z, z->r, z->buckets[i].begin, z->buckets[i].end, &lo, &hi);
+        if (z->buckets[i].u_lo == 0) emb = hi - lo;
+        else most = max_sz(most, hi - lo);
+    }
+    for (int k = 0; k < 3; k++)
+        z->gland[k] = alloc_floats(z, max_sz(k < 2 ? most : emb, 1), "gradient landing", &z->working_bytes);
+    offload_grad_buffers(z->off, max_sz(most, emb));
 }
 
 void zero_attach_offload(Zero *z, struct Offload *off) {
-    SYS_CHECK(!z->m->bk->device_memory, "offload to NVMe runs on the cpu backend only (for now)");
     z->off = off;
     const Backend *bk = z->m->bk;
     size_t own = z->own_end - z->own_begin;
     bk->release(z->optim.m);
     bk->release(z->optim.v);
     z->optim.m = z->optim.v = NULL;
+    if (bk->device_memory) {    // the host copies are mapped when a checkpoint needs them
+        free(z->host_m);
+        free(z->host_v);
+    }
     z->host_m = z->host_v = NULL;
     z->state_bytes -= 2 * own * sizeof(float);
-    if (!off->params_nvme) return;
+    if (off->grads_nvme) attach_grads(z);
+    if (!params_off(z)) return;
     bk->release(z->params);
+    if (bk->device_memory) free(z->host_params);
     z->params = z->host_params = NULL;
     z->state_bytes -= own * sizeof(float);
     int nu = z->m->nunits;
@@ -453,12 +486,13 @@ void zero_attach_offload(Zero *z, struct Offload *off) {
 
 void zero_pull_states(Zero *z) {
     const Backend *bk = z->m->bk;
+    size_t own = z->own_end - z->own_begin;
     if (z->off) {
         offload_pull(z);
+        if (bk->device_memory && !params_off(z)) bk->to_host(z->host_params, z->params, z->stage == 3 ? own : z->N);
         return;
     }
     if (!bk->device_memory) return;
-    size_t own = z->own_end - z->own_begin;
     bk->to_host(z->host_params, z->params, z->stage == 3 ? own : z->N);
     bk->to_host(z->host_m, z->optim.m, own);
     bk->to_host(z->host_v, z->optim.v, own);
@@ -466,15 +500,16 @@ void zero_pull_states(Zero *z) {
 
 void zero_push_states(Zero *z) {
     const Backend *bk = z->m->bk;
+    size_t own = z->own_end - z->own_begin;
     if (z->off) {
+        if (bk->device_memory && !params_off(z)) bk->from_host(z->params, z->host_params, z->stage == 3 ? own : z->N);
         offload_put(z->off, OFF_M, z->host_m);
         offload_put(z->off, OFF_V, z->host_v);
-        if (z->off->params_nvme) offload_put(z->off, OFF_P, z->host_params);
+        if (params_off(z)) offload_put(z->off, OFF_P, z->host_params);
         offload_drop_host(z);
         return;
     }
     if (!bk->device_memory) return;
-    size_t own = z->own_end - z->own_begin;
     bk->from_host(z->params, z->host_params, z->stage == 3 ? own : z->N);
     bk->from_host(z->optim.m, z->host_m, own);
     bk->from_host(z->optim.v, z->host_v, own);
@@ -489,6 +524,9 @@ void zero_begin_step(Zero *z, int64_t step) {
 }
 
 void zero_begin_micro(Zero *z, int micro, int accum) {
+    if (z->gland[0])    // gradients on NVMe take each micro-step's buckets whole, in order
+        for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
+    z->first_micro = micro == 0;
     z->last_micro = micro == accum - 1;
     for (int i = 0; i < z->nbuckets; i++) {
         z->buckets[i].ready = 0;
@@ -501,7 +539,10 @@ double zero_reduce_grads(Zero *z) {
     for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
     float inv = 1.0f / (float)z->p;
     double ss;
-    if (z->stage == 0) {
+    if (z->gland[0]) {  // on NVMe: averaged and summed as they were written
+        ss = offload_grad_sumsq(z->off);
+        comm_allreduce_sum_f64(z->comm, &ss, 1, "grad norm");
+    } else if (z->stage == 0) {
         if (z->p > 1) z->m->bk->scale_inplace(z->grads, inv, z->N);
         ss = z->m->bk->sumsq(z->grads, z->N);
     } else {

@@ -66,7 +66,8 @@ typedef struct Zero {
     int nbuckets;
     ZeroBucket *buckets;
     int *bucket_of;         // (nunits)
-    int last_micro;
+    int first_micro, last_micro;
+    float *gland[3];        // gradients on NVMe: landing of the two layer staging slots and the embeddings
     size_t *counts;         // (p) scratch
     float *host_params;     // host copies of params and moments for checkpoints: the buffers
     float *host_m, *host_v; //   themselves on cpu, filled by zero_pull_states on cuda

@@ -1,10 +1,13 @@
 #!/usr/bin/python3
 """ZeRO-Infinity offload ([offload], src/offload.c) on the cpu backend.
 
-1. Numbers: optimizer = nvme (ZeRO 0 at np=1, ZeRO 1 at np=2), and params + optimizer = nvme
-   (ZeRO-3, np=1 and 2), with a memory cap that forces many small subgroups: losses over 10 steps
-   and the final weights are bit-identical to the same layout without offload. Prefetch off too.
-2. run.h5 has offload_read_bytes / offload_write_bytes = 2 x (moments [+ params]) bytes per step.
+1. Numbers: optimizer = nvme (ZeRO 0 at np=1, ZeRO 1 at np=2, ZeRO 2 at np=2 with the gradients on
+   NVMe too), and params + optimizer = nvme (ZeRO-3, np=1 and 2, gradients on NVMe; np=2 also with
+   2 micro-steps, whose gradients accumulate in the file), with a memory cap that forces many small
+   subgroups: losses and gradient norms over 10 steps and the final weights are bit-identical to the
+   same layout without offload. Prefetch off too.
+2. run.h5 has offload_read_bytes / offload_write_bytes: each array (moments [+ params]) read and
+   written once per step, the gradients written once per micro-step and read by the update.
 3. Checkpoints: an offloaded run's checkpoint resumes with offload off, bit-identically to the
    uninterrupted run; SIGKILL during offloaded steps leaves the last checkpoint loadable.
 4. A full nvme_dir (a 64 KiB tmpfs, where mount is permitted) stops with a clear error and a hint,
@@ -85,29 +88,39 @@ cases = [("z0-np1", 1, 0, ["--set", "offload.optimizer=nvme"]),
                                       "--set", "offload.buffers=2"]),
          ("z1-np2", 2, 1, ["--set", "offload.optimizer=nvme"]),
          ("z3-np1", 1, 3, ["--set", "offload.optimizer=nvme", "--set", "offload.params=nvme"]),
-         ("z3-np2", 2, 3, ["--set", "offload.optimizer=nvme", "--set", "offload.params=nvme"])]
+         ("z2-np2", 2, 2, ["--set", "offload.optimizer=nvme"]),
+         ("z3-np2", 2, 3, ["--set", "offload.optimizer=nvme", "--set", "offload.params=nvme"]),
+         ("z3-np2-accum2", 2, 3, ["--set", "offload.optimizer=nvme", "--set", "offload.params=nvme",
+                                  "--set", "train.micro_batch=1"])]
 base = {}
 for name, np_, stage, extra in cases:
-    key = (np_, stage)
+    accum = 2 if "train.micro_batch=1" in extra else 1
+    key = (np_, stage, accum)
     if key not in base:
-        base[key], _ = train(f"base-np{np_}-z{stage}", np_, ["--set", f"zero.stage={stage}"])
+        base[key], _ = train(f"base-np{np_}-z{stage}-a{accum}", np_,
+                             ["--set", f"zero.stage={stage}"] + (["--set", "train.micro_batch=1"] if accum > 1 else []))
     out, p = train(name, np_, ["--set", f"zero.stage={stage}"] + extra)
     mb, mo = metrics(base[key]), metrics(out)
-    check(np.array_equal(mb["loss"], mo["loss"]), f"{name}: 10 losses bit-identical to no offload",
-          f"max |diff| {np.abs(mb['loss'] - mo['loss']).max():.3g}")
+    check(np.array_equal(mb["loss"], mo["loss"]) and np.array_equal(mb["grad_norm"], mo["grad_norm"]),
+          f"{name}: 10 losses and gradient norms bit-identical to no offload",
+          f"max |diff| {np.abs(mb['loss'] - mo['loss']).max():.3g}, {np.abs(mb['grad_norm'] - mo['grad_norm']).max():.3g}")
     check(same_weights(base[key], out), f"{name}: final weights bit-identical to no offload")
     with h5py.File(os.path.join(out, "run.h5"), "r") as f:
         nparams = int(f.attrs["nparams"])
     own = -(-nparams // np_) if stage > 0 else nparams       # rank 0's shard (the largest)
     arrays = 3 if "offload.params=nvme" in extra else 2
-    rd = mo["offload_read_bytes"]
+    grads = stage >= 2
+    rd, wr = mo["offload_read_bytes"], mo["offload_write_bytes"]
     # rank 0 reads each array once per step in the update (padded to the alignment), plus under
-    # params = nvme its parameter parts before each all-gather (twice per step, ln_f once)
-    lo = arrays * own * 4
-    check(rd.min() >= lo and mo["offload_write_bytes"].min() >= lo and mo["offload_write_bytes"].max() < lo + arrays * 8192,
-          f"{name}: run.h5 bytes per step: read {rd.min():.0f}, written {mo['offload_write_bytes'].min():.0f} "
-          f"(>= {lo} = {arrays} arrays x {own} floats)")
-    check("offload: optimizer = nvme" in p.stdout and "subgroups" in p.stdout, f"{name}: the choices printed at start")
+    # params = nvme its parameter parts before each all-gather (twice per step, ln_f once); the
+    # gradients (ZeRO 2-3) are written once per micro-step (read back before the second) and read
+    # by the update
+    lo_r, lo_w = (arrays + grads) * own * 4, (arrays + grads * accum) * own * 4
+    check(rd.min() >= lo_r and wr.min() >= lo_w and wr.max() < lo_w + (arrays + grads * accum) * 8192,
+          f"{name}: run.h5 bytes per step: read {rd.min():.0f} (>= {lo_r}), written {wr.min():.0f} "
+          f"(>= {lo_w}: {arrays} arrays{f' + gradients x {accum}' if grads else ''} x {own} floats)")
+    check("offload: optimizer = nvme" in p.stdout and "subgroups" in p.stdout
+          and f"gradients = {'nvme' if grads else 'memory'}" in p.stdout, f"{name}: the choices printed at start")
     check(not glob.glob(os.path.join(out, "offload", "*.offload")), f"{name}: offload files removed at the end")
 
 # 3. Checkpoints: offloaded -> resume without offload == uninterrupted.
@@ -117,7 +130,7 @@ out_ck, _ = train("ckpt", 1, ck_extra)
 ckpt5 = os.path.join(out_ck, "ckpt", "step-000005.h5")
 check(os.path.exists(ckpt5), "offloaded run wrote its step-5 checkpoint")
 run(["train", deck, "--set", f"run.out_dir={out_ck}", "--set", "train.micro_batch=4", "--set", "zero.stage=0"], np=1)
-m_ck, m_base = metrics(out_ck), metrics(base[(1, 3)])
+m_ck, m_base = metrics(out_ck), metrics(base[(1, 3, 1)])
 check(np.array_equal(m_ck["loss"][5:], m_base["loss"][5:]),
       "resume of an offloaded (ZeRO-3, params+optimizer nvme) checkpoint with offload off, ZeRO-0: steps 6-10 "
       "bit-identical to the uninterrupted run", f"max |diff| {np.abs(m_ck['loss'][5:] - m_base['loss'][5:]).max():.3g}")
