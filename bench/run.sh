@@ -20,8 +20,8 @@
 #     the 124M deck with the optimizer on NVMe vs in memory, prefetch on and off: step
 #     time, io_wait, update time, bytes per step.
 #  7. infinity (BENCH_ONLY=infinity, opt-in, not in `all`): a ~2B-parameter GPT
-#     (24 layers x 2560) at np=1, B=1, T=64, ZeRO-3 with params and optimizer on NVMe,
-#     2 steps: s/step, io_wait, peak RSS.
+#     (24 layers x 2560) at np=1, B=1, T=64, ZeRO-3 with params, optimizer and gradients
+#     on NVMe, BENCH_INF_STEPS (2) steps: s/step, update time, NVMe bytes, io_wait, peak RSS.
 # BENCH_ONLY=train|zero|ckpt|gen|sp|offload|infinity runs one part; BENCH_STEPS sets the steps timed.
 set -eu
 cd "$(dirname "$0")/.."
@@ -164,16 +164,25 @@ fi
 
 if [ "$ONLY" = infinity ]; then
   mkdir -p "$NVME_DIR"
-  echo "== 7. beyond RAM: ~2B-parameter GPT, np=1, ZeRO-3, params + optimizer on NVMe ($NVME_DIR), B=1, T=64, 2 steps"
+  echo "== 7. beyond RAM: ~2B-parameter GPT, np=1, ZeRO-3, params + optimizer + gradients on NVMe ($NVME_DIR), B=1, T=64, ${BENCH_INF_STEPS:-2} steps"
+  echo "  disk before: $(df -h --output=avail "$NVME_DIR" | tail -1) free; memory: $(free -g | awk '/Mem:/ {print $2 " GiB, " $7 " GiB available"}'); load $(cut -d' ' -f1-3 /proc/loadavg)"
   $MPIEXEC -np 1 build/partita train $DECK $COMMON --set train.seq_len=64 --set model.layers=24 --set model.d_model=2560 \
-    --set model.heads=20 --set train.steps=2 --set train.micro_batch=1 --set run.threads=$THREADS --set zero.stage=3 \
-    --set offload.optimizer=nvme --set offload.params=nvme --set offload.nvme_dir=$NVME_DIR --set offload.subgroup_mb=256 \
-    --set run.out_dir=$out/infinity > $out/infinity.log
-  grep -E '^model|^offload|^step' $out/infinity.log | sed 's/^/  /'
+    --set model.heads=20 --set train.steps=${BENCH_INF_STEPS:-2} --set train.micro_batch=1 --set run.threads=$THREADS \
+    --set zero.stage=3 --set offload.optimizer=nvme --set offload.params=nvme --set offload.nvme_dir=$NVME_DIR \
+    --set offload.subgroup_mb=64 --set run.peak_gflops=1 --set train.eval_interval=0 --set run.out_dir=$out/infinity \
+    > $out/infinity.log
+  grep -E '^model|^offload|^step|^memory' $out/infinity.log | sed 's/^/  /'
   $PYTHON - "$out/infinity/run.h5" <<'PY'
 import sys, h5py, numpy as np
 f = h5py.File(sys.argv[1], "r"); m = f["metrics"]
-print(f"  {int(f.attrs['nparams'])/1e9:.2f}B parameters: s/step {np.array(m['step_time'])}, io_wait {np.array(m['io_wait'])},"
-      f" update {np.array(m['update_time'])}, peak RSS {np.array(m['peak_rss_mb']).max():.0f} MiB")
+g = lambda k: np.array(m[k])
+st, rd, wr, io, up = g("step_time"), g("offload_read_bytes"), g("offload_write_bytes"), g("io_wait"), g("update_time")
+print(f"  {int(f.attrs['nparams'])/1e9:.2f}B parameters ({int(f.attrs['nparams'])*16/1e9:.1f} GB of fp32 params + AdamW"
+      f" moments + gradients on NVMe), peak RSS {g('peak_rss_mb').max():.0f} MiB (baseline {f.attrs['baseline_rss_mb']:.0f} MiB)")
+for i in range(len(st)):
+    print(f"  step {i + 1}: {st[i]:.1f} s, of which update {up[i]:.1f} s; NVMe read {rd[i]/1e9:.1f} GB, written {wr[i]/1e9:.1f} GB"
+          f" ({(rd[i] + wr[i])/1e9/st[i]:.2f} GB/s over the step), waited on I/O {io[i]:.1f} s")
 PY
+  rm -rf "$NVME_DIR"/*.offload
+  echo "  disk after: $(df -h --output=avail "$NVME_DIR" | tail -1) free"
 fi

@@ -295,56 +295,47 @@ static void measure(Offload *o) {
     // The host update while copies run both ways for about as long.
     int reps = (int)(alone / (4.0 * G / o->rates.bw_h2d + 4.0 * G / o->rates.bw_d2h)) + 1;
     if (reps > 64) reps = 64;
-    double busy, copies;
-    BEST_OF(2, busy, {
+    double busy = 1e30;
+    for (int r = 0; r < 2; r++) {
         for (int k = 0; k < reps; k++) {
             bk->h2d_async(o->dm[0], h0, G, NULL);
             bk->d2h_async(h1, o->dv[0], G, NULL);
         }
+        double c0 = wall_seconds();
         adamw_update(h2, h3, t0, t1, G, 1e-9f, 0.9f, 0.95f, 1e-8f, 0.0f, 1);
+        double dt = wall_seconds() - c0;
+        if (dt < busy) busy = dt;
         bk->copy_fence(o->fence);
         bk->event_sync(o->fence);
-    });
-    BEST_OF(2, copies, {
-        for (int k = 0; k < reps; k++) {
-            bk->h2d_async(o->dm[0], h0, G, NULL);
-            bk->d2h_async(h1, o->dv[0], G, NULL);
-        }
-        bk->copy_fence(o->fence);
-        bk->event_sync(o->fence);
-    });
+    }
     free(t0);
-    // busy = max(host update under DMA, the copies): when the update is the longer, it is its time.
-    double slow = busy > copies ? busy / alone : 1.0;
-    o->rates.cpu_slowdown = slow < 1.0 ? 1.0 : slow;
+    o->rates.cpu_slowdown = busy > alone ? busy / alone : 1.0;
 }
 
 void offload_dos_plan(Offload *o, const Model *m, int dos, int stride) {
     if (!o->device) return;
-    size_t need = 4 * o->G;
-    const char *where = "the activations' memory (free between backward and forward)";
-    if (m->nacts >= need) {
-        for (int k = 0; k < 2; k++) {
-            o->dm[k] = m->acts + (size_t)(2 * k) * o->G;
-            o->dv[k] = m->acts + (size_t)(2 * k + 1) * o->G;
-        }
-    } else {
-        float *d = o->bk->alloc(need * sizeof(float), "Deep Optimizer States staging");
-        for (int k = 0; k < 2; k++) {
-            o->dm[k] = d + (size_t)(2 * k) * o->G;
-            o->dv[k] = d + (size_t)(2 * k + 1) * o->G;
-        }
-        where = "its own device buffer (the activations are smaller)";
-    }
-    if (o->params_tier == OFFLOAD_NONE) measure(o);   // (else the updates stay on the CPU)
-    size_t *sizes = xmalloc(sizeof(size_t) * (size_t)(o->nsub ? o->nsub : 1), "subgroup sizes");
-    for (int i = 0; i < o->nsub; i++) sizes[i] = sub_count(o, i);
-    o->cpu_only_s = o->params_tier == OFFLOAD_NONE ? dos_predict(&o->rates, sizes, o->nsub, 0) : 0.0;
-    const char *why;
     if (o->params_tier != OFFLOAD_NONE) {
         o->stride = 0;
-        why = "parameters off the device: every update on the CPU";
-    } else if (!dos) {
+        log_info("offload: every update on the CPU: the parameters live in %s (Deep Optimizer States needs them "
+                 "on the device)\n", o->params_tier == OFFLOAD_HOST ? "host memory" : "the file");
+        return;
+    }
+    size_t need = 4 * o->G;
+    const char *where = "the activations' memory (free between backward and forward)";
+    float *d = m->acts;
+    if (m->nacts < need) {
+        d = o->bk->alloc(need * sizeof(float), "Deep Optimizer States staging");
+        where = "its own device buffer (the activations are smaller)";
+    }
+    for (int k = 0; k < 2; k++) {
+        o->dm[k] = d + (size_t)(2 * k) * o->G;
+        o->dv[k] = d + (size_t)(2 * k + 1) * o->G;
+    }
+    measure(o);
+    size_t *sizes = xmalloc(sizeof(size_t) * (size_t)(o->nsub ? o->nsub : 1), "subgroup sizes");
+    for (int i = 0; i < o->nsub; i++) sizes[i] = sub_count(o, i);
+    const char *why = "the performance model's choice";
+    if (!dos) {
         o->stride = 0;
         why = "dos = false: every update on the CPU (ZeRO-Offload)";
     } else if (stride >= 0) {
@@ -353,9 +344,9 @@ void offload_dos_plan(Offload *o, const Model *m, int dos, int stride) {
     } else {
         double s;
         o->stride = dos_choose(&o->rates, sizes, o->nsub, &s);
-        why = "the performance model's choice";
     }
-    o->predicted_s = o->params_tier == OFFLOAD_NONE ? dos_predict(&o->rates, sizes, o->nsub, o->stride) : 0.0;
+    o->cpu_only_s = dos_predict(&o->rates, sizes, o->nsub, 0);
+    o->predicted_s = dos_predict(&o->rates, sizes, o->nsub, o->stride);
     free(sizes);
     int ngpu = 0;
     for (int i = 0; i < o->nsub; i++) ngpu += dos_on_gpu(o->stride, i);
@@ -363,8 +354,8 @@ void offload_dos_plan(Offload *o, const Model *m, int dos, int stride) {
              "%.3g on the GPU, CPU slowdown under DMA x%.2f\n",
              o->rates.bw_h2d * 1e-9, o->rates.bw_d2h * 1e-9, o->rates.cpu_rate, o->rates.gpu_rate,
              o->rates.cpu_slowdown);
-    log_info("offload: stride %d (%s): %d of %d subgroups on the GPU, staged in %s; predicted update %.4f s "
-             "(all on the CPU %.4f s)\n",
+    log_info("offload: stride %d (%s): %d of %d subgroups on the GPU, staged in %s; predicted update %.3g s "
+             "(all on the CPU %.3g s)\n",
              o->stride, why, ngpu, o->nsub, where, o->predicted_s, o->cpu_only_s);
 }
 
