@@ -718,6 +718,15 @@ int train_run(const Deck *d) {
         snprintf(why, sizeof why, "%s at step %lld", how, (long long)step);
     }
     exit_status(&tr, rc, why);
+    if (tr.off.slots && step > tr.start_step) {
+        const Offload *o = &tr.off;
+        log_info("offload: update %.4f s per step on average over %lld steps (rank 0)", tr.update_s / (double)(step - tr.start_step),
+                 (long long)(step - tr.start_step));
+        if (o->device && o->params_tier == OFFLOAD_NONE)
+            log_info("; Deep Optimizer States stride %d predicted %.4f s, all on the CPU %.4f s", o->stride,
+                     o->predicted_s, o->cpu_only_s);
+        log_info("\n");
+    }
     log_info("%s: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n", how,
              (long long)(step - tr.start_step), wall_seconds() - t_start, train_time, last_val, c->run.out_dir);
     trainer_free(&tr);

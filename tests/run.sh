@@ -54,6 +54,7 @@ tests=(
   "eval                 $PYTHON tests/test_eval.py"
   "tiny-training        $PYTHON tests/test_train_tiny.py"
   "cuda-emu             $PYTHON tests/test_cuda_emu.py"
+  "offload-cuda         $PYTHON tests/test_offload_cuda.py"
   "fuzz-deck            bash tests/fuzz/run.sh deck"
   "fuzz-json            bash tests/fuzz/run.sh json"
   "asan-readers         $PYTHON tests/test_fuzz.py"
