@@ -68,17 +68,22 @@ void offload_estimate(const Config *c, const Model *m, int ranks) {
     const OffloadConfig *oc = &c->offload;
     if (oc->optimizer != OFFLOAD_NVME) {
         if (oc->optimizer == OFFLOAD_HOST || oc->params == OFFLOAD_HOST)
-            printf("\noffload: host tier: on the cpu backend the states already live in host memory (no traffic)\n");
+            printf("\noffload: host tier: on the cpu backend the states already live in host memory (no traffic); on cuda "
+                   "the moments (and parameters = host) move to pinned host memory, updates placed by Deep Optimizer States\n");
         return;
     }
     size_t N = m->nparams, own = c->zero.stage == 0 ? N : (N + (size_t)ranks - 1) / (size_t)ranks;
-    int pn = oc->params == OFFLOAD_NVME, arrays = pn ? 3 : 2;
-    double f = sizeof(float), nvme = arrays * (double)own * f;
-    double g = oc->subgroup_mb * 1048576.0, staging = (double)oc->buffers * arrays * g;
+    int pn = oc->params == OFFLOAD_NVME, gn = c->zero.stage >= 2, arrays = 2 + pn;
+    double accum = (double)c->train.grad_accum, f = sizeof(float), ownb = (double)own * f;
+    double nvme = (arrays + gn) * ownb;
+    double g = oc->subgroup_mb * 1048576.0, staging = (double)oc->buffers * (arrays + gn) * g;
     if (oc->host_cap_mb > 0 && staging > oc->host_cap_mb * 1048576.0) staging = oc->host_cap_mb * 1048576.0;
-    double upd_rd = arrays * (double)own * f, upd_wr = upd_rd;
+    // the update reads every array (and the gradients) once and writes the arrays back; the gradients
+    // are written once per micro-step and read back before each micro-step after the first
+    double upd_rd = (arrays + gn) * ownb, upd_wr = arrays * ownb;
+    double grad_wr = gn ? accum * ownb : 0.0, grad_rd = gn ? (accum - 1.0) * ownb : 0.0;
     // params on NVMe: each rank reads its own part of every unit before each gather (forward and backward)
-    double gather_rd = pn ? 2.0 * (double)own * f * (double)c->train.grad_accum : 0.0;
+    double gather_rd = pn ? 2.0 * ownb * accum : 0.0;
     double rd_bw, wr_bw;
     disk_rates(oc, &rd_bw, &wr_bw);
     double adam = adamw_rate(), peak = peak_sgemm_gflops(512, 2) * 1e9;
@@ -88,17 +93,21 @@ void offload_estimate(const Config *c, const Model *m, int ranks) {
     double t_upd = oc->prefetch && oc->buffers >= 3 ? (t_rd > t_wr ? t_rd : t_wr) : t_rd + t_wr + t_ad;
     if (oc->prefetch && oc->buffers >= 3 && t_ad > t_upd) t_upd = t_ad;
     double t_gather = rd_bw > 0 ? gather_rd / rd_bw : 0;
-    printf("\noffload (rank 0, [offload] optimizer = nvme%s, ZeRO-%lld, %d ranks)\n", pn ? ", params = nvme" : "",
-           (long long)c->zero.stage, ranks);
-    printf("  %-44s %10.1f MiB\n", pn ? "on NVMe (parameters, AdamW m, v)" : "on NVMe (AdamW m, v)", mib(nvme));
-    printf("  %-44s %10.1f MiB (replaces %.1f MiB of resident states)\n", "in host memory: staging buffers", mib(staging), mib(nvme));
+    double t_grads = (wr_bw > 0 ? grad_wr / wr_bw : 0) + (rd_bw > 0 ? grad_rd / rd_bw : 0);
+    printf("\noffload (rank 0, [offload] optimizer = nvme%s, ZeRO-%lld, %d ranks; cpu backend)\n",
+           pn ? ", params = nvme" : "", (long long)c->zero.stage, ranks);
+    printf("  %-44s %10.1f MiB\n", pn ? (gn ? "on NVMe (parameters, AdamW m, v, gradients)" : "on NVMe (parameters, AdamW m, v)")
+                                      : (gn ? "on NVMe (AdamW m, v, gradients)" : "on NVMe (AdamW m, v)"), mib(nvme));
+    printf("  %-44s %10.1f MiB (replaces %.1f MiB of resident states%s)\n", "in host memory: staging buffers",
+           mib(staging), mib(nvme + (gn ? ownb : 0)), gn ? " and the gradients' landing area" : "");
     printf("  %-44s %10.1f MiB read, %.1f MiB written\n", "moved per step by the update", mib(upd_rd), mib(upd_wr));
+    if (gn) printf("  %-44s %10.1f MiB read, %.1f MiB written\n", "moved per step by gradient buckets", mib(grad_rd), mib(grad_wr));
     if (pn) printf("  %-44s %10.1f MiB read\n", "moved per step by parameter gathers", mib(gather_rd));
     printf("  measured here: disk %.2f GB/s read, %.2f GB/s write (%s); host AdamW %.3g elements/s; sgemm %.1f GFLOP/s\n",
            rd_bw * 1e-9, wr_bw * 1e-9, oc->nvme_dir, adam, peak * 1e-9);
-    printf("  predicted step: compute %.3f s + update %.3f s%s + gathers %.3f s = %.3f s\n", t_comp, t_upd,
-           oc->prefetch && oc->buffers >= 3 ? " (max of read, write, AdamW: overlapped)" : " (read + AdamW + write: serial)",
-           t_gather, t_comp + t_upd + t_gather);
+    printf("  predicted step: compute %.3f s + update %.3f s%s + gathers %.3f s + gradients %.3f s = %.3f s\n", t_comp,
+           t_upd, oc->prefetch && oc->buffers >= 3 ? " (max of read, write, AdamW: overlapped)" : " (read + AdamW + write: serial)",
+           t_gather, t_grads, t_comp + t_upd + t_gather + t_grads);
     printf("offload_nvme_bytes %.0f\noffload_step_read_bytes %.0f\noffload_step_write_bytes %.0f\noffload_predicted_step_s %.6f\n",
-           nvme, upd_rd + gather_rd, upd_wr, t_comp + t_upd + t_gather);
+           nvme, upd_rd + gather_rd + grad_rd, upd_wr + grad_wr, t_comp + t_upd + t_gather + t_grads);
 }

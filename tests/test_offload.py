@@ -123,6 +123,18 @@ for name, np_, stage, extra in cases:
           and f"gradients = {'nvme' if grads else 'memory'}" in p.stdout, f"{name}: the choices printed at start")
     check(not glob.glob(os.path.join(out, "offload", "*.offload")), f"{name}: offload files removed at the end")
 
+# 2b. `partita estimate` predicts the bytes the run moved (ZeRO-3, np=2, 2 micro-steps, all on NVMe).
+est = run(["estimate", deck, "--ranks", "2", "--set", "zero.stage=3", "--set", "train.micro_batch=1", "--set",
+           "offload.optimizer=nvme", "--set", "offload.params=nvme", "--set", f"offload.nvme_dir={d}/est"], np=1)
+vals = dict(l.split() for l in est.stdout.splitlines() if l.startswith("offload_") and len(l.split()) == 2)
+mo = metrics(os.path.join(d, "z3-np2-accum2"))
+ew, er = float(vals.get("offload_step_write_bytes", -1)), float(vals.get("offload_step_read_bytes", -1))
+mw, mr = mo["offload_write_bytes"][1:].mean(), mo["offload_read_bytes"][1:].mean()
+check(0 <= mw - ew < 8 * 8192 and abs(mr - er) <= 0.25 * mr and "gradients" in est.stdout,
+      "estimate: bytes per step written as measured (within padding), read within 25% (alignment padding and "
+      "parameter reads ahead that a turn of direction wastes) (ZeRO-3 np=2, params + moments + gradients on NVMe)",
+      f"written {ew:.0f} predicted vs {mw:.0f} measured, read {er:.0f} vs {mr:.0f}")
+
 # 3. Checkpoints: offloaded -> resume without offload == uninterrupted.
 ck_extra = ["--set", "checkpoint.interval=5", "--set", "train.stop_at=5", "--set", "offload.optimizer=nvme",
             "--set", "zero.stage=3", "--set", "offload.params=nvme"]
