@@ -118,6 +118,9 @@ static void start_offload(Trainer *tr) {
     const OffloadConfig *oc = &tr->cfg->offload;
     if (oc->optimizer == OFFLOAD_NONE && oc->params == OFFLOAD_NONE) return;
     int dev = tr->bk->device_memory;
+    if (dev && oc->optimizer == OFFLOAD_NONE)
+        FATAL_ALL("set [offload] optimizer = host (or nvme) too: the update runs where the moments are",
+                  "[offload] params = host on cuda needs the moments off the device as well");
     if (!moments_offloaded(tr->cfg, tr->bk)) {
         log_info("offload: optimizer = host, params = %s: on the cpu backend the states already live in host memory\n",
                  oc->params == OFFLOAD_HOST ? "host" : "none");
