@@ -33,13 +33,17 @@ DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-ope
         clang libclang-rt-14-dev slurm-wlm munge
 
 .PHONY: all deps deps-debs test bench clean demo asan portable fuzz fuzz-build FORCE
-all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_bpe $(BUILD)/test_sampler $(BUILD)/test_aio $(BUILD)/test_dos $(GPU_TARGETS)
+all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_bpe $(BUILD)/test_sampler $(BUILD)/test_aio $(BUILD)/test_dos $(BUILD)/test_moe $(GPU_TARGETS)
 
 $(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
 
 $(BUILD)/test_kernels: $(BUILD)/tests/unit/test_kernels.o $(KOBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# A ZeRO step's collectives with no compute (bench/run.sh BENCH_ONLY=overlap).
+$(BUILD)/comm_alone: $(BUILD)/bench/comm_alone.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
 # The memory bandwidth probe of the generation benchmark (bench/run.sh).
 $(BUILD)/stream_probe: bench/stream.c
@@ -61,6 +65,9 @@ $(BUILD)/test_dos: $(BUILD)/tests/unit/test_dos.o $(BUILD)/src/dos.o
 
 $(BUILD)/test_comm: $(BUILD)/tests/unit/test_comm.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
+
+$(BUILD)/test_moe: $(BUILD)/tests/unit/test_moe.o $(filter-out $(BUILD)/src/main.o,$(OBJ)) $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
 
 $(BUILD)/test_bpe: $(BUILD)/tests/unit/test_bpe.o $(BUILD)/src/tokenizer.o $(BUILD)/src/uniclass.o $(BUILD)/src/utf8.o $(BUILD)/src/log.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
@@ -167,4 +174,4 @@ bench: all
 clean:
 	rm -rf build build-asan
 
--include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d $(BUILD)/tests/unit/test_aio.d $(BUILD)/tests/unit/test_dos.d
+-include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d $(BUILD)/tests/unit/test_aio.d $(BUILD)/tests/unit/test_dos.d $(BUILD)/tests/unit/test_moe.d

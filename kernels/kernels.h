@@ -182,4 +182,14 @@ double sumsq_chunk(const float *x, size_t n);
 void kernels_set_threads(int n);
 int kernels_get_threads(void);
 
+// Mixture of Experts (src/moe.h): pos[n*K + k] is the dispatch-buffer row of
+// choice k of token n, or -1 where it was dropped; w (N*K) weights, NULL = 1.
+// dst[pos[n,k]] = w[n,k] * src[n] (rows not named are left as they are)
+void moe_dispatch(float *dst, const float *src, const int32_t *pos, const float *w, size_t N, int K, int C);
+// out[n] (= or +=) sum_k w[n,k] * y[pos[n,k]], choices summed in k order
+void moe_combine(float *out, const float *y, const int32_t *pos, const float *w, size_t N, int K, int C,
+                 int accumulate);
+// dots[n,k] = a[n] . y[pos[n,k]] (0 where dropped); pos NULL: K = 1 and row n of y
+void moe_rowdot(float *dots, const float *a, const float *y, const int32_t *pos, size_t N, int K, int C);
+
 #endif

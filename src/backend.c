@@ -69,6 +69,7 @@ static const Backend cpu_table = {
     .adamw_update = adamw_update, .scale_inplace = scale_inplace, .sumsq = sumsq,
     .embed_rows = embed_rows, .kv_store = kv_store, .paged_attention_forward = paged_attention_forward,
     .matmul_held_forward = matmul_held_forward,
+    .moe_dispatch = moe_dispatch, .moe_combine = moe_combine, .moe_rowdot = moe_rowdot,
 };
 
 const Backend *backend_cpu(void) { return &cpu_table; }
@@ -104,6 +105,7 @@ static const Backend cuda_table = {
     .adamw_update = cuda_adamw_update, .scale_inplace = cuda_scale_inplace, .sumsq = cuda_sumsq,
     .embed_rows = cuda_embed_rows, .kv_store = cuda_kv_store, .paged_attention_forward = cuda_paged_attention_forward,
     .matmul_held_forward = cuda_matmul_held_forward,
+    .moe_dispatch = cuda_moe_dispatch, .moe_combine = cuda_moe_combine, .moe_rowdot = cuda_moe_rowdot,
 };
 #endif
 

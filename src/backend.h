@@ -89,6 +89,11 @@ typedef struct Backend {
                          float beta1, float beta2, float eps, float wd, int t);
     void (*scale_inplace)(float *x, float s, size_t n);
     double (*sumsq)(const float *x, size_t n);
+    // Mixture of Experts row moves (kernels.h moe_*); NULL where a backend lacks them.
+    void (*moe_dispatch)(float *dst, const float *src, const int32_t *pos, const float *w, size_t N, int K, int C);
+    void (*moe_combine)(float *out, const float *y, const int32_t *pos, const float *w, size_t N, int K, int C,
+                        int accumulate);
+    void (*moe_rowdot)(float *dots, const float *a, const float *y, const int32_t *pos, size_t N, int K, int C);
 } Backend;
 
 // The cpu backend: always there.

@@ -25,6 +25,7 @@
 #define DECK_MAX_ELEMS (INT64_C(1) << 40)  // floats in one tensor or activation buffer (4 TiB)
 #define DECK_MAX_PARAMS (INT64_C(1) << 44) // parameters of a model
 #define DECK_MAX_TOKENS (INT64_C(1) << 53) // tokens of a run (counted in a double)
+#define DECK_MAX_EXPERTS 4096              // moe.experts and each moe.pyramid entry
 
 enum { BACKEND_AUTO = 0, BACKEND_CPU, BACKEND_CUDA };
 enum { ORDER_SEQUENTIAL = 0, ORDER_SHUFFLED };
@@ -34,6 +35,7 @@ enum { DEVPATH_AUTO = 0, DEVPATH_NCCL, DEVPATH_STAGED };
 enum { TOKENIZER_BYTE = 0, TOKENIZER_GPT2 };
 enum { ON_NAN_STOP = 0, ON_NAN_SKIP };
 enum { RECOMPUTE_NONE = 0, RECOMPUTE_LAYER };   // [train] recompute (sequence parallelism issue 11)
+enum { MOE_GATE_NONE = 0, MOE_GATE_JITTER };    // [moe] noisy_gate
 
 typedef struct RunConfig {
     char name[DECK_STR];      // run name; outputs go to out_dir
@@ -110,6 +112,7 @@ typedef struct CheckpointConfig {
     int64_t interval;         // 0 = no checkpoints
     int64_t keep;             // newest kept; 0 = all
     char resume[DECK_STR];    // auto | none | PATH
+    int async;                // write in the background from a host copy (ckpt.h)
     int64_t test_pause_step;  // test only
     double test_pause_s;      // test only
     int64_t fault_stall_rank; // test only: -1 = none
@@ -135,6 +138,7 @@ typedef struct GenerateConfig {
     char arrivals[DECK_STR];  // all_at_once | poisson:RATE
     int64_t arrival_seed;
     int naive;                // test reference: recompute everything, no cache
+    int moe_drop;             // MoE: drop tokens over the eval capacity (false: never drop)
 } GenerateConfig;
 
 typedef struct CommConfig {
@@ -144,6 +148,8 @@ typedef struct CommConfig {
     int64_t fault_skip_step;  // test only: 1-based step
     double fault_hang_s;      // test only: stall instead of skipping
     int device_path;          // DEVPATH_*: how collectives move device buffers (cuda)
+    int progress;             // COMM_PROGRESS_* (comm.h): poll | thread | none
+    double progress_us;       // progress = thread: pause between the thread's probes
 } CommConfig;
 
 enum { OFFLOAD_NONE = 0, OFFLOAD_HOST, OFFLOAD_NVME };   // [offload] optimizer / params
@@ -161,6 +167,23 @@ typedef struct OffloadConfig {   // [offload]: ZeRO-Infinity tiers and Deep Opti
     int64_t dos_stride;       // -1: the performance model chooses; 0: all on the CPU; k: every k-th on the GPU
 } OffloadConfig;
 
+// [moe] Mixture of Experts (issue 13; the decisions are in docs/architecture.md, "Mixture of
+// Experts"). Layer l (0-based) is an MoE layer when l % every == every - 1 and experts > 0;
+// deck_moe_experts() gives each layer's expert count (the pyramid's entry, else experts).
+typedef struct MoeConfig {
+    int64_t experts;          // E; 0 = no MoE (derived from pyramid when only that is given)
+    int64_t every;            // an MoE layer replaces the MLP of every k-th layer
+    int64_t top_k;            // 1 or 2
+    double capacity_factor;   // training capacity factor
+    double eval_capacity_factor; // eval and generate
+    int64_t min_capacity;     // lower bound of the capacity per expert and row
+    int drop_tokens;          // false: capacity = the row's tokens, nothing dropped
+    double aux_loss;          // weight of the load-balancing loss
+    int noisy_gate;           // MOE_GATE_*
+    int residual;             // PR-MoE: dense MLP + top-1 expert mixed by a learned coefficient
+    char pyramid[DECK_STR];   // "" or experts per MoE layer, e.g. "4,4,8"; overrides experts
+} MoeConfig;
+
 typedef struct Config {
     RunConfig run;
     ModelConfig model;
@@ -173,6 +196,7 @@ typedef struct Config {
     GenerateConfig generate;
     CommConfig comm;
     OffloadConfig offload;
+    MoeConfig moe;
 } Config;
 
 #define DECK_MAX_KEYS 128
@@ -204,5 +228,12 @@ size_t deck_format(const Deck *d, char *buf, size_t n);
 // "FILE:LINE", "--set", "default" or "derived" for key "section.key";
 // used to point at the deck in errors found after loading.
 const char *deck_where(const Deck *d, const char *key, char *buf, size_t n);
+
+// MoE layout of a validated config. deck_moe_layer: whether layer l (0-based) is an MoE
+// layer; deck_moe_experts: its expert count (0 for a dense layer); deck_moe_layers: how
+// many of the model's layers are MoE layers (0 without MoE).
+int deck_moe_layer(const Config *c, int64_t l);
+int64_t deck_moe_experts(const Config *c, int64_t l);
+int64_t deck_moe_layers(const Config *c);
 
 #endif

@@ -147,9 +147,13 @@ static int check_runnable(const Deck *d, int rank) {
                  "the cuda attention runs\n  hint: raise [model] heads, or set [run] backend = cpu",
                  deck_where(d, "model.heads", where, sizeof where), (long long)c->model.d_model,
                  (long long)c->model.heads, (long long)(c->model.d_model / c->model.heads), KERNELS_CUDA_ATT_HSMAX);
-    } else if (c->parallel.tp != 1 || c->parallel.ep != 1) {
-        snprintf(msg, sizeof msg, "error: %s: tensor and expert parallelism are not implemented yet\n"
-                 "  hint: set [parallel] tp and ep to 1", deck_where(d, "parallel.tp", where, sizeof where));
+    } else if (c->parallel.tp != 1) {   // expert parallelism (ep) trains: issue 13
+        snprintf(msg, sizeof msg, "error: %s: tensor parallelism is not implemented for training yet\n"
+                 "  hint: set [parallel] tp = 1", deck_where(d, "parallel.tp", where, sizeof where));
+    } else if (c->moe.experts > 0 && c->parallel.sp > 1) {   // MoE training: issue 13
+        snprintf(msg, sizeof msg, "error: %s: Mixture of Experts with sequence parallelism (sp = %lld) is not supported\n"
+                 "  hint: set [parallel] sp = 1", deck_where(d, "parallel.sp", where, sizeof where),
+                 (long long)c->parallel.sp);
     } else if (!c->data.train[0]) {
         snprintf(msg, sizeof msg, "error: %s: [data] train is not set\n"
                  "  hint: make a token file with `partita prep data/tokens.h5 TEXT...` and set train = data/tokens.h5",
@@ -183,6 +187,10 @@ static int check_generate(const Deck *d, int rank, int size) {
         snprintf(msg, sizeof msg, "error: %s: [generate] requests = \"%s\": no such readable file\n"
                  "  hint: one JSON object a line: {\"id\": \"a\", \"prompt\": \"text\", \"max_tokens\": 32}",
                  deck_where(d, "generate.requests", where, sizeof where), g->requests);
+    } else if (d->cfg.moe.experts > 0) {   // MoE generate: issue 13 (the moeinfer branch lifts this)
+        snprintf(msg, sizeof msg, "error: %s: [moe] experts = %lld: generating with MoE models is not implemented yet\n"
+                 "  hint: set [moe] experts = 0", deck_where(d, "moe.experts", where, sizeof where),
+                 (long long)d->cfg.moe.experts);
     } else if (d->cfg.parallel.tp != size) {
         snprintf(msg, sizeof msg, "error: %s: generate runs tensor-parallel over all %d ranks, but [parallel] tp = %lld\n"
                  "  hint: set [parallel] tp = %d (or launch %lld ranks)", deck_where(d, "parallel.tp", where, sizeof where),
@@ -217,6 +225,10 @@ static int check_eval(const Deck *d, int rank, int nextra) {
     } else if (c->data.val[0] && access(c->data.val, R_OK) != 0) {
         snprintf(msg, sizeof msg, "error: %s: [data] val = \"%s\": no such readable file\n"
                  "  hint: make it with `partita prep`", deck_where(d, "data.val", where, sizeof where), c->data.val);
+    } else if (c->moe.experts > 0) {   // MoE eval: issue 13 (the moeinfer branch lifts this)
+        snprintf(msg, sizeof msg, "error: %s: [moe] experts = %lld: evaluating MoE models is not implemented yet\n"
+                 "  hint: set [moe] experts = 0", deck_where(d, "moe.experts", where, sizeof where),
+                 (long long)c->moe.experts);
     } else if (c->parallel.tp != 1) {
         snprintf(msg, sizeof msg, "error: %s: eval deals rows over the ranks, each with the whole model\n"
                  "  hint: set [parallel] tp = 1", deck_where(d, "parallel.tp", where, sizeof where));
@@ -364,7 +376,9 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
 }
 
 int main(int argc, char **argv) {
-    MPI_CHECK(MPI_Init(&argc, &argv));
+    // MULTIPLE: [comm] progress = thread and asynchronous checkpoints use threads beside the caller's.
+    int provided = 0;
+    MPI_CHECK(MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided));
     int rank = 0, size = 1;
     MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));

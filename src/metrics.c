@@ -12,8 +12,8 @@
 static const char *names[M_NCOLS] = {
     "step", "loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time",
     "tokens", "comm_bytes_all_reduce", "comm_bytes_reduce_scatter", "comm_bytes_all_gather", "comm_wait",
-    "gflops", "skipped", "ranks", "data_rows", "comm_bytes_all_to_all",
-    "offload_read_bytes", "offload_write_bytes", "io_wait", "update_time"};
+    "gflops", "skipped", "ranks", "data_rows", "comm_bytes_all_to_all", "aux_loss", "moe_dropped",
+    "comm_inflight", "offload_read_bytes", "offload_write_bytes", "io_wait", "update_time"};
 
 const char *metrics_name(int col) { return col >= 0 && col < M_NCOLS ? names[col] : "?"; }
 
@@ -264,6 +264,41 @@ void metrics_flush(Metrics *mt) {
         mt->pending = 0;
     }
     H5_CHECK(H5Fflush(mt->file, H5F_SCOPE_GLOBAL));
+}
+
+hid_t metrics_series(Metrics *mt, const char *path, int width) {
+    hid_t ds = -1;
+    H5E_BEGIN_TRY {
+        if (H5Lexists(mt->file, path, H5P_DEFAULT) > 0) ds = H5Dopen2(mt->file, path, H5P_DEFAULT);
+    } H5E_END_TRY;
+    hsize_t dims[2] = {0, 0};
+    if (ds >= 0) {
+        hid_t sp = H5Dget_space(ds);
+        H5_CHECK(sp);
+        if (H5Sget_simple_extent_ndims(sp) == 2) H5_CHECK(H5Sget_simple_extent_dims(sp, dims, NULL));
+        H5_CHECK(H5Sclose(sp));
+        if (dims[1] == (hsize_t)width) {
+            hsize_t size[2] = {mt->rows, (hsize_t)width};
+            H5_CHECK(H5Dset_extent(ds, size));
+            return ds;
+        }
+        H5_CHECK(H5Dclose(ds));     // another width: another model wrote it; start afresh
+        H5_CHECK(H5Ldelete(mt->file, path, H5P_DEFAULT));
+    }
+    const char *slash = strrchr(path, '/');
+    char dir[256];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 0, path);
+    hid_t g = dir[0] ? h5_group(mt->file, dir) : H5Gopen2(mt->file, "/", H5P_DEFAULT);
+    H5_CHECK(g);
+    ds = create_series(g, slash ? slash + 1 : path, width);
+    H5_CHECK(H5Gclose(g));
+    hsize_t size[2] = {mt->rows, (hsize_t)width};     // rows of earlier jobs without it: NaN
+    H5_CHECK(H5Dset_extent(ds, size));
+    return ds;
+}
+
+void metrics_series_write(hid_t ds, uint64_t at, uint64_t n, int width, const double *rows) {
+    if (n) write_rows(ds, at, n, width, rows);
 }
 
 void metrics_close(Metrics *mt) {

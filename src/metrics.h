@@ -25,6 +25,7 @@
 // Job-wide columns, in this order in MetricsRow.v.
 // comm_bytes_<op>: bytes this rank sent in the step, per collective (comm.h);
 // comm_wait: seconds blocked in collectives (communication not hidden by compute);
+// comm_inflight: seconds with at least one dp collective in flight (issue to observed completion);
 // gflops: achieved model GFLOP/s of the job; skipped: 1 where a non-finite
 // loss or gradient norm skipped the update (train.on_nan = skip); ranks: the
 // job's ranks (the meaningful columns of peak_rss_mb); data_rows: global
@@ -36,6 +37,8 @@
 enum { M_STEP, M_LOSS, M_VAL_LOSS, M_LR, M_GRAD_NORM, M_TOKENS_PER_S, M_MFU, M_STEP_TIME,
        M_TOKENS, M_COMM_ALL_REDUCE, M_COMM_REDUCE_SCATTER, M_COMM_ALL_GATHER, M_COMM_WAIT,
        M_GFLOPS, M_SKIPPED, M_RANKS, M_DATA_ROWS, M_COMM_ALL_TO_ALL,
+       M_AUX_LOSS, M_MOE_DROPPED,   // MoE: the aux term (unweighted sum over MoE layers), fraction of choices dropped
+       M_COMM_INFLIGHT,
        M_OFFLOAD_READ_BYTES, M_OFFLOAD_WRITE_BYTES, M_IO_WAIT, M_UPDATE_TIME, M_NCOLS };
 
 typedef struct MetricsRow {
@@ -70,6 +73,12 @@ void metrics_describe(Metrics *mt, const char *deck_text, const char *machine, d
 void metrics_append(Metrics *mt, const MetricsRow *row);
 // Writes the buffered rows and flushes the file (readers see them from now).
 void metrics_flush(Metrics *mt);
+// A (steps, width) series of the caller's at path (outside /metrics, e.g. the
+// MoE loads), its rows aligned with the columns' rows: created, or in a
+// continued file reopened and cut to the rows kept (mt->rows). The caller
+// writes it with metrics_series_write before metrics_flush and closes it.
+hid_t metrics_series(Metrics *mt, const char *path, int width);
+void metrics_series_write(hid_t ds, uint64_t at, uint64_t n, int width, const double *rows);
 void metrics_close(Metrics *mt);
 
 #endif

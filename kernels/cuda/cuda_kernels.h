@@ -150,6 +150,13 @@ void cuda_scale_inplace(float *x, float s, size_t n);
 // Returns once the value is known (synchronizes the stream).
 double cuda_sumsq(const float *x, size_t n);
 
+// Mixture of Experts row moves (kernels.h moe_*; kernels/cuda/moe.cu): the same
+// math and summation order as the cpu ones, no atomics. pos and w are device arrays.
+void cuda_moe_dispatch(float *dst, const float *src, const int32_t *pos, const float *w, size_t N, int K, int C);
+void cuda_moe_combine(float *out, const float *y, const int32_t *pos, const float *w, size_t N, int K, int C,
+                      int accumulate);
+void cuda_moe_rowdot(float *dots, const float *a, const float *y, const int32_t *pos, size_t N, int K, int C);
+
 // No-ops on the GPU (kept so the backend mirrors kernels.h); get returns 1.
 void cuda_kernels_set_threads(int n);
 int cuda_kernels_get_threads(void);
