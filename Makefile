@@ -81,6 +81,14 @@ $(BUILD)/.flags: FORCE
 	@mkdir -p $(BUILD)
 	@echo '$(CC) $(CFLAGS) $(LDLIBS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(LDLIBS)' > $@
 
+# `git describe` of the tree, baked into version.o alone (rebuilt when it changes).
+GIT_DESCRIBE := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+$(BUILD)/.git-describe: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(GIT_DESCRIBE)' | cmp -s - $@ || echo '$(GIT_DESCRIBE)' > $@
+$(BUILD)/src/version.o: $(BUILD)/.git-describe
+$(BUILD)/src/version.o: CFLAGS += -DPARTITA_GIT='"$(GIT_DESCRIBE)"'
+
 $(BUILD)/%.o: %.c $(BUILD)/.flags
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
@@ -158,12 +166,18 @@ $(GCIDE_DIR)/gcide.txt:
 	echo "deps: $@: $$(wc -c < $@) bytes"
 
 # The newcomer's first run: tokenize text every Debian machine has, train the tiny GPT,
-# generate from it.
+# generate from it and show what it wrote. Rerunnable: it trains afresh (run.overwrite)
+# and generates afresh (the previous demo's outputs are removed first). DEMO_ARGS is
+# added to the train command (tests/test_readme.py shortens the run with it).
+DEMO_ARGS ?=
 demo: all
 	@mkdir -p data
 	build/partita prep data/licenses.h5 /usr/share/common-licenses
-	$(MPIEXEC) -np 2 build/partita train inputs/gpt-tiny.deck
+	$(MPIEXEC) -np 2 build/partita train inputs/gpt-tiny.deck --set run.overwrite=true $(DEMO_ARGS)
+	@rm -f runs/gpt-tiny-gen/gen.h5 runs/gpt-tiny-gen/gen.jsonl
 	$(MPIEXEC) -np 1 build/partita generate inputs/generate-tiny.deck
+	@echo; echo "make demo: what the tiny GPT wrote (runs/gpt-tiny-gen/gen.jsonl):"
+	@$(PYTHON) analysis/show_gen.py runs/gpt-tiny-gen/gen.jsonl --requests inputs/prompts.jsonl
 
 test: all asan fuzz-build
 	@MPIEXEC=$(MPIEXEC) PYTHON=$(PYTHON) bash tests/run.sh

@@ -56,7 +56,7 @@ def ckpt(d, nbytes, plain_s, direct_s="nan"):
     for np_ in (1, 2, 4):
         w = open(os.path.join(d, f"ckpt-{np_}-w.log")).read()
         r = open(os.path.join(d, f"ckpt-{np_}-r.log")).read()
-        mw = re.search(r"checkpoint: \S+ \(([\d.]+) s\)", w)
+        mw = re.search(r"checkpoint: \S+ \(([\d.]+) s[;)]", w)
         mr = re.search(r"resumed from \S+ at step \d+ \(([\d.]+) s\)", r)
         ws = float(mw.group(1)) if mw else float("nan")
         rs = float(mr.group(1)) if mr else float("nan")

@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -226,6 +228,9 @@ static void sum_pieces(const Model *m, Piece pieces[DS_KINDS][CKPT_MAX_PIECES], 
 static void *writer_main(void *arg) {
     Writer *w = arg;
     const Model *m = w->m;
+    // In the background the writer yields the cores to training (Linux: nice is per thread);
+    // a failure only leaves it at the caller's priority.
+    if (w->sums_here) (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
     for (int k = 0; k < DS_KINDS && !w->err; k++) {
         for (int j = 0; j < w->npieces[k] && !w->err; j++) {
             const Piece *p = &w->pieces[k][j];
@@ -869,16 +874,25 @@ void ckpt_write(CkptJob *job, const Zero *z, const Deck *d, const char *deck_tex
     if (z->r == 0) make_dirs(dir, "set [checkpoint] dir to a writable directory");
     MPI_CHECK(MPI_Barrier(z->comm->comm));
     watchdog_phase(&wd, "creating the file");
+    double t0 = MPI_Wtime();
     create_layout(p, &wd);
+    double t1 = MPI_Wtime();
     watchdog_phase(&wd, async ? "copying the states to the host buffer" : "writing the states");
     take_pieces(p, async);
     start_writer(p, async);
     p->active = 1;
+    job->layout_s = t1 - t0;
+    job->data_s = MPI_Wtime() - t1;
+    job->publish_s = 0;
     if (!async) {
         // The checksums here while the writer thread writes the same bytes.
         uint64_t *mine = p->w.sums;
         sum_pieces(z->m, p->w.pieces, p->w.npieces, mine);
+        join_writer(p);
+        double t2 = MPI_Wtime();
+        job->data_s = t2 - t1;
         finish(job, &wd);
+        job->publish_s = MPI_Wtime() - t2;
     }
     watchdog_stop(&wd);
 }

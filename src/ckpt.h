@@ -53,6 +53,8 @@ typedef struct CkptJob {
     int64_t *steps;
     size_t n, cap;
     struct CkptPending *pending;    // the checkpoint being written (async: in the background)
+    double layout_s, data_s, publish_s;     // the last write's phases on this rank: laying out the
+                                            // file, the states (async: the host copy), /meta + rename
 } CkptJob;
 void ckpt_job_free(CkptJob *j);
 

@@ -13,6 +13,9 @@
 //   nccl:   NCCL on a communication stream; the collective starts after the
 //           work already issued on the compute stream, and comm_wait makes the
 //           compute stream wait for it (the host does not block).
+//           Uneven parts (shards cut by a bucket) are padded to the largest in
+//           a device scratch so each bucket is one ncclReduceScatter or
+//           ncclAllGather; the padding never leaves comm.
 //   staged: device -> host mirror, MPI on the mirror, host -> device when the
 //           request completes. Slower, but ranks may share one GPU (NCCL
 //           refuses that), so tests run np=2/4 on one device. Every device
@@ -28,7 +31,8 @@
 
 enum { COMM_PATH_HOST = 0, COMM_PATH_STAGED, COMM_PATH_NCCL };
 
-// How host-path collectives advance while the caller computes ([comm] progress):
+// How host-path collectives advance while the caller computes ([comm] progress;
+// the trainer's default is thread, a zeroed CommOptions gets poll):
 //   poll:   only inside comm calls (comm_test between layers, comm_wait);
 //   thread: also a progress thread per communicator that, while a collective
 //           is in flight, calls MPI_Iprobe on a private duplicate of the

@@ -98,6 +98,8 @@ static const KeyDef keys[] = {
      "wall-time limit of the job (3600, 90m, 2h, H:MM:SS); it stops with a checkpoint before it, exit 75; 0 = none"},
     {"run", "time_margin", T_FLOAT, OFF(run.time_margin), "60", IN(0, 86400), NULL,
      "seconds kept free before the time limit (or Slurm's end time) for the exit"},
+    {"run", "overwrite", T_BOOL, OFF(run.overwrite), "false", ANY, NULL,
+     "train: replace run.h5/init.h5/final.h5 of an earlier run in out_dir that has no checkpoint to resume"},
 
     {"model", "vocab", T_INT, OFF(model.vocab), "257", IN(2, DECK_MAX_VOCAB), NULL,
      "vocabulary size V"},
@@ -114,9 +116,14 @@ static const KeyDef keys[] = {
      "MLP hidden width = mlp_ratio * d_model"},
     {"model", "init_std", T_FLOAT, OFF(model.init_std), "0.02", 0, 10, (R_MIN | R_MIN_OPEN | R_MAX), NULL,
      "std of the normal weight init"},
+    {"model", "dropout", T_FLOAT, OFF(model.dropout), "0", 0, 1, (R_MIN | R_MAX | R_MAX_OPEN), NULL,
+     "training dropout probability at GPT-2's sites (embeddings, attention probabilities, "
+     "both residual branches); evaluation and generation never drop"},
 
     {"data", "train", T_STR, OFF(data.train), "", ANY, NULL,
-     "training token file (HDF5, from `partita prep`)"},
+     "training token file (HDF5, from `partita prep`), or a comma-separated list of them to mix (see weights)"},
+    {"data", "weights", T_STR, OFF(data.weights), "", ANY, NULL,
+     "data mixing: one weight per file of train (a list), e.g. 0.7, 0.3; \"\" = one file, or equal weights"},
     {"data", "val", T_STR, OFF(data.val), "", ANY, NULL,
      "validation token file; \"\" = hold out val_fraction of train"},
     {"data", "val_fraction", T_FLOAT, OFF(data.val_fraction), "0.05", IN(0, 0.5), NULL,
@@ -249,7 +256,7 @@ static const KeyDef keys[] = {
      "test only: instead of skipping it, the faulty rank stalls this long first (a stuck rank)"},
     {"comm", "device_path", T_ENUM, OFF(comm.device_path), "auto", ANY, devpath_names,
      "cuda: nccl, or staged (device -> host -> MPI -> device, lets ranks share a GPU); auto = nccl unless ranks share a GPU"},
-    {"comm", "progress", T_ENUM, OFF(comm.progress), "poll", ANY, progress_names,
+    {"comm", "progress", T_ENUM, OFF(comm.progress), "thread", ANY, progress_names,
      "how collectives advance while kernels run: poll (tests between layers), thread (a progress thread too), none"},
     {"comm", "progress_us", T_FLOAT, OFF(comm.progress_us), "50", IN(0, 100000), NULL,
      "progress = thread: microseconds the thread sleeps between probes (0 = yield only; it spins on the core)"},
@@ -1747,4 +1754,25 @@ const char *deck_where(const Deck *d, const char *key, char *buf, size_t n) {
     else if (d->from[k] == DECK_FROM_DERIVED) snprintf(buf, n, "derived");
     else snprintf(buf, n, "default");
     return buf;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key reference (`partita check --keys`, `partita train --help`): everyday path, issue 18
+
+int deck_print_keys(FILE *out, const char *section) {
+    int shown_keys = 0;
+    for (int s = 0; s < NSECTIONS; s++) {
+        if (section && section[0] && strcmp(section, sections[s]) != 0) continue;
+        fprintf(out, "%s[%s]\n", shown_keys ? "\n" : "", sections[s]);
+        for (int k = 0; k < NKEYS; k++) {
+            const KeyDef *kd = &keys[k];
+            if (strcmp(kd->section, sections[s]) != 0) continue;
+            char what[256];
+            describe(k, what, sizeof what);
+            fprintf(out, "  %-16s = %-12s  %s\n  %-16s   %-12s  (%s)\n", kd->key, kd->type == T_STR && !kd->def[0] ? "\"\"" : kd->def,
+                    kd->help, "", "", what);
+            shown_keys++;
+        }
+    }
+    return shown_keys;
 }

@@ -8,6 +8,7 @@
 #define PARTITA_DECK_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #define DECK_STR 512        // bytes of a string value, with its NUL
@@ -47,6 +48,7 @@ typedef struct RunConfig {
     char stop_signals[DECK_STR]; // signals that stop the run with a checkpoint (stop.h parses them)
     char time_limit[DECK_STR];   // wall-time limit: seconds, 90m, 2h, H:MM:SS; "0" = none (stop.h)
     double time_margin;       // seconds kept free before the limit
+    int overwrite;            // train may replace an earlier run's outputs that have no checkpoint
 } RunConfig;
 
 typedef struct ModelConfig {
@@ -58,10 +60,12 @@ typedef struct ModelConfig {
     int64_t seq_len;          // maximum T (wpe rows)
     int64_t mlp_ratio;        // hidden = mlp_ratio * C
     double init_std;          // normal init std (0.02)
+    double dropout;           // training dropout probability; 0 = off (kernels/*/dropout*)
 } ModelConfig;
 
 typedef struct DataConfig {
     char train[DECK_STR];     // token file (HDF5, from `partita prep`)
+    char weights[DECK_STR];   // data mixing: a weight per file of train ("a.h5, b.h5"); "" = equal
     char val[DECK_STR];       // optional; "" = hold out val_fraction of train
     double val_fraction;      // tail of train held out when val is ""
     int order;                // ORDER_*
@@ -228,6 +232,11 @@ size_t deck_format(const Deck *d, char *buf, size_t n);
 // "FILE:LINE", "--set", "default" or "derived" for key "section.key";
 // used to point at the deck in errors found after loading.
 const char *deck_where(const Deck *d, const char *key, char *buf, size_t n);
+
+// Prints every key of section (NULL or "": all sections) with its default, help
+// and accepted values: the reference `partita check --keys` shows. Returns the
+// keys printed (0: no such section).
+int deck_print_keys(FILE *out, const char *section);
 
 // MoE layout of a validated config. deck_moe_layer: whether layer l (0-based) is an MoE
 // layer; deck_moe_experts: its expert count (0 for a dense layer); deck_moe_layers: how

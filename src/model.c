@@ -448,6 +448,7 @@ void model_create_parallel(Model *m, const ModelConfig *mc, int B, int T, const 
               m->sp);
     hold_all(m);
     build_table(m);
+    m->dropout = (float)mc->dropout;
     m->bk = bk;
     m->B = B;
     m->T = T;
@@ -547,6 +548,33 @@ static float *qkv_out(Model *m, const Acts *a, int l) {
     return m->sp > 1 ? m->ulysses.recv : at(a, a->qkv, l);
 }
 
+// Dropout site (layer, site) of this micro-batch (kernels.h Dropout), or NULL
+// when the last forward did not drop. Positions are global: this rank's offset
+// in the row (sp); attention runs on full rows of this rank's heads.
+static const Dropout *drop_at(const Model *m, Dropout *d, int layer, int site) {
+    if (!m->drop_on) return NULL;
+    int h0 = 0, nh = m->s.NH;
+    if (site == DROP_ATTN && m->sp > 1) ulysses_split_heads(m->s.NH, m->sp, m->sp_rank, &h0, &nh);
+    int64_t pos0 = site == DROP_ATTN ? 0 : (int64_t)m->sp_rank * m->T;
+    *d = dropout_of(m->dropout, dropout_key(m->moe_seed, m->moe_step, layer, site), m->moe_row0, pos0, h0);
+    return d;
+}
+
+// A residual branch's output: dropped in place when dropout is on.
+static void drop_branch(const Model *m, float *x, int layer, int site) {
+    Dropout d;
+    if (drop_at(m, &d, layer, site)) m->bk->dropout_forward(x, x, &d, m->fwd_B, m->fwd_T, m->s.C);
+}
+
+// The gradient of a residual branch's output from dres: dres itself, or with
+// dropout its masked copy in spare.
+static const float *branch_grad(const Model *m, float *spare, const float *dres, int layer, int site) {
+    Dropout d;
+    if (!drop_at(m, &d, layer, site)) return dres;
+    m->bk->dropout_backward(spare, dres, &d, m->fwd_B, m->fwd_T, m->s.C);
+    return spare;
+}
+
 // What a pass over the paged KV cache adds to a forward: the cache and the
 // rows' tables (already in backend memory: m->tok, m->pos, m->tables).
 typedef struct Paged {
@@ -560,6 +588,8 @@ typedef struct Paged {
 // over its sequence's cache.
 static void attention_fwd(Model *m, const Acts *a, int l, int B, int T, const Paged *pg) {
     const Backend *k = m->bk;
+    Dropout dd;
+    const Dropout *drop = drop_at(m, &dd, l, DROP_ATTN);
     float *qkv = qkv_out(m, a, l), *atty = at(a, a->atty, l);
     if (pg) {
         const PagedKV *kv = pg->kv;
@@ -570,14 +600,15 @@ static void attention_fwd(Model *m, const Acts *a, int l, int B, int T, const Pa
         return;
     }
     if (m->sp == 1) {
-        k->attention_forward(atty, at(a, a->att_lse, l), qkv, B, T, m->s.C, m->s.NH);
+        k->attention_forward(atty, at(a, a->att_lse, l), qkv, B, T, m->s.C, m->s.NH, drop);
         return;
     }
     Ulysses *u = &m->ulysses;
     char tag[40];
     snprintf(tag, sizeof tag, "qkv h.%d", l);
     ulysses_seq_to_heads(u, at(a, a->qkvh, l), qkv, B, T, 3, tag);
-    k->attention_forward(at(a, a->atth, l), at(a, a->att_lse, l), at(a, a->qkvh, l), B, T * m->sp, u->Cl, u->NHl);
+    k->attention_forward(at(a, a->atth, l), at(a, a->att_lse, l), at(a, a->qkvh, l), B, T * m->sp, u->Cl, u->NHl,
+                         drop);
     snprintf(tag, sizeof tag, "att h.%d", l);
     ulysses_heads_to_seq(u, atty, at(a, a->atth, l), B, T, 1, tag);
 }
@@ -587,9 +618,11 @@ static void attention_fwd(Model *m, const Acts *a, int l, int B, int T, const Pa
 // free at that point (ulysses.h: src may be recv, dst send).
 static void attention_bwd(Model *m, const Acts *a, const Scratch *d, int l, int B, int T) {
     const Backend *k = m->bk;
+    Dropout dd;
+    const Dropout *drop = drop_at(m, &dd, l, DROP_ATTN);
     if (m->sp == 1) {
         k->attention_backward(d->d3c, d->dc, at(a, a->qkv, l), at(a, a->atty, l), at(a, a->att_lse, l), B, T,
-                              m->s.C, m->s.NH);
+                              m->s.C, m->s.NH, drop);
         return;
     }
     Ulysses *u = &m->ulysses;
@@ -598,7 +631,7 @@ static void attention_bwd(Model *m, const Acts *a, const Scratch *d, int l, int 
     float *datth = u->send, *dqkvh = u->recv;
     ulysses_seq_to_heads(u, datth, d->dc, B, T, 1, tag);
     k->attention_backward(dqkvh, datth, at(a, a->qkvh, l), at(a, a->atth, l), at(a, a->att_lse, l), B,
-                          T * m->sp, u->Cl, u->NHl);
+                          T * m->sp, u->Cl, u->NHl, drop);
     snprintf(tag, sizeof tag, "d qkv h.%d", l);
     ulysses_heads_to_seq(u, d->d3c, dqkvh, B, T, 3, tag);
 }
@@ -631,6 +664,7 @@ static void project_residual(Model *m, const ParamStore *ps, const float *pl, in
     }
     linear(m, ps, pl, l, j, proj, inp, N, IC, C, EPI_NONE, tmp);
     if (m->tp_size > 1) comm_allreduce_sum(m->tp, proj, N * (size_t)C, "tp");
+    drop_branch(m, proj, l, j == K_ATTPW ? DROP_ATTN_RESID : DROP_MLP_RESID);
     m->bk->residual_forward(out_res, res, proj, N * (size_t)C);
 }
 
@@ -689,6 +723,7 @@ static void moe_mlp_forward(Model *m, const Acts *a, int l, const float *pl, con
     moe_forward(&m->moel[l], fcproj, at(a, a->ln2, l), B, T, m->moe_eval, m->moe_seed, m->moe_step, m->moe_row0);
     // A recompute in backward keeps the experts held for the backward that follows.
     if (ux != u && phase == PHASE_FWD) ps->release(ps->ctx, ux, phase);
+    drop_branch(m, fcproj, l, DROP_MLP_RESID);
     m->bk->residual_forward(layer_out(a, l, N * C), at(a, a->res2, l), fcproj, N * C);
 }
 
@@ -737,6 +772,7 @@ float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     m->fwd_B = B;
     m->fwd_T = T;
     m->moe_eval = !for_backward;
+    m->drop_on = for_backward && m->dropout > 0.0f;
     k->from_host_i32(m->tok, inputs, N);
     if (targets) k->from_host_i32(m->tgt, targets, N);
 
@@ -745,6 +781,7 @@ float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     const float *emb = ps->params(ps->ctx, U_EMBED, PHASE_FWD);
     k->encoder_forward(a.encoded, m->tok, TP(m, emb, U_EMBED, 0), TP(m, emb, U_EMBED, 1) + pos0, B, T, C);
     ps->release(ps->ctx, U_EMBED, PHASE_FWD);
+    drop_branch(m, a.encoded, -1, DROP_EMBED);
     for (int l = 0; l < L; l++) {
         const int u = U_LAYER(l);
         layer_forward(m, &a, l, ps->params(ps->ctx, u, PHASE_FWD), ps, B, T, NULL, PHASE_FWD);
@@ -823,20 +860,23 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
             const float *pe = ux == u ? pl : ps->params(ps->ctx, ux, PHASE_BWD);
             float *ge = ux == u ? gl : ps->grads(ps->ctx, ux);
             moe_bind(m, l, pl, pe, gl, ge);
-            moe_backward(&m->moel[l], d.dc, d.dres, at(&a, a.ln2, l), (float)m->moe.aux_w * dloss * (float)T);
+            moe_backward(&m->moel[l], d.dc, branch_grad(m, d.d3c, d.dres, l, DROP_MLP_RESID), at(&a, a.ln2, l),
+                         (float)m->moe.aux_w * dloss * (float)T);
             if (ux != u) {
                 ps->release(ps->ctx, ux, PHASE_BWD);
                 ps->grads_ready(ps->ctx, ux);
             }
         } else {
-            k->matmul_backward(d.dh1, G(K_FCPW), G(K_FCPB), d.dres, at(&a, a.fch_gelu, l), W(K_FCPW), N, H, C, 0);
+            k->matmul_backward(d.dh1, G(K_FCPW), G(K_FCPB), branch_grad(m, d.d3c, d.dres, l, DROP_MLP_RESID),
+                               at(&a, a.fch_gelu, l), W(K_FCPW), N, H, C, 0);
             k->gelu_backward(d.dh2, at(&a, a.fch, l), d.dh1, N * H);
             k->matmul_backward(d.dc, G(K_FCW), G(K_FCB), d.dh2, at(&a, a.ln2, l), W(K_FCW), N, C, H, 0);
         }
         k->layernorm_backward(d.dres, G(K_LN2W), G(K_LN2B), d.dc, at(&a, a.res2, l), W(K_LN2W),
                            at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), N, C);
         // res2 = res + attproj: d.dres is now d(res2).
-        k->matmul_backward(d.dc, G(K_ATTPW), G(K_ATTPB), d.dres, at(&a, a.atty, l), W(K_ATTPW), N, C, C, 0);
+        k->matmul_backward(d.dc, G(K_ATTPW), G(K_ATTPB), branch_grad(m, d.d3c, d.dres, l, DROP_ATTN_RESID),
+                           at(&a, a.atty, l), W(K_ATTPW), N, C, C, 0);
         attention_bwd(m, &a, &d, l, B, T);
         k->matmul_backward(d.dc, G(K_QKVW), G(K_QKVB), d.d3c, at(&a, a.ln1, l), W(K_QKVW), N, C, 3 * C, 0);
         k->layernorm_backward(d.dres, G(K_LN1W), G(K_LN1B), d.dc, res, W(K_LN1W),
@@ -847,6 +887,7 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
         ps->grads_ready(ps->ctx, u);
     }
     const size_t pos0 = (size_t)m->sp_rank * (size_t)m->T * (size_t)C;
+    branch_grad(m, d.dres, d.dres, -1, DROP_EMBED);     // in place
     k->encoder_backward(TP(m, gemb, U_EMBED, 0), TP(m, gemb, U_EMBED, 1) + pos0, d.dres, m->tok, B, T, C);
     ps->grads_ready(ps->ctx, U_EMBED);
 }

@@ -155,11 +155,18 @@ typedef struct Model {
     int *xunit;             // (L) the unit holding layer l's held experts
     int ngroups;            // 1, or 2 with expert parallelism
     size_t group_end[2];    // group g is [g ? group_end[0] : 0, group_end[g])
-    uint64_t moe_seed;      // jitter: the run's seed, the step, the global index of the batch's first row
+    // The counters of MoE jitter and of dropout's masks: the run's seed, the
+    // step, the global index of the micro-batch's first row (set by the trainer).
+    uint64_t moe_seed;
     int64_t moe_step;
     uint64_t moe_row0;
     int moe_eval;           // the last forward used the eval capacity (no backward)
     double moe_aux;         // last forward: sum over MoE layers of the mean over rows of the aux term
+    // Dropout ([model] dropout): GPT-2's sites (embeddings, attention
+    // probabilities, both residual branches), in forwards with for_backward and
+    // their backward only; masks drawn from (moe_seed, moe_step, moe_row0 + b).
+    float dropout;
+    int drop_on;            // the last forward dropped (training)
 } Model;
 
 // Tensor index of (layer, kind, expert) (layer -1: wte, wpe, ln_f; expert -1

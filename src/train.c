@@ -69,11 +69,13 @@ typedef struct Trainer {
     int64_t base_rows;          // global data rows consumed before start_step
     int64_t last_ckpt;          // step of the newest checkpoint this job wrote (-1: none)
     double ckpt_s;              // the longest checkpoint write of this job (an estimate before one)
+    double ckpt_last_s;         // seconds of the newest checkpoint write (run.h5 checkpoint_time)
     double step_s[4];           // the last steps' seconds (ring), for the time limit
     CkptJob ckpt;               // checkpoints this job wrote (the only ones pruning deletes)
     double *rss_all;            // (ranks) per-rank peak RSS, MiB
     double rss_base;            // resident MiB before the model is allocated, largest rank: the process baseline
     double flops_per_token;
+    double t_begin;             // wall_seconds() as the trainer started (the progress line's elapsed time)
 } Trainer;
 
 // run.h5's /moe_load (defined with record_step).
@@ -216,8 +218,14 @@ static void start_backend(Trainer *tr, CommOptions *co) {
 }
 
 // Token ranges: [0, split) trains and [split, ntok) validates when no val file is given.
+static void open_data_mix(Trainer *tr);
+
 static void open_data(Trainer *tr) {
     const Config *c = tr->cfg;
+    if (strchr(c->data.train, ',') || c->data.weights[0]) {   // data mixing (issue 18): data.c
+        open_data_mix(tr);
+        return;
+    }
     tokenfile_open(&tr->train_file, c->data.train);
     const TokenFile *vf = &tr->train_file;
     uint64_t tb = 0, te = tr->train_file.ntok, vb = 0, ve = 0;
@@ -250,6 +258,43 @@ static void open_data(Trainer *tr) {
         loader_set_slice(&tr->train, tr->topo.sp_rank * tr->Tl, tr->Tl);
         if (ve > vb) loader_set_slice(&tr->val, tr->topo.sp_rank * tr->Tl, tr->Tl);
     }
+}
+
+// Several train files mixed by [data] weights: each file's tokenizer checked as
+// for one, its val_fraction tail held out unless [data] val is given.
+static void open_data_mix(Trainer *tr) {
+    const Config *c = tr->cfg;
+    char paths[DATA_MAX_SOURCES][512], why[2048], where[600];
+    int n = data_split_list(c->data.train, paths, DATA_MAX_SOURCES);
+    for (int k = 0; k < n; k++)
+        if (prep_check_tokens(paths[k], c->data.tokenizer, c->data.tokenizer_dir, c->model.vocab, why, sizeof why))
+            FATAL_ALL(NULL, "%s: %s", deck_where(tr->deck, "data.tokenizer", where, sizeof where), why);
+    int own_val = c->data.val[0] != 0;
+    if (data_open_mix(&tr->train, own_val ? NULL : &tr->val, c->data.train, c->data.weights,
+                      own_val ? 0.0 : c->data.val_fraction, tr->B, tr->T, c->data.order, (uint64_t)c->run.seed,
+                      c->model.vocab, why, sizeof why) != 0)
+        FATAL_ALL(NULL, "%s: %s", deck_where(tr->deck, c->data.weights[0] ? "data.weights" : "data.train", where,
+                  sizeof where), why);
+    tr->train_file = tr->train.mix->files[0];   // a copy for the header; the mix owns and closes the files
+    tr->train_file.file = tr->train_file.dset = 0;
+    for (int k = 0; k < tr->train.mix->n; k++)
+        if (tr->train.mix->files[k].vocab_size > c->model.vocab)
+            FATAL_ALL("set [model] vocab to at least the token files' vocab_size", "%s: model.vocab = %lld is smaller "
+                      "than the vocab_size %lld of '%s'", deck_where(tr->deck, "model.vocab", where, sizeof where),
+                      (long long)c->model.vocab, (long long)tr->train.mix->files[k].vocab_size, paths[k]);
+    if (own_val) {
+        tokenfile_open(&tr->val_file, c->data.val);
+        loader_create(&tr->val, &tr->val_file, 0, tr->val_file.ntok, tr->B, tr->T, ORDER_SEQUENTIAL, 0, c->model.vocab);
+    }
+    if (tr->Tl != tr->T) {
+        loader_set_slice(&tr->train, tr->topo.sp_rank * tr->Tl, tr->Tl);
+        if (tr->val.rows) loader_set_slice(&tr->val, tr->topo.sp_rank * tr->Tl, tr->Tl);
+    }
+    if (tr->topo.rank == 0)
+        for (int k = 0; k < tr->train.mix->n; k++)
+            log_info("data mix: %s, weight %.4f (%u of every %d rows), %llu train rows\n", paths[k],
+                     tr->train.mix->weight[k], tr->train.mix->count[k], DATA_MIX_PERIOD,
+                     (unsigned long long)tr->train.mix->src[k].rows);
 }
 
 // Global data rows consumed once `steps` steps are done: the checkpoint's
@@ -285,8 +330,10 @@ static void checkpoint(Trainer *tr, int64_t steps_done) {
     double t0 = wall_seconds();
     zero_pull_states(&tr->zero);
     ckpt_write(&tr->ckpt, &tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
-    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s%s)\n", tr->cfg->checkpoint.dir, (long long)steps_done,
-             wall_seconds() - t0, tr->cfg->checkpoint.async ? "; writing in the background" : "");
+    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s%s; layout %.2f s, %s %.2f s, meta and publish %.2f s)\n",
+             tr->cfg->checkpoint.dir, (long long)steps_done, wall_seconds() - t0,
+             tr->cfg->checkpoint.async ? "; writing in the background" : "", tr->ckpt.layout_s,
+             tr->cfg->checkpoint.async ? "host copy" : "states", tr->ckpt.data_s, tr->ckpt.publish_s);
 }
 
 // A checkpoint, timed (the time limit plans with the longest of this job).
@@ -295,6 +342,7 @@ static void save(Trainer *tr, int64_t steps_done) {
     checkpoint(tr, steps_done);
     double dt = wall_seconds() - t0;
     if (dt > tr->ckpt_s || tr->last_ckpt < 0) tr->ckpt_s = dt;
+    tr->ckpt_last_s = dt;
     tr->last_ckpt = steps_done;
 }
 
@@ -339,6 +387,7 @@ static void measure_peak(Trainer *tr) {
 
 static void trainer_create(Trainer *tr, const Deck *d) {
     memset(tr, 0, sizeof *tr);
+    tr->t_begin = wall_seconds();
     tr->deck = d;
     tr->cfg = &d->cfg;
     const Config *c = tr->cfg;
@@ -394,6 +443,8 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     // Before the first checkpoint of the job, plan with 1 s + its bytes at 200 MB/s.
     tr->ckpt_s = 1.0 + 3.0 * (double)tr->model.nparams * sizeof(float) / 200e6;
     resume(tr);
+    char hosts[4096];
+    metrics_hosts(MPI_COMM_WORLD, hosts, sizeof hosts);
     if (tr->topo.rank == 0) {
         char path[DECK_STR + 16], machine[1024];
         machine_text(tr, machine, sizeof machine);
@@ -403,6 +454,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
             log_info("run.h5: continuing %s from step %lld\n", path, (long long)tr->start_step);
         metrics_describe(&tr->metrics, tr->deck_text, machine, tr->peak_gflops, &tr->peak, tr->peak_all,
                          tr->threads, tr->start_step);
+        metrics_describe_job(&tr->metrics, hosts);
         h5_attr_i64(tr->metrics.file, "zero_stage", tr->zero.stage);
         h5_attr_i64(tr->metrics.file, "model_state_bytes", (int64_t)tr->zero.state_bytes);
         h5_attr_i64(tr->metrics.file, "working_bytes", (int64_t)tr->zero.working_bytes);
@@ -534,9 +586,22 @@ static void format_eta(double s, char *buf, size_t n) {
     snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
 }
 
-static void gather_rss(Trainer *tr) {
-    double mine = peak_rss_mb();
+// Each rank's peak RSS into rss_all (rank 0); returns the largest resident MiB now (rank 0).
+static double gather_rss(Trainer *tr) {
+    double mine = peak_rss_mb(), now = rss_now_mb(), most = 0;
     MPI_CHECK(MPI_Gather(&mine, 1, MPI_DOUBLE, tr->rss_all, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+    MPI_CHECK(MPI_Reduce(&now, &most, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD));
+    return most;
+}
+
+// The progress line's tail: elapsed wall time since start, memory in use, the local time.
+static void progress_tail(double elapsed, double rss_mb, char *buf, size_t n) {
+    char el[32], stamp[32];
+    format_eta(elapsed, el, sizeof el);
+    time_t now = time(NULL);
+    struct tm tmv;
+    strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", localtime_r(&now, &tmv));
+    snprintf(buf, n, " | elapsed %s | mem %.0f MiB | %s", el, rss_mb, stamp);
 }
 
 static void print_header(const Trainer *tr) {
@@ -659,7 +724,7 @@ static void moe_load_close(Trainer *tr) {
 
 // Collective (per-rank memory); rank 0 appends the row and maybe prints.
 static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *o, CommMark *mark, double train_time) {
-    gather_rss(tr);
+    double rss_now = gather_rss(tr);
     if (tr->topo.rank != 0) return;
     const Config *c = tr->cfg;
     double tokens_per_step = (double)c->train.batch * tr->T;
@@ -679,6 +744,7 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_TOKENS] = row.v[M_DATA_ROWS] * tr->T;
     row.v[M_SKIPPED] = o->skipped;
     row.v[M_RANKS] = tr->topo.size;
+    row.v[M_CHECKPOINT_TIME] = tr->last_ckpt == step + 1 ? tr->ckpt_last_s : 0.0;
     CommMark now = comm_now(tr);
     row.v[M_COMM_ALL_REDUCE] = (double)(now.bytes[COMM_ALLREDUCE] - mark->bytes[COMM_ALLREDUCE]);
     row.v[M_COMM_REDUCE_SCATTER] = (double)(now.bytes[COMM_REDUCE_SCATTER] - mark->bytes[COMM_REDUCE_SCATTER]);
@@ -696,12 +762,13 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     metrics_append(&tr->metrics, &row);
     moe_load_append(tr);
     if (!o->print) return;
-    char eta[32], vbuf[32] = "";
+    char eta[32], vbuf[32] = "", tail[128];
     format_eta(train_time / (double)(step + 1 - tr->start_step) * (double)(stop - step - 1), eta, sizeof eta);
     if (isfinite(o->val)) snprintf(vbuf, sizeof vbuf, " | val %.4f", o->val);
-    log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.1f GFLOP/s | %.3f s/step | ETA %s\n",
+    progress_tail(wall_seconds() - tr->t_begin, rss_now, tail, sizeof tail);
+    log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.1f GFLOP/s | %.3f s/step | ETA %s%s\n",
              (long long)step + 1, (long long)c->train.steps, o->loss, vbuf, o->lr, o->gnorm, tps, 100.0 * mfu, gflops,
-             o->dt, eta);
+             o->dt, eta, tail);
     moe_load_write(tr);
     metrics_flush(&tr->metrics);
 }
