@@ -885,7 +885,7 @@ int generate_run(const Deck *d) {
     char why[600];
     if (tokenizer_open(&g.tk, c->data.tokenizer, c->data.tokenizer_dir, why, sizeof why) != 0)
         FATAL_ALL("run `make deps`, or set [data] tokenizer_dir", "generate: %s", why);
-    model_create(&g.m, &c->model, 1, c->generate.naive ? (int)c->model.seq_len : 1, backend_cpu());
+    engine_whole_model(&g.m, c, 1, c->generate.naive ? (int)c->model.seq_len : 1);
     g.full = xmalloc(g.m.nparams * sizeof(float), "weights");
     weights_read(&g.m, c->generate.weights, g.full);
     sampler_create(&g.smp, g.m.s.V);
@@ -901,8 +901,8 @@ int generate_run(const Deck *d) {
         if (device_select(d, g.comm.size == 1, &dev, err, sizeof err) != 0) FATAL_ALL(NULL, "%s", err);
         const Backend *bk = device_start(&dev, local_rank, engine_arena_bytes(&g.m, g.comm.size, (int)c->generate.kv_blocks,
                                                                                bs, Nmax, Smax, g.max_blocks));
-        engine_create(&g.e, &g.m, g.full, &c->model, bk, &g.comm, c->generate.weights_dtype,
-                      (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
+        engine_create_ep(&g.e, &g.m, g.full, &c->model, bk, &g.comm, (int)c->parallel.tp, (int)c->parallel.ep,
+                         c->generate.weights_dtype, (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
         g.msg_len = 3 + (size_t)Nmax * (2 + (size_t)g.max_blocks) + (size_t)Smax;
         g.msg = xcalloc(g.msg_len * sizeof(int32_t), "pass message");
         g.sample_req = xcalloc(sizeof(int32_t) * (size_t)Smax, "sampled requests");
