@@ -344,7 +344,7 @@ static void prune(const char *dir, CkptJob *j, int64_t keep) {
             size_t len = strlen(e->d_name);
             if (strncmp(e->d_name, "step-", 5) != 0 || len < 7 || strcmp(e->d_name + len - 7, ".h5.tmp") != 0) continue;
             char path[1200];
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path) continue;   // not ours
             unlink(path);
         }
         closedir(dd);

@@ -56,7 +56,11 @@
     X(M_CHECKPOINT_TIME, "checkpoint_time", "s", 0, "wall seconds of the checkpoint written after the step (0: none); its gathers are in the step's comm_bytes_*") \
     X(M_AUX_LOSS, "aux_loss", "1", 0, "MoE load-balancing term: unweighted sum over MoE layers, mean over micro-steps and ranks; NaN without MoE") \
     X(M_MOE_DROPPED, "moe_dropped", "1", 0, "fraction of MoE routing choices dropped by expert capacity; NaN without MoE") \
-    X(M_COMM_INFLIGHT, "comm_inflight", "s", 0, "seconds rank 0 had a dp collective in flight during the step (issue to observed completion)")
+    X(M_COMM_INFLIGHT, "comm_inflight", "s", 0, "seconds rank 0 had a dp collective in flight during the step (issue to observed completion)") \
+    X(M_OFFLOAD_READ_BYTES, "offload_read_bytes", "byte", 0, "bytes rank 0 read from its offload files (every ZeRO group) during the step; 0 without offload") \
+    X(M_OFFLOAD_WRITE_BYTES, "offload_write_bytes", "byte", 0, "bytes rank 0 wrote to its offload files (every ZeRO group) during the step; 0 without offload") \
+    X(M_IO_WAIT, "io_wait", "s", 0, "seconds rank 0's step waited on offload I/O") \
+    X(M_UPDATE_TIME, "update_time", "s", 0, "seconds of rank 0's optimizer update (the offloaded pipeline's whole update, or the in-memory AdamW)")
 
 #define METRICS_ENUM_(id, name, unit, integer, description) id,
 enum { METRICS_COLUMNS(METRICS_ENUM_) M_NCOLS };

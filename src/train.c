@@ -9,6 +9,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
+#include "offload.h"
 #include "peak.h"
 #include "prep.h"
 #include "stop.h"
@@ -56,6 +57,9 @@ typedef struct Trainer {
     Loader train, val;
     Model model;
     Zero zero;
+    Offload off[ZERO_MAX_GROUPS];   // [offload]: one per ZeRO parameter group (noff of them; 0: none)
+    int noff;
+    double update_s;            // seconds of optimizer updates so far (this rank)
     const ParamStore *ps;
     Metrics metrics;
     int B, T, accum;
@@ -103,18 +107,104 @@ static void machine_text(const Trainer *tr, char *buf, size_t n) {
              tr->topo.size, tr->topo.local_size, tr->threads, dev, comm_path_name(tr->dp.opt.path));
 }
 
+// [offload] moves the moments off the backend: to NVMe, or (cuda) to host memory.
+static int moments_offloaded(const Config *c, int dev) {
+    return c->offload.optimizer == OFFLOAD_NVME || (c->offload.optimizer == OFFLOAD_HOST && dev);
+}
+
+// What the offload engine holds instead of ZeRO's buffers (dev: the backend
+// has device memory): the moments; at stage 3 the parameter shard (params =
+// nvme, or host on cuda); on cpu at ZeRO 2-3 with the moments on NVMe and one
+// parameter group, the reduced gradients.
+static ZeroOffload offload_wants(const Config *c, int dev, int ngroups) {
+    ZeroOffload w = {.moments = moments_offloaded(c, dev)};
+    const OffloadConfig *oc = &c->offload;
+    w.params = w.moments && c->zero.stage == 3 && (oc->params == OFFLOAD_NVME || (oc->params == OFFLOAD_HOST && dev));
+    w.grads = w.moments && !dev && oc->optimizer == OFFLOAD_NVME && c->zero.stage >= 2 && ngroups == 1;
+    return w;
+}
+
 // Device memory for the run, taken in one piece at start: model states and
-// working buffers (zero_plan), activations, and room for alignment.
+// working buffers (zero_plan_offload: what offload holds is left out),
+// activations, Deep Optimizer States' staging, and room for alignment.
 static size_t arena_bytes(const Trainer *tr) {
     Model m;
-    ZeroPlan plan;
+    ZeroPlan plan, whole;
     model_table_moe(&m, &tr->cfg->model, &tr->moe, tr->ep_size, tr->topo.ep_rank);
-    zero_plan(&m, &tr->cfg->zero, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
-    size_t bytes = plan.params + plan.grads + plan.optim + plan.working +
-                   model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
-                                                 (int)tr->cfg->train.recompute) + ((size_t)64 << 20);
+    ZeroOffload w = offload_wants(tr->cfg, 1, m.ngroups > 1 ? 2 : 1);
+    zero_plan_offload(&m, &tr->cfg->zero, &w, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
+    size_t acts = model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
+                                                (int)tr->cfg->train.recompute);
+    size_t bytes = plan.params + plan.grads + plan.optim + plan.working + acts + ((size_t)64 << 20);
+    if (w.moments && !w.params) {   // DOS staging per group (taken from the activations when they hold it)
+        zero_plan(&m, &tr->cfg->zero, tr->topo.dp_size, tr->topo.dp_rank, 1, &whole);
+        bytes += (size_t)(m.ngroups > 1 ? 2 : 1) * offload_device_bytes(&tr->cfg->offload, whole.optim / 8);
+    }
     model_free(&m);
     return bytes;
+}
+
+// [offload]: each ZeRO group's owned range (moments; stage-3 shard; on cpu at
+// ZeRO 2-3 with the moments on NVMe and one group, the reduced gradients) to
+// host memory or a file per rank and group. Call after zero_create_offload
+// with offload_wants' answer.
+static void start_offload(Trainer *tr) {
+    const OffloadConfig *oc = &tr->cfg->offload;
+    if (oc->optimizer == OFFLOAD_NONE && oc->params == OFFLOAD_NONE) return;
+    int dev = tr->bk->device_memory;
+    Zero *z = &tr->zero;
+    if (!z->offl.moments) {
+        log_info("offload: optimizer = host, params = %s: on the cpu backend the states already live in host memory\n",
+                 oc->params == OFFLOAD_HOST ? "host" : "none");
+        return;
+    }
+    static const char *const tiers[] = {"device", "host", "nvme"};
+    int params = z->offl.params ? (int)oc->params : OFFLOAD_NONE;
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        Offload *o = &tr->off[k];
+        offload_create(o, oc, tr->bk, tr->cfg->run.name, tr->topo.rank, k, g->own_begin, g->own_end - g->own_begin,
+                       params, z->offl.grads);
+        tr->noff = k + 1;
+        zero_attach_offload(z, k, o);
+        char grp[48] = "";
+        if (z->ngroups > 1) snprintf(grp, sizeof grp, " (group %d: %s)", k, k ? "held experts" : "dense");
+        if (o->tier == OFFLOAD_NVME)
+            log_info("offload%s: optimizer = nvme, params = %s, gradients = %s, in %s (%s, %zu-byte alignment): ", grp,
+                     dev ? tiers[params] : params == OFFLOAD_NVME ? "nvme" : "memory", z->offl.grads ? "nvme" : "memory",
+                     oc->nvme_dir, o->file.direct ? "O_DIRECT" : "buffered", o->file.align);
+        else
+            log_info("offload%s: optimizer = host (pinned), params = %s: ", grp, tiers[params]);
+        log_info("%d subgroups of %.3f MiB, %d buffers, queue depth %lld, prefetch %s; %.1f MiB staged in memory per "
+                 "rank (cap %g MiB)\n", o->nsub, (double)o->G * 4 / 1048576.0, o->nbuf, (long long)oc->queue_depth,
+                 o->prefetch ? "on" : "off", (double)o->held_bytes / 1048576.0, oc->host_cap_mb);
+        offload_dos_plan(o, &tr->model, oc->dos, (int)oc->dos_stride);
+    }
+}
+
+// Deep Optimizer States' choice and its inputs, as run.h5 attributes (rank 0).
+static void describe_offload(const Trainer *tr, hid_t f) {
+    if (tr->bk->device_memory) h5_attr_i64(f, "device_arena_used_bytes", (int64_t)device_arena_used());
+    if (!tr->noff) return;
+    const Offload *o = &tr->off[0];     // group 0's choice; the counts over every group
+    int nsub = 0, ngpu = 0;
+    for (int k = 0; k < tr->noff; k++) {
+        nsub += tr->off[k].nsub;
+        for (int i = 0; i < tr->off[k].nsub; i++) ngpu += dos_on_gpu(tr->off[k].stride, i);
+    }
+    h5_attr_i64(f, "offload_groups", tr->noff);
+    h5_attr_i64(f, "offload_subgroups", nsub);
+    h5_attr_i64(f, "offload_subgroup_floats", (int64_t)o->G);
+    if (!o->device) return;
+    h5_attr_i64(f, "dos_stride", o->stride);
+    h5_attr_i64(f, "dos_gpu_subgroups", ngpu);
+    h5_attr_f64(f, "dos_bw_h2d", o->rates.bw_h2d);
+    h5_attr_f64(f, "dos_bw_d2h", o->rates.bw_d2h);
+    h5_attr_f64(f, "dos_cpu_rate", o->rates.cpu_rate);
+    h5_attr_f64(f, "dos_gpu_rate", o->rates.gpu_rate);
+    h5_attr_f64(f, "dos_cpu_slowdown", o->rates.cpu_slowdown);
+    h5_attr_f64(f, "dos_predicted_s", o->predicted_s);
+    h5_attr_f64(f, "dos_cpu_only_s", o->cpu_only_s);
 }
 
 // Selects the backend and the path of device collectives, starts the device.
@@ -220,6 +310,7 @@ static void resume(Trainer *tr) {
     char path[1200] = "";
     CkptState st = {.data_rows = -1};
     double t0 = wall_seconds();
+    zero_host_buffers(&tr->zero);   // offloaded: host copies for ckpt_resume to fill
     if (!ckpt_resume(&tr->zero, tr->deck, tr->cfg->checkpoint.dir, &st, path, sizeof path)) return;
     if (st.step > tr->cfg->train.steps)
         FATAL_ALL("raise [train] steps to train on", "checkpoint '%s' is at step %lld, past train.steps = %lld",
@@ -333,8 +424,13 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute, .moe = &tr->moe,
                         .ep = tr->ep_size > 1 ? &tr->ep : NULL};
     model_create_parallel(&tr->model, &c->model, tr->B, tr->Tl, tr->bk, &mp);
-    zero_create_ep(&tr->zero, &c->zero, &tr->dp, tr->ep_size > 1 ? &tr->edp : NULL, &tr->model, &c->optim,
-                   c->train.steps);
+    ZeroOffload want = offload_wants(c, tr->bk->device_memory, tr->model.ngroups > 1 ? 2 : 1);
+    if (tr->bk->device_memory && c->offload.params != OFFLOAD_NONE && !want.moments)
+        FATAL_ALL("set [offload] optimizer = host (or nvme) too: the update runs where the moments are",
+                  "[offload] params = host on cuda needs the moments off the device as well");
+    zero_create_offload(&tr->zero, &c->zero, &tr->dp, tr->ep_size > 1 ? &tr->edp : NULL, &tr->model, &c->optim,
+                        c->train.steps, &want);
+    start_offload(tr);
     zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
     tr->ps = zero_store(&tr->zero);
     for (int l = 0; l < tr->model.s.L && tr->moe.nmoe; l++) tr->moe_nx += tr->moe.experts[l];
@@ -365,6 +461,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
         h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->Tl));
         h5_attr_i64(tr->metrics.file, "nparams", (int64_t)tr->model.nparams);
         h5_attr_f64(tr->metrics.file, "baseline_rss_mb", tr->rss_base);
+        describe_offload(tr, tr->metrics.file);
         moe_load_open(tr, buffer);
         metrics_flush(&tr->metrics);
     }
@@ -382,6 +479,7 @@ static void trainer_free(Trainer *tr) {
     tokenfile_close(&tr->train_file);
     if (tr->cfg->data.val[0]) tokenfile_close(&tr->val_file);
     zero_free(&tr->zero);
+    for (int k = 0; k < tr->noff; k++) offload_free(&tr->off[k]);
     model_free(&tr->model);
     if (tr->ep_size > 1) {
         comm_free(&tr->edp);
@@ -476,8 +574,10 @@ static double compute_grads(Trainer *tr, int64_t step, double *grad_norm) {
 
 // Clip and AdamW on the owned shard.
 static void apply_update(Trainer *tr, double grad_norm, double lr) {
+    double t0 = wall_seconds();
     zero_step(&tr->zero, lr, optim_clip_scale(grad_norm, tr->cfg->train.clip));
     tr->bk->sync();     // the step's time includes its device work (AdamW runs asynchronously)
+    tr->update_s += wall_seconds() - t0;
 }
 
 static void format_eta(double s, char *buf, size_t n) {
@@ -544,9 +644,11 @@ typedef struct CommMark {
     uint64_t a2a;                  // all-to-alls: sp (Ulysses) and ep (MoE dispatch and combine)
     double wait_s;                 // dp (and, with ep, the edp and ep groups)
     double inflight_s;
+    uint64_t io_read, io_write;    // offload, every group's
+    double io_wait, update_s;      // offload's I/O waits; every optimizer update
 } CommMark;
 
-// This rank's counters since the start of the job.
+// This rank's counters since the start of the job (communication, offload I/O, updates).
 static CommMark comm_now(const Trainer *tr) {
     CommMark n;
     int ep = tr->ep_size > 1;
@@ -554,6 +656,14 @@ static CommMark comm_now(const Trainer *tr) {
     n.a2a = tr->sp.bytes[COMM_ALLTOALL] + (ep ? tr->ep.bytes[COMM_ALLTOALL] : 0);
     n.wait_s = tr->dp.wait_s + (ep ? tr->edp.wait_s + tr->ep.wait_s : 0.0);
     n.inflight_s = comm_inflight_s(&tr->dp);
+    n.io_read = n.io_write = 0;
+    n.io_wait = 0.0;
+    for (int k = 0; k < tr->noff; k++) {
+        n.io_read += offload_read_bytes(&tr->off[k]);
+        n.io_write += offload_write_bytes(&tr->off[k]);
+        n.io_wait += offload_io_wait(&tr->off[k]);
+    }
+    n.update_s = tr->update_s;
     return n;
 }
 
@@ -644,6 +754,10 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_AUX_LOSS] = tr->moe.nmoe ? tr->moe_aux : NAN;
     row.v[M_MOE_DROPPED] = tr->moe.nmoe ? tr->moe_dropped : NAN;
     row.v[M_COMM_INFLIGHT] = now.inflight_s - mark->inflight_s;
+    row.v[M_OFFLOAD_READ_BYTES] = (double)(now.io_read - mark->io_read);     // rank 0's offload traffic
+    row.v[M_OFFLOAD_WRITE_BYTES] = (double)(now.io_write - mark->io_write);
+    row.v[M_IO_WAIT] = now.io_wait - mark->io_wait;
+    row.v[M_UPDATE_TIME] = now.update_s - mark->update_s;
     *mark = now;
     metrics_append(&tr->metrics, &row);
     moe_load_append(tr);
@@ -833,6 +947,17 @@ int train_run(const Deck *d) {
         snprintf(why, sizeof why, "%s at step %lld", how, (long long)step);
     }
     exit_status(&tr, rc, why);
+    if (tr.noff && step > tr.start_step) {
+        log_info("offload: update %.4f s per step on average over %lld steps (rank 0)", tr.update_s / (double)(step - tr.start_step),
+                 (long long)(step - tr.start_step));
+        for (int k = 0; k < tr.noff; k++) {
+            const Offload *o = &tr.off[k];
+            if (o->device && o->params_tier == OFFLOAD_NONE)
+                log_info("; %sDeep Optimizer States stride %d predicted %.4f s, all on the CPU %.4f s",
+                         tr.noff > 1 ? (k ? "experts: " : "dense: ") : "", o->stride, o->predicted_s, o->cpu_only_s);
+        }
+        log_info("\n");
+    }
     log_info("%s: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n", how,
              (long long)(step - tr.start_step), wall_seconds() - t_start, train_time, last_val, c->run.out_dir);
     trainer_free(&tr);

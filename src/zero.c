@@ -1,13 +1,17 @@
 // zero.c: partitioned parameters, gradients and optimizer states.
 #include "zero.h"
 #include "log.h"
+#include "offload.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+// The offload engine holds the groups' moments (and maybe shards, gradients): offload.h.
+static int offloaded(const Zero *z) { return z->offl.moments; }
 
 void zero_group_part(const ZeroGroup *g, int k, size_t b, size_t e, size_t *pb, size_t *pe) {
     size_t lo = max_sz(b, g->begin + (size_t)k * g->S);
@@ -135,6 +139,9 @@ static void poke(Zero *z) {
         if (z->buckets[i].req.active) comm_test(z->g[z->buckets[i].group].comm, &z->buckets[i].req);
 }
 
+// Gradients on NVMe: where bucket b's reduce-scatter lands (its staging slot's, or the embeddings').
+static float *landing(const Zero *z, const ZeroBucket *b) { return z->gland[b->slot >= 0 ? b->slot : 2]; }
+
 // A bucket's reduction is complete: fold this rank's part into the shard.
 static void bucket_finish(Zero *z, ZeroBucket *b) {
     if (!b->pending) return;
@@ -145,7 +152,11 @@ static void bucket_finish(Zero *z, ZeroBucket *b) {
         size_t lo, hi;
         zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
         size_t at = shard_at(g, lo);
-        z->m->bk->axpy(z->gshard + at, z->recv + at, 1.0f, hi - lo);
+        if (z->offl.grads)  // on NVMe: accumulated (and, after the last micro-step, averaged) there
+            offload_grad_put(g->off, lo - g->own_begin, hi - g->own_begin, landing(z, b), z->first_micro,
+                             z->last_micro, z->p > 1 ? 1.0f / (float)z->p : 1.0f);
+        else
+            z->m->bk->axpy(z->gshard + at, z->recv + at, 1.0f, hi - lo);
     }
     if (b->slot >= 0) z->gring_bucket[b->slot] = -1;
     b->slot = -1;
@@ -196,7 +207,8 @@ static void bucket_launch(Zero *z, ZeroBucket *b, int bi) {
     } else {
         const float *send = z->stage == 1 ? z->grads + b->begin : b->staging;
         fill_counts(g, b->begin, b->end);
-        comm_ireduce_scatter_sum(g->comm, send, z->recv + shard_at(g, lo), g->counts, tag, &b->req);
+        float *recv = z->offl.grads ? landing(z, b) : z->recv + shard_at(g, lo);
+        comm_ireduce_scatter_sum(g->comm, send, recv, g->counts, tag, &b->req);
     }
     if (!z->overlap) bucket_finish(z, b);
 }
@@ -238,7 +250,8 @@ static void gather_start(Zero *z, ZeroSlot *s, int u) {
     ZeroGroup *g = &z->g[unit_group(z, u)];
     size_t ub = z->m->unit_begin[u], ue = z->m->unit_end[u], lo, hi;
     zero_group_part(g, g->r, ub, ue, &lo, &hi);
-    z->m->bk->copy(s->buf + (lo - ub), z->params + shard_at(g, lo), hi - lo);
+    if (z->offl.params) offload_param_fetch(g->off, u, s->buf + (lo - ub));   // own 1/N from host memory or NVMe
+    else z->m->bk->copy(s->buf + (lo - ub), z->params + shard_at(g, lo), hi - lo);
     fill_counts(g, ub, ue);
     char tag[40];
     comm_iallgather(g->comm, s->buf, g->counts, unit_tag(z, u, tag, sizeof tag), &s->req);
@@ -349,20 +362,49 @@ static void plan_sent(const Zero *z, const ZeroGroup *g, int stage, int accum, d
     }
 }
 
+// Gradients on NVMe (one group): the largest part of this rank in a layer
+// bucket and in the embeddings bucket (the landing buffers' sizes).
+static void landing_sizes(const Zero *z, size_t *most, size_t *emb) {
+    *most = *emb = 0;
+    for (int i = 0; i < z->nbuckets; i++) {
+        const ZeroBucket *b = &z->buckets[i];
+        const ZeroGroup *g = &z->g[b->group];
+        size_t lo, hi;
+        zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
+        if (b->u_lo == 0) *emb = hi - lo;
+        else *most = max_sz(*most, hi - lo);
+    }
+}
+
+// What the offload engine can hold at this stage and with these groups.
+static void check_offload(const ZeroOffload *off, int stage, int ngroups) {
+    SYS_CHECK(!off->params || (stage == 3 && off->moments), "zero: parameters offloaded at stage %d", stage);
+    SYS_CHECK(!off->grads || (stage >= 2 && ngroups == 1 && off->moments),
+              "zero: gradients offloaded at stage %d with %d groups", stage, ngroups);
+}
+
 void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, ZeroPlan *plan) {
+    zero_plan_offload(m, zc, NULL, p, r, accum, plan);
+}
+
+void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *off, int p, int r, int accum,
+                       ZeroPlan *plan) {
     Zero z;     // just the fields the partition helpers read
     memset(&z, 0, sizeof z);
     z.m = m;
     z.stage = zc->stage;
     z.N = m->nparams;
+    if (off) z.offl = *off;
     layout_groups(&z, p, r);
+    check_offload(&z.offl, z.stage, z.ngroups);
     build_buckets(&z, zc->bucket_mb);
-    size_t f = sizeof(float), own = z.own, N = z.N;
+    size_t f = sizeof(float), own = z.own, N = z.N, most, emb;
     memset(plan, 0, sizeof *plan);
-    plan->params = (zc->stage == 3 ? own : N) * f;
-    plan->grads = (zc->stage <= 1 ? N : 0) * f + (zc->stage >= 1 ? (own ? own : 1) * f : 0);
-    plan->optim = 2 * own * f;
-    if (zc->stage >= 1) plan->working += (own ? own : 1) * f;
+    plan->params = (zc->stage == 3 ? (z.offl.params ? 0 : own) : N) * f;
+    plan->grads = (zc->stage <= 1 ? N : 0) * f + (zc->stage >= 1 && !z.offl.grads ? (own ? own : 1) * f : 0);
+    plan->optim = z.offl.moments ? 0 : 2 * own * f;
+    landing_sizes(&z, &most, &emb);
+    if (zc->stage >= 1) plan->working += z.offl.grads ? (2 * max_sz(most, 1) + max_sz(emb, 1)) * f : (own ? own : 1) * f;
     if (zc->stage >= 2) plan->working += (2 * largest_bucket(&z) + m->unit_end[0]) * f;
     if (zc->stage == 3) {
         size_t fin = m->unit_end[m->s.L + 1] - m->unit_begin[m->s.L + 1];
@@ -387,7 +429,36 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
 
 void zero_create_ep(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm, const Model *m, const OptimConfig *oc,
                     int64_t steps) {
+    zero_create_offload(z, zc, comm, xcomm, m, oc, steps, NULL);
+}
+
+// Host copies of the states for checkpoints and weight files: on cuda
+// buffers of their own (offloaded states: mapped when needed, zero_host_buffers),
+// on cpu the states themselves.
+static void host_copies(Zero *z) {
+    if (z->m->bk->device_memory) {
+        size_t np = z->stage == 3 ? z->own : z->N;
+        if (!z->offl.params) z->host_params = xcalloc((np ? np : 1) * sizeof(float), "host copy of parameters");
+        for (int k = 0; k < z->ngroups && !z->offl.moments; k++) {
+            size_t n = z->g[k].own_end - z->g[k].own_begin;
+            z->g[k].host_m = xcalloc((n ? n : 1) * sizeof(float), "host copy of AdamW moments");
+            z->g[k].host_v = xcalloc((n ? n : 1) * sizeof(float), "host copy of AdamW moments");
+        }
+    } else {
+        z->host_params = z->params;
+        for (int k = 0; k < z->ngroups; k++) {
+            z->g[k].host_m = z->g[k].optim->m;
+            z->g[k].host_v = z->g[k].optim->v;
+        }
+    }
+    z->host_m = z->g[0].host_m;
+    z->host_v = z->g[0].host_v;
+}
+
+void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm, const Model *m,
+                         const OptimConfig *oc, int64_t steps, const ZeroOffload *off) {
     memset(z, 0, sizeof *z);
+    if (off) z->offl = *off;
     z->stage = zc->stage;
     z->overlap = zc->overlap;
     z->prefetch = zc->prefetch && zc->overlap;
@@ -407,19 +478,29 @@ void zero_create_ep(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm, cons
         z->g[1].optim = &z->xoptim;
     }
     for (int k = 0; k < z->ngroups; k++) z->g[k].counts = xcalloc(sizeof(size_t) * (size_t)z->g[k].p, "zero counts");
+    check_offload(&z->offl, z->stage, z->ngroups);
     size_t own = z->own;
     build_buckets(z, zc->bucket_mb);
 
-    z->params = alloc_floats(z, z->stage == 3 ? own : z->N, "parameters", &z->state_bytes);
+    // What the offload engine holds is not allocated here (zero_plan_offload counts the same).
+    if (!z->offl.params) z->params = alloc_floats(z, z->stage == 3 ? own : z->N, "parameters", &z->state_bytes);
     if (z->stage <= 1) z->grads = alloc_floats(z, z->N, "gradients", &z->state_bytes);
-    if (z->stage >= 1) {
+    if (z->stage >= 1 && !z->offl.grads) {
         z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);
         z->recv = alloc_floats(z, own ? own : 1, "reduce-scatter buffer", &z->working_bytes);
     }
+    if (z->offl.grads) {    // a landing buffer per gradient staging slot (two layer buckets, the embeddings)
+        size_t most, emb;
+        landing_sizes(z, &most, &emb);
+        for (int k = 0; k < 3; k++)
+            z->gland[k] = alloc_floats(z, max_sz(k < 2 ? most : emb, 1), "gradient landing", &z->working_bytes);
+    }
+    OptimConfig occ = *oc;
+    occ.offloaded = z->offl.moments;
     for (int k = 0; k < z->ngroups; k++) {
         ZeroGroup *g = &z->g[k];
-        optim_create(g->optim, oc, steps, g->own_begin, g->own_end, m->bk);
-        z->state_bytes += 2 * (g->own_end - g->own_begin) * sizeof(float);
+        optim_create(g->optim, &occ, steps, g->own_begin, g->own_end, m->bk);
+        if (!z->offl.moments) z->state_bytes += 2 * (g->own_end - g->own_begin) * sizeof(float);
     }
 
     size_t max_layer = largest_layer(m), max_bucket = largest_bucket(z);
@@ -441,33 +522,20 @@ void zero_create_ep(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm, cons
         }
     }
     ZeroPlan plan;
-    zero_plan(m, zc, z->p, z->r, 1, &plan);
+    zero_plan_offload(m, zc, &z->offl, z->p, z->r, 1, &plan);
     SYS_CHECK(plan.params + plan.grads + plan.optim == z->state_bytes && plan.working == z->working_bytes,
               "zero_plan disagrees with zero_create: %zu+%zu vs %zu+%zu bytes",
               plan.params + plan.grads + plan.optim, plan.working, z->state_bytes, z->working_bytes);
-    if (m->bk->device_memory) {     // host copies for checkpoints and weight files
-        size_t np = z->stage == 3 ? own : z->N;
-        z->host_params = xcalloc((np ? np : 1) * sizeof(float), "host copy of parameters");
-        for (int k = 0; k < z->ngroups; k++) {
-            size_t n = z->g[k].own_end - z->g[k].own_begin;
-            z->g[k].host_m = xcalloc((n ? n : 1) * sizeof(float), "host copy of AdamW moments");
-            z->g[k].host_v = xcalloc((n ? n : 1) * sizeof(float), "host copy of AdamW moments");
-        }
-    } else {
-        z->host_params = z->params;
-        for (int k = 0; k < z->ngroups; k++) {
-            z->g[k].host_m = z->g[k].optim->m;
-            z->g[k].host_v = z->g[k].optim->v;
-        }
-    }
-    z->host_m = z->g[0].host_m;
-    z->host_v = z->g[0].host_v;
+    host_copies(z);
     z->store = (ParamStore){.ctx = z, .params = store_params, .release = store_release,
                             .grads = store_grads, .grads_ready = store_grads_ready};
 }
 
+static void offload_drop_host(Zero *z);
+
 void zero_free(Zero *z) {
     const Backend *bk = z->m->bk;
+    if (offloaded(z)) offload_drop_host(z);    // a checkpoint's mapped copies (NULL after)
     for (int k = 0; k < z->ngroups; k++) {
         if (bk->device_memory) {
             free(z->g[k].host_m);
@@ -481,6 +549,7 @@ void zero_free(Zero *z) {
     bk->release(z->grads);
     bk->release(z->gshard);
     bk->release(z->recv);
+    for (int k = 0; k < 3; k++) bk->release(z->gland[k]);
     for (int k = 0; k < ZSLOT_N; k++) bk->release(z->slots[k].buf);
     bk->release(z->gring[0]);
     bk->release(z->gring[1]);
@@ -491,6 +560,10 @@ void zero_free(Zero *z) {
 }
 
 void zero_init_weights(Zero *z, uint64_t seed, double std) {
+    if (z->offl.params) {   // each group's shard, where its Offload keeps it
+        for (int k = 0; k < z->ngroups; k++) offload_init_params(z->g[k].off, z->m, seed, std);
+        return;
+    }
     if (z->stage < 3) {
         model_init_range(z->m, z->host_params, 0, z->N, seed, std);
         if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, z->N);
@@ -501,8 +574,85 @@ void zero_init_weights(Zero *z, uint64_t seed, double std) {
     if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, z->own);
 }
 
+// Offloaded states: host copies made for a checkpoint (or a resume), dropped
+// at the next step. Mapped, not malloc'd: untouched pages stay out of the
+// resident set (host_cap_mb), and unmapping returns them at once.
+static size_t host_bytes(size_t n) { return (n ? n : 1) * sizeof(float); }
+
+static float *host_map(size_t n) {
+    void *p = mmap(NULL, host_bytes(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    SYS_CHECK(p != MAP_FAILED, "out of memory for a %zu-byte host copy of offloaded states", host_bytes(n));
+    return p;
+}
+
+static void host_unmap(float **p, size_t n) {
+    if (*p) munmap(*p, host_bytes(n));
+    *p = NULL;
+}
+
+void zero_host_buffers(Zero *z) {
+    if (!offloaded(z)) return;
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        if (!g->host_m) g->host_m = host_map(g->own_end - g->own_begin);
+        if (!g->host_v) g->host_v = host_map(g->own_end - g->own_begin);
+    }
+    if (z->offl.params && !z->host_params) z->host_params = host_map(z->own);   // stage 3: every group's shard
+    z->host_m = z->g[0].host_m;
+    z->host_v = z->g[0].host_v;
+}
+
+static void offload_pull(Zero *z) {
+    zero_host_buffers(z);
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        offload_get(g->off, OFF_M, g->host_m);
+        offload_get(g->off, OFF_V, g->host_v);
+        if (z->offl.params) offload_get(g->off, OFF_P, z->host_params + g->at);
+    }
+}
+
+static void offload_drop_host(Zero *z) {
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        host_unmap(&g->host_m, g->own_end - g->own_begin);
+        host_unmap(&g->host_v, g->own_end - g->own_begin);
+    }
+    if (z->offl.params) host_unmap(&z->host_params, z->own);
+    z->host_m = z->host_v = NULL;
+}
+
+void zero_attach_offload(Zero *z, int k, struct Offload *off) {
+    SYS_CHECK(k >= 0 && k < z->ngroups && offloaded(z), "zero: no group %d to offload", k);
+    ZeroGroup *g = &z->g[k];
+    SYS_CHECK(off->begin == g->own_begin && off->n == g->own_end - g->own_begin &&
+              (off->params_tier != OFFLOAD_NONE) == z->offl.params && off->grads_nvme == z->offl.grads,
+              "zero: group %d's Offload was made for another range or other arrays", k);
+    g->off = off;
+    if (z->offl.grads) {
+        size_t most, emb;
+        landing_sizes(z, &most, &emb);
+        offload_grad_buffers(off, max_sz(most, emb));
+    }
+    if (!z->offl.params) return;
+    int nu = z->m->nunits;      // each unit's part in this group's shard (empty for the other group's units)
+    size_t *lo = xmalloc(sizeof(size_t) * (size_t)nu, "units"), *hi = xmalloc(sizeof(size_t) * (size_t)nu, "units");
+    for (int u = 0; u < nu; u++) {
+        lo[u] = hi[u] = g->own_begin;
+        if (unit_group(z, u) == k) zero_group_part(g, g->r, z->m->unit_begin[u], z->m->unit_end[u], &lo[u], &hi[u]);
+    }
+    offload_set_units(off, nu, lo, hi);
+    free(lo);
+    free(hi);
+}
+
 void zero_pull_states(Zero *z) {
     const Backend *bk = z->m->bk;
+    if (offloaded(z)) {
+        offload_pull(z);
+        if (bk->device_memory && !z->offl.params) bk->to_host(z->host_params, z->params, z->stage == 3 ? z->own : z->N);
+        return;
+    }
     if (!bk->device_memory) return;
     bk->to_host(z->host_params, z->params, z->stage == 3 ? z->own : z->N);
     for (int k = 0; k < z->ngroups; k++) {
@@ -515,6 +665,18 @@ void zero_pull_states(Zero *z) {
 void zero_push_states(Zero *z) {
     const Backend *bk = z->m->bk;
     z->xoptim.t = z->optim.t;   // a checkpoint sets group 0's step count; every group has taken as many
+    if (offloaded(z)) {
+        if (bk->device_memory && !z->offl.params)
+            bk->from_host(z->params, z->host_params, z->stage == 3 ? z->own : z->N);
+        for (int k = 0; k < z->ngroups; k++) {
+            ZeroGroup *g = &z->g[k];
+            offload_put(g->off, OFF_M, g->host_m);
+            offload_put(g->off, OFF_V, g->host_v);
+            if (z->offl.params) offload_put(g->off, OFF_P, z->host_params + g->at);
+        }
+        offload_drop_host(z);
+        return;
+    }
     if (!bk->device_memory) return;
     bk->from_host(z->params, z->host_params, z->stage == 3 ? z->own : z->N);
     for (int k = 0; k < z->ngroups; k++) {
@@ -534,6 +696,9 @@ void zero_begin_step(Zero *z, int64_t step) {
 }
 
 void zero_begin_micro(Zero *z, int micro, int accum) {
+    if (z->offl.grads)  // gradients on NVMe take each micro-step's buckets whole, in order
+        for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
+    z->first_micro = micro == 0;
     z->last_micro = micro == accum - 1;
     for (int i = 0; i < z->nbuckets; i++) {
         z->buckets[i].ready = 0;
@@ -547,7 +712,9 @@ double zero_reduce_grads(Zero *z) {
     // Every group by the data-parallel count: each token of the step counted once.
     float inv = 1.0f / (float)z->p;
     double ss;
-    if (z->stage == 0) {
+    if (z->offl.grads) {    // on NVMe (one group): averaged and summed as they were written
+        ss = offload_grad_sumsq(z->g[0].off);
+    } else if (z->stage == 0) {
         if (z->p > 1) z->m->bk->scale_inplace(z->grads, inv, z->N);
         if (z->ngroups == 1) return sqrt(z->m->bk->sumsq(z->grads, z->N));
         // Each rank adds its partition's part of every group: each element once over the job.
@@ -565,15 +732,26 @@ double zero_reduce_grads(Zero *z) {
     return sqrt(ss);
 }
 
+// AdamW on group g's owned range: in memory, or streamed from its Offload
+// (offload.h); params / grads NULL where they are off the backend.
+static void update_group(Zero *z, ZeroGroup *g, float *params, float *grads, double lr, float grad_scale) {
+    if (!g->off) {
+        optim_update(g->optim, z->m, params, grads, lr, grad_scale);
+        return;
+    }
+    offload_update(g->off, z->m, g->optim, params, grads, lr, grad_scale);
+}
+
 void zero_step(Zero *z, double lr, float grad_scale) {
+    if (offloaded(z) && z->g[0].host_m) offload_drop_host(z);   // a checkpoint's copies
     for (int k = 0; k < z->ngroups; k++) {
         ZeroGroup *g = &z->g[k];
         if (z->stage == 0) {
-            optim_update(g->optim, z->m, z->params + g->begin, z->grads + g->begin, lr, grad_scale);
+            update_group(z, g, z->params + g->begin, z->grads + g->begin, lr, grad_scale);
             continue;
         }
-        float *mine = z->stage == 3 ? z->params + g->at : z->params + g->own_begin;
-        optim_update(g->optim, z->m, mine, z->gshard + g->at, lr, grad_scale);
+        float *mine = z->offl.params ? NULL : z->stage == 3 ? z->params + g->at : z->params + g->own_begin;
+        update_group(z, g, mine, z->offl.grads ? NULL : z->gshard + g->at, lr, grad_scale);
     }
     if (z->stage == 0 || z->stage == 3) return;
     CommReq r[ZERO_MAX_GROUPS];

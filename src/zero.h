@@ -30,6 +30,14 @@
 // parameters at stage 3), group 0's first; each group has its own AdamW. The
 // experts' units get buckets of their own (a bucket never spans groups) and,
 // at stage 3, a gather slot of their own.
+//
+// Offload (offload.h): each group's owned range gets an Offload of its own
+// (zero_attach_offload), which holds the group's AdamW moments and, at stage
+// 3, its parameter shard (ZeroOffload says what): zero_create leaves out the
+// memory those would take (zero_plan counts the same), so on cuda the device
+// holds only what stays there. The reduced gradients go to the file too
+// (ZeroOffload.grads) only with one group: the shard then gives way to three
+// landing buffers (two layer staging slots, the embeddings).
 #ifndef PARTITA_ZERO_H
 #define PARTITA_ZERO_H
 
@@ -73,9 +81,18 @@ typedef struct ZeroGroup {
     size_t own_begin, own_end;  // this rank's shard (stage 0: the whole range)
     size_t at;              // where the shard starts in the rank's shard buffers
     Optim *optim;           // AdamW over the shard (&Zero.optim for group 0)
-    float *host_m, *host_v; // host copies of its moments (the moments themselves on cpu)
+    float *host_m, *host_v; // host copies of its moments (the moments themselves on cpu; offloaded:
+                            //   mapped only between zero_pull_states / zero_host_buffers and the next step)
     size_t *counts;         // (p) scratch
+    struct Offload *off;    // offload.h: this group's owned range off the backend; NULL: in memory
 } ZeroGroup;
+
+// What the offload engine holds instead of zero's own buffers (all 0: nothing).
+typedef struct ZeroOffload {
+    int moments;            // every group's AdamW moments
+    int params;             // stage 3: every group's parameter shard
+    int grads;              // stage 2-3, one group only: the reduced gradient shard
+} ZeroOffload;
 
 typedef struct Zero {
     int stage, overlap, prefetch;
@@ -101,7 +118,8 @@ typedef struct Zero {
     int nbuckets;
     ZeroBucket *buckets;
     int *bucket_of;         // (nunits)
-    int last_micro;
+    int first_micro, last_micro;
+    float *gland[3];        // gradients on NVMe: landing of the two layer staging slots and the embeddings
     size_t *counts;         // (p) scratch
     float *host_params;     // host copies of params and moments for checkpoints: the buffers
     float *host_m, *host_v; //   themselves on cpu, filled by zero_pull_states on cuda (group 0's;
@@ -109,6 +127,7 @@ typedef struct Zero {
     size_t state_bytes;     // resident model states: parameters, gradients, moments
     size_t working_bytes;   // gather slots and gradient staging
     ParamStore store;
+    ZeroOffload offl;       // what the groups' Offloads hold (zero_create_offload)
 } Zero;
 
 // What a layout costs one rank, computed without allocating: the numbers
@@ -123,6 +142,9 @@ typedef struct ZeroPlan {
 // p, r: the data-parallel ranks and this rank's index; with expert
 // parallelism (m->ep_size > 1) the experts' group is the p/ep ranks r % ep.
 void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, ZeroPlan *plan);
+// The same with what the offload engine holds left out (off NULL: nothing).
+void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *off, int p, int r, int accum,
+                       ZeroPlan *plan);
 
 void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, const OptimConfig *oc,
                  int64_t steps);
@@ -130,7 +152,21 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
 // parallelism (m->ngroups = 2; xcomm NULL otherwise).
 void zero_create_ep(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm, const Model *m, const OptimConfig *oc,
                     int64_t steps);
+// The same, leaving out what the offload engine will hold (off NULL: nothing;
+// off->params needs stage 3, off->grads stage 2-3 and one group): no backend
+// memory is taken for it. Each group's Offload is then attached
+// (zero_attach_offload) before zero_init_weights.
+void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm, const Model *m,
+                         const OptimConfig *oc, int64_t steps, const ZeroOffload *off);
 void zero_free(Zero *z);
+// Hands group k's owned range [own_begin, own_end) to `off` (made for that
+// range): its moments (and the stage-3 shard, the reduced gradients) are used
+// from there; host_* hold them only between zero_pull_states and the next step
+// (checkpoints), and between a resume's read and zero_push_states.
+void zero_attach_offload(Zero *z, int k, struct Offload *off);
+// Offloaded: makes sure host_* exist (allocated, untouched until a checkpoint
+// is read into them) before ckpt_resume; a no-op otherwise.
+void zero_host_buffers(Zero *z);
 // Initial weights (model_init_range over what this rank holds).
 void zero_init_weights(Zero *z, uint64_t seed, double std);
 // Copies parameters and moments backend -> host_* (before a checkpoint is
