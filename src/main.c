@@ -9,6 +9,7 @@
 #include "estimate.h"
 #include "infer/eval.h"
 #include "infer/generate.h"
+#include "infer/stage.h"
 #include "kernels.h"
 #include "log.h"
 #include "prep.h"
@@ -42,6 +43,8 @@ static void usage(FILE *f) {
         "                                            a checkpoint's weights as a GPT-2-named weights file,\n"
         "                                            or a Hugging Face safetensors file (+ config.json beside it)\n"
         "  import FILE.safetensors OUT.h5 [--heads N] a Hugging Face GPT-2 safetensors file as a weights file\n"
+        "  stage DECK --out FILE [--from W.h5 | --random SEED] [--dtype D] [--shards N]\n"
+        "                                            the per-layer weight file ZeRO-Inference streams\n"
         "  dump DECK OUT.h5 [--set ...]              write one batch's logits and gradients (tests)\n"
         "  version                                   print the version\n"
         "\n"
@@ -295,6 +298,7 @@ static int run_command(const char *cmd, int argc, char **argv, int rank, int siz
     if (strcmp(cmd, "prep") == 0) return prep_main(argc, argv);   // every rank: parallel over the job
     if (strcmp(cmd, "ckpt") == 0) return rank == 0 ? ckpt_main(argc, argv) : 0;
     if (strcmp(cmd, "import") == 0) return rank == 0 ? st_import_main(argc, argv) : 0;
+    if (strcmp(cmd, "stage") == 0) return rank == 0 ? stage_main(argc, argv) : 0;
 
     int is_train = strcmp(cmd, "train") == 0, is_check = strcmp(cmd, "check") == 0;
     int is_dump = strcmp(cmd, "dump") == 0, is_estimate = strcmp(cmd, "estimate") == 0;
