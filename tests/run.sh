@@ -27,6 +27,7 @@ tests=(
   "kernel-paged         build/test_kernels paged"
   "kernel-held          build/test_kernels held"
   "sampler              build/test_sampler"
+  "aio-engine           build/test_aio"
   "comm-collectives     $MPIEXEC -np 3 build/test_comm"
   "ulysses-layouts      $MPIEXEC -np 4 build/test_ulysses"
   "deck                 $PYTHON tests/test_deck.py"
