@@ -68,6 +68,7 @@ static const char *const devpath_names[] = {"auto", "nccl", "staged", NULL};
 static const char *const tokenizer_names[] = {"byte", "gpt2", NULL};
 static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
 static const char *const gen_wdtype_names[] = {"fp32", "bf16", "int8", NULL};
+static const char *const gen_from_names[] = {"memory", "host", "nvme", NULL};
 static const char *const on_nan_names[] = {"stop", "skip", NULL};
 
 #define OFF(f) offsetof(Config, f)
@@ -229,6 +230,14 @@ static const KeyDef keys[] = {
     {"generate", "arrival_seed", T_INT, OFF(generate.arrival_seed), "1", ANY, NULL, "seed of the Poisson arrivals"},
     {"generate", "naive", T_BOOL, OFF(generate.naive), "false", ANY, NULL,
      "test reference: recompute every sequence in full for each token, no KV cache"},
+    {"generate", "weights_from", T_ENUM, OFF(generate.weights_from), "memory", ANY, gen_from_names,
+     "ZeRO-Inference: memory (load every weight), or stream each layer from the staged file held in host memory or read from NVMe (O_DIRECT)"},
+    {"generate", "stage", T_STR, OFF(generate.stage), "", ANY, NULL,
+     "the staged weight file (`partita stage`) that weights_from = host|nvme streams"},
+    {"generate", "window", T_INT, OFF(generate.window), "2", IN(2, 1024), NULL,
+     "layers held at once when streaming: the one computing and those arriving"},
+    {"generate", "io_depth", T_INT, OFF(generate.io_depth), "32", IN(1, 1024), NULL,
+     "nvme: reads of 1 MiB in flight"},
 
     {"comm", "debug", T_BOOL, OFF(comm.debug), "false", ANY, NULL,
      "ranks compare (step, op, tensor, size) before every collective and name a diverging rank"},

@@ -178,7 +178,7 @@ static int check_generate(const Deck *d, int rank, int size) {
     DeviceInfo dev;
     if (device_select(d, !g->naive && size == 1, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
     if (msg[0]) {
-    } else if (!g->weights[0] || access(g->weights, R_OK) != 0) {
+    } else if (g->weights_from == GEN_FROM_MEMORY && (!g->weights[0] || access(g->weights, R_OK) != 0)) {
         snprintf(msg, sizeof msg, "error: %s: [generate] weights = \"%s\": no such readable file\n"
                  "  hint: use a run's final.h5, an `partita ckpt export`, or a checkpoint",
                  deck_where(d, "generate.weights", where, sizeof where), g->weights);

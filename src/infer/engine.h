@@ -26,12 +26,18 @@ typedef struct Engine {
     size_t held_bytes;          // bytes of the matrices as held (what a decode pass streams)
     PagedKV kv;                 // kv.kv: backend memory
     int Nmax, Smax;             // rows per pass, sampled rows per pass
+    struct Stream *stream;      // ZeRO-Inference: the layer matrices streamed (stream.h), or NULL
 } Engine;
 
 // g: the whole model's table (model_table) and full its parameters in that
 // layout (host memory). tp: the tensor-parallel group (every rank calls this).
 void engine_create(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
                    Comm *tp, int wdtype, int nblocks, int bs, int Nmax, int Smax, int max_blocks);
+// The same with the layer matrices streamed by st (stream.h; the engine owns
+// it from here): the rest of the model from st's resident segment, the
+// weight dtype the file's.
+void engine_create_streamed(Engine *e, const Model *g, struct Stream *st, const ModelConfig *mc, const Backend *bk,
+                            Comm *tp, int nblocks, int bs, int Nmax, int Smax, int max_blocks);
 void engine_free(Engine *e);
 size_t engine_kv_bytes_per_block(const Model *m, int tp, int bs);
 

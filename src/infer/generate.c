@@ -8,6 +8,7 @@
 #include "comm.h"
 #include "device.h"
 #include "engine.h"
+#include "stream.h"
 #include "h5io.h"
 #include "kernels.h"
 #include "json.h"
@@ -800,6 +801,7 @@ static void summarize(Gen *g, hid_t f, double makespan) {
     h5_attr_f64(f, "output_tokens_per_s", tps);
     h5_attr_f64(f, "makespan_s", makespan);
     h5_attr_i64(f, "passes", g->passes);
+    if (g->e.stream) stream_report(g->e.stream, f);
     for (int q = 0; q < 3; q++) {
         char key[64];
         snprintf(key, sizeof key, "effective_rps_sla_%.0f_tok_s", rates[q]);
@@ -886,12 +888,16 @@ int generate_run(const Deck *d) {
     if (tokenizer_open(&g.tk, c->data.tokenizer, c->data.tokenizer_dir, why, sizeof why) != 0)
         FATAL_ALL("run `make deps`, or set [data] tokenizer_dir", "generate: %s", why);
     model_create(&g.m, &c->model, 1, c->generate.naive ? (int)c->model.seq_len : 1, backend_cpu());
-    g.full = xmalloc(g.m.nparams * sizeof(float), "weights");
-    weights_read(&g.m, c->generate.weights, g.full);
+    const int streamed = c->generate.weights_from != GEN_FROM_MEMORY;   // ZeRO-Inference (stream.h)
+    if (!streamed) {
+        g.full = xmalloc(g.m.nparams * sizeof(float), "weights");
+        weights_read(&g.m, c->generate.weights, g.full);
+    }
     sampler_create(&g.smp, g.m.s.V);
     int bs = (int)c->generate.kv_block;
     g.max_blocks = (g.m.s.maxT + bs - 1) / bs;
     int Nmax = (int)c->generate.token_budget;
+    if (streamed && Nmax < c->generate.max_batch) Nmax = (int)c->generate.max_batch;   // a pass reads every layer: decode all at once
     int Smax = c->generate.max_batch < Nmax ? (int)c->generate.max_batch : Nmax;   // a pass samples at most its rows
     DeviceInfo dev;
     memset(&dev, 0, sizeof dev);
@@ -901,8 +907,12 @@ int generate_run(const Deck *d) {
         if (device_select(d, g.comm.size == 1, &dev, err, sizeof err) != 0) FATAL_ALL(NULL, "%s", err);
         const Backend *bk = device_start(&dev, local_rank, engine_arena_bytes(&g.m, g.comm.size, (int)c->generate.kv_blocks,
                                                                                bs, Nmax, Smax, g.max_blocks));
-        engine_create(&g.e, &g.m, g.full, &c->model, bk, &g.comm, c->generate.weights_dtype,
-                      (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
+        if (streamed)
+            engine_create_streamed(&g.e, &g.m, stream_open(d, &g.m, bk, g.comm.rank, g.comm.size), &c->model, bk, &g.comm,
+                                   (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
+        else
+            engine_create(&g.e, &g.m, g.full, &c->model, bk, &g.comm, c->generate.weights_dtype,
+                          (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
         g.msg_len = 3 + (size_t)Nmax * (2 + (size_t)g.max_blocks) + (size_t)Smax;
         g.msg = xcalloc(g.msg_len * sizeof(int32_t), "pass message");
         g.sample_req = xcalloc(sizeof(int32_t) * (size_t)Smax, "sampled requests");

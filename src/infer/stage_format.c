@@ -177,8 +177,16 @@ int stage_header_parse(StageHeader *h, const uint8_t *b, size_t len, uint64_t fi
         snprintf(why, n, "the header needs %d bytes", STAGE_FIXED_BYTES);
         return -1;
     }
-    if (parse_fixed(h, b, why, n) != 0) return -1;
-    const uint64_t hs = stage_header_size(h->nseg);
+    if (memcmp(b, STAGE_MAGIC, 8) != 0) {
+        snprintf(why, n, "not a staged weight file (its first bytes are not \"%s\")", STAGE_MAGIC);
+        return -1;
+    }
+    const uint32_t nseg = rd32(b + 52);
+    if (nseg < 2 || nseg > MAX_SEGS) {
+        snprintf(why, n, "%u segments, outside [2, %d]", nseg, MAX_SEGS);
+        return -1;
+    }
+    const uint64_t hs = stage_header_size(nseg);
     if (len < hs) {
         if (file_size < hs) {
             snprintf(why, n, "truncated: %llu bytes, shorter than its %llu-byte header", (unsigned long long)file_size,
@@ -203,6 +211,7 @@ int stage_header_parse(StageHeader *h, const uint8_t *b, size_t len, uint64_t fi
                  (unsigned long long)stored, (unsigned long long)sum);
         return -1;
     }
+    if (parse_fixed(h, b, why, n) != 0) return -1;
     // The layout the shape implies, against the table.
     StageHeader want = *h;
     want.seg = calloc(h->nseg, sizeof(StageSeg));
