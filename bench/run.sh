@@ -16,6 +16,8 @@
 #     (2K, 1), (4K, 2), (8K, 4), peak RSS per rank at (16K, 4) vs (4K, 1) with
 #     recompute, the long-seq deck, and the longest T `estimate` fits in 20 GiB.
 # BENCH_ONLY=train|zero|ckpt|gen|sp runs one part; BENCH_STEPS sets the steps timed.
+# BENCH_ONLY=zinf (opt-in, not part of `all`): ZeRO-Inference, bench/zinf.py (an 8B-parameter
+#     random GPT streamed from NVMe at batch 1..64 against a raw O_DIRECT probe; 124M streamed vs resident).
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -130,4 +132,8 @@ if [ "$ONLY" = all ] || [ "$ONLY" = sp ]; then
         --set data.train=data/licenses.h5 --mem-per-rank 20G | awk '/^longest_T/ {print $2, $3}')
     echo "  estimate, long-seq model, 20 GiB per rank, dp=$dp x sp=$sp: longest T $t (recompute none, layer)"
   done
+fi
+
+if [ "$ONLY" = zinf ]; then
+  $PYTHON bench/zinf.py
 fi

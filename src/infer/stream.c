@@ -218,11 +218,15 @@ int stream_dtype(const Stream *s) { return (int)s->h.dtype; }
 // ---------------------------------------------------------------------------
 // The window
 
+// Time spent here counts as stall: a host copy, a synchronous read (the
+// engine's fallback), or a submission into a full ring is time not computing.
 static void request(Stream *s, int k, int l) {
     s->slot_layer[k] = l;
     const StageSeg *sg = layer_seg(s, l);
+    double t0 = wall_seconds();
     if (s->mode == GEN_FROM_NVME) s->ticket[k] = aio_read(&s->aio, &s->f, s->slot[k], s->seg_bytes, sg->offset);
     else memcpy(s->slot[k], s->store + (size_t)l * s->seg_bytes, s->ly.bytes);
+    s->st.stall_s += wall_seconds() - t0;
     s->st.bytes_read += s->ly.bytes;
 }
 
@@ -298,7 +302,7 @@ void stream_report(const Stream *s, hid_t f) {
     const StreamStats *t = &s->st;
     const double gbps = t->pass_s > 0 ? (double)t->bytes_per_pass * (double)t->passes / t->pass_s / 1e9 : 0.0;
     log_info("  streaming (%s, window %d): %.1f MiB read per pass per rank, %llu passes, %.2f GB read; "
-             "achieved %.2f GB/s over the passes' layers (%.2f s), %.2f s of it waiting for reads\n",
+             "achieved %.2f GB/s over the passes' layers (%.2f s), %.2f s of it waiting for (or copying) layers\n",
              s->mode == GEN_FROM_NVME ? "nvme" : "host", t->window, (double)t->bytes_per_pass / 1048576.0,
              (unsigned long long)t->passes, (double)t->bytes_read / 1e9, gbps, t->pass_s, t->stall_s);
     h5_attr_str(f, "weights_from", s->mode == GEN_FROM_NVME ? "nvme" : "host");
