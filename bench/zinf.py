@@ -131,11 +131,22 @@ if "big" in PARTS:
     print(f"  file {os.path.getsize(st) / GB:.2f} GB, machine memory {mem / GB:.1f} GB")
     raw = dd_probe(st)
     print(f"  raw O_DIRECT probe (dd, 16 MiB reads, up to 8 GiB of the file): {raw:.2f} GB/s")
+    est = subprocess.run([PARTITA, "estimate", dk, "--ranks", "1", "--set", f"generate.stage={st}",
+                          "--set", "generate.weights_from=nvme", "--set", f"generate.window={WINDOW}"],
+                         cwd=ROOT, capture_output=True, text=True).stdout
+    line = next((x for x in est.splitlines() if x.startswith("measured:")), "measured: (none)")
+    engine = float(line.split("disk ")[1].split(" GB/s")[0]) if "disk " in line else 0.0
+    print(f"  the I/O engine alone (partita estimate's probe: io_uring, 4 x 64 MiB in flight): {engine:.2f} GB/s "
+          f"({100 * engine / raw:.0f}% of raw)")
+    print("  estimate: " + line)
+    for x in est.splitlines():
+        if x.strip().startswith(("batch", "1 ", "8 ", "32 ", "64 ")) or "compute bounds" in x:
+            print("  estimate: " + x.strip())
     print(f"  {'batch':>6} {'tokens/s':>10} {'s/pass':>9} {'read GB/s':>9} {'waiting':>9} {'peak RSS MiB':>12}")
     bound = None
     for B in batches:
         a, _ = generate(dk, f"zbig-{B}", B, "generate.weights_from=nvme", f"generate.stage={st}",
-                        f"generate.window={WINDOW}", "generate.io_depth=32")
+                        f"generate.window={WINDOW}")
         row, stall = stream_row(B, a)
         print(row + f"   ({100 * a['stream_read_gb_per_s'] / raw:.0f}% of raw)")
         if bound is None and stall < 0.10:

@@ -236,8 +236,8 @@ static const KeyDef keys[] = {
      "the staged weight file (`partita stage`) that weights_from = host|nvme streams"},
     {"generate", "window", T_INT, OFF(generate.window), "2", IN(2, 1024), NULL,
      "layers held at once when streaming: the one computing and those arriving"},
-    {"generate", "io_depth", T_INT, OFF(generate.io_depth), "32", IN(1, 1024), NULL,
-     "nvme: reads of 1 MiB in flight"},
+    {"generate", "io_depth", T_INT, OFF(generate.io_depth), "0", IN(0, 4096), NULL,
+     "nvme: reads of 1 MiB in flight at most; 0 = enough for the whole window (at most 4096)"},
 
     {"comm", "debug", T_BOOL, OFF(comm.debug), "false", ANY, NULL,
      "ranks compare (step, op, tensor, size) before every collective and name a diverging rank"},

@@ -138,7 +138,7 @@ typedef struct GenerateConfig {
     int weights_from;         // GEN_FROM_*: resident weights, or streamed from a staged file
     char stage[DECK_STR];     // the staged weight file (`partita stage`) host/nvme stream
     int64_t window;           // layers held at once when streaming (>= 2)
-    int64_t io_depth;         // nvme: 1 MiB reads in flight
+    int64_t io_depth;         // nvme: 1 MiB reads in flight; 0 = the window's
 } GenerateConfig;
 
 typedef struct CommConfig {

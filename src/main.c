@@ -190,6 +190,9 @@ static int check_generate(const Deck *d, int rank, int size) {
         snprintf(msg, sizeof msg, "error: %s: generate runs tensor-parallel over all %d ranks, but [parallel] tp = %lld\n"
                  "  hint: set [parallel] tp = %d (or launch %lld ranks)", deck_where(d, "parallel.tp", where, sizeof where),
                  size, (long long)d->cfg.parallel.tp, size, (long long)d->cfg.parallel.tp);
+    } else if (g->naive && g->weights_from != GEN_FROM_MEMORY) {
+        snprintf(msg, sizeof msg, "error: %s: [generate] naive recomputes from resident weights only\n"
+                 "  hint: set [generate] weights_from = memory", deck_where(d, "generate.naive", where, sizeof where));
     } else if (g->naive && size != 1) {
         snprintf(msg, sizeof msg, "error: %s: [generate] naive runs on one rank\n  hint: launch with -np 1",
                  deck_where(d, "generate.naive", where, sizeof where));

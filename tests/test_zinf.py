@@ -36,7 +36,7 @@ micro_batch = 4
 batch = 4
 seq_len = 64
 """)
-run(["train", deck], np=1)
+run(["train", deck])
 weights = os.path.join(d, "train/final.h5")
 
 reqs = [{"id": "g0", "prompt": "The GNU General Public License is", "max_tokens": 14},
@@ -64,7 +64,7 @@ def generate(name, np_=1, *sets, check_rc=True):
             "--set", "generate.token_budget=16"]
     for s in sets:
         args += ["--set", s]
-    p = run(args, np=np_, check_rc=check_rc)
+    p = run(args, np=np_ if np_ > 1 else None, check_rc=check_rc)   # one rank: no launcher to start
     if p.returncode != 0:
         return None, None, p
     with h5py.File(os.path.join(out, "gen.h5"), "r") as f:
@@ -140,6 +140,12 @@ _, _, p = generate("bad-dtype", 1, *stream_sets("nvme", f32_1, "int8"), check_rc
 check(p.returncode != 0 and "holds fp32" in p.stderr, "refused: weights_dtype differs from the file's",
       p.stderr.strip().splitlines()[0] if p.stderr.strip() else "")
 
+for what, sets, want in [("no stage file", ["generate.weights_from=nvme"], "needs [generate] stage"),
+                         ("naive with streaming", stream_sets("host", f32_1) + ["generate.naive=true"], "naive recomputes")]:
+    _, _, p = generate("bad-" + what.replace(" ", "-"), 1, *sets, check_rc=False)
+    check(p.returncode != 0 and want in p.stderr and "hint:" in p.stderr, f"refused: {what}: says '{want}'",
+          p.stderr.strip().splitlines()[0] if p.stderr.strip() else "")
+
 # RSS: a wider random model (16 layers of 1.5M parameters: 96 MiB of fp32 layers),
 # streamed from nvme through a window of 2, against resident weights.
 big = write_deck(os.path.join(d, "big.deck"), """[model]
@@ -158,7 +164,7 @@ train = {tok}
 [run]
 out_dir = {d}/big
 """)
-run(["train", big, "--set", "train.steps=1"], np=1)
+run(["train", big, "--set", "train.steps=1"])
 big_stage = os.path.join(d, "big.stage")
 run(["stage", big, "--out", big_stage, "--from", os.path.join(d, "big/init.h5")])
 few = os.path.join(d, "few.jsonl")

@@ -164,6 +164,7 @@ void engine_create_streamed(Engine *e, const Model *g, struct Stream *st, const 
     memset(e, 0, sizeof *e);
     e->stream = st;
     create(e, g, NULL, mc, bk, tp, stream_dtype(st), nblocks, bs, Nmax, Smax, max_blocks);
+    stream_resident_done(st);
 }
 
 size_t engine_arena_bytes(const Model *g, int tp, int nblocks, int bs, int Nmax, int Smax, int max_blocks) {

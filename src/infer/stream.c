@@ -156,7 +156,7 @@ Stream *stream_open(const Deck *d, const Model *g, const Backend *bk, int tp_ran
     s->bk = bk;
     s->rank = tp_rank;
     snprintf(s->path, sizeof s->path, "%s", gc->stage);
-    if (aio_init(&s->aio, (int)gc->io_depth, why, sizeof why) != 0) FATAL(NULL, "generate: I/O engine: %s", why);
+    if (aio_init(&s->aio, 32, why, sizeof why) != 0) FATAL(NULL, "generate: I/O engine: %s", why);
     if (aio_open(&s->f, s->path, AIO_READ, why, sizeof why) != 0)
         FATAL_ALL("write it with `partita stage DECK --out FILE`", "%s: [generate] stage: %s",
                   deck_where(d, "generate.stage", where, sizeof where), why);
@@ -167,6 +167,14 @@ Stream *stream_open(const Deck *d, const Model *g, const Backend *bk, int tp_ran
     read_resident(s, g);
     s->seg_bytes = aio_align_up(s->ly.bytes, STAGE_ALIGN);
     s->W = gc->window < s->L ? (int)gc->window : s->L;
+    // A read only progresses once submitted, and the engine submits a request's 1 MiB
+    // chunks while the ring has room: by default the ring holds the whole window's reads,
+    // so that requesting a layer never waits (at most 4096 chunks).
+    size_t depth = gc->io_depth ? (size_t)gc->io_depth : (size_t)s->W * ((s->seg_bytes + AIO_CHUNK - 1) / AIO_CHUNK);
+    if (depth > 4096) depth = 4096;
+    aio_free(&s->aio);
+    if (aio_init(&s->aio, (int)depth, why, sizeof why) != 0) FATAL(NULL, "generate: I/O engine: %s", why);
+    s->st.io_depth = (int)depth;
     s->verified = xcalloc((size_t)s->L, "verified layers");
     if (s->mode == GEN_FROM_HOST) load_store(s);
     s->slot = xcalloc(sizeof(uint8_t *) * (size_t)s->W, "slots");
@@ -208,12 +216,18 @@ void stream_close(Stream *s) {
 }
 
 const float *stream_resident(const Stream *s, int t) {
+    SYS_CHECK(s->resident, "stream: the resident tensors were released");
     int j = t >= 2 && t < 2 + P_PER_LAYER * s->L ? (t - 2) % P_PER_LAYER : -1;
     if (j == P_QKVW || j == P_ATTPW || j == P_FCW || j == P_FCPW) return NULL;
     return s->resident + s->res_off[t];
 }
 
 int stream_dtype(const Stream *s) { return (int)s->h.dtype; }
+
+void stream_resident_done(Stream *s) {
+    aio_buffer_free(s->resident);
+    s->resident = NULL;
+}
 
 // ---------------------------------------------------------------------------
 // The window
@@ -301,9 +315,9 @@ void stream_stats(const Stream *s, StreamStats *out) { *out = s->st; }
 void stream_report(const Stream *s, hid_t f) {
     const StreamStats *t = &s->st;
     const double gbps = t->pass_s > 0 ? (double)t->bytes_per_pass * (double)t->passes / t->pass_s / 1e9 : 0.0;
-    log_info("  streaming (%s, window %d): %.1f MiB read per pass per rank, %llu passes, %.2f GB read; "
+    log_info("  streaming (%s, window %d, %d reads of 1 MiB in flight at most): %.1f MiB read per pass per rank, %llu passes, %.2f GB read; "
              "achieved %.2f GB/s over the passes' layers (%.2f s), %.2f s of it waiting for (or copying) layers\n",
-             s->mode == GEN_FROM_NVME ? "nvme" : "host", t->window, (double)t->bytes_per_pass / 1048576.0,
+             s->mode == GEN_FROM_NVME ? "nvme" : "host", t->window, t->io_depth, (double)t->bytes_per_pass / 1048576.0,
              (unsigned long long)t->passes, (double)t->bytes_read / 1e9, gbps, t->pass_s, t->stall_s);
     h5_attr_str(f, "weights_from", s->mode == GEN_FROM_NVME ? "nvme" : "host");
     h5_attr_i64(f, "stream_window", t->window);

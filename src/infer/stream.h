@@ -33,7 +33,7 @@ typedef struct StreamStats {
     double stall_s;            // of which waiting for a layer to arrive
     uint64_t window_bytes;     // the slots' bytes (the window's bound)
     uint64_t resident_bytes;   // the resident segment's bytes
-    int window, dtype;
+    int window, dtype, io_depth;
 } StreamStats;
 
 // Opens d's [generate] stage for rank tp_rank of tp_size, checks it against
@@ -46,6 +46,8 @@ void stream_close(Stream *st);
 // Whole tensor t of the whole model's table (a non-matrix tensor) as fp32,
 // from the resident segment; NULL for a layer matrix (streamed).
 const float *stream_resident(const Stream *st, int t);
+// The resident tensors have been copied (the engine holds them): frees them.
+void stream_resident_done(Stream *st);
 // The file's weight dtype (WDT_*).
 int stream_dtype(const Stream *st);
 
