@@ -166,7 +166,7 @@ void estimate_generate(const Deck *d, int ranks) {
         double t_mem = tc > tf ? tc : tf, t_host = layers / copy_bps + t_mem;
         double t_io = layers / disk, t_nvme = t_io > t_mem ? t_io : t_mem;
         if (!crossover && t_mem >= t_io) crossover = B;
-        printf("  %6d %14.1f %14.1f %14.1f\n", B, B / t_mem, B / t_host, B / t_nvme);
+        printf("  %6d %14.3g %14.3g %14.3g\n", B, B / t_mem, B / t_host, B / t_nvme);
     }
     double bstar = layers / disk * flops / (2.0 * params);
     printf("  nvme: compute bounds a pass from batch ~%.0f on (B* = layer_bytes / disk_rate * sgemm_rate / (2 params_rank))%s\n",
