@@ -33,7 +33,7 @@ DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-ope
         clang libclang-rt-14-dev slurm-wlm munge
 
 .PHONY: all deps deps-debs test bench clean demo asan portable fuzz fuzz-build FORCE
-all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_bpe $(BUILD)/test_sampler $(BUILD)/test_aio $(GPU_TARGETS)
+all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_bpe $(BUILD)/test_sampler $(BUILD)/test_aio $(BUILD)/test_dos $(GPU_TARGETS)
 
 $(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
@@ -46,10 +46,17 @@ $(BUILD)/stream_probe: bench/stream.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -march=$(ARCH) -std=c11 -fopenmp -Wall -Wextra -o $@ $<
 
+# The I/O engine against a raw O_DIRECT probe (bench/run.sh, BENCH_ONLY=offload).
+$(BUILD)/aio_probe: bench/aio_probe.c $(BUILD)/src/aio.o
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lpthread
+
 $(BUILD)/test_sampler: $(BUILD)/tests/unit/test_sampler.o $(BUILD)/src/infer/sampler.o $(BUILD)/src/log.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test_aio: $(BUILD)/tests/unit/test_aio.o $(BUILD)/src/aio.o
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/test_dos: $(BUILD)/tests/unit/test_dos.o $(BUILD)/src/dos.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test_comm: $(BUILD)/tests/unit/test_comm.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
@@ -164,4 +171,4 @@ bench: all
 clean:
 	rm -rf build build-asan
 
--include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d $(BUILD)/tests/unit/test_aio.d
+-include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d $(BUILD)/tests/unit/test_aio.d $(BUILD)/tests/unit/test_dos.d

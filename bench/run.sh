@@ -15,9 +15,16 @@
 #  5. sequence parallelism (Ulysses): all-to-all bytes and step time at (T, sp) =
 #     (2K, 1), (4K, 2), (8K, 4), peak RSS per rank at (16K, 4) vs (4K, 1) with
 #     recompute, the long-seq deck, and the longest T `estimate` fits in 20 GiB.
-# BENCH_ONLY=train|zero|ckpt|gen|sp runs one part; BENCH_STEPS sets the steps timed.
-# BENCH_ONLY=zinf (opt-in, not part of `all`): ZeRO-Inference, bench/zinf.py (an 8B-parameter
+#  6. offload (BENCH_ONLY=offload): the I/O engine's GB/s against a raw O_DIRECT probe of
+#     the offload directory (BENCH_NVME_DIR, default build/bench) at queue depths 1, 4, 16;
+#     the 124M deck with the optimizer on NVMe vs in memory, prefetch on and off: step
+#     time, io_wait, update time, bytes per step.
+#  7. infinity (BENCH_ONLY=infinity, opt-in, not in `all`): a ~2B-parameter GPT
+#     (24 layers x 2560) at np=1, B=1, T=64, ZeRO-3 with params, optimizer and gradients
+#     on NVMe, BENCH_INF_STEPS (2) steps: s/step, update time, NVMe bytes, io_wait, peak RSS.
+#  8. zinf (BENCH_ONLY=zinf, opt-in, not in `all`): ZeRO-Inference, bench/zinf.py (an 8B-parameter
 #     random GPT streamed from NVMe at batch 1..64 against a raw O_DIRECT probe; 124M streamed vs resident).
+# BENCH_ONLY=train|zero|ckpt|gen|sp|offload|infinity|zinf runs one part; BENCH_STEPS sets the steps timed.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -136,4 +143,52 @@ fi
 
 if [ "$ONLY" = zinf ]; then
   $PYTHON bench/zinf.py
+fi
+
+NVME_DIR=${BENCH_NVME_DIR:-$out/nvme}
+if [ "$ONLY" = all ] || [ "$ONLY" = offload ]; then
+  mkdir -p "$NVME_DIR"
+  make --no-print-directory -s build/aio_probe
+  echo "== 6. offload: the I/O engine vs a raw O_DIRECT probe of $NVME_DIR (${BENCH_AIO_MIB:-256} MiB, 1 MiB requests)"
+  build/aio_probe "$NVME_DIR" "${BENCH_AIO_MIB:-256}"
+  echo "   124M deck, 1 rank x $THREADS threads, B=1, T=256, $STEPS steps: optimizer in memory vs on NVMe"
+  for mode in none:true nvme:true nvme:false; do
+    o=${mode%:*}; pf=${mode#*:}
+    $MPIEXEC -np 1 build/partita train $DECK $COMMON --set train.steps=$STEPS --set train.micro_batch=1 \
+      --set run.threads=$THREADS --set run.out_dir=$out/off-$o-$pf --set offload.optimizer=$o --set offload.prefetch=$pf \
+      --set offload.nvme_dir=$NVME_DIR > $out/off-$o-$pf.log
+    $PYTHON - "$out/off-$o-$pf/run.h5" "optimizer=$o prefetch=$pf" <<'PY'
+import sys, h5py, numpy as np
+m = h5py.File(sys.argv[1], "r")["metrics"]
+s = slice(1, None) if len(m["step"]) > 1 else slice(0, None)   # the first step warms up
+g = lambda k: float(np.median(np.array(m[k])[s]))
+print(f"  {sys.argv[2]:28s} step {g('step_time'):.3f} s | update {g('update_time'):.3f} s | io_wait {g('io_wait'):.3f} s"
+      f" | read {g('offload_read_bytes') / 2**20:.0f} MiB, written {g('offload_write_bytes') / 2**20:.0f} MiB per step")
+PY
+  done
+fi
+
+if [ "$ONLY" = infinity ]; then
+  mkdir -p "$NVME_DIR"
+  echo "== 7. beyond RAM: ~2B-parameter GPT, np=1, ZeRO-3, params + optimizer + gradients on NVMe ($NVME_DIR), B=1, T=64, ${BENCH_INF_STEPS:-2} steps"
+  echo "  disk before: $(df -h --output=avail "$NVME_DIR" | tail -1) free; memory: $(free -g | awk '/Mem:/ {print $2 " GiB, " $7 " GiB available"}'); load $(cut -d' ' -f1-3 /proc/loadavg)"
+  $MPIEXEC -np 1 build/partita train $DECK $COMMON --set train.seq_len=64 --set model.layers=24 --set model.d_model=2560 \
+    --set model.heads=20 --set train.steps=${BENCH_INF_STEPS:-2} --set train.micro_batch=1 --set run.threads=$THREADS \
+    --set zero.stage=3 --set offload.optimizer=nvme --set offload.params=nvme --set offload.nvme_dir=$NVME_DIR \
+    --set offload.subgroup_mb=64 --set run.peak_gflops=1 --set train.eval_interval=0 --set run.out_dir=$out/infinity \
+    > $out/infinity.log
+  grep -E '^model|^offload|^step|^memory' $out/infinity.log | sed 's/^/  /'
+  $PYTHON - "$out/infinity/run.h5" <<'PY'
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r"); m = f["metrics"]
+g = lambda k: np.array(m[k])
+st, rd, wr, io, up = g("step_time"), g("offload_read_bytes"), g("offload_write_bytes"), g("io_wait"), g("update_time")
+print(f"  {int(f.attrs['nparams'])/1e9:.2f}B parameters ({int(f.attrs['nparams'])*16/1e9:.1f} GB of fp32 params + AdamW"
+      f" moments + gradients on NVMe), peak RSS {g('peak_rss_mb').max():.0f} MiB (baseline {f.attrs['baseline_rss_mb']:.0f} MiB)")
+for i in range(len(st)):
+    print(f"  step {i + 1}: {st[i]:.1f} s, of which update {up[i]:.1f} s; NVMe read {rd[i]/1e9:.1f} GB, written {wr[i]/1e9:.1f} GB"
+          f" ({(rd[i] + wr[i])/1e9/st[i]:.2f} GB/s over the step), waited on I/O {io[i]:.1f} s")
+PY
+  rm -rf "$NVME_DIR"/*.offload
+  echo "  disk after: $(df -h --output=avail "$NVME_DIR" | tail -1) free"
 fi

@@ -172,6 +172,11 @@ void scale_inplace(float *x, float s, size_t n);
 
 // sum of squares in float64, summed in fixed-size chunks in a fixed order.
 double sumsq(const float *x, size_t n);
+// Its pieces, for a vector summed piece by piece (host only): sumsq(x, n) is
+// the in-order sum over chunks c of sumsq_chunk(x + c k, min(k, n - c k)),
+// k = sumsq_chunk_size(n) (at most 4096 chunks).
+size_t sumsq_chunk_size(size_t n);
+double sumsq_chunk(const float *x, size_t n);
 
 // Kernel threads (OpenMP and OpenBLAS) for this process.
 void kernels_set_threads(int n);

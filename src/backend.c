@@ -12,12 +12,33 @@
 #include "cuda/cuda_kernels.h"
 #endif
 
-static void *cpu_alloc(size_t bytes, const char *what) { return xcalloc(bytes ? bytes : 1, what); }
+// calloc, not xcalloc's memset: large blocks come as untouched zero pages, so
+// memory released before use (moments handed to the offload engine) never
+// enters the resident set.
+static void *cpu_alloc(size_t bytes, const char *what) {
+    void *p = calloc(1, bytes ? bytes : 1);
+    SYS_CHECK(p, "out of memory: %zu bytes for %s", bytes, what);
+    return p;
+}
 static void cpu_release(void *p) { free(p); }
 static void cpu_zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
 static void cpu_copy(float *dst, const float *src, size_t n) { memmove(dst, src, n * sizeof(float)); }
 static void cpu_copy_i32(int32_t *dst, const int32_t *src, size_t n) { memcpy(dst, src, n * sizeof(int32_t)); }
 static void cpu_sync(void) {}
+
+static void *cpu_host_alloc(size_t bytes, const char *what) {
+    size_t n = (bytes + 4095) / 4096 * 4096;
+    void *p = aligned_alloc(4096, n ? n : 4096);
+    SYS_CHECK(p, "out of memory: %zu bytes for %s", bytes, what);
+    memset(p, 0, n ? n : 4096);
+    return p;
+}
+static void *cpu_event_create(void) { return NULL; }
+static void cpu_event_none(void *ev) { (void)ev; }
+static void cpu_copy_async(float *dst, const float *src, size_t n, void *ev) {
+    (void)ev;
+    memmove(dst, src, n * sizeof(float));
+}
 
 static void cpu_axpy(float *y, const float *x, float a, size_t n) {
 #pragma omp parallel for schedule(static)
@@ -35,6 +56,9 @@ static const Backend cpu_table = {
     .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .copy = cpu_copy,
     .to_host = cpu_copy, .from_host = cpu_copy, .from_host_i32 = cpu_copy_i32,
     .axpy = cpu_axpy, .copy2d = cpu_copy2d, .sync = cpu_sync,
+    .host_alloc = cpu_host_alloc, .host_free = cpu_release, .event_create = cpu_event_create,
+    .event_destroy = cpu_event_none, .d2h_async = cpu_copy_async, .h2d_async = cpu_copy_async,
+    .copy_fence = cpu_event_none, .event_sync = cpu_event_none, .compute_wait = cpu_event_none,
     .encoder_forward = encoder_forward, .encoder_backward = encoder_backward,
     .layernorm_forward = layernorm_forward, .layernorm_backward = layernorm_backward,
     .matmul_forward = matmul_forward, .matmul_backward = matmul_backward,
@@ -57,12 +81,19 @@ static void *cuda_alloc(size_t bytes, const char *what) {
     return p;
 }
 static void cuda_release(void *p) { (void)p; }
+static void *cuda_host_alloc_b(size_t bytes, const char *what) {
+    (void)what;     // cuda_host_alloc names the size when it fails
+    return cuda_host_alloc(bytes);
+}
 
 static const Backend cuda_table = {
     .kind = BACKEND_CUDA, .device_memory = 1, .name = "cuda",
     .alloc = cuda_alloc, .release = cuda_release, .zero = cuda_memset_zero, .copy = cuda_copy_d2d,
     .to_host = cuda_copy_d2h, .from_host = cuda_copy_h2d, .from_host_i32 = cuda_copy_h2d_i32,
     .axpy = cuda_axpy, .copy2d = cuda_copy2d, .sync = cuda_synchronize,
+    .host_alloc = cuda_host_alloc_b, .host_free = cuda_host_free, .event_create = cuda_event_create,
+    .event_destroy = cuda_event_destroy, .d2h_async = cuda_copy_d2h_async, .h2d_async = cuda_copy_h2d_async,
+    .copy_fence = cuda_copy_fence, .event_sync = cuda_event_sync, .compute_wait = cuda_compute_wait,
     .encoder_forward = cuda_encoder_forward, .encoder_backward = cuda_encoder_backward,
     .layernorm_forward = cuda_layernorm_forward, .layernorm_backward = cuda_layernorm_backward,
     .matmul_forward = cuda_matmul_forward, .matmul_backward = cuda_matmul_backward,

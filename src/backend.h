@@ -32,6 +32,25 @@ typedef struct Backend {
     void (*copy2d)(float *dst, size_t dst_stride, const float *src, size_t src_stride, size_t rows, size_t cols);
     void (*sync)(void);                                             // all issued work done
 
+    // Host memory and asynchronous copies (offload, Deep Optimizer States).
+    // host_alloc: zeroed host memory the device copies at full speed (pinned on
+    // cuda), 4096-byte aligned, freed by host_free. d2h_async / h2d_async copy n
+    // floats on the copy stream (a second stream), after all work issued on the
+    // compute stream before the call; ev (from event_create; may be NULL) is
+    // recorded when the copy is done. copy_fence records ev after every copy
+    // issued so far; event_sync blocks the host until ev; compute_wait makes
+    // compute work issued later wait for ev. On cpu the copies are done when
+    // they return and events are NULL.
+    void *(*host_alloc)(size_t bytes, const char *what);
+    void (*host_free)(void *p);
+    void *(*event_create)(void);
+    void (*event_destroy)(void *ev);
+    void (*d2h_async)(float *host, const float *src, size_t n, void *ev);
+    void (*h2d_async)(float *dst, const float *host, size_t n, void *ev);
+    void (*copy_fence)(void *ev);
+    void (*event_sync)(void *ev);
+    void (*compute_wait)(void *ev);
+
     // kernels.h, entry for entry.
     void (*encoder_forward)(float *out, const int32_t *tok, const float *wte, const float *wpe,
                             int B, int T, int C);

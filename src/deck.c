@@ -70,6 +70,7 @@ static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
 static const char *const gen_wdtype_names[] = {"fp32", "bf16", "int8", NULL};
 static const char *const gen_from_names[] = {"memory", "host", "nvme", NULL};
 static const char *const on_nan_names[] = {"stop", "skip", NULL};
+static const char *const offload_tier_names[] = {"none", "host", "nvme", NULL};
 
 #define OFF(f) offsetof(Config, f)
 #define GE(lo) (lo), 0, R_MIN
@@ -251,12 +252,33 @@ static const KeyDef keys[] = {
      "test only: instead of skipping it, the faulty rank stalls this long first (a stuck rank)"},
     {"comm", "device_path", T_ENUM, OFF(comm.device_path), "auto", ANY, devpath_names,
      "cuda: nccl, or staged (device -> host -> MPI -> device, lets ranks share a GPU); auto = nccl unless ranks share a GPU"},
+
+    {"offload", "optimizer", T_ENUM, OFF(offload.optimizer), "none", ANY, offload_tier_names,
+     "where the AdamW moments live: none (with the parameters), host memory, or nvme (files in nvme_dir)"},
+    {"offload", "params", T_ENUM, OFF(offload.params), "none", ANY, offload_tier_names,
+     "where each rank's fp32 parameter shard lives between uses: none, host, nvme (needs [zero] stage = 3)"},
+    {"offload", "nvme_dir", T_STR, OFF(offload.nvme_dir), "", ANY, NULL,
+     "directory of the offload files (one per rank, O_DIRECT); \"\" = <run.out_dir>/offload"},
+    {"offload", "subgroup_mb", T_FLOAT, OFF(offload.subgroup_mb), "64", IN(0.001, 65536), NULL,
+     "the optimizer updates the offloaded states in subgroups of this many MiB (per array)"},
+    {"offload", "queue_depth", T_INT, OFF(offload.queue_depth), "16", IN(1, 1024), NULL,
+     "I/O requests in flight per rank (io_uring queue depth)"},
+    {"offload", "buffers", T_INT, OFF(offload.buffers), "4", IN(2, 64), NULL,
+     "staging buffers: subgroups held in memory at once (3 overlap read, update and write-back)"},
+    {"offload", "prefetch", T_BOOL, OFF(offload.prefetch), "true", ANY, NULL,
+     "read the next subgroup (and the next layer's shard) while this one is used"},
+    {"offload", "host_cap_mb", T_FLOAT, OFF(offload.host_cap_mb), "0", IN(0, 1e9), NULL,
+     "most MiB of offloaded states a rank holds in memory (subgroups shrink to fit); 0 = no cap"},
+    {"offload", "dos", T_BOOL, OFF(offload.dos), "true", ANY, NULL,
+     "cuda, optimizer = host|nvme: Deep Optimizer States places each subgroup's update on GPU or CPU; false = all on CPU"},
+    {"offload", "dos_stride", T_INT, OFF(offload.dos_stride), "-1", IN(-1, 1048576), NULL,
+     "Deep Optimizer States: -1 = the performance model chooses; 0 = all on the CPU; k = every k-th subgroup on the GPU"},
 };
 
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 _Static_assert(sizeof keys / sizeof keys[0] <= DECK_MAX_KEYS, "raise DECK_MAX_KEYS");
 
-static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel", "zero", "checkpoint", "generate", "comm"};
+static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel", "zero", "checkpoint", "generate", "comm", "offload"};
 #define NSECTIONS ((int)(sizeof sections / sizeof sections[0]))
 
 // ---------------------------------------------------------------------------------------------
@@ -1390,6 +1412,36 @@ static int derive(Ctx *x, int world_size) {
         memcpy(c->checkpoint.dir, c->run.out_dir, n);
         memcpy(c->checkpoint.dir + n, "/ckpt", 6);
         d->from[kcd] = DECK_FROM_DERIVED;
+    }
+
+    // [offload] params needs ZeRO-3 (the parameter shard is what moves), and on NVMe the moments too.
+    const int kop = key_index("offload.params"), koo = key_index("offload.optimizer"), kst = key_index("zero.stage");
+    if (c->offload.params != OFFLOAD_NONE && c->zero.stage != 3) {
+        int ks[] = {kop, kst};
+        snprintf(hint, sizeof hint, "set [zero] stage = 3 (parameters partitioned), or [offload] params = none");
+        return fail(x, blame(x, ks, 2, where, sizeof where), hint,
+                    "[offload] params = %s (%s) needs [zero] stage = 3, got stage %" PRId64 " (%s)",
+                    offload_tier_names[c->offload.params], origin(x, kop, o1, sizeof o1), c->zero.stage,
+                    origin(x, kst, o2, sizeof o2));
+    }
+    if (c->offload.params == OFFLOAD_NVME && c->offload.optimizer != OFFLOAD_NVME) {
+        int ks[] = {kop, koo};
+        snprintf(hint, sizeof hint, "set [offload] optimizer = nvme too (the update streams parameters and moments together)");
+        return fail(x, blame(x, ks, 2, where, sizeof where), hint,
+                    "[offload] params = nvme (%s) needs [offload] optimizer = nvme, got %s (%s)",
+                    origin(x, kop, o1, sizeof o1), offload_tier_names[c->offload.optimizer],
+                    origin(x, koo, o2, sizeof o2));
+    }
+    const int knd = key_index("offload.nvme_dir");
+    if (!c->offload.nvme_dir[0]) {
+        size_t n = strlen(c->run.out_dir);
+        if (n + 9 > sizeof c->offload.nvme_dir) {
+            snprintf(hint, sizeof hint, "set [offload] nvme_dir, or use a shorter [run] out_dir");
+            return fail(x, x->path, hint, "[offload] nvme_dir cannot be derived: [run] out_dir is too long");
+        }
+        memcpy(c->offload.nvme_dir, c->run.out_dir, n);
+        memcpy(c->offload.nvme_dir + n, "/offload", 9);
+        d->from[knd] = DECK_FROM_DERIVED;
     }
 
     // Learning-rate schedule.

@@ -91,6 +91,7 @@ typedef struct OptimConfig {
     int64_t warmup;           // linear warmup steps
     int decay;                // DECAY_* from lr to min_lr over the rest of the steps
     double beta1, beta2, eps, weight_decay;
+    int offloaded;            // not a key: set by train.c when [offload] holds the moments (none allocated)
 } OptimConfig;
 
 typedef struct ParallelConfig {
@@ -150,6 +151,21 @@ typedef struct CommConfig {
     int device_path;          // DEVPATH_*: how collectives move device buffers (cuda)
 } CommConfig;
 
+enum { OFFLOAD_NONE = 0, OFFLOAD_HOST, OFFLOAD_NVME };   // [offload] optimizer / params
+
+typedef struct OffloadConfig {   // [offload]: ZeRO-Infinity tiers and Deep Optimizer States (offload.h)
+    int optimizer;            // OFFLOAD_*: where the AdamW moments live
+    int params;               // OFFLOAD_*: where the fp32 parameters live (ZeRO-3)
+    char nvme_dir[DECK_STR];  // "" = <run.out_dir>/offload
+    double subgroup_mb;       // the optimizer works on the flat state in subgroups of this size
+    int64_t queue_depth;      // I/O requests in flight per rank
+    int64_t buffers;          // staging buffers (subgroups held in memory at once)
+    int prefetch;             // read subgroup i+1 (and the next unit's shard) ahead
+    double host_cap_mb;       // most MiB of offloaded states held in memory per rank; 0 = no cap
+    int dos;                  // Deep Optimizer States on cuda: GPU/CPU subgroup placement
+    int64_t dos_stride;       // -1: the performance model chooses; 0: all on the CPU; k: every k-th on the GPU
+} OffloadConfig;
+
 typedef struct Config {
     RunConfig run;
     ModelConfig model;
@@ -161,6 +177,7 @@ typedef struct Config {
     CheckpointConfig checkpoint;
     GenerateConfig generate;
     CommConfig comm;
+    OffloadConfig offload;
 } Config;
 
 #define DECK_MAX_KEYS 128

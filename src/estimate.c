@@ -3,6 +3,7 @@
 #include "estimate_gen.h"
 #include "comm.h"
 #include "model.h"
+#include "offload.h"
 #include "peak.h"
 #include "ulysses.h"
 #include "zero.h"
@@ -164,6 +165,7 @@ int estimate_run(const Deck *d, int ranks, double mem_per_rank) {
     printf("comm_bytes_per_step %.0f %.0f %.0f %.0f\n", total_sent[0], total_sent[1], total_sent[2], total_sent[3]);
     sp_section(c, &m, base, mem_per_rank > 0 ? mem_per_rank : 4.0 * 1073741824.0);
     estimate_generate(d, ranks);
+    offload_estimate(c, &m, p);
     model_free(&m);
     return 0;
 }

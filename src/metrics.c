@@ -12,7 +12,8 @@
 static const char *names[M_NCOLS] = {
     "step", "loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time",
     "tokens", "comm_bytes_all_reduce", "comm_bytes_reduce_scatter", "comm_bytes_all_gather", "comm_wait",
-    "gflops", "skipped", "ranks", "data_rows", "comm_bytes_all_to_all"};
+    "gflops", "skipped", "ranks", "data_rows", "comm_bytes_all_to_all",
+    "offload_read_bytes", "offload_write_bytes", "io_wait", "update_time"};
 
 const char *metrics_name(int col) { return col >= 0 && col < M_NCOLS ? names[col] : "?"; }
 

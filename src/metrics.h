@@ -29,9 +29,14 @@
 // loss or gradient norm skipped the update (train.on_nan = skip); ranks: the
 // job's ranks (the meaningful columns of peak_rss_mb); data_rows: global
 // token rows consumed after the step (the data cursor).
+// offload_read_bytes / offload_write_bytes: bytes rank 0 moved between memory
+// and its offload file in the step; io_wait: seconds rank 0's step waited on
+// that I/O; update_time: seconds of rank 0's optimizer update (the offloaded
+// pipeline's whole update, or the in-memory AdamW).
 enum { M_STEP, M_LOSS, M_VAL_LOSS, M_LR, M_GRAD_NORM, M_TOKENS_PER_S, M_MFU, M_STEP_TIME,
        M_TOKENS, M_COMM_ALL_REDUCE, M_COMM_REDUCE_SCATTER, M_COMM_ALL_GATHER, M_COMM_WAIT,
-       M_GFLOPS, M_SKIPPED, M_RANKS, M_DATA_ROWS, M_COMM_ALL_TO_ALL, M_NCOLS };
+       M_GFLOPS, M_SKIPPED, M_RANKS, M_DATA_ROWS, M_COMM_ALL_TO_ALL,
+       M_OFFLOAD_READ_BYTES, M_OFFLOAD_WRITE_BYTES, M_IO_WAIT, M_UPDATE_TIME, M_NCOLS };
 
 typedef struct MetricsRow {
     double v[M_NCOLS];

@@ -11,8 +11,11 @@ void optim_create(Optim *o, const OptimConfig *cfg, int64_t steps, size_t begin,
     o->begin = begin;
     o->end = end;
     o->bk = bk;
-    o->m = bk->alloc((end - begin) * sizeof(float), "AdamW first moments");
-    o->v = bk->alloc((end - begin) * sizeof(float), "AdamW second moments");
+    o->m = o->v = NULL;     // offloaded: the moments live with the offload engine (offload.h)
+    if (!cfg->offloaded) {
+        o->m = bk->alloc((end - begin) * sizeof(float), "AdamW first moments");
+        o->v = bk->alloc((end - begin) * sizeof(float), "AdamW second moments");
+    }
     o->t = 0;
 }
 
@@ -40,18 +43,23 @@ float optim_clip_scale(double grad_norm, double clip) {
     return (float)(clip / grad_norm);
 }
 
+void optim_update_range(const Optim *o, const Model *m, AdamwFn update, float *p, const float *g, float *mm,
+                        float *vv, size_t lo, size_t hi, double lr, int t) {
+    const OptimConfig *c = &o->cfg;
+    for (int i = 0; i < m->ntensors; i++) {
+        const ParamTensor *tn = &m->tensors[i];
+        size_t a = tn->offset > lo ? tn->offset : lo;
+        size_t b = tn->offset + tn->numel < hi ? tn->offset + tn->numel : hi;
+        if (a >= b) continue;
+        size_t k = a - lo;
+        update(p + k, g + k, mm + k, vv + k, b - a, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps,
+               tn->decay ? (float)c->weight_decay : 0.0f, t);
+    }
+}
+
 void optim_update(Optim *o, const Model *m, float *params, float *grads, double lr, float grad_scale) {
     size_t n = o->end - o->begin;
     if (grad_scale != 1.0f) o->bk->scale_inplace(grads, grad_scale, n);
     o->t++;
-    const OptimConfig *c = &o->cfg;
-    for (int i = 0; i < m->ntensors; i++) {
-        const ParamTensor *t = &m->tensors[i];
-        size_t lo = t->offset > o->begin ? t->offset : o->begin;
-        size_t hi = t->offset + t->numel < o->end ? t->offset + t->numel : o->end;
-        if (lo >= hi) continue;
-        size_t k = lo - o->begin;
-        o->bk->adamw_update(params + k, grads + k, o->m + k, o->v + k, hi - lo, (float)lr, (float)c->beta1,
-                     (float)c->beta2, (float)c->eps, t->decay ? (float)c->weight_decay : 0.0f, o->t);
-    }
+    optim_update_range(o, m, o->bk->adamw_update, params, grads, o->m, o->v, o->begin, o->end, lr, o->t);
 }

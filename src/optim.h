@@ -34,4 +34,15 @@ float optim_clip_scale(double grad_norm, double clip);
 // tensors marked decay (matrices), as GPT-2 training does.
 void optim_update(Optim *o, const Model *m, float *params, float *grads, double lr, float grad_scale);
 
+// AdamW at step t on the elements [lo, hi) of the flat layout (begin <= lo <=
+// hi <= end): p, g, mm, vv point at element lo, grads already scaled; the same
+// per-tensor kernel calls optim_update makes over that stretch, so an update
+// done in pieces (offload subgroups) gives the same bits as one in whole.
+// update is the kernel: o->bk->adamw_update, or the host kernel for a
+// subgroup updated on the CPU (Deep Optimizer States).
+typedef void (*AdamwFn)(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
+                        float beta2, float eps, float wd, int t);
+void optim_update_range(const Optim *o, const Model *m, AdamwFn update, float *p, const float *g, float *mm,
+                        float *vv, size_t lo, size_t hi, double lr, int t);
+
 #endif

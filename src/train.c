@@ -9,6 +9,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
+#include "offload.h"
 #include "peak.h"
 #include "prep.h"
 #include "stop.h"
@@ -46,6 +47,8 @@ typedef struct Trainer {
     Loader train, val;
     Model model;
     Zero zero;
+    Offload off;                // [offload] optimizer/params = nvme (off.slots NULL: none)
+    double update_s;            // seconds of optimizer updates so far (this rank)
     const ParamStore *ps;
     Metrics metrics;
     int B, T, accum;
@@ -93,11 +96,74 @@ static size_t arena_bytes(const Trainer *tr) {
     ZeroPlan plan;
     model_table(&m, &tr->cfg->model);
     zero_plan(&m, &tr->cfg->zero, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
-    size_t bytes = plan.params + plan.grads + plan.optim + plan.working +
-                   model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
-                                                 (int)tr->cfg->train.recompute) + ((size_t)64 << 20);
+    size_t acts = model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
+                                                (int)tr->cfg->train.recompute);
+    size_t bytes = plan.params + plan.grads + plan.optim + plan.working + acts + ((size_t)64 << 20);
+    if (tr->cfg->offload.optimizer != OFFLOAD_NONE) {   // cuda: the moments on the host; room for DOS staging
+        bytes -= plan.optim;                            //   (taken from the activations when they hold it)
+        bytes += offload_device_bytes(&tr->cfg->offload, plan.optim / 8);
+    }
     model_free(&m);
     return bytes;
+}
+
+// [offload] moves the moments off the backend: to NVMe, or (cuda) to host memory.
+static int moments_offloaded(const Config *c, const Backend *bk) {
+    return c->offload.optimizer == OFFLOAD_NVME || (c->offload.optimizer == OFFLOAD_HOST && bk->device_memory);
+}
+
+// [offload]: the owned range's moments (and stage-3 shard; on cpu at ZeRO 2-3
+// with the moments on NVMe the reduced gradients too) to host memory or a file per rank.
+static void start_offload(Trainer *tr) {
+    const OffloadConfig *oc = &tr->cfg->offload;
+    if (oc->optimizer == OFFLOAD_NONE && oc->params == OFFLOAD_NONE) return;
+    int dev = tr->bk->device_memory;
+    if (dev && oc->optimizer == OFFLOAD_NONE)
+        FATAL_ALL("set [offload] optimizer = host (or nvme) too: the update runs where the moments are",
+                  "[offload] params = host on cuda needs the moments off the device as well");
+    if (!moments_offloaded(tr->cfg, tr->bk)) {
+        log_info("offload: optimizer = host, params = %s: on the cpu backend the states already live in host memory\n",
+                 oc->params == OFFLOAD_HOST ? "host" : "none");
+        return;
+    }
+    Zero *z = &tr->zero;
+    int params = oc->params == OFFLOAD_NVME || (oc->params == OFFLOAD_HOST && dev) ? (int)oc->params : OFFLOAD_NONE;
+    int grads = !dev && oc->optimizer == OFFLOAD_NVME && z->stage >= 2;
+    offload_create(&tr->off, oc, tr->bk, tr->cfg->run.name, tr->topo.rank, 0, z->own_begin,
+                   z->own_end - z->own_begin, params, grads);
+    zero_attach_offload(z, &tr->off);
+    const Offload *o = &tr->off;
+    static const char *const tiers[] = {"device", "host", "nvme"};
+    if (o->tier == OFFLOAD_NVME)
+        log_info("offload: optimizer = nvme, params = %s, gradients = %s, in %s (%s, %zu-byte alignment): ",
+                 dev ? tiers[params] : params == OFFLOAD_NVME ? "nvme" : "memory", grads ? "nvme" : "memory",
+                 oc->nvme_dir, o->file.direct ? "O_DIRECT" : "buffered", o->file.align);
+    else
+        log_info("offload: optimizer = host (pinned), params = %s: ", tiers[params]);
+    log_info("%d subgroups of %.3f MiB, %d buffers, queue depth %lld, prefetch %s; %.1f MiB staged in memory per "
+             "rank (cap %g MiB)\n", o->nsub, (double)o->G * 4 / 1048576.0, o->nbuf, (long long)oc->queue_depth,
+             o->prefetch ? "on" : "off", (double)o->held_bytes / 1048576.0, oc->host_cap_mb);
+    offload_dos_plan(&tr->off, &tr->model, oc->dos, (int)oc->dos_stride);
+}
+
+// Deep Optimizer States' choice and its inputs, as run.h5 attributes (rank 0).
+static void describe_offload(const Trainer *tr, hid_t f) {
+    const Offload *o = &tr->off;
+    if (!o->slots) return;
+    h5_attr_i64(f, "offload_subgroups", o->nsub);
+    h5_attr_i64(f, "offload_subgroup_floats", (int64_t)o->G);
+    if (!o->device) return;
+    int ngpu = 0;
+    for (int i = 0; i < o->nsub; i++) ngpu += dos_on_gpu(o->stride, i);
+    h5_attr_i64(f, "dos_stride", o->stride);
+    h5_attr_i64(f, "dos_gpu_subgroups", ngpu);
+    h5_attr_f64(f, "dos_bw_h2d", o->rates.bw_h2d);
+    h5_attr_f64(f, "dos_bw_d2h", o->rates.bw_d2h);
+    h5_attr_f64(f, "dos_cpu_rate", o->rates.cpu_rate);
+    h5_attr_f64(f, "dos_gpu_rate", o->rates.gpu_rate);
+    h5_attr_f64(f, "dos_cpu_slowdown", o->rates.cpu_slowdown);
+    h5_attr_f64(f, "dos_predicted_s", o->predicted_s);
+    h5_attr_f64(f, "dos_cpu_only_s", o->cpu_only_s);
 }
 
 // Selects the backend and the path of device collectives, starts the device.
@@ -160,6 +226,7 @@ static void resume(Trainer *tr) {
     char path[1200] = "";
     CkptState st = {.data_rows = -1};
     double t0 = wall_seconds();
+    zero_host_buffers(&tr->zero);   // offloaded: host copies for ckpt_resume to fill
     if (!ckpt_resume(&tr->zero, tr->deck, tr->cfg->checkpoint.dir, &st, path, sizeof path)) return;
     if (st.step > tr->cfg->train.steps)
         FATAL_ALL("raise [train] steps to train on", "checkpoint '%s' is at step %lld, past train.steps = %lld",
@@ -260,7 +327,10 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     MPI_CHECK(MPI_Allreduce(&base, &tr->rss_base, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
     ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute};
     model_create_parallel(&tr->model, &c->model, tr->B, tr->Tl, tr->bk, &mp);
-    zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &c->optim, c->train.steps);
+    OptimConfig optc = c->optim;
+    optc.offloaded = moments_offloaded(c, tr->bk);
+    zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &optc, c->train.steps);
+    start_offload(tr);
     zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
     tr->ps = zero_store(&tr->zero);
     tr->inputs = xmalloc((size_t)tr->B * tr->Tl * sizeof(int32_t), "inputs");
@@ -286,6 +356,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
         h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->Tl));
         h5_attr_i64(tr->metrics.file, "nparams", (int64_t)tr->model.nparams);
         h5_attr_f64(tr->metrics.file, "baseline_rss_mb", tr->rss_base);
+        describe_offload(tr, tr->metrics.file);
         metrics_flush(&tr->metrics);
     }
 }
@@ -297,6 +368,7 @@ static void trainer_free(Trainer *tr) {
     tokenfile_close(&tr->train_file);
     if (tr->cfg->data.val[0]) tokenfile_close(&tr->val_file);
     zero_free(&tr->zero);
+    offload_free(&tr->off);
     model_free(&tr->model);
     comm_free(&tr->sp);
     comm_free(&tr->dp);
@@ -358,8 +430,10 @@ static double compute_grads(Trainer *tr, int64_t step, double *grad_norm) {
 
 // Clip and AdamW on the owned shard.
 static void apply_update(Trainer *tr, double grad_norm, double lr) {
+    double t0 = wall_seconds();
     zero_step(&tr->zero, lr, optim_clip_scale(grad_norm, tr->cfg->train.clip));
     tr->bk->sync();     // the step's time includes its device work (AdamW runs asynchronously)
+    tr->update_s += wall_seconds() - t0;
 }
 
 static void format_eta(double s, char *buf, size_t n) {
@@ -408,7 +482,23 @@ typedef struct CommMark {
     uint64_t bytes[COMM_NOPS];     // dp (ZeRO) group
     uint64_t a2a;                  // sp group: Ulysses all-to-alls
     double wait_s;
+    uint64_t io_read, io_write;    // offload
+    double io_wait, update_s;
 } CommMark;
+
+// Rank 0's offload traffic and update time in the step.
+static void record_offload(Trainer *tr, MetricsRow *row, CommMark *mark) {
+    uint64_t rd = tr->off.slots ? offload_read_bytes(&tr->off) : 0, wr = tr->off.slots ? offload_write_bytes(&tr->off) : 0;
+    double w = tr->off.slots ? offload_io_wait(&tr->off) : 0.0;
+    row->v[M_OFFLOAD_READ_BYTES] = (double)(rd - mark->io_read);
+    row->v[M_OFFLOAD_WRITE_BYTES] = (double)(wr - mark->io_write);
+    row->v[M_IO_WAIT] = w - mark->io_wait;
+    row->v[M_UPDATE_TIME] = tr->update_s - mark->update_s;
+    mark->io_read = rd;
+    mark->io_write = wr;
+    mark->io_wait = w;
+    mark->update_s = tr->update_s;
+}
 
 // Collective (per-rank memory); rank 0 appends the row and maybe prints.
 static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *o, CommMark *mark, double train_time) {
@@ -438,6 +528,7 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_COMM_WAIT] = tr->dp.wait_s - mark->wait_s;
     row.v[M_COMM_ALL_TO_ALL] = (double)(tr->sp.bytes[COMM_ALLTOALL] - mark->a2a);
     mark->a2a = tr->sp.bytes[COMM_ALLTOALL];
+    record_offload(tr, &row, mark);
     memcpy(mark->bytes, tr->dp.bytes, sizeof mark->bytes);
     mark->wait_s = tr->dp.wait_s;
     metrics_append(&tr->metrics, &row);
@@ -559,6 +650,10 @@ int train_run(const Deck *d) {
     memcpy(mark.bytes, tr.dp.bytes, sizeof mark.bytes);
     mark.wait_s = tr.dp.wait_s;
     mark.a2a = tr.sp.bytes[COMM_ALLTOALL];
+    mark.io_read = tr.off.slots ? offload_read_bytes(&tr.off) : 0;
+    mark.io_write = tr.off.slots ? offload_write_bytes(&tr.off) : 0;
+    mark.io_wait = tr.off.slots ? offload_io_wait(&tr.off) : 0.0;
+    mark.update_s = tr.update_s;
     // The job may stop early (stop_at) with a checkpoint; the schedule still spans train.steps.
     int64_t stop_at = c->train.stop_at > 0 && c->train.stop_at < c->train.steps ? c->train.stop_at : c->train.steps;
     int end = END_DONE;
@@ -626,6 +721,15 @@ int train_run(const Deck *d) {
         snprintf(why, sizeof why, "%s at step %lld", how, (long long)step);
     }
     exit_status(&tr, rc, why);
+    if (tr.off.slots && step > tr.start_step) {
+        const Offload *o = &tr.off;
+        log_info("offload: update %.4f s per step on average over %lld steps (rank 0)", tr.update_s / (double)(step - tr.start_step),
+                 (long long)(step - tr.start_step));
+        if (o->device && o->params_tier == OFFLOAD_NONE)
+            log_info("; Deep Optimizer States stride %d predicted %.4f s, all on the CPU %.4f s", o->stride,
+                     o->predicted_s, o->cpu_only_s);
+        log_info("\n");
+    }
     log_info("%s: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n", how,
              (long long)(step - tr.start_step), wall_seconds() - t_start, train_time, last_val, c->run.out_dir);
     trainer_free(&tr);

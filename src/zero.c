@@ -1,12 +1,16 @@
 // zero.c: partitioned parameters, gradients and optimizer states.
 #include "zero.h"
 #include "log.h"
+#include "offload.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
+// The offload engine holds the parameter shard (params = host|nvme).
+static int params_off(const Zero *z) { return z->off && z->off->params_tier != OFFLOAD_NONE; }
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
 void zero_part(const Zero *z, int k, size_t b, size_t e, size_t *pb, size_t *pe) {
@@ -89,7 +93,11 @@ static void bucket_finish(Zero *z, ZeroBucket *b) {
         size_t lo, hi;
         zero_part(z, z->r, b->begin, b->end, &lo, &hi);
         size_t at = lo - z->own_begin;
-        z->m->bk->axpy(z->gshard + at, z->recv + at, 1.0f, hi - lo);
+        if (z->gland[0])    // gradients on NVMe: accumulated (and, after the last micro-step, averaged) there
+            offload_grad_put(z->off, at, hi - z->own_begin, z->gland[b->slot >= 0 ? b->slot : 2], z->first_micro,
+                             z->last_micro, z->p > 1 ? 1.0f / (float)z->p : 1.0f);
+        else
+            z->m->bk->axpy(z->gshard + at, z->recv + at, 1.0f, hi - lo);
     }
     if (b->slot >= 0) z->gring_bucket[b->slot] = -1;
     b->slot = -1;
@@ -129,7 +137,8 @@ static void bucket_launch(Zero *z, ZeroBucket *b, int bi) {
     } else {
         const float *send = z->stage == 1 ? z->grads + b->begin : b->staging;
         fill_counts(z, b->begin, b->end);
-        comm_ireduce_scatter_sum(z->comm, send, z->recv + (lo - z->own_begin), z->counts, tag, &b->req);
+        float *recv = z->gland[0] ? z->gland[b->slot >= 0 ? b->slot : 2] : z->recv + (lo - z->own_begin);
+        comm_ireduce_scatter_sum(z->comm, send, recv, z->counts, tag, &b->req);
     }
     if (!z->overlap) bucket_finish(z, b);
 }
@@ -170,7 +179,8 @@ static ZeroSlot *slot_holding(Zero *z, int u) {
 static void gather_start(Zero *z, ZeroSlot *s, int u) {
     size_t ub = z->m->unit_begin[u], ue = z->m->unit_end[u], lo, hi;
     zero_part(z, z->r, ub, ue, &lo, &hi);
-    z->m->bk->copy(s->buf + (lo - ub), z->params + (lo - z->own_begin), hi - lo);
+    if (params_off(z)) offload_param_fetch(z->off, u, s->buf + (lo - ub));   // own 1/N from host memory or NVMe
+    else z->m->bk->copy(s->buf + (lo - ub), z->params + (lo - z->own_begin), hi - lo);
     fill_counts(z, ub, ue);
     char tag[40];
     comm_iallgather(z->comm, s->buf, z->counts, unit_tag(z, u, tag, sizeof tag), &s->req);
@@ -352,8 +362,11 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
                             .grads = store_grads, .grads_ready = store_grads_ready};
 }
 
+static void offload_drop_host(Zero *z);
+
 void zero_free(Zero *z) {
     const Backend *bk = z->m->bk;
+    if (z->off && z->host_m) offload_drop_host(z);
     if (bk->device_memory) {
         free(z->host_params);
         free(z->host_m);
@@ -363,6 +376,7 @@ void zero_free(Zero *z) {
     bk->release(z->grads);
     bk->release(z->gshard);
     bk->release(z->recv);
+    for (int k = 0; k < 3; k++) bk->release(z->gland[k]);
     optim_free(&z->optim);
     for (int k = 0; k < ZSLOT_N; k++) bk->release(z->slots[k].buf);
     bk->release(z->gring[0]);
@@ -375,15 +389,110 @@ void zero_free(Zero *z) {
 }
 
 void zero_init_weights(Zero *z, uint64_t seed, double std) {
+    if (params_off(z)) {
+        offload_init_params(z->off, z->m, seed, std);
+        return;
+    }
     size_t b = z->stage == 3 ? z->own_begin : 0, e = z->stage == 3 ? z->own_end : z->N;
     model_init_range(z->m, z->host_params, b, e, seed, std);
     if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, e - b);
 }
 
+// Offloaded states: host copies made for a checkpoint (or a resume), dropped
+// at the next step. Mapped, not malloc'd: untouched pages stay out of the
+// resident set (host_cap_mb), and unmapping returns them at once.
+static size_t host_bytes(const Zero *z) {
+    size_t own = z->own_end - z->own_begin;
+    return (own ? own : 1) * sizeof(float);
+}
+
+static float *host_map(const Zero *z) {
+    void *p = mmap(NULL, host_bytes(z), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    SYS_CHECK(p != MAP_FAILED, "out of memory for a %zu-byte host copy of offloaded states", host_bytes(z));
+    return p;
+}
+
+static void host_unmap(const Zero *z, float **p) {
+    if (*p) munmap(*p, host_bytes(z));
+    *p = NULL;
+}
+
+void zero_host_buffers(Zero *z) {
+    if (!z->off) return;
+    if (!z->host_m) z->host_m = host_map(z);
+    if (!z->host_v) z->host_v = host_map(z);
+    if (params_off(z) && !z->host_params) z->host_params = host_map(z);
+}
+
+static void offload_pull(Zero *z) {
+    zero_host_buffers(z);
+    offload_get(z->off, OFF_M, z->host_m);
+    offload_get(z->off, OFF_V, z->host_v);
+    if (params_off(z)) offload_get(z->off, OFF_P, z->host_params);
+}
+
+static void offload_drop_host(Zero *z) {
+    host_unmap(z, &z->host_m);
+    host_unmap(z, &z->host_v);
+    if (params_off(z)) host_unmap(z, &z->host_params);
+}
+
+// Gradients on NVMe: the shard and its landing area give way to a landing
+// buffer per gradient staging slot (two layer buckets, the embeddings).
+static void attach_grads(Zero *z) {
+    const Backend *bk = z->m->bk;
+    size_t own = z->own_end - z->own_begin, most = 0, emb = 0, lo, hi;
+    bk->release(z->gshard);
+    bk->release(z->recv);
+    z->gshard = z->recv = NULL;
+    z->state_bytes -= own * sizeof(float);
+    z->working_bytes -= own * sizeof(float);
+    for (int i = 0; i < z->nbuckets; i++) {
+        zero_part(z, z->r, z->buckets[i].begin, z->buckets[i].end, &lo, &hi);
+        if (z->buckets[i].u_lo == 0) emb = hi - lo;
+        else most = max_sz(most, hi - lo);
+    }
+    for (int k = 0; k < 3; k++)
+        z->gland[k] = alloc_floats(z, max_sz(k < 2 ? most : emb, 1), "gradient landing", &z->working_bytes);
+    offload_grad_buffers(z->off, max_sz(most, emb));
+}
+
+void zero_attach_offload(Zero *z, struct Offload *off) {
+    z->off = off;
+    const Backend *bk = z->m->bk;
+    size_t own = z->own_end - z->own_begin;
+    bk->release(z->optim.m);
+    bk->release(z->optim.v);
+    z->optim.m = z->optim.v = NULL;
+    if (bk->device_memory) {    // the host copies are mapped when a checkpoint needs them
+        free(z->host_m);
+        free(z->host_v);
+    }
+    z->host_m = z->host_v = NULL;
+    z->state_bytes -= 2 * own * sizeof(float);
+    if (off->grads_nvme) attach_grads(z);
+    if (!params_off(z)) return;
+    bk->release(z->params);
+    if (bk->device_memory) free(z->host_params);
+    z->params = z->host_params = NULL;
+    z->state_bytes -= own * sizeof(float);
+    int nu = z->m->nunits;
+    size_t *lo = xmalloc(sizeof(size_t) * (size_t)nu, "units"), *hi = xmalloc(sizeof(size_t) * (size_t)nu, "units");
+    for (int u = 0; u < nu; u++) zero_part(z, z->r, z->m->unit_begin[u], z->m->unit_end[u], &lo[u], &hi[u]);
+    offload_set_units(off, nu, lo, hi);
+    free(lo);
+    free(hi);
+}
+
 void zero_pull_states(Zero *z) {
     const Backend *bk = z->m->bk;
-    if (!bk->device_memory) return;
     size_t own = z->own_end - z->own_begin;
+    if (z->off) {
+        offload_pull(z);
+        if (bk->device_memory && !params_off(z)) bk->to_host(z->host_params, z->params, z->stage == 3 ? own : z->N);
+        return;
+    }
+    if (!bk->device_memory) return;
     bk->to_host(z->host_params, z->params, z->stage == 3 ? own : z->N);
     bk->to_host(z->host_m, z->optim.m, own);
     bk->to_host(z->host_v, z->optim.v, own);
@@ -391,8 +500,16 @@ void zero_pull_states(Zero *z) {
 
 void zero_push_states(Zero *z) {
     const Backend *bk = z->m->bk;
-    if (!bk->device_memory) return;
     size_t own = z->own_end - z->own_begin;
+    if (z->off) {
+        if (bk->device_memory && !params_off(z)) bk->from_host(z->params, z->host_params, z->stage == 3 ? own : z->N);
+        offload_put(z->off, OFF_M, z->host_m);
+        offload_put(z->off, OFF_V, z->host_v);
+        if (params_off(z)) offload_put(z->off, OFF_P, z->host_params);
+        offload_drop_host(z);
+        return;
+    }
+    if (!bk->device_memory) return;
     bk->from_host(z->params, z->host_params, z->stage == 3 ? own : z->N);
     bk->from_host(z->optim.m, z->host_m, own);
     bk->from_host(z->optim.v, z->host_v, own);
@@ -407,6 +524,9 @@ void zero_begin_step(Zero *z, int64_t step) {
 }
 
 void zero_begin_micro(Zero *z, int micro, int accum) {
+    if (z->gland[0])    // gradients on NVMe take each micro-step's buckets whole, in order
+        for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
+    z->first_micro = micro == 0;
     z->last_micro = micro == accum - 1;
     for (int i = 0; i < z->nbuckets; i++) {
         z->buckets[i].ready = 0;
@@ -419,7 +539,10 @@ double zero_reduce_grads(Zero *z) {
     for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
     float inv = 1.0f / (float)z->p;
     double ss;
-    if (z->stage == 0) {
+    if (z->gland[0]) {  // on NVMe: averaged and summed as they were written
+        ss = offload_grad_sumsq(z->off);
+        comm_allreduce_sum_f64(z->comm, &ss, 1, "grad norm");
+    } else if (z->stage == 0) {
         if (z->p > 1) z->m->bk->scale_inplace(z->grads, inv, z->N);
         ss = z->m->bk->sumsq(z->grads, z->N);
     } else {
@@ -431,13 +554,23 @@ double zero_reduce_grads(Zero *z) {
     return sqrt(ss);
 }
 
+// AdamW on the owned range: in memory, or streamed from NVMe (offload.h).
+static void update_owned(Zero *z, float *params, float *grads, double lr, float grad_scale) {
+    if (!z->off) {
+        optim_update(&z->optim, z->m, params, grads, lr, grad_scale);
+        return;
+    }
+    if (z->host_m) offload_drop_host(z);    // a checkpoint's copies
+    offload_update(z->off, z->m, &z->optim, params, grads, lr, grad_scale);
+}
+
 void zero_step(Zero *z, double lr, float grad_scale) {
     if (z->stage == 0) {
-        optim_update(&z->optim, z->m, z->params, z->grads, lr, grad_scale);
+        update_owned(z, z->params, z->grads, lr, grad_scale);
         return;
     }
     float *mine = z->stage == 3 ? z->params : z->params + z->own_begin;
-    optim_update(&z->optim, z->m, mine, z->gshard, lr, grad_scale);
+    update_owned(z, mine, z->gshard, lr, grad_scale);
     if (z->stage == 3) return;
     CommReq r;
     fill_counts(z, 0, z->N);

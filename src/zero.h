@@ -66,13 +66,15 @@ typedef struct Zero {
     int nbuckets;
     ZeroBucket *buckets;
     int *bucket_of;         // (nunits)
-    int last_micro;
+    int first_micro, last_micro;
+    float *gland[3];        // gradients on NVMe: landing of the two layer staging slots and the embeddings
     size_t *counts;         // (p) scratch
     float *host_params;     // host copies of params and moments for checkpoints: the buffers
     float *host_m, *host_v; //   themselves on cpu, filled by zero_pull_states on cuda
     size_t state_bytes;     // resident model states: parameters, gradients, moments
     size_t working_bytes;   // gather slots and gradient staging
     ParamStore store;
+    struct Offload *off;    // offload.h: the owned range's moments (and stage-3 shard) on NVMe; NULL: in memory
 } Zero;
 
 // What a layout costs one rank, computed without allocating: the numbers
@@ -89,6 +91,15 @@ void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, Ze
 void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, const OptimConfig *oc,
                  int64_t steps);
 void zero_free(Zero *z);
+// Hands the owned range's optimizer states (and, with params = nvme, the
+// stage-3 parameter shard) to an Offload made for [own_begin, own_end): their
+// memory is released; host_* hold them only between zero_pull_states and the
+// next step (checkpoints), and between a resume's read and zero_push_states.
+// Call before zero_init_weights.
+void zero_attach_offload(Zero *z, struct Offload *off);
+// Offloaded: makes sure host_* exist (allocated, untouched until a checkpoint
+// is read into them) before ckpt_resume; a no-op otherwise.
+void zero_host_buffers(Zero *z);
 // Initial weights (model_init_range over what this rank holds).
 void zero_init_weights(Zero *z, uint64_t seed, double std);
 // Copies parameters and moments backend -> host_* (before a checkpoint is

@@ -24,26 +24,42 @@ void scale_inplace(float *x,                // (n)
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
-// sum_i x_i^2 in float64. The chunk size depends on n only (a multiple of
-// SUMSQ_MIN_CHUNK giving at most SUMSQ_MAX_PARTS chunks); chunk partials are
-// added in index order, so the bits do not depend on the thread count. One
-// parallel region per call.
+// The chunk of sumsq over n floats: a multiple of SUMSQ_MIN_CHUNK giving at
+// most SUMSQ_MAX_PARTS chunks.
+size_t sumsq_chunk_size(size_t n)
+{
+    size_t chunk = (n + SUMSQ_MAX_PARTS - 1) / SUMSQ_MAX_PARTS;
+    chunk = (chunk + SUMSQ_MIN_CHUNK - 1) / SUMSQ_MIN_CHUNK * SUMSQ_MIN_CHUNK;
+    return chunk ? chunk : SUMSQ_MIN_CHUNK;
+}
+
+// One chunk's partial: sum_i x_i^2 in float64, one thread. Not inlined, so that
+// sumsq and a caller that sums a vector streamed piece by piece (gradients on
+// NVMe, src/offload.c) run the same machine code.
+__attribute__((noinline)) double sumsq_chunk(const float *x,    // (n)
+                                             size_t n)
+{
+    double s = 0.0;
+    #pragma omp simd reduction(+:s)
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
+    return s;
+}
+
+// sum_i x_i^2 in float64: chunks of sumsq_chunk_size(n) (depends on n only),
+// their partials added in index order, so the bits do not depend on the thread
+// count. One parallel region per call.
 double sumsq(const float *x,                // (n)
              size_t n)
 {
     if (n == 0) return 0.0;
-    size_t chunk = (n + SUMSQ_MAX_PARTS - 1) / SUMSQ_MAX_PARTS;
-    chunk = (chunk + SUMSQ_MIN_CHUNK - 1) / SUMSQ_MIN_CHUNK * SUMSQ_MIN_CHUNK;
+    const size_t chunk = sumsq_chunk_size(n);
     const int nc = (int)((n + chunk - 1) / chunk);
     double part[SUMSQ_MAX_PARTS];
     #pragma omp parallel for schedule(static) if (nc > 1)
     for (int c = 0; c < nc; c++) {
         const size_t lo = (size_t)c * chunk;
         const size_t hi = lo + chunk < n ? lo + chunk : n;
-        double s = 0.0;
-        #pragma omp simd reduction(+:s)
-        for (size_t i = lo; i < hi; i++) s += (double)x[i] * (double)x[i];
-        part[c] = s;
+        part[c] = sumsq_chunk(x + lo, hi - lo);
     }
     double total = 0.0;
     for (int c = 0; c < nc; c++) total += part[c];

@@ -73,6 +73,23 @@ void cuda_copy_h2d_i32(int32_t *dst, const int32_t *src, size_t n);   // returns
 void cuda_axpy(float *y, const float *x, float a, size_t n);
 // Waits for everything issued on the backend stream.
 void cuda_synchronize(void);
+// Host memory and the copy stream (offload). cuda_host_alloc: zeroed pinned
+// host memory (cudaHostAlloc, page-aligned); cuda_host_free frees it. Events
+// (cuda_event_create) order the copy stream and the backend stream:
+// cuda_copy_d2h_async / cuda_copy_h2d_async copy n floats on the copy stream
+// after all work issued on the backend stream before the call, then record ev
+// (may be NULL); cuda_copy_fence records ev after every copy issued so far;
+// cuda_event_sync blocks the host until ev; cuda_compute_wait makes later
+// backend-stream work wait for ev. host must be pinned memory.
+void *cuda_host_alloc(size_t bytes);
+void cuda_host_free(void *p);
+void *cuda_event_create(void);
+void cuda_event_destroy(void *ev);
+void cuda_copy_d2h_async(float *host, const float *src, size_t n, void *ev);
+void cuda_copy_h2d_async(float *dst, const float *host, size_t n, void *ev);
+void cuda_copy_fence(void *ev);
+void cuda_event_sync(void *ev);
+void cuda_compute_wait(void *ev);
 // The backend stream as a cudaStream_t (for NCCL: issue collectives on it).
 void *cuda_stream(void);
 // Times n x n x n GEMMs (fp32 sgemm, or bf16 inputs with fp32 accumulation and

@@ -21,6 +21,8 @@ typedef struct {
     int device, bf16, sync_debug, num_sms;
     size_t smem_optin;
     cudaStream_t stream;
+    cudaStream_t copy_stream;               // offload copies (cuda_copy_*_async)
+    cudaEvent_t order;                      // backend stream -> copy stream ordering
     cublasHandle_t cublas;
     void *cublas_ws;
     char *arena;
@@ -138,6 +140,8 @@ void cuda_init(int device, int precision_bf16)
     // A blocking stream: it also orders against the legacy default stream, so
     // code that forgets to pass cuda_stream() is still correct, only slower.
     CUDA_CHECK(cudaStreamCreate(&ctx.stream));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&ctx.copy_stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&ctx.order, cudaEventDisableTiming));
     CUBLAS_CHECK(cublasCreate(&ctx.cublas));
     CUBLAS_CHECK(cublasSetStream(ctx.cublas, ctx.stream));
     CUDA_CHECK(cudaMalloc(&ctx.cublas_ws, CUBLAS_WORKSPACE_BYTES));
@@ -158,6 +162,9 @@ void cuda_shutdown(void)
     CUDA_CHECK(cudaFreeHost(ctx.host_result));
     CUBLAS_CHECK(cublasDestroy(ctx.cublas));
     CUDA_CHECK(cudaFree(ctx.cublas_ws));
+    CUDA_CHECK(cudaStreamSynchronize(ctx.copy_stream));
+    CUDA_CHECK(cudaEventDestroy(ctx.order));
+    CUDA_CHECK(cudaStreamDestroy(ctx.copy_stream));
     CUDA_CHECK(cudaStreamDestroy(ctx.stream));
     memset(&ctx, 0, sizeof ctx);
 }
@@ -276,6 +283,80 @@ void cuda_copy_d2d(float *dst, const float *src, size_t n)
 {
     require_init("cuda_copy_d2d");
     CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, ctx.stream));
+}
+
+// ---------------------------------------------------------------- pinned memory, the copy stream
+
+void *cuda_host_alloc(size_t bytes)
+{
+    require_init("cuda_host_alloc");
+    void *p = NULL;
+    cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        char msg[200];
+        snprintf(msg, sizeof msg, "%zu bytes of pinned host memory: %s", bytes, cudaGetErrorString(e));
+        cuda_fatal(__FILE__, __LINE__, "cudaHostAlloc", msg,
+                   "lower [offload] subgroup_mb or buffers, or check the locked-memory limit (ulimit -l)");
+    }
+    memset(p, 0, bytes);
+    return p;
+}
+
+void cuda_host_free(void *p)
+{
+    if (p) CUDA_CHECK(cudaFreeHost(p));
+}
+
+void *cuda_event_create(void)
+{
+    require_init("cuda_event_create");
+    cudaEvent_t e;
+    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    return (void *)e;
+}
+
+void cuda_event_destroy(void *ev)
+{
+    if (ev) CUDA_CHECK(cudaEventDestroy((cudaEvent_t)ev));
+}
+
+// A copy on the copy stream after the backend stream's work so far, then ev.
+static void copy_async(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, void *ev)
+{
+    require_init("cuda_copy_async");
+    CUDA_CHECK(cudaEventRecord(ctx.order, ctx.stream));
+    CUDA_CHECK(cudaStreamWaitEvent(ctx.copy_stream, ctx.order, 0));
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, ctx.copy_stream));
+    if (ev) CUDA_CHECK(cudaEventRecord((cudaEvent_t)ev, ctx.copy_stream));
+    if (ctx.sync_debug) CUDA_CHECK(cudaStreamSynchronize(ctx.copy_stream));
+}
+
+void cuda_copy_d2h_async(float *host, const float *src, size_t n, void *ev)
+{
+    copy_async(host, src, n * sizeof(float), cudaMemcpyDeviceToHost, ev);
+}
+
+void cuda_copy_h2d_async(float *dst, const float *host, size_t n, void *ev)
+{
+    copy_async(dst, host, n * sizeof(float), cudaMemcpyHostToDevice, ev);
+}
+
+void cuda_copy_fence(void *ev)
+{
+    require_init("cuda_copy_fence");
+    if (ev) CUDA_CHECK(cudaEventRecord((cudaEvent_t)ev, ctx.copy_stream));
+}
+
+void cuda_event_sync(void *ev)
+{
+    if (ev) CUDA_CHECK(cudaEventSynchronize((cudaEvent_t)ev));
+}
+
+void cuda_compute_wait(void *ev)
+{
+    require_init("cuda_compute_wait");
+    if (ev) CUDA_CHECK(cudaStreamWaitEvent(ctx.stream, (cudaEvent_t)ev, 0));
 }
 
 __global__ void copy2d_kernel(float *dst, size_t dst_stride, const float *src, size_t src_stride,

@@ -16,6 +16,9 @@
 #    one GPU (staged) and np=1 over NCCL vs np=1, 124M bf16 tokens/s and MFU;
 #    generation on cuda: tiny greedy/sampled tokens equal to cpu's (fp32 and int8
 #    weights), 124M bf16-weight decode tokens/s at batch 1, 8, 64 and prefill;
+#    Deep Optimizer States: placements all-CPU, all-GPU, interleaved vs no offload,
+#    and a 1.3B GPT's update time (moments on the host) with the model's stride vs
+#    all on the CPU, measured and predicted;
 # 5. a summary table, one row per check. Logs: build/gpu_check/ (and $OUT/
 #    when $OUT is set: summary.txt, gpu_check_logs.tar.gz, two main logs).
 # docs/gpu.md says how to run it, what each row means and the CHECK_* knobs.
@@ -197,7 +200,7 @@ if [ "$DRY" = 1 ]; then BK=cpu; BF=fp32; else BK=cuda; BF=bf16; fi
 rm -rf "$LOG/runs" "$LOG"/train-*.log "$LOG/binary.log" "$LOG/rebuild.log" "$LOG/mpi-smoke.log" "$LOG/prep.log"
 mkdir -p "$LOG/runs"
 envrow="not set up"; binrow="not run"; fp32row="not run"; bf16row="not run"; ncclrow="not run"; perfrow="not run"
-gentokrow="not run"; genperfrow="not run"
+gentokrow="not run"; genperfrow="not run"; dosrow="not run"; dosperfrow="not run"
 zrow=("not run" "not run" "not run" "not run")
 note_fail() { if [ $rc = 0 ]; then rc=$1; fi; }
 
@@ -680,6 +683,27 @@ print(json.dumps({"id": "s0", "prompt": "ZeRO", "max_tokens": 24, "temperature":
           else genperfrow="$genperfrow $case FAILED (exit $grc, $LOG/gen-gen-$case.log);"; [ $grc = 125 ] || note_fail 1; fi
         done
       fi
+      # Deep Optimizer States (issue 14): the moments in pinned host memory; GPU/CPU subgroup placements
+      # (all CPU, all GPU, every 3rd on the GPU) follow the run without offload within 1e-6; then a 1.3B
+      # GPT whose moments (10 GB) stay off the device: the update time with the model's stride vs all on
+      # the CPU (dos = false), each with the model's prediction (the log's "offload: update" line).
+      dosrow=""
+      for st in 0 1 3; do
+        trun dos-s$st 60 80 1 "${TINY[@]}" "${CUDA32[@]}" --set offload.optimizer=host --set offload.subgroup_mb=0.05 \
+          --set offload.dos_stride=$st
+        compare tiny-cuda-fp32 dos-s$st 1e-6; dosrow="$dosrow stride $st: $row;"
+      done
+      dosperfrow=""
+      for d in true false; do
+        trun dos-1b3-$d 150 20 1 inputs/gpt2-124m.deck --set data.train="$CORPUS" --set run.backend="$BK" \
+          --set train.precision="$BF" --set model.layers=24 --set model.d_model=2048 --set model.heads=16 \
+          --set train.seq_len=256 --set train.micro_batch=1 --set train.batch=1 --set train.steps=4 \
+          --set train.save_weights=false --set train.eval_interval=0 --set checkpoint.interval=0 \
+          --set checkpoint.resume=none --set offload.optimizer=host --set offload.subgroup_mb=256 --set offload.dos=$d
+        lg=$LOG/train-dos-1b3-$d.log
+        if [ $trc != 0 ]; then dosperfrow="$dosperfrow dos=$d $(run_fail dos-1b3-$d $trc);"; [ $trc = 125 ] || note_fail 1
+        else dosperfrow="$dosperfrow dos=$d: $(grep -m1 '^offload: update' "$lg" | sed 's/^offload: //; s/ on average over [0-9]* steps (rank 0)//');"; fi
+      done
     fi
   fi
 fi
@@ -707,6 +731,8 @@ fi
   printf '%-40s %s\n' "124M B=8 T=1024 bf16 tok/s, MFU" "$perfrow"
   printf '%-40s %s\n' "generate tiny: cuda tokens == cpu" "$gentokrow"
   printf '%-40s %s\n' "generate 124M cuda (b1, b8, b64, prefill)" "$genperfrow"
+  printf '%-40s %s\n' "DOS placements vs no offload (tol 1e-6)" "$dosrow"
+  printf '%-40s %s\n' "DOS 1.3B update s/step: model vs all-CPU" "$dosperfrow"
 } | tee "$LOG/summary.txt"
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
   # $OUT takes 8 files at most: the summary, every log in one tarball, two logs as they are

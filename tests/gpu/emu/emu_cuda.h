@@ -754,10 +754,10 @@ inline cudaError_t cudaMemGetInfo(size_t *f, size_t *t)
     *f = emu::device_total - emu::devmem().used;
     return cudaSuccess;
 }
-// Pinned host memory is host memory.
+// Pinned host memory is host memory, page-aligned as cudaHostAlloc's is.
 inline cudaError_t cudaHostAlloc(void **p, size_t n, unsigned int)
 {
-    *p = malloc(n ? n : 1);
+    *p = aligned_alloc(4096, (n + 4095) / 4096 * 4096 + (n ? 0 : 4096));
     return *p ? cudaSuccess : emu::fail(cudaErrorMemoryAllocation);
 }
 inline cudaError_t cudaMallocHost(void **p, size_t n) { return cudaHostAlloc(p, n, cudaHostAllocDefault); }
