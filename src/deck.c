@@ -239,6 +239,8 @@ static const KeyDef keys[] = {
      "layers held at once when streaming: the one computing and those arriving"},
     {"generate", "io_depth", T_INT, OFF(generate.io_depth), "0", IN(0, 4096), NULL,
      "nvme: reads of 1 MiB in flight at most; 0 = enough for the whole window (at most 4096)"},
+    {"generate", "stream_share", T_BOOL, OFF(generate.stream_share), "true", ANY, NULL,
+     "streaming at tp > 1: segments every rank needs whole (the resident one; layers of a whole-layer file) are read 1/N by each rank and all-gathered"},
 
     {"comm", "debug", T_BOOL, OFF(comm.debug), "false", ANY, NULL,
      "ranks compare (step, op, tensor, size) before every collective and name a diverging rank"},

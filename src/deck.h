@@ -140,6 +140,7 @@ typedef struct GenerateConfig {
     char stage[DECK_STR];     // the staged weight file (`partita stage`) host/nvme stream
     int64_t window;           // layers held at once when streaming (>= 2)
     int64_t io_depth;         // nvme: 1 MiB reads in flight; 0 = the window's
+    int stream_share;         // segments several ranks need whole: 1/N each + all-gather
 } GenerateConfig;
 
 typedef struct CommConfig {

@@ -88,9 +88,11 @@ check("int8, 1 shard(s)" in p.stdout, "stage prints what it writes", p.stdout.st
 i8_2, _ = stage("i8-2.stage", "--dtype", "int8", "--shards", "2")
 
 # Resident references, then each streamed variant against its own.
+refs = {}
 for dtype, s1, s2 in [("fp32", f32_1, f32_2), ("int8", i8_1, i8_2)]:
     ref1, _, _ = generate(f"mem-{dtype}", 1, f"generate.weights_dtype={dtype}")
     ref2, _, _ = generate(f"mem-{dtype}-tp2", 2, f"generate.weights_dtype={dtype}")
+    refs[dtype] = ref1, ref2
     check(len(set(ref1["s1"])) > 1 and all(len(ref1[r["id"]]) == r["max_tokens"] for r in reqs),
           f"{dtype}: the resident reference generated every request in full")
     for mode in (("host", "nvme") if dtype == "fp32" else ("nvme",)):
@@ -105,6 +107,34 @@ for dtype, s1, s2 in [("fp32", f32_1, f32_2), ("int8", i8_1, i8_2)]:
         out2, _, _ = generate(f"{mode}-{dtype}-tp2", 2, *stream_sets(mode, s2, dtype))
         check(out2 == ref2, f"{dtype}, tp=2: {mode} streaming (each rank its own shard) equals resident tp=2",
               f"{sum(out2[k] == ref2[k] for k in ref2)} of {len(ref2)} requests equal")
+
+# Ranks that need the same whole layer (a whole-layer file at tp = 2) read 1/2 of
+# each segment and all-gather the rest (stream_share, the default), or each reads
+# it all (stream_share = false); either way each cuts its slice and the tokens
+# are resident tp=2's.
+ref2 = refs["fp32"][1]
+shared = {}
+for mode in ("nvme", "host"):
+    for share in ("true", "false"):
+        out, attrs, p = generate(f"whole-{mode}-{share}", 2, *stream_sets(mode, f32_1), f"generate.stream_share={share}")
+        check(out == ref2, f"tp=2 from a whole-layer file, {mode}, stream_share={share}: equals resident tp=2",
+              f"{sum(out[k] == ref2[k] for k in ref2)} of {len(ref2)} requests equal")
+        shared[mode, share] = attrs
+for mode in ("nvme", "host"):
+    a, b = shared[mode, "true"], shared[mode, "false"]
+    seg, L = int(a["stream_layer_segment_bytes"]), 6
+    read_s, read_u = int(a["stream_bytes_per_pass"]), int(b["stream_bytes_per_pass"])
+    check(int(a["stream_share_ranks"]) == 2 and read_s == L * seg // 2 and read_u >= L * seg - L * 4096,
+          f"{mode}: shared, rank 0 reads 1/2 of each layer segment per pass ({read_s} bytes = 6 x {seg} / 2); "
+          f"unshared, all of it ({read_u})")
+    # comm counts what a rank receives in an all-gather: the other rank's half of
+    # every layer of every pass, and the rest of the resident segment.
+    sent, passes = int(a["stream_share_bytes_sent"]), int(a["passes"])
+    res, res_read = int(a["stream_resident_bytes"]), int(a["stream_resident_read_bytes"])
+    want = passes * (L * seg - read_s) + (-(-res // 4096) * 4096 - res_read)
+    check(sent == want and res_read * 2 <= res + 4096 and int(b["stream_share_bytes_sent"]) == -(-res // 4096) * 4096 - int(b["stream_resident_read_bytes"]),
+          f"{mode}: the all-gathers are counted by comm ({sent} bytes = {passes} passes x {L * seg - read_s} + the resident "
+          f"segment's other part; expected {want}); rank 0 read {res_read} of the {res}-byte resident segment")
 
 # A window as deep as the model keeps every layer after the first pass.
 out, attrs, _ = generate("deep", 1, "generate.weights_from=nvme", f"generate.stage={f32_1}", "generate.window=6")
@@ -133,8 +163,12 @@ altered = bytearray(raw)
 altered[20] ^= 1                                 # n_embd in the header
 refused("altered-header.stage", bytes(altered), "header fails its checksum")
 refused("not-a-stage.stage", b"hello" * 2000, "not a staged weight file")
-_, _, p = generate("bad-tp", 2, *stream_sets("nvme", f32_1), check_rc=False)
-check(p.returncode != 0 and "cut for tp = 1" in p.stderr, "refused: a file cut for tp=1 at tp=2",
+_, _, p = generate("bad-tp", 1, *stream_sets("nvme", f32_2), check_rc=False)
+check(p.returncode != 0 and "cut for tp = 2" in p.stderr, "refused: a file cut for tp=2 at tp=1",
+      p.stderr.strip().splitlines()[0] if p.stderr.strip() else "")
+_, _, p = generate("bad-int8-whole", 2, *stream_sets("nvme", i8_1, "int8"), check_rc=False)
+check(p.returncode != 0 and "whole int8 layers" in p.stderr and "hint:" in p.stderr,
+      "refused: whole-layer int8 at tp=2 (the c_proj slices' scales differ)",
       p.stderr.strip().splitlines()[0] if p.stderr.strip() else "")
 _, _, p = generate("bad-dtype", 1, *stream_sets("nvme", f32_1, "int8"), check_rc=False)
 check(p.returncode != 0 and "holds fp32" in p.stderr, "refused: weights_dtype differs from the file's",

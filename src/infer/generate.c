@@ -905,10 +905,12 @@ int generate_run(const Deck *d) {
         // The cuda backend where the deck asks for it (or auto finds a device) at tp = 1; naive stays on cpu.
         char err[2048];
         if (device_select(d, g.comm.size == 1, &dev, err, sizeof err) != 0) FATAL_ALL(NULL, "%s", err);
-        const Backend *bk = device_start(&dev, local_rank, engine_arena_bytes(&g.m, g.comm.size, (int)c->generate.kv_blocks,
-                                                                               bs, Nmax, Smax, g.max_blocks));
+        size_t arena = engine_arena_bytes(&g.m, g.comm.size, (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
+        if (streamed)   // the device holds the window's layers, not all of them
+            arena = stream_arena_bytes(&g.m, g.comm.size, (int)c->generate.window, c->generate.weights_dtype, arena);
+        const Backend *bk = device_start(&dev, local_rank, arena);
         if (streamed)
-            engine_create_streamed(&g.e, &g.m, stream_open(d, &g.m, bk, g.comm.rank, g.comm.size), &c->model, bk, &g.comm,
+            engine_create_streamed(&g.e, &g.m, stream_open(d, &g.m, bk, &g.comm), &c->model, bk, &g.comm,
                                    (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
         else
             engine_create(&g.e, &g.m, g.full, &c->model, bk, &g.comm, c->generate.weights_dtype,
