@@ -56,6 +56,7 @@ tests=(
   "tiny-training        $PYTHON tests/test_train_tiny.py"
   "cuda-emu             $PYTHON tests/test_cuda_emu.py"
   "offload-cuda         $PYTHON tests/test_offload_cuda.py"
+  "zero-inference-cuda  $PYTHON tests/test_zinf_cuda.py"
   "fuzz-deck            bash tests/fuzz/run.sh deck"
   "fuzz-json            bash tests/fuzz/run.sh json"
   "fuzz-stage           bash tests/fuzz/run.sh stage"
