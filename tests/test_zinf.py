@@ -10,8 +10,10 @@ the resident tensors, the activations and a fixed overhead, and well under a
 resident run's."""
 import json
 import os
+import struct
 
 import h5py
+import numpy as np
 
 from common import ROOT, check, finish, licenses_tokens, run, tmpdir, write_deck
 
@@ -136,6 +138,25 @@ for mode in ("nvme", "host"):
           f"{mode}: the all-gathers are counted by comm ({sent} bytes = {passes} passes x {L * seg - read_s} + the resident "
           f"segment's other part; expected {want}); rank 0 read {res_read} of the {res}-byte resident segment")
 
+# stage --random: a counter-based generator keyed by the element's place in the
+# whole tensor, so a whole-layer file cut at tp=2 holds what a 2-shard file
+# holds (equal tokens), with the deck's init_std (c_proj: / sqrt(2 L)).
+rnd1, rnd2 = os.path.join(d, "rnd-1.stage"), os.path.join(d, "rnd-2.stage")
+run(["stage", deck, "--out", rnd1, "--shards", "1", "--random", "5"])
+run(["stage", deck, "--out", rnd2, "--shards", "2", "--random", "5"])
+o1, _, _ = generate("rnd-whole", 2, *stream_sets("nvme", rnd1))
+o2, _, _ = generate("rnd-cut", 2, *stream_sets("nvme", rnd2))
+check(o1 == o2 and len(o1) == len(reqs), "stage --random: a whole-layer file at tp=2 gives the 2-shard file's tokens",
+      f"{sum(o1[k] == o2[k] for k in o1)} of {len(o1)} equal")
+raw1 = open(rnd1, "rb").read()
+nseg = struct.unpack_from("<I", raw1, 52)[0]
+segs = [struct.unpack_from("<QQQ", raw1, 128 + 24 * i) for i in range(nseg)]
+qkv = np.frombuffer(raw1, np.float32, 3 * 64 * 64, segs[1][0])
+attp = np.frombuffer(raw1, np.float32, 64 * 64, segs[1][0] + 3 * 64 * 64 * 4)
+check(abs(qkv.std() - 0.02) < 0.001 and abs(attp.std() - 0.02 / np.sqrt(12)) < 0.0005 and abs(qkv.mean()) < 0.001,
+      "stage --random draws with the deck's init_std", f"c_attn std {qkv.std():.5f} (0.02), attn c_proj std {attp.std():.5f} "
+      f"({0.02 / np.sqrt(12):.5f}), mean {qkv.mean():.5f}")
+
 # A window as deep as the model keeps every layer after the first pass.
 out, attrs, _ = generate("deep", 1, "generate.weights_from=nvme", f"generate.stage={f32_1}", "generate.window=6")
 check(int(attrs["stream_bytes_read"]) == int(attrs["stream_bytes_per_pass"]),
@@ -200,7 +221,12 @@ out_dir = {d}/big
 """)
 run(["train", big, "--set", "train.steps=1"])
 big_stage = os.path.join(d, "big.stage")
-run(["stage", big, "--out", big_stage, "--from", os.path.join(d, "big/init.h5")])
+p = run(["stage", big, "--out", big_stage, "--from", os.path.join(d, "big/init.h5")])
+stage_peak = float(p.stdout.split("peak RSS ")[1].split(" MiB")[0])
+p = run(["stage", deck, "--out", os.path.join(d, "small.stage"), "--from", weights])
+small_peak = float(p.stdout.split("peak RSS ")[1].split(" MiB")[0])
+check(stage_peak < small_peak + 40, "stage --from goes layer by layer: staging 96 MiB of layers peaks under the tiny "
+      "model's peak + 40 MiB", f"{stage_peak:.1f} MiB vs {small_peak:.1f} MiB")
 few = os.path.join(d, "few.jsonl")
 with open(few, "w") as f:
     f.write(json.dumps({"id": "a", "prompt": "The GNU", "max_tokens": 6}) + "\n")

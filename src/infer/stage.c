@@ -1,7 +1,11 @@
 // stage.c: `partita stage`: writes the staged weight file (stage.h) from a
-// weights file or checkpoint, or from the deck's random init (a model larger
-// than memory, written a layer at a time).
+// weights file or checkpoint (read a layer at a time), or random weights drawn
+// by a counter-based generator (a model larger than memory), a layer at a time
+// either way: each shard's segment filled by all threads while the previous one
+// is written (O_DIRECT, through the I/O engine), the resident segment built as
+// the layers pass and written last, then the header.
 #include "stage.h"
+#include "aio.h"
 #include "deck.h"
 #include "engine.h"
 #include "log.h"
@@ -11,51 +15,41 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct Stager {
     const char *out;
     char tmp[DECK_STR + 16];
-    int fd;
+    AioFile f;                // the output, O_DIRECT where the file system takes it
+    Aio aio;
     Model m;                  // the whole model's (training) table
     StageHeader h;
     StageLayer ly;
-    const float *full;        // --from: the whole model; NULL: random
+    const char *from;         // a weights file or checkpoint, read a layer at a time; NULL: random
+    float *layer;             // --from: one layer's tensors as the file holds them (Conv1D (in, out))
     uint64_t seed;
     double std;
-    float *mats[STAGE_NMAT];  // random: one layer's matrices, HF Conv1D (in, out)
-    uint8_t *seg;             // one layer segment (aligned size)
+    float *resident;          // segment 0, built as the layers pass
+    size_t *res_at;           // (ntensors) float offset of each non-matrix tensor in it
+    uint8_t *seg[2];          // two layer segments: one filled while the other is written
+    uint64_t ticket[2];
+    double gen_s, wait_s;     // filling segments, waiting for writes
 } Stager;
 
-static void pwrite_all(Stager *s, const void *buf, uint64_t bytes, uint64_t off) {
-    const uint8_t *p = buf;
-    while (bytes > 0) {
-        size_t chunk = bytes > ((size_t)1 << 30) ? ((size_t)1 << 30) : (size_t)bytes;
-        ssize_t w = pwrite(s->fd, p, chunk, (off_t)off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) FATAL("check the disk has room for the staged file", "stage: cannot write '%s' at %llu: %s",
-                          s->tmp, (unsigned long long)off, w < 0 ? strerror(errno) : "no progress");
-        p += w;
-        off += (uint64_t)w;
-        bytes -= (uint64_t)w;
-    }
-}
-
-// Tensor t's values: from the whole model, or the deck's init (seeded, any range alone).
-static const float *tensor_values(Stager *s, int t, float *buf) {
-    const ParamTensor *pt = &s->m.tensors[t];
-    if (s->full) return s->full + pt->offset;
-    const size_t n = pt->numel, chunk = (size_t)1 << 20, nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (size_t c = 0; c < nchunks; c++) {
-        size_t b = c * chunk, e = b + chunk < n ? b + chunk : n;
-        model_init_range(&s->m, buf + b, pt->offset + b, pt->offset + e, s->seed, s->std);
-    }
-    return buf;
+static void write_wait(Stager *s, uint64_t *ticket) {
+    if (!*ticket) return;
+    char why[700];
+    double t0 = wall_seconds();
+    if (aio_wait(&s->aio, *ticket, why, sizeof why) != 0)
+        FATAL("check the disk has room for the staged file", "stage: %s", why);
+    s->wait_s += wall_seconds() - t0;
+    *ticket = 0;
 }
 
 static int is_matrix(int t, int L) {
@@ -64,22 +58,57 @@ static int is_matrix(int t, int L) {
     return j == P_QKVW || j == P_ATTPW || j == P_FCW || j == P_FCPW;
 }
 
-static void write_resident(Stager *s) {
-    uint64_t floats;
-    char why[300];
-    SYS_CHECK(stage_resident_floats(&s->h, &floats, why, sizeof why) == 0, "%s", why);
-    float *res = xcalloc(floats * sizeof(float) + 1, "resident segment");
-    size_t at = 0;
-    for (int t = 0; t < s->m.ntensors; t++) {
-        if (is_matrix(t, s->m.s.L)) continue;
-        const float *v = tensor_values(s, t, res + at);
-        if (v != res + at) memcpy(res + at, v, s->m.tensors[t].numel * sizeof(float));
-        at += s->m.tensors[t].numel;
+// --random: a counter-based generator (a splitmix64 finalizer of the seed, the
+// tensor and the element's index in the whole tensor), so any element is drawn
+// alone, in any order, on any thread, and every --shards cut holds the same
+// model. Normal-like values: the sum of four 16-bit uniforms, centred and
+// scaled to unit variance (Irwin-Hall, within +-3.5 sd). Not the deck's
+// training init (model_init_range): a staged random model is for benchmarks.
+static inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static uint64_t tensor_key(const Stager *s, int t) { return mix64(s->seed * 0x9E3779B97F4A7C15ull + (uint64_t)t + 1); }
+static inline float random_normal(uint64_t key, uint64_t e) {
+    const uint64_t z = mix64(key + e * 0x9E3779B97F4A7C15ull);
+    const double sum = (double)(z & 0xffff) + (double)(z >> 16 & 0xffff) + (double)(z >> 32 & 0xffff) + (double)(z >> 48);
+    return (float)((sum - 131070.0) * (1.0 / 37837.23));   // mean 4 x 32767.5, sd 65536 / sqrt(3)
+}
+// A random tensor's std (0: all zero, -1: all one), as the deck's init has them.
+static double random_std(const Stager *s, int t) {
+    const char *name = s->m.tensors[t].name, *dot = strrchr(name, '.');
+    if (dot && strcmp(dot, ".bias") == 0) return 0.0;
+    if (strstr(name, "ln_")) return -1.0;
+    return strstr(name, "c_proj.weight") ? s->std / sqrt(2.0 * s->m.s.L) : s->std;
+}
+
+// A non-matrix tensor into the resident segment: from the layer just read, the
+// file, or the generator.
+static void put_resident(Stager *s, int t, const float *src) {
+    const ParamTensor *pt = &s->m.tensors[t];
+    float *dst = s->resident + s->res_at[t];
+    if (src) {
+        memcpy(dst, src, pt->numel * sizeof(float));
+        return;
     }
-    SYS_CHECK(at == floats, "resident segment of %zu floats, planned %llu", at, (unsigned long long)floats);
-    s->h.seg[0].checksum = stage_checksum(res, floats * sizeof(float));
-    pwrite_all(s, res, floats * sizeof(float), s->h.seg[0].offset);
-    free(res);
+    if (s->from) {
+        weights_read_tensors(&s->m, s->from, t, t + 1, dst);
+        return;
+    }
+    const double sd = random_std(s, t);
+    const uint64_t key = tensor_key(s, t);
+    const size_t live = t == 0 ? (size_t)s->m.s.V * (size_t)s->m.s.C : pt->numel;   // wte rows past the vocabulary: 0
+#pragma omp parallel for schedule(static)
+    for (size_t e = 0; e < pt->numel; e++)
+        dst[e] = sd == 0.0 || e >= live ? 0.0f : sd < 0.0 ? 1.0f : (float)sd * random_normal(key, e);
+}
+
+static void write_resident(Stager *s) {
+    const StageSeg *sg = &s->h.seg[0];
+    s->h.seg[0].checksum = stage_checksum(s->resident, sg->bytes);
+    uint64_t t = aio_write(&s->aio, &s->f, s->resident, aio_align_up(sg->bytes, STAGE_ALIGN), sg->offset);
+    write_wait(s, &t);
 }
 
 // Held output j of a column-split matrix of rank r (engine.c's src_col).
@@ -88,51 +117,92 @@ static int src_col(int j, int mat, int r, int Ct, int Ht, int C) {
     return r * Ht + j;
 }
 
-// Rank r's held (out, in) rows of matrix `mat` from the whole Conv1D (in, out) G, into the segment.
-static void put_matrix(Stager *s, int mat, int r, const float *G, float *row) {
+enum { ROW_BLOCK = 16 };   // held rows a thread gathers at once (the whole matrix is read along its rows)
+
+// Rank r's held (out, in) rows of matrix `mat` (tensor t) into segment buffer
+// seg: from the whole Conv1D (in, out) G, or drawn. Blocks of rows in parallel.
+static void put_matrix(Stager *s, int mat, int r, int t, const float *G, uint8_t *seg) {
     const int C = s->m.s.C, Ct = C / s->h.shards, Ht = s->m.s.H / s->h.shards;
     const int OC = s->ly.rows[mat], IC = s->ly.cols[mat];
     const int Cg = mat == STAGE_QKV ? 3 * C : mat == STAGE_FC ? s->m.s.H : C;   // whole (in, out) row length
     const int row0 = mat == STAGE_ATTP ? r * Ct : mat == STAGE_FCP ? r * Ht : 0;
     const int rowsplit = mat == STAGE_ATTP || mat == STAGE_FCP;
-    uint8_t *dst = s->seg + s->ly.mat[mat];
-    float *scales = (float *)(s->seg + s->ly.scale[mat]);
-    for (int j = 0; j < OC; j++) {
-        const int c = rowsplit ? j : src_col(j, mat, r, Ct, Ht, C);
-        for (int i = 0; i < IC; i++) row[i] = G[(size_t)(row0 + i) * Cg + c];
-        const size_t at = (size_t)j * IC;
-        if (s->h.dtype == STAGE_F32) {
-            memcpy(dst + 4 * at, row, 4 * (size_t)IC);
-        } else if (s->h.dtype == STAGE_BF16) {
+    const uint64_t key = tensor_key(s, t);
+    const float sd = (float)random_std(s, t);
+    uint8_t *dst = seg + s->ly.mat[mat];
+    float *scales = (float *)(seg + s->ly.scale[mat]);
+    const int nblocks = (OC + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp parallel
+    {
+        float *rows = xmalloc(sizeof(float) * (size_t)ROW_BLOCK * (size_t)IC, "rows");
+#pragma omp for schedule(dynamic, 4)
+        for (int b = 0; b < nblocks; b++) {
+            const int j0 = b * ROW_BLOCK, nj = OC - j0 < ROW_BLOCK ? OC - j0 : ROW_BLOCK;
+            int col[ROW_BLOCK];
+            for (int jj = 0; jj < nj; jj++) col[jj] = rowsplit ? j0 + jj : src_col(j0 + jj, mat, r, Ct, Ht, C);
             for (int i = 0; i < IC; i++) {
-                uint16_t b = engine_bf16(row[i]);
-                memcpy(dst + 2 * (at + (size_t)i), &b, 2);
+                const size_t base = (size_t)(row0 + i) * (size_t)Cg;
+                for (int jj = 0; jj < nj; jj++)
+                    rows[(size_t)jj * IC + i] = G ? G[base + (size_t)col[jj]] : sd * random_normal(key, base + (size_t)col[jj]);
             }
-        } else {
-            scales[j] = stage_quantize_row(row, IC, (int8_t *)dst + at);
+            for (int jj = 0; jj < nj; jj++) {
+                const float *row = rows + (size_t)jj * IC;
+                const size_t at = (size_t)(j0 + jj) * IC;
+                if (s->h.dtype == STAGE_F32) {
+                    memcpy(dst + 4 * at, row, 4 * (size_t)IC);
+                } else if (s->h.dtype == STAGE_BF16) {
+                    for (int i = 0; i < IC; i++) {
+                        uint16_t v = engine_bf16(row[i]);
+                        memcpy(dst + 2 * (at + (size_t)i), &v, 2);
+                    }
+                } else {
+                    scales[j0 + jj] = stage_quantize_row(row, IC, (int8_t *)dst + at);
+                }
+            }
         }
+        free(rows);
     }
 }
 
+// Layer by layer: its tensors read (--from) or drawn, its vectors into the
+// resident segment, each shard's segment filled while the previous one is
+// being written (two buffers, O_DIRECT writes through the I/O engine).
 static void write_layers(Stager *s) {
     const int L = s->m.s.L;
-    float *row = xmalloc(sizeof(float) * (size_t)(s->m.s.H > s->m.s.C ? s->m.s.H : s->m.s.C), "row");
     const int js[STAGE_NMAT] = {P_QKVW, P_ATTPW, P_FCW, P_FCPW};
+    const size_t seg_len = aio_align_up(s->ly.bytes, STAGE_ALIGN);
     double t0 = wall_seconds();
+    int cur = 0;
     for (int l = 0; l < L; l++) {
-        const float *G[STAGE_NMAT];
-        for (int k = 0; k < STAGE_NMAT; k++) G[k] = tensor_values(s, 2 + P_PER_LAYER * l + js[k], s->mats[k]);
+        const int first = 2 + P_PER_LAYER * l;
+        const float *base = NULL;
+        if (s->from) {
+            weights_read_tensors(&s->m, s->from, first, first + P_PER_LAYER, s->layer);
+            base = s->layer;
+        }
+        for (int t = first; t < first + P_PER_LAYER; t++)
+            if (!is_matrix(t, L))
+                put_resident(s, t, base ? base + (s->m.tensors[t].offset - s->m.tensors[first].offset) : NULL);
         for (int r = 0; r < s->h.shards; r++) {
-            memset(s->seg, 0, s->ly.bytes);
-            for (int k = 0; k < STAGE_NMAT; k++) put_matrix(s, k, r, G[k], row);
+            write_wait(s, &s->ticket[cur]);
+            double g0 = wall_seconds();
+            uint8_t *seg = s->seg[cur];
+            memset(seg, 0, seg_len);
+            for (int k = 0; k < STAGE_NMAT; k++) {
+                const int t = first + js[k];
+                put_matrix(s, k, r, t, base ? base + (s->m.tensors[t].offset - s->m.tensors[first].offset) : NULL, seg);
+            }
             StageSeg *sg = &s->h.seg[1 + (size_t)l * s->h.shards + r];
-            sg->checksum = stage_checksum(s->seg, s->ly.bytes);
-            pwrite_all(s, s->seg, s->ly.bytes, sg->offset);
+            sg->checksum = stage_checksum(seg, s->ly.bytes);
+            s->gen_s += wall_seconds() - g0;
+            s->ticket[cur] = aio_write(&s->aio, &s->f, seg, seg_len, sg->offset);
+            cur ^= 1;
         }
         if (L >= 8 && (l + 1) % (L / 8) == 0)
             log_info("stage: layer %d of %d (%.0f s)\n", l + 1, L, wall_seconds() - t0);
     }
-    free(row);
+    write_wait(s, &s->ticket[0]);
+    write_wait(s, &s->ticket[1]);
 }
 
 static int usage(void) {
@@ -202,12 +272,9 @@ int stage_main(int argc, char **argv) {
     char why[600];
     if (stage_plan(&s.h, why, sizeof why) != 0 || stage_layer_layout(&s.h, &s.ly, why, sizeof why) != 0)
         FATAL("use a smaller [model]", "stage: %s", why);
-    float *full = NULL;
     if (random) {
         s.seed = (uint64_t)seed;
         s.std = c->model.init_std;
-        const int js[STAGE_NMAT] = {P_QKVW, P_ATTPW, P_FCW, P_FCPW};
-        for (int k = 0; k < STAGE_NMAT; k++) s.mats[k] = xmalloc(s.m.tensors[2 + js[k]].numel * sizeof(float), "layer matrix");
     } else {
         if (!from) from = c->generate.weights;
         if (!from[0] || access(from, R_OK) != 0) {
@@ -216,36 +283,65 @@ int stage_main(int argc, char **argv) {
             free(d);
             return 2;
         }
-        full = xmalloc(s.m.nparams * sizeof(float), "weights");
-        weights_read(&s.m, from, full);
-        s.full = full;
+        s.from = from;
+        const ParamTensor *t0 = &s.m.tensors[2], *t1 = &s.m.tensors[1 + P_PER_LAYER];
+        s.layer = xmalloc((t1->offset + t1->numel - t0->offset) * sizeof(float), "one layer");
     }
-    s.seg = xcalloc(s.ly.bytes + 1, "layer segment");
+    uint64_t floats;
+    SYS_CHECK(stage_resident_floats(&s.h, &floats, why, sizeof why) == 0, "%s", why);
+    s.resident = aio_buffer(aio_align_up(floats * sizeof(float), STAGE_ALIGN), STAGE_ALIGN);
+    s.res_at = xcalloc(sizeof(size_t) * (size_t)s.m.ntensors, "resident index");
+    size_t at = 0;
+    for (int t = 0; t < s.m.ntensors; t++) {
+        if (is_matrix(t, s.m.s.L)) continue;
+        s.res_at[t] = at;
+        at += s.m.tensors[t].numel;
+    }
+    SYS_CHECK(s.resident && at == floats, "resident segment of %zu floats, planned %llu", at, (unsigned long long)floats);
+    for (int k = 0; k < 2; k++) {
+        s.seg[k] = aio_buffer(aio_align_up(s.ly.bytes, STAGE_ALIGN), STAGE_ALIGN);
+        SYS_CHECK(s.seg[k], "no memory for a %llu-byte layer segment", (unsigned long long)s.ly.bytes);
+    }
     snprintf(s.tmp, sizeof s.tmp, "%s.tmp", out);
     make_parent_dirs(out, "use an --out path you can write");
-    s.fd = open(s.tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (s.fd < 0) FATAL("use an --out path you can write", "stage: cannot create '%s': %s", s.tmp, strerror(errno));
-    if (ftruncate(s.fd, (off_t)s.h.file_size) != 0)
+    if (aio_init(&s.aio, 64, why, sizeof why) != 0) FATAL(NULL, "stage: I/O engine: %s", why);
+    if (aio_open(&s.f, s.tmp, AIO_WRITE | AIO_CREATE | AIO_TRUNC, why, sizeof why) != 0)
+        FATAL("use an --out path you can write", "stage: %s", why);
+    if (ftruncate(s.f.fd, (off_t)s.h.file_size) != 0)
         FATAL("check the disk has room", "stage: cannot size '%s' to %llu bytes: %s", s.tmp,
               (unsigned long long)s.h.file_size, strerror(errno));
     static const char *dn[] = {"fp32", "bf16", "int8"};
     log_info("stage: %s from %s: %d layers, %s, %d shard(s), %.1f MiB per layer segment, %.2f GiB in all\n", out,
              random ? "random init" : from, s.h.L, dn[dtype], shards, (double)s.ly.bytes / 1048576.0,
              (double)s.h.file_size / 1073741824.0);
-    write_resident(&s);
+    const double t0 = wall_seconds();
+    put_resident(&s, 0, NULL);                      // wte, wpe and ln_f; the layers' vectors come with them
+    put_resident(&s, 1, NULL);
+    for (int t = 2 + P_PER_LAYER * s.m.s.L; t < s.m.ntensors; t++) put_resident(&s, t, NULL);
     write_layers(&s);
-    uint8_t *hb = xcalloc(s.h.header_bytes, "header");
+    write_resident(&s);
+    uint8_t *hb = aio_buffer(s.h.header_bytes, STAGE_ALIGN);
+    SYS_CHECK(hb, "no memory for the header");
     stage_header_encode(&s.h, hb);
-    pwrite_all(&s, hb, s.h.header_bytes, 0);
-    free(hb);
-    if (fsync(s.fd) != 0) FATAL("check the disk", "stage: cannot sync '%s': %s", s.tmp, strerror(errno));
-    if (close(s.fd) != 0) FATAL("check the disk", "stage: cannot close '%s': %s", s.tmp, strerror(errno));
+    uint64_t ht = aio_write(&s.aio, &s.f, hb, s.h.header_bytes, 0);
+    write_wait(&s, &ht);
+    aio_buffer_free(hb);
+    if (fsync(s.f.fd) != 0) FATAL("check the disk", "stage: cannot sync '%s': %s", s.tmp, strerror(errno));
+    const int direct = s.f.direct;
+    aio_close(&s.f);
     if (rename(s.tmp, out) != 0) FATAL("use an --out path you can write", "stage: cannot rename '%s' to '%s': %s", s.tmp,
                                        out, strerror(errno));
-    log_info("stage: wrote %s (%llu bytes)\n", out, (unsigned long long)s.h.file_size);
-    for (int k = 0; k < STAGE_NMAT; k++) free(s.mats[k]);
-    free(s.seg);
-    free(full);
+    const double secs = wall_seconds() - t0;
+    struct rusage ru;
+    const double peak = getrusage(RUSAGE_SELF, &ru) == 0 ? (double)ru.ru_maxrss / 1024.0 : 0.0;   // Linux: KiB
+    log_info("stage: wrote %s (%llu bytes) in %.1f s (%.2f GB/s): %.1f s filling segments, %.1f s waiting for writes (%s); "
+             "peak RSS %.1f MiB\n", out, (unsigned long long)s.h.file_size, secs,
+             (double)s.h.file_size / 1e9 / (secs > 0 ? secs : 1e-9), s.gen_s, s.wait_s, direct ? "O_DIRECT" : "buffered", peak);
+    for (int k = 0; k < 2; k++) aio_buffer_free(s.seg[k]);
+    aio_buffer_free(s.resident);
+    aio_free(&s.aio);
+    free(s.layer);
+    free(s.res_at);
     stage_header_free(&s.h);
     model_free(&s.m);
     free(d);
