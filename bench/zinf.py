@@ -90,6 +90,33 @@ def dd_probe(path, limit=8 << 30):
     return count * 16 * MiB / (time.time() - t0) / GB
 
 
+def raw_probe(path, threads=16, limit=8 << 30):
+    """A raw O_DIRECT read of the file by `threads` threads of blocking 1 MiB
+    preads (page-aligned buffers), GB/s: the disk with several requests in flight."""
+    import mmap
+    import threading
+    size = min(os.path.getsize(path), limit) // MiB * MiB
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    def work(k):
+        buf = mmap.mmap(-1, MiB)
+        for off in range(k * MiB, size, threads * MiB):
+            if os.preadv(fd, [buf], off) != MiB:
+                raise SystemExit(f"raw probe: short read at {off}")
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    t0 = time.time()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    dt = time.time() - t0
+    os.close(fd)
+    return size / dt / GB
+
+
+def load():
+    return open("/proc/loadavg").read().split()[:3]
+
+
 def stream_row(B, a):
     passes = int(a["passes"])
     per_pass = a["stream_layers_s"] / max(passes, 1)
@@ -105,7 +132,8 @@ if "124m" in PARTS:
         sh([MPIEXEC, "-np", "1", PARTITA, "train", dk], "z124m-train.log")
     st = os.path.join(D, "z124m.stage")
     t = sh([PARTITA, "stage", dk, "--out", st, "--from", f"{D}/z124m/init.h5"], "z124m-stage.log")
-    print(f"  staged {os.path.getsize(st) / GB:.2f} GB in {t:.1f} s; raw O_DIRECT read of it (dd): {dd_probe(st):.2f} GB/s")
+    print(f"  staged {os.path.getsize(st) / GB:.2f} GB in {t:.1f} s; raw O_DIRECT read of it (dd): {dd_probe(st):.2f} GB/s, "
+          f"(16 threads): {raw_probe(st):.2f} GB/s; load {' '.join(load())}")
     res, rt = generate(dk, "z124m-mem", 64, f"generate.weights={D}/z124m/init.h5")
     nv, nt = generate(dk, "z124m-nvme", 64, "generate.weights_from=nvme", f"generate.stage={st}",
                       f"generate.window={WINDOW}")
@@ -126,11 +154,15 @@ if "big" in PARTS:
           f"1 rank x {THREADS} threads, window {WINDOW}, {NEW} passes per batch")
     if not os.path.exists(st):
         t = sh([PARTITA, "stage", dk, "--out", st, "--random", "1"], f"zbig-stage.log")
-        print(f"  staged {os.path.getsize(st) / GB:.2f} GB in {t:.0f} s")
+        last = open(os.path.join(D, "zbig-stage.log")).read().strip().splitlines()[-1]
+        print(f"  staged {os.path.getsize(st) / GB:.2f} GB in {t:.0f} s (load {' '.join(load())}): {last}")
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     print(f"  file {os.path.getsize(st) / GB:.2f} GB, machine memory {mem / GB:.1f} GB")
-    raw = dd_probe(st)
-    print(f"  raw O_DIRECT probe (dd, 16 MiB reads, up to 8 GiB of the file): {raw:.2f} GB/s")
+    dd = dd_probe(st)
+    raw = raw_probe(st)
+    print(f"  raw O_DIRECT probes of the file (up to 8 GiB): dd, 16 MiB reads one at a time: {dd:.2f} GB/s; "
+          f"16 threads of 1 MiB preads: {raw:.2f} GB/s (load {' '.join(load())})")
+    raw = max(raw, dd)
     est = subprocess.run([PARTITA, "estimate", dk, "--ranks", "1", "--set", f"generate.stage={st}",
                           "--set", "generate.weights_from=nvme", "--set", f"generate.window={WINDOW}"],
                          cwd=ROOT, capture_output=True, text=True).stdout
@@ -148,7 +180,7 @@ if "big" in PARTS:
         a, _ = generate(dk, f"zbig-{B}", B, "generate.weights_from=nvme", f"generate.stage={st}",
                         f"generate.window={WINDOW}")
         row, stall = stream_row(B, a)
-        print(row + f"   ({100 * a['stream_read_gb_per_s'] / raw:.0f}% of raw)")
+        print(row + f"   ({100 * a['stream_read_gb_per_s'] / raw:.0f}% of raw; {int(a['passes'])} passes; load {' '.join(load())})")
         if bound is None and stall < 0.10:
             bound = B
     print(f"  compute bounds a pass (under 10% of it waiting for reads) from batch {bound if bound else '> ' + str(batches[-1])}")
