@@ -33,13 +33,17 @@ DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-ope
         clang libclang-rt-14-dev slurm-wlm munge
 
 .PHONY: all deps deps-debs test bench clean demo asan portable fuzz fuzz-build FORCE
-all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_bpe $(BUILD)/test_sampler $(BUILD)/test_aio $(BUILD)/test_dos $(GPU_TARGETS)
+all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_bpe $(BUILD)/test_sampler $(BUILD)/test_aio $(BUILD)/test_dos $(BUILD)/test_moe $(GPU_TARGETS)
 
 $(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
 
 $(BUILD)/test_kernels: $(BUILD)/tests/unit/test_kernels.o $(KOBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# A ZeRO step's collectives with no compute (bench/run.sh BENCH_ONLY=overlap).
+$(BUILD)/comm_alone: $(BUILD)/bench/comm_alone.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
 # The memory bandwidth probe of the generation benchmark (bench/run.sh).
 $(BUILD)/stream_probe: bench/stream.c
@@ -62,6 +66,9 @@ $(BUILD)/test_dos: $(BUILD)/tests/unit/test_dos.o $(BUILD)/src/dos.o
 $(BUILD)/test_comm: $(BUILD)/tests/unit/test_comm.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
+$(BUILD)/test_moe: $(BUILD)/tests/unit/test_moe.o $(filter-out $(BUILD)/src/main.o,$(OBJ)) $(CUDA_OBJ)
+	$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CUDA_LDLIBS)
+
 $(BUILD)/test_bpe: $(BUILD)/tests/unit/test_bpe.o $(BUILD)/src/tokenizer.o $(BUILD)/src/uniclass.o $(BUILD)/src/utf8.o $(BUILD)/src/log.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -73,6 +80,14 @@ $(BUILD)/test_ulysses: $(BUILD)/tests/unit/test_ulysses.o $(BUILD)/src/ulysses.o
 $(BUILD)/.flags: FORCE
 	@mkdir -p $(BUILD)
 	@echo '$(CC) $(CFLAGS) $(LDLIBS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(LDLIBS)' > $@
+
+# `git describe` of the tree, baked into version.o alone (rebuilt when it changes).
+GIT_DESCRIBE := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+$(BUILD)/.git-describe: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(GIT_DESCRIBE)' | cmp -s - $@ || echo '$(GIT_DESCRIBE)' > $@
+$(BUILD)/src/version.o: $(BUILD)/.git-describe
+$(BUILD)/src/version.o: CFLAGS += -DPARTITA_GIT='"$(GIT_DESCRIBE)"'
 
 $(BUILD)/%.o: %.c $(BUILD)/.flags
 	@mkdir -p $(dir $@)
@@ -155,12 +170,18 @@ $(GCIDE_DIR)/gcide.txt:
 	echo "deps: $@: $$(wc -c < $@) bytes"
 
 # The newcomer's first run: tokenize text every Debian machine has, train the tiny GPT,
-# generate from it.
+# generate from it and show what it wrote. Rerunnable: it trains afresh (run.overwrite)
+# and generates afresh (the previous demo's outputs are removed first). DEMO_ARGS is
+# added to the train command (tests/test_readme.py shortens the run with it).
+DEMO_ARGS ?=
 demo: all
 	@mkdir -p data
 	build/partita prep data/licenses.h5 /usr/share/common-licenses
-	$(MPIEXEC) -np 2 build/partita train inputs/gpt-tiny.deck
+	$(MPIEXEC) -np 2 build/partita train inputs/gpt-tiny.deck --set run.overwrite=true $(DEMO_ARGS)
+	@rm -f runs/gpt-tiny-gen/gen.h5 runs/gpt-tiny-gen/gen.jsonl
 	$(MPIEXEC) -np 1 build/partita generate inputs/generate-tiny.deck
+	@echo; echo "make demo: what the tiny GPT wrote (runs/gpt-tiny-gen/gen.jsonl):"
+	@$(PYTHON) analysis/show_gen.py runs/gpt-tiny-gen/gen.jsonl --requests inputs/prompts.jsonl
 
 test: all asan fuzz-build
 	@MPIEXEC=$(MPIEXEC) PYTHON=$(PYTHON) bash tests/run.sh
@@ -171,4 +192,4 @@ bench: all
 clean:
 	rm -rf build build-asan
 
--include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d $(BUILD)/tests/unit/test_aio.d $(BUILD)/tests/unit/test_dos.d
+-include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d $(BUILD)/tests/unit/test_aio.d $(BUILD)/tests/unit/test_dos.d $(BUILD)/tests/unit/test_moe.d

@@ -27,5 +27,5 @@ else
 CFLAGS   ?= -O3 -march=$(ARCH)
 endif
 CFLAGS   += -std=c11 -fopenmp -Wall -Wextra -D_GNU_SOURCE -Isrc -Isrc/infer -Ikernels -I$(HDF5_INC) -I$(BLAS_INC) -MMD -MP
-LDLIBS   := -L$(HDF5_LIB) -Wl,-rpath,$(HDF5_LIB) -lhdf5 \
+LDLIBS   := -L$(HDF5_LIB) -Wl,-rpath,$(HDF5_LIB) -lhdf5_hl -lhdf5 \
             -L$(BLAS_LIB) -l:libopenblas.so.0 -Wl,-rpath,$(BLAS_LIB) -luring -lm

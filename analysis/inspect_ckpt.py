@@ -68,8 +68,32 @@ def meta_digest(meta):
     return h, None
 
 
+FORMATS = 3     # the newest checkpoint format this script reads
+
+
+def check_index(f, meta):
+    """(ok, text): format 3's /meta index ("name offset numel" per tensor, the flat layout) against /params."""
+    if "index" not in meta.attrs:
+        return True, "none (format 1-2)"
+    lines = str(py(meta.attrs["index"])).splitlines()
+    at = 0
+    for ln in lines:
+        parts = ln.split()
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            return False, f"line '{ln[:80]}' is not 'name offset numel'"
+        name, off, n = parts[0], int(parts[1]), int(parts[2])
+        ds = f.get(f"params/{name}")
+        if off != at or ds is None or not isinstance(ds, h5py.Dataset) or ds.size != n:
+            return False, f"entry {name} (offset {off}, {n} elements) does not match /params/{name}"
+        at += n
+    return True, f"ok, {len(lines)} tensors, {at:,} elements in the flat layout"
+
+
 def check_meta(meta):
     """(ok, text): /meta's checksum verdict."""
+    if "format_version" in meta.attrs and int(py(meta.attrs["format_version"])) > FORMATS:
+        return False, (f"format_version {int(py(meta.attrs['format_version']))} is newer than this script reads "
+                       f"(formats 1 to {FORMATS})")
     if META_CHECKSUM not in meta.attrs:
         if "format_version" in meta.attrs and int(py(meta.attrs["format_version"])) >= 2:
             return False, "MISSING (format 2 stores one)"
@@ -85,7 +109,7 @@ def check_meta(meta):
 
 def show_attrs(obj, title, show_deck):
     """Prints the non-checksum attributes of obj; the deck as a compact summary."""
-    items = sorted(((k, py(v)) for k, v in obj.attrs.items() if not k.startswith(CHECKSUM_PREFIX)),
+    items = sorted(((k, py(v)) for k, v in obj.attrs.items() if not k.startswith(CHECKSUM_PREFIX) and k != "index"),
                    key=lambda kv: natural_key(kv[0]))
     print(f"{title}:")
     if not items:
@@ -169,6 +193,10 @@ def main():
         print(f"meta checksum: {meta_text}")
         if not meta_ok:
             bad.append("/meta")
+        index_ok, index_text = check_index(f, meta)
+        print(f"index: {index_text}")
+        if not index_ok:
+            bad.append("/meta index")
         # A checksum with no dataset: a tensor the writer vouched for is gone.
         for name in sorted(stored, key=natural_key):
             print(f"  {name:<{w}} MISSING dataset (a checksum is stored for it)")

@@ -6,15 +6,21 @@ Used by plot_run.py, summary.py and inspect_ckpt.py (Debian's /usr/bin/python3,
 h5py and numpy only).
 """
 import os
+import signal
 import sys
 
 import h5py
 import numpy as np
 
+# A tool piped into `head` (or anything that stops reading) ends quietly, as Unix
+# tools do, instead of a BrokenPipeError traceback: every tool imports this module.
+if hasattr(signal, "SIGPIPE"):
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
 # Job-wide per-step columns of /metrics, in the order metrics.c writes them.
 RUN_COLUMNS = ["step", "loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time",
                "tokens", "comm_bytes_all_reduce", "comm_bytes_reduce_scatter", "comm_bytes_all_gather",
-               "comm_wait"]
+               "comm_wait", "gflops", "skipped", "ranks", "data_rows", "comm_bytes_all_to_all", "checkpoint_time"]
 COMM_OPS = ["all_reduce", "reduce_scatter", "all_gather"]
 # Names older run.h5 files used for the same figures.
 OLD_NAMES = {"comm_bytes_allreduce": "comm_bytes_all_reduce", "comm_time": "comm_wait"}
@@ -139,7 +145,8 @@ def read_run(path):
         m = {}
         for name in g:
             ds = g[name]
-            if not isinstance(ds, h5py.Dataset) or name == "peak_rss_mb":
+            # rank: the dimension scale of peak_rss_mb's ranks, not a per-step column
+            if not isinstance(ds, h5py.Dataset) or name in ("peak_rss_mb", "rank"):
                 continue
             m[OLD_NAMES.get(name, name)] = np.asarray(ds[()], dtype=np.float64).reshape(-1)
         rss = None
@@ -166,6 +173,59 @@ def run_label(run):
 def run_name(run):
     """run.name from the deck, or None."""
     return deck_get(run["deck"], "run", "name")
+
+
+def human_count(n):
+    """124672 -> '125K', 124439808 -> '124M'."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            v = n / div
+            return f"{v:.3g}{unit}"
+    return str(int(n))
+
+
+def run_title(run):
+    """'0.12M params, 2 ranks, ZeRO-1, cpu': what the run was, from run.h5's attributes
+    (the deck where an older file lacks them)."""
+    a, deck = run["attrs"], run["deck"]
+    parts = []
+    if a.get("nparams"):
+        parts.append(f"{human_count(float(a['nparams']))} params")
+    else:
+        layers, width = deck_get(deck, "model", "layers"), deck_get(deck, "model", "d_model")
+        if layers and width:
+            parts.append(f"L={layers} C={width}")
+    ranks = a.get("ranks")
+    if ranks is not None:
+        parts.append(f"{ranks} rank{'s' if int(ranks) != 1 else ''}")
+    stage = a.get("zero_stage", deck_get(deck, "zero", "stage"))
+    if stage is not None:
+        parts.append(f"ZeRO-{stage}")
+    backend = None
+    for tok in str(a.get("machine", "")).split():
+        if tok.startswith("backend="):
+            backend = tok.split("=", 1)[1]
+    backend = backend or deck_get(deck, "run", "backend")
+    if backend:
+        parts.append(backend)
+    return ", ".join(parts)
+
+
+def checkpoint_steps(run):
+    """Steps after which a checkpoint was written: the checkpoint_time column where
+    run.h5 has it, else every [checkpoint] interval of the deck (and the last step)."""
+    m = run["m"]
+    if "checkpoint_time" in m:
+        ct = m["checkpoint_time"]
+        return m["step"][np.isfinite(ct) & (ct > 0)]
+    try:
+        every = int(deck_get(run["deck"], "checkpoint", "interval", "0") or 0)
+    except ValueError:
+        every = 0
+    s = m["step"]
+    if every <= 0 or s.size == 0:
+        return s[:0]
+    return s[(s % every == 0) | (s == s[-1])]
 
 
 # ---------------------------------------------------------------------------

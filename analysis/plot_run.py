@@ -23,7 +23,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from partita_h5 import COMM_OPS, MIB, die, read_run, run_label, run_name  # noqa: E402
+from partita_h5 import COMM_OPS, MIB, checkpoint_steps, die, read_run, run_label, run_name, run_title  # noqa: E402
 
 OP_STYLE = {"all_reduce": "-", "reduce_scatter": "--", "all_gather": ":"}
 MAX_RANK_LINES = 8  # one run with at most this many ranks: one memory line per rank
@@ -96,11 +96,22 @@ def plot_runs(runs, labels, out):
                 ax["mem"].fill_between(s, lo, hi, color=c, alpha=0.25, lw=0)
                 ax["mem"].plot(s, hi, color=c, lw=lw)
 
+        # Steps that wrote a checkpoint: its gathers are in their comm bytes. They are
+        # marked (a vertical line on every panel, an x on the comm panel) and left out
+        # of the comm lines, so a checkpoint does not read as a communication spike.
+        ck = checkpoint_steps(run)
+        ck_rows = np.isin(s, ck)
+        for a in ax.values():
+            for x in ck:
+                a.axvline(x, color=c, lw=0.8, ls=(0, (2, 3)), alpha=0.6, zorder=0)
         for op in COMM_OPS:
             b = m.get(f"comm_bytes_{op}")
             if b is not None and np.nansum(b) > 0:
-                ax["comm"].plot(s, b / MIB, color=c, ls=OP_STYLE[op], lw=lw)
-                comm_arrays.append(b / MIB)
+                plain = np.where(ck_rows, np.nan, b / MIB)
+                ax["comm"].plot(s, plain, color=c, ls=OP_STYLE[op], lw=lw)
+                if ck_rows.any():
+                    ax["comm"].plot(s[ck_rows], b[ck_rows] / MIB, "x", color=c, ms=7)
+                comm_arrays.append(plain)
 
     titles = {"loss": ("Loss", "cross-entropy (nats)"), "lr": ("Learning rate", "lr"),
               "gnorm": ("Gradient norm (before clipping)", "L2 norm"),
@@ -131,8 +142,12 @@ def plot_runs(runs, labels, out):
                       ["step time", "comm wait"], fontsize=9, loc="upper right")
     ops = [op for op in COMM_OPS if any(np.nansum(r["m"].get(f"comm_bytes_{op}", np.zeros(1))) > 0 for r in runs)]
     if ops:
-        ax["comm"].legend([Line2D([], [], color=k, ls=OP_STYLE[op], lw=1.2) for op in ops], ops,
-                          fontsize=9, loc="best")
+        handles = [Line2D([], [], color=k, ls=OP_STYLE[op], lw=1.2) for op in ops]
+        names = list(ops)
+        if any(checkpoint_steps(r).size for r in runs):
+            handles.append(Line2D([], [], color=k, marker="x", ls=(0, (2, 3)), lw=0.8))
+            names.append("checkpoint step (its gathers)")
+        ax["comm"].legend(handles, names, fontsize=9, loc="best")
     else:
         ax["comm"].text(0.5, 0.5, "no collective traffic (one rank)", ha="center", va="center",
                         transform=ax["comm"].transAxes, color="gray")
@@ -151,10 +166,13 @@ def plot_runs(runs, labels, out):
         ax[key].set_ylim(lo, hi + 0.3 * (hi - lo))
     if single:
         machine = runs[0]["attrs"].get("machine")
-        fig.suptitle(f"Partita training run: {labels[0]}" + (f"\n{machine}" if machine else ""), fontsize=12)
+        what = run_title(runs[0])
+        fig.suptitle(f"Partita training run: {labels[0]}" + (f" ({what})" if what else "")
+                     + (f"\n{machine}" if machine else ""), fontsize=12)
         fig.tight_layout(rect=(0, 0, 1, 0.965))
     else:
         fig.suptitle(f"Partita: {len(runs)} training runs overlaid (colour = run)", fontsize=12, y=0.995)
+        labels = [f"{lab} ({run_title(r)})" if run_title(r) else lab for lab, r in zip(labels, runs)]
         handles = [Line2D([], [], color=colours[i % len(colours)], lw=2.5) for i in range(len(runs))]
         fig.legend(handles, labels, loc="upper center", ncol=min(len(runs), 4), fontsize=10, frameon=False,
                    bbox_to_anchor=(0.5, 0.978))
@@ -177,6 +195,7 @@ def main():
     out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.runs[0])), "run.png")
     plot_runs(runs, labels_for(runs, args.label), out)
     print(out)
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

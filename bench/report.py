@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Prints the benchmark tables of bench/run.sh from the runs' HDF5 and logs.
-usage: report.py train RUN.h5 TORCH.log | report.py zero DIR | report.py ckpt DIR BYTES PLAIN_SECONDS
-       | report.py sp DIR"""
+usage: report.py train RUN.h5 TORCH.log | report.py zero DIR | report.py ckpt DIR BYTES PLAIN_SECONDS [DIRECT_SECONDS]
+       | report.py ackpt DIR | report.py overlap DIR | report.py sp DIR"""
 import glob
 import os
 import re
@@ -45,19 +45,59 @@ def zero(d):
     print("  hidden = 1 - (time blocked in collectives with overlap) / (the same with zero.overlap = false)")
 
 
-def ckpt(d, nbytes, plain_s):
+def ckpt(d, nbytes, plain_s, direct_s="nan"):
     nbytes = float(nbytes)
     plain = nbytes / float(plain_s) / 1e9
-    print(f"  checkpoint size {nbytes / 1e9:.2f} GB; plain sequential write (dd, fsync) {plain:.2f} GB/s")
-    print(f"  {'ranks':>5s} {'write s':>8s} {'write GB/s':>11s} {'of plain':>9s} {'read s':>8s} {'read GB/s':>10s}")
+    direct = nbytes / float(direct_s) / 1e9
+    print(f"  checkpoint size {nbytes / 1e9:.2f} GB; plain sequential write (dd, fsync) {plain:.2f} GB/s; "
+          f"O_DIRECT read (dd iflag=direct) {direct:.2f} GB/s")
+    print(f"  {'ranks':>5s} {'write s':>8s} {'write GB/s':>11s} {'of plain':>9s} {'read s':>8s} {'read GB/s':>10s} "
+          f"{'of direct':>9s}")
     for np_ in (1, 2, 4):
         w = open(os.path.join(d, f"ckpt-{np_}-w.log")).read()
         r = open(os.path.join(d, f"ckpt-{np_}-r.log")).read()
-        mw = re.search(r"checkpoint: \S+ \(([\d.]+) s\)", w)
+        mw = re.search(r"checkpoint: \S+ \(([\d.]+) s[;)]", w)
         mr = re.search(r"resumed from \S+ at step \d+ \(([\d.]+) s\)", r)
         ws = float(mw.group(1)) if mw else float("nan")
         rs = float(mr.group(1)) if mr else float("nan")
-        print(f"  {np_:5d} {ws:8.2f} {nbytes / ws / 1e9:11.2f} {nbytes / ws / 1e9 / plain:8.0%} {rs:8.2f} {nbytes / rs / 1e9:10.2f}")
+        print(f"  {np_:5d} {ws:8.2f} {nbytes / ws / 1e9:11.2f} {nbytes / ws / 1e9 / plain:8.0%} {rs:8.2f} "
+              f"{nbytes / rs / 1e9:10.2f} {nbytes / rs / 1e9 / direct:8.0%}")
+    print("  reads follow the write: the page cache may hold the file (the O_DIRECT figure bypasses it)")
+
+
+def ackpt(d):
+    print(f"  {'checkpoints':>12s} {'s/step median':>14s} {'min':>7s} {'max':>7s}")
+    for mode in ("none", "sync", "async"):
+        m, _ = metrics(os.path.join(d, f"ackpt-{mode}", "run.h5"))
+        st = m["step_time"][1:] if len(m["step_time"]) > 1 else m["step_time"]
+        print(f"  {mode:>12s} {np.median(st):14.2f} {st.min():7.2f} {st.max():7.2f}")
+    print("  step_time counts the step's compute, the checkpoint copy (async) and the publish of the previous one;")
+    print("  a synchronous write is outside step_time: see the 'checkpoint: ... (s)' lines of ackpt-sync.log")
+
+
+def overlap(d):
+    def steps(path):
+        m, _ = metrics(path)
+        return m["step_time"][1:], m  # step 1 warms up
+    ca, _ = steps(os.path.join(d, "ov-alone-a", "run.h5"))
+    cb, _ = steps(os.path.join(d, "ov-alone-b", "run.h5"))
+    comp = np.maximum(ca, cb)
+    c_med = float(np.median(comp))
+    print(f"  compute alone (two 1-rank jobs at once, B=2 each): {c_med:.2f} s/step [{comp.min():.2f}-{comp.max():.2f}]")
+    print(f"  {'stage':>5s} {'on s/step':>16s} {'off s/step':>16s} {'comm alone s':>16s} {'wait on':>8s} "
+          f"{'in flight':>9s} {'hidden':>7s} {'spread':>15s}")
+    for st in range(4):
+        on, mo = steps(os.path.join(d, f"ov-{st}-on", "run.h5"))
+        off, _ = steps(os.path.join(d, f"ov-{st}-off", "run.h5"))
+        cm = np.array([float(l.split()[2]) for l in open(os.path.join(d, f"ov-{st}-comm.txt")) if l.startswith("step")])
+        cm = cm[1:] if len(cm) > 1 else cm
+        c = float(np.median(cm))
+        hid = lambda s: 1 - (s - c_med) / c if c > 0 else float("nan")
+        print(f"  {st:5d} {np.median(on):7.2f} [{on.min():.2f}-{on.max():.2f}] {np.median(off):7.2f} [{off.min():.2f}-{off.max():.2f}] "
+              f"{c:7.2f} [{cm.min():.2f}-{cm.max():.2f}] {np.median(mo['comm_wait'][1:]):8.2f} "
+              f"{np.median(mo['comm_inflight'][1:]):9.2f} {hid(np.median(on)):6.0%} "
+              f"[{hid(on.max()):.0%}, {hid(on.min()):.0%}]")
+    print("  hidden = 1 - (step_on - compute_alone) / comm_alone (medians; spread over the slowest and fastest step)")
 
 
 def gen_file(path):
@@ -140,4 +180,4 @@ def sp(d):
 
 
 if __name__ == "__main__":
-    {"train": train, "zero": zero, "ckpt": ckpt, "gen": gen, "sp": sp}[sys.argv[1]](*sys.argv[2:])
+    {"train": train, "zero": zero, "ckpt": ckpt, "gen": gen, "sp": sp, "ackpt": ackpt, "overlap": overlap}[sys.argv[1]](*sys.argv[2:])

@@ -22,9 +22,14 @@
 #  7. infinity (BENCH_ONLY=infinity, opt-in, not in `all`): a ~2B-parameter GPT
 #     (24 layers x 2560) at np=1, B=1, T=64, ZeRO-3 with params, optimizer and gradients
 #     on NVMe, BENCH_INF_STEPS (2) steps: s/step, update time, NVMe bytes, io_wait, peak RSS.
-#  8. zinf (BENCH_ONLY=zinf, opt-in, not in `all`): ZeRO-Inference, bench/zinf.py (an 8B-parameter
+#  8. overlap (BENCH_ONLY=overlap): per ZeRO stage at np=2 on the 124M deck, step
+#     time with overlap on ([comm] progress = BENCH_PROGRESS, default thread)
+#     and off, compute alone (two 1-rank jobs at once: the same per-rank work
+#     and core occupancy, no collectives), communication alone (build/comm_alone:
+#     the bytes run.h5 recorded, no compute), fraction hidden with its spread.
+#  9. zinf (BENCH_ONLY=zinf, opt-in, not in `all`): ZeRO-Inference, bench/zinf.py (an 8B-parameter
 #     random GPT streamed from NVMe at batch 1..64 against a raw O_DIRECT probe; 124M streamed vs resident).
-# BENCH_ONLY=train|zero|ckpt|gen|sp|offload|infinity|zinf runs one part; BENCH_STEPS sets the steps timed.
+# BENCH_ONLY=train|zero|ckpt|gen|sp|offload|infinity|overlap|zinf runs one part; BENCH_STEPS sets the steps timed.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -73,9 +78,46 @@ if [ "$ONLY" = all ] || [ "$ONLY" = ckpt ]; then
   t0=$(date +%s.%N)
   dd if=/dev/zero of=$out/plain.bin bs=16M count=$((bytes / 16777216 + 1)) conv=fsync status=none
   t1=$(date +%s.%N)
+  dd if=$out/plain.bin of=/dev/null bs=16M iflag=direct status=none
+  t2=$(date +%s.%N)
   rm -f $out/plain.bin
-  $PYTHON bench/report.py ckpt $out "$bytes" "$(awk -v a=$t0 -v b=$t1 'BEGIN{print b-a}')"
+  $PYTHON bench/report.py ckpt $out "$bytes" "$(awk -v a=$t0 -v b=$t1 'BEGIN{print b-a}')" "$(awk -v a=$t1 -v b=$t2 'BEGIN{print b-a}')"
   rm -rf $out/ckpt-1 $out/ckpt-2 $out/ckpt-4
+  echo "  step time, np=2 ZeRO-1, checkpoint every step: async vs synchronous vs none ($STEPS steps)"
+  for mode in none sync async; do
+    rm -rf $out/ackpt-$mode
+    iv=1; [ $mode = none ] && iv=0
+    as=false; [ $mode = async ] && as=true
+    $MPIEXEC -np 2 build/partita train $DECK $COMMON --set train.steps=$STEPS --set train.micro_batch=1 --set train.batch=2 \
+      --set zero.stage=1 --set run.out_dir=$out/ackpt-$mode --set checkpoint.interval=$iv --set checkpoint.async=$as \
+      --set checkpoint.keep=1 > $out/ackpt-$mode.log
+  done
+  $PYTHON bench/report.py ackpt $out
+  rm -rf $out/ackpt-none $out/ackpt-sync $out/ackpt-async
+fi
+
+if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
+  PROG=${BENCH_PROGRESS:-thread}
+  echo "== 8. overlap: ZeRO stages at np=2 (1 thread per rank), 124M, B=2 per rank, T=256, $STEPS steps, progress = $PROG"
+  make -s build/comm_alone
+  OV="$COMMON --set train.steps=$STEPS --set train.micro_batch=2"
+  for st in 0 1 2 3; do
+    $MPIEXEC -np 2 build/partita train $DECK $OV --set train.batch=4 --set run.out_dir=$out/ov-$st-on \
+      --set zero.stage=$st --set comm.progress=$PROG > $out/ov-$st-on.log
+    $MPIEXEC -np 2 build/partita train $DECK $OV --set train.batch=4 --set run.out_dir=$out/ov-$st-off \
+      --set zero.stage=$st --set zero.overlap=false > $out/ov-$st-off.log
+  done
+  # compute alone: two independent 1-rank jobs at once (each the per-rank work of np=2, on its own core)
+  for j in a b; do
+    $MPIEXEC -np 1 build/partita train $DECK $OV --set train.batch=2 --set run.out_dir=$out/ov-alone-$j \
+      --set run.threads=1 > $out/ov-alone-$j.log &
+  done
+  wait
+  for st in 0 1 2 3; do
+    read ar rs ag < <($PYTHON -c "import h5py,numpy as n;m=h5py.File('$out/ov-$st-on/run.h5')['metrics'];print(*[int(n.median(m[k][1:])) for k in ('comm_bytes_all_reduce','comm_bytes_reduce_scatter','comm_bytes_all_gather')])")
+    $MPIEXEC -np 2 build/comm_alone $ar $rs $ag 4194304 $STEPS > $out/ov-$st-comm.txt
+  done
+  $PYTHON bench/report.py overlap $out
 fi
 
 if [ "$ONLY" = all ] || [ "$ONLY" = gen ]; then

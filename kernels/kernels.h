@@ -17,6 +17,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 // The largest head size HS = C/NH each attention kernel runs: their per-thread
 // scratch (stack arrays, registers) is sized by it. The deck refuses larger heads.
 #define KERNELS_ATT_HSMAX 256         // cpu attention_forward/backward
@@ -73,6 +77,68 @@ void matmul_backward(float *dinp,           // (N, IC) overwritten
                      const float *weight,   // (IC, OC) or (OC, IC)
                      size_t N, int IC, int OC, int trans_w);
 
+// Dropout (training only), counter-based: element e of global row r at a site
+// is kept when dropout_bits(key, r, e) >= threshold, the key naming (run seed,
+// optimizer step, layer, site). No state and no mask in memory: forward and
+// backward (and a recompute) draw the same mask from the same counters, and a
+// rank draws its elements by their global indices, so every layout (dp, sp,
+// ZeRO stage, accumulation split, recompute) drops the same elements.
+// The hash is splitmix64's finalizer; tests/test_dropout.py implements the same.
+#ifdef __CUDACC__
+#define KERNELS_HD __host__ __device__
+#else
+#define KERNELS_HD
+#endif
+enum { DROP_EMBED = 0, DROP_ATTN = 1, DROP_ATTN_RESID = 2, DROP_MLP_RESID = 3 };   // the sites
+static inline KERNELS_HD uint64_t dropout_mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+// layer -1: the embeddings.
+static inline KERNELS_HD uint64_t dropout_key(uint64_t seed, int64_t step, int layer, int site) {
+    uint64_t h = dropout_mix(seed ^ 0xD2B74407B1CE6E93ull);
+    h = dropout_mix(h + (uint64_t)step * 0x9E3779B97F4A7C15ull);
+    return dropout_mix(h + (uint64_t)(4 * ((int64_t)layer + 1) + site));
+}
+// The key of global row r (hoisted out of the loop over a row's elements).
+static inline KERNELS_HD uint64_t dropout_row(uint64_t key, uint64_t r) {
+    return dropout_mix(key + r * 0x9E3779B97F4A7C15ull);
+}
+// 32 random bits of element e of a row.
+static inline KERNELS_HD uint32_t dropout_bits(uint64_t row_key, uint64_t e) {
+    return (uint32_t)(dropout_mix(row_key ^ (e * 0xD1B54A32D192ED03ull)) >> 32);
+}
+
+// One site's dropout for one call. Elements: (B, T, C) activations, e = (pos0 +
+// t) * C + c of row row0 + b; attention probabilities (b, h, i, j) of rows of T,
+// e = ((head0 + h) * T + i) * T + j. Kept elements are scaled by scale.
+typedef struct Dropout {
+    uint64_t key;           // dropout_key(seed, step, layer, site)
+    uint64_t row0;          // global row index of b = 0 (in the run's data order)
+    int64_t pos0;           // global position of t = 0 (this rank's offset in the row)
+    int head0;              // global index of head h = 0 (sequence parallelism holds a slice)
+    uint32_t threshold;     // floor(p 2^32): drop when the bits are below it
+    float scale;            // 1 / (1 - p), rounded to float
+} Dropout;
+// The threshold and scale of probability p in [0, 1).
+static inline Dropout dropout_of(float p, uint64_t key, uint64_t row0, int64_t pos0, int head0) {
+    Dropout d = {key, row0, pos0, head0, 0u, 1.0f};
+    double t = (double)p * 4294967296.0;
+    d.threshold = t >= 4294967295.0 ? 4294967295u : (uint32_t)t;
+    d.scale = (float)(1.0 / (1.0 - (double)p));
+    return d;
+}
+
+// out[b,t,c] = inp[b,t,c] * scale where kept, 0 where dropped (out may be inp).
+void dropout_forward(float *out,            // (B, T, C)
+                     const float *inp,      // (B, T, C)
+                     const Dropout *d, int B, int T, int C);
+// dinp = dout * scale where kept, 0 where dropped: the same mask (dinp may be dout).
+void dropout_backward(float *dinp,          // (B, T, C) overwritten
+                      const float *dout,    // (B, T, C)
+                      const Dropout *d, int B, int T, int C);
+
 // out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 void gelu_forward(float *out, const float *inp, size_t n);
 // dinp = dout * gelu'(inp)  (overwritten)
@@ -87,17 +153,21 @@ void residual_forward(float *out, const float *a, const float *b, size_t n);
 // a time; the T x T matrix is never formed. scale = 1/sqrt(HS).
 // qkv[b,t,:] holds q (C), k (C), v (C); head h uses columns h*HS..h*HS+HS-1 of each.
 // lse[b,h,t] = log sum_j exp(score_tj) is kept for the backward pass.
+// drop (NULL: none): dropout on the probabilities, GPT-2's attn_pdrop: o_i =
+// sum_j P_ij keep_ij scale v_j; lse is that of the undropped P. The T of a
+// call is the whole row (sequence parallelism runs attention on full rows).
 void attention_forward(float *out,          // (B, T, C)
                        float *lse,          // (B, NH, T)
                        const float *qkv,    // (B, T, 3C)
-                       int B, int T, int C, int NH);
-// Recomputes the scores tile by tile from qkv and lse (flash-attention style).
+                       int B, int T, int C, int NH, const Dropout *drop);
+// Recomputes the scores tile by tile from qkv and lse (flash-attention style);
+// with drop, the mask too (dV uses P keep scale, dS = P (keep scale dP - D)).
 void attention_backward(float *dqkv,        // (B, T, 3C) overwritten
                         const float *dout,  // (B, T, C)
                         const float *qkv,   // (B, T, 3C)
                         const float *out,   // (B, T, C)
                         const float *lse,   // (B, NH, T)
-                        int B, int T, int C, int NH);
+                        int B, int T, int C, int NH, const Dropout *drop);
 
 // Attention of single query rows over a paged KV cache (inference). Row i
 // belongs to the sequence whose block table is tables + i*max_blocks and sits
@@ -181,5 +251,19 @@ double sumsq_chunk(const float *x, size_t n);
 // Kernel threads (OpenMP and OpenBLAS) for this process.
 void kernels_set_threads(int n);
 int kernels_get_threads(void);
+
+// Mixture of Experts (src/moe.h): pos[n*K + k] is the dispatch-buffer row of
+// choice k of token n, or -1 where it was dropped; w (N*K) weights, NULL = 1.
+// dst[pos[n,k]] = w[n,k] * src[n] (rows not named are left as they are)
+void moe_dispatch(float *dst, const float *src, const int32_t *pos, const float *w, size_t N, int K, int C);
+// out[n] (= or +=) sum_k w[n,k] * y[pos[n,k]], choices summed in k order
+void moe_combine(float *out, const float *y, const int32_t *pos, const float *w, size_t N, int K, int C,
+                 int accumulate);
+// dots[n,k] = a[n] . y[pos[n,k]] (0 where dropped); pos NULL: K = 1 and row n of y
+void moe_rowdot(float *dots, const float *a, const float *y, const int32_t *pos, size_t N, int K, int C);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -65,10 +65,12 @@ static const Backend cpu_table = {
     .gelu_forward = gelu_forward, .gelu_backward = gelu_backward,
     .residual_forward = residual_forward,
     .attention_forward = attention_forward, .attention_backward = attention_backward,
+    .dropout_forward = dropout_forward, .dropout_backward = dropout_backward,
     .crossentropy_forward = crossentropy_forward, .crossentropy_backward = crossentropy_backward,
     .adamw_update = adamw_update, .scale_inplace = scale_inplace, .sumsq = sumsq,
     .embed_rows = embed_rows, .kv_store = kv_store, .paged_attention_forward = paged_attention_forward,
     .matmul_held_forward = matmul_held_forward,
+    .moe_dispatch = moe_dispatch, .moe_combine = moe_combine, .moe_rowdot = moe_rowdot,
 };
 
 const Backend *backend_cpu(void) { return &cpu_table; }
@@ -100,10 +102,12 @@ static const Backend cuda_table = {
     .gelu_forward = cuda_gelu_forward, .gelu_backward = cuda_gelu_backward,
     .residual_forward = cuda_residual_forward,
     .attention_forward = cuda_attention_forward, .attention_backward = cuda_attention_backward,
+    .dropout_forward = cuda_dropout_forward, .dropout_backward = cuda_dropout_backward,
     .crossentropy_forward = cuda_crossentropy_forward, .crossentropy_backward = cuda_crossentropy_backward,
     .adamw_update = cuda_adamw_update, .scale_inplace = cuda_scale_inplace, .sumsq = cuda_sumsq,
     .embed_rows = cuda_embed_rows, .kv_store = cuda_kv_store, .paged_attention_forward = cuda_paged_attention_forward,
     .matmul_held_forward = cuda_matmul_held_forward,
+    .moe_dispatch = cuda_moe_dispatch, .moe_combine = cuda_moe_combine, .moe_rowdot = cuda_moe_rowdot,
 };
 #endif
 

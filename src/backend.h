@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+typedef struct Dropout Dropout;     // kernels.h (moe.c and others name kernels of their own)
+
 typedef struct Backend {
     int kind;               // BACKEND_CPU or BACKEND_CUDA (deck.h)
     int device_memory;      // 1: buffers from alloc are not host-addressable
@@ -68,9 +70,12 @@ typedef struct Backend {
     void (*gelu_forward)(float *out, const float *inp, size_t n);
     void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
     void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
-    void (*attention_forward)(float *out, float *lse, const float *qkv, int B, int T, int C, int NH);
+    void (*attention_forward)(float *out, float *lse, const float *qkv, int B, int T, int C, int NH,
+                              const Dropout *drop);
     void (*attention_backward)(float *dqkv, const float *dout, const float *qkv, const float *out,
-                               const float *lse, int B, int T, int C, int NH);
+                               const float *lse, int B, int T, int C, int NH, const Dropout *drop);
+    void (*dropout_forward)(float *out, const float *inp, const Dropout *d, int B, int T, int C);
+    void (*dropout_backward)(float *dinp, const float *dout, const Dropout *d, int B, int T, int C);
     void (*crossentropy_forward)(float *losses, float *lse, const float *logits, const int32_t *targets,
                                  size_t N, int V, int Vp);
     void (*crossentropy_backward)(float *dlogits, const float *logits, const float *lse,
@@ -89,6 +94,11 @@ typedef struct Backend {
                          float beta1, float beta2, float eps, float wd, int t);
     void (*scale_inplace)(float *x, float s, size_t n);
     double (*sumsq)(const float *x, size_t n);
+    // Mixture of Experts row moves (kernels.h moe_*); NULL where a backend lacks them.
+    void (*moe_dispatch)(float *dst, const float *src, const int32_t *pos, const float *w, size_t N, int K, int C);
+    void (*moe_combine)(float *out, const float *y, const int32_t *pos, const float *w, size_t N, int K, int C,
+                        int accumulate);
+    void (*moe_rowdot)(float *dots, const float *a, const float *y, const int32_t *pos, size_t N, int K, int C);
 } Backend;
 
 // The cpu backend: always there.

@@ -12,15 +12,21 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
-// Format 2: /meta carries format_version and meta_checksum (see ckpt.h).
-#define CKPT_FORMAT 2
+// Format 2: /meta carries format_version and meta_checksum; format 3 adds /meta index and
+// lays the datasets out contiguous and aligned (see ckpt.h).
+#define CKPT_FORMAT 3
 #define META_CHECKSUM "meta_checksum"
 // Bounds on what /meta may hold (a damaged or hostile file must not make us
 // loop or allocate without end).
@@ -78,103 +84,189 @@ static void select_range(hid_t space, const ParamTensor *t, size_t a, size_t b) 
 }
 
 // ---------------------------------------------------------------------------
-// Moving tensors between memory and the datasets of one group.
+// What a rank holds, as pieces: a local buffer and the global flat range it
+// holds. THE one mapping between rank-local buffers and the global layout:
+// every read, write and checksum below goes through these two functions
+// (a rank may hold several pieces per kind: one per ZeRO parameter group).
+// Flat ranges are in the rank's own layout (model.h: with expert parallelism
+// the held experts follow the dense tensors, the others are held nowhere
+// here); a tensor's part of a piece maps to its global dataset by name.
 
-typedef struct Io {
-    hid_t f, dxpl;
-    const Model *m;
-    const char *path;       // for messages
-    int writing;
-    int errors;             // reads: datasets this rank could not read
-} Io;
+enum { CKPT_MAX_PIECES = 16 };
 
-// Moves the flat elements [lo, hi) of every tensor between buf (which holds
-// elements from buf_begin on) and the datasets of one group. Collective: every
-// rank calls it for every tensor, with an empty selection where it has nothing.
-// Adds each tensor's checksum of the elements [clo, chi) to sums[tensor].
-// A write that fails is fatal on this rank, naming the file and the reason; a
-// read that fails is counted in io->errors (the caller makes it collective).
-static void io_group(Io *io, const char *group, float *buf, size_t buf_begin, size_t lo, size_t hi, size_t clo,
-                     size_t chi, uint64_t *sums) {
-    const Model *m = io->m;
-    for (int i = 0; i < m->ntensors; i++) {
-        const ParamTensor *t = &m->tensors[i];
-        char name[128];
-        snprintf(name, sizeof name, "%s/%s", group, t->name);
-        hid_t ds;
-        errno = 0;
-        if (io->writing) {
-            hsize_t dims[2] = {(hsize_t)t->shape[0], (hsize_t)t->shape[1]};
-            hid_t sp = H5Screate_simple(t->ndim, dims, NULL);
-            H5_CHECK(sp);
-            ds = H5Dcreate2(io->f, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-            H5_CHECK(H5Sclose(sp));
-        } else {
-            ds = H5Dopen2(io->f, name, H5P_DEFAULT);
-        }
-        if (ds < 0 && !io->writing) {
-            io->errors++;
-            H5Eclear2(H5E_DEFAULT);
-            continue;
-        }
-        if (ds < 0) {
-            char why[600];
-            h5_reason(errno, why, sizeof why);
-            FATAL("check the file system's space and health", "checkpoint '%s': cannot create /%s: %s", io->path, name, why);
-        }
-        size_t a = t->offset > lo ? t->offset : lo, b = t->offset + t->numel < hi ? t->offset + t->numel : hi;
-        if (b < a) b = a;
-        hid_t fs = H5Dget_space(ds);
-        H5_CHECK(fs);
-        select_range(fs, t, a - t->offset, b - t->offset);
-        hsize_t n = b - a;
-        hid_t ms = H5Screate_simple(1, n ? &n : (hsize_t[]){1}, NULL);
-        H5_CHECK(ms);
-        if (!n) H5_CHECK(H5Sselect_none(ms));
-        float *p = buf + (a - buf_begin);
-        herr_t rc;
-        errno = 0;
-        if (io->writing) rc = H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, io->dxpl, n ? p : buf);
-        else rc = H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, io->dxpl, n ? p : buf);
-        if (rc < 0 && io->writing) {
-            char why[600];
-            h5_reason(errno, why, sizeof why);
-            FATAL("check the file system's space (df) and health; the previous checkpoint is untouched",
-                  "checkpoint write of '%s' failed on /%s: %s", io->path, name, why);
-        }
-        if (rc < 0) {
-            io->errors++;
-            H5Eclear2(H5E_DEFAULT);
-        } else {
-            size_t ca = t->offset > clo ? t->offset : clo, cb = t->offset + t->numel < chi ? t->offset + t->numel : chi;
-            if (cb > ca) sums[i] += ckpt_checksum(buf + (ca - buf_begin), cb - ca, ca - t->offset);
-        }
-        H5_CHECK(H5Sclose(ms));
-        H5_CHECK(H5Sclose(fs));
-        H5_CHECK(H5Dclose(ds));
+typedef struct Piece {
+    float *buf;             // element `begin` of the flat layout is buf[0]
+    size_t begin, end;
+} Piece;
+
+// The pieces of state `kind` this rank holds (and reads on a load).
+static int held_pieces(const Zero *z, int kind, Piece *out) {
+    if (kind == DS_PARAMS && z->stage < 3) {
+        out[0] = (Piece){z->host_params, 0, z->N};
+        return 1;
     }
+    for (int k = 0; k < z->ngroups; k++) {
+        const ZeroGroup *g = &z->g[k];
+        float *buf = kind == DS_PARAMS ? z->host_params + g->at : kind == DS_EXP_AVG ? g->host_m : g->host_v;
+        out[k] = (Piece){buf, g->own_begin, g->own_end};
+    }
+    return z->ngroups;
 }
 
-// Collective two-phase I/O pays off on a parallel file system with many
-// ranks per file; on one node (and above all with ranks sharing cores) every
-// collective dataset write is a barrier, and independent writes of each
-// rank's hyperslabs are several times faster. PARTITA_CKPT_COLLECTIVE=1 forces
-// collective transfers.
-static H5FD_mpio_xfer_t ckpt_io_mode(void) {
-    const char *e = getenv("PARTITA_CKPT_COLLECTIVE");
-    return e && e[0] == '1' ? H5FD_MPIO_COLLECTIVE : H5FD_MPIO_INDEPENDENT;
+// The pieces this rank writes and vouches for in the checksums: what it holds
+// within its shard of each group, so that every element is written by exactly
+// one rank (a dense one by one of all ranks, an expert's by one of the ranks
+// holding it).
+static int owned_pieces(const Zero *z, int kind, Piece *out) {
+    Piece held[CKPT_MAX_PIECES];
+    int nh = held_pieces(z, kind, held), n = 0;
+    for (int i = 0; i < nh; i++)
+        for (int k = 0; k < z->ngroups; k++) {
+            size_t lo, hi;
+            zero_group_part(&z->g[k], z->g[k].r, held[i].begin, held[i].end, &lo, &hi);
+            if (hi > lo) out[n++] = (Piece){held[i].buf + (lo - held[i].begin), lo, hi};
+        }
+    return n;
 }
 
-// Where each kind lives on this rank, and which part of it the rank writes.
-typedef struct Holding {
-    float *buf;
-    size_t begin, end;      // elements held
-} Holding;
+// Tensor i's part of piece p: elements [*a, *b) of the flat layout; 0 if none.
+static int tensor_part(const ParamTensor *t, const Piece *p, size_t *a, size_t *b) {
+    *a = t->offset > p->begin ? t->offset : p->begin;
+    *b = t->offset + t->numel < p->end ? t->offset + t->numel : p->end;
+    return *b > *a;
+}
 
-static void holdings(const Zero *z, Holding h[DS_KINDS]) {
-    h[DS_PARAMS] = (Holding){z->host_params, z->stage == 3 ? z->own_begin : 0, z->stage == 3 ? z->own_end : z->N};
-    h[DS_EXP_AVG] = (Holding){z->host_m, z->optim.begin, z->optim.end};
-    h[DS_EXP_AVG_SQ] = (Holding){z->host_v, z->optim.begin, z->optim.end};
+// ---------------------------------------------------------------------------
+// Positioned I/O on the raw data of contiguous float32 datasets. HDF5 lays the
+// file out (metadata, datasets allocated at creation, aligned to the file
+// system's block); the bytes themselves move by pwrite/pread at the datasets'
+// offsets, in as large pieces as the layout allows: the rank's whole part of
+// each tensor in one call (a 124M checkpoint: ~450 calls of MBs, not HDF5's
+// per-hyperslab MPI-IO path, which ran at 16% of the disk).
+
+#define IO_CHUNK ((size_t)1 << 28)      // bytes per system call
+
+static int pwrite_all(int fd, const void *p, size_t n, off_t at) {
+    const char *c = p;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, c, n < IO_CHUNK ? n : IO_CHUNK, at);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            if (w == 0) errno = EIO;
+            return -1;
+        }
+        c += w;
+        at += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int pread_all(int fd, void *p, size_t n, off_t at) {
+    char *c = p;
+    while (n > 0) {
+        ssize_t r = pread(fd, c, n < IO_CHUNK ? n : IO_CHUNK, at);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            if (r == 0) errno = 0;      // end of file: truncated
+            return -1;
+        }
+        c += r;
+        at += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+// The file offset of ds's raw data when it is contiguous little-endian
+// float32 with its space allocated; HADDR_UNDEF otherwise (then H5Dread).
+static haddr_t raw_offset(hid_t ds) {
+    haddr_t off = HADDR_UNDEF;
+    hid_t dcpl = H5Dget_create_plist(ds), type = H5Dget_type(ds);
+    if (dcpl >= 0 && type >= 0 && H5Pget_layout(dcpl) == H5D_CONTIGUOUS && H5Tequal(type, H5T_IEEE_F32LE) > 0)
+        off = H5Dget_offset(ds);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (type >= 0) H5Tclose(type);
+    H5Eclear2(H5E_DEFAULT);
+    return off;
+}
+
+// ---------------------------------------------------------------------------
+// The writer: this rank's pieces into the datasets' raw data, the checksums of
+// what it wrote, fsync. Touches no MPI and no HDF5, so that it may run on a
+// thread beside training ([checkpoint] async) or beside the checksums.
+
+typedef struct Writer {
+    const Model *m;
+    char path[1200];
+    int fd;
+    haddr_t *offs;          // (DS_KINDS, ntensors) file offsets of the datasets' raw data
+    Piece pieces[DS_KINDS][CKPT_MAX_PIECES];
+    int npieces[DS_KINDS];
+    uint64_t *sums;         // (DS_KINDS, ntensors): this rank's checksums
+    int sums_here;          // the writer computes the checksums too
+    double pause_s;         // test only: after /params
+    double stall_s;         //   ... or this rank stalls (a stuck rank)
+    int err;                // errno of a failed write, 0 ok
+    const char *failed;     // what failed
+    pthread_t thread;
+    int running;
+    atomic_int done;
+} Writer;
+
+static void sum_pieces(const Model *m, Piece pieces[DS_KINDS][CKPT_MAX_PIECES], const int *np, uint64_t *sums) {
+    for (int k = 0; k < DS_KINDS; k++)
+        for (int j = 0; j < np[k]; j++)
+            for (int i = 0; i < m->ntensors; i++) {
+                const ParamTensor *t = &m->tensors[i];
+                size_t a, b;
+                if (tensor_part(t, &pieces[k][j], &a, &b))
+                    sums[k * m->ntensors + i] += ckpt_checksum(pieces[k][j].buf + (a - pieces[k][j].begin), b - a, a - t->offset);
+            }
+}
+
+static void *writer_main(void *arg) {
+    Writer *w = arg;
+    const Model *m = w->m;
+    // In the background the writer yields the cores to training (Linux: nice is per thread);
+    // a failure only leaves it at the caller's priority.
+    if (w->sums_here) (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
+    for (int k = 0; k < DS_KINDS && !w->err; k++) {
+        for (int j = 0; j < w->npieces[k] && !w->err; j++) {
+            const Piece *p = &w->pieces[k][j];
+            for (int i = 0; i < m->ntensors && !w->err; i++) {
+                const ParamTensor *t = &m->tensors[i];
+                size_t a, b;
+                if (!tensor_part(t, p, &a, &b)) continue;
+                off_t at = (off_t)(w->offs[k * m->ntensors + i] + (a - t->offset) * sizeof(float));
+                if (pwrite_all(w->fd, p->buf + (a - p->begin), (b - a) * sizeof(float), at) != 0) {
+                    w->err = errno;
+                    w->failed = "writing the states";
+                }
+            }
+        }
+        if (k == 0 && w->pause_s > 0) {
+            log_info("checkpoint: test pause %.0f s while writing %s\n", w->pause_s, w->path);
+            usleep((useconds_t)(w->pause_s * 1e6));
+        }
+        if (k == 0 && w->stall_s > 0) {
+            log_warn("test fault: stalling %.0f s while writing %s", w->stall_s, w->path);
+            struct timespec ts = {(time_t)w->stall_s, 0};
+            while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+        }
+    }
+    if (!w->err && w->sums_here) sum_pieces(m, w->pieces, w->npieces, w->sums);
+    if (!w->err && fsync(w->fd) != 0) {
+        w->err = errno;
+        w->failed = "syncing it";
+    }
+    if (close(w->fd) != 0 && !w->err) {
+        w->err = errno;
+        w->failed = "closing it";
+    }
+    w->fd = -1;
+    atomic_store(&w->done, 1);
+    return NULL;
 }
 
 // Opens or creates path collectively; on failure returns < 0 with why filled.
@@ -217,7 +309,10 @@ static int parse_step(const char *name, int64_t *step) {
 // ---------------------------------------------------------------------------
 // What this job wrote, and pruning it.
 
+static void pending_free(struct CkptPending *p);
+
 void ckpt_job_free(CkptJob *j) {
+    pending_free(j->pending);
     free(j->steps);
     memset(j, 0, sizeof *j);
 }
@@ -463,12 +558,24 @@ static int meta_verify(hid_t meta, int64_t version, char *why, size_t n) {
 }
 
 // ---------------------------------------------------------------------------
-// Writing
+// /meta and publishing
 
-#define CKPT_TIMEOUT_HINT "a rank is stopped or the file system hangs; the previous checkpoint is whole and " \
-    "<dir>/latest names it; raise [comm] timeout_s if checkpoints take this long"
+// Format 3: /meta index, one line per tensor: "name offset numel" in the flat
+// layout (what ZeRO shards and what a rank's pieces are ranges of).
+static void write_index(hid_t meta, const Model *m) {
+    size_t cap = 64 * (size_t)m->ntensors + 1, len = 0;
+    char *text = xmalloc(cap, "checkpoint index");
+    text[0] = 0;
+    size_t at = 0;      // the global layout: every tensor in table order (a rank's own may skip experts)
+    for (int i = 0; i < m->ntensors && len < cap; i++) {
+        len += (size_t)snprintf(text + len, cap - len, "%s %zu %zu\n", m->tensors[i].name, at, m->tensors[i].numel);
+        at += m->tensors[i].numel;
+    }
+    h5_attr_str(meta, "index", text);
+    free(text);
+}
 
-static void write_meta(hid_t f, const Zero *z, const Deck *d, const char *deck_text, const CkptState *st,
+static void write_meta(hid_t f, const Zero *z, int64_t optim_t, const Deck *d, const char *deck_text, const CkptState *st,
                        const uint64_t *sums) {
     const Model *m = z->m;
     const Config *c = &d->cfg;
@@ -479,12 +586,16 @@ static void write_meta(hid_t f, const Zero *z, const Deck *d, const char *deck_t
     h5_attr_i64(meta, "data_cursor", st->data_cursor);
     h5_attr_i64(meta, "data_rows", st->data_rows);
     h5_attr_i64(meta, "seed", c->run.seed);
-    h5_attr_i64(meta, "optim_t", z->optim.t);
+    h5_attr_i64(meta, "optim_t", optim_t);
     weights_write_shape(meta, m);
     h5_attr_str(meta, "deck", deck_text);
     char layout[128];
-    snprintf(layout, sizeof layout, "ranks=%d dp=%d zero_stage=%d", z->p, z->p, z->stage);
+    if (m->ep_size > 1)
+        snprintf(layout, sizeof layout, "ranks=%d dp=%d ep=%d zero_stage=%d", z->p, z->p, m->ep_size, z->stage);
+    else
+        snprintf(layout, sizeof layout, "ranks=%d dp=%d zero_stage=%d", z->p, z->p, z->stage);
     h5_attr_str(meta, "layout", layout);
+    write_index(meta, m);
     for (int k = 0; k < DS_KINDS; k++)
         for (int i = 0; i < m->ntensors; i++) {
             char key[160];
@@ -527,74 +638,286 @@ static void publish(const char *dir, const char *tmp, const char *path, int64_t 
     sync_path(dir, 1);
 }
 
+// ---------------------------------------------------------------------------
+// Writing: the layout (collective), the writer (this rank's bytes), then
+// /meta and publishing (collective). [checkpoint] async runs the writer on a
+// thread from a host copy of the states and finishes at a later step boundary.
+
+#define CKPT_TIMEOUT_HINT "a rank is stopped or the file system hangs; the previous checkpoint is whole and " \
+    "<dir>/latest names it; raise [comm] timeout_s if checkpoints take this long"
+
+// One checkpoint being written.
+typedef struct CkptPending {
+    Writer w;
+    const Zero *z;
+    const Deck *d;
+    const char *deck_text;
+    char dir[1024], path[1100], tmp[1200];
+    CkptState st;
+    int64_t optim_t;        // at the step boundary (training moves on while an async write runs)
+    int active;             // started, not yet published
+    float *snap;            // async: the host copy of this rank's owned pieces
+    size_t snap_cap;        //   its capacity in floats (kept across checkpoints)
+} CkptPending;
+
+// The file system block of dir (the alignment of the datasets' raw data).
+static hsize_t fs_block(const char *dir) {
+    struct statvfs sv;
+    if (statvfs(dir, &sv) != 0 || sv.f_bsize < 512 || sv.f_bsize > ((unsigned long)1 << 24)) return 4096;
+    return (hsize_t)sv.f_bsize;
+}
+
+// Collective: creates tmp with every dataset allocated (contiguous, aligned,
+// no fill) and returns the file offset of each one's raw data in offs.
+static void create_layout(CkptPending *p, Watchdog *wd) {
+    const Zero *z = p->z;
+    const Model *m = z->m;
+    char why[600];
+    h5_quiet();
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5_CHECK(fapl);
+    H5_CHECK(H5Pset_fapl_mpio(fapl, z->comm->comm, MPI_INFO_NULL));
+    h5_checksummed_format(fapl);
+    H5_CHECK(H5Pset_alignment(fapl, 65536, fs_block(p->dir)));    // tensors of 64 KiB and more start on a block
+    H5_CHECK(H5Pset_meta_block_size(fapl, 1 << 20));               // object headers together, before the data
+    errno = 0;
+    hid_t f = H5Fcreate(p->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    int err = errno;
+    H5_CHECK(H5Pclose(fapl));
+    if (f < 0) {
+        h5_reason(err, why, sizeof why);
+        FATAL_ALL("check [checkpoint] dir: it must be a writable directory with space", "cannot create checkpoint '%s': %s",
+                  p->tmp, why);
+    }
+    watchdog_phase(wd, "laying out the datasets");
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5_CHECK(dcpl);
+    H5_CHECK(H5Pset_layout(dcpl, H5D_CONTIGUOUS));
+    H5_CHECK(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY));
+    H5_CHECK(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER));
+    for (int k = 0; k < DS_KINDS; k++) {
+        H5_CHECK(H5Gclose(h5_group(f, groups[k])));
+        for (int i = 0; i < m->ntensors; i++) {
+            const ParamTensor *t = &m->tensors[i];
+            char name[160];
+            snprintf(name, sizeof name, "%s/%s", groups[k], t->name);
+            hsize_t dims[2] = {(hsize_t)t->shape[0], (hsize_t)t->shape[1]};
+            hid_t sp = H5Screate_simple(t->ndim, dims, NULL);
+            H5_CHECK(sp);
+            errno = 0;
+            hid_t ds = H5Dcreate2(f, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+            if (ds < 0) {
+                h5_reason(errno, why, sizeof why);
+                FATAL("check the file system's space (df) and health", "checkpoint '%s': cannot create /%s: %s",
+                      p->tmp, name, why);
+            }
+            haddr_t off = H5Dget_offset(ds);
+            if (off == HADDR_UNDEF) FATAL(NULL, "checkpoint '%s': /%s has no storage after creation", p->tmp, name);
+            p->w.offs[k * m->ntensors + i] = off;
+            H5_CHECK(H5Sclose(sp));
+            H5_CHECK(H5Dclose(ds));
+        }
+    }
+    H5_CHECK(H5Pclose(dcpl));
+    watchdog_phase(wd, "closing the laid-out file");
+    errno = 0;
+    if (H5Fclose(f) < 0) {
+        h5_reason(errno, why, sizeof why);
+        FATAL("check the file system's space (df) and health; the previous checkpoint is untouched",
+              "checkpoint write of '%s' failed when laying it out: %s", p->tmp, why);
+    }
+}
+
+// The writer's pieces: this rank's owned pieces, or (async) copies of them in
+// the snapshot buffer, taken now.
+static void take_pieces(CkptPending *p, int copy) {
+    size_t total = 0;
+    for (int k = 0; k < DS_KINDS; k++) {
+        p->w.npieces[k] = owned_pieces(p->z, k, p->w.pieces[k]);
+        for (int j = 0; j < p->w.npieces[k]; j++) total += p->w.pieces[k][j].end - p->w.pieces[k][j].begin;
+    }
+    if (!copy) return;
+    if (total > p->snap_cap) {
+        free(p->snap);
+        p->snap = xmalloc((total ? total : 1) * sizeof(float), "asynchronous checkpoint buffer");
+        p->snap_cap = total;
+    }
+    size_t at = 0;
+    for (int k = 0; k < DS_KINDS; k++)
+        for (int j = 0; j < p->w.npieces[k]; j++) {
+            Piece *pc = &p->w.pieces[k][j];
+            size_t n = pc->end - pc->begin;
+            memcpy(p->snap + at, pc->buf, n * sizeof(float));
+            pc->buf = p->snap + at;
+            at += n;
+        }
+}
+
+static void start_writer(CkptPending *p, int async) {
+    Writer *w = &p->w;
+    const Config *c = &p->d->cfg;
+    snprintf(w->path, sizeof w->path, "%s", p->tmp);
+    w->m = p->z->m;
+    w->err = 0;
+    w->failed = NULL;
+    w->sums_here = async;
+    memset(w->sums, 0, sizeof(uint64_t) * (size_t)w->m->ntensors * DS_KINDS);
+    w->pause_s = c->checkpoint.test_pause_step == p->st.step ? c->checkpoint.test_pause_s : 0;
+    w->stall_s = c->checkpoint.fault_stall_rank == p->z->r && c->checkpoint.fault_stall_step == p->st.step
+                 ? c->checkpoint.fault_stall_s : 0;
+    w->fd = open(p->tmp, O_WRONLY);
+    if (w->fd < 0)
+        FATAL("check the file system's health; the previous checkpoint is untouched",
+              "checkpoint write of '%s' failed opening it for the states: %s", p->tmp, strerror(errno));
+    atomic_store(&w->done, 0);
+    int rc = pthread_create(&w->thread, NULL, writer_main, w);
+    SYS_CHECK(rc == 0, "cannot start the checkpoint writer thread: %s", strerror(rc));
+    w->running = 1;
+}
+
+static void join_writer(CkptPending *p) {
+    if (!p->w.running) return;
+    pthread_join(p->w.thread, NULL);
+    p->w.running = 0;
+    if (p->w.err)
+        FATAL("check the file system's space (df) and health; the previous checkpoint is untouched",
+              "checkpoint write of '%s' failed %s: %s", p->tmp, p->w.failed, strerror(p->w.err));
+}
+
+// Rank 0: /meta into the closed, fully written file (serial HDF5).
+static void meta_into(CkptPending *p, const uint64_t *sums) {
+    char why[600];
+    h5_quiet();
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5_CHECK(fapl);
+    h5_checksummed_format(fapl);
+    errno = 0;
+    hid_t f = H5Fopen(p->tmp, H5F_ACC_RDWR, fapl);
+    int err = errno;
+    H5_CHECK(H5Pclose(fapl));
+    if (f < 0) {
+        h5_reason(err, why, sizeof why);
+        FATAL("check the file system's space (df) and health; the previous checkpoint is untouched",
+              "checkpoint write of '%s' failed reopening it for /meta: %s", p->tmp, why);
+    }
+    write_meta(f, p->z, p->optim_t, p->d, p->deck_text, &p->st, sums);
+    errno = 0;
+    if (H5Fclose(f) < 0) {
+        h5_reason(errno, why, sizeof why);
+        FATAL("check the file system's space (df) and health; the previous checkpoint is untouched",
+              "checkpoint write of '%s' failed when writing /meta: %s", p->tmp, why);
+    }
+}
+
+// Collective: every rank's writer is done; /meta, sync, rename, latest, prune.
+static void finish(CkptJob *job, Watchdog *wd) {
+    CkptPending *p = job->pending;
+    const Model *m = p->z->m;
+    watchdog_phase(wd, "waiting for this rank's writes");
+    join_writer(p);
+    watchdog_phase(wd, "summing checksums: waiting for the other ranks");
+    int ns = m->ntensors * DS_KINDS;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p->w.sums, ns, MPI_UINT64_T, MPI_SUM, p->z->comm->comm));
+    if (p->z->r == 0) {
+        watchdog_phase(wd, "writing /meta");
+        meta_into(p, p->w.sums);
+        watchdog_phase(wd, "syncing, renaming and updating latest");
+        publish(p->dir, p->tmp, p->path, p->st.step);
+        job_add(job, p->st.step);
+        prune(p->dir, job, p->d->cfg.checkpoint.keep);
+    }
+    watchdog_phase(wd, "waiting for rank 0 to publish the checkpoint");
+    MPI_CHECK(MPI_Barrier(p->z->comm->comm));
+    p->active = 0;
+}
+
+static void pending_free(CkptPending *p) {
+    if (!p) return;
+    if (p->w.running) pthread_join(p->w.thread, NULL);     // an error path: the file stays a .tmp
+    free(p->w.offs);
+    free(p->w.sums);
+    free(p->snap);
+    free(p);
+}
+
+static CkptPending *pending_for(CkptJob *job, const Zero *z) {
+    if (!job->pending) {
+        job->pending = xcalloc(sizeof *job->pending, "checkpoint state");
+        job->pending->w.fd = -1;
+    }
+    CkptPending *p = job->pending;
+    if (!p->w.offs) {
+        size_t n = (size_t)z->m->ntensors * DS_KINDS;
+        p->w.offs = xcalloc(sizeof(haddr_t) * n, "dataset offsets");
+        p->w.sums = xcalloc(sizeof(uint64_t) * n, "checksums");
+    }
+    return p;
+}
+
 void ckpt_write(CkptJob *job, const Zero *z, const Deck *d, const char *deck_text, const char *dir,
                 const CkptState *st) {
-    const Model *m = z->m;
     const Config *c = &d->cfg;
-    char path[1100], tmp[1200], why[600];
-    snprintf(path, sizeof path, "%s/step-%06lld.h5", dir, (long long)st->step);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    ckpt_flush(job);        // the previous asynchronous checkpoint first
+    CkptPending *p = pending_for(job, z);
+    p->z = z;
+    p->d = d;
+    p->deck_text = deck_text;
+    p->st = *st;
+    p->optim_t = z->optim.t;
+    snprintf(p->dir, sizeof p->dir, "%s", dir);
+    snprintf(p->path, sizeof p->path, "%s/step-%06lld.h5", dir, (long long)st->step);
+    snprintf(p->tmp, sizeof p->tmp, "%s.tmp", p->path);
+    int async = c->checkpoint.async;
     Watchdog wd;
-    watchdog_start(&wd, c->comm.timeout_s, CKPT_TIMEOUT_HINT, "checkpoint write of '%s'", tmp);
+    watchdog_start(&wd, c->comm.timeout_s, CKPT_TIMEOUT_HINT, "checkpoint write of '%s'", p->tmp);
     watchdog_phase(&wd, "waiting for every rank to reach the checkpoint");
     if (z->r == 0) make_dirs(dir, "set [checkpoint] dir to a writable directory");
     MPI_CHECK(MPI_Barrier(z->comm->comm));
     watchdog_phase(&wd, "creating the file");
-    hid_t f = open_parallel(tmp, z->comm->comm, 1, why, sizeof why);
-    if (f < 0)
-        FATAL_ALL("check [checkpoint] dir: it must be a writable directory with space", "cannot create checkpoint '%s': %s",
-                  tmp, why);
-    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    H5_CHECK(dxpl);
-    H5_CHECK(H5Pset_dxpl_mpio(dxpl, ckpt_io_mode()));
-
-    Holding h[DS_KINDS];
-    holdings(z, h);
-    size_t lo, hi;
-    zero_part(z, z->r, 0, z->N, &lo, &hi);      // this rank writes its dp shard of everything
-    uint64_t *sums = xcalloc(sizeof(uint64_t) * (size_t)m->ntensors * DS_KINDS, "checksums");
-    Io io = {.f = f, .dxpl = dxpl, .m = m, .path = tmp, .writing = 1};
-    static const char *const writing[DS_KINDS] = {"writing /params", "writing /optim/exp_avg", "writing /optim/exp_avg_sq"};
-    for (int k = 0; k < DS_KINDS; k++) {
-        watchdog_phase(&wd, writing[k]);
-        H5_CHECK(H5Gclose(h5_group(f, groups[k])));
-        io_group(&io, groups[k], h[k].buf, h[k].begin, lo, hi, lo, hi, sums + k * m->ntensors);
-        if (k != 0) continue;
-        // Test-only: stop half-way through, so a test can kill the job mid-write.
-        if (c->checkpoint.test_pause_step == st->step && c->checkpoint.test_pause_s > 0) {
-            log_info("checkpoint: test pause %.0f s while writing %s\n", c->checkpoint.test_pause_s, tmp);
-            usleep((useconds_t)(c->checkpoint.test_pause_s * 1e6));
-        }
-        // Test-only: one rank stalls (a stuck rank); the watchdog must end the job.
-        if (c->checkpoint.fault_stall_rank == z->r && c->checkpoint.fault_stall_step == st->step &&
-            c->checkpoint.fault_stall_s > 0) {
-            log_warn("test fault: stalling %.0f s while writing %s", c->checkpoint.fault_stall_s, tmp);
-            struct timespec ts = {(time_t)c->checkpoint.fault_stall_s, 0};
-            while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
-        }
+    double t0 = MPI_Wtime();
+    create_layout(p, &wd);
+    double t1 = MPI_Wtime();
+    watchdog_phase(&wd, async ? "copying the states to the host buffer" : "writing the states");
+    take_pieces(p, async);
+    start_writer(p, async);
+    p->active = 1;
+    job->layout_s = t1 - t0;
+    job->data_s = MPI_Wtime() - t1;
+    job->publish_s = 0;
+    if (!async) {
+        // The checksums here while the writer thread writes the same bytes.
+        uint64_t *mine = p->w.sums;
+        sum_pieces(z->m, p->w.pieces, p->w.npieces, mine);
+        join_writer(p);
+        double t2 = MPI_Wtime();
+        job->data_s = t2 - t1;
+        finish(job, &wd);
+        job->publish_s = MPI_Wtime() - t2;
     }
-    watchdog_phase(&wd, "summing checksums: waiting for the other ranks");
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, m->ntensors * DS_KINDS, MPI_UINT64_T, MPI_SUM, z->comm->comm));
-    watchdog_phase(&wd, "writing /meta");
-    write_meta(f, z, d, deck_text, st, sums);
-    free(sums);
-    H5_CHECK(H5Pclose(dxpl));
-    watchdog_phase(&wd, "flushing and closing the file");
-    errno = 0;
-    if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0 || H5Fclose(f) < 0) {
-        h5_reason(errno, why, sizeof why);
-        FATAL("check the file system's space (df) and health; the previous checkpoint is untouched",
-              "checkpoint write of '%s' failed when flushing it: %s", tmp, why);
-    }
-    if (z->r == 0) {
-        watchdog_phase(&wd, "syncing, renaming and updating latest");
-        publish(dir, tmp, path, st->step);
-        job_add(job, st->step);
-        prune(dir, job, c->checkpoint.keep);
-    }
-    watchdog_phase(&wd, "waiting for rank 0 to publish the checkpoint");
-    MPI_CHECK(MPI_Barrier(z->comm->comm));
     watchdog_stop(&wd);
+}
+
+void ckpt_poll(CkptJob *job) {
+    CkptPending *p = job->pending;
+    if (!p || !p->active) return;
+    int mine = atomic_load(&p->w.done), all = 0;
+    MPI_CHECK(MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, p->z->comm->comm));
+    if (!all) return;
+    Watchdog wd;
+    watchdog_start(&wd, p->d->cfg.comm.timeout_s, CKPT_TIMEOUT_HINT, "checkpoint write of '%s'", p->tmp);
+    finish(job, &wd);
+    watchdog_stop(&wd);
+    log_info("checkpoint: %s written in the background\n", p->path);
+}
+
+void ckpt_flush(CkptJob *job) {
+    CkptPending *p = job->pending;
+    if (!p || !p->active) return;
+    Watchdog wd;
+    watchdog_start(&wd, p->d->cfg.comm.timeout_s, CKPT_TIMEOUT_HINT, "checkpoint write of '%s'", p->tmp);
+    finish(job, &wd);
+    watchdog_stop(&wd);
+    log_info("checkpoint: %s written in the background\n", p->path);
 }
 
 // ---------------------------------------------------------------------------
@@ -664,25 +987,62 @@ static int check_datasets(hid_t f, hid_t meta, const Model *m, char *why, size_t
     return 0;
 }
 
-// Reads every dataset into z's holdings; checks, collectively, that every
-// read succeeded and every dataset matches its stored checksum.
+// Reads tensor t's part [a, b) of the flat layout from dataset `name` into dst:
+// by position when the dataset is raw float32 (every format Partita wrote),
+// else through HDF5 (converting). -1 on failure.
+static int read_part(hid_t f, int fd, const char *name, const ParamTensor *t, size_t a, size_t b, float *dst) {
+    hid_t ds;
+    H5E_BEGIN_TRY { ds = H5Dopen2(f, name, H5P_DEFAULT); } H5E_END_TRY;
+    if (ds < 0) return -1;
+    haddr_t off = raw_offset(ds);
+    int rc = -1;
+    if (off != HADDR_UNDEF && fd >= 0) {
+        rc = pread_all(fd, dst, (b - a) * sizeof(float), (off_t)(off + (a - t->offset) * sizeof(float)));
+    } else {
+        hid_t fs = H5Dget_space(ds);
+        hsize_t n = b - a;
+        hid_t ms = H5Screate_simple(1, &n, NULL);
+        if (fs >= 0 && ms >= 0) {
+            select_range(fs, t, a - t->offset, b - t->offset);
+            herr_t r;
+            H5E_BEGIN_TRY { r = H5Dread(ds, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, dst); } H5E_END_TRY;
+            rc = r < 0 ? -1 : 0;
+        }
+        if (ms >= 0) H5Sclose(ms);
+        if (fs >= 0) H5Sclose(fs);
+    }
+    H5Dclose(ds);
+    H5Eclear2(H5E_DEFAULT);
+    return rc;
+}
+
+// Reads the pieces this rank holds, and nothing else; checks, collectively,
+// that every read succeeded and every dataset matches its stored checksum
+// (each rank sums its owned pieces: every element counted once).
 static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdog *wd, char *why, size_t n) {
     const Model *m = z->m;
     watchdog_phase(wd, "reading the datasets");
-    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    H5_CHECK(dxpl);
-    H5_CHECK(H5Pset_dxpl_mpio(dxpl, ckpt_io_mode()));
-    Holding h[DS_KINDS];
-    holdings(z, h);
-    size_t lo, hi;
-    zero_part(z, z->r, 0, z->N, &lo, &hi);  // the part this rank vouches for in the checksums
     size_t ns = (size_t)m->ntensors * DS_KINDS;
     uint64_t *sums = xcalloc(sizeof(uint64_t) * (ns + 1), "checksums");
-    Io io = {.f = f, .dxpl = dxpl, .m = m, .path = path};
-    for (int k = 0; k < DS_KINDS; k++)
-        io_group(&io, groups[k], h[k].buf, h[k].begin, h[k].begin, h[k].end, lo, hi, sums + k * m->ntensors);
-    H5_CHECK(H5Pclose(dxpl));
-    sums[ns] = (uint64_t)io.errors;     // reduced with the checksums
+    int fd = open(path, O_RDONLY), errors = 0;
+    Piece held[DS_KINDS][CKPT_MAX_PIECES], owned[DS_KINDS][CKPT_MAX_PIECES];
+    int nowned[DS_KINDS];
+    for (int k = 0; k < DS_KINDS; k++) {
+        int nh = held_pieces(z, k, held[k]);
+        nowned[k] = owned_pieces(z, k, owned[k]);
+        for (int j = 0; j < nh; j++)
+            for (int i = 0; i < m->ntensors; i++) {
+                const ParamTensor *t = &m->tensors[i];
+                size_t a, b;
+                if (!tensor_part(t, &held[k][j], &a, &b)) continue;
+                char name[160];
+                snprintf(name, sizeof name, "%s/%s", groups[k], t->name);
+                errors += read_part(f, fd, name, t, a, b, held[k][j].buf + (a - held[k][j].begin)) != 0;
+            }
+    }
+    if (fd >= 0) close(fd);
+    if (!errors) sum_pieces(m, owned, nowned, sums);
+    sums[ns] = (uint64_t)errors;     // reduced with the checksums
     watchdog_phase(wd, "summing checksums: waiting for the other ranks");
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, (int)ns + 1, MPI_UINT64_T, MPI_SUM, z->comm->comm));
     int rc = 0;
@@ -908,12 +1268,50 @@ static int read_whole(hid_t f, const char *name, const ParamTensor *t, float *bu
     return rc;
 }
 
-// The model table of the shape in /meta; -1 if the tensors it describes
-// cannot fit in a file of fsize bytes (a damaged shape attribute).
-static int model_from_meta(const MetaInfo *mi, long long fsize, int kinds, Model *m, char *why, size_t n) {
+// A Mixture-of-Experts checkpoint's layers (issue 13): layer l's experts from
+// the shape (C, E) of /params/h.<l>.mlp.gate.weight, PR-MoE from a residual
+// MLP; nmoe = 0 for a dense one. The table needs nothing else of the [moe] section.
+static void moe_from_file(hid_t f, const GPTShape *s, MoeSpec *moe) {
+    memset(moe, 0, sizeof *moe);
+    moe->L = s->L;
+    moe->top_k = 1;
+    moe->experts = xcalloc(sizeof(int) * (size_t)s->L, "moe layers");
+    for (int l = 0; l < s->L; l++) {
+        char name[96];
+        snprintf(name, sizeof name, "params/h.%d.mlp.gate.weight", l);
+        hid_t ds = -1;
+        H5E_BEGIN_TRY {
+            if (H5Lexists(f, "params", H5P_DEFAULT) > 0 && H5Lexists(f, name, H5P_DEFAULT) > 0)
+                ds = H5Dopen2(f, name, H5P_DEFAULT);
+        } H5E_END_TRY;
+        if (ds < 0) continue;
+        hid_t sp = H5Dget_space(ds);
+        hsize_t dims[2] = {0, 0};
+        if (sp >= 0 && H5Sget_simple_extent_ndims(sp) == 2 && H5Sget_simple_extent_dims(sp, dims, NULL) == 2 &&
+            dims[0] == (hsize_t)s->C && dims[1] >= 1 && dims[1] <= 4096) {
+            moe->experts[l] = (int)dims[1];
+            moe->nmoe++;
+            snprintf(name, sizeof name, "params/h.%d.mlp.residual.c_fc.weight", l);
+            htri_t r;
+            H5E_BEGIN_TRY { r = H5Lexists(f, name, H5P_DEFAULT); } H5E_END_TRY;
+            if (r > 0) moe->residual = 1;
+        }
+        if (sp >= 0) H5Sclose(sp);
+        H5Dclose(ds);
+    }
+    H5Eclear2(H5E_DEFAULT);
+}
+
+// The model table of the shape in /meta (and, for MoE, of f's gates); -1 if
+// the tensors it describes cannot fit in a file of fsize bytes (a damaged
+// shape attribute).
+static int model_from_meta(hid_t f, const MetaInfo *mi, long long fsize, int kinds, Model *m, char *why, size_t n) {
     ModelConfig mc = {.vocab = mi->s.V, .vocab_pad = mi->s.Vp, .layers = mi->s.L, .d_model = mi->s.C,
                       .heads = mi->s.NH, .seq_len = mi->s.maxT, .mlp_ratio = mi->s.H / mi->s.C, .init_std = 0.02};
-    model_table(m, &mc);
+    MoeSpec moe;
+    moe_from_file(f, &mi->s, &moe);
+    model_table_moe(m, &mc, &moe, 1, 0);
+    moe_spec_free(&moe);
     size_t bytes;
     if (__builtin_mul_overflow(m->nparams, sizeof(float) * (size_t)kinds, &bytes) || bytes > (size_t)fsize) {
         snprintf(why, n, "the shape attributes (L=%d C=%d NH=%d V=%d Vp=%d T=%d H=%d) describe %zu parameters, "
@@ -976,7 +1374,7 @@ static int inspect(hid_t f, const char *path, int is_info, const char *out, int 
     struct stat sb;
     long long fsize = stat(path, &sb) == 0 ? (long long)sb.st_size : 0;
     Model m;
-    if (model_from_meta(&mi, fsize, is_info ? DS_KINDS : 1, &m, why, sizeof why) != 0) {
+    if (model_from_meta(f, &mi, fsize, is_info ? DS_KINDS : 1, &m, why, sizeof why) != 0) {
         H5Gclose(meta);
         return info_fail(path, why, damaged);
     }

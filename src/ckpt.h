@@ -1,9 +1,14 @@
 // ckpt.h: parallel HDF5 checkpoints that survive crashes and reload at any layout.
 //
 // File <dir>/step-NNNNNN.h5: one global dataset per tensor, /params/<name>,
-// /optim/exp_avg/<name>, /optim/exp_avg_sq/<name> (fp32, the tensor's shape),
-// written collectively: each rank writes the slice of the flat layout its dp
-// shard covers as up to three hyperslabs per tensor. /meta holds step,
+// /optim/exp_avg/<name>, /optim/exp_avg_sq/<name> (fp32, the tensor's shape).
+// Format 3: the datasets are contiguous, allocated when the file is created
+// (collectively, in flat order, the large ones aligned to the file system's
+// block), and their bytes move by pwrite/pread at the datasets' offsets: each
+// rank writes its dp shard of the flat layout (one call per tensor part, MBs
+// each) and reads only what it holds; HDF5 writes only metadata. /meta also
+// holds `index` ("name offset numel" per tensor: the flat layout). Formats 1-2
+// (HDF5 hyperslab writes) read the same way. /meta holds step,
 // tokens_seen, data_cursor, seed, optim_t, the model shape, the resolved deck,
 // the layout that wrote it, format_version and one checksum per dataset
 // ("checksum:/params/..."): the sum mod 2^64 of mix64(i << 32 ^ bits(x_i))
@@ -47,13 +52,25 @@ typedef struct CkptState {
 typedef struct CkptJob {
     int64_t *steps;
     size_t n, cap;
+    struct CkptPending *pending;    // the checkpoint being written (async: in the background)
+    double layout_s, data_s, publish_s;     // the last write's phases on this rank: laying out the
+                                            // file, the states (async: the host copy), /meta + rename
 } CkptJob;
 void ckpt_job_free(CkptJob *j);
 
 // Collective over z's group. Writes the checkpoint of `st` into dir, records
-// it in job and prunes job's older ones beyond [checkpoint] keep.
+// it in job and prunes job's older ones beyond [checkpoint] keep. With
+// [checkpoint] async it first finishes the previous one (ckpt_flush), lays the
+// file out, copies this rank's states to a host buffer and returns while a
+// writer thread writes them; ckpt_poll or ckpt_flush publishes it. z, d and
+// deck_text must outlive the write.
 void ckpt_write(CkptJob *job, const Zero *z, const Deck *d, const char *deck_text, const char *dir,
                 const CkptState *st);
+// Collective: publishes the asynchronous checkpoint in flight if every rank's
+// writer is done (one tiny all-reduce while one is in flight; nothing otherwise).
+void ckpt_poll(CkptJob *job);
+// Collective: waits for the asynchronous checkpoint in flight, then publishes it.
+void ckpt_flush(CkptJob *job);
 // Collective. Loads path into z (any layout that wrote it) and st. Returns 0,
 // or -1 with why filled (the same on every rank) when the file is damaged: it
 // cannot be opened, /meta fails its checksum or an attribute is out of range,

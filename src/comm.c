@@ -6,6 +6,8 @@
 #include "log.h"
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,103 @@ static const char *op_names[COMM_NOPS] = {"all_reduce", "reduce_scatter", "all_g
 
 const char *comm_op_name(int op) { return op >= 0 && op < COMM_NOPS ? op_names[op] : "?"; }
 
+const char *comm_progress_name(int progress) {
+    return progress == COMM_PROGRESS_THREAD ? "thread" : progress == COMM_PROGRESS_NONE ? "none" : "poll";
+}
+
+// ---------------------------------------------------------------------------
+// The progress thread (progress = thread). It touches no request of the
+// caller's (two threads may not test one request): it probes a private
+// duplicate of the communicator, which runs MPICH's progress engine for every
+// request of the process.
+
+typedef struct CommProgress {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_int inflight;    // the caller's count, mirrored
+    int quit;               // under mu
+    MPI_Comm probe;         // the Comm's
+    struct timespec pause;
+} CommProgress;
+
+static void *progress_main(void *arg) {
+    CommProgress *p = arg;
+    pthread_mutex_lock(&p->mu);
+    while (!p->quit) {
+        if (atomic_load(&p->inflight) == 0) {
+            pthread_cond_wait(&p->cv, &p->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&p->mu);
+        int flag = 0;
+        MPI_CHECK(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, p->probe, &flag, MPI_STATUS_IGNORE));
+        if (p->pause.tv_nsec > 0) nanosleep(&p->pause, NULL);
+        else sched_yield();
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void progress_start(Comm *c) {
+    int provided = 0;
+    MPI_CHECK(MPI_Query_thread(&provided));
+    if (provided < MPI_THREAD_MULTIPLE)
+        FATAL("set [comm] progress = poll, or use an MPI built with thread support",
+              "[comm] progress = thread needs MPI_THREAD_MULTIPLE; this MPI provides level %d", provided);
+    CommProgress *p = xcalloc(sizeof *p, "comm progress thread");
+    p->probe = c->probe;
+    double us = c->opt.progress_us > 0 ? c->opt.progress_us : 0;
+    p->pause.tv_sec = (time_t)(us / 1e6);
+    p->pause.tv_nsec = (long)((us - (double)p->pause.tv_sec * 1e6) * 1e3);
+    SYS_CHECK(pthread_mutex_init(&p->mu, NULL) == 0, "cannot create the progress thread's mutex");
+    SYS_CHECK(pthread_cond_init(&p->cv, NULL) == 0, "cannot create the progress thread's condition");
+    int rc = pthread_create(&p->thread, NULL, progress_main, p);
+    SYS_CHECK(rc == 0, "cannot start the comm progress thread: %s", strerror(rc));
+    c->prog = p;
+}
+
+static void progress_stop(Comm *c) {
+    CommProgress *p = c->prog;
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p);
+    c->prog = NULL;
+}
+
+// A collective was issued (+1) or seen complete (-1): the in-flight clock,
+// and the progress thread's wake-up.
+static void fly(Comm *c, int delta) {
+    if (delta > 0 && c->inflight++ == 0) c->inflight_t0 = MPI_Wtime();
+    if (delta < 0 && --c->inflight == 0) c->inflight_s += MPI_Wtime() - c->inflight_t0;
+    CommProgress *p = c->prog;
+    if (!p) return;
+    if (atomic_fetch_add(&p->inflight, delta) == 0 && delta > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_signal(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+int comm_polls(const Comm *c) { return c->opt.progress != COMM_PROGRESS_NONE; }
+
+void comm_progress(Comm *c) {
+    if (!c->inflight || c->opt.path == COMM_PATH_NCCL) return;
+    int flag = 0;
+    MPI_CHECK(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->probe, &flag, MPI_STATUS_IGNORE));
+}
+
+double comm_inflight_s(const Comm *c) {
+    return c->inflight_s + (c->inflight > 0 ? MPI_Wtime() - c->inflight_t0 : 0);
+}
+
 void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt) {
     memset(c, 0, sizeof *c);
     c->comm = comm;
@@ -23,11 +122,11 @@ void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt)
     c->opt = *opt;
     MPI_CHECK(MPI_Comm_rank(comm, &c->rank));
     MPI_CHECK(MPI_Comm_size(comm, &c->size));
-    c->counts = xcalloc(sizeof(int) * (size_t)c->size, "comm counts");
-    c->displs = xcalloc(sizeof(int) * (size_t)c->size, "comm displacements");
     c->sigs = xcalloc(sizeof(CommSig) * (size_t)c->size, "comm signatures");
-    c->a2a = xcalloc(sizeof(int) * 4 * COMM_A2A_SLOTS * (size_t)c->size, "comm all-to-all counts");
+    c->vargs = xcalloc(sizeof(int) * 4 * COMM_SLOTS * (size_t)c->size, "comm counts of collectives in flight");
     if (c->opt.path == COMM_PATH_NCCL) c->nccl = nccl_create(comm, c->rank, c->size);
+    MPI_CHECK(MPI_Comm_dup(comm, &c->probe));
+    if (c->opt.progress == COMM_PROGRESS_THREAD && c->opt.path != COMM_PATH_NCCL) progress_start(c);
 }
 
 const char *comm_path_name(int path) {
@@ -36,7 +135,12 @@ const char *comm_path_name(int path) {
 
 void comm_register(Comm *c, const float *buf, size_t n, const char *what) {
     if (c->opt.path != COMM_PATH_STAGED || !buf) return;
-    SYS_CHECK(c->nmirrors < COMM_MAX_MIRRORS, "more than %d buffers registered with comm", COMM_MAX_MIRRORS);
+    if (c->nmirrors == c->cap_mirrors) {
+        int cap = c->cap_mirrors ? 2 * c->cap_mirrors : 32;
+        c->mirrors = realloc(c->mirrors, sizeof(CommMirror) * (size_t)cap);
+        SYS_CHECK(c->mirrors != NULL, "out of memory for %d host mirrors on %s", cap, c->name);
+        c->cap_mirrors = cap;
+    }
     char name[96];
     snprintf(name, sizeof name, "host mirror of %s", what);
     c->mirrors[c->nmirrors++] = (CommMirror){.dev = buf, .host = xcalloc((n ? n : 1) * sizeof(float), name), .n = n};
@@ -65,15 +169,17 @@ static void set_landing(CommReq *r, float *dev, const float *host, size_t n) {
 }
 
 void comm_free(Comm *c) {
+    progress_stop(c);
+    if (c->probe != MPI_COMM_NULL) MPI_CHECK(MPI_Comm_free(&c->probe));
     for (int i = 0; i < c->nmirrors; i++) free(c->mirrors[i].host);
-    c->nmirrors = 0;
+    free(c->mirrors);
+    c->mirrors = NULL;
+    c->nmirrors = c->cap_mirrors = 0;
     if (c->nccl) nccl_destroy(c->nccl);
     c->nccl = NULL;
-    free(c->counts);
-    free(c->displs);
     free(c->sigs);
-    free(c->a2a);
-    c->counts = c->displs = c->a2a = NULL;
+    free(c->vargs);
+    c->vargs = NULL;
     c->sigs = NULL;
 }
 
@@ -113,9 +219,11 @@ static void wait_request(Comm *c, MPI_Request *req, const CommSig *sig) {
     c->wait_s += MPI_Wtime() - t0;
 }
 
+// An all-to-all's element count is each rank's own (MoE dispatch sends what
+// its tokens chose): not compared.
 static int sig_equal(const CommSig *a, const CommSig *b) {
-    return a->op == b->op && a->count == b->count && a->step == b->step && a->seq == b->seq &&
-           strcmp(a->tag, b->tag) == 0;
+    return a->op == b->op && (a->count == b->count || a->op == COMM_ALLTOALL) && a->step == b->step &&
+           a->seq == b->seq && strcmp(a->tag, b->tag) == 0;
 }
 
 // Debug mode: every rank shows the others what it is about to issue; any
@@ -182,6 +290,7 @@ issue:
     if (c->opt.debug) check_signature(c, &r->sig);
     c->bytes[op] += bytes_sent;
     c->calls[op]++;
+    fly(c, +1);
     return 0;
 }
 
@@ -190,16 +299,6 @@ static int as_int(size_t n, const char *what) {
         FATAL("split the buffer into buckets below 2^31 elements ([zero] bucket_mb)",
               "%s of %zu elements exceeds MPI's int count", what, n);
     return (int)n;
-}
-
-static size_t fill_counts(Comm *c, const size_t *counts, const char *what) {
-    size_t total = 0;
-    for (int k = 0; k < c->size; k++) {
-        c->counts[k] = as_int(counts[k], what);
-        c->displs[k] = as_int(total, what);
-        total += counts[k];
-    }
-    return total;
 }
 
 void comm_iallreduce_sum(Comm *c, float *buf, size_t n, const char *tag, CommReq *r) {
@@ -219,11 +318,46 @@ void comm_iallreduce_sum(Comm *c, float *buf, size_t n, const char *tag, CommReq
     MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n, "all-reduce"), MPI_FLOAT, MPI_SUM, c->comm, &r->req));
 }
 
+// A free slot of counts, now owned by r until its completion.
+static int *take_slot(Comm *c, CommReq *r) {
+    int k = 0;
+    while (k < COMM_SLOTS && (c->busy >> k & 1u)) k++;
+    if (k == COMM_SLOTS)
+        FATAL("wait for some collectives before issuing more (a request that is never waited on leaks its slot)",
+              "comm: more than %d v-collectives in flight on group %s", COMM_SLOTS, c->name);
+    c->busy |= (uint64_t)1 << k;
+    r->slot = k;
+    return c->vargs + (size_t)k * 4 * (size_t)c->size;
+}
+
+static void release_slot(Comm *c, CommReq *r) {
+    if (r->slot >= 0) c->busy &= ~((uint64_t)1 << r->slot);
+    r->slot = -1;
+}
+
+static size_t sum_counts(const Comm *c, const size_t *counts) {
+    size_t total = 0;
+    for (int k = 0; k < c->size; k++) total += counts[k];
+    return total;
+}
+
+// Copies counts (and their displacements) into dst as MPI's ints.
+static void put_counts(Comm *c, int *cnt, int *dsp, const size_t *counts, const char *what) {
+    size_t at = 0;
+    for (int k = 0; k < c->size; k++) {
+        cnt[k] = as_int(counts[k], what);
+        dsp[k] = as_int(at, what);
+        at += counts[k];
+    }
+}
+
 void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const size_t *counts,
                               const char *tag, CommReq *r) {
-    size_t total = fill_counts(c, counts, "reduce-scatter");
+    size_t total = sum_counts(c, counts);
     if (begin(c, COMM_REDUCE_SCATTER, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
     r->active = 1;
+    int *cnt = take_slot(c, r);
+    put_counts(c, cnt, cnt + c->size, counts, "reduce-scatter");
     if (c->opt.path == COMM_PATH_NCCL) {
         r->event = nccl_reduce_scatter_sum(c->nccl, send, recv, counts);
         return;
@@ -235,65 +369,38 @@ void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const siz
         send = hs;
         recv = hr;
     }
-    MPI_CHECK(MPI_Ireduce_scatter(send, recv, c->counts, MPI_FLOAT, MPI_SUM, c->comm, &r->req));
+    MPI_CHECK(MPI_Ireduce_scatter(send, recv, cnt, MPI_FLOAT, MPI_SUM, c->comm, &r->req));
 }
 
 void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag, CommReq *r) {
-    size_t total = fill_counts(c, counts, "all-gather");
+    size_t total = sum_counts(c, counts);
     if (begin(c, COMM_ALLGATHER, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
     r->active = 1;
+    int *cnt = take_slot(c, r), *dsp = cnt + c->size;
+    put_counts(c, cnt, dsp, counts, "all-gather");
     if (c->opt.path == COMM_PATH_NCCL) {
         r->event = nccl_allgather(c->nccl, buf, counts);
         return;
     }
     if (c->opt.path == COMM_PATH_STAGED) {
         float *h = mirror_of(c, buf, total);
-        size_t at = (size_t)c->displs[c->rank];
+        size_t at = (size_t)dsp[c->rank];
         c->opt.bk->to_host(h + at, buf + at, counts[c->rank]);
         set_landing(r, buf, h, total);
         buf = h;
     }
-    MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, c->counts, c->displs, MPI_FLOAT,
-                              c->comm, &r->req));
-}
-
-// A free all-to-all slot, now owned by r until its completion.
-static int *take_slot(Comm *c, CommReq *r) {
-    int k = 0;
-    while (k < COMM_A2A_SLOTS && (c->a2a_busy >> k & 1u)) k++;
-    if (k == COMM_A2A_SLOTS)
-        FATAL("wait for an all-to-all before issuing another", "comm: more than %d all-to-alls in flight on group %s",
-              COMM_A2A_SLOTS, c->name);
-    c->a2a_busy |= 1u << k;
-    r->slot = k;
-    return c->a2a + (size_t)k * 4 * (size_t)c->size;
-}
-
-static void release_slot(Comm *c, CommReq *r) {
-    if (r->slot >= 0) c->a2a_busy &= ~(1u << r->slot);
-    r->slot = -1;
+    MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, cnt, dsp, MPI_FLOAT, c->comm, &r->req));
 }
 
 void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *recv, const size_t *rcounts,
                      const char *tag, CommReq *r) {
-    size_t total = 0, rtotal = 0;
-    for (int k = 0; k < c->size; k++) {
-        total += counts[k];
-        rtotal += rcounts[k];
-    }
+    size_t total = sum_counts(c, counts), rtotal = sum_counts(c, rcounts);
     // What leaves this rank: everything but its part for itself.
     if (begin(c, COMM_ALLTOALL, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
     r->active = 1;
     int *sc = take_slot(c, r), *sd = sc + c->size, *rc = sd + c->size, *rd = rc + c->size;
-    size_t so = 0, ro = 0;
-    for (int k = 0; k < c->size; k++) {
-        sc[k] = as_int(counts[k], "all-to-all");
-        sd[k] = as_int(so, "all-to-all");
-        rc[k] = as_int(rcounts[k], "all-to-all");
-        rd[k] = as_int(ro, "all-to-all");
-        so += counts[k];
-        ro += rcounts[k];
-    }
+    put_counts(c, sc, sd, counts, "all-to-all");
+    put_counts(c, rc, rd, rcounts, "all-to-all");
     if (c->opt.path == COMM_PATH_NCCL) {
         r->event = nccl_alltoallv(c->nccl, send, counts, recv, rcounts);
         return;
@@ -319,6 +426,7 @@ void comm_wait(Comm *c, CommReq *r) {
     }
     release_slot(c, r);
     r->active = 0;
+    fly(c, -1);
 }
 
 int comm_test(Comm *c, CommReq *r) {
@@ -330,6 +438,7 @@ int comm_test(Comm *c, CommReq *r) {
         land(c, r);
         release_slot(c, r);
         r->active = 0;
+        fly(c, -1);
     }
     return done;
 }

@@ -13,6 +13,9 @@
 //   nccl:   NCCL on a communication stream; the collective starts after the
 //           work already issued on the compute stream, and comm_wait makes the
 //           compute stream wait for it (the host does not block).
+//           Uneven parts (shards cut by a bucket) are padded to the largest in
+//           a device scratch so each bucket is one ncclReduceScatter or
+//           ncclAllGather; the padding never leaves comm.
 //   staged: device -> host mirror, MPI on the mirror, host -> device when the
 //           request completes. Slower, but ranks may share one GPU (NCCL
 //           refuses that), so tests run np=2/4 on one device. Every device
@@ -28,6 +31,19 @@
 
 enum { COMM_PATH_HOST = 0, COMM_PATH_STAGED, COMM_PATH_NCCL };
 
+// How host-path collectives advance while the caller computes ([comm] progress;
+// the trainer's default is thread, a zeroed CommOptions gets poll):
+//   poll:   only inside comm calls (comm_test between layers, comm_wait);
+//   thread: also a progress thread per communicator that, while a collective
+//           is in flight, calls MPI_Iprobe on a private duplicate of the
+//           communicator every progress_us (MPICH moves messages only inside
+//           MPI calls; any call drives the one progress engine) and sleeps
+//           on a condition variable while none is. Needs MPI_THREAD_MULTIPLE
+//           (main.c asks for it; fatal with a hint where MPI gives less);
+//   none:   only inside comm_wait (comm_polls() is 0: callers skip their
+//           polls), the baseline that shows what the polls buy.
+enum { COMM_PROGRESS_POLL = 0, COMM_PROGRESS_THREAD, COMM_PROGRESS_NONE };
+
 enum { COMM_ALLREDUCE = 0, COMM_REDUCE_SCATTER, COMM_ALLGATHER, COMM_ALLTOALL, COMM_BCAST, COMM_NOPS };
 
 // What a collective is, as ranks compare it in debug mode.
@@ -42,7 +58,7 @@ typedef struct CommSig {
 typedef struct CommReq {
     MPI_Request req;
     int active;
-    int slot;               // all-to-all: its counts slot in Comm.a2a until completion; -1 none
+    int slot;               // v-collectives: its counts slot in Comm.vargs until completion; -1 none
     CommSig sig;
     int event;              // nccl: the completion event's slot, -1 none
     float *land;            // staged: device buffer the result goes to on completion ...
@@ -59,6 +75,8 @@ typedef struct CommOptions {
     int oversubscribed;     // ranks x threads exceed the node's cores: long waits nap
     int path;               // COMM_PATH_*: how the float collectives reach their buffers
     const struct Backend *bk;   // staged: the copies between device and host mirrors
+    int progress;           // COMM_PROGRESS_*
+    double progress_us;     // thread: the pause between two probes (0: sched_yield only)
 } CommOptions;
 
 typedef struct CommMirror {     // staged path: a registered device buffer and its host mirror
@@ -67,8 +85,8 @@ typedef struct CommMirror {     // staged path: a registered device buffer and i
     size_t n;
 } CommMirror;
 
-enum { COMM_MAX_MIRRORS = 32 };
-enum { COMM_A2A_SLOTS = 8 };    // all-to-alls in flight at once on one communicator
+enum { COMM_SLOTS = 64 };       // v-collectives (reduce-scatter, all-gather, all-to-all) in flight at
+                                // once on one communicator: each owns one slot of counts until completion
 
 typedef struct Comm {
     MPI_Comm comm;
@@ -81,13 +99,18 @@ typedef struct Comm {
     uint64_t bytes[COMM_NOPS];  // bytes sent by this rank, per op, since start
     uint64_t calls[COMM_NOPS];
     double wait_s;          // time blocked in waits: communication not hidden by compute
-    int *counts, *displs;   // (size) scratch for the v-collectives
-    int *a2a;               // (COMM_A2A_SLOTS, 4, size) counts, displacements, receive counts and
-                            // displacements of each all-to-all in flight (MPI reads them until it completes)
-    unsigned a2a_busy;      // bit k: slot k belongs to a request not yet completed
+    double inflight_s;      // time at least one collective was in flight (issue to observed completion)
+    int inflight;           // collectives issued and not yet seen complete
+    double inflight_t0;     // when inflight last went from 0 to 1
+    MPI_Comm probe;         // a private duplicate of comm that comm_progress and the thread probe
+    struct CommProgress *prog;  // progress = thread: the thread and what it shares with the caller
+    int *vargs;             // (COMM_SLOTS, 4, size) send counts, displacements, receive counts and
+                            // displacements of each v-collective in flight: the MPI standard forbids
+                            // touching them before the request completes, so no two requests share them
+    uint64_t busy;          // bit k: slot k belongs to a request not yet completed
     CommSig *sigs;          // (size) scratch for debug checks
-    CommMirror mirrors[COMM_MAX_MIRRORS];
-    int nmirrors;
+    CommMirror *mirrors;    // staged: (cap_mirrors) registered buffers, grown by comm_register (setup only)
+    int nmirrors, cap_mirrors;
     struct NcclComm *nccl;  // nccl path: the communicator and its streams/events
 } Comm;
 
@@ -95,7 +118,8 @@ typedef struct Comm {
 // communicator (collective: every rank of comm calls it).
 void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt);
 // Staged path: buf (n floats of device memory) may be a collective's buffer;
-// allocates its host mirror. A no-op on the other paths.
+// allocates its host mirror (the table of mirrors grows as needed: call it
+// while setting up, not in the step loop). A no-op on the other paths.
 void comm_register(Comm *c, const float *buf, size_t n, const char *what);
 const char *comm_path_name(int path);
 void comm_free(Comm *c);
@@ -114,15 +138,23 @@ void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const siz
 // this rank's own part must be in place already.
 void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag, CommReq *r);
 // send holds counts[k] floats for rank k back to back; recv receives
-// rcounts[k] floats from rank k back to back (MoE dispatch, Ulysses). Up to
-// COMM_A2A_SLOTS may be in flight on one communicator, each with its own copy
-// of the counts (fatal beyond).
+// rcounts[k] floats from rank k back to back (MoE dispatch, Ulysses).
+// The v-collectives copy counts into a slot of their own: the caller may reuse
+// its arrays at once. Up to COMM_SLOTS may be in flight on one communicator
+// (fatal beyond, naming the group).
 void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *recv, const size_t *rcounts,
                      const char *tag, CommReq *r);
 // Waits for r (no-op if inactive), yielding the core, timing the wait.
 void comm_wait(Comm *c, CommReq *r);
 // Non-blocking progress: returns 1 if r is complete (and marks it inactive).
 int comm_test(Comm *c, CommReq *r);
+// Whether callers should poll (comm_progress, comm_test) between their kernels: 0 with progress = none.
+int comm_polls(const Comm *c);
+// Runs MPI's progress engine once, for every collective in flight, touching none of their requests.
+void comm_progress(Comm *c);
+// Seconds with a collective in flight, counting one still in flight up to now.
+double comm_inflight_s(const Comm *c);
+const char *comm_progress_name(int progress);
 
 // Blocking conveniences.
 void comm_allreduce_sum(Comm *c, float *buf, size_t n, const char *tag);

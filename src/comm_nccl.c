@@ -35,6 +35,8 @@ struct NcclComm {
     cudaEvent_t ready[NCCL_EVENTS]; // compute stream reached the collective
     cudaEvent_t done[NCCL_EVENTS];  // the collective finished
     int next;
+    float *pad;                     // (pad_cap) device scratch: uneven parts padded to the largest
+    size_t pad_cap;
 };
 
 int nccl_available(void) { return 1; }
@@ -61,6 +63,7 @@ void nccl_destroy(NcclComm *n) {
         CUDART_CHECK(cudaEventDestroy(n->ready[i]));
         CUDART_CHECK(cudaEventDestroy(n->done[i]));
     }
+    if (n->pad) CUDART_CHECK(cudaFree(n->pad));
     CUDART_CHECK(cudaStreamDestroy(n->stream));
     NCCL_CHECK(ncclCommDestroy(n->comm));
     free(n);
@@ -93,36 +96,67 @@ int nccl_allreduce_sum(NcclComm *n, float *buf, size_t count) {
     return finish(n, ev);
 }
 
+static size_t largest(const size_t *counts, int size) {
+    size_t m = 0;
+    for (int k = 0; k < size; k++) m = counts[k] > m ? counts[k] : m;
+    return m;
+}
+
+// The padding scratch of at least n floats. Every user runs on n->stream, in
+// order, so one buffer serves every collective in flight; growing it waits
+// for those first (rare: the largest bucket is reached in the first step).
+static float *pad_scratch(NcclComm *n, size_t floats) {
+    if (floats <= n->pad_cap) return n->pad;
+    CUDART_CHECK(cudaStreamSynchronize(n->stream));
+    if (n->pad) CUDART_CHECK(cudaFree(n->pad));
+    size_t bytes;
+    if (__builtin_mul_overflow(floats, sizeof(float), &bytes)) FATAL(NULL, "NCCL padding of %zu floats overflows", floats);
+    CUDART_CHECK(cudaMalloc((void **)&n->pad, bytes));
+    n->pad_cap = floats;
+    return n->pad;
+}
+
+static void d2d(NcclComm *n, float *dst, const float *src, size_t count) {
+    if (count) CUDART_CHECK(cudaMemcpyAsync(dst, src, count * sizeof(float), cudaMemcpyDeviceToDevice, n->stream));
+}
+
+// Uneven parts (ZeRO's shards cut by bucket boundaries) are padded to the
+// largest in a device scratch so that the bucket is still ONE ncclReduceScatter
+// or ncclAllGather (not p grouped reduces or broadcasts): device-to-device
+// copies on the communication stream in and out, padding never leaving comm
+// (the shard layout, checkpoints and parameter counts do not see it).
 int nccl_reduce_scatter_sum(NcclComm *n, const float *send, float *recv, const size_t *counts) {
     int ev = start(n);
     if (all_equal(counts, n->size)) {
         NCCL_CHECK(ncclReduceScatter(send, recv, counts[0], ncclFloat, ncclSum, n->comm, n->stream));
-    } else {
-        NCCL_CHECK(ncclGroupStart());
-        size_t off = 0;
-        for (int k = 0; k < n->size; k++) {
-            if (counts[k])
-                NCCL_CHECK(ncclReduce(send + off, k == n->rank ? recv : NULL, counts[k], ncclFloat, ncclSum, k,
-                                      n->comm, n->stream));
-            off += counts[k];
-        }
-        NCCL_CHECK(ncclGroupEnd());
+        return finish(n, ev);
     }
+    size_t m = largest(counts, n->size), p = (size_t)n->size;
+    float *pad = pad_scratch(n, (p + 1) * m), *out = pad + p * m;
+    size_t off = 0;
+    for (int k = 0; k < n->size; k++) {     // the tails stay as they are: their sums land in tails, unread
+        d2d(n, pad + (size_t)k * m, send + off, counts[k]);
+        off += counts[k];
+    }
+    NCCL_CHECK(ncclReduceScatter(pad, out, m, ncclFloat, ncclSum, n->comm, n->stream));
+    d2d(n, recv, out, counts[n->rank]);
     return finish(n, ev);
 }
 
 int nccl_allgather(NcclComm *n, float *buf, const size_t *counts) {
     int ev = start(n);
-    size_t off = 0;
     if (all_equal(counts, n->size)) {
         NCCL_CHECK(ncclAllGather(buf + (size_t)n->rank * counts[0], buf, counts[0], ncclFloat, n->comm, n->stream));
-    } else {
-        NCCL_CHECK(ncclGroupStart());
-        for (int k = 0; k < n->size; k++) {
-            if (counts[k]) NCCL_CHECK(ncclBroadcast(buf + off, buf + off, counts[k], ncclFloat, k, n->comm, n->stream));
-            off += counts[k];
-        }
-        NCCL_CHECK(ncclGroupEnd());
+        return finish(n, ev);
+    }
+    size_t m = largest(counts, n->size), p = (size_t)n->size, off = 0, mine = 0;
+    float *pad = pad_scratch(n, (p + 1) * m);
+    for (int k = 0; k < n->rank; k++) mine += counts[k];
+    d2d(n, pad + p * m, buf + mine, counts[n->rank]);
+    NCCL_CHECK(ncclAllGather(pad + p * m, pad, m, ncclFloat, n->comm, n->stream));
+    for (int k = 0; k < n->size; k++) {
+        if (k != n->rank) d2d(n, buf + off, pad + (size_t)k * m, counts[k]);
+        off += counts[k];
     }
     return finish(n, ev);
 }

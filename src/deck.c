@@ -65,12 +65,14 @@ static const char *const decay_names[] = {"cosine", "linear", "none", NULL};
 static const char *const precision_names[] = {"auto", "fp32", "bf16", NULL};
 static const char *const recompute_names[] = {"none", "layer", NULL};
 static const char *const devpath_names[] = {"auto", "nccl", "staged", NULL};
+static const char *const progress_names[] = {"poll", "thread", "none", NULL};   // = COMM_PROGRESS_*
 static const char *const tokenizer_names[] = {"byte", "gpt2", NULL};
 static const char *const gen_mode_names[] = {"splitfuse", "static", NULL};
 static const char *const gen_wdtype_names[] = {"fp32", "bf16", "int8", NULL};
 static const char *const gen_from_names[] = {"memory", "host", "nvme", NULL};
 static const char *const on_nan_names[] = {"stop", "skip", NULL};
 static const char *const offload_tier_names[] = {"none", "host", "nvme", NULL};
+static const char *const moe_gate_names[] = {"none", "jitter", NULL};
 
 #define OFF(f) offsetof(Config, f)
 #define GE(lo) (lo), 0, R_MIN
@@ -97,6 +99,8 @@ static const KeyDef keys[] = {
      "wall-time limit of the job (3600, 90m, 2h, H:MM:SS); it stops with a checkpoint before it, exit 75; 0 = none"},
     {"run", "time_margin", T_FLOAT, OFF(run.time_margin), "60", IN(0, 86400), NULL,
      "seconds kept free before the time limit (or Slurm's end time) for the exit"},
+    {"run", "overwrite", T_BOOL, OFF(run.overwrite), "false", ANY, NULL,
+     "train: replace run.h5/init.h5/final.h5 of an earlier run in out_dir that has no checkpoint to resume"},
 
     {"model", "vocab", T_INT, OFF(model.vocab), "257", IN(2, DECK_MAX_VOCAB), NULL,
      "vocabulary size V"},
@@ -113,9 +117,14 @@ static const KeyDef keys[] = {
      "MLP hidden width = mlp_ratio * d_model"},
     {"model", "init_std", T_FLOAT, OFF(model.init_std), "0.02", 0, 10, (R_MIN | R_MIN_OPEN | R_MAX), NULL,
      "std of the normal weight init"},
+    {"model", "dropout", T_FLOAT, OFF(model.dropout), "0", 0, 1, (R_MIN | R_MAX | R_MAX_OPEN), NULL,
+     "training dropout probability at GPT-2's sites (embeddings, attention probabilities, "
+     "both residual branches); evaluation and generation never drop"},
 
     {"data", "train", T_STR, OFF(data.train), "", ANY, NULL,
-     "training token file (HDF5, from `partita prep`)"},
+     "training token file (HDF5, from `partita prep`), or a comma-separated list of them to mix (see weights)"},
+    {"data", "weights", T_STR, OFF(data.weights), "", ANY, NULL,
+     "data mixing: one weight per file of train (a list), e.g. 0.7, 0.3; \"\" = one file, or equal weights"},
     {"data", "val", T_STR, OFF(data.val), "", ANY, NULL,
      "validation token file; \"\" = hold out val_fraction of train"},
     {"data", "val_fraction", T_FLOAT, OFF(data.val_fraction), "0.05", IN(0, 0.5), NULL,
@@ -197,6 +206,8 @@ static const KeyDef keys[] = {
      "checkpoints kept (the newest); 0 = all"},
     {"checkpoint", "resume", T_STR, OFF(checkpoint.resume), "auto", ANY, NULL,
      "auto (the latest whole checkpoint in dir, if any), none, or a checkpoint file"},
+    {"checkpoint", "async", T_BOOL, OFF(checkpoint.async), "false", ANY, NULL,
+     "copy the states to a host buffer at the step and write them while training goes on (the next checkpoint waits)"},
     {"checkpoint", "test_pause_step", T_INT, OFF(checkpoint.test_pause_step), "0", IN(0, DECK_MAX_STEPS), NULL,
      "test only: pause half-way through writing this step's checkpoint"},
     {"checkpoint", "test_pause_s", T_FLOAT, OFF(checkpoint.test_pause_s), "0", IN(0, 3600), NULL,
@@ -241,6 +252,8 @@ static const KeyDef keys[] = {
      "nvme: reads of 1 MiB in flight at most; 0 = enough for the whole window (at most 4096)"},
     {"generate", "stream_share", T_BOOL, OFF(generate.stream_share), "true", ANY, NULL,
      "streaming at tp > 1: segments every rank needs whole (the resident one; layers of a whole-layer file) are read 1/N by each rank and all-gathered"},
+    {"generate", "moe_drop", T_BOOL, OFF(generate.moe_drop), "false", ANY, NULL,
+     "MoE: drop tokens over the eval capacity as training does (false: inference never drops)"},
 
     {"comm", "debug", T_BOOL, OFF(comm.debug), "false", ANY, NULL,
      "ranks compare (step, op, tensor, size) before every collective and name a diverging rank"},
@@ -254,6 +267,10 @@ static const KeyDef keys[] = {
      "test only: instead of skipping it, the faulty rank stalls this long first (a stuck rank)"},
     {"comm", "device_path", T_ENUM, OFF(comm.device_path), "auto", ANY, devpath_names,
      "cuda: nccl, or staged (device -> host -> MPI -> device, lets ranks share a GPU); auto = nccl unless ranks share a GPU"},
+    {"comm", "progress", T_ENUM, OFF(comm.progress), "thread", ANY, progress_names,
+     "how collectives advance while kernels run: poll (tests between layers), thread (a progress thread too), none"},
+    {"comm", "progress_us", T_FLOAT, OFF(comm.progress_us), "50", IN(0, 100000), NULL,
+     "progress = thread: microseconds the thread sleeps between probes (0 = yield only; it spins on the core)"},
 
     {"offload", "optimizer", T_ENUM, OFF(offload.optimizer), "none", ANY, offload_tier_names,
      "where the AdamW moments live: none (with the parameters), host memory, or nvme (files in nvme_dir)"},
@@ -275,12 +292,34 @@ static const KeyDef keys[] = {
      "cuda, optimizer = host|nvme: Deep Optimizer States places each subgroup's update on GPU or CPU; false = all on CPU"},
     {"offload", "dos_stride", T_INT, OFF(offload.dos_stride), "-1", IN(-1, 1048576), NULL,
      "Deep Optimizer States: -1 = the performance model chooses; 0 = all on the CPU; k = every k-th subgroup on the GPU"},
+
+    {"moe", "experts", T_INT, OFF(moe.experts), "0", IN(0, DECK_MAX_EXPERTS), NULL,
+     "experts per MoE layer; 0 = a dense model"},
+    {"moe", "every", T_INT, OFF(moe.every), "2", IN(1, 1024), NULL,
+     "an MoE layer replaces the MLP of every k-th layer (layers k-1, 2k-1, ...)"},
+    {"moe", "top_k", T_INT, OFF(moe.top_k), "1", IN(1, 2), NULL, "experts each token is routed to"},
+    {"moe", "capacity_factor", T_FLOAT, OFF(moe.capacity_factor), "1.0", 0, 1024,
+     (R_MIN | R_MIN_OPEN | R_MAX), NULL, "training capacity: ceil(top_k*cf*seq_len/E) tokens per expert and row"},
+    {"moe", "eval_capacity_factor", T_FLOAT, OFF(moe.eval_capacity_factor), "2.0", 0, 1024,
+     (R_MIN | R_MIN_OPEN | R_MAX), NULL, "capacity factor of eval and generate"},
+    {"moe", "min_capacity", T_INT, OFF(moe.min_capacity), "4", IN(0, DECK_MAX_SEQ), NULL,
+     "the least capacity per expert and row"},
+    {"moe", "drop_tokens", T_BOOL, OFF(moe.drop_tokens), "true", ANY, NULL,
+     "drop tokens over capacity (they pass by the residual); false: capacity = seq_len"},
+    {"moe", "aux_loss", T_FLOAT, OFF(moe.aux_loss), "0.01", IN(0, 1000), NULL,
+     "weight of the load-balancing loss E*sum_e(f_e*P_e)"},
+    {"moe", "noisy_gate", T_ENUM, OFF(moe.noisy_gate), "none", ANY, moe_gate_names,
+     "none, or jitter (multiply the gate input by U(0.99, 1.01) in training)"},
+    {"moe", "residual", T_BOOL, OFF(moe.residual), "false", ANY, NULL,
+     "PR-MoE: a dense MLP plus a top-1 expert, mixed by a learned per-token coefficient"},
+    {"moe", "pyramid", T_STR, OFF(moe.pyramid), "", ANY, NULL,
+     "experts per MoE layer, e.g. 4,4,8 (one entry per MoE layer; overrides experts); \"\" = experts everywhere"},
 };
 
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 _Static_assert(sizeof keys / sizeof keys[0] <= DECK_MAX_KEYS, "raise DECK_MAX_KEYS");
 
-static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel", "zero", "checkpoint", "generate", "comm", "offload"};
+static const char *const sections[] = {"run", "model", "data", "train", "optimizer", "parallel", "zero", "checkpoint", "generate", "comm", "offload", "moe"};
 #define NSECTIONS ((int)(sizeof sections / sizeof sections[0]))
 
 // ---------------------------------------------------------------------------------------------
@@ -1208,6 +1247,162 @@ static int check_sizes(Ctx *x) {
     return 0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Mixture of Experts
+
+// Reads entry i (0-based) of a pyramid list "4, 4,8": 1 with *v set, 0 past the end, -1 when the
+// entry is not an integer in [1, DECK_MAX_EXPERTS] (bad = its text, cut to bn bytes).
+static int pyramid_entry(const char *s, int64_t i, int64_t *v, char *bad, size_t bn) {
+    const char *p = s;
+    for (int64_t k = 0; k < i; k++) {
+        p = strchr(p, ',');
+        if (!p) return 0;
+        p++;
+    }
+    while (*p == ' ' || *p == '\t') p++;
+    size_t n = strcspn(p, ",");
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
+    snprintf(bad, bn, "%.*s", (int)(n < bn ? n : bn - 1), p);
+    int64_t val = 0;
+    int ok = n > 0 && n <= 5;
+    for (size_t j = 0; ok && j < n; j++) {
+        if (!isdigit((unsigned char)p[j])) ok = 0;
+        else val = val * 10 + (p[j] - '0');
+    }
+    if (!ok || val < 1 || val > DECK_MAX_EXPERTS) return -1;
+    *v = val;
+    return 1;
+}
+
+// Entries of a pyramid list (a trailing empty entry counts, so "4,4," is refused as bad).
+static int64_t pyramid_count(const char *s) {
+    int64_t n = 1;
+    for (const char *p = s; *p; p++) n += *p == ',';
+    return n;
+}
+
+int deck_moe_layer(const Config *c, int64_t l) {
+    return c->moe.experts > 0 && l >= 0 && l < c->model.layers && l % c->moe.every == c->moe.every - 1;
+}
+
+int64_t deck_moe_layers(const Config *c) {
+    return c->moe.experts > 0 ? c->model.layers / c->moe.every : 0;
+}
+
+int64_t deck_moe_experts(const Config *c, int64_t l) {
+    if (!deck_moe_layer(c, l)) return 0;
+    if (!c->moe.pyramid[0]) return c->moe.experts;
+    int64_t v = 0;
+    char bad[8];
+    return pyramid_entry(c->moe.pyramid, l / c->moe.every, &v, bad, sizeof bad) == 1 ? v : 0;
+}
+
+// The [moe] section against the model and the layout: the pyramid list, top_k with residual
+// and with the experts of each layer, and [parallel] ep (divides every MoE layer's experts
+// and the data-parallel ranks world / sp).
+static int check_moe(Ctx *x, int64_t world) {
+    Deck *d = x->d;
+    Config *c = &d->cfg;
+    MoeConfig *m = &c->moe;
+    char where[DECK_STR + 64], hint[512], o1[32], o2[32], o3[32], bad[64];
+    const int kE = key_index("moe.experts"), kev = key_index("moe.every"), kk = key_index("moe.top_k"),
+              kpy = key_index("moe.pyramid"), kres = key_index("moe.residual"), kL = key_index("model.layers"),
+              kep = key_index("parallel.ep"), ksp = key_index("parallel.sp");
+    const int64_t L = c->model.layers, every = m->every, nmoe = L / every, ep = c->parallel.ep;
+    if (m->pyramid[0]) {
+        int64_t n = pyramid_count(m->pyramid), vmax = 0;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t v = 0;
+            if (pyramid_entry(m->pyramid, i, &v, bad, sizeof bad) != 1) {
+                int ks[] = {kpy};
+                snprintf(hint, sizeof hint, "write the experts of each MoE layer as integers in [1, %d] "
+                         "separated by commas, e.g. pyramid = 4,4,8", DECK_MAX_EXPERTS);
+                return fail(x, blame(x, ks, 1, where, sizeof where), hint,
+                            "[moe] pyramid = \"%s\": entry %" PRId64 " '%s' is not an expert count in [1, %d]",
+                            m->pyramid, i + 1, bad, DECK_MAX_EXPERTS);
+            }
+            if (v > vmax) vmax = v;
+        }
+        if (n != nmoe) {
+            int ks[] = {kpy, kL, kev};
+            snprintf(hint, sizeof hint, "give one entry per MoE layer (%" PRId64 " of them: layers %" PRId64
+                     ", %" PRId64 ", ... are MoE layers), or change [model] layers or [moe] every", nmoe,
+                     every - 1, 2 * every - 1);
+            return fail(x, blame(x, ks, 3, where, sizeof where), hint,
+                        "[moe] pyramid = \"%s\" has %" PRId64 " entr%s but the model has %" PRId64 " MoE layer%s "
+                        "([model] layers = %" PRId64 " (%s), [moe] every = %" PRId64 " (%s))", m->pyramid, n,
+                        n == 1 ? "y" : "ies", nmoe, nmoe == 1 ? "" : "s", L, origin(x, kL, o1, sizeof o1), every,
+                        origin(x, kev, o2, sizeof o2));
+        }
+        if (m->experts == 0) {
+            m->experts = vmax;
+            d->from[kE] = DECK_FROM_DERIVED;
+        }
+    }
+    if (m->experts > 0 && nmoe == 0) {
+        int ks[] = {kev, kL, kE};
+        snprintf(hint, sizeof hint, "set [moe] every to at most %" PRId64 " (2 = every other layer), or "
+                 "experts = 0 for a dense model", L);
+        return fail(x, blame(x, ks, 3, where, sizeof where), hint,
+                    "[moe] every = %" PRId64 " (%s) is larger than [model] layers = %" PRId64 " (%s): no layer "
+                    "would be an MoE layer", every, origin(x, kev, o1, sizeof o1), L, origin(x, kL, o2, sizeof o2));
+    }
+    if (m->residual && m->top_k != 1) {
+        int ks[] = {kk, kres};
+        return fail(x, blame(x, ks, 2, where, sizeof where), "PR-MoE routes each token to one expert: "
+                    "set top_k = 1, or residual = false",
+                    "[moe] residual = true (%s) needs top_k = 1, but top_k = %" PRId64 " (%s)",
+                    origin(x, kres, o1, sizeof o1), m->top_k, origin(x, kk, o2, sizeof o2));
+    }
+    for (int64_t l = 0; l < L; l++) {
+        int64_t E = deck_moe_experts(c, l);
+        if (!deck_moe_layer(c, l)) continue;
+        if (E < m->top_k) {
+            int ks[] = {m->pyramid[0] ? kpy : kE, kk};
+            return fail(x, blame(x, ks, 2, where, sizeof where), "give every MoE layer at least top_k experts",
+                        "MoE layer %" PRId64 " has %" PRId64 " expert%s, fewer than [moe] top_k = %" PRId64 " (%s)",
+                        l, E, E == 1 ? "" : "s", m->top_k, origin(x, kk, o1, sizeof o1));
+        }
+        if (E % ep != 0) {
+            int ks[] = {kep, m->pyramid[0] ? kpy : kE};
+            snprintf(hint, sizeof hint, "each of the ep ranks holds E/ep experts of every MoE layer: choose an ep "
+                     "that divides %s", m->pyramid[0] ? "every [moe] pyramid entry" : "[moe] experts");
+            return fail(x, blame(x, ks, 2, where, sizeof where), hint,
+                        "[parallel] ep = %" PRId64 " (%s) does not divide the %" PRId64 " experts of MoE layer %"
+                        PRId64 " (%s): %" PRId64 " %% %" PRId64 " = %" PRId64, ep, origin(x, kep, o1, sizeof o1),
+                        E, l, m->pyramid[0] ? "[moe] pyramid" : "[moe] experts", E, ep, E % ep);
+        }
+    }
+    if (ep > 1 && m->experts == 0) {
+        int ks[] = {kep, kE};
+        return fail(x, blame(x, ks, 2, where, sizeof where), "set [moe] experts (or pyramid), or ep = 1",
+                    "[parallel] ep = %" PRId64 " (%s) but the model has no experts ([moe] experts = 0)", ep,
+                    origin(x, kep, o1, sizeof o1));
+    }
+    int64_t dpr = world / c->parallel.sp;
+    if (dpr % ep != 0) {
+        int ks[] = {kep, ksp};
+        snprintf(hint, sizeof hint, "expert-parallel groups are ep consecutive data-parallel ranks: run with a "
+                 "multiple of %" PRId64 " ranks, or choose an ep dividing %" PRId64, ep * c->parallel.sp, dpr);
+        return fail(x, blame(x, ks, 2, where, sizeof where), hint,
+                    "[parallel] ep = %" PRId64 " (%s) does not divide the data-parallel ranks world/sp = %" PRId64
+                    "/%" PRId64 " = %" PRId64 " (sp: %s)", ep, origin(x, kep, o1, sizeof o1), world,
+                    c->parallel.sp, dpr, origin(x, ksp, o2, sizeof o2));
+    }
+    if (m->experts > 0) {
+        // Expert weights of the largest layer, over every MoE layer: (2 mlp_ratio C^2) each.
+        Term t[] = {{"MoE layers", nmoe, kev}, {"experts", m->experts, m->pyramid[0] ? kpy : kE},
+                    {"2*mlp_ratio", 2 * c->model.mlp_ratio, key_index("model.mlp_ratio")},
+                    {"d_model", c->model.d_model, key_index("model.d_model")},
+                    {"d_model", c->model.d_model, key_index("model.d_model")}};
+        if (limit_product(x, "[moe] expert weights moe_layers*experts*2*mlp_ratio*d_model^2", t, 5,
+                          DECK_MAX_PARAMS, "parameters", "17.6 trillion",
+                          "lower [moe] experts, or raise [moe] every")) return -1;
+    }
+    (void)o3;
+    return 0;
+}
+
 static int derive(Ctx *x, int world_size) {
     Deck *d = x->d;
     Config *c = &d->cfg;
@@ -1468,6 +1663,7 @@ static int derive(Ctx *x, int world_size) {
                     " (%s)", c->optim.warmup, origin(x, kw, o1, sizeof o1), c->train.steps,
                     origin(x, ksteps, o2, sizeof o2));
     }
+    if (check_moe(x, world)) return -1;
     // A derived value must still be in its key's range (the specific checks above explain
     // the usual cases with their arithmetic).
     for (int k = 0; k < NKEYS; k++) {
@@ -1569,4 +1765,25 @@ const char *deck_where(const Deck *d, const char *key, char *buf, size_t n) {
     else if (d->from[k] == DECK_FROM_DERIVED) snprintf(buf, n, "derived");
     else snprintf(buf, n, "default");
     return buf;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key reference (`partita check --keys`, `partita train --help`): everyday path, issue 18
+
+int deck_print_keys(FILE *out, const char *section) {
+    int shown_keys = 0;
+    for (int s = 0; s < NSECTIONS; s++) {
+        if (section && section[0] && strcmp(section, sections[s]) != 0) continue;
+        fprintf(out, "%s[%s]\n", shown_keys ? "\n" : "", sections[s]);
+        for (int k = 0; k < NKEYS; k++) {
+            const KeyDef *kd = &keys[k];
+            if (strcmp(kd->section, sections[s]) != 0) continue;
+            char what[256];
+            describe(k, what, sizeof what);
+            fprintf(out, "  %-16s = %-12s  %s\n  %-16s   %-12s  (%s)\n", kd->key, kd->type == T_STR && !kd->def[0] ? "\"\"" : kd->def,
+                    kd->help, "", "", what);
+            shown_keys++;
+        }
+    }
+    return shown_keys;
 }

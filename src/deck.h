@@ -8,6 +8,7 @@
 #define PARTITA_DECK_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #define DECK_STR 512        // bytes of a string value, with its NUL
@@ -25,6 +26,7 @@
 #define DECK_MAX_ELEMS (INT64_C(1) << 40)  // floats in one tensor or activation buffer (4 TiB)
 #define DECK_MAX_PARAMS (INT64_C(1) << 44) // parameters of a model
 #define DECK_MAX_TOKENS (INT64_C(1) << 53) // tokens of a run (counted in a double)
+#define DECK_MAX_EXPERTS 4096              // moe.experts and each moe.pyramid entry
 
 enum { BACKEND_AUTO = 0, BACKEND_CPU, BACKEND_CUDA };
 enum { ORDER_SEQUENTIAL = 0, ORDER_SHUFFLED };
@@ -34,6 +36,7 @@ enum { DEVPATH_AUTO = 0, DEVPATH_NCCL, DEVPATH_STAGED };
 enum { TOKENIZER_BYTE = 0, TOKENIZER_GPT2 };
 enum { ON_NAN_STOP = 0, ON_NAN_SKIP };
 enum { RECOMPUTE_NONE = 0, RECOMPUTE_LAYER };   // [train] recompute (sequence parallelism issue 11)
+enum { MOE_GATE_NONE = 0, MOE_GATE_JITTER };    // [moe] noisy_gate
 
 typedef struct RunConfig {
     char name[DECK_STR];      // run name; outputs go to out_dir
@@ -45,6 +48,7 @@ typedef struct RunConfig {
     char stop_signals[DECK_STR]; // signals that stop the run with a checkpoint (stop.h parses them)
     char time_limit[DECK_STR];   // wall-time limit: seconds, 90m, 2h, H:MM:SS; "0" = none (stop.h)
     double time_margin;       // seconds kept free before the limit
+    int overwrite;            // train may replace an earlier run's outputs that have no checkpoint
 } RunConfig;
 
 typedef struct ModelConfig {
@@ -56,10 +60,12 @@ typedef struct ModelConfig {
     int64_t seq_len;          // maximum T (wpe rows)
     int64_t mlp_ratio;        // hidden = mlp_ratio * C
     double init_std;          // normal init std (0.02)
+    double dropout;           // training dropout probability; 0 = off (kernels/*/dropout*)
 } ModelConfig;
 
 typedef struct DataConfig {
     char train[DECK_STR];     // token file (HDF5, from `partita prep`)
+    char weights[DECK_STR];   // data mixing: a weight per file of train ("a.h5, b.h5"); "" = equal
     char val[DECK_STR];       // optional; "" = hold out val_fraction of train
     double val_fraction;      // tail of train held out when val is ""
     int order;                // ORDER_*
@@ -110,6 +116,7 @@ typedef struct CheckpointConfig {
     int64_t interval;         // 0 = no checkpoints
     int64_t keep;             // newest kept; 0 = all
     char resume[DECK_STR];    // auto | none | PATH
+    int async;                // write in the background from a host copy (ckpt.h)
     int64_t test_pause_step;  // test only
     double test_pause_s;      // test only
     int64_t fault_stall_rank; // test only: -1 = none
@@ -141,6 +148,7 @@ typedef struct GenerateConfig {
     int64_t window;           // layers held at once when streaming (>= 2)
     int64_t io_depth;         // nvme: 1 MiB reads in flight; 0 = the window's
     int stream_share;         // segments several ranks need whole: 1/N each + all-gather
+    int moe_drop;             // MoE: drop tokens over the eval capacity (false: never drop)
 } GenerateConfig;
 
 typedef struct CommConfig {
@@ -150,6 +158,8 @@ typedef struct CommConfig {
     int64_t fault_skip_step;  // test only: 1-based step
     double fault_hang_s;      // test only: stall instead of skipping
     int device_path;          // DEVPATH_*: how collectives move device buffers (cuda)
+    int progress;             // COMM_PROGRESS_* (comm.h): poll | thread | none
+    double progress_us;       // progress = thread: pause between the thread's probes
 } CommConfig;
 
 enum { OFFLOAD_NONE = 0, OFFLOAD_HOST, OFFLOAD_NVME };   // [offload] optimizer / params
@@ -167,6 +177,23 @@ typedef struct OffloadConfig {   // [offload]: ZeRO-Infinity tiers and Deep Opti
     int64_t dos_stride;       // -1: the performance model chooses; 0: all on the CPU; k: every k-th on the GPU
 } OffloadConfig;
 
+// [moe] Mixture of Experts (issue 13; the decisions are in docs/architecture.md, "Mixture of
+// Experts"). Layer l (0-based) is an MoE layer when l % every == every - 1 and experts > 0;
+// deck_moe_experts() gives each layer's expert count (the pyramid's entry, else experts).
+typedef struct MoeConfig {
+    int64_t experts;          // E; 0 = no MoE (derived from pyramid when only that is given)
+    int64_t every;            // an MoE layer replaces the MLP of every k-th layer
+    int64_t top_k;            // 1 or 2
+    double capacity_factor;   // training capacity factor
+    double eval_capacity_factor; // eval and generate
+    int64_t min_capacity;     // lower bound of the capacity per expert and row
+    int drop_tokens;          // false: capacity = the row's tokens, nothing dropped
+    double aux_loss;          // weight of the load-balancing loss
+    int noisy_gate;           // MOE_GATE_*
+    int residual;             // PR-MoE: dense MLP + top-1 expert mixed by a learned coefficient
+    char pyramid[DECK_STR];   // "" or experts per MoE layer, e.g. "4,4,8"; overrides experts
+} MoeConfig;
+
 typedef struct Config {
     RunConfig run;
     ModelConfig model;
@@ -179,6 +206,7 @@ typedef struct Config {
     GenerateConfig generate;
     CommConfig comm;
     OffloadConfig offload;
+    MoeConfig moe;
 } Config;
 
 #define DECK_MAX_KEYS 128
@@ -210,5 +238,17 @@ size_t deck_format(const Deck *d, char *buf, size_t n);
 // "FILE:LINE", "--set", "default" or "derived" for key "section.key";
 // used to point at the deck in errors found after loading.
 const char *deck_where(const Deck *d, const char *key, char *buf, size_t n);
+
+// Prints every key of section (NULL or "": all sections) with its default, help
+// and accepted values: the reference `partita check --keys` shows. Returns the
+// keys printed (0: no such section).
+int deck_print_keys(FILE *out, const char *section);
+
+// MoE layout of a validated config. deck_moe_layer: whether layer l (0-based) is an MoE
+// layer; deck_moe_experts: its expert count (0 for a dense layer); deck_moe_layers: how
+// many of the model's layers are MoE layers (0 without MoE).
+int deck_moe_layer(const Config *c, int64_t l);
+int64_t deck_moe_experts(const Config *c, int64_t l);
+int64_t deck_moe_layers(const Config *c);
 
 #endif

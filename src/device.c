@@ -83,6 +83,14 @@ const Backend *device_start(DeviceInfo *info, int local_rank, size_t arena_bytes
 #endif
 }
 
+size_t device_arena_used(void) {
+#ifdef PARTITA_CUDA
+    return cuda_arena_used();
+#else
+    return 0;
+#endif
+}
+
 void device_stop(const DeviceInfo *info) {
 #ifdef PARTITA_CUDA
     if (info->backend == BACKEND_CUDA) cuda_shutdown();

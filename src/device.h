@@ -31,6 +31,8 @@ int device_select(const Deck *d, int cuda_ok, DeviceInfo *info, char *err, size_
 // Returns the backend's table.
 const Backend *device_start(DeviceInfo *info, int local_rank, size_t arena_bytes);
 void device_stop(const DeviceInfo *info);
+// Bytes of the device arena taken so far (cuda; 0 on cpu).
+size_t device_arena_used(void);
 
 // "cpu" or "cuda: NVIDIA H200 (sm_90, ...), device 0, bf16"
 void device_describe(const DeviceInfo *info, char *buf, size_t n);

@@ -166,6 +166,7 @@ int estimate_run(const Deck *d, int ranks, double mem_per_rank) {
     sp_section(c, &m, base, mem_per_rank > 0 ? mem_per_rank : 4.0 * 1073741824.0);
     estimate_generate(d, ranks);
     offload_estimate(c, &m, p);
+    if (c->moe.experts > 0) estimate_moe_print(c);
     model_free(&m);
     return 0;
 }

@@ -46,11 +46,16 @@ static _Noreturn void fatal_v(const char *file, int line, const char *hint, cons
     if (n >= sizeof msg) memcpy(msg + sizeof msg - 5, "...\n", 5);
     fputs(msg, stderr);
     fflush(stderr);
-    int up = 0;
+    int up = 0, fin = 0, size = 1;
     MPI_Initialized(&up);
+    MPI_Finalized(&fin);
+    if (up && !fin) MPI_Comm_size(MPI_COMM_WORLD, &size);
+    // A job of one process (prep, check, ckpt, estimate run alone) has no one
+    // else to stop: leave without MPI_Abort's own lines after the message.
+    if (size == 1) exit(1);
     // mpiexec forwards our stderr through a pipe; an abort right away can kill
     // the job before the message is through (seen: one run in three).
-    if (up) {
+    if (up && !fin) {
         usleep(300000);
         MPI_Abort(MPI_COMM_WORLD, 1);
     }

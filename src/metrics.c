@@ -2,6 +2,10 @@
 #include "metrics.h"
 #include "h5io.h"
 #include "log.h"
+#include "version.h"
+
+#include <hdf5_hl.h>
+#include <unistd.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -9,13 +13,15 @@
 #include <string.h>
 #include <time.h>
 
-static const char *names[M_NCOLS] = {
-    "step", "loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu", "step_time",
-    "tokens", "comm_bytes_all_reduce", "comm_bytes_reduce_scatter", "comm_bytes_all_gather", "comm_wait",
-    "gflops", "skipped", "ranks", "data_rows", "comm_bytes_all_to_all",
-    "offload_read_bytes", "offload_write_bytes", "io_wait", "update_time"};
+#define METRICS_ROW_(id, name, unit, integer, description) [id] = {name, unit, integer, description},
+static const MetricsColumn columns[M_NCOLS] = {METRICS_COLUMNS(METRICS_ROW_)};
+#undef METRICS_ROW_
 
-const char *metrics_name(int col) { return col >= 0 && col < M_NCOLS ? names[col] : "?"; }
+const char *metrics_name(int col) { return col >= 0 && col < M_NCOLS ? columns[col].name : "?"; }
+const MetricsColumn *metrics_column(int col) { return col >= 0 && col < M_NCOLS ? &columns[col] : NULL; }
+
+#define RSS_UNITS "MiB"
+#define RSS_DESCRIPTION "peak resident memory of each rank since its start, (steps, ranks); NaN past the row's `ranks`"
 
 // Without HDF5's file lock, so that readers (h5py, h5dump) can open the file
 // while this process holds it open for writing.
@@ -27,23 +33,78 @@ static hid_t access_plist(void) {
 }
 
 // A (rows) or (rows, width) series of doubles, unlimited in rows (and width), NaN where unwritten.
-static hid_t create_series(hid_t g, const char *name, int width) {
+// int64 series (integer) are filled with -1 where unwritten.
+static hid_t create_series_typed(hid_t g, const char *name, int width, int integer, const char *unit,
+                                 const char *description) {
     hsize_t dims[2] = {0, (hsize_t)width}, maxd[2] = {H5S_UNLIMITED, H5S_UNLIMITED};
     hsize_t chunk[2] = {256, 16};
     int ndim = width > 0 ? 2 : 1;
     double nan = NAN;
+    long long none = -1;
     hid_t sp = H5Screate_simple(ndim, dims, maxd);
     H5_CHECK(sp);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     H5_CHECK(dcpl);
     H5_CHECK(H5Pset_chunk(dcpl, ndim, chunk));
-    H5_CHECK(H5Pset_fill_value(dcpl, H5T_NATIVE_DOUBLE, &nan));
+    if (integer) H5_CHECK(H5Pset_fill_value(dcpl, H5T_NATIVE_LLONG, &none));
+    else H5_CHECK(H5Pset_fill_value(dcpl, H5T_NATIVE_DOUBLE, &nan));
     H5_CHECK(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_INCR));
-    hid_t ds = H5Dcreate2(g, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    hid_t ds = H5Dcreate2(g, name, integer ? H5T_STD_I64LE : H5T_IEEE_F64LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     H5_CHECK(ds);
     H5_CHECK(H5Pclose(dcpl));
     H5_CHECK(H5Sclose(sp));
+    if (unit) h5_attr_str(ds, "units", unit);
+    if (description) h5_attr_str(ds, "description", description);
     return ds;
+}
+
+static hid_t create_series(hid_t g, const char *name, int width) {
+    return create_series_typed(g, name, width, 0, RSS_UNITS, RSS_DESCRIPTION);
+}
+
+static hid_t create_column(hid_t g, int c) {
+    return create_series_typed(g, columns[c].name, 0, columns[c].integer, columns[c].unit, columns[c].description);
+}
+
+// Units and descriptions on a column of a file written before they existed.
+static void describe_column(hid_t ds, const char *unit, const char *description) {
+    if (H5Aexists(ds, "units") <= 0) h5_attr_str(ds, "units", unit);
+    if (H5Aexists(ds, "description") <= 0) h5_attr_str(ds, "description", description);
+}
+
+// `step` is the dimension scale of every column's rows and `rank` (0..width-1)
+// of peak_rss_mb's columns, so netCDF readers see named dimensions.
+static void attach_scales(Metrics *mt) {
+    hid_t step = mt->ds[M_STEP];
+    if (H5DSis_scale(step) <= 0) H5_CHECK(H5DSset_scale(step, "step"));
+    for (int c = 1; c < M_NCOLS; c++)
+        if (H5DSis_attached(mt->ds[c], step, 0) <= 0) H5_CHECK(H5DSattach_scale(mt->ds[c], step, 0));
+    if (H5DSis_attached(mt->ds_rss, step, 0) <= 0) H5_CHECK(H5DSattach_scale(mt->ds_rss, step, 0));
+    hid_t sp = H5Dget_space(mt->ds_rss);
+    H5_CHECK(sp);
+    hsize_t dims[2] = {0, 0};
+    H5_CHECK(H5Sget_simple_extent_dims(sp, dims, NULL));
+    H5_CHECK(H5Sclose(sp));
+    if (mt->ds_rank <= 0) {
+        htri_t there = H5Lexists(mt->file, "metrics/rank", H5P_DEFAULT);
+        H5_CHECK(there);
+        if (there) mt->ds_rank = H5Dopen2(mt->file, "metrics/rank", H5P_DEFAULT);
+        else {
+            hid_t g = H5Gopen2(mt->file, "metrics", H5P_DEFAULT);
+            H5_CHECK(g);
+            mt->ds_rank = create_series_typed(g, "rank", 0, 1, "1", "rank index: the dimension scale of peak_rss_mb's columns");
+            H5_CHECK(H5Gclose(g));
+        }
+        H5_CHECK(mt->ds_rank);
+        if (H5DSis_scale(mt->ds_rank) <= 0) H5_CHECK(H5DSset_scale(mt->ds_rank, "rank"));
+    }
+    long long *idx = xmalloc(sizeof(long long) * (dims[1] ? dims[1] : 1), "run.h5 rank scale");
+    for (hsize_t r = 0; r < dims[1]; r++) idx[r] = (long long)r;
+    hsize_t size[1] = {dims[1]};
+    H5_CHECK(H5Dset_extent(mt->ds_rank, size));
+    if (dims[1]) H5_CHECK(H5Dwrite(mt->ds_rank, H5T_NATIVE_LLONG, H5S_ALL, H5S_ALL, H5P_DEFAULT, idx));
+    free(idx);
+    if (H5DSis_attached(mt->ds_rss, mt->ds_rank, 1) <= 0) H5_CHECK(H5DSattach_scale(mt->ds_rss, mt->ds_rank, 1));
 }
 
 static void buffers(Metrics *mt, int ranks, int buffer_rows) {
@@ -60,7 +121,7 @@ static void create(Metrics *mt, const char *path) {
     H5_CHECK(H5Pclose(fapl));
     if (mt->file < 0) FATAL("check that [run] out_dir is a writable directory", "cannot create '%s'", path);
     hid_t g = h5_group(mt->file, "metrics");
-    for (int c = 0; c < M_NCOLS; c++) mt->ds[c] = create_series(g, names[c], 0);
+    for (int c = 0; c < M_NCOLS; c++) mt->ds[c] = create_column(g, c);
     mt->ds_rss = create_series(g, "peak_rss_mb", mt->ranks);
     h5_attr_str(mt->ds_rss, "layout", "(steps, ranks): columns past the row's `ranks` are NaN");
     H5_CHECK(H5Gclose(g));
@@ -104,6 +165,10 @@ static hid_t widen_rss(hid_t f, hid_t ds, uint64_t rows, int ranks) {
         H5_CHECK(H5Sclose(ms));
         H5_CHECK(H5Sclose(fs));
     }
+    hid_t step = H5Dopen2(f, "metrics/step", H5P_DEFAULT);
+    H5_CHECK(step);
+    if (H5DSis_attached(ds, step, 0) > 0) H5_CHECK(H5DSdetach_scale(ds, step, 0));
+    H5_CHECK(H5Dclose(step));
     H5_CHECK(H5Dclose(ds));
     H5_CHECK(H5Ldelete(f, "metrics/peak_rss_mb", H5P_DEFAULT));
     hid_t g = H5Gopen2(f, "metrics", H5P_DEFAULT);
@@ -145,8 +210,8 @@ static int reopen(Metrics *mt, const char *path, int64_t resume_step) {
     hid_t g = H5Gopen2(f, "metrics", H5P_DEFAULT);
     H5_CHECK(g);
     for (int c = 1; c < M_NCOLS; c++) {
-        if (H5Lexists(g, names[c], H5P_DEFAULT) > 0) mt->ds[c] = H5Dopen2(g, names[c], H5P_DEFAULT);
-        else mt->ds[c] = create_series(g, names[c], 0);
+        if (H5Lexists(g, columns[c].name, H5P_DEFAULT) > 0) mt->ds[c] = H5Dopen2(g, columns[c].name, H5P_DEFAULT);
+        else mt->ds[c] = create_column(g, c);
         H5_CHECK(mt->ds[c]);
     }
     H5_CHECK(H5Gclose(g));
@@ -163,6 +228,8 @@ static int reopen(Metrics *mt, const char *path, int64_t resume_step) {
     hsize_t size[2] = {keep, dims[1] > (hsize_t)mt->ranks ? dims[1] : (hsize_t)mt->ranks};
     H5_CHECK(H5Dset_extent(mt->ds_rss, size));
     mt->rows = keep;
+    for (int c = 0; c < M_NCOLS; c++) describe_column(mt->ds[c], columns[c].unit, columns[c].description);
+    describe_column(mt->ds_rss, RSS_UNITS, RSS_DESCRIPTION);
     return 0;
 }
 
@@ -170,7 +237,10 @@ int metrics_open(Metrics *mt, const char *path, int ranks, int64_t resume_step, 
     memset(mt, 0, sizeof *mt);
     buffers(mt, ranks, buffer_rows);
     if (resume_step > 0) {
-        if (reopen(mt, path, resume_step) == 0) return 1;
+        if (reopen(mt, path, resume_step) == 0) {
+            attach_scales(mt);
+            return 1;
+        }
         FILE *probe = fopen(path, "rb");
         if (probe) {
             fclose(probe);
@@ -180,6 +250,7 @@ int metrics_open(Metrics *mt, const char *path, int ranks, int64_t resume_step, 
         }
     }
     create(mt, path);
+    attach_scales(mt);
     return 0;
 }
 
@@ -221,6 +292,42 @@ void metrics_describe(Metrics *mt, const char *deck_text, const char *machine, d
              threads, (long long)start_step);
     h5_attr_str(f, "jobs", jobs);
     free(jobs);
+}
+
+void metrics_hosts(MPI_Comm comm, char *buf, size_t n) {
+    enum { HOST = 256 };
+    int rank, size;
+    MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    MPI_CHECK(MPI_Comm_size(comm, &size));
+    char mine[HOST] = "?";
+    if (gethostname(mine, HOST - 1) != 0) snprintf(mine, HOST, "?");
+    mine[HOST - 1] = 0;
+    char *all = xmalloc((size_t)HOST * (size_t)size, "host names");
+    MPI_CHECK(MPI_Allgather(mine, HOST, MPI_CHAR, all, HOST, MPI_CHAR, comm));
+    size_t len = 0;
+    if (n) buf[0] = 0;
+    for (int r = 0; r < size; r++) {
+        const char *h = all + (size_t)r * HOST;
+        int seen = 0;
+        for (int q = 0; q < r && !seen; q++) seen = strcmp(h, all + (size_t)q * HOST) == 0;
+        if (seen || len + strlen(h) + 2 >= n) continue;
+        len += (size_t)snprintf(buf + len, n - len, "%s%s", len ? "," : "", h);
+    }
+    free(all);
+}
+
+void metrics_describe_job(Metrics *mt, const char *hosts) {
+    hid_t f = mt->file;
+    char stamp[64];
+    time_t now = time(NULL);
+    struct tm tmv;
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tmv));
+    h5_attr_str(f, "start_time", stamp);
+    h5_attr_str(f, "partita_version", partita_version());
+    h5_attr_str(f, "hosts", hosts);
+    const char *job = getenv("SLURM_JOB_ID");
+    if (job && job[0]) h5_attr_str(f, "slurm_job_id", job);
+    else if (H5Aexists(f, "slurm_job_id") > 0) H5_CHECK(H5Adelete(f, "slurm_job_id"));
 }
 
 // Writes `n` rows of `width` doubles (src, row-major) at row `at`, columns [0, width).
@@ -266,11 +373,47 @@ void metrics_flush(Metrics *mt) {
     H5_CHECK(H5Fflush(mt->file, H5F_SCOPE_GLOBAL));
 }
 
+hid_t metrics_series(Metrics *mt, const char *path, int width) {
+    hid_t ds = -1;
+    H5E_BEGIN_TRY {
+        if (H5Lexists(mt->file, path, H5P_DEFAULT) > 0) ds = H5Dopen2(mt->file, path, H5P_DEFAULT);
+    } H5E_END_TRY;
+    hsize_t dims[2] = {0, 0};
+    if (ds >= 0) {
+        hid_t sp = H5Dget_space(ds);
+        H5_CHECK(sp);
+        if (H5Sget_simple_extent_ndims(sp) == 2) H5_CHECK(H5Sget_simple_extent_dims(sp, dims, NULL));
+        H5_CHECK(H5Sclose(sp));
+        if (dims[1] == (hsize_t)width) {
+            hsize_t size[2] = {mt->rows, (hsize_t)width};
+            H5_CHECK(H5Dset_extent(ds, size));
+            return ds;
+        }
+        H5_CHECK(H5Dclose(ds));     // another width: another model wrote it; start afresh
+        H5_CHECK(H5Ldelete(mt->file, path, H5P_DEFAULT));
+    }
+    const char *slash = strrchr(path, '/');
+    char dir[256];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 0, path);
+    hid_t g = dir[0] ? h5_group(mt->file, dir) : H5Gopen2(mt->file, "/", H5P_DEFAULT);
+    H5_CHECK(g);
+    ds = create_series(g, slash ? slash + 1 : path, width);
+    H5_CHECK(H5Gclose(g));
+    hsize_t size[2] = {mt->rows, (hsize_t)width};     // rows of earlier jobs without it: NaN
+    H5_CHECK(H5Dset_extent(ds, size));
+    return ds;
+}
+
+void metrics_series_write(hid_t ds, uint64_t at, uint64_t n, int width, const double *rows) {
+    if (n) write_rows(ds, at, n, width, rows);
+}
+
 void metrics_close(Metrics *mt) {
     if (mt->file <= 0) return;
     metrics_flush(mt);
     for (int c = 0; c < M_NCOLS; c++) H5_CHECK(H5Dclose(mt->ds[c]));
     H5_CHECK(H5Dclose(mt->ds_rss));
+    if (mt->ds_rank > 0) H5_CHECK(H5Dclose(mt->ds_rank));
     h5_close(mt->file);
     mt->file = 0;
     free(mt->buf);

@@ -14,29 +14,63 @@
 // HDF5's SWMR mode was tried and not used: its files cannot be opened by
 // h5dump, nor by h5py without swmr=True. Root attributes hold the resolved
 // deck, the machine, how the MFU peak was measured and a line per job.
+//
+// For tools: every column has `units` and `description` attributes; `step`
+// is an HDF5 dimension scale (and `rank`, 0..width-1, for peak_rss_mb's
+// second dimension) attached to every column, so netCDF readers (xarray with
+// h5netcdf) see named dimensions (step, rank) rather than phony ones.
 #ifndef PARTITA_METRICS_H
 #define PARTITA_METRICS_H
 
 #include <hdf5.h>
+#include <mpi.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "peak.h"
 
-// Job-wide columns, in this order in MetricsRow.v.
-// comm_bytes_<op>: bytes this rank sent in the step, per collective (comm.h);
-// comm_wait: seconds blocked in collectives (communication not hidden by compute);
-// gflops: achieved model GFLOP/s of the job; skipped: 1 where a non-finite
-// loss or gradient norm skipped the update (train.on_nan = skip); ranks: the
-// job's ranks (the meaningful columns of peak_rss_mb); data_rows: global
-// token rows consumed after the step (the data cursor).
-// offload_read_bytes / offload_write_bytes: bytes rank 0 moved between memory
-// and its offload file in the step; io_wait: seconds rank 0's step waited on
-// that I/O; update_time: seconds of rank 0's optimizer update (the offloaded
-// pipeline's whole update, or the in-memory AdamW).
-enum { M_STEP, M_LOSS, M_VAL_LOSS, M_LR, M_GRAD_NORM, M_TOKENS_PER_S, M_MFU, M_STEP_TIME,
-       M_TOKENS, M_COMM_ALL_REDUCE, M_COMM_REDUCE_SCATTER, M_COMM_ALL_GATHER, M_COMM_WAIT,
-       M_GFLOPS, M_SKIPPED, M_RANKS, M_DATA_ROWS, M_COMM_ALL_TO_ALL,
-       M_OFFLOAD_READ_BYTES, M_OFFLOAD_WRITE_BYTES, M_IO_WAIT, M_UPDATE_TIME, M_NCOLS };
+// Job-wide columns, in this order in MetricsRow.v. One line per column: its
+// enum id, dataset name, unit (UDUNITS spelling; "1" = dimensionless), whether
+// it is stored as int64 (else float64) and a description; run.h5 carries unit
+// and description as the attributes `units` and `description` of each dataset.
+// To add a column, append one line (helpers of other features do).
+#define METRICS_COLUMNS(X) \
+    X(M_STEP, "step", "1", 1, "optimizer step, 1-based: the step this row describes (the dimension scale of every column)") \
+    X(M_LOSS, "loss", "nat", 0, "mean training cross-entropy of the step over every token of the job, nats per token") \
+    X(M_VAL_LOSS, "val_loss", "nat", 0, "mean validation cross-entropy, nats per token; NaN where not evaluated") \
+    X(M_LR, "lr", "1", 0, "learning rate applied at the step") \
+    X(M_GRAD_NORM, "grad_norm", "1", 0, "global L2 norm of the gradient before clipping") \
+    X(M_TOKENS_PER_S, "tokens_per_s", "token/s", 0, "tokens of the whole job per second of step time") \
+    X(M_MFU, "mfu", "1", 0, "model FLOPs utilisation as a fraction (0.21 = 21%): achieved model FLOP/s over the job's measured GEMM peak (sgemm_peak_gflops)") \
+    X(M_STEP_TIME, "step_time", "s", 0, "wall seconds of the step (forward, backward, communication, update)") \
+    X(M_TOKENS, "tokens", "token", 1, "training tokens consumed by the run after the step (data_rows x seq_len)") \
+    X(M_COMM_ALL_REDUCE, "comm_bytes_all_reduce", "byte", 0, "bytes rank 0 sent in all-reduces during the step") \
+    X(M_COMM_REDUCE_SCATTER, "comm_bytes_reduce_scatter", "byte", 0, "bytes rank 0 sent in reduce-scatters during the step") \
+    X(M_COMM_ALL_GATHER, "comm_bytes_all_gather", "byte", 0, "bytes rank 0 sent in all-gathers during the step") \
+    X(M_COMM_WAIT, "comm_wait", "s", 0, "seconds rank 0 was blocked waiting for collectives (communication not hidden by compute)") \
+    X(M_GFLOPS, "gflops", "GFLOP/s", 0, "achieved model GFLOP/s of the job (6N + 12LCT FLOPs per token x tokens_per_s)") \
+    X(M_SKIPPED, "skipped", "1", 1, "1 where a non-finite loss or gradient norm skipped the update (train.on_nan = skip), else 0") \
+    X(M_RANKS, "ranks", "1", 1, "ranks of the job that wrote the row (the meaningful columns of peak_rss_mb)") \
+    X(M_DATA_ROWS, "data_rows", "1", 1, "global token rows consumed after the step (the data cursor)") \
+    X(M_COMM_ALL_TO_ALL, "comm_bytes_all_to_all", "byte", 0, "bytes rank 0 sent in all-to-alls during the step (sequence parallelism, MoE expert parallelism)") \
+    X(M_CHECKPOINT_TIME, "checkpoint_time", "s", 0, "wall seconds of the checkpoint written after the step (0: none); its gathers are in the step's comm_bytes_*") \
+    X(M_AUX_LOSS, "aux_loss", "1", 0, "MoE load-balancing term: unweighted sum over MoE layers, mean over micro-steps and ranks; NaN without MoE") \
+    X(M_MOE_DROPPED, "moe_dropped", "1", 0, "fraction of MoE routing choices dropped by expert capacity; NaN without MoE") \
+    X(M_COMM_INFLIGHT, "comm_inflight", "s", 0, "seconds rank 0 had a dp collective in flight during the step (issue to observed completion)") \
+    X(M_OFFLOAD_READ_BYTES, "offload_read_bytes", "byte", 0, "bytes rank 0 read from its offload files (every ZeRO group) during the step; 0 without offload") \
+    X(M_OFFLOAD_WRITE_BYTES, "offload_write_bytes", "byte", 0, "bytes rank 0 wrote to its offload files (every ZeRO group) during the step; 0 without offload") \
+    X(M_IO_WAIT, "io_wait", "s", 0, "seconds rank 0's step waited on offload I/O") \
+    X(M_UPDATE_TIME, "update_time", "s", 0, "seconds of rank 0's optimizer update (the offloaded pipeline's whole update, or the in-memory AdamW)")
+
+#define METRICS_ENUM_(id, name, unit, integer, description) id,
+enum { METRICS_COLUMNS(METRICS_ENUM_) M_NCOLS };
+#undef METRICS_ENUM_
+
+typedef struct MetricsColumn {
+    const char *name, *unit;
+    int integer;                // stored as int64 (else float64)
+    const char *description;
+} MetricsColumn;
 
 typedef struct MetricsRow {
     double v[M_NCOLS];
@@ -47,6 +81,7 @@ typedef struct Metrics {
     hid_t file;
     hid_t ds[M_NCOLS];
     hid_t ds_rss;
+    hid_t ds_rank;          // (width) 0..width-1: the dimension scale of peak_rss_mb's ranks
     int ranks;              // this job's
     uint64_t rows;          // rows in the file
     int cap, pending;       // rows buffered since the last flush
@@ -56,6 +91,9 @@ typedef struct Metrics {
 } Metrics;
 
 const char *metrics_name(int col);
+const MetricsColumn *metrics_column(int col);
+// Collective over comm: the distinct host names of its ranks, comma-separated, into buf (every rank).
+void metrics_hosts(MPI_Comm comm, char *buf, size_t n);
 // Opens path for a run of `ranks` ranks (rank 0 only), buffering up to
 // buffer_rows rows between flushes. resume_step > 0: continues the file if
 // it opens (keeping the rows with step <= resume_step) and returns 1; else
@@ -63,13 +101,21 @@ const char *metrics_name(int col);
 // it and returns 0.
 int metrics_open(Metrics *mt, const char *path, int ranks, int64_t resume_step, int buffer_rows);
 // Root attributes of this job: deck, machine, ranks, threads, the MFU peak and
-// how it was measured (per-rank figures in per_rank, ranks entries), and one
-// more line in `jobs`.
+// how it was measured (per-rank figures in per_rank, ranks entries), the start
+// time, the Partita version, the hosts (from metrics_hosts), the Slurm job id
+// where there is one, and one more line in `jobs`.
 void metrics_describe(Metrics *mt, const char *deck_text, const char *machine, double peak_gflops,
                       const PeakInfo *how, const double *per_rank, int threads, int64_t start_step);
+void metrics_describe_job(Metrics *mt, const char *hosts);
 void metrics_append(Metrics *mt, const MetricsRow *row);
 // Writes the buffered rows and flushes the file (readers see them from now).
 void metrics_flush(Metrics *mt);
+// A (steps, width) series of the caller's at path (outside /metrics, e.g. the
+// MoE loads), its rows aligned with the columns' rows: created, or in a
+// continued file reopened and cut to the rows kept (mt->rows). The caller
+// writes it with metrics_series_write before metrics_flush and closes it.
+hid_t metrics_series(Metrics *mt, const char *path, int width);
+void metrics_series_write(hid_t ds, uint64_t at, uint64_t n, int width, const double *rows);
 void metrics_close(Metrics *mt);
 
 #endif

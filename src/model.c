@@ -24,7 +24,8 @@ GPTShape model_shape(const ModelConfig *mc) {
 // ---------------------------------------------------------------------------
 // Parameter table
 
-static void add_tensor(Model *m, const char *name, int rows, int cols, int decay) {
+static ParamTensor *add_tensor(Model *m, const char *name, int rows, int cols, int decay, int layer, int kind,
+                               int expert) {
     ParamTensor *p = &m->tensors[m->ntensors++];
     snprintf(p->name, sizeof p->name, "%s", name);
     p->ndim = cols ? 2 : 1;
@@ -33,54 +34,165 @@ static void add_tensor(Model *m, const char *name, int rows, int cols, int decay
     p->numel = (size_t)rows * (size_t)(cols ? cols : 1);
     p->offset = m->nparams;
     p->decay = decay;
+    p->layer = layer;
+    p->kind = kind;
+    p->expert = expert;
+    p->held = 1;
+    p->unit = layer < 0 ? (kind == K_LNFW || kind == K_LNFB ? m->s.L + 1 : 0) : 1 + layer;
     m->nparams += p->numel;
+    return p;
+}
+
+static const char *kind_name[K_NKINDS] = {
+    [K_WTE] = "wte.weight", [K_WPE] = "wpe.weight", [K_LN1W] = "ln_1.weight", [K_LN1B] = "ln_1.bias",
+    [K_QKVW] = "attn.c_attn.weight", [K_QKVB] = "attn.c_attn.bias", [K_ATTPW] = "attn.c_proj.weight",
+    [K_ATTPB] = "attn.c_proj.bias", [K_LN2W] = "ln_2.weight", [K_LN2B] = "ln_2.bias",
+    [K_FCW] = "mlp.c_fc.weight", [K_FCB] = "mlp.c_fc.bias", [K_FCPW] = "mlp.c_proj.weight",
+    [K_FCPB] = "mlp.c_proj.bias", [K_GATE] = "mlp.gate.weight", [K_RFCW] = "mlp.residual.c_fc.weight",
+    [K_RFCB] = "mlp.residual.c_fc.bias", [K_RFCPW] = "mlp.residual.c_proj.weight",
+    [K_RFCPB] = "mlp.residual.c_proj.bias", [K_COEFW] = "mlp.coefficient.weight", [K_COEFB] = "mlp.coefficient.bias",
+    [K_XFCW] = "c_fc.weight", [K_XFCB] = "c_fc.bias", [K_XFCPW] = "c_proj.weight", [K_XFCPB] = "c_proj.bias",
+    [K_LNFW] = "ln_f.weight", [K_LNFB] = "ln_f.bias"};
+
+// A layer tensor of the training table, registered in the (layer, kind) lookup.
+static void add_layer_tensor(Model *m, int l, int kind, int rows, int cols) {
+    char name[64];
+    snprintf(name, sizeof name, "h.%d.%s", l, kind_name[kind]);
+    m->lt[l * K_NKINDS + kind] = m->ntensors;
+    add_tensor(m, name, rows, cols, cols != 0, l, kind, -1);
+}
+
+// Layer l's MLP as a Mixture of Experts: the gate (and PR-MoE's residual MLP
+// and coefficient) with the dense parameters, then every expert under its
+// global name; experts held elsewhere are marked, and placed after the loop.
+static void add_moe_mlp(Model *m, int l) {
+    const int C = m->s.C, H = m->s.H, E = m->moe.experts[l], El = E / m->ep_size;
+    add_layer_tensor(m, l, K_GATE, C, E);
+    if (m->moe.residual) {
+        add_layer_tensor(m, l, K_RFCW, C, H);
+        add_layer_tensor(m, l, K_RFCB, H, 0);
+        add_layer_tensor(m, l, K_RFCPW, H, C);
+        add_layer_tensor(m, l, K_RFCPB, C, 0);
+        add_layer_tensor(m, l, K_COEFW, C, 2);
+        add_layer_tensor(m, l, K_COEFB, 2, 0);
+    }
+    m->xt[l] = m->ntensors;
+    const int xr[4] = {C, H, H, C}, xc[4] = {H, 0, C, 0};
+    for (int e = 0; e < E; e++) {
+        for (int j = 0; j < 4; j++) {
+            char name[64];
+            snprintf(name, sizeof name, "h.%d.mlp.experts.%d.%s", l, e, kind_name[K_XFCW + j]);
+            ParamTensor *t = add_tensor(m, name, xr[j], xc[j], xc[j] != 0, l, K_XFCW + j, e);
+            if (m->ep_size == 1) continue;
+            m->nparams -= t->numel;         // placed in the expert group below
+            t->held = e / El == m->ep_rank;
+            t->unit = m->xunit[l];
+        }
+    }
+}
+
+// ep > 1: the held experts, layer by layer, after the dense group; the
+// others at nparams (outside every range a rank holds or reads).
+static void place_experts(Model *m) {
+    m->group_end[0] = m->nparams;
+    for (int i = 0; i < m->ntensors; i++) {
+        ParamTensor *t = &m->tensors[i];
+        if (t->expert < 0 || !t->held) continue;
+        t->offset = m->nparams;
+        m->nparams += t->numel;
+    }
+    for (int i = 0; i < m->ntensors; i++)
+        if (!m->tensors[i].held) m->tensors[i].offset = m->nparams;
+    m->group_end[1] = m->nparams;
+}
+
+static void build_units(Model *m) {
+    m->unit_begin = xcalloc(sizeof(size_t) * (size_t)m->nunits, "unit table");
+    m->unit_end = xcalloc(sizeof(size_t) * (size_t)m->nunits, "unit table");
+    for (int u = 0; u < m->nunits; u++) m->unit_begin[u] = SIZE_MAX;
+    for (int i = 0; i < m->ntensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        if (!t->held || t->apart) continue;
+        size_t *b = &m->unit_begin[t->unit], *e = &m->unit_end[t->unit];
+        if (t->offset < *b) *b = t->offset;
+        if (t->offset + t->numel > *e) *e = t->offset + t->numel;
+    }
+    for (int u = 0; u < m->nunits; u++)
+        if (m->unit_begin[u] == SIZE_MAX) m->unit_begin[u] = m->unit_end[u] = u ? m->unit_end[u - 1] : 0;
 }
 
 static void build_table(Model *m) {
     const GPTShape *s = &m->s;
-    m->tensors = xcalloc(sizeof(ParamTensor) * (size_t)(4 + P_PER_LAYER * s->L), "parameter table");
-    add_tensor(m, "wte.weight", s->Vp, s->C, 1);
-    add_tensor(m, "wpe.weight", s->maxT, s->C, 1);
-    static const char *names[P_PER_LAYER] = {
-        "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-        "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-        "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"};
+    const int L = s->L;
+    size_t cap = 4 + (size_t)(K_NKINDS - 4) * (size_t)L;
+    for (int l = 0; l < L && m->moe.nmoe; l++) cap += 4 * (size_t)m->moe.experts[l];
+    m->tensors = xcalloc(sizeof(ParamTensor) * cap, "parameter table");
+    m->lt = xmalloc(sizeof(int) * (size_t)(L + 1) * K_NKINDS, "tensor lookup");
+    for (size_t i = 0; i < (size_t)(L + 1) * K_NKINDS; i++) m->lt[i] = -1;
+    m->xt = xmalloc(sizeof(int) * (size_t)(L > 0 ? L : 1), "expert lookup");
+    m->xunit = xmalloc(sizeof(int) * (size_t)(L > 0 ? L : 1), "expert units");
+    m->nunits = L + 2;
+    for (int l = 0; l < L; l++) {
+        m->xt[l] = -1;
+        m->xunit[l] = 1 + l;
+        if (m->moe.nmoe && m->moe.experts[l] > 0 && m->ep_size > 1) m->xunit[l] = m->nunits++;
+    }
+    int *g = m->lt + (size_t)L * K_NKINDS;
+    g[K_WTE] = m->ntensors;
+    add_tensor(m, "wte.weight", s->Vp, s->C, 1, -1, K_WTE, -1);
+    g[K_WPE] = m->ntensors;
+    add_tensor(m, "wpe.weight", s->maxT, s->C, 1, -1, K_WPE, -1);
     const int C = s->C, H = s->H, Ct = m->Ct, Ht = m->Ht;
     // Training: HF Conv1D shapes (in, out). Inference: the held slice, matrices as (out, in) rows apart.
-    const int rows[P_PER_LAYER] = {C, C, C, 3 * C, C, C, C, C, C, H, H, C};
-    const int cols[P_PER_LAYER] = {0, 0, 3 * C, 0, C, 0, 0, 0, H, 0, C, 0};
-    const int hrows[P_PER_LAYER] = {C, C, 3 * Ct, 3 * Ct, C, C, C, C, Ht, Ht, C, C};
-    const int hcols[P_PER_LAYER] = {0, 0, C, 0, Ct, 0, 0, 0, C, 0, Ht, 0};
-    const int split[P_PER_LAYER] = {TP_WHOLE, TP_WHOLE, TP_COLS_QKV, TP_COLS_QKV, TP_ROWS, TP_RANK0,
-                                    TP_WHOLE, TP_WHOLE, TP_COLS, TP_COLS, TP_ROWS, TP_RANK0};
-    for (int l = 0; l < s->L; l++) {
-        for (int j = 0; j < P_PER_LAYER; j++) {
-            char name[48];
-            snprintf(name, sizeof name, "h.%d.%s", l, names[j]);
+    const int rows[K_FCPB + 1] = {[K_LN1W] = C, C, C, 3 * C, C, C, C, C, C, H, H, C};
+    const int cols[K_FCPB + 1] = {[K_LN1W] = 0, 0, 3 * C, 0, C, 0, 0, 0, H, 0, C, 0};
+    const int hrows[K_FCPB + 1] = {[K_LN1W] = C, C, 3 * Ct, 3 * Ct, C, C, C, C, Ht, Ht, C, C};
+    const int hcols[K_FCPB + 1] = {[K_LN1W] = 0, 0, C, 0, Ct, 0, 0, 0, C, 0, Ht, 0};
+    const int split[K_FCPB + 1] = {[K_LN1W] = TP_WHOLE, TP_WHOLE, TP_COLS_QKV, TP_COLS_QKV, TP_ROWS, TP_RANK0,
+                                   TP_WHOLE, TP_WHOLE, TP_COLS, TP_COLS, TP_ROWS, TP_RANK0};
+    for (int l = 0; l < L; l++) {
+        int moe = m->moe.nmoe && m->moe.experts[l] > 0;
+        for (int j = K_LN1W; j <= K_FCPB; j++) {
+            if (moe && j >= K_FCW) break;
             if (!m->infer) {
-                add_tensor(m, name, rows[j], cols[j], cols[j] != 0);
+                add_layer_tensor(m, l, j, rows[j], cols[j]);
                 continue;
             }
+            char name[64];
+            snprintf(name, sizeof name, "h.%d.%s", l, kind_name[j]);
+            m->lt[l * K_NKINDS + j] = m->ntensors;
             if (hcols[j]) {     // apart: no room in the flat layout
                 size_t keep = m->nparams;
-                add_tensor(m, name, hrows[j], hcols[j], 1);
+                add_tensor(m, name, hrows[j], hcols[j], 1, l, j, -1);
                 m->nparams = keep;
                 m->tensors[m->ntensors - 1].apart = 1;
             } else {
-                add_tensor(m, name, hrows[j], 0, 0);
+                add_tensor(m, name, hrows[j], 0, 0, l, j, -1);
             }
             m->tensors[m->ntensors - 1].tp_split = split[j];
         }
+        if (moe) add_moe_mlp(m, l);
     }
-    add_tensor(m, "ln_f.weight", C, 0, 0);
-    add_tensor(m, "ln_f.bias", C, 0, 0);
-    m->nunits = s->L + 2;
-    m->unit_begin = xcalloc(sizeof(size_t) * (size_t)m->nunits, "unit table");
-    m->unit_end = xcalloc(sizeof(size_t) * (size_t)m->nunits, "unit table");
-    m->unit_begin[0] = 0;
-    for (int u = 1; u < m->nunits; u++) m->unit_begin[u] = m->tensors[2 + P_PER_LAYER * (u - 1)].offset;
-    for (int u = 0; u + 1 < m->nunits; u++) m->unit_end[u] = m->unit_begin[u + 1];
-    m->unit_end[m->nunits - 1] = m->nparams;
+    g[K_LNFW] = m->ntensors;
+    add_tensor(m, "ln_f.weight", C, 0, 0, -1, K_LNFW, -1);
+    g[K_LNFB] = m->ntensors;
+    add_tensor(m, "ln_f.bias", C, 0, 0, -1, K_LNFB, -1);
+    m->ngroups = 1;
+    m->group_end[0] = m->group_end[1] = m->nparams;
+    if (m->ep_size > 1 && m->moe.nmoe) {
+        m->ngroups = 2;
+        place_experts(m);
+    }
+    build_units(m);
+}
+
+int model_tensor(const Model *m, int layer, int kind, int expert) {
+    int row = layer < 0 ? m->s.L : layer;
+    if (kind >= K_XFCW && kind <= K_XFCPB) {
+        if (layer < 0 || m->xt[layer] < 0 || expert < 0 || expert >= m->moe.experts[layer]) return -1;
+        return m->xt[layer] + 4 * expert + (kind - K_XFCW);
+    }
+    return m->lt[row * K_NKINDS + kind];
 }
 
 // Training holds every head and hidden column.
@@ -106,10 +218,11 @@ const ParamTensor *model_find(const Model *m, const char *name) {
     return NULL;
 }
 
-static int LT(int l, int j) { return 2 + P_PER_LAYER * l + j; }
+static int LT(const Model *m, int l, int kind) { return model_tensor(m, l, kind, -1); }
 enum { U_EMBED = 0 };
 static int U_LAYER(int l) { return 1 + l; }
-static int U_FINAL(const Model *m) { return m->nunits - 1; }
+static int U_FINAL(const Model *m) { return m->s.L + 1; }
+static int is_moe(const Model *m, int l) { return m->moe.nmoe && m->moe.experts[l] > 0; }
 
 // Tensor idx inside the unit buffer `base` of unit u (parameters or gradients).
 static float *TP(const Model *m, const float *base, int u, int idx) {
@@ -283,18 +396,37 @@ static size_t a2a_floats(const GPTShape *s, Geom g) {
     return g.sp > 1 ? ulysses_buffer_floats(g.B, g.T, s->C, s->NH, g.sp) : 0;
 }
 
-void model_table(Model *m, const ModelConfig *mc) {
+// A copy of the MoE shape (the model owns it) and the expert layout.
+static void set_moe(Model *m, const MoeSpec *moe, int ep, int ep_rank) {
+    m->ep_size = ep > 1 ? ep : 1;
+    m->ep_rank = ep > 1 ? ep_rank : 0;
+    if (!moe || !moe->nmoe) return;
+    m->moe = *moe;
+    m->moe.experts = xmalloc(sizeof(int) * (size_t)m->s.L, "moe layers");
+    memcpy(m->moe.experts, moe->experts, sizeof(int) * (size_t)m->s.L);
+    for (int l = 0; l < m->s.L; l++)
+        SYS_CHECK(moe->experts[l] % m->ep_size == 0, "layer %d: %d experts do not split over ep = %d", l,
+                  moe->experts[l], m->ep_size);
+}
+
+void model_table_moe(Model *m, const ModelConfig *mc, const MoeSpec *moe, int ep, int ep_rank) {
     memset(m, 0, sizeof *m);
     m->s = model_shape(mc);
     m->sp = 1;
+    set_moe(m, moe, ep, ep_rank);
     hold_all(m);
     build_table(m);
 }
 
+void model_table(Model *m, const ModelConfig *mc) { model_table_moe(m, mc, NULL, 1, 0); }
+
 size_t model_activation_bytes_layout(const Model *m, int B, int T, int sp, int sp_rank, int recompute) {
     Geom g = geom(&m->s, B, T, sp, sp_rank, recompute);
     size_t floats = acts_layout(&m->s, NULL, g).total + scratch_layout(&m->s, NULL, g, a2a_floats(&m->s, g)).total;
-    return sizeof(float) * floats + 2 * sizeof(int32_t) * (size_t)B * (size_t)T;
+    size_t moe = 0;
+    for (int l = 0; l < m->s.L; l++)
+        if (is_moe(m, l)) moe += moe_layer_bytes(&m->moe, m->moe.experts[l], m->s.C, m->s.H, B, T, m->ep_size);
+    return sizeof(float) * floats + 2 * sizeof(int32_t) * (size_t)B * (size_t)T + moe;
 }
 
 size_t model_activation_bytes(const Model *m, int B, int T) {
@@ -310,8 +442,13 @@ void model_create_parallel(Model *m, const ModelConfig *mc, int B, int T, const 
     m->recompute = mp ? mp->recompute : RECOMPUTE_NONE;
     SYS_CHECK((size_t)T * (size_t)m->sp <= (size_t)m->s.maxT, "sequence length %d exceeds model.seq_len %d",
               T * m->sp, m->s.maxT);
+    m->ep = mp && mp->ep && mp->ep->size > 1 ? mp->ep : NULL;
+    set_moe(m, mp ? mp->moe : NULL, m->ep ? m->ep->size : 1, m->ep ? m->ep->rank : 0);
+    SYS_CHECK(!m->moe.nmoe || m->sp == 1, "Mixture of Experts with sequence parallelism (sp = %d) is not supported",
+              m->sp);
     hold_all(m);
     build_table(m);
+    m->dropout = (float)mc->dropout;
     m->bk = bk;
     m->B = B;
     m->T = T;
@@ -327,6 +464,11 @@ void model_create_parallel(Model *m, const ModelConfig *mc, int B, int T, const 
         Scratch d = scratch_layout(&m->s, m->scratch, g, a2a_floats(&m->s, g));
         ulysses_create(&m->ulysses, mp->sp, bk, B, T, m->s.C, m->s.NH, d.dh1, d.dh2);
     }
+    if (m->moe.nmoe) {
+        m->moel = xcalloc(sizeof(MoeLayer) * (size_t)m->s.L, "moe layers");
+        for (int l = 0; l < m->s.L; l++)
+            if (is_moe(m, l)) moe_layer_create(&m->moel[l], &m->moe, l, m->s.C, m->s.H, B, T, m->ep, bk);
+    }
 }
 
 void model_create(Model *m, const ModelConfig *mc, int B, int T, const Backend *bk) {
@@ -334,6 +476,13 @@ void model_create(Model *m, const ModelConfig *mc, int B, int T, const Backend *
 }
 
 void model_free(Model *m) {
+    if (m->moel)
+        for (int l = 0; l < m->s.L; l++) moe_layer_free(&m->moel[l]);
+    free(m->moel);
+    free(m->moe.experts);
+    free(m->lt);
+    free(m->xt);
+    free(m->xunit);
     free(m->tensors);
     free(m->unit_begin);
     free(m->unit_end);
@@ -380,10 +529,16 @@ const float *model_logits(const Model *m) {
 }
 
 double model_flops_per_token(const Model *m, int T) {
-    double n = (double)m->nparams - (double)m->tensors[1].numel;
+    // Active parameters: every tensor but wpe, an expert's counted top_k / E
+    // of the time (each token runs k of the layer's E experts).
+    double n = 0.0;
+    for (int i = 0; i < m->ntensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        if (t->kind == K_WPE) continue;
+        n += t->expert >= 0 ? (double)t->numel * m->moe.top_k / m->moe.experts[t->layer] : (double)t->numel;
+    }
     return 6.0 * n + 12.0 * m->s.L * m->s.C * (double)T;
 }
-
 // ---------------------------------------------------------------------------
 // Forward and backward
 
@@ -391,6 +546,33 @@ double model_flops_per_token(const Model *m, int T) {
 // all-to-all receive buffer, which seq_to_heads packs from before it receives.
 static float *qkv_out(Model *m, const Acts *a, int l) {
     return m->sp > 1 ? m->ulysses.recv : at(a, a->qkv, l);
+}
+
+// Dropout site (layer, site) of this micro-batch (kernels.h Dropout), or NULL
+// when the last forward did not drop. Positions are global: this rank's offset
+// in the row (sp); attention runs on full rows of this rank's heads.
+static const Dropout *drop_at(const Model *m, Dropout *d, int layer, int site) {
+    if (!m->drop_on) return NULL;
+    int h0 = 0, nh = m->s.NH;
+    if (site == DROP_ATTN && m->sp > 1) ulysses_split_heads(m->s.NH, m->sp, m->sp_rank, &h0, &nh);
+    int64_t pos0 = site == DROP_ATTN ? 0 : (int64_t)m->sp_rank * m->T;
+    *d = dropout_of(m->dropout, dropout_key(m->moe_seed, m->moe_step, layer, site), m->moe_row0, pos0, h0);
+    return d;
+}
+
+// A residual branch's output: dropped in place when dropout is on.
+static void drop_branch(const Model *m, float *x, int layer, int site) {
+    Dropout d;
+    if (drop_at(m, &d, layer, site)) m->bk->dropout_forward(x, x, &d, m->fwd_B, m->fwd_T, m->s.C);
+}
+
+// The gradient of a residual branch's output from dres: dres itself, or with
+// dropout its masked copy in spare.
+static const float *branch_grad(const Model *m, float *spare, const float *dres, int layer, int site) {
+    Dropout d;
+    if (!drop_at(m, &d, layer, site)) return dres;
+    m->bk->dropout_backward(spare, dres, &d, m->fwd_B, m->fwd_T, m->s.C);
+    return spare;
 }
 
 // What a pass over the paged KV cache adds to a forward: the cache and the
@@ -406,6 +588,8 @@ typedef struct Paged {
 // over its sequence's cache.
 static void attention_fwd(Model *m, const Acts *a, int l, int B, int T, const Paged *pg) {
     const Backend *k = m->bk;
+    Dropout dd;
+    const Dropout *drop = drop_at(m, &dd, l, DROP_ATTN);
     float *qkv = qkv_out(m, a, l), *atty = at(a, a->atty, l);
     if (pg) {
         const PagedKV *kv = pg->kv;
@@ -416,14 +600,15 @@ static void attention_fwd(Model *m, const Acts *a, int l, int B, int T, const Pa
         return;
     }
     if (m->sp == 1) {
-        k->attention_forward(atty, at(a, a->att_lse, l), qkv, B, T, m->s.C, m->s.NH);
+        k->attention_forward(atty, at(a, a->att_lse, l), qkv, B, T, m->s.C, m->s.NH, drop);
         return;
     }
     Ulysses *u = &m->ulysses;
     char tag[40];
     snprintf(tag, sizeof tag, "qkv h.%d", l);
     ulysses_seq_to_heads(u, at(a, a->qkvh, l), qkv, B, T, 3, tag);
-    k->attention_forward(at(a, a->atth, l), at(a, a->att_lse, l), at(a, a->qkvh, l), B, T * m->sp, u->Cl, u->NHl);
+    k->attention_forward(at(a, a->atth, l), at(a, a->att_lse, l), at(a, a->qkvh, l), B, T * m->sp, u->Cl, u->NHl,
+                         drop);
     snprintf(tag, sizeof tag, "att h.%d", l);
     ulysses_heads_to_seq(u, atty, at(a, a->atth, l), B, T, 1, tag);
 }
@@ -433,9 +618,11 @@ static void attention_fwd(Model *m, const Acts *a, int l, int B, int T, const Pa
 // free at that point (ulysses.h: src may be recv, dst send).
 static void attention_bwd(Model *m, const Acts *a, const Scratch *d, int l, int B, int T) {
     const Backend *k = m->bk;
+    Dropout dd;
+    const Dropout *drop = drop_at(m, &dd, l, DROP_ATTN);
     if (m->sp == 1) {
         k->attention_backward(d->d3c, d->dc, at(a, a->qkv, l), at(a, a->atty, l), at(a, a->att_lse, l), B, T,
-                              m->s.C, m->s.NH);
+                              m->s.C, m->s.NH, drop);
         return;
     }
     Ulysses *u = &m->ulysses;
@@ -444,7 +631,7 @@ static void attention_bwd(Model *m, const Acts *a, const Scratch *d, int l, int 
     float *datth = u->send, *dqkvh = u->recv;
     ulysses_seq_to_heads(u, datth, d->dc, B, T, 1, tag);
     k->attention_backward(dqkvh, datth, at(a, a->qkvh, l), at(a, a->atth, l), at(a, a->att_lse, l), B,
-                          T * m->sp, u->Cl, u->NHl);
+                          T * m->sp, u->Cl, u->NHl, drop);
     snprintf(tag, sizeof tag, "d qkv h.%d", l);
     ulysses_heads_to_seq(u, d->d3c, dqkvh, B, T, 3, tag);
 }
@@ -455,12 +642,12 @@ static void attention_bwd(Model *m, const Acts *a, const Scratch *d, int l, int 
 static void linear(Model *m, const ParamStore *ps, const float *pl, int l, int j, float *out, const float *inp,
                    size_t N, int IC, int OC, int epi, float *tmp) {
     const int u = U_LAYER(l);
-    const float *w = TP(m, pl, u, LT(l, j)), *bias = TP(m, pl, u, LT(l, j + 1));
+    const float *w = TP(m, pl, u, LT(m, l, j)), *bias = TP(m, pl, u, LT(m, l, j + 1));
     if (!m->infer) {
         m->bk->matmul_forward(out, inp, w, bias, N, IC, OC, 0);
         return;
     }
-    HeldMatrix hm = ps->matrix(ps->ctx, LT(l, j));
+    HeldMatrix hm = ps->matrix(ps->ctx, LT(m, l, j));
     m->bk->matmul_held_forward(out, inp, hm.w, hm.dtype, hm.scale, bias, N, IC, OC, epi, tmp);
 }
 
@@ -477,6 +664,7 @@ static void project_residual(Model *m, const ParamStore *ps, const float *pl, in
     }
     linear(m, ps, pl, l, j, proj, inp, N, IC, C, EPI_NONE, tmp);
     if (m->tp_size > 1) comm_allreduce_sum(m->tp, proj, N * (size_t)C, "tp");
+    drop_branch(m, proj, l, j == K_ATTPW ? DROP_ATTN_RESID : DROP_MLP_RESID);
     m->bk->residual_forward(out_res, res, proj, N * (size_t)C);
 }
 
@@ -484,30 +672,90 @@ static void project_residual(Model *m, const ParamStore *ps, const float *pl, in
 // pl (and, in a pass, the matrices of ps). Training and inference run this
 // same code; a pass (pg) differs in its attention (the paged cache), in the
 // held slices (widths Ct, Ht), and in the fused epilogues.
+// Points layer l's MoE runtime at its parameters: pl the layer's unit, pe the
+// unit of its held experts (pl itself at ep = 1); gl, ge their gradients (or NULL).
+static void moe_bind(Model *m, int l, const float *pl, const float *pe, float *gl, float *ge) {
+    MoeLayer *ml = &m->moel[l];
+    const int u = U_LAYER(l), ux = m->xunit[l];
+#define DW(kind) (LT(m, l, kind) < 0 ? NULL : TP(m, pl, u, LT(m, l, kind)))
+#define DG(kind) (LT(m, l, kind) < 0 ? NULL : TP(m, gl, u, LT(m, l, kind)))
+    ml->w.gate = DW(K_GATE);
+    ml->w.rfcw = DW(K_RFCW);
+    ml->w.rfcb = DW(K_RFCB);
+    ml->w.rpw = DW(K_RFCPW);
+    ml->w.rpb = DW(K_RFCPB);
+    ml->w.coefw = DW(K_COEFW);
+    ml->w.coefb = DW(K_COEFB);
+    for (int le = 0; le < ml->El; le++) {
+        int t = model_tensor(m, l, K_XFCW, ml->e0 + le);
+        MoeExpertW *w = &ml->w.experts[le];
+        w->fcw = TP(m, pe, ux, t);
+        w->fcb = TP(m, pe, ux, t + 1);
+        w->pw = TP(m, pe, ux, t + 2);
+        w->pb = TP(m, pe, ux, t + 3);
+        if (!ge) continue;
+        MoeExpertG *g = &ml->g.experts[le];
+        g->fcw = TP(m, ge, ux, t);
+        g->fcb = TP(m, ge, ux, t + 1);
+        g->pw = TP(m, ge, ux, t + 2);
+        g->pb = TP(m, ge, ux, t + 3);
+    }
+    if (!gl) return;
+    ml->g.gate = DG(K_GATE);
+    ml->g.rfcw = DG(K_RFCW);
+    ml->g.rfcb = DG(K_RFCB);
+    ml->g.rpw = DG(K_RFCPW);
+    ml->g.rpb = DG(K_RFCPB);
+    ml->g.coefw = DG(K_COEFW);
+    ml->g.coefb = DG(K_COEFB);
+#undef DW
+#undef DG
+}
+
+// Layer l's MoE MLP: ln2 -> fcproj, res3 = res2 + fcproj.
+static void moe_mlp_forward(Model *m, const Acts *a, int l, const float *pl, const ParamStore *ps, int phase, int B,
+                            int T) {
+    const int u = U_LAYER(l), ux = m->xunit[l];
+    const size_t N = (size_t)B * T, C = (size_t)m->s.C;
+    const float *pe = ux == u ? pl : ps->params(ps->ctx, ux, phase);
+    moe_bind(m, l, pl, pe, NULL, NULL);
+    float *fcproj = at(a, a->fcproj, l);
+    moe_forward(&m->moel[l], fcproj, at(a, a->ln2, l), B, T, m->moe_eval, m->moe_seed, m->moe_step, m->moe_row0);
+    // A recompute in backward keeps the experts held for the backward that follows.
+    if (ux != u && phase == PHASE_FWD) ps->release(ps->ctx, ux, phase);
+    drop_branch(m, fcproj, l, DROP_MLP_RESID);
+    m->bk->residual_forward(layer_out(a, l, N * C), at(a, a->res2, l), fcproj, N * C);
+}
+
 static void layer_forward(Model *m, const Acts *a, int l, const float *pl, const ParamStore *ps, int B, int T,
-                          const Paged *pg) {
+                          const Paged *pg, int phase) {
     const GPTShape *s = &m->s;
     const int C = s->C, Ct = m->Ct, Ht = m->Ht, u = U_LAYER(l);
     const size_t N = (size_t)B * T;
     const Backend *k = m->bk;
     const float *res = layer_in(a, l, N * C);
-#define W(j) TP(m, pl, u, LT(l, j))
+#define W(j) TP(m, pl, u, LT(m, l, j))
     float *ln1 = at(a, a->ln1, l), *qkv = qkv_out(m, a, l), *atty = at(a, a->atty, l);
     float *attproj = at(a, a->attproj, l), *res2 = at(a, a->res2, l), *ln2 = at(a, a->ln2, l);
     float *fch = at(a, a->fch, l), *fch_gelu = at(a, a->fch_gelu, l);
     float *fcproj = at(a, a->fcproj, l), *res3 = layer_out(a, l, N * C);
-    k->layernorm_forward(ln1, at(a, a->ln1_mean, l), at(a, a->ln1_rstd, l), res, W(P_LN1W), W(P_LN1B), N, C);
-    linear(m, ps, pl, l, P_QKVW, qkv, ln1, N, C, 3 * Ct, EPI_NONE, fch);
+    k->layernorm_forward(ln1, at(a, a->ln1_mean, l), at(a, a->ln1_rstd, l), res, W(K_LN1W), W(K_LN1B), N, C);
+    linear(m, ps, pl, l, K_QKVW, qkv, ln1, N, C, 3 * Ct, EPI_NONE, fch);
     attention_fwd(m, a, l, B, T, pg);
-    project_residual(m, ps, pl, l, P_ATTPW, res2, res, attproj, atty, N, Ct, fch);
-    k->layernorm_forward(ln2, at(a, a->ln2_mean, l), at(a, a->ln2_rstd, l), res2, W(P_LN2W), W(P_LN2B), N, C);
+    project_residual(m, ps, pl, l, K_ATTPW, res2, res, attproj, atty, N, Ct, fch);
+    k->layernorm_forward(ln2, at(a, a->ln2_mean, l), at(a, a->ln2_rstd, l), res2, W(K_LN2W), W(K_LN2B), N, C);
+    if (is_moe(m, l)) {
+        SYS_CHECK(!m->infer, "layer %d: Mixture-of-Experts layers run in training only here", l);
+        moe_mlp_forward(m, a, l, pl, ps, phase, B, T);
+        return;
+    }
     if (m->infer) {
-        linear(m, ps, pl, l, P_FCW, fch_gelu, ln2, N, C, Ht, EPI_GELU, fch);
+        linear(m, ps, pl, l, K_FCW, fch_gelu, ln2, N, C, Ht, EPI_GELU, fch);
     } else {
-        linear(m, ps, pl, l, P_FCW, fch, ln2, N, C, Ht, EPI_NONE, NULL);
+        linear(m, ps, pl, l, K_FCW, fch, ln2, N, C, Ht, EPI_NONE, NULL);
         k->gelu_forward(fch_gelu, fch, N * Ht);
     }
-    project_residual(m, ps, pl, l, P_FCPW, res3, res2, fcproj, fch_gelu, N, Ht, fch);
+    project_residual(m, ps, pl, l, K_FCPW, res3, res2, fcproj, fch_gelu, N, Ht, fch);
 #undef W
 }
 
@@ -523,6 +771,8 @@ float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     Acts a = acts_layout(s, m->acts, model_geom(m, B, T));
     m->fwd_B = B;
     m->fwd_T = T;
+    m->moe_eval = !for_backward;
+    m->drop_on = for_backward && m->dropout > 0.0f;
     k->from_host_i32(m->tok, inputs, N);
     if (targets) k->from_host_i32(m->tgt, targets, N);
 
@@ -531,14 +781,18 @@ float model_forward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     const float *emb = ps->params(ps->ctx, U_EMBED, PHASE_FWD);
     k->encoder_forward(a.encoded, m->tok, TP(m, emb, U_EMBED, 0), TP(m, emb, U_EMBED, 1) + pos0, B, T, C);
     ps->release(ps->ctx, U_EMBED, PHASE_FWD);
+    drop_branch(m, a.encoded, -1, DROP_EMBED);
     for (int l = 0; l < L; l++) {
         const int u = U_LAYER(l);
-        layer_forward(m, &a, l, ps->params(ps->ctx, u, PHASE_FWD), ps, B, T, NULL);
+        layer_forward(m, &a, l, ps->params(ps->ctx, u, PHASE_FWD), ps, B, T, NULL, PHASE_FWD);
         ps->release(ps->ctx, u, PHASE_FWD);
     }
+    m->moe_aux = 0.0;
+    for (int l = 0; l < L; l++)
+        if (is_moe(m, l)) m->moe_aux += m->moel[l].stats.aux / B;
     const float *res = layer_in(&a, L, N * C);
     // The LM head: ln_f and the tied wte, held through backward when it follows.
-    const int lnf = 2 + P_PER_LAYER * L;
+    const int lnf = LT(m, -1, K_LNFW);
     const float *fin = ps->params(ps->ctx, UF, PHASE_FWD);
     k->layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, res, TP(m, fin, UF, lnf), TP(m, fin, UF, lnf + 1), N, C);
     emb = ps->params(ps->ctx, U_EMBED, PHASE_FWD);
@@ -576,7 +830,7 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
 
     // LM head (parameters still held from forward): logits -> dlogits in place,
     // then into dlnf and the tied wte.
-    const int lnf = 2 + P_PER_LAYER * L;
+    const int lnf = LT(m, -1, K_LNFW);
     const float *emb = ps->params(ps->ctx, U_EMBED, PHASE_BWD);
     const float *fin = ps->params(ps->ctx, UF, PHASE_BWD);
     float *gemb = ps->grads(ps->ctx, U_EMBED);
@@ -595,22 +849,37 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
         const int u = U_LAYER(l);
         const float *pl = ps->params(ps->ctx, u, PHASE_BWD);
         // Activation checkpointing: the layer's activations again, from its kept input.
-        if (m->recompute && l < L - 1) layer_forward(m, &a, l, pl, ps, B, T, NULL);   // the last is still there
+        if (m->recompute && l < L - 1) layer_forward(m, &a, l, pl, ps, B, T, NULL, PHASE_BWD);   // the last is still there
         float *gl = ps->grads(ps->ctx, u);
-#define W(j) TP(m, pl, u, LT(l, j))
-#define G(j) TP(m, gl, u, LT(l, j))
+#define W(j) TP(m, pl, u, LT(m, l, j))
+#define G(j) TP(m, gl, u, LT(m, l, j))
         const float *res = layer_in(&a, l, N * C);
         // res3 = res2 + fcproj: d.dres is d(res3), and flows to both.
-        k->matmul_backward(d.dh1, G(P_FCPW), G(P_FCPB), d.dres, at(&a, a.fch_gelu, l), W(P_FCPW), N, H, C, 0);
-        k->gelu_backward(d.dh2, at(&a, a.fch, l), d.dh1, N * H);
-        k->matmul_backward(d.dc, G(P_FCW), G(P_FCB), d.dh2, at(&a, a.ln2, l), W(P_FCW), N, C, H, 0);
-        k->layernorm_backward(d.dres, G(P_LN2W), G(P_LN2B), d.dc, at(&a, a.res2, l), W(P_LN2W),
+        if (is_moe(m, l)) {
+            const int ux = m->xunit[l];
+            const float *pe = ux == u ? pl : ps->params(ps->ctx, ux, PHASE_BWD);
+            float *ge = ux == u ? gl : ps->grads(ps->ctx, ux);
+            moe_bind(m, l, pl, pe, gl, ge);
+            moe_backward(&m->moel[l], d.dc, branch_grad(m, d.d3c, d.dres, l, DROP_MLP_RESID), at(&a, a.ln2, l),
+                         (float)m->moe.aux_w * dloss * (float)T);
+            if (ux != u) {
+                ps->release(ps->ctx, ux, PHASE_BWD);
+                ps->grads_ready(ps->ctx, ux);
+            }
+        } else {
+            k->matmul_backward(d.dh1, G(K_FCPW), G(K_FCPB), branch_grad(m, d.d3c, d.dres, l, DROP_MLP_RESID),
+                               at(&a, a.fch_gelu, l), W(K_FCPW), N, H, C, 0);
+            k->gelu_backward(d.dh2, at(&a, a.fch, l), d.dh1, N * H);
+            k->matmul_backward(d.dc, G(K_FCW), G(K_FCB), d.dh2, at(&a, a.ln2, l), W(K_FCW), N, C, H, 0);
+        }
+        k->layernorm_backward(d.dres, G(K_LN2W), G(K_LN2B), d.dc, at(&a, a.res2, l), W(K_LN2W),
                            at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), N, C);
         // res2 = res + attproj: d.dres is now d(res2).
-        k->matmul_backward(d.dc, G(P_ATTPW), G(P_ATTPB), d.dres, at(&a, a.atty, l), W(P_ATTPW), N, C, C, 0);
+        k->matmul_backward(d.dc, G(K_ATTPW), G(K_ATTPB), branch_grad(m, d.d3c, d.dres, l, DROP_ATTN_RESID),
+                           at(&a, a.atty, l), W(K_ATTPW), N, C, C, 0);
         attention_bwd(m, &a, &d, l, B, T);
-        k->matmul_backward(d.dc, G(P_QKVW), G(P_QKVB), d.d3c, at(&a, a.ln1, l), W(P_QKVW), N, C, 3 * C, 0);
-        k->layernorm_backward(d.dres, G(P_LN1W), G(P_LN1B), d.dc, res, W(P_LN1W),
+        k->matmul_backward(d.dc, G(K_QKVW), G(K_QKVB), d.d3c, at(&a, a.ln1, l), W(K_QKVW), N, C, 3 * C, 0);
+        k->layernorm_backward(d.dres, G(K_LN1W), G(K_LN1B), d.dc, res, W(K_LN1W),
                            at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), N, C);
 #undef W
 #undef G
@@ -618,6 +887,7 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
         ps->grads_ready(ps->ctx, u);
     }
     const size_t pos0 = (size_t)m->sp_rank * (size_t)m->T * (size_t)C;
+    branch_grad(m, d.dres, d.dres, -1, DROP_EMBED);     // in place
     k->encoder_backward(TP(m, gemb, U_EMBED, 0), TP(m, gemb, U_EMBED, 1) + pos0, d.dres, m->tok, B, T, C);
     ps->grads_ready(ps->ctx, U_EMBED);
 }
@@ -702,13 +972,13 @@ void model_forward_paged(Model *m, const ParamStore *ps, const PagedKV *kv, cons
     ps->release(ps->ctx, U_EMBED, PHASE_FWD);
     for (int l = 0; l < L; l++) {
         const int u = U_LAYER(l);
-        layer_forward(m, &a, l, ps->params(ps->ctx, u, PHASE_FWD), ps, N, 1, &pg);
+        layer_forward(m, &a, l, ps->params(ps->ctx, u, PHASE_FWD), ps, N, 1, &pg, PHASE_FWD);
         ps->release(ps->ctx, u, PHASE_FWD);
     }
     if (!host_logits || S == 0) return;     // the LM head only where the logits are wanted
     // The sampled rows of the residual stream (ln1 is free now), ln_f, the tied head.
     for (int i = 0; i < S; i++) k->copy(a.ln1 + (size_t)i * C, a.res3 + (size_t)b->sample[i] * C, (size_t)C);
-    const int lnf = 2 + P_PER_LAYER * L;
+    const int lnf = LT(m, -1, K_LNFW);
     const float *fin = ps->params(ps->ctx, UF, PHASE_FWD);
     k->layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.ln1, TP(m, fin, UF, lnf), TP(m, fin, UF, lnf + 1), (size_t)S, C);
     ps->release(ps->ctx, UF, PHASE_FWD);

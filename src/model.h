@@ -15,6 +15,7 @@
 #include "backend.h"
 #include "comm.h"
 #include "deck.h"
+#include "moe.h"
 #include "ulysses.h"
 
 typedef struct GPTShape {
@@ -24,8 +25,20 @@ typedef struct GPTShape {
     int H;          // MLP hidden = mlp_ratio * C
 } GPTShape;
 
+// What a tensor is: its kind (below), its layer (-1: wte, wpe, ln_f) and, for
+// an expert's MLP, the expert's global index (-1 otherwise). Code finds tensors
+// by (layer, kind, expert) through model_tensor, never by index arithmetic.
+enum { K_WTE, K_WPE, K_LN1W, K_LN1B, K_QKVW, K_QKVB, K_ATTPW, K_ATTPB, K_LN2W, K_LN2B,
+       K_FCW, K_FCB, K_FCPW, K_FCPB,                 // the dense MLP
+       K_GATE, K_RFCW, K_RFCB, K_RFCPW, K_RFCPB, K_COEFW, K_COEFB,   // MoE gate; PR-MoE residual MLP, coefficient
+       K_XFCW, K_XFCB, K_XFCPW, K_XFCPB,             // one expert's MLP
+       K_LNFW, K_LNFB, K_NKINDS };
+
 typedef struct ParamTensor {
-    char name[48];
+    char name[64];          // global name (as in checkpoints and weight files)
+    int layer, kind, expert;
+    int unit;               // the unit that holds it
+    int held;               // 0: another rank's expert (offset is then nparams: outside every range)
     int ndim;
     int shape[2];
     size_t offset, numel;   // in floats, into the flat buffer
@@ -43,13 +56,14 @@ typedef struct ParamTensor {
 // all-reduce adds them once).
 enum { TP_WHOLE = 0, TP_COLS, TP_COLS_QKV, TP_ROWS, TP_RANK0 };
 
-// Per-layer tensor order, the index of h.<l>.<name> is 2 + 12*l + j.
-enum { P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_ATTPW, P_ATTPB,
-       P_LN2W, P_LN2B, P_FCW, P_FCB, P_FCPW, P_FCPB, P_PER_LAYER };
-
 // Units: the pieces the parameter store hands out whole. Unit 0 is the
-// embeddings (wte, wpe), unit 1 + l is layer l, unit L + 1 is ln_f. Each is one
-// contiguous range [unit_begin, unit_end) of the flat layout.
+// embeddings (wte, wpe), unit 1 + l is layer l, unit L + 1 is ln_f; with
+// expert parallelism (ep > 1), unit L + 2 + j holds the experts this rank holds
+// of the j-th MoE layer. Each is one contiguous range [unit_begin, unit_end)
+// of the flat layout. The layout has two groups: dense parameters (units
+// 0..L+1, the same on every data-parallel rank) in [0, group_end[0]), then
+// (ep > 1) the held experts in [group_end[0], group_end[1]); at ep = 1 a
+// layer's experts sit inside its unit, like its dense MLP would.
 enum { PHASE_FWD = 0, PHASE_BWD = 1 };
 
 // How the model reaches parameters and gradients, so that it need not know
@@ -100,6 +114,8 @@ typedef struct RaggedBatch {
 typedef struct ModelParallel {
     Comm *sp;               // the sequence group; NULL or size 1: none
     int recompute;          // RECOMPUTE_* (deck.h): keep only layer inputs, recompute in backward
+    const MoeSpec *moe;     // NULL or nmoe = 0: a dense GPT
+    Comm *ep;               // the expert-parallel group; NULL or size 1: every expert held here
 } ModelParallel;
 
 typedef struct Model {
@@ -129,7 +145,35 @@ typedef struct Model {
     int tp_size, tp_rank;
     int Ct, NHt, Ht;        // channels of the heads held, heads held, MLP hidden held (all of them at tp = 1)
     int32_t *pos, *tables;  // (Nmax) (Nmax, max_blocks) backend memory
+    // Mixture of Experts (training)
+    MoeSpec moe;            // nmoe = 0: dense
+    MoeLayer *moel;         // (L) runtime of the MoE layers (zeroed for dense layers)
+    Comm *ep;
+    int ep_size, ep_rank;
+    int *lt;                // (L + 1, K_NKINDS) tensor index of (layer, kind), row L: wte, wpe, ln_f; -1 none
+    int *xt;                // (L) tensor index of expert 0's first tensor (its block of 4 per expert), -1 dense
+    int *xunit;             // (L) the unit holding layer l's held experts
+    int ngroups;            // 1, or 2 with expert parallelism
+    size_t group_end[2];    // group g is [g ? group_end[0] : 0, group_end[g])
+    // The counters of MoE jitter and of dropout's masks: the run's seed, the
+    // step, the global index of the micro-batch's first row (set by the trainer).
+    uint64_t moe_seed;
+    int64_t moe_step;
+    uint64_t moe_row0;
+    int moe_eval;           // the last forward used the eval capacity (no backward)
+    double moe_aux;         // last forward: sum over MoE layers of the mean over rows of the aux term
+    // Dropout ([model] dropout): GPT-2's sites (embeddings, attention
+    // probabilities, both residual branches), in forwards with for_backward and
+    // their backward only; masks drawn from (moe_seed, moe_step, moe_row0 + b).
+    float dropout;
+    int drop_on;            // the last forward dropped (training)
 } Model;
+
+// Tensor index of (layer, kind, expert) (layer -1: wte, wpe, ln_f; expert -1
+// unless an expert's kind), or -1 when the model has none.
+int model_tensor(const Model *m, int layer, int kind, int expert);
+// The table alone for a MoE model at expert layout (ep, ep_rank).
+void model_table_moe(Model *m, const ModelConfig *mc, const MoeSpec *moe, int ep, int ep_rank);
 
 GPTShape model_shape(const ModelConfig *mc);
 // Builds the table and allocates the activations for micro-batches of up to

@@ -22,6 +22,7 @@
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -99,6 +100,29 @@ static void list_path(FileList *fl, const char *path, int depth) {
         free(names[i]);
     }
     free(names);
+}
+
+// `-`: rank 0 copies standard input to tmp (beside the output, where every rank
+// can read it), with a progress line every 2 s. The copy is bounded by the disk.
+static void copy_stdin(const char *tmp) {
+    FILE *out = fopen(tmp, "wb");
+    SYS_CHECK(out, "cannot write '%s' (standard input is copied there first): %s", tmp, strerror(errno));
+    static char buf[1 << 16];   // rank 0's one copy buffer, used once
+    uint64_t total = 0;
+    double t0 = now(), last = t0;
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, stdin)) > 0) {
+        SYS_CHECK(fwrite(buf, 1, got, out) == got, "cannot write '%s': %s", tmp, strerror(errno));
+        total += got;
+        if (now() - last >= 2.0) {
+            last = now();
+            log_info("prep: reading standard input: %.1f MB, %.1f MB/s\n", (double)total / 1e6,
+                     (double)total / 1e6 / (last - t0));
+        }
+    }
+    SYS_CHECK(!ferror(stdin), "cannot read standard input: %s", strerror(errno));
+    SYS_CHECK(fclose(out) == 0, "cannot write '%s': %s", tmp, strerror(errno));
+    log_info("prep: standard input: %.1f MB\n", (double)total / 1e6);
 }
 
 // Rank 0 lists, every rank receives: paths as one buffer of NUL-terminated strings.
@@ -360,9 +384,10 @@ static void write_tokens(const char *out, const Tokenizer *tk, Tokens *t, int ra
 
 static int usage(int rank) {
     if (rank == 0)
-        fprintf(stderr, "usage: [mpiexec -np N] partita prep [--tokenizer byte|gpt2] [--tokenizer-dir DIR] "
+        fprintf(stderr, "usage: [mpiexec -np N] partita prep [--tokenizer byte|gpt2] [--tokenizer-dir DIR] [--jsonl] "
                         "OUT.h5 TEXT_FILE_OR_DIR...\n"
-                        "  a file is one document; a .jsonl file holds one per line (its \"text\")\n");
+                        "  a file is one document; a .jsonl file holds one per line (its \"text\");\n"
+                        "  - reads standard input (JSON lines with --jsonl)\n");
     return 2;
 }
 
@@ -370,7 +395,7 @@ int prep_main(int argc, char **argv) {
     int rank = 0, size = 1;
     MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    int kind = TOKENIZER_BYTE;
+    int kind = TOKENIZER_BYTE, stdin_jsonl = 0;
     const char *dir = "data/gpt2";
     int i = 0;
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
@@ -383,7 +408,10 @@ int prep_main(int argc, char **argv) {
             }
         } else if (strcmp(argv[i], "--tokenizer-dir") == 0 && i + 1 < argc) {
             dir = argv[++i];
+        } else if (strcmp(argv[i], "--jsonl") == 0) {
+            stdin_jsonl = 1;
         } else {
+            if (rank == 0) fprintf(stderr, "error: partita prep: unknown option '%s'\n", argv[i]);
             return usage(rank);
         }
     }
@@ -393,8 +421,19 @@ int prep_main(int argc, char **argv) {
     if (tokenizer_open(&tk, kind, dir, why, sizeof why) != 0) FATAL_ALL("run `make deps`, or give --tokenizer-dir", "%s", why);
     double t0 = now();
     FileList fl = {0};
+    char tmp[PREP_MAX_PATH] = "";
     if (rank == 0)
-        for (int k = i + 1; k < argc; k++) list_path(&fl, argv[k], 0);
+        for (int k = i + 1; k < argc; k++) {
+            if (strcmp(argv[k], "-") != 0) {
+                list_path(&fl, argv[k], 0);
+                continue;
+            }
+            SYS_CHECK(!tmp[0], "standard input (-) given twice");
+            SYS_CHECK((size_t)snprintf(tmp, sizeof tmp, "%s.stdin%s", argv[i], stdin_jsonl ? ".jsonl" : "") < sizeof tmp,
+                      "output path too long");
+            copy_stdin(tmp);
+            list_path(&fl, tmp, 0);
+        }
     share_list(&fl, rank);
     uint64_t bytes = 0;
     for (size_t k = 0; k < fl.n; k++) bytes += fl.size[k];
@@ -412,6 +451,8 @@ int prep_main(int argc, char **argv) {
     encode_range(&t, &tk, &fl, f0, o0, f1, o1, my_bytes, rank);
     uint64_t total = 0, docs = 0;
     write_tokens(argv[i], &tk, &t, rank, size, &total, &docs);
+    MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));   // every rank has read the standard input copy
+    if (tmp[0]) SYS_CHECK(unlink(tmp) == 0, "cannot remove '%s': %s", tmp, strerror(errno));
     double s = now() - t0;
     log_info("prep: %zu files, %llu documents, %.1f MB -> %llu tokens (%s tokenizer, vocab %d) in %s; "
              "%.2f s, %.1f MB/s on %d rank%s\n", fl.n, (unsigned long long)docs, (double)bytes / 1e6,

@@ -36,6 +36,16 @@ typedef struct Trainer {
     Topo topo;
     Comm dp;
     Comm sp;                    // sequence group (Ulysses all-to-alls); size 1 without sp
+    Comm ep, edp;               // expert-parallel and expert-data-parallel groups (ep > 1 only)
+    int ep_size;
+    MoeSpec moe;                // the deck's [moe] shape (nmoe = 0: dense)
+    double moe_aux, moe_choices, moe_dropped;   // this step's sums (aux: over micro-steps of the mean over rows)
+    int moe_nx;                 // experts of every MoE layer together
+    double *moe_load;           // (moe_nx) this step's kept choices per expert (layer by layer), then per token
+    double *moe_load_rows;      // rank 0: (buffer rows, moe_nx) rows not yet in run.h5
+    int moe_load_pending, moe_load_cap;
+    uint64_t moe_load_at;       // rows of /moe_load in run.h5
+    hid_t *moe_load_ds;         // (L) rank 0: /moe_load/h.<l> of each MoE layer
     DeviceInfo dev;
     const Backend *bk;          // where model states and activations live
     int threads;
@@ -47,7 +57,8 @@ typedef struct Trainer {
     Loader train, val;
     Model model;
     Zero zero;
-    Offload off;                // [offload] optimizer/params = nvme (off.slots NULL: none)
+    Offload off[ZERO_MAX_GROUPS];   // [offload]: one per ZeRO parameter group (noff of them; 0: none)
+    int noff;
     double update_s;            // seconds of optimizer updates so far (this rank)
     const ParamStore *ps;
     Metrics metrics;
@@ -58,12 +69,19 @@ typedef struct Trainer {
     int64_t base_rows;          // global data rows consumed before start_step
     int64_t last_ckpt;          // step of the newest checkpoint this job wrote (-1: none)
     double ckpt_s;              // the longest checkpoint write of this job (an estimate before one)
+    double ckpt_last_s;         // seconds of the newest checkpoint write (run.h5 checkpoint_time)
     double step_s[4];           // the last steps' seconds (ring), for the time limit
     CkptJob ckpt;               // checkpoints this job wrote (the only ones pruning deletes)
     double *rss_all;            // (ranks) per-rank peak RSS, MiB
     double rss_base;            // resident MiB before the model is allocated, largest rank: the process baseline
     double flops_per_token;
+    double t_begin;             // wall_seconds() as the trainer started (the progress line's elapsed time)
 } Trainer;
+
+// run.h5's /moe_load (defined with record_step).
+static void moe_load_open(Trainer *tr, int buffer);
+static void moe_load_write(Trainer *tr);
+static void moe_load_close(Trainer *tr);
 
 static double peak_rss_mb(void) {
     struct rusage ru;
@@ -89,72 +107,95 @@ static void machine_text(const Trainer *tr, char *buf, size_t n) {
              tr->topo.size, tr->topo.local_size, tr->threads, dev, comm_path_name(tr->dp.opt.path));
 }
 
+// [offload] moves the moments off the backend: to NVMe, or (cuda) to host memory.
+static int moments_offloaded(const Config *c, int dev) {
+    return c->offload.optimizer == OFFLOAD_NVME || (c->offload.optimizer == OFFLOAD_HOST && dev);
+}
+
+// What the offload engine holds instead of ZeRO's buffers (dev: the backend
+// has device memory): the moments; at stage 3 the parameter shard (params =
+// nvme, or host on cuda); on cpu at ZeRO 2-3 with the moments on NVMe and one
+// parameter group, the reduced gradients.
+static ZeroOffload offload_wants(const Config *c, int dev, int ngroups) {
+    ZeroOffload w = {.moments = moments_offloaded(c, dev)};
+    const OffloadConfig *oc = &c->offload;
+    w.params = w.moments && c->zero.stage == 3 && (oc->params == OFFLOAD_NVME || (oc->params == OFFLOAD_HOST && dev));
+    w.grads = w.moments && !dev && oc->optimizer == OFFLOAD_NVME && c->zero.stage >= 2 && ngroups == 1;
+    return w;
+}
+
 // Device memory for the run, taken in one piece at start: model states and
-// working buffers (zero_plan), activations, and room for alignment.
+// working buffers (zero_plan_offload: what offload holds is left out),
+// activations, Deep Optimizer States' staging, and room for alignment.
 static size_t arena_bytes(const Trainer *tr) {
     Model m;
-    ZeroPlan plan;
-    model_table(&m, &tr->cfg->model);
-    zero_plan(&m, &tr->cfg->zero, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
+    ZeroPlan plan, whole;
+    model_table_moe(&m, &tr->cfg->model, &tr->moe, tr->ep_size, tr->topo.ep_rank);
+    ZeroOffload w = offload_wants(tr->cfg, 1, m.ngroups > 1 ? 2 : 1);
+    zero_plan_offload(&m, &tr->cfg->zero, &w, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
     size_t acts = model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
                                                 (int)tr->cfg->train.recompute);
     size_t bytes = plan.params + plan.grads + plan.optim + plan.working + acts + ((size_t)64 << 20);
-    if (tr->cfg->offload.optimizer != OFFLOAD_NONE) {   // cuda: the moments on the host; room for DOS staging
-        bytes -= plan.optim;                            //   (taken from the activations when they hold it)
-        bytes += offload_device_bytes(&tr->cfg->offload, plan.optim / 8);
+    if (w.moments && !w.params) {   // DOS staging per group (taken from the activations when they hold it)
+        zero_plan(&m, &tr->cfg->zero, tr->topo.dp_size, tr->topo.dp_rank, 1, &whole);
+        bytes += (size_t)(m.ngroups > 1 ? 2 : 1) * offload_device_bytes(&tr->cfg->offload, whole.optim / 8);
     }
     model_free(&m);
     return bytes;
 }
 
-// [offload] moves the moments off the backend: to NVMe, or (cuda) to host memory.
-static int moments_offloaded(const Config *c, const Backend *bk) {
-    return c->offload.optimizer == OFFLOAD_NVME || (c->offload.optimizer == OFFLOAD_HOST && bk->device_memory);
-}
-
-// [offload]: the owned range's moments (and stage-3 shard; on cpu at ZeRO 2-3
-// with the moments on NVMe the reduced gradients too) to host memory or a file per rank.
+// [offload]: each ZeRO group's owned range (moments; stage-3 shard; on cpu at
+// ZeRO 2-3 with the moments on NVMe and one group, the reduced gradients) to
+// host memory or a file per rank and group. Call after zero_create_offload
+// with offload_wants' answer.
 static void start_offload(Trainer *tr) {
     const OffloadConfig *oc = &tr->cfg->offload;
     if (oc->optimizer == OFFLOAD_NONE && oc->params == OFFLOAD_NONE) return;
     int dev = tr->bk->device_memory;
-    if (dev && oc->optimizer == OFFLOAD_NONE)
-        FATAL_ALL("set [offload] optimizer = host (or nvme) too: the update runs where the moments are",
-                  "[offload] params = host on cuda needs the moments off the device as well");
-    if (!moments_offloaded(tr->cfg, tr->bk)) {
+    Zero *z = &tr->zero;
+    if (!z->offl.moments) {
         log_info("offload: optimizer = host, params = %s: on the cpu backend the states already live in host memory\n",
                  oc->params == OFFLOAD_HOST ? "host" : "none");
         return;
     }
-    Zero *z = &tr->zero;
-    int params = oc->params == OFFLOAD_NVME || (oc->params == OFFLOAD_HOST && dev) ? (int)oc->params : OFFLOAD_NONE;
-    int grads = !dev && oc->optimizer == OFFLOAD_NVME && z->stage >= 2;
-    offload_create(&tr->off, oc, tr->bk, tr->cfg->run.name, tr->topo.rank, 0, z->own_begin,
-                   z->own_end - z->own_begin, params, grads);
-    zero_attach_offload(z, &tr->off);
-    const Offload *o = &tr->off;
     static const char *const tiers[] = {"device", "host", "nvme"};
-    if (o->tier == OFFLOAD_NVME)
-        log_info("offload: optimizer = nvme, params = %s, gradients = %s, in %s (%s, %zu-byte alignment): ",
-                 dev ? tiers[params] : params == OFFLOAD_NVME ? "nvme" : "memory", grads ? "nvme" : "memory",
-                 oc->nvme_dir, o->file.direct ? "O_DIRECT" : "buffered", o->file.align);
-    else
-        log_info("offload: optimizer = host (pinned), params = %s: ", tiers[params]);
-    log_info("%d subgroups of %.3f MiB, %d buffers, queue depth %lld, prefetch %s; %.1f MiB staged in memory per "
-             "rank (cap %g MiB)\n", o->nsub, (double)o->G * 4 / 1048576.0, o->nbuf, (long long)oc->queue_depth,
-             o->prefetch ? "on" : "off", (double)o->held_bytes / 1048576.0, oc->host_cap_mb);
-    offload_dos_plan(&tr->off, &tr->model, oc->dos, (int)oc->dos_stride);
+    int params = z->offl.params ? (int)oc->params : OFFLOAD_NONE;
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        Offload *o = &tr->off[k];
+        offload_create(o, oc, tr->bk, tr->cfg->run.name, tr->topo.rank, k, g->own_begin, g->own_end - g->own_begin,
+                       params, z->offl.grads);
+        tr->noff = k + 1;
+        zero_attach_offload(z, k, o);
+        char grp[48] = "";
+        if (z->ngroups > 1) snprintf(grp, sizeof grp, " (group %d: %s)", k, k ? "held experts" : "dense");
+        if (o->tier == OFFLOAD_NVME)
+            log_info("offload%s: optimizer = nvme, params = %s, gradients = %s, in %s (%s, %zu-byte alignment): ", grp,
+                     dev ? tiers[params] : params == OFFLOAD_NVME ? "nvme" : "memory", z->offl.grads ? "nvme" : "memory",
+                     oc->nvme_dir, o->file.direct ? "O_DIRECT" : "buffered", o->file.align);
+        else
+            log_info("offload%s: optimizer = host (pinned), params = %s: ", grp, tiers[params]);
+        log_info("%d subgroups of %.3f MiB, %d buffers, queue depth %lld, prefetch %s; %.1f MiB staged in memory per "
+                 "rank (cap %g MiB)\n", o->nsub, (double)o->G * 4 / 1048576.0, o->nbuf, (long long)oc->queue_depth,
+                 o->prefetch ? "on" : "off", (double)o->held_bytes / 1048576.0, oc->host_cap_mb);
+        offload_dos_plan(o, &tr->model, oc->dos, (int)oc->dos_stride);
+    }
 }
 
 // Deep Optimizer States' choice and its inputs, as run.h5 attributes (rank 0).
 static void describe_offload(const Trainer *tr, hid_t f) {
-    const Offload *o = &tr->off;
-    if (!o->slots) return;
-    h5_attr_i64(f, "offload_subgroups", o->nsub);
+    if (tr->bk->device_memory) h5_attr_i64(f, "device_arena_used_bytes", (int64_t)device_arena_used());
+    if (!tr->noff) return;
+    const Offload *o = &tr->off[0];     // group 0's choice; the counts over every group
+    int nsub = 0, ngpu = 0;
+    for (int k = 0; k < tr->noff; k++) {
+        nsub += tr->off[k].nsub;
+        for (int i = 0; i < tr->off[k].nsub; i++) ngpu += dos_on_gpu(tr->off[k].stride, i);
+    }
+    h5_attr_i64(f, "offload_groups", tr->noff);
+    h5_attr_i64(f, "offload_subgroups", nsub);
     h5_attr_i64(f, "offload_subgroup_floats", (int64_t)o->G);
     if (!o->device) return;
-    int ngpu = 0;
-    for (int i = 0; i < o->nsub; i++) ngpu += dos_on_gpu(o->stride, i);
     h5_attr_i64(f, "dos_stride", o->stride);
     h5_attr_i64(f, "dos_gpu_subgroups", ngpu);
     h5_attr_f64(f, "dos_bw_h2d", o->rates.bw_h2d);
@@ -177,8 +218,14 @@ static void start_backend(Trainer *tr, CommOptions *co) {
 }
 
 // Token ranges: [0, split) trains and [split, ntok) validates when no val file is given.
+static void open_data_mix(Trainer *tr);
+
 static void open_data(Trainer *tr) {
     const Config *c = tr->cfg;
+    if (strchr(c->data.train, ',') || c->data.weights[0]) {   // data mixing (issue 18): data.c
+        open_data_mix(tr);
+        return;
+    }
     tokenfile_open(&tr->train_file, c->data.train);
     const TokenFile *vf = &tr->train_file;
     uint64_t tb = 0, te = tr->train_file.ntok, vb = 0, ve = 0;
@@ -211,6 +258,43 @@ static void open_data(Trainer *tr) {
         loader_set_slice(&tr->train, tr->topo.sp_rank * tr->Tl, tr->Tl);
         if (ve > vb) loader_set_slice(&tr->val, tr->topo.sp_rank * tr->Tl, tr->Tl);
     }
+}
+
+// Several train files mixed by [data] weights: each file's tokenizer checked as
+// for one, its val_fraction tail held out unless [data] val is given.
+static void open_data_mix(Trainer *tr) {
+    const Config *c = tr->cfg;
+    char paths[DATA_MAX_SOURCES][512], why[2048], where[600];
+    int n = data_split_list(c->data.train, paths, DATA_MAX_SOURCES);
+    for (int k = 0; k < n; k++)
+        if (prep_check_tokens(paths[k], c->data.tokenizer, c->data.tokenizer_dir, c->model.vocab, why, sizeof why))
+            FATAL_ALL(NULL, "%s: %s", deck_where(tr->deck, "data.tokenizer", where, sizeof where), why);
+    int own_val = c->data.val[0] != 0;
+    if (data_open_mix(&tr->train, own_val ? NULL : &tr->val, c->data.train, c->data.weights,
+                      own_val ? 0.0 : c->data.val_fraction, tr->B, tr->T, c->data.order, (uint64_t)c->run.seed,
+                      c->model.vocab, why, sizeof why) != 0)
+        FATAL_ALL(NULL, "%s: %s", deck_where(tr->deck, c->data.weights[0] ? "data.weights" : "data.train", where,
+                  sizeof where), why);
+    tr->train_file = tr->train.mix->files[0];   // a copy for the header; the mix owns and closes the files
+    tr->train_file.file = tr->train_file.dset = 0;
+    for (int k = 0; k < tr->train.mix->n; k++)
+        if (tr->train.mix->files[k].vocab_size > c->model.vocab)
+            FATAL_ALL("set [model] vocab to at least the token files' vocab_size", "%s: model.vocab = %lld is smaller "
+                      "than the vocab_size %lld of '%s'", deck_where(tr->deck, "model.vocab", where, sizeof where),
+                      (long long)c->model.vocab, (long long)tr->train.mix->files[k].vocab_size, paths[k]);
+    if (own_val) {
+        tokenfile_open(&tr->val_file, c->data.val);
+        loader_create(&tr->val, &tr->val_file, 0, tr->val_file.ntok, tr->B, tr->T, ORDER_SEQUENTIAL, 0, c->model.vocab);
+    }
+    if (tr->Tl != tr->T) {
+        loader_set_slice(&tr->train, tr->topo.sp_rank * tr->Tl, tr->Tl);
+        if (tr->val.rows) loader_set_slice(&tr->val, tr->topo.sp_rank * tr->Tl, tr->Tl);
+    }
+    if (tr->topo.rank == 0)
+        for (int k = 0; k < tr->train.mix->n; k++)
+            log_info("data mix: %s, weight %.4f (%u of every %d rows), %llu train rows\n", paths[k],
+                     tr->train.mix->weight[k], tr->train.mix->count[k], DATA_MIX_PERIOD,
+                     (unsigned long long)tr->train.mix->src[k].rows);
 }
 
 // Global data rows consumed once `steps` steps are done: the checkpoint's
@@ -246,7 +330,10 @@ static void checkpoint(Trainer *tr, int64_t steps_done) {
     double t0 = wall_seconds();
     zero_pull_states(&tr->zero);
     ckpt_write(&tr->ckpt, &tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
-    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s)\n", tr->cfg->checkpoint.dir, (long long)steps_done, wall_seconds() - t0);
+    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s%s; layout %.2f s, %s %.2f s, meta and publish %.2f s)\n",
+             tr->cfg->checkpoint.dir, (long long)steps_done, wall_seconds() - t0,
+             tr->cfg->checkpoint.async ? "; writing in the background" : "", tr->ckpt.layout_s,
+             tr->cfg->checkpoint.async ? "host copy" : "states", tr->ckpt.data_s, tr->ckpt.publish_s);
 }
 
 // A checkpoint, timed (the time limit plans with the longest of this job).
@@ -255,6 +342,7 @@ static void save(Trainer *tr, int64_t steps_done) {
     checkpoint(tr, steps_done);
     double dt = wall_seconds() - t0;
     if (dt > tr->ckpt_s || tr->last_ckpt < 0) tr->ckpt_s = dt;
+    tr->ckpt_last_s = dt;
     tr->last_ckpt = steps_done;
 }
 
@@ -299,16 +387,20 @@ static void measure_peak(Trainer *tr) {
 
 static void trainer_create(Trainer *tr, const Deck *d) {
     memset(tr, 0, sizeof *tr);
+    tr->t_begin = wall_seconds();
     tr->deck = d;
     tr->cfg = &d->cfg;
     const Config *c = tr->cfg;
     tr->deck_text = xmalloc(1 << 16, "deck text");
     deck_format(d, tr->deck_text, 1 << 16);
-    topo_init(&tr->topo, (int)c->parallel.dp, (int)c->parallel.sp);
+    moe_spec_from_config(&tr->moe, c);
+    tr->ep_size = tr->moe.nmoe ? (int)c->parallel.ep : 1;
+    topo_init(&tr->topo, (int)c->parallel.dp, (int)c->parallel.sp, tr->ep_size);
     tr->threads = threads_per_rank(c->run.threads, tr->topo.local_size);
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
                       .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step,
-                      .fault_hang_s = c->comm.fault_hang_s, .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN)};
+                      .fault_hang_s = c->comm.fault_hang_s, .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN),
+                      .progress = c->comm.progress, .progress_us = c->comm.progress_us};
     kernels_set_threads(tr->threads);
     tr->B = (int)c->train.micro_batch;
     tr->T = (int)c->train.seq_len;
@@ -317,6 +409,10 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     start_backend(tr, &co);
     comm_init(&tr->dp, tr->topo.dp, "dp", &co);
     comm_init(&tr->sp, tr->topo.sp, "sp", &co);
+    if (tr->ep_size > 1) {
+        comm_init(&tr->ep, tr->topo.ep, "ep", &co);
+        comm_init(&tr->edp, tr->topo.edp, "edp", &co);
+    }
 
     measure_peak(tr);
 
@@ -325,14 +421,20 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     open_data(tr);
     double base = rss_now_mb();     // MPI, HDF5, BLAS, the loader: what the model's memory comes on top of
     MPI_CHECK(MPI_Allreduce(&base, &tr->rss_base, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
-    ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute};
+    ModelParallel mp = {.sp = &tr->sp, .recompute = (int)c->train.recompute, .moe = &tr->moe,
+                        .ep = tr->ep_size > 1 ? &tr->ep : NULL};
     model_create_parallel(&tr->model, &c->model, tr->B, tr->Tl, tr->bk, &mp);
-    OptimConfig optc = c->optim;
-    optc.offloaded = moments_offloaded(c, tr->bk);
-    zero_create(&tr->zero, &c->zero, &tr->dp, &tr->model, &optc, c->train.steps);
+    ZeroOffload want = offload_wants(c, tr->bk->device_memory, tr->model.ngroups > 1 ? 2 : 1);
+    if (tr->bk->device_memory && c->offload.params != OFFLOAD_NONE && !want.moments)
+        FATAL_ALL("set [offload] optimizer = host (or nvme) too: the update runs where the moments are",
+                  "[offload] params = host on cuda needs the moments off the device as well");
+    zero_create_offload(&tr->zero, &c->zero, &tr->dp, tr->ep_size > 1 ? &tr->edp : NULL, &tr->model, &c->optim,
+                        c->train.steps, &want);
     start_offload(tr);
     zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
     tr->ps = zero_store(&tr->zero);
+    for (int l = 0; l < tr->model.s.L && tr->moe.nmoe; l++) tr->moe_nx += tr->moe.experts[l];
+    tr->moe_load = tr->moe_nx ? xcalloc(sizeof(double) * (size_t)tr->moe_nx, "moe load") : NULL;
     tr->inputs = xmalloc((size_t)tr->B * tr->Tl * sizeof(int32_t), "inputs");
     tr->targets = xmalloc((size_t)tr->B * tr->Tl * sizeof(int32_t), "targets");
     tr->rss_all = xcalloc((size_t)tr->topo.size * sizeof(double), "rss");
@@ -341,6 +443,8 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     // Before the first checkpoint of the job, plan with 1 s + its bytes at 200 MB/s.
     tr->ckpt_s = 1.0 + 3.0 * (double)tr->model.nparams * sizeof(float) / 200e6;
     resume(tr);
+    char hosts[4096];
+    metrics_hosts(MPI_COMM_WORLD, hosts, sizeof hosts);
     if (tr->topo.rank == 0) {
         char path[DECK_STR + 16], machine[1024];
         machine_text(tr, machine, sizeof machine);
@@ -350,6 +454,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
             log_info("run.h5: continuing %s from step %lld\n", path, (long long)tr->start_step);
         metrics_describe(&tr->metrics, tr->deck_text, machine, tr->peak_gflops, &tr->peak, tr->peak_all,
                          tr->threads, tr->start_step);
+        metrics_describe_job(&tr->metrics, hosts);
         h5_attr_i64(tr->metrics.file, "zero_stage", tr->zero.stage);
         h5_attr_i64(tr->metrics.file, "model_state_bytes", (int64_t)tr->zero.state_bytes);
         h5_attr_i64(tr->metrics.file, "working_bytes", (int64_t)tr->zero.working_bytes);
@@ -357,19 +462,29 @@ static void trainer_create(Trainer *tr, const Deck *d) {
         h5_attr_i64(tr->metrics.file, "nparams", (int64_t)tr->model.nparams);
         h5_attr_f64(tr->metrics.file, "baseline_rss_mb", tr->rss_base);
         describe_offload(tr, tr->metrics.file);
+        moe_load_open(tr, buffer);
         metrics_flush(&tr->metrics);
     }
 }
 
 static void trainer_free(Trainer *tr) {
-    if (tr->topo.rank == 0) metrics_close(&tr->metrics);
+    if (tr->topo.rank == 0) {
+        moe_load_write(tr);
+        moe_load_close(tr);
+        metrics_close(&tr->metrics);
+    }
+    free(tr->moe_load);
     loader_free(&tr->train);
     if (tr->val.rows) loader_free(&tr->val);
     tokenfile_close(&tr->train_file);
     if (tr->cfg->data.val[0]) tokenfile_close(&tr->val_file);
     zero_free(&tr->zero);
-    offload_free(&tr->off);
+    for (int k = 0; k < tr->noff; k++) offload_free(&tr->off[k]);
     model_free(&tr->model);
+    if (tr->ep_size > 1) {
+        comm_free(&tr->edp);
+        comm_free(&tr->ep);
+    }
     comm_free(&tr->sp);
     comm_free(&tr->dp);
     device_stop(&tr->dev);
@@ -379,6 +494,7 @@ static void trainer_free(Trainer *tr) {
     free(tr->peak_all);
     free(tr->deck_text);
     ckpt_job_free(&tr->ckpt);
+    moe_spec_free(&tr->moe);
     topo_free(&tr->topo);
 }
 
@@ -390,11 +506,26 @@ static double evaluate(Trainer *tr) {
     for (int64_t k = 0; k < nb; k++) {
         uint64_t g0 = ((uint64_t)k * (uint64_t)tr->topo.data_size + (uint64_t)tr->topo.data_rank) * (uint64_t)tr->B;
         loader_batch(&tr->val, g0, tr->inputs, tr->targets);
+        tr->model.moe_row0 = g0;
         sum[0] += model_forward(&tr->model, tr->ps, tr->inputs, tr->targets, tr->B, tr->Tl, 0);
         sum[1] += 1.0;
     }
     comm_allreduce_sum_f64(&tr->dp, sum, 2, "validation loss");
     return sum[0] / sum[1];
+}
+
+// MoE: the last forward's aux term and drops, added to the step's sums.
+static void moe_step_stats(Trainer *tr) {
+    const Model *m = &tr->model;
+    if (!m->moe.nmoe) return;
+    tr->moe_aux += m->moe_aux;
+    for (int l = 0; l < m->s.L; l++) {
+        if (!m->moe.experts[l]) continue;
+        tr->moe_choices += (double)m->moel[l].stats.choices;
+        tr->moe_dropped += (double)m->moel[l].stats.dropped;
+    }
+    for (int l = 0, at = 0; l < m->s.L; l++)
+        for (int x = 0; x < m->moe.experts[l]; x++) tr->moe_load[at++] += m->moel[l].stats.load[x];
 }
 
 // The gradients of one optimizer step: grad_accum micro-steps (ZeRO reduces
@@ -409,23 +540,36 @@ static double compute_grads(Trainer *tr, int64_t step, double *grad_norm) {
     const int B = tr->B, T = tr->Tl, accum = tr->accum;
     zero_begin_step(&tr->zero, step);
     comm_set_step(&tr->sp, step);
+    if (tr->ep_size > 1) comm_set_step(&tr->ep, step);
     double loss = 0.0;
     float dloss = 1.0f / ((float)B * (float)T * (float)accum);
+    tr->moe_aux = tr->moe_choices = tr->moe_dropped = 0.0;
+    if (tr->moe_nx) memset(tr->moe_load, 0, sizeof(double) * (size_t)tr->moe_nx);
+    m->moe_seed = (uint64_t)c->run.seed;
+    m->moe_step = step;
     uint64_t base = (uint64_t)rows_done(tr, step);
     for (int a = 0; a < accum; a++) {
         uint64_t g0 = base + ((uint64_t)a * (uint64_t)tr->topo.data_size + (uint64_t)tr->topo.data_rank) * (uint64_t)B;
         loader_batch(&tr->train, g0, tr->inputs, tr->targets);
         zero_begin_micro(&tr->zero, a, accum);
+        m->moe_row0 = g0;
         loss += model_forward(m, tr->ps, tr->inputs, tr->targets, B, T, 1);
+        moe_step_stats(tr);
         // Test-only: one rank's gradient of this step turns NaN.
         int poison = c->train.fault_nan_step == step + 1 && c->train.fault_nan_rank == tr->topo.rank && a == accum - 1;
         if (poison) log_warn("test fault: poisoning the gradient of step %lld", (long long)step + 1);
         model_backward(m, tr->ps, tr->inputs, tr->targets, B, T, poison ? NAN : dloss);
     }
     *grad_norm = zero_reduce_grads(&tr->zero);
-    double l = loss / accum;
-    comm_allreduce_sum_f64(&tr->dp, &l, 1, "loss");
-    return l / tr->dp.size;
+    double l[4] = {loss / accum, tr->moe_aux / accum, tr->moe_choices, tr->moe_dropped};
+    comm_allreduce_sum_f64(&tr->dp, l, tr->moe.nmoe ? 4 : 1, "loss");
+    tr->moe_aux = l[1] / tr->dp.size;
+    tr->moe_dropped = l[2] > 0 ? l[3] / l[2] : 0.0;
+    if (tr->moe_nx) {   // tokens routed to each expert, over every rank, per token of the step
+        comm_allreduce_sum_f64(&tr->dp, tr->moe_load, (size_t)tr->moe_nx, "moe load");
+        for (int x = 0; x < tr->moe_nx; x++) tr->moe_load[x] /= (double)c->train.batch * (double)tr->T;
+    }
+    return l[0] / tr->dp.size;
 }
 
 // Clip and AdamW on the owned shard.
@@ -442,9 +586,22 @@ static void format_eta(double s, char *buf, size_t n) {
     snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
 }
 
-static void gather_rss(Trainer *tr) {
-    double mine = peak_rss_mb();
+// Each rank's peak RSS into rss_all (rank 0); returns the largest resident MiB now (rank 0).
+static double gather_rss(Trainer *tr) {
+    double mine = peak_rss_mb(), now = rss_now_mb(), most = 0;
     MPI_CHECK(MPI_Gather(&mine, 1, MPI_DOUBLE, tr->rss_all, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+    MPI_CHECK(MPI_Reduce(&now, &most, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD));
+    return most;
+}
+
+// The progress line's tail: elapsed wall time since start, memory in use, the local time.
+static void progress_tail(double elapsed, double rss_mb, char *buf, size_t n) {
+    char el[32], stamp[32];
+    format_eta(elapsed, el, sizeof el);
+    time_t now = time(NULL);
+    struct tm tmv;
+    strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", localtime_r(&now, &tmv));
+    snprintf(buf, n, " | elapsed %s | mem %.0f MiB | %s", el, rss_mb, stamp);
 }
 
 static void print_header(const Trainer *tr) {
@@ -460,6 +617,10 @@ static void print_header(const Trainer *tr) {
     log_info("layout: %d ranks (dp=%d x sp=%d), %d threads per rank, batch %lld sequences = %lld tokens per step%s\n",
              tr->topo.size, tr->topo.data_size, tr->topo.sp_size, tr->threads, (long long)c->train.batch,
              (long long)c->train.batch * tr->T, c->train.recompute ? ", activation checkpointing per layer" : "");
+    if (tr->ep_size > 1)
+        log_info("experts: ep = %d (groups of %d consecutive data-parallel ranks; rank %d holds experts %d/%d of each "
+                 "MoE layer), their states partitioned over %d ranks\n", tr->ep_size, tr->ep_size, tr->topo.rank,
+                 tr->topo.ep_rank, tr->ep_size, tr->topo.edp_size);
     char dev[300];
     device_describe(&tr->dev, dev, sizeof dev);
     log_info("backend: %s; collectives: %s\n", dev, comm_path_name(tr->dp.opt.path));
@@ -479,30 +640,91 @@ typedef struct StepOut {
 
 // Counters at the previous row, so each row holds one step's traffic.
 typedef struct CommMark {
-    uint64_t bytes[COMM_NOPS];     // dp (ZeRO) group
-    uint64_t a2a;                  // sp group: Ulysses all-to-alls
-    double wait_s;
-    uint64_t io_read, io_write;    // offload
-    double io_wait, update_s;
+    uint64_t bytes[COMM_NOPS];     // ZeRO's groups: dp (and edp with expert parallelism)
+    uint64_t a2a;                  // all-to-alls: sp (Ulysses) and ep (MoE dispatch and combine)
+    double wait_s;                 // dp (and, with ep, the edp and ep groups)
+    double inflight_s;
+    uint64_t io_read, io_write;    // offload, every group's
+    double io_wait, update_s;      // offload's I/O waits; every optimizer update
 } CommMark;
 
-// Rank 0's offload traffic and update time in the step.
-static void record_offload(Trainer *tr, MetricsRow *row, CommMark *mark) {
-    uint64_t rd = tr->off.slots ? offload_read_bytes(&tr->off) : 0, wr = tr->off.slots ? offload_write_bytes(&tr->off) : 0;
-    double w = tr->off.slots ? offload_io_wait(&tr->off) : 0.0;
-    row->v[M_OFFLOAD_READ_BYTES] = (double)(rd - mark->io_read);
-    row->v[M_OFFLOAD_WRITE_BYTES] = (double)(wr - mark->io_write);
-    row->v[M_IO_WAIT] = w - mark->io_wait;
-    row->v[M_UPDATE_TIME] = tr->update_s - mark->update_s;
-    mark->io_read = rd;
-    mark->io_write = wr;
-    mark->io_wait = w;
-    mark->update_s = tr->update_s;
+// This rank's counters since the start of the job (communication, offload I/O, updates).
+static CommMark comm_now(const Trainer *tr) {
+    CommMark n;
+    int ep = tr->ep_size > 1;
+    for (int op = 0; op < COMM_NOPS; op++) n.bytes[op] = tr->dp.bytes[op] + (ep ? tr->edp.bytes[op] : 0);
+    n.a2a = tr->sp.bytes[COMM_ALLTOALL] + (ep ? tr->ep.bytes[COMM_ALLTOALL] : 0);
+    n.wait_s = tr->dp.wait_s + (ep ? tr->edp.wait_s + tr->ep.wait_s : 0.0);
+    n.inflight_s = comm_inflight_s(&tr->dp);
+    n.io_read = n.io_write = 0;
+    n.io_wait = 0.0;
+    for (int k = 0; k < tr->noff; k++) {
+        n.io_read += offload_read_bytes(&tr->off[k]);
+        n.io_write += offload_write_bytes(&tr->off[k]);
+        n.io_wait += offload_io_wait(&tr->off[k]);
+    }
+    n.update_s = tr->update_s;
+    return n;
+}
+
+// Rank 0: the buffered rows of /moe_load/h.<l> into run.h5 (before a flush).
+static void moe_load_write(Trainer *tr) {
+    const Model *m = &tr->model;
+    uint64_t n = (uint64_t)tr->moe_load_pending;
+    if (!tr->moe_load_ds || !n) return;
+    double *rows = xmalloc(sizeof(double) * n * (size_t)tr->moe_nx, "moe load rows");
+    for (int l = 0, at = 0; l < m->s.L; l++) {
+        int E = m->moe.experts[l];
+        if (!E) continue;
+        for (uint64_t i = 0; i < n; i++)
+            memcpy(rows + i * (size_t)E, tr->moe_load_rows + i * (size_t)tr->moe_nx + at, sizeof(double) * (size_t)E);
+        metrics_series_write(tr->moe_load_ds[l], tr->moe_load_at, n, E, rows);
+        at += E;
+    }
+    free(rows);
+    tr->moe_load_at += n;
+    tr->moe_load_pending = 0;
+}
+
+// Rank 0: this step's loads into the buffer.
+static void moe_load_append(Trainer *tr) {
+    if (!tr->moe_load_ds) return;
+    if (tr->moe_load_pending == tr->moe_load_cap) moe_load_write(tr);
+    memcpy(tr->moe_load_rows + (size_t)tr->moe_load_pending * (size_t)tr->moe_nx, tr->moe_load,
+           sizeof(double) * (size_t)tr->moe_nx);
+    tr->moe_load_pending++;
+}
+
+// Rank 0: /moe_load/h.<l>, (steps, E_l), beside /metrics.
+static void moe_load_open(Trainer *tr, int buffer) {
+    const Model *m = &tr->model;
+    if (!tr->moe_nx) return;
+    tr->moe_load_cap = buffer < 1 ? 1 : buffer;
+    tr->moe_load_rows = xmalloc(sizeof(double) * (size_t)tr->moe_load_cap * (size_t)tr->moe_nx, "moe load rows");
+    tr->moe_load_ds = xcalloc(sizeof(hid_t) * (size_t)m->s.L, "moe load datasets");
+    tr->moe_load_at = tr->metrics.rows;
+    for (int l = 0; l < m->s.L; l++) {
+        if (!m->moe.experts[l]) continue;
+        char path[64];
+        snprintf(path, sizeof path, "moe_load/h.%d", l);
+        tr->moe_load_ds[l] = metrics_series(&tr->metrics, path, m->moe.experts[l]);
+        h5_attr_str(tr->moe_load_ds[l], "description", "(steps, experts of the layer): tokens routed to each expert "
+                    "(kept choices, every rank) per token of the step; rows as /metrics/step");
+    }
+}
+
+static void moe_load_close(Trainer *tr) {
+    if (!tr->moe_load_ds) return;
+    for (int l = 0; l < tr->model.s.L; l++)
+        if (tr->moe_load_ds[l] > 0) H5_CHECK(H5Dclose(tr->moe_load_ds[l]));
+    free(tr->moe_load_ds);
+    free(tr->moe_load_rows);
+    tr->moe_load_ds = NULL;
 }
 
 // Collective (per-rank memory); rank 0 appends the row and maybe prints.
 static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *o, CommMark *mark, double train_time) {
-    gather_rss(tr);
+    double rss_now = gather_rss(tr);
     if (tr->topo.rank != 0) return;
     const Config *c = tr->cfg;
     double tokens_per_step = (double)c->train.batch * tr->T;
@@ -522,23 +744,32 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_TOKENS] = row.v[M_DATA_ROWS] * tr->T;
     row.v[M_SKIPPED] = o->skipped;
     row.v[M_RANKS] = tr->topo.size;
-    row.v[M_COMM_ALL_REDUCE] = (double)(tr->dp.bytes[COMM_ALLREDUCE] - mark->bytes[COMM_ALLREDUCE]);
-    row.v[M_COMM_REDUCE_SCATTER] = (double)(tr->dp.bytes[COMM_REDUCE_SCATTER] - mark->bytes[COMM_REDUCE_SCATTER]);
-    row.v[M_COMM_ALL_GATHER] = (double)(tr->dp.bytes[COMM_ALLGATHER] - mark->bytes[COMM_ALLGATHER]);
-    row.v[M_COMM_WAIT] = tr->dp.wait_s - mark->wait_s;
-    row.v[M_COMM_ALL_TO_ALL] = (double)(tr->sp.bytes[COMM_ALLTOALL] - mark->a2a);
-    mark->a2a = tr->sp.bytes[COMM_ALLTOALL];
-    record_offload(tr, &row, mark);
-    memcpy(mark->bytes, tr->dp.bytes, sizeof mark->bytes);
-    mark->wait_s = tr->dp.wait_s;
+    row.v[M_CHECKPOINT_TIME] = tr->last_ckpt == step + 1 ? tr->ckpt_last_s : 0.0;
+    CommMark now = comm_now(tr);
+    row.v[M_COMM_ALL_REDUCE] = (double)(now.bytes[COMM_ALLREDUCE] - mark->bytes[COMM_ALLREDUCE]);
+    row.v[M_COMM_REDUCE_SCATTER] = (double)(now.bytes[COMM_REDUCE_SCATTER] - mark->bytes[COMM_REDUCE_SCATTER]);
+    row.v[M_COMM_ALL_GATHER] = (double)(now.bytes[COMM_ALLGATHER] - mark->bytes[COMM_ALLGATHER]);
+    row.v[M_COMM_WAIT] = now.wait_s - mark->wait_s;
+    row.v[M_COMM_ALL_TO_ALL] = (double)(now.a2a - mark->a2a);
+    row.v[M_AUX_LOSS] = tr->moe.nmoe ? tr->moe_aux : NAN;
+    row.v[M_MOE_DROPPED] = tr->moe.nmoe ? tr->moe_dropped : NAN;
+    row.v[M_COMM_INFLIGHT] = now.inflight_s - mark->inflight_s;
+    row.v[M_OFFLOAD_READ_BYTES] = (double)(now.io_read - mark->io_read);     // rank 0's offload traffic
+    row.v[M_OFFLOAD_WRITE_BYTES] = (double)(now.io_write - mark->io_write);
+    row.v[M_IO_WAIT] = now.io_wait - mark->io_wait;
+    row.v[M_UPDATE_TIME] = now.update_s - mark->update_s;
+    *mark = now;
     metrics_append(&tr->metrics, &row);
+    moe_load_append(tr);
     if (!o->print) return;
-    char eta[32], vbuf[32] = "";
+    char eta[32], vbuf[32] = "", tail[128];
     format_eta(train_time / (double)(step + 1 - tr->start_step) * (double)(stop - step - 1), eta, sizeof eta);
     if (isfinite(o->val)) snprintf(vbuf, sizeof vbuf, " | val %.4f", o->val);
-    log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.1f GFLOP/s | %.3f s/step | ETA %s\n",
+    progress_tail(wall_seconds() - tr->t_begin, rss_now, tail, sizeof tail);
+    log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.1f GFLOP/s | %.3f s/step | ETA %s%s\n",
              (long long)step + 1, (long long)c->train.steps, o->loss, vbuf, o->lr, o->gnorm, tps, 100.0 * mfu, gflops,
-             o->dt, eta);
+             o->dt, eta, tail);
+    moe_load_write(tr);
     metrics_flush(&tr->metrics);
 }
 
@@ -646,14 +877,7 @@ int train_run(const Deck *d) {
     log_info("step %6lld/%lld | val %.4f (%s)\n", (long long)tr.start_step, (long long)c->train.steps, last_val,
              tr.start_step ? "resumed" : "initial");
     if (tr.topo.rank == 0 && tr.start_step == 0) h5_attr_f64(tr.metrics.file, "val_loss_initial", last_val);
-    CommMark mark;
-    memcpy(mark.bytes, tr.dp.bytes, sizeof mark.bytes);
-    mark.wait_s = tr.dp.wait_s;
-    mark.a2a = tr.sp.bytes[COMM_ALLTOALL];
-    mark.io_read = tr.off.slots ? offload_read_bytes(&tr.off) : 0;
-    mark.io_write = tr.off.slots ? offload_write_bytes(&tr.off) : 0;
-    mark.io_wait = tr.off.slots ? offload_io_wait(&tr.off) : 0.0;
-    mark.update_s = tr.update_s;
+    CommMark mark = comm_now(&tr);
     // The job may stop early (stop_at) with a checkpoint; the schedule still spans train.steps.
     int64_t stop_at = c->train.stop_at > 0 && c->train.stop_at < c->train.steps ? c->train.stop_at : c->train.steps;
     int end = END_DONE;
@@ -665,6 +889,7 @@ int train_run(const Deck *d) {
             break;
         }
         double t0 = wall_seconds();
+        ckpt_poll(&tr.ckpt);    // publishes an asynchronous checkpoint whose writes are done (counted in the step)
         o = (StepOut){.val = NAN};
         o.loss = compute_grads(&tr, step, &o.gnorm);
         o.lr = optim_lr(&tr.zero.optim, step);
@@ -710,6 +935,7 @@ int train_run(const Deck *d) {
         snprintf(path, sizeof path, "%s/final.h5", c->run.out_dir);
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, c->train.steps, tr.deck_text);
     }
+    ckpt_flush(&tr.ckpt);       // an asynchronous checkpoint still being written
     char why[160];
     const char *how = end == END_NAN ? "stopped (non-finite loss or gradient)"
                     : end == END_STOPPED ? "stopped early" : stop_at < c->train.steps ? "stopped (train.stop_at)" : "done";
@@ -721,13 +947,15 @@ int train_run(const Deck *d) {
         snprintf(why, sizeof why, "%s at step %lld", how, (long long)step);
     }
     exit_status(&tr, rc, why);
-    if (tr.off.slots && step > tr.start_step) {
-        const Offload *o = &tr.off;
+    if (tr.noff && step > tr.start_step) {
         log_info("offload: update %.4f s per step on average over %lld steps (rank 0)", tr.update_s / (double)(step - tr.start_step),
                  (long long)(step - tr.start_step));
-        if (o->device && o->params_tier == OFFLOAD_NONE)
-            log_info("; Deep Optimizer States stride %d predicted %.4f s, all on the CPU %.4f s", o->stride,
-                     o->predicted_s, o->cpu_only_s);
+        for (int k = 0; k < tr.noff; k++) {
+            const Offload *o = &tr.off[k];
+            if (o->device && o->params_tier == OFFLOAD_NONE)
+                log_info("; %sDeep Optimizer States stride %d predicted %.4f s, all on the CPU %.4f s",
+                         tr.noff > 1 ? (k ? "experts: " : "dense: ") : "", o->stride, o->predicted_s, o->cpu_only_s);
+        }
         log_info("\n");
     }
     log_info("%s: %lld steps in %.1f s (%.1f s training), final val loss %.4f; outputs in %s/\n", how,
@@ -749,7 +977,10 @@ int train_dump(const Deck *d, const char *out_path) {
     kernels_set_threads(c->run.threads > 0 ? (int)c->run.threads : 1);
     open_data(&tr);
     Model *m = &tr.model;
-    model_create(m, &c->model, tr.B, tr.T, backend_cpu());
+    moe_spec_from_config(&tr.moe, c);
+    ModelParallel mp = {.moe = &tr.moe};
+    model_create_parallel(m, &c->model, tr.B, tr.T, backend_cpu(), &mp);
+    m->moe_seed = (uint64_t)c->run.seed;
     CommOptions co = {.fault_skip_rank = -1};
     comm_init(&tr.dp, MPI_COMM_WORLD, "dp", &co);
     ZeroConfig zc = {.stage = 0, .bucket_mb = 1e6, .overlap = 0};
@@ -771,6 +1002,7 @@ int train_dump(const Deck *d, const char *out_path) {
     h5_write_i32(f, "targets", tg, 2, bt);
     h5_write_f32(f, "logits", model_logits(m), 3, lg);
     h5_attr_f64(f, "loss", loss);
+    h5_attr_f64(f, "aux", m->moe_aux);
     h5_attr_i64(f, "vocab_size", m->s.V);
     h5_attr_i64(f, "n_layer", m->s.L);
     h5_attr_i64(f, "n_head", m->s.NH);
@@ -783,6 +1015,7 @@ int train_dump(const Deck *d, const char *out_path) {
     zero_free(&tr.zero);
     comm_free(&tr.dp);
     model_free(m);
+    moe_spec_free(&tr.moe);
     loader_free(&tr.train);
     if (tr.val.rows) loader_free(&tr.val);
     tokenfile_close(&tr.train_file);

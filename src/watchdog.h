@@ -6,9 +6,8 @@
 // rank or a hung file system would hold the job forever. A watchdog started
 // around such an operation ends the process when it does not finish in time:
 // it prints "<what> did not finish within timeout_s = X s on rank R (<phase>)"
-// with a hint, and calls _exit. MPI is initialised without thread support
-// (MPI_Init in main.c), so the watchdog thread never calls MPI: mpiexec sees a
-// rank die and ends the job.
+// with a hint, and calls _exit. The watchdog thread never calls MPI (a rank
+// stuck inside MPI may hold its locks): mpiexec sees a rank die and ends the job.
 #ifndef PARTITA_WATCHDOG_H
 #define PARTITA_WATCHDOG_H
 

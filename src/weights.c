@@ -41,28 +41,60 @@ void weights_write(const Model *m, const ParamStore *ps, int writer, const char 
         g = h5_group(f, "params");
     }
     // Device parameters come to the host one unit at a time.
-    float *host = NULL;
-    if (m->bk && m->bk->device_memory) {
-        size_t most = 0;
-        for (int u = 0; u < m->nunits; u++)
-            if (m->unit_end[u] - m->unit_begin[u] > most) most = m->unit_end[u] - m->unit_begin[u];
-        host = xmalloc(most * sizeof(float), "host copy of a unit");
+    float *host = NULL, *all = NULL, *all_host = NULL;
+    size_t most = 0, *counts = NULL;
+    for (int u = 0; u < m->nunits; u++)
+        if (m->unit_end[u] - m->unit_begin[u] > most) most = m->unit_end[u] - m->unit_begin[u];
+    if (m->bk && m->bk->device_memory) host = xmalloc((most ? most : 1) * sizeof(float), "host copy of a unit");
+    if (m->ep) {    // expert parallelism: the ep group's held experts, gathered unit by unit
+        size_t n = most * (size_t)m->ep_size;
+        all = m->bk->alloc((n ? n : 1) * sizeof(float), "gathered experts");
+        comm_register(m->ep, all, n ? n : 1, "gathered experts");
+        all_host = m->bk->device_memory ? xmalloc((n ? n : 1) * sizeof(float), "host copy of gathered experts") : all;
+        counts = xcalloc(sizeof(size_t) * (size_t)m->ep_size, "gather counts");
     }
-    int t = 0;
     for (int u = 0; u < m->nunits; u++) {
         const float *base = ps->params(ps->ctx, u, PHASE_FWD);
+        size_t un = m->unit_end[u] - m->unit_begin[u];
+        const float *hb = base;
         if (host) {
-            m->bk->to_host(host, base, m->unit_end[u] - m->unit_begin[u]);
-            base = host;
+            m->bk->to_host(host, base, un);
+            hb = host;
         }
-        for (; t < m->ntensors && m->tensors[t].offset < m->unit_end[u]; t++) {
+        for (int t = 0; t < m->ntensors; t++) {
             const ParamTensor *pt = &m->tensors[t];
             uint64_t dims[2] = {(uint64_t)pt->shape[0], (uint64_t)pt->shape[1]};
-            if (writer) h5_write_f32(g, pt->name, base + (pt->offset - m->unit_begin[u]), pt->ndim, dims);
+            if (writer && pt->unit == u && pt->held)
+                h5_write_f32(g, pt->name, hb + (pt->offset - m->unit_begin[u]), pt->ndim, dims);
+        }
+        int l = -1;
+        for (int k = 0; k < m->s.L && m->ep; k++)
+            if (m->xunit[k] == u && u > m->s.L + 1) l = k;
+        if (l >= 0) {   // the experts held by the other ranks of the ep group (each holds the same unit shape)
+            m->bk->copy(all + (size_t)m->ep_rank * un, base, un);
+            for (int j = 0; j < m->ep_size; j++) counts[j] = un;
+            char tag[40];
+            snprintf(tag, sizeof tag, "weights experts h.%d", l);
+            CommReq r;
+            comm_iallgather(m->ep, all, counts, tag, &r);
+            comm_wait(m->ep, &r);
+            if (all_host != all) m->bk->to_host(all_host, all, un * (size_t)m->ep_size);
+            const int El = m->moe.experts[l] / m->ep_size, e0 = m->ep_rank * El;
+            for (int t = 0; t < m->ntensors && writer; t++) {
+                const ParamTensor *pt = &m->tensors[t];
+                if (pt->layer != l || pt->expert < 0 || pt->held) continue;
+                int j = pt->expert / El, mine = model_tensor(m, l, pt->kind, e0 + pt->expert % El);
+                uint64_t dims[2] = {(uint64_t)pt->shape[0], (uint64_t)pt->shape[1]};
+                h5_write_f32(g, pt->name, all_host + (size_t)j * un + (m->tensors[mine].offset - m->unit_begin[u]),
+                             pt->ndim, dims);
+            }
         }
         ps->release(ps->ctx, u, PHASE_FWD);
     }
     free(host);
+    if (all) m->bk->release(all);
+    if (all_host != all) free(all_host);
+    free(counts);
     if (writer) {
         H5_CHECK(H5Gclose(g));
         h5_close(f);

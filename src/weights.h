@@ -15,7 +15,9 @@
 
 // Writes the model's parameters to path, unit by unit through the store (so a
 // ZeRO-3 run never holds the whole model). Collective: every rank of the store's
-// group calls it; the writer alone touches the file.
+// group calls it; the writer alone touches the file. With expert parallelism
+// each MoE layer's held experts are all-gathered over the ep group, so the
+// file holds every expert under its global name.
 void weights_write(const Model *m, const ParamStore *ps, int writer, const char *path, int64_t step,
                    const char *deck_text);
 // The model-shape attributes (n_layer, n_embd, n_head, vocab_size,

@@ -9,29 +9,71 @@
 #include <string.h>
 
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
-// The offload engine holds the parameter shard (params = host|nvme).
-static int params_off(const Zero *z) { return z->off && z->off->params_tier != OFFLOAD_NONE; }
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+// The offload engine holds the groups' moments (and maybe shards, gradients): offload.h.
+static int offloaded(const Zero *z) { return z->offl.moments; }
 
-void zero_part(const Zero *z, int k, size_t b, size_t e, size_t *pb, size_t *pe) {
-    size_t lo = max_sz(b, (size_t)k * z->S), hi = min_sz(e, min_sz((size_t)(k + 1) * z->S, z->N));
+void zero_group_part(const ZeroGroup *g, int k, size_t b, size_t e, size_t *pb, size_t *pe) {
+    size_t lo = max_sz(b, g->begin + (size_t)k * g->S);
+    size_t hi = min_sz(e, min_sz(g->begin + (size_t)(k + 1) * g->S, g->end));
     *pb = lo;
     *pe = hi > lo ? hi : lo;
 }
 
-static void fill_counts(Zero *z, size_t b, size_t e) {
-    for (int k = 0; k < z->p; k++) {
+void zero_part(const Zero *z, int k, size_t b, size_t e, size_t *pb, size_t *pe) {
+    zero_group_part(&z->g[0], k, b, e, pb, pe);
+}
+
+static void fill_counts(ZeroGroup *g, size_t b, size_t e) {
+    for (int k = 0; k < g->p; k++) {
         size_t lo, hi;
-        zero_part(z, k, b, e, &lo, &hi);
-        z->counts[k] = hi - lo;
+        zero_group_part(g, k, b, e, &lo, &hi);
+        g->counts[k] = hi - lo;
     }
 }
 
+// Units L+2.. hold experts (model.h): group 1; the rest group 0.
+static int unit_group(const Zero *z, int u) { return u > z->m->s.L + 1 ? 1 : 0; }
+
+// Where flat element i of group g's shard sits in the shard buffers.
+static size_t shard_at(const ZeroGroup *g, size_t i) { return g->at + (i - g->own_begin); }
+
 static const char *unit_tag(const Zero *z, int u, char *buf, size_t n) {
+    const Model *m = z->m;
     if (u == 0) snprintf(buf, n, "embeddings");
-    else if (u == z->m->nunits - 1) snprintf(buf, n, "ln_f");
-    else snprintf(buf, n, "h.%d", u - 1);
+    else if (u == m->s.L + 1) snprintf(buf, n, "ln_f");
+    else if (u <= m->s.L) snprintf(buf, n, "h.%d", u - 1);
+    else
+        for (int l = 0; l < m->s.L; l++)
+            if (m->xunit[l] == u) snprintf(buf, n, "experts h.%d", l);
     return buf;
+}
+
+// The groups' ranges and this rank's shards, from the model and (p, r) of
+// group 0; group 1 (the held experts) is the p/ep ranks with the same r % ep.
+static void layout_groups(Zero *z, int p, int r) {
+    const Model *m = z->m;
+    z->ngroups = m->ngroups > 1 ? 2 : 1;
+    size_t at = 0;
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        g->begin = k ? m->group_end[0] : 0;
+        g->end = k ? m->group_end[1] : z->ngroups > 1 ? m->group_end[0] : m->nparams;
+        g->p = k ? p / m->ep_size : p;
+        g->r = k ? r / m->ep_size : r;
+        g->S = (g->end - g->begin + (size_t)g->p - 1) / (size_t)g->p;
+        zero_group_part(g, g->r, g->begin, g->end, &g->own_begin, &g->own_end);
+        if (z->stage == 0) {
+            g->own_begin = g->begin;
+            g->own_end = g->end;
+        }
+        g->at = at;
+        at += g->own_end - g->own_begin;
+    }
+    z->own = at;
+    z->S = z->g[0].S;
+    z->own_begin = z->g[0].own_begin;
+    z->own_end = z->g[0].own_end;
 }
 
 // Backend memory that collectives may move (the comm layer mirrors it on the
@@ -39,34 +81,45 @@ static const char *unit_tag(const Zero *z, int u, char *buf, size_t n) {
 static float *alloc_floats(Zero *z, size_t n, const char *what, size_t *account) {
     *account += n * sizeof(float);
     float *p = z->m->bk->alloc(n * sizeof(float), what);
-    comm_register(z->comm, p, n, what);
+    for (int k = 0; k < z->ngroups; k++)
+        if (z->g[k].comm && (k == 0 || z->g[k].comm != z->g[0].comm)) comm_register(z->g[k].comm, p, n, what);
     return p;
 }
 
 // ---------------------------------------------------------------------------
-// Buckets: whole units in backward order (ln_f, h.L-1, ..., h.0) up to the
-// bucket size; the embeddings alone.
+// Buckets: whole units of one group in backward order (ln_f, h.L-1, ..., h.0;
+// then the held experts, last MoE layer first) up to the bucket size; the
+// embeddings alone, last.
 
-static void build_buckets(Zero *z, double bucket_mb) {
+static int add_buckets(Zero *z, int nb, int u_top, int u_min, int group, size_t cap) {
     const Model *m = z->m;
-    size_t cap = (size_t)(bucket_mb * 1048576.0 / sizeof(float));
-    if (cap < 1) cap = 1;
-    z->buckets = xcalloc(sizeof(ZeroBucket) * (size_t)m->nunits, "buckets");
-    z->bucket_of = xcalloc(sizeof(int) * (size_t)m->nunits, "bucket map");
-    int nb = 0;
-    for (int u = m->nunits - 1; u >= 1; ) {
+    for (int u = u_top; u >= u_min; ) {
         ZeroBucket *b = &z->buckets[nb];
         b->u_hi = u;
         b->u_lo = u;
-        while (b->u_lo - 1 >= 1 && m->unit_end[u] - m->unit_begin[b->u_lo - 1] <= cap) b->u_lo--;
+        b->group = group;
+        while (b->u_lo - 1 >= u_min && m->unit_end[u] - m->unit_begin[b->u_lo - 1] <= cap) b->u_lo--;
         b->begin = m->unit_begin[b->u_lo];
         b->end = m->unit_end[b->u_hi];
         for (int k = b->u_lo; k <= b->u_hi; k++) z->bucket_of[k] = nb;
         nb++;
         u = b->u_lo - 1;
     }
+    return nb;
+}
+
+static void build_buckets(Zero *z, double bucket_mb) {
+    const Model *m = z->m;
+    const int L = m->s.L;
+    size_t cap = (size_t)(bucket_mb * 1048576.0 / sizeof(float));
+    if (cap < 1) cap = 1;
+    z->buckets = xcalloc(sizeof(ZeroBucket) * (size_t)m->nunits, "buckets");
+    z->bucket_of = xcalloc(sizeof(int) * (size_t)m->nunits, "bucket map");
+    int nb = add_buckets(z, 0, L + 1, 1, 0, cap);
+    nb = add_buckets(z, nb, m->nunits - 1, L + 2, 1, cap);
     ZeroBucket *e = &z->buckets[nb];
     e->u_lo = e->u_hi = 0;
+    e->group = 0;
     e->begin = 0;
     e->end = m->unit_end[0];
     z->bucket_of[0] = nb++;
@@ -79,22 +132,28 @@ static void build_buckets(Zero *z, double bucket_mb) {
 
 // Lets MPICH advance the collectives in flight (it progresses only inside MPI calls).
 static void poke(Zero *z) {
-    if (!z->overlap) return;
+    if (!z->overlap || !comm_polls(z->comm)) return;
+    for (int k = 0; k < z->ngroups; k++)
+        if (k == 0 || z->g[k].comm != z->comm) comm_progress(z->g[k].comm);   // the stage-3 gathers in flight too
     for (int i = 0; i < z->nbuckets; i++)
-        if (z->buckets[i].req.active) comm_test(z->comm, &z->buckets[i].req);
+        if (z->buckets[i].req.active) comm_test(z->g[z->buckets[i].group].comm, &z->buckets[i].req);
 }
+
+// Gradients on NVMe: where bucket b's reduce-scatter lands (its staging slot's, or the embeddings').
+static float *landing(const Zero *z, const ZeroBucket *b) { return z->gland[b->slot >= 0 ? b->slot : 2]; }
 
 // A bucket's reduction is complete: fold this rank's part into the shard.
 static void bucket_finish(Zero *z, ZeroBucket *b) {
     if (!b->pending) return;
-    comm_wait(z->comm, &b->req);
+    ZeroGroup *g = &z->g[b->group];
+    comm_wait(g->comm, &b->req);
     b->pending = 0;
     if (z->stage >= 1) {
         size_t lo, hi;
-        zero_part(z, z->r, b->begin, b->end, &lo, &hi);
-        size_t at = lo - z->own_begin;
-        if (z->gland[0])    // gradients on NVMe: accumulated (and, after the last micro-step, averaged) there
-            offload_grad_put(z->off, at, hi - z->own_begin, z->gland[b->slot >= 0 ? b->slot : 2], z->first_micro,
+        zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
+        size_t at = shard_at(g, lo);
+        if (z->offl.grads)  // on NVMe: accumulated (and, after the last micro-step, averaged) there
+            offload_grad_put(g->off, lo - g->own_begin, hi - g->own_begin, landing(z, b), z->first_micro,
                              z->last_micro, z->p > 1 ? 1.0f / (float)z->p : 1.0f);
         else
             z->m->bk->axpy(z->gshard + at, z->recv + at, 1.0f, hi - lo);
@@ -104,8 +163,16 @@ static void bucket_finish(Zero *z, ZeroBucket *b) {
     b->staging = NULL;
 }
 
+// Ring slot k holds a bucket still gathering this micro-step's gradients.
+static int ring_busy(const Zero *z, int k) {
+    if (z->gring_bucket[k] < 0) return 0;
+    const ZeroBucket *b = &z->buckets[z->gring_bucket[k]];
+    return b->staging && !b->pending;
+}
+
 // Stage 2-3: a zeroed staging buffer for bucket bi, reusing the ring slot
-// whose reduction is oldest (waiting for it only now).
+// whose reduction is oldest (waiting for it only now). With two groups a
+// bucket of each may gather at once: the slot of the other is skipped.
 static void bucket_stage(Zero *z, int bi) {
     ZeroBucket *b = &z->buckets[bi];
     size_t n = b->end - b->begin;
@@ -113,7 +180,9 @@ static void bucket_stage(Zero *z, int bi) {
         b->staging = z->gembed;
     } else {
         int k = z->gring_next;
-        z->gring_next ^= 1;
+        if (ring_busy(z, k)) k ^= 1;
+        SYS_CHECK(!ring_busy(z, k), "zero: no free gradient staging slot for bucket %d", bi);
+        z->gring_next = k ^ 1;
         if (z->gring_bucket[k] >= 0) bucket_finish(z, &z->buckets[z->gring_bucket[k]]);
         z->gring_bucket[k] = bi;
         b->slot = k;
@@ -123,22 +192,23 @@ static void bucket_stage(Zero *z, int bi) {
 }
 
 static void bucket_launch(Zero *z, ZeroBucket *b, int bi) {
-    char tag[40], lo_name[16], hi_name[16];
+    char tag[48], lo_name[20], hi_name[20];
     (void)bi;
     unit_tag(z, b->u_lo, lo_name, sizeof lo_name);
     unit_tag(z, b->u_hi, hi_name, sizeof hi_name);
     if (b->u_lo == b->u_hi) snprintf(tag, sizeof tag, "grads %s", lo_name);
     else snprintf(tag, sizeof tag, "grads %s..%s", lo_name, hi_name);
+    ZeroGroup *g = &z->g[b->group];
     size_t lo, hi;
-    zero_part(z, z->r, b->begin, b->end, &lo, &hi);
+    zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
     b->pending = 1;
     if (z->stage == 0) {
-        comm_iallreduce_sum(z->comm, z->grads + b->begin, b->end - b->begin, tag, &b->req);
+        comm_iallreduce_sum(g->comm, z->grads + b->begin, b->end - b->begin, tag, &b->req);
     } else {
         const float *send = z->stage == 1 ? z->grads + b->begin : b->staging;
-        fill_counts(z, b->begin, b->end);
-        float *recv = z->gland[0] ? z->gland[b->slot >= 0 ? b->slot : 2] : z->recv + (lo - z->own_begin);
-        comm_ireduce_scatter_sum(z->comm, send, recv, z->counts, tag, &b->req);
+        fill_counts(g, b->begin, b->end);
+        float *recv = z->offl.grads ? landing(z, b) : z->recv + shard_at(g, lo);
+        comm_ireduce_scatter_sum(g->comm, send, recv, g->counts, tag, &b->req);
     }
     if (!z->overlap) bucket_finish(z, b);
 }
@@ -171,27 +241,29 @@ static void store_grads_ready(void *ctx, int u) {
 
 static ZeroSlot *slot_holding(Zero *z, int u) {
     for (int k = 0; k < ZSLOT_N; k++)
-        if (z->slots[k].unit == u) return &z->slots[k];
+        if (z->slots[k].buf && z->slots[k].unit == u) return &z->slots[k];
     return NULL;
 }
 
 // Stage 3: issues the all-gather of unit u into slot s.
 static void gather_start(Zero *z, ZeroSlot *s, int u) {
+    ZeroGroup *g = &z->g[unit_group(z, u)];
     size_t ub = z->m->unit_begin[u], ue = z->m->unit_end[u], lo, hi;
-    zero_part(z, z->r, ub, ue, &lo, &hi);
-    if (params_off(z)) offload_param_fetch(z->off, u, s->buf + (lo - ub));   // own 1/N from host memory or NVMe
-    else z->m->bk->copy(s->buf + (lo - ub), z->params + (lo - z->own_begin), hi - lo);
-    fill_counts(z, ub, ue);
+    zero_group_part(g, g->r, ub, ue, &lo, &hi);
+    if (z->offl.params) offload_param_fetch(g->off, u, s->buf + (lo - ub));   // own 1/N from host memory or NVMe
+    else z->m->bk->copy(s->buf + (lo - ub), z->params + shard_at(g, lo), hi - lo);
+    fill_counts(g, ub, ue);
     char tag[40];
-    comm_iallgather(z->comm, s->buf, z->counts, unit_tag(z, u, tag, sizeof tag), &s->req);
+    comm_iallgather(g->comm, s->buf, g->counts, unit_tag(z, u, tag, sizeof tag), &s->req);
     s->unit = u;
     s->held = 0;
 }
 
 static ZeroSlot *slot_for(Zero *z, int u) {
-    int L = z->m->nunits - 2;
+    int L = z->m->s.L;
     if (u == 0) return &z->slots[ZSLOT_EMBED];
     if (u == L + 1) return &z->slots[ZSLOT_FINAL];
+    if (u > L + 1) return &z->slots[ZSLOT_EXPERT];
     ZeroSlot *a = &z->slots[ZSLOT_LAYER_A], *b = &z->slots[ZSLOT_LAYER_B];
     if (a->held) return b;
     if (b->held) return a;
@@ -199,10 +271,21 @@ static ZeroSlot *slot_for(Zero *z, int u) {
 }
 
 static void prefetch(Zero *z, int u) {
-    if (!z->prefetch || u < 1 || u > z->m->nunits - 1 || slot_holding(z, u)) return;
+    if (!z->prefetch || u < 1 || u > z->m->s.L + 1 || slot_holding(z, u)) return;
     ZeroSlot *s = slot_for(z, u);
     if (s->held || s->req.active) return;
     gather_start(z, s, u);
+}
+
+// Layer unit u's held experts (a unit of their own with expert parallelism),
+// gathered while the layer's attention runs.
+static void prefetch_experts(Zero *z, int u) {
+    const Model *m = z->m;
+    if (!z->prefetch || u < 1 || u > m->s.L || m->xunit[u - 1] == u) return;
+    int ux = m->xunit[u - 1];
+    ZeroSlot *s = &z->slots[ZSLOT_EXPERT];
+    if (slot_holding(z, ux) || s->held || s->req.active) return;
+    gather_start(z, s, ux);
 }
 
 static const float *store_params(void *ctx, int u, int phase) {
@@ -214,10 +297,11 @@ static const float *store_params(void *ctx, int u, int phase) {
         s = slot_for(z, u);
         gather_start(z, s, u);
     }
-    comm_wait(z->comm, &s->req);
+    comm_wait(z->g[unit_group(z, u)].comm, &s->req);
     int at_head = z->slots[ZSLOT_FINAL].held;    // the LM head: no layer follows
     s->held = 1;
-    int L = z->m->nunits - 2;
+    int L = z->m->s.L;
+    prefetch_experts(z, u);
     if (phase == PHASE_FWD && !(u == 0 && at_head)) prefetch(z, u + 1 <= L + 1 ? u + 1 : -1);
     if (phase == PHASE_BWD && u >= 2 && u <= L) prefetch(z, u - 1);
     return s->buf;
@@ -239,7 +323,13 @@ static void store_release(void *ctx, int u, int phase) {
 
 static size_t largest_layer(const Model *m) {
     size_t n = 0;
-    for (int u = 1; u + 1 < m->nunits; u++) n = max_sz(n, m->unit_end[u] - m->unit_begin[u]);
+    for (int u = 1; u <= m->s.L; u++) n = max_sz(n, m->unit_end[u] - m->unit_begin[u]);
+    return n;
+}
+
+static size_t largest_experts(const Model *m) {
+    size_t n = 0;
+    for (int u = m->s.L + 2; u < m->nunits; u++) n = max_sz(n, m->unit_end[u] - m->unit_begin[u]);
     return n;
 }
 
@@ -249,46 +339,82 @@ static size_t largest_bucket(const Zero *z) {
     return n;
 }
 
+// Bytes group g sends per optimizer step (no evaluation).
+static void plan_sent(const Zero *z, const ZeroGroup *g, int stage, int accum, double *sent) {
+    if (g->p <= 1) return;
+    const Model *m = z->m;
+    size_t lo, hi, f = sizeof(float), n = g->end - g->begin;
+    zero_group_part(g, g->r, g->begin, g->end, &lo, &hi);
+    double rest = (double)(n - (hi - lo)) * (double)f;   // what a reduce-scatter or all-gather sends
+    if (stage == 0) sent[COMM_ALLREDUCE] += 2.0 * (g->p - 1) / g->p * (double)n * (double)f;
+    if (stage >= 1) sent[COMM_REDUCE_SCATTER] += rest * (stage == 1 ? 1 : accum);
+    if (stage == 1 || stage == 2) sent[COMM_ALLGATHER] += rest;
+    if (stage == 3) {
+        // Each unit twice per micro-step, but ln_f once (held from forward into backward).
+        double ag = 0.0;
+        for (int u = 0; u < m->nunits; u++) {
+            if (&z->g[unit_group(z, u)] != g) continue;
+            size_t ub = m->unit_begin[u], ue = m->unit_end[u];
+            zero_group_part(g, g->r, ub, ue, &lo, &hi);
+            ag += (double)(ue - ub - (hi - lo)) * (double)f * (u == m->s.L + 1 ? 1 : 2);
+        }
+        sent[COMM_ALLGATHER] += ag * accum;
+    }
+}
+
+// Gradients on NVMe (one group): the largest part of this rank in a layer
+// bucket and in the embeddings bucket (the landing buffers' sizes).
+static void landing_sizes(const Zero *z, size_t *most, size_t *emb) {
+    *most = *emb = 0;
+    for (int i = 0; i < z->nbuckets; i++) {
+        const ZeroBucket *b = &z->buckets[i];
+        const ZeroGroup *g = &z->g[b->group];
+        size_t lo, hi;
+        zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
+        if (b->u_lo == 0) *emb = hi - lo;
+        else *most = max_sz(*most, hi - lo);
+    }
+}
+
+// What the offload engine can hold at this stage and with these groups.
+static void check_offload(const ZeroOffload *off, int stage, int ngroups) {
+    SYS_CHECK(!off->params || (stage == 3 && off->moments), "zero: parameters offloaded at stage %d", stage);
+    SYS_CHECK(!off->grads || (stage >= 2 && ngroups == 1 && off->moments),
+              "zero: gradients offloaded at stage %d with %d groups", stage, ngroups);
+}
+
 void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, ZeroPlan *plan) {
+    zero_plan_offload(m, zc, NULL, p, r, accum, plan);
+}
+
+void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *off, int p, int r, int accum,
+                       ZeroPlan *plan) {
     Zero z;     // just the fields the partition helpers read
     memset(&z, 0, sizeof z);
     z.m = m;
-    z.p = p;
+    z.stage = zc->stage;
     z.N = m->nparams;
-    z.S = (z.N + (size_t)p - 1) / (size_t)p;
+    if (off) z.offl = *off;
+    layout_groups(&z, p, r);
+    check_offload(&z.offl, z.stage, z.ngroups);
     build_buckets(&z, zc->bucket_mb);
-    size_t lo, hi, f = sizeof(float);
-    zero_part(&z, r, 0, z.N, &lo, &hi);
-    size_t own = zc->stage == 0 ? z.N : hi - lo, N = z.N;
+    size_t f = sizeof(float), own = z.own, N = z.N, most, emb;
     memset(plan, 0, sizeof *plan);
-    plan->params = (zc->stage == 3 ? own : N) * f;
-    plan->grads = (zc->stage <= 1 ? N : 0) * f + (zc->stage >= 1 ? (own ? own : 1) * f : 0);
-    plan->optim = 2 * own * f;
-    if (zc->stage >= 1) plan->working += (own ? own : 1) * f;
+    plan->params = (zc->stage == 3 ? (z.offl.params ? 0 : own) : N) * f;
+    plan->grads = (zc->stage <= 1 ? N : 0) * f + (zc->stage >= 1 && !z.offl.grads ? (own ? own : 1) * f : 0);
+    plan->optim = z.offl.moments ? 0 : 2 * own * f;
+    landing_sizes(&z, &most, &emb);
+    if (zc->stage >= 1) plan->working += z.offl.grads ? (2 * max_sz(most, 1) + max_sz(emb, 1)) * f : (own ? own : 1) * f;
     if (zc->stage >= 2) plan->working += (2 * largest_bucket(&z) + m->unit_end[0]) * f;
     if (zc->stage == 3) {
-        size_t fin = m->unit_end[m->nunits - 1] - m->unit_begin[m->nunits - 1];
+        size_t fin = m->unit_end[m->s.L + 1] - m->unit_begin[m->s.L + 1];
         plan->working += (2 * max_sz(largest_layer(m), 1) + max_sz(m->unit_end[0], 1) + max_sz(fin, 1)) * f;
+        if (z.ngroups > 1) plan->working += max_sz(largest_experts(m), 1) * f;
     }
     // MPI's reductions stage a message-sized temporary of their own (MPICH's
     // reduce-scatter and all-reduce do): one bucket's worth when p > 1.
     if (p > 1) plan->mpi_temp = max_sz(largest_bucket(&z), m->unit_end[0]) * f;
-    double rest = (double)(N - (hi - lo)) * (double)f;   // what a reduce-scatter or all-gather sends
-    if (p > 1) {
-        if (zc->stage == 0) plan->sent[COMM_ALLREDUCE] = 2.0 * (p - 1) / p * (double)N * (double)f;
-        if (zc->stage >= 1) plan->sent[COMM_REDUCE_SCATTER] = rest * (zc->stage == 1 ? 1 : accum);
-        if (zc->stage == 1 || zc->stage == 2) plan->sent[COMM_ALLGATHER] = rest;
-        if (zc->stage == 3) {
-            // Each unit twice per micro-step, but ln_f once (held from forward into backward).
-            double ag = 0.0;
-            for (int u = 0; u < m->nunits; u++) {
-                size_t ub = m->unit_begin[u], ue = m->unit_end[u];
-                zero_part(&z, r, ub, ue, &lo, &hi);
-                ag += (double)(ue - ub - (hi - lo)) * (double)f * (u == m->nunits - 1 ? 1 : 2);
-            }
-            plan->sent[COMM_ALLGATHER] = ag * accum;
-        }
-    }
+    for (int k = 0; k < z.ngroups; k++) plan_sent(&z, &z.g[k], zc->stage, accum, plan->sent);
     free(z.buckets);
     free(z.bucket_of);
 }
@@ -298,7 +424,41 @@ void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, Ze
 
 void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, const OptimConfig *oc,
                  int64_t steps) {
+    zero_create_ep(z, zc, comm, NULL, m, oc, steps);
+}
+
+void zero_create_ep(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm, const Model *m, const OptimConfig *oc,
+                    int64_t steps) {
+    zero_create_offload(z, zc, comm, xcomm, m, oc, steps, NULL);
+}
+
+// Host copies of the states for checkpoints and weight files: on cuda
+// buffers of their own (offloaded states: mapped when needed, zero_host_buffers),
+// on cpu the states themselves.
+static void host_copies(Zero *z) {
+    if (z->m->bk->device_memory) {
+        size_t np = z->stage == 3 ? z->own : z->N;
+        if (!z->offl.params) z->host_params = xcalloc((np ? np : 1) * sizeof(float), "host copy of parameters");
+        for (int k = 0; k < z->ngroups && !z->offl.moments; k++) {
+            size_t n = z->g[k].own_end - z->g[k].own_begin;
+            z->g[k].host_m = xcalloc((n ? n : 1) * sizeof(float), "host copy of AdamW moments");
+            z->g[k].host_v = xcalloc((n ? n : 1) * sizeof(float), "host copy of AdamW moments");
+        }
+    } else {
+        z->host_params = z->params;
+        for (int k = 0; k < z->ngroups; k++) {
+            z->g[k].host_m = z->g[k].optim->m;
+            z->g[k].host_v = z->g[k].optim->v;
+        }
+    }
+    z->host_m = z->g[0].host_m;
+    z->host_v = z->g[0].host_v;
+}
+
+void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm, const Model *m,
+                         const OptimConfig *oc, int64_t steps, const ZeroOffload *off) {
     memset(z, 0, sizeof *z);
+    if (off) z->offl = *off;
     z->stage = zc->stage;
     z->overlap = zc->overlap;
     z->prefetch = zc->prefetch && zc->overlap;
@@ -307,24 +467,41 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
     z->p = comm->size;
     z->r = comm->rank;
     z->N = m->nparams;
-    z->S = (z->N + (size_t)z->p - 1) / (size_t)z->p;
-    zero_part(z, z->r, 0, z->N, &z->own_begin, &z->own_end);
-    if (z->stage == 0) {
-        z->own_begin = 0;
-        z->own_end = z->N;
+    layout_groups(z, z->p, z->r);
+    z->g[0].comm = comm;
+    z->g[0].optim = &z->optim;
+    if (z->ngroups > 1) {
+        SYS_CHECK(xcomm && xcomm->size == z->g[1].p && xcomm->rank == z->g[1].r,
+                  "zero: the experts' group must be rank %d of %d (r %% ep of %d data-parallel ranks), not %d of %d",
+                  z->g[1].r, z->g[1].p, z->p, xcomm ? xcomm->rank : -1, xcomm ? xcomm->size : 0);
+        z->g[1].comm = xcomm;
+        z->g[1].optim = &z->xoptim;
     }
-    size_t own = z->own_end - z->own_begin;
-    z->counts = xcalloc(sizeof(size_t) * (size_t)z->p, "zero counts");
+    for (int k = 0; k < z->ngroups; k++) z->g[k].counts = xcalloc(sizeof(size_t) * (size_t)z->g[k].p, "zero counts");
+    check_offload(&z->offl, z->stage, z->ngroups);
+    size_t own = z->own;
     build_buckets(z, zc->bucket_mb);
 
-    z->params = alloc_floats(z, z->stage == 3 ? own : z->N, "parameters", &z->state_bytes);
+    // What the offload engine holds is not allocated here (zero_plan_offload counts the same).
+    if (!z->offl.params) z->params = alloc_floats(z, z->stage == 3 ? own : z->N, "parameters", &z->state_bytes);
     if (z->stage <= 1) z->grads = alloc_floats(z, z->N, "gradients", &z->state_bytes);
-    if (z->stage >= 1) {
+    if (z->stage >= 1 && !z->offl.grads) {
         z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);
         z->recv = alloc_floats(z, own ? own : 1, "reduce-scatter buffer", &z->working_bytes);
     }
-    optim_create(&z->optim, oc, steps, z->own_begin, z->own_end, m->bk);
-    z->state_bytes += 2 * own * sizeof(float);
+    if (z->offl.grads) {    // a landing buffer per gradient staging slot (two layer buckets, the embeddings)
+        size_t most, emb;
+        landing_sizes(z, &most, &emb);
+        for (int k = 0; k < 3; k++)
+            z->gland[k] = alloc_floats(z, max_sz(k < 2 ? most : emb, 1), "gradient landing", &z->working_bytes);
+    }
+    OptimConfig occ = *oc;
+    occ.offloaded = z->offl.moments;
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        optim_create(g->optim, &occ, steps, g->own_begin, g->own_end, m->bk);
+        if (!z->offl.moments) z->state_bytes += 2 * (g->own_end - g->own_begin) * sizeof(float);
+    }
 
     size_t max_layer = largest_layer(m), max_bucket = largest_bucket(z);
     if (z->stage >= 2) {
@@ -337,27 +514,19 @@ void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, cons
     for (int k = 0; k < ZSLOT_N; k++) z->slots[k].unit = -1;
     if (z->stage == 3) {
         size_t caps[ZSLOT_N] = {max_layer, max_layer, m->unit_end[0],
-                                m->unit_end[m->nunits - 1] - m->unit_begin[m->nunits - 1]};
+                                m->unit_end[m->s.L + 1] - m->unit_begin[m->s.L + 1], largest_experts(m)};
         for (int k = 0; k < ZSLOT_N; k++) {
+            if (k == ZSLOT_EXPERT && z->ngroups == 1) continue;
             z->slots[k].cap = caps[k];
             z->slots[k].buf = alloc_floats(z, caps[k] ? caps[k] : 1, "gathered parameters", &z->working_bytes);
         }
     }
     ZeroPlan plan;
-    zero_plan(m, zc, z->p, z->r, 1, &plan);
+    zero_plan_offload(m, zc, &z->offl, z->p, z->r, 1, &plan);
     SYS_CHECK(plan.params + plan.grads + plan.optim == z->state_bytes && plan.working == z->working_bytes,
               "zero_plan disagrees with zero_create: %zu+%zu vs %zu+%zu bytes",
               plan.params + plan.grads + plan.optim, plan.working, z->state_bytes, z->working_bytes);
-    if (m->bk->device_memory) {     // host copies for checkpoints and weight files
-        size_t np = z->stage == 3 ? own : z->N;
-        z->host_params = xcalloc((np ? np : 1) * sizeof(float), "host copy of parameters");
-        z->host_m = xcalloc((own ? own : 1) * sizeof(float), "host copy of AdamW moments");
-        z->host_v = xcalloc((own ? own : 1) * sizeof(float), "host copy of AdamW moments");
-    } else {
-        z->host_params = z->params;
-        z->host_m = z->optim.m;
-        z->host_v = z->optim.v;
-    }
+    host_copies(z);
     z->store = (ParamStore){.ctx = z, .params = store_params, .release = store_release,
                             .grads = store_grads, .grads_ready = store_grads_ready};
 }
@@ -366,119 +535,112 @@ static void offload_drop_host(Zero *z);
 
 void zero_free(Zero *z) {
     const Backend *bk = z->m->bk;
-    if (z->off && z->host_m) offload_drop_host(z);
-    if (bk->device_memory) {
-        free(z->host_params);
-        free(z->host_m);
-        free(z->host_v);
+    if (offloaded(z)) offload_drop_host(z);    // a checkpoint's mapped copies (NULL after)
+    for (int k = 0; k < z->ngroups; k++) {
+        if (bk->device_memory) {
+            free(z->g[k].host_m);
+            free(z->g[k].host_v);
+        }
+        optim_free(z->g[k].optim);
+        free(z->g[k].counts);
     }
+    if (bk->device_memory) free(z->host_params);
     bk->release(z->params);
     bk->release(z->grads);
     bk->release(z->gshard);
     bk->release(z->recv);
     for (int k = 0; k < 3; k++) bk->release(z->gland[k]);
-    optim_free(&z->optim);
     for (int k = 0; k < ZSLOT_N; k++) bk->release(z->slots[k].buf);
     bk->release(z->gring[0]);
     bk->release(z->gring[1]);
     bk->release(z->gembed);
     free(z->buckets);
     free(z->bucket_of);
-    free(z->counts);
     memset(z, 0, sizeof *z);
 }
 
 void zero_init_weights(Zero *z, uint64_t seed, double std) {
-    if (params_off(z)) {
-        offload_init_params(z->off, z->m, seed, std);
+    if (z->offl.params) {   // each group's shard, where its Offload keeps it
+        for (int k = 0; k < z->ngroups; k++) offload_init_params(z->g[k].off, z->m, seed, std);
         return;
     }
-    size_t b = z->stage == 3 ? z->own_begin : 0, e = z->stage == 3 ? z->own_end : z->N;
-    model_init_range(z->m, z->host_params, b, e, seed, std);
-    if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, e - b);
+    if (z->stage < 3) {
+        model_init_range(z->m, z->host_params, 0, z->N, seed, std);
+        if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, z->N);
+        return;
+    }
+    for (int k = 0; k < z->ngroups; k++)
+        model_init_range(z->m, z->host_params + z->g[k].at, z->g[k].own_begin, z->g[k].own_end, seed, std);
+    if (z->m->bk->device_memory) z->m->bk->from_host(z->params, z->host_params, z->own);
 }
 
 // Offloaded states: host copies made for a checkpoint (or a resume), dropped
 // at the next step. Mapped, not malloc'd: untouched pages stay out of the
 // resident set (host_cap_mb), and unmapping returns them at once.
-static size_t host_bytes(const Zero *z) {
-    size_t own = z->own_end - z->own_begin;
-    return (own ? own : 1) * sizeof(float);
-}
+static size_t host_bytes(size_t n) { return (n ? n : 1) * sizeof(float); }
 
-static float *host_map(const Zero *z) {
-    void *p = mmap(NULL, host_bytes(z), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    SYS_CHECK(p != MAP_FAILED, "out of memory for a %zu-byte host copy of offloaded states", host_bytes(z));
+static float *host_map(size_t n) {
+    void *p = mmap(NULL, host_bytes(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    SYS_CHECK(p != MAP_FAILED, "out of memory for a %zu-byte host copy of offloaded states", host_bytes(n));
     return p;
 }
 
-static void host_unmap(const Zero *z, float **p) {
-    if (*p) munmap(*p, host_bytes(z));
+static void host_unmap(float **p, size_t n) {
+    if (*p) munmap(*p, host_bytes(n));
     *p = NULL;
 }
 
 void zero_host_buffers(Zero *z) {
-    if (!z->off) return;
-    if (!z->host_m) z->host_m = host_map(z);
-    if (!z->host_v) z->host_v = host_map(z);
-    if (params_off(z) && !z->host_params) z->host_params = host_map(z);
+    if (!offloaded(z)) return;
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        if (!g->host_m) g->host_m = host_map(g->own_end - g->own_begin);
+        if (!g->host_v) g->host_v = host_map(g->own_end - g->own_begin);
+    }
+    if (z->offl.params && !z->host_params) z->host_params = host_map(z->own);   // stage 3: every group's shard
+    z->host_m = z->g[0].host_m;
+    z->host_v = z->g[0].host_v;
 }
 
 static void offload_pull(Zero *z) {
     zero_host_buffers(z);
-    offload_get(z->off, OFF_M, z->host_m);
-    offload_get(z->off, OFF_V, z->host_v);
-    if (params_off(z)) offload_get(z->off, OFF_P, z->host_params);
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        offload_get(g->off, OFF_M, g->host_m);
+        offload_get(g->off, OFF_V, g->host_v);
+        if (z->offl.params) offload_get(g->off, OFF_P, z->host_params + g->at);
+    }
 }
 
 static void offload_drop_host(Zero *z) {
-    host_unmap(z, &z->host_m);
-    host_unmap(z, &z->host_v);
-    if (params_off(z)) host_unmap(z, &z->host_params);
-}
-
-// Gradients on NVMe: the shard and its landing area give way to a landing
-// buffer per gradient staging slot (two layer buckets, the embeddings).
-static void attach_grads(Zero *z) {
-    const Backend *bk = z->m->bk;
-    size_t own = z->own_end - z->own_begin, most = 0, emb = 0, lo, hi;
-    bk->release(z->gshard);
-    bk->release(z->recv);
-    z->gshard = z->recv = NULL;
-    z->state_bytes -= own * sizeof(float);
-    z->working_bytes -= own * sizeof(float);
-    for (int i = 0; i < z->nbuckets; i++) {
-        zero_part(z, z->r, z->buckets[i].begin, z->buckets[i].end, &lo, &hi);
-        if (z->buckets[i].u_lo == 0) emb = hi - lo;
-        else most = max_sz(most, hi - lo);
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        host_unmap(&g->host_m, g->own_end - g->own_begin);
+        host_unmap(&g->host_v, g->own_end - g->own_begin);
     }
-    for (int k = 0; k < 3; k++)
-        z->gland[k] = alloc_floats(z, max_sz(k < 2 ? most : emb, 1), "gradient landing", &z->working_bytes);
-    offload_grad_buffers(z->off, max_sz(most, emb));
-}
-
-void zero_attach_offload(Zero *z, struct Offload *off) {
-    z->off = off;
-    const Backend *bk = z->m->bk;
-    size_t own = z->own_end - z->own_begin;
-    bk->release(z->optim.m);
-    bk->release(z->optim.v);
-    z->optim.m = z->optim.v = NULL;
-    if (bk->device_memory) {    // the host copies are mapped when a checkpoint needs them
-        free(z->host_m);
-        free(z->host_v);
-    }
+    if (z->offl.params) host_unmap(&z->host_params, z->own);
     z->host_m = z->host_v = NULL;
-    z->state_bytes -= 2 * own * sizeof(float);
-    if (off->grads_nvme) attach_grads(z);
-    if (!params_off(z)) return;
-    bk->release(z->params);
-    if (bk->device_memory) free(z->host_params);
-    z->params = z->host_params = NULL;
-    z->state_bytes -= own * sizeof(float);
-    int nu = z->m->nunits;
+}
+
+void zero_attach_offload(Zero *z, int k, struct Offload *off) {
+    SYS_CHECK(k >= 0 && k < z->ngroups && offloaded(z), "zero: no group %d to offload", k);
+    ZeroGroup *g = &z->g[k];
+    SYS_CHECK(off->begin == g->own_begin && off->n == g->own_end - g->own_begin &&
+              (off->params_tier != OFFLOAD_NONE) == z->offl.params && off->grads_nvme == z->offl.grads,
+              "zero: group %d's Offload was made for another range or other arrays", k);
+    g->off = off;
+    if (z->offl.grads) {
+        size_t most, emb;
+        landing_sizes(z, &most, &emb);
+        offload_grad_buffers(off, max_sz(most, emb));
+    }
+    if (!z->offl.params) return;
+    int nu = z->m->nunits;      // each unit's part in this group's shard (empty for the other group's units)
     size_t *lo = xmalloc(sizeof(size_t) * (size_t)nu, "units"), *hi = xmalloc(sizeof(size_t) * (size_t)nu, "units");
-    for (int u = 0; u < nu; u++) zero_part(z, z->r, z->m->unit_begin[u], z->m->unit_end[u], &lo[u], &hi[u]);
+    for (int u = 0; u < nu; u++) {
+        lo[u] = hi[u] = g->own_begin;
+        if (unit_group(z, u) == k) zero_group_part(g, g->r, z->m->unit_begin[u], z->m->unit_end[u], &lo[u], &hi[u]);
+    }
     offload_set_units(off, nu, lo, hi);
     free(lo);
     free(hi);
@@ -486,45 +648,55 @@ void zero_attach_offload(Zero *z, struct Offload *off) {
 
 void zero_pull_states(Zero *z) {
     const Backend *bk = z->m->bk;
-    size_t own = z->own_end - z->own_begin;
-    if (z->off) {
+    if (offloaded(z)) {
         offload_pull(z);
-        if (bk->device_memory && !params_off(z)) bk->to_host(z->host_params, z->params, z->stage == 3 ? own : z->N);
+        if (bk->device_memory && !z->offl.params) bk->to_host(z->host_params, z->params, z->stage == 3 ? z->own : z->N);
         return;
     }
     if (!bk->device_memory) return;
-    bk->to_host(z->host_params, z->params, z->stage == 3 ? own : z->N);
-    bk->to_host(z->host_m, z->optim.m, own);
-    bk->to_host(z->host_v, z->optim.v, own);
+    bk->to_host(z->host_params, z->params, z->stage == 3 ? z->own : z->N);
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        bk->to_host(g->host_m, g->optim->m, g->own_end - g->own_begin);
+        bk->to_host(g->host_v, g->optim->v, g->own_end - g->own_begin);
+    }
 }
 
 void zero_push_states(Zero *z) {
     const Backend *bk = z->m->bk;
-    size_t own = z->own_end - z->own_begin;
-    if (z->off) {
-        if (bk->device_memory && !params_off(z)) bk->from_host(z->params, z->host_params, z->stage == 3 ? own : z->N);
-        offload_put(z->off, OFF_M, z->host_m);
-        offload_put(z->off, OFF_V, z->host_v);
-        if (params_off(z)) offload_put(z->off, OFF_P, z->host_params);
+    z->xoptim.t = z->optim.t;   // a checkpoint sets group 0's step count; every group has taken as many
+    if (offloaded(z)) {
+        if (bk->device_memory && !z->offl.params)
+            bk->from_host(z->params, z->host_params, z->stage == 3 ? z->own : z->N);
+        for (int k = 0; k < z->ngroups; k++) {
+            ZeroGroup *g = &z->g[k];
+            offload_put(g->off, OFF_M, g->host_m);
+            offload_put(g->off, OFF_V, g->host_v);
+            if (z->offl.params) offload_put(g->off, OFF_P, z->host_params + g->at);
+        }
         offload_drop_host(z);
         return;
     }
     if (!bk->device_memory) return;
-    bk->from_host(z->params, z->host_params, z->stage == 3 ? own : z->N);
-    bk->from_host(z->optim.m, z->host_m, own);
-    bk->from_host(z->optim.v, z->host_v, own);
+    bk->from_host(z->params, z->host_params, z->stage == 3 ? z->own : z->N);
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        bk->from_host(g->optim->m, g->host_m, g->own_end - g->own_begin);
+        bk->from_host(g->optim->v, g->host_v, g->own_end - g->own_begin);
+    }
 }
 
 const ParamStore *zero_store(Zero *z) { return &z->store; }
 
 void zero_begin_step(Zero *z, int64_t step) {
     comm_set_step(z->comm, step);
+    if (z->ngroups > 1) comm_set_step(z->g[1].comm, step);
     if (z->grads) z->m->bk->zero(z->grads, z->N);
-    if (z->gshard) z->m->bk->zero(z->gshard, z->own_end - z->own_begin);
+    if (z->gshard) z->m->bk->zero(z->gshard, z->own);
 }
 
 void zero_begin_micro(Zero *z, int micro, int accum) {
-    if (z->gland[0])    // gradients on NVMe take each micro-step's buckets whole, in order
+    if (z->offl.grads)  // gradients on NVMe take each micro-step's buckets whole, in order
         for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
     z->first_micro = micro == 0;
     z->last_micro = micro == accum - 1;
@@ -537,43 +709,56 @@ void zero_begin_micro(Zero *z, int micro, int accum) {
 
 double zero_reduce_grads(Zero *z) {
     for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
+    // Every group by the data-parallel count: each token of the step counted once.
     float inv = 1.0f / (float)z->p;
     double ss;
-    if (z->gland[0]) {  // on NVMe: averaged and summed as they were written
-        ss = offload_grad_sumsq(z->off);
-        comm_allreduce_sum_f64(z->comm, &ss, 1, "grad norm");
+    if (z->offl.grads) {    // on NVMe (one group): averaged and summed as they were written
+        ss = offload_grad_sumsq(z->g[0].off);
     } else if (z->stage == 0) {
         if (z->p > 1) z->m->bk->scale_inplace(z->grads, inv, z->N);
-        ss = z->m->bk->sumsq(z->grads, z->N);
+        if (z->ngroups == 1) return sqrt(z->m->bk->sumsq(z->grads, z->N));
+        // Each rank adds its partition's part of every group: each element once over the job.
+        ss = 0.0;
+        for (int k = 0; k < z->ngroups; k++) {
+            size_t lo, hi;
+            zero_group_part(&z->g[k], z->g[k].r, z->g[k].begin, z->g[k].end, &lo, &hi);
+            ss += z->m->bk->sumsq(z->grads + lo, hi - lo);
+        }
     } else {
-        size_t own = z->own_end - z->own_begin;
-        if (z->p > 1) z->m->bk->scale_inplace(z->gshard, inv, own);
-        ss = z->m->bk->sumsq(z->gshard, own);
-        comm_allreduce_sum_f64(z->comm, &ss, 1, "grad norm");
+        if (z->p > 1) z->m->bk->scale_inplace(z->gshard, inv, z->own);
+        ss = z->m->bk->sumsq(z->gshard, z->own);
     }
+    comm_allreduce_sum_f64(z->comm, &ss, 1, "grad norm");
     return sqrt(ss);
 }
 
-// AdamW on the owned range: in memory, or streamed from NVMe (offload.h).
-static void update_owned(Zero *z, float *params, float *grads, double lr, float grad_scale) {
-    if (!z->off) {
-        optim_update(&z->optim, z->m, params, grads, lr, grad_scale);
+// AdamW on group g's owned range: in memory, or streamed from its Offload
+// (offload.h); params / grads NULL where they are off the backend.
+static void update_group(Zero *z, ZeroGroup *g, float *params, float *grads, double lr, float grad_scale) {
+    if (!g->off) {
+        optim_update(g->optim, z->m, params, grads, lr, grad_scale);
         return;
     }
-    if (z->host_m) offload_drop_host(z);    // a checkpoint's copies
-    offload_update(z->off, z->m, &z->optim, params, grads, lr, grad_scale);
+    offload_update(g->off, z->m, g->optim, params, grads, lr, grad_scale);
 }
 
 void zero_step(Zero *z, double lr, float grad_scale) {
-    if (z->stage == 0) {
-        update_owned(z, z->params, z->grads, lr, grad_scale);
-        return;
+    if (offloaded(z) && z->g[0].host_m) offload_drop_host(z);   // a checkpoint's copies
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        if (z->stage == 0) {
+            update_group(z, g, z->params + g->begin, z->grads + g->begin, lr, grad_scale);
+            continue;
+        }
+        float *mine = z->offl.params ? NULL : z->stage == 3 ? z->params + g->at : z->params + g->own_begin;
+        update_group(z, g, mine, z->offl.grads ? NULL : z->gshard + g->at, lr, grad_scale);
     }
-    float *mine = z->stage == 3 ? z->params : z->params + z->own_begin;
-    update_owned(z, mine, z->gshard, lr, grad_scale);
-    if (z->stage == 3) return;
-    CommReq r;
-    fill_counts(z, 0, z->N);
-    comm_iallgather(z->comm, z->params, z->counts, "updated parameters", &r);
-    comm_wait(z->comm, &r);
+    if (z->stage == 0 || z->stage == 3) return;
+    CommReq r[ZERO_MAX_GROUPS];
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        fill_counts(g, g->begin, g->end);
+        comm_iallgather(g->comm, z->params + g->begin, g->counts, "updated parameters", &r[k]);
+    }
+    for (int k = 0; k < z->ngroups; k++) comm_wait(z->g[k].comm, &r[k]);
 }

@@ -16,6 +16,28 @@
 // first (LM head) and last (encoder) in backward. Collectives are issued
 // non-blocking and waited on only when their buffer is needed again
 // ([zero] overlap = false waits at once, to measure what overlap hides).
+//
+// Parameter groups: the flat layout is one or more contiguous ranges, each
+// partitioned as above within its own group of ranks and reduced over it. A
+// dense model (or ep = 1) has one: everything over all data-parallel ranks
+// (dp x sp). With expert parallelism (model.h: ngroups = 2) the held experts
+// are a second range, partitioned over the expert-data-parallel group (dp/ep
+// ranks holding the same experts). Gradients of every group are divided by
+// the data-parallel count (an expert's gradient sums tokens of its whole ep
+// group, then over the expert-data-parallel group: every token of the step
+// once), and the gradient norm adds every group's. A rank's shards of the
+// groups sit back to back in its shard buffers (gshard, recv, and the
+// parameters at stage 3), group 0's first; each group has its own AdamW. The
+// experts' units get buckets of their own (a bucket never spans groups) and,
+// at stage 3, a gather slot of their own.
+//
+// Offload (offload.h): each group's owned range gets an Offload of its own
+// (zero_attach_offload), which holds the group's AdamW moments and, at stage
+// 3, its parameter shard (ZeroOffload says what): zero_create leaves out the
+// memory those would take (zero_plan counts the same), so on cuda the device
+// holds only what stays there. The reduced gradients go to the file too
+// (ZeroOffload.grads) only with one group: the shard then gives way to three
+// landing buffers (two layer staging slots, the embeddings).
 #ifndef PARTITA_ZERO_H
 #define PARTITA_ZERO_H
 
@@ -29,6 +51,7 @@
 
 typedef struct ZeroBucket {
     int u_lo, u_hi;         // units u_lo..u_hi
+    int group;              // the parameter group of its units
     size_t begin, end;      // flat range
     int ready;              // units finished this micro-step
     float *staging;         // stage 2/3: where its gradients accumulate this micro-step
@@ -45,19 +68,48 @@ typedef struct ZeroSlot {   // stage 3: a working buffer for one unit's gathered
     CommReq req;
 } ZeroSlot;
 
-enum { ZSLOT_LAYER_A, ZSLOT_LAYER_B, ZSLOT_EMBED, ZSLOT_FINAL, ZSLOT_N };
+enum { ZSLOT_LAYER_A, ZSLOT_LAYER_B, ZSLOT_EMBED, ZSLOT_FINAL, ZSLOT_EXPERT, ZSLOT_N };
+
+enum { ZERO_MAX_GROUPS = 2 };
+
+// One parameter group: a flat range and the ranks that partition it.
+typedef struct ZeroGroup {
+    Comm *comm;             // its reductions and gathers (NULL in a plan)
+    int p, r;               // ranks of the group, this rank's index
+    size_t begin, end;      // the flat range
+    size_t S;               // shard size ceil((end - begin) / p)
+    size_t own_begin, own_end;  // this rank's shard (stage 0: the whole range)
+    size_t at;              // where the shard starts in the rank's shard buffers
+    Optim *optim;           // AdamW over the shard (&Zero.optim for group 0)
+    float *host_m, *host_v; // host copies of its moments (the moments themselves on cpu; offloaded:
+                            //   mapped only between zero_pull_states / zero_host_buffers and the next step)
+    size_t *counts;         // (p) scratch
+    struct Offload *off;    // offload.h: this group's owned range off the backend; NULL: in memory
+} ZeroGroup;
+
+// What the offload engine holds instead of zero's own buffers (all 0: nothing).
+typedef struct ZeroOffload {
+    int moments;            // every group's AdamW moments
+    int params;             // stage 3: every group's parameter shard
+    int grads;              // stage 2-3, one group only: the reduced gradient shard
+} ZeroOffload;
 
 typedef struct Zero {
     int stage, overlap, prefetch;
-    Comm *comm;
+    Comm *comm;             // group 0's: all data-parallel ranks
     const Model *m;
-    int p, r;
-    size_t N, S, own_begin, own_end;
-    float *params;          // stage 0-2: (N) full; stage 3: (own) shard
+    int p, r;               // in comm
+    size_t N;               // the rank's flat layout (every group)
+    size_t S, own_begin, own_end;   // group 0's shard (ZeroGroup)
+    int ngroups;
+    ZeroGroup g[ZERO_MAX_GROUPS];
+    size_t own;             // the rank's shards of every group, back to back
+    float *params;          // stage 0-2: (N) full; stage 3: (own) shards
     float *grads;           // stage 0-1: (N) full working gradients
     float *gshard;          // stage 1-3: (own) reduced gradients
     float *recv;            // stage 1-3: (own) reduce-scatter landing area
-    Optim optim;            // over the owned range (all of it at stage 0)
+    Optim optim;            // group 0's shard (all of it at stage 0)
+    Optim xoptim;           // group 1's (the held experts), when there is one
     ZeroSlot slots[ZSLOT_N];
     float *gring[2];        // stage 2-3: staging ring for layer buckets
     int gring_bucket[2];
@@ -70,11 +122,12 @@ typedef struct Zero {
     float *gland[3];        // gradients on NVMe: landing of the two layer staging slots and the embeddings
     size_t *counts;         // (p) scratch
     float *host_params;     // host copies of params and moments for checkpoints: the buffers
-    float *host_m, *host_v; //   themselves on cpu, filled by zero_pull_states on cuda
+    float *host_m, *host_v; //   themselves on cpu, filled by zero_pull_states on cuda (group 0's;
+                            //   every group's in ZeroGroup)
     size_t state_bytes;     // resident model states: parameters, gradients, moments
     size_t working_bytes;   // gather slots and gradient staging
     ParamStore store;
-    struct Offload *off;    // offload.h: the owned range's moments (and stage-3 shard) on NVMe; NULL: in memory
+    ZeroOffload offl;       // what the groups' Offloads hold (zero_create_offload)
 } Zero;
 
 // What a layout costs one rank, computed without allocating: the numbers
@@ -86,17 +139,31 @@ typedef struct ZeroPlan {
     double sent[COMM_NOPS];         // bytes this rank sends per optimizer step (no evaluation)
 } ZeroPlan;
 
+// p, r: the data-parallel ranks and this rank's index; with expert
+// parallelism (m->ep_size > 1) the experts' group is the p/ep ranks r % ep.
 void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, ZeroPlan *plan);
+// The same with what the offload engine holds left out (off NULL: nothing).
+void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *off, int p, int r, int accum,
+                       ZeroPlan *plan);
 
 void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, const OptimConfig *oc,
                  int64_t steps);
+// The same with the expert-data-parallel group xcomm for a model with expert
+// parallelism (m->ngroups = 2; xcomm NULL otherwise).
+void zero_create_ep(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm, const Model *m, const OptimConfig *oc,
+                    int64_t steps);
+// The same, leaving out what the offload engine will hold (off NULL: nothing;
+// off->params needs stage 3, off->grads stage 2-3 and one group): no backend
+// memory is taken for it. Each group's Offload is then attached
+// (zero_attach_offload) before zero_init_weights.
+void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm, const Model *m,
+                         const OptimConfig *oc, int64_t steps, const ZeroOffload *off);
 void zero_free(Zero *z);
-// Hands the owned range's optimizer states (and, with params = nvme, the
-// stage-3 parameter shard) to an Offload made for [own_begin, own_end): their
-// memory is released; host_* hold them only between zero_pull_states and the
-// next step (checkpoints), and between a resume's read and zero_push_states.
-// Call before zero_init_weights.
-void zero_attach_offload(Zero *z, struct Offload *off);
+// Hands group k's owned range [own_begin, own_end) to `off` (made for that
+// range): its moments (and the stage-3 shard, the reduced gradients) are used
+// from there; host_* hold them only between zero_pull_states and the next step
+// (checkpoints), and between a resume's read and zero_push_states.
+void zero_attach_offload(Zero *z, int k, struct Offload *off);
 // Offloaded: makes sure host_* exist (allocated, untouched until a checkpoint
 // is read into them) before ckpt_resume; a no-op otherwise.
 void zero_host_buffers(Zero *z);
@@ -118,7 +185,9 @@ void zero_step(Zero *z, double lr, float grad_scale);
 
 // The parameter/gradient store the model computes through.
 const ParamStore *zero_store(Zero *z);
-// Shard bounds of rank k for the flat range [b, e).
+// Shard bounds of rank k of group 0 for the flat range [b, e).
 void zero_part(const Zero *z, int k, size_t b, size_t e, size_t *pb, size_t *pe);
+// Shard bounds of rank k of group g for the flat range [b, e) (inside the group).
+void zero_group_part(const ZeroGroup *g, int k, size_t b, size_t e, size_t *pb, size_t *pe);
 
 #endif

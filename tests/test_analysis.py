@@ -253,4 +253,45 @@ check(p.returncode == 0 and "weights file" in p.stdout and "checksum" not in p.s
       and "5.0000e-01" in p.stdout, "inspect_ckpt: a weights file (no /meta) gives statistics only",
       f"rc {p.returncode} {p.stderr.strip()[-200:]}")
 
+# ---------------------------------------------------------------------------
+# Issue 18: titles name the run, checkpoint steps are marked, CSV/JSONL export,
+# and every tool piped into `head` exits without a traceback.
+from partita_h5 import checkpoint_steps, read_run, run_title  # noqa: E402
+
+t = run_title(read_run(run1))
+check(all(x in t for x in ("49.4K params", "2 ranks", "ZeRO-3", "cpu")), "the plot title names model size, ranks, ZeRO stage and backend", t)
+with h5py.File(run1, "a") as f:
+    ct = np.zeros(50)
+    ct[[9, 19, 49]] = 0.05
+    f["metrics/checkpoint_time"] = ct
+ck = checkpoint_steps(read_run(run1))
+check(list(ck) == [10, 20, 50], "checkpoint steps come from the checkpoint_time column", str(list(ck)))
+older = read_run(run2)
+older["deck"] += "[checkpoint]\ninterval = 10\n"
+check(list(checkpoint_steps(older)) == [10, 20, 30], "without the column, from [checkpoint] interval",
+      str(list(checkpoint_steps(older))))
+p = tool("plot_run.py", run1, "-o", os.path.join(d, "ck.png"))
+check(p.returncode == 0 and png_ok(os.path.join(d, "ck.png")), "plot_run.py draws a run with checkpoint steps", p.stderr[-200:])
+
+p = tool("export_run.py", run1)
+rows = p.stdout.splitlines()
+head = rows[0].split(",") if rows else []
+check(p.returncode == 0 and len(rows) == 51 and head[0] == "step" and "peak_rss_mb_rank1" in head,
+      "export_run.py writes a CSV header and one row per step", f"{len(rows)} lines, {len(head)} columns")
+li = head.index("loss") if "loss" in head else 0
+last = rows[-2].split(",") if rows else []   # step 49: no validation
+check(len(last) == len(head) and abs(float(last[li]) - cols["loss"][-2]) < 1e-12 and last[head.index("val_loss")] == "",
+      "CSV values equal the file's (NaN as an empty cell)", f"loss {last[li] if last else None} vs {cols['loss'][-2]}")
+jl = os.path.join(d, "run.jsonl")
+p = tool("export_run.py", run1, "-o", jl)
+recs = [json.loads(x) for x in open(jl)] if os.path.isfile(jl) else []
+check(p.returncode == 0 and len(recs) == 50 and recs[9]["val_loss"] is not None and recs[0]["val_loss"] is None
+      and abs(recs[9]["step"] - 10) == 0, "export_run.py -o run.jsonl writes JSON lines (NaN as null)", f"{len(recs)} records")
+
+for name, arg in (("summary.py", run1), ("export_run.py", run1), ("inspect_ckpt.py", ckpt), ("plot_run.py", run1)):
+    sh = f"{PY} {os.path.join(ANALYSIS, name)} {arg} | head -1"
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", sh], capture_output=True, text=True, timeout=120)
+    check("Traceback" not in p.stderr and "Broken pipe" not in p.stderr and p.stderr.strip() == "",
+          f"{name} | head -1 exits quietly", p.stderr.strip()[-120:] or f"rc {p.returncode}")
+
 finish()

@@ -135,7 +135,7 @@ for label, key, v in [
         ("data_cursor-neg", "data_cursor", -5), ("tokens_seen-nan", "tokens_seen", float("nan")),
         ("tokens_seen-str", "tokens_seen", "x"), ("layout-long", "layout", "L" * 5000),
         ("layout-array", "layout", np.array(["a", "b"], dtype=object)), ("deck-array", "deck", np.arange(7)),
-        ("deck-int", "deck", 3), ("version-3", "format_version", 3), ("version-0", "format_version", 0),
+        ("deck-int", "deck", 3), ("version-4", "format_version", 4), ("version-0", "format_version", 0),
         ("version-str", "format_version", "2"), ("meta_checksum-del", "meta_checksum", None),
         ("meta_checksum-str", "meta_checksum", "x"), ("meta_checksum-array", "meta_checksum", np.arange(2, dtype=np.uint64)),
         ("checksum-array", "checksum:/params/wte.weight", np.arange(3, dtype=np.uint64)),
@@ -197,7 +197,7 @@ check(not accepted, "every edited attribute or dataset is refused (the meta chec
 # A few refusals name what is wrong.
 for name, must in [("n_embd-zero", "n_embd = 0"), ("step-array", "step is a 1-D array of 100"),
                    ("step-edit", "meta checksum mismatch"), ("n_head-array", "n_head is a 1-D array of 3"),
-                   ("layout-long", "layout is a string"), ("wte-3d", "shape (320, 32, 2) instead of (320, 32)"), ("version-3", "format_version = 3"),
+                   ("layout-long", "layout is a string"), ("wte-3d", "shape (320, 32, 2) instead of (320, 32)"), ("version-4", "format_version = 4"),
                    ("bool-attr", "'boolean' is an enum"), ("n_layer-huge", "n_layer = 1099511627776 is outside"),
                    ("trunc-0.3", "truncated file")]:
     rc, text = results[name]

@@ -30,7 +30,7 @@ def write(name, text):
 
 
 def run(deck_path, sets=(), np=None):
-    cmd = [PARTITA, "check", deck_path]
+    cmd = [PARTITA, "check", deck_path, "--deck-only"]   # the deck alone, not its files (issue 18)
     for s in sets:
         cmd += ["--set", s]
     if np:

@@ -31,7 +31,7 @@ def run_check(deck_bytes, name, sets=()):
     path = os.path.join(TMP, name)
     with open(path, "wb") as f:
         f.write(deck_bytes)
-    cmd = [PARTITA, "check", path] + [a for s in sets for a in ("--set", s)]
+    cmd = [PARTITA, "check", path, "--deck-only"] + [a for s in sets for a in ("--set", s)]
     t0 = time.time()
     try:
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=10)
@@ -156,7 +156,7 @@ def lines():
         with open(path, "w") as f:
             f.write("[run]\nname = ok\n")
         argb = arg.encode("utf-8", "surrogateescape")
-        p = subprocess.run([PARTITA.encode(), b"check", path.encode(), b"--set", argb], cwd=ROOT, capture_output=True, timeout=10)
+        p = subprocess.run([PARTITA.encode(), b"check", path.encode(), b"--deck-only", b"--set", argb], cwd=ROOT, capture_output=True, timeout=10)
         err = p.stderr.decode("utf-8", "replace")
         check(p.returncode == 2 and frag in err and "--set argument 1" in err, f"--set value refused: {frag}", err.strip().splitlines()[0] if err else "")
 

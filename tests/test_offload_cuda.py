@@ -12,7 +12,9 @@ trains a micro model (36k parameters, subgroups of 0.02 MiB: 8 of them) for 6 st
    printed and stored in run.h5 (dos_* attributes).
 2. optimizer = nvme with every 2nd subgroup on the GPU; ZeRO-3 at np=2 (staged) with
    params = host and with params + optimizer = nvme (updates on the CPU, parameters
-   gathered from host memory / the file): within 1e-6 of the same layout without offload.
+   gathered from host memory / the file): within 1e-6 of the same layout without offload,
+   and the device holds neither the parameter shard nor the moments (run.h5
+   model_state_bytes and device_arena_used_bytes against the run without offload).
 3. A checkpoint of an offloaded cuda run (ZeRO-1, np=2, every 2nd subgroup on the GPU)
    resumes bit-identically on the emulated device and follows it on the cpu backend.
 """
@@ -120,13 +122,22 @@ _, a, at = train(EMU, "nvme-dos", 1, *CUDA, "offload.optimizer=nvme", "offload.d
 check(rel(a, base) <= TOL and at.get("dos_gpu_subgroups") == 4,
       "optimizer = nvme, every 2nd subgroup on the GPU: losses within 1e-6", f"max rel diff {rel(a, base):.1e}")
 Z3 = ("comm.device_path=staged", "zero.stage=3")
-_, b3, _ = train(EMU, "z3-base", 2, *CUDA, *Z3)
+_, b3, b3at = train(EMU, "z3-base", 2, *CUDA, *Z3)
 for name, sets in [("params-host", ["offload.optimizer=host", "offload.params=host"]),
                    ("params-nvme", ["offload.optimizer=nvme", "offload.params=nvme"])]:
-    r, a, _ = train(EMU, f"z3-{name}", 2, *CUDA, *Z3, *sets)
+    r, a, at = train(EMU, f"z3-{name}", 2, *CUDA, *Z3, *sets)
     check(rel(a, b3) <= TOL and "every update on the CPU" in r.stdout,
           f"ZeRO-3 np=2 {name.replace('-', ' = ')} on cuda: gathered from there, losses within 1e-6",
           f"max rel diff {rel(a, b3):.1e}")
+    # Device memory: at ZeRO-3 the states are params + gradient shard + 2 moments, 4 x own floats;
+    # offloaded, only the gradient shard stays, and the arena holds 3 x own floats less (zero_create
+    # leaves the shard and the moments out; 256-byte alignment of each buffer aside).
+    sb, so = b3at.get("model_state_bytes", 0), at.get("model_state_bytes", -1)
+    ub, uo = b3at.get("device_arena_used_bytes", 0), at.get("device_arena_used_bytes", 0)
+    saved, want = ub - uo, 3 * sb // 4
+    check(sb > 0 and so * 4 == sb and uo > 0 and abs(saved - want) <= 3 * 256,
+          f"ZeRO-3 np=2 {name.replace('-', ' = ')}: device model states {so} B vs {sb} B without offload; the arena "
+          f"used {uo} B vs {ub} B: {saved} B saved, the shard and moments are {want} B")
 
 # 3. checkpoints
 CK = (*CUDA, "comm.device_path=staged", "zero.stage=1", "offload.optimizer=host", "offload.dos_stride=2",

@@ -261,7 +261,7 @@ def case_training(s, tokens):
 
 
 def partita_has_signal_contract():
-    r = subprocess.run([PARTITA, "check", os.path.join(ROOT, "inputs", "gpt-tiny.deck"), "--set",
+    r = subprocess.run([PARTITA, "check", os.path.join(ROOT, "inputs", "gpt-tiny.deck"), "--deck-only", "--set",
                         "run.time_limit=0"], capture_output=True, text=True, cwd=ROOT, timeout=60,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     return r.returncode == 0

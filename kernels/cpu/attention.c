@@ -101,13 +101,22 @@ static void load_rows(float *dst,               // (ATT_TILE, HSW)
     memset(dst + (size_t)n * HSW, 0, sizeof(float) * (size_t)(ATT_TILE - n) * HSW);
 }
 
+// Dropout on probabilities p[0..n) of query i, keys k0.. of (b, h): p *= keep * scale.
+static void drop_row(float *p, const Dropout *d, int b, int h, int i, int k0, int n, int T)
+{
+    const uint64_t rk = dropout_row(d->key, d->row0 + (uint64_t)b);
+    const uint64_t e0 = ((uint64_t)(d->head0 + h) * (uint64_t)T + (uint64_t)i) * (uint64_t)T + (uint64_t)k0;
+    for (int j = 0; j < n; j++) p[j] = dropout_bits(rk, e0 + (uint64_t)j) >= d->threshold ? p[j] * d->scale : 0.0f;
+}
+
 // One (b, h, query tile): o_i = sum_{j<=i} softmax_j(scale q_i . k_j) v_j, keys
 // visited tile by tile with a running max m_i and sum l_i. The key tiles before
 // the diagonal were read by the previous query tile and are still in L2.
 static void attention_forward_tile(float *out,          // (B, T, C)
                                    float *lse,          // (B, NH, T)
                                    const float *qkv,    // (B, T, 3C)
-                                   int b, int h, int qt, int T, int C, int NH)
+                                   int b, int h, int qt, int T, int C, int NH,
+                                   const Dropout *drop) // or NULL
 {
     const int HS = C / NH;
     const int HSW = (HS + ATT_TILE - 1) / ATT_TILE * ATT_TILE;
@@ -153,6 +162,7 @@ static void attention_forward_tile(float *out,          // (B, T, C)
             const float corr = k0 == 0 ? 0.0f : exp_fast(m[i] - mx);
             l[i] = k0 == 0 ? sum : fmaf(l[i], corr, sum);
             m[i] = mx;
+            if (drop) drop_row(s, drop, b, h, q0 + i, k0, jn, T);
             row_panel_wide(o + (size_t)i * HSW, s, 1, v, HSW, jn, corr, HSW);
         }
     }
@@ -181,9 +191,10 @@ static void prefetch_qkv_tile(const float *base,   // (T, 3C), offset to the hea
 void attention_forward(float *out,          // (B, T, C)
                        float *lse,          // (B, NH, T)
                        const float *qkv,    // (B, T, 3C)
-                       int B, int T, int C, int NH)
+                       int B, int T, int C, int NH, const Dropout *drop)
 {
     assert(C % NH == 0 && C / NH <= ATT_HSMAX);
+    if (drop && drop->threshold == 0) drop = NULL;
     const int HS = C / NH, nqt = (T + ATT_TILE - 1) / ATT_TILE, units = B * NH;
     const size_t C3 = 3 * (size_t)C;
     #pragma omp parallel
@@ -198,7 +209,7 @@ void attention_forward(float *out,          // (B, T, C)
             for (int qt = 0; qt < nqt; qt++) {
                 if (qt + 1 < nqt) prefetch_qkv_tile(base, qt + 1, T, C, HS);
                 else if (nx < units) prefetch_qkv_tile(nbase, 0, T, C, HS);
-                attention_forward_tile(out, lse, qkv, b, h, qt, T, C, NH);
+                attention_forward_tile(out, lse, qkv, b, h, qt, T, C, NH, drop);
             }
         }
     }
@@ -208,13 +219,16 @@ void attention_forward(float *out,          // (B, T, C)
 // D_i = dout_i . out_i and dS = P (dout V^T - D): dV_j = sum_i P_ij dout_i and
 // dK_j = scale sum_i dS_ij q_i stay local to the key tile; dQ_i = scale sum_j
 // dS_ij k_j is added to dqkv, whose head columns this call owns and zeroes.
+// With dropout (f = keep / (1 - p)): dV_j = sum_i P_ij f_ij dout_i and
+// dS = P (f dP - D); D_i = dout_i . out_i still equals sum_j P_ij f_ij dP_ij.
 static void attention_backward_head(float *dqkv,        // (B, T, 3C)
                                     const float *dout,  // (B, T, C)
                                     const float *qkv,   // (B, T, 3C)
                                     const float *out,   // (B, T, C)
                                     const float *lse,   // (B, NH, T)
                                     int b, int h, int T, int C, int NH,
-                                    int next)           // next (b, head) unit, to prefetch, or -1
+                                    int next,           // next (b, head) unit, to prefetch, or -1
+                                    const Dropout *drop)// or NULL
 {
     const int HS = C / NH;
     const int HSW = (HS + ATT_TILE - 1) / ATT_TILE * ATT_TILE;
@@ -236,6 +250,7 @@ static void attention_backward_head(float *dqkv,        // (B, T, 3C)
     float pt[ATT_TILE * ATT_TILE];      // (ATT_TILE, ATT_TILE) P, zero where masked
     float dst[ATT_TILE * ATT_TILE];     // (ATT_TILE, ATT_TILE) dS, zero where masked
     float dp[ATT_TILE], tmp[HSW], D[ATT_TILE];
+    float fm[ATT_TILE];                 // dropout: keep * scale of the row's keys
 
     for (int t = 0; t < T; t++) {
         float *r = dbase + (size_t)t * C3;
@@ -284,11 +299,22 @@ static void attention_backward_head(float *dqkv,        // (B, T, 3C)
                 float *pi = pt + (size_t)i * ATT_TILE, *dsi = dst + (size_t)i * ATT_TILE;
                 row_panel(pi, q + (size_t)i * HSW, 1, kt, ATT_TILE, HS, 0.0f);
                 row_panel(dp, go + (size_t)i * HSW, 1, vt, ATT_TILE, HS, 0.0f);
-                for (int j = 0; j < ATT_TILE; j++) {
-                    float sj = j < jn ? pi[j] : -INFINITY;   // masked: exp_fast gives exactly 0
-                    float p = exp_fast(sj - li);
-                    pi[j] = p;
-                    dsi[j] = p * (dp[j] - Di);
+                if (!drop) {
+                    for (int j = 0; j < ATT_TILE; j++) {
+                        float sj = j < jn ? pi[j] : -INFINITY;   // masked: exp_fast gives exactly 0
+                        float p = exp_fast(sj - li);
+                        pi[j] = p;
+                        dsi[j] = p * (dp[j] - Di);
+                    }
+                } else {        // f = keep * scale: P f for dV, P (f dP - D) for dS
+                    for (int j = 0; j < ATT_TILE; j++) fm[j] = j < jn ? 1.0f : 0.0f;
+                    drop_row(fm, drop, b, h, q0 + i, k0, jn, T);
+                    for (int j = 0; j < ATT_TILE; j++) {
+                        float sj = j < jn ? pi[j] : -INFINITY;
+                        float p = exp_fast(sj - li);
+                        pi[j] = p * fm[j];
+                        dsi[j] = p * (fm[j] * dp[j] - Di);
+                    }
                 }
                 // dQ_i += scale dS_i K
                 row_panel_wide(tmp, dsi, 1, k, HSW, jn, 0.0f, HSW);
@@ -324,9 +350,10 @@ void attention_backward(float *dqkv,        // (B, T, 3C) overwritten
                         const float *qkv,   // (B, T, 3C)
                         const float *out,   // (B, T, C)
                         const float *lse,   // (B, NH, T)
-                        int B, int T, int C, int NH)
+                        int B, int T, int C, int NH, const Dropout *drop)
 {
     assert(C % NH == 0 && C / NH <= ATT_HSMAX);
+    if (drop && drop->threshold == 0) drop = NULL;
     const int units = B * NH;
     #pragma omp parallel
     {
@@ -334,6 +361,6 @@ void attention_backward(float *dqkv,        // (B, T, 3C) overwritten
         #pragma omp for schedule(static, 1)
         for (int bh = 0; bh < units; bh++)
             attention_backward_head(dqkv, dout, qkv, out, lse, bh / NH, bh % NH, T, C, NH,
-                                    bh + nth < units ? bh + nth : -1);
+                                    bh + nth < units ? bh + nth : -1, drop);
     }
 }

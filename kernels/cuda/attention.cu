@@ -15,6 +15,9 @@
 //           dQ  block (b, h, query tile) loops key tiles 0..its own,
 //           dKV block (b, h, key tile) loops query tiles from its own to the end;
 //           both recompute P = exp(S - lse) and dS = P (dP - D), dP = dout V^T.
+// dropout (drop.threshold > 0): f = keep * scale of (b, head0 + h, i, j) from
+// its counter (kernels.h); forward O = sum P f V (lse of the undropped P),
+// backward dV = sum P f dout, dS = P (f dP - D).
 #include <cstdio>
 
 #include "cuda_common.cuh"
@@ -25,6 +28,14 @@
 #define ATT_HSMAX KERNELS_CUDA_ATT_HSMAX
 #define ATT_PS 68       // row stride of the P / dS tile in the forward and dQ kernels
 #define ATT_PSB 65      // the same in the dKV kernel (smaller, so HS = 128 fits an A100)
+
+// keep * scale of probability (b, h, query i, key j), or 1 without dropout.
+__device__ __forceinline__ float drop_factor(const Dropout &d, int b, int h, int i, int j, int T)
+{
+    if (d.threshold == 0) return 1.0f;
+    const uint64_t e = ((uint64_t)(d.head0 + h) * (uint64_t)T + (uint64_t)i) * (uint64_t)T + (uint64_t)j;
+    return dropout_bits(dropout_row(d.key, d.row0 + (uint64_t)b), e) >= d.threshold ? d.scale : 0.0f;
+}
 
 // odd row stride for tiles of HS columns
 static __host__ __device__ __forceinline__ int att_stride(int HS) { return HS | 1; }
@@ -60,7 +71,7 @@ __device__ __forceinline__ void accumulate_row(float acc[HSMAX / 4], const float
 
 template <int HSMAX>
 __global__ void __launch_bounds__(ATT_THREADS)
-attention_forward_kernel(float *out, float *lse, const float *qkv, int B, int T, int C, int NH)
+attention_forward_kernel(float *out, float *lse, const float *qkv, int B, int T, int C, int NH, Dropout drop)
 {
     extern __shared__ float sm[];
     const int HS = C / NH, HSP = att_stride(HS);
@@ -110,7 +121,7 @@ attention_forward_kernel(float *out, float *lse, const float *qkv, int B, int T,
 #pragma unroll
         for (int jj = 0; jj < 16; jj++) {
             const float p = expf(s[jj] - mnew);
-            Ps[i * ATT_PS + g + 4 * jj] = p;
+            Ps[i * ATT_PS + g + 4 * jj] = p * drop_factor(drop, b, h, qi, k0 + g + 4 * jj, T);
             sum += p;
         }
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
@@ -159,7 +170,7 @@ __global__ void attention_rowdot_kernel(float *D, const float *dout, const float
 template <int HSMAX>
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_dq_kernel(float *dqkv, const float *dout, const float *qkv, const float *lse,
-                    const float *D, int B, int T, int C, int NH)
+                    const float *D, int B, int T, int C, int NH, Dropout drop)
 {
     extern __shared__ float sm[];
     const int HS = C / NH, HSP = att_stride(HS);
@@ -207,7 +218,8 @@ attention_dq_kernel(float *dqkv, const float *dout, const float *qkv, const floa
         for (int jj = 0; jj < 16; jj++) {
             const bool valid = k0 + g + 4 * jj <= qi && qi < T;
             const float p = valid ? expf(s[jj] - li) : 0.0f;
-            Ss[i * ATT_PS + g + 4 * jj] = p * (dp[jj] - Di);
+            const float f = valid ? drop_factor(drop, b, h, qi, k0 + g + 4 * jj, T) : 1.0f;
+            Ss[i * ATT_PS + g + 4 * jj] = p * (f * dp[jj] - Di);
         }
         __syncwarp();
         accumulate_row<HSMAX>(dq, Ss + i * ATT_PS, Ks, T - k0 < ATT_TILE ? T - k0 : ATT_TILE, g, HS, HSP);
@@ -227,7 +239,7 @@ attention_dq_kernel(float *dqkv, const float *dout, const float *qkv, const floa
 template <int HSMAX>
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_dkv_kernel(float *dqkv, const float *dout, const float *qkv, const float *lse,
-                     const float *D, int B, int T, int C, int NH)
+                     const float *D, int B, int T, int C, int NH, Dropout drop)
 {
     extern __shared__ float sm[];
     const int HS = C / NH, HSP = att_stride(HS);
@@ -276,8 +288,9 @@ attention_dkv_kernel(float *dqkv, const float *dout, const float *qkv, const flo
             const int qi = q0 + g + 4 * ii;
             const bool valid = kj <= qi && qi < T;
             const float p = valid ? expf(s[ii] - lse[lrow + qi]) : 0.0f;
-            const float ds = valid ? p * (dp[ii] - D[lrow + qi]) : 0.0f;
-            Ps[j * ATT_PSB + g + 4 * ii] = p;
+            const float f = valid ? drop_factor(drop, b, h, qi, kj, T) : 1.0f;
+            const float ds = valid ? p * (f * dp[ii] - D[lrow + qi]) : 0.0f;
+            Ps[j * ATT_PSB + g + 4 * ii] = p * f;
             Ss[j * ATT_PSB + g + 4 * ii] = ds;
         }
         __syncwarp();
@@ -333,20 +346,20 @@ static void set_smem(K kernel, size_t bytes, const char *name)
 }
 
 template <int HSMAX>
-static void forward_launch(float *out, float *lse, const float *qkv, int B, int T, int C, int NH)
+static void forward_launch(float *out, float *lse, const float *qkv, int B, int T, int C, int NH, Dropout drop)
 {
     const int HSP = att_stride(C / NH);
     const size_t smem = (3 * (size_t)ATT_TILE * HSP + (size_t)ATT_TILE * ATT_PS) * sizeof(float);
     const unsigned blocks = (unsigned)(B * NH * ((T + ATT_TILE - 1) / ATT_TILE));
     set_smem(attention_forward_kernel<HSMAX>, smem, "attention_forward_kernel");
     attention_forward_kernel<HSMAX><<<blocks, ATT_THREADS, smem, cuda_stream_t()>>>(out, lse, qkv,
-                                                                                   B, T, C, NH);
+                                                                                   B, T, C, NH, drop);
     CUDA_LAUNCH_CHECK("attention_forward_kernel");
 }
 
 template <int HSMAX>
 static void backward_launch(float *dqkv, const float *dout, const float *qkv, const float *lse,
-                            const float *D, int B, int T, int C, int NH)
+                            const float *D, int B, int T, int C, int NH, Dropout drop)
 {
     const int HSP = att_stride(C / NH);
     const unsigned blocks = (unsigned)(B * NH * ((T + ATT_TILE - 1) / ATT_TILE));
@@ -355,25 +368,34 @@ static void backward_launch(float *dqkv, const float *dout, const float *qkv, co
         (4 * (size_t)ATT_TILE * HSP + 2 * (size_t)ATT_TILE * ATT_PSB) * sizeof(float);
     set_smem(attention_dq_kernel<HSMAX>, smem_q, "attention_dq_kernel");
     attention_dq_kernel<HSMAX><<<blocks, ATT_THREADS, smem_q, cuda_stream_t()>>>(
-        dqkv, dout, qkv, lse, D, B, T, C, NH);
+        dqkv, dout, qkv, lse, D, B, T, C, NH, drop);
     CUDA_LAUNCH_CHECK("attention_dq_kernel");
     set_smem(attention_dkv_kernel<HSMAX>, smem_kv, "attention_dkv_kernel");
     attention_dkv_kernel<HSMAX><<<blocks, ATT_THREADS, smem_kv, cuda_stream_t()>>>(
-        dqkv, dout, qkv, lse, D, B, T, C, NH);
+        dqkv, dout, qkv, lse, D, B, T, C, NH, drop);
     CUDA_LAUNCH_CHECK("attention_dkv_kernel");
+}
+
+// The kernels' dropout argument: threshold 0 (none) without drop.
+static Dropout drop_arg(const Dropout *drop)
+{
+    Dropout d = {0, 0, 0, 0, 0u, 1.0f};
+    return drop ? *drop : d;
 }
 
 // out = softmax(scale Q K^T + causal mask) V per (b, head); lse = log-sum-exp per query.
 void cuda_attention_forward(float *out,         // (B, T, C)
                             float *lse,         // (B, NH, T)
                             const float *qkv,   // (B, T, 3C)
-                            int B, int T, int C, int NH)
+                            int B, int T, int C, int NH,
+                            const Dropout *drop)// host pointer, or NULL
 {
     check_shape(B, T, C, NH);
     const int HS = C / NH;
-    if (HS <= 32) forward_launch<32>(out, lse, qkv, B, T, C, NH);
-    else if (HS <= 64) forward_launch<64>(out, lse, qkv, B, T, C, NH);
-    else forward_launch<128>(out, lse, qkv, B, T, C, NH);
+    const Dropout d = drop_arg(drop);
+    if (HS <= 32) forward_launch<32>(out, lse, qkv, B, T, C, NH, d);
+    else if (HS <= 64) forward_launch<64>(out, lse, qkv, B, T, C, NH, d);
+    else forward_launch<128>(out, lse, qkv, B, T, C, NH, d);
 }
 
 // Flash-attention backward: scores recomputed per tile from qkv and lse.
@@ -382,7 +404,8 @@ void cuda_attention_backward(float *dqkv,       // (B, T, 3C) overwritten
                              const float *qkv,  // (B, T, 3C)
                              const float *out,  // (B, T, C)
                              const float *lse,  // (B, NH, T)
-                             int B, int T, int C, int NH)
+                             int B, int T, int C, int NH,
+                             const Dropout *drop)// host pointer, or NULL
 {
     check_shape(B, T, C, NH);
     const size_t rows = (size_t)B * T * NH;
@@ -391,7 +414,8 @@ void cuda_attention_backward(float *dqkv,       // (B, T, 3C) overwritten
         D, dout, out, B, T, C, NH);
     CUDA_LAUNCH_CHECK("attention_rowdot_kernel");
     const int HS = C / NH;
-    if (HS <= 32) backward_launch<32>(dqkv, dout, qkv, lse, D, B, T, C, NH);
-    else if (HS <= 64) backward_launch<64>(dqkv, dout, qkv, lse, D, B, T, C, NH);
-    else backward_launch<128>(dqkv, dout, qkv, lse, D, B, T, C, NH);
+    const Dropout d = drop_arg(drop);
+    if (HS <= 32) backward_launch<32>(dqkv, dout, qkv, lse, D, B, T, C, NH, d);
+    else if (HS <= 64) backward_launch<64>(dqkv, dout, qkv, lse, D, B, T, C, NH, d);
+    else backward_launch<128>(dqkv, dout, qkv, lse, D, B, T, C, NH, d);
 }

@@ -30,6 +30,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels.h"   // Dropout
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -120,9 +122,13 @@ void cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t
 
 void cuda_residual_forward(float *out, const float *a, const float *b, size_t n);
 
-void cuda_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C, int NH);
+void cuda_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C, int NH,
+                            const Dropout *drop);
 void cuda_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
-                             const float *lse, int B, int T, int C, int NH);
+                             const float *lse, int B, int T, int C, int NH, const Dropout *drop);
+// drop is a host pointer (its struct is passed to the kernels by value).
+void cuda_dropout_forward(float *out, const float *inp, const Dropout *d, int B, int T, int C);
+void cuda_dropout_backward(float *dinp, const float *dout, const Dropout *d, int B, int T, int C);
 
 void cuda_paged_attention_forward(float *out, const float *q, int q_stride, const float *kv,
                                   size_t block_stride, size_t v_offset, const int32_t *tables,
@@ -149,6 +155,13 @@ void cuda_adamw_update(float *param, const float *grad, float *m, float *v, size
 void cuda_scale_inplace(float *x, float s, size_t n);
 // Returns once the value is known (synchronizes the stream).
 double cuda_sumsq(const float *x, size_t n);
+
+// Mixture of Experts row moves (kernels.h moe_*; kernels/cuda/moe.cu): the same
+// math and summation order as the cpu ones, no atomics. pos and w are device arrays.
+void cuda_moe_dispatch(float *dst, const float *src, const int32_t *pos, const float *w, size_t N, int K, int C);
+void cuda_moe_combine(float *out, const float *y, const int32_t *pos, const float *w, size_t N, int K, int C,
+                      int accumulate);
+void cuda_moe_rowdot(float *dots, const float *a, const float *y, const int32_t *pos, size_t N, int K, int C);
 
 // No-ops on the GPU (kept so the backend mirrors kernels.h); get returns 1.
 void cuda_kernels_set_threads(int n);

@@ -4,7 +4,7 @@
 // Usage: test_kernels_gpu [--quick] [NAME...]
 //   --quick: small shapes only and no timings (for compute-sanitizer runs);
 //   NAME: run only these groups: encoder layernorm matmul chain elementwise
-//   adamw sumsq crossentropy attention paged timing.
+//   adamw sumsq crossentropy attention paged dropout timing.
 // Exit status: 0 all passed, 1 a comparison failed, 77 no CUDA device (skipped).
 //
 // Every comparison prints one line:
@@ -377,27 +377,28 @@ static void test_crossentropy(Rng &r, size_t N, int V, int Vp)
 
 // ---------------------------------------------------------------- attention
 
-static void test_attention(Rng &r, Shape s)
+static void test_attention(Rng &r, Shape s, const Dropout *drop = NULL)
 {
     char sh[96];
-    snprintf(sh, sizeof sh, "B=%d T=%d C=%d NH=%d (HS=%d)", s.B, s.T, s.C, s.NH, s.C / s.NH);
+    snprintf(sh, sizeof sh, "B=%d T=%d C=%d NH=%d (HS=%d)%s", s.B, s.T, s.C, s.NH, s.C / s.NH,
+             drop ? " dropout" : "");
     const size_t N = (size_t)s.B * s.T, C = s.C, L = (size_t)s.B * s.NH * s.T;
     Vec qkv = rand_vec(r, N * 3 * C, 1.5f);
     Vec out(N * C), lse(L);
-    attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+    attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, drop);
     float *dqkv_in = dput(qkv), *dout_ = dpoisoned(N * C), *dlse = dpoisoned(L);
-    cuda_attention_forward(dout_, dlse, dqkv_in, s.B, s.T, s.C, s.NH);
+    cuda_attention_forward(dout_, dlse, dqkv_in, s.B, s.T, s.C, s.NH, drop);
     report("attention_forward", "out", rel(dget(dout_, N * C), out), TOL_FP32, sh);
     report("attention_forward", "lse", rel(dget(dlse, L), lse), TOL_FP32, sh);
 
     // backward from the cpu's out and lse, so that only the backward is compared
     Vec g = rand_vec(r, N * C, 1.0f), dqkv(N * 3 * C);
     attention_backward(dqkv.data(), g.data(), qkv.data(), out.data(), lse.data(), s.B, s.T, s.C,
-                       s.NH);
+                       s.NH, drop);
     dset(dout_, out);
     dset(dlse, lse);
     float *dg = dput(g), *dd = dpoisoned(N * 3 * C);
-    cuda_attention_backward(dd, dg, dqkv_in, dout_, dlse, s.B, s.T, s.C, s.NH);
+    cuda_attention_backward(dd, dg, dqkv_in, dout_, dlse, s.B, s.T, s.C, s.NH, drop);
     Vec h = dget(dd, N * 3 * C);
     report("attention_backward", "dqkv", rel(h, dqkv), TOL_FP32, sh);
     // the three parts separately, so a failure says which
@@ -417,8 +418,28 @@ static void test_attention(Rng &r, Shape s)
     report("attention_backward", "dk", dist(hk, &ck) / whole, TOL_FP32, sh);
     report("attention_backward", "dv", dist(hv, &cv) / whole, TOL_FP32, sh);
     dpoison(dd, N * 3 * C);
-    cuda_attention_backward(dd, dg, dqkv_in, dout_, dlse, s.B, s.T, s.C, s.NH);
+    cuda_attention_backward(dd, dg, dqkv_in, dout_, dlse, s.B, s.T, s.C, s.NH, drop);
     report_same("attention_backward", "dqkv", dget(dd, N * 3 * C), h, sh);
+}
+
+// dropout: the mask is integer arithmetic, so cuda and cpu agree bit for bit.
+static void test_dropout(Rng &r, int B, int T, int C)
+{
+    char sh[64];
+    snprintf(sh, sizeof sh, "B=%d T=%d C=%d", B, T, C);
+    const size_t n = (size_t)B * T * C;
+    Vec x = rand_vec(r, n, 1.0f), out(n), back(n);
+    Dropout d = dropout_of(0.1f, dropout_key(3, 5, 1, DROP_ATTN_RESID), 17, 64, 0);
+    dropout_forward(out.data(), x.data(), &d, B, T, C);
+    dropout_backward(back.data(), x.data(), &d, B, T, C);
+    float *dx = dput(x), *dd = dpoisoned(n);
+    cuda_dropout_forward(dd, dx, &d, B, T, C);
+    report_same("dropout_forward", "out", dget(dd, n), out, sh);
+    dpoison(dd, n);
+    cuda_dropout_backward(dd, dx, &d, B, T, C);
+    report_same("dropout_backward", "dinp", dget(dd, n), back, sh);
+    cuda_dropout_forward(dx, dx, &d, B, T, C);   // in place, as the model calls it
+    report_same("dropout_forward", "in place", dget(dx, n), out, sh);
 }
 
 static void test_paged_attention(Rng &r, int N, int C, int NH)
@@ -502,12 +523,12 @@ struct AttnBench {
 static void attn_fwd(void *p)
 {
     AttnBench *a = (AttnBench *)p;
-    cuda_attention_forward(a->out, a->lse, a->qkv, a->B, a->T, a->C, a->NH);
+    cuda_attention_forward(a->out, a->lse, a->qkv, a->B, a->T, a->C, a->NH, NULL);
 }
 static void attn_bwd(void *p)
 {
     AttnBench *a = (AttnBench *)p;
-    cuda_attention_backward(a->dqkv, a->dout, a->qkv, a->out, a->lse, a->B, a->T, a->C, a->NH);
+    cuda_attention_backward(a->dqkv, a->dout, a->qkv, a->out, a->lse, a->B, a->T, a->C, a->NH, NULL);
 }
 
 struct MmBench {
@@ -614,6 +635,12 @@ static void run_suite(int quick)
             test_attention(r, Shape{1, 1, 36, 3});      // T = 1
             test_attention(r, Shape{2, 257, 384, 6});   // HS = 64, 5 tiles
         }
+    }
+    if (want("dropout")) {
+        test_dropout(r, 3, 50, 40);
+        Dropout d = dropout_of(0.2f, dropout_key(9, 1, 0, DROP_ATTN), 4, 0, 1);
+        test_attention(r, small, &d);
+        test_attention(r, Shape{1, 130, 256, 2}, &d);
     }
     if (want("paged")) {
         test_paged_attention(r, 5, 64, 2);

@@ -30,6 +30,7 @@ static const Backend stand_in_device = {.name = "stand-in device", .device_memor
                                         .to_host = copy_floats, .from_host = copy_floats};
 
 static void suite(int path);
+static void many_in_flight(int path);
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
@@ -38,6 +39,8 @@ int main(int argc, char **argv) {
     log_init(rank);
     suite(COMM_PATH_HOST);
     suite(COMM_PATH_STAGED);
+    many_in_flight(COMM_PATH_HOST);
+    many_in_flight(COMM_PATH_STAGED);
     if (rank == 0) printf("summary: %d failed checks\n", failures);
     MPI_Finalize();
     return failures ? 1 : 0;
@@ -122,5 +125,92 @@ static void suite(int path) {
     for (int i = 0; i < 1001; i++) ok &= a[i] == (float)p;
     check(&c, ok && !req.active, "comm_test completes an all_reduce and delivers it");
     free(a); free(s); free(out);
+    comm_free(&c);
+}
+
+// Several collectives of every kind in flight at once on one communicator,
+// each issued from ONE counts array that the caller overwrites before the
+// next call (comm must have copied them), completed in a mixed order.
+enum { NFLY = 3 };
+
+static size_t part(int j, int k) { return (size_t)(2 + 3 * j + k); }     // collective j, rank k
+
+static void many_in_flight(int path) {
+    CommOptions opt = {.fault_skip_rank = -1, .timeout_s = 60, .path = path, .bk = &stand_in_device};
+    label = path == COMM_PATH_STAGED ? "staged: " : "";
+    Comm c;
+    comm_init(&c, MPI_COMM_WORLD, "world", &opt);
+    const int p = c.size, r = c.rank;
+    size_t counts[64], rcounts[64], tot[NFLY], off[NFLY];
+    float *rs_send[NFLY], *rs_recv[NFLY], *ag[NFLY], *a2s[NFLY], *a2r[NFLY], *ar[NFLY];
+    CommReq req[4 * NFLY];
+    for (int j = 0; j < NFLY; j++) {
+        tot[j] = off[j] = 0;
+        for (int k = 0; k < p; k++) {
+            if (k < r) off[j] += part(j, k);
+            tot[j] += part(j, k);
+        }
+        size_t big = tot[j] + (size_t)(p * (p + 2 * NFLY + 2));
+        rs_send[j] = calloc(big, sizeof(float));
+        rs_recv[j] = calloc(big, sizeof(float));
+        ag[j] = calloc(big, sizeof(float));
+        a2s[j] = calloc(big, sizeof(float));
+        a2r[j] = calloc(big, sizeof(float));
+        ar[j] = calloc(big, sizeof(float));
+        comm_register(&c, rs_send[j], big, "rs send");
+        comm_register(&c, rs_recv[j], big, "rs recv");
+        comm_register(&c, ag[j], big, "ag");
+        comm_register(&c, a2s[j], big, "a2a send");
+        comm_register(&c, a2r[j], big, "a2a recv");
+        comm_register(&c, ar[j], big, "ar");
+    }
+    for (int j = 0; j < NFLY; j++) {
+        for (int k = 0; k < p; k++) counts[k] = part(j, k);
+        for (size_t i = 0; i < tot[j]; i++) rs_send[j][i] = (float)(i + 10 * j + 100 * r);
+        comm_ireduce_scatter_sum(&c, rs_send[j], rs_recv[j], counts, "rs", &req[4 * j]);
+        for (int k = 0; k < p; k++) counts[k] = 999999;        // the caller reuses its array at once
+        for (int k = 0; k < p; k++) counts[k] = part(j, k);
+        for (size_t i = 0; i < part(j, r); i++) ag[j][off[j] + i] = (float)(1000 * r + 7 * j + (int)i);
+        comm_iallgather(&c, ag[j], counts, "ag", &req[4 * j + 1]);
+        size_t o = 0;
+        for (int k = 0; k < p; k++) {
+            counts[k] = (size_t)(r + k + 1 + j);
+            rcounts[k] = (size_t)(k + r + 1 + j);
+            for (size_t i = 0; i < counts[k]; i++) a2s[j][o++] = (float)(10 * r + k + 100 * j);
+        }
+        comm_ialltoallv(&c, a2s[j], counts, a2r[j], rcounts, "a2a", &req[4 * j + 2]);
+        for (int k = 0; k < p; k++) counts[k] = rcounts[k] = 0;
+        for (int i = 0; i < 17; i++) ar[j][i] = (float)(r + j * i);
+        comm_iallreduce_sum(&c, ar[j], 17, "ar", &req[4 * j + 3]);
+    }
+    int busy = __builtin_popcountll(c.busy);
+    // complete in a mixed order: odd indices backwards, then the rest by comm_test
+    for (int i = 4 * NFLY - 1; i >= 0; i -= 2) comm_wait(&c, &req[i]);
+    for (int left = 1; left; ) {
+        left = 0;
+        for (int i = 0; i < 4 * NFLY; i += 2) left |= !comm_test(&c, &req[i]);
+    }
+    int ok_rs = 1, ok_ag = 1, ok_a2a = 1, ok_ar = 1;
+    for (int j = 0; j < NFLY; j++) {
+        for (size_t i = 0; i < part(j, r); i++)
+            ok_rs &= rs_recv[j][i] == (float)(p * (off[j] + i + 10 * j) + 100 * p * (p - 1) / 2);
+        size_t o = 0;
+        for (int k = 0; k < p; k++)
+            for (size_t i = 0; i < part(j, k); i++, o++) ok_ag &= ag[j][o] == (float)(1000 * k + 7 * j + (int)i);
+        o = 0;
+        for (int k = 0; k < p; k++)
+            for (size_t i = 0; i < (size_t)(k + r + 1 + j); i++) ok_a2a &= a2r[j][o++] == (float)(10 * k + r + 100 * j);
+        for (int i = 0; i < 17; i++) ok_ar &= ar[j][i] == (float)(p * (p - 1) / 2 + p * j * i);
+    }
+    if (r == 0) printf("     %d collectives in flight at once held %d count slots\n", 4 * NFLY, busy);
+    check(&c, busy == 3 * NFLY, "every v-collective in flight owns a slot of counts (3 kinds x 3)");
+    check(&c, ok_rs, "3 reduce_scatters in flight, counts array reused: each rank's sums");
+    check(&c, ok_ag, "3 all_gathers in flight, counts array reused: every part in place");
+    check(&c, ok_a2a, "3 all_to_alls in flight, counts array reused: each rank's part");
+    check(&c, ok_ar, "3 all_reduces in flight among them: sums");
+    check(&c, c.busy == 0, "every slot is free once all are complete");
+    for (int j = 0; j < NFLY; j++) {
+        free(rs_send[j]); free(rs_recv[j]); free(ag[j]); free(a2s[j]); free(a2r[j]); free(ar[j]);
+    }
     comm_free(&c);
 }

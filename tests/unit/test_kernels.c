@@ -1,7 +1,7 @@
 // test_kernels.c: unit tests of the cpu kernels (kernels/kernels.h).
 //
 // Usage: test_kernels [NAME]   NAME one of encoder layernorm matmul gelu residual
-//        attention crossentropy adamw sumsq determinism paged held; no NAME runs them all.
+//        attention crossentropy adamw sumsq determinism paged held dropout; no NAME runs them all.
 // Exit status 0 when every check passed, 1 otherwise.
 //
 // Each test draws fresh random inputs (seeded xorshift), poisons outputs with
@@ -454,7 +454,32 @@ typedef struct {
     double *qkv, *out, *lse;
     const double *R;
     int B, T, C, NH;
+    const Dropout *drop;    // NULL: none
 } AttCtx;
+
+// The dropout mask written from the documented formula (kernels.h), apart from
+// the kernels' code: splitmix64's finalizer chained over the key, the global
+// row and the element index; keep when the upper 32 bits >= floor(p 2^32).
+static uint64_t ref_mix(uint64_t z)
+{
+    z ^= z >> 30; z *= 0xBF58476D1CE4E5B9ull;
+    z ^= z >> 27; z *= 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static double ref_keep(const Dropout *d, uint64_t row, uint64_t e)
+{
+    if (!d) return 1.0;
+    uint64_t rk = ref_mix(d->key + row * 0x9E3779B97F4A7C15ull);
+    uint32_t bits = (uint32_t)(ref_mix(rk ^ (e * 0xD1B54A32D192ED03ull)) >> 32);
+    return bits >= d->threshold ? (double)d->scale : 0.0;
+}
+// keep * scale of attention probability (b, h, i, j)
+static double ref_att_keep(const AttCtx *c, int b, int h, int i, int j)
+{
+    if (!c->drop) return 1.0;
+    uint64_t e = ((uint64_t)(c->drop->head0 + h) * (uint64_t)c->T + (uint64_t)i) * (uint64_t)c->T + (uint64_t)j;
+    return ref_keep(c->drop, c->drop->row0 + (uint64_t)b, e);
+}
 
 static void ref_attention_forward(AttCtx *c)
 {
@@ -479,7 +504,8 @@ static void ref_attention_forward(AttCtx *c)
                 for (int i = 0; i < HS; i++) o[i] = 0.0;
                 for (int j = 0; j <= t; j++) {
                     const double *v = c->qkv + ((size_t)b * T + j) * 3 * C + 2 * C + h * HS;
-                    for (int i = 0; i < HS; i++) o[i] += s[j] / sum * v[i];
+                    const double f = ref_att_keep(c, b, h, t, j);
+                    for (int i = 0; i < HS; i++) o[i] += s[j] / sum * f * v[i];
                 }
                 c->lse[((size_t)b * NH + h) * T + t] = mx + log(sum);
             }
@@ -513,10 +539,11 @@ static void ref_attention_backward(double *dqkv, AttCtx *c)
                         s += q[i] * k[i];
                         g += go[i] * v[i];
                     }
+                    const double f = ref_att_keep(c, b, h, t, j);
                     p[j] = exp(s * scale - lse);
-                    dp[j] = g;
-                    D += p[j] * g;
-                    for (int i = 0; i < HS; i++) dqkv[ko + C + i] += p[j] * go[i];
+                    dp[j] = f * g;      // d(loss)/d(P_tj) through the dropped probability
+                    D += p[j] * dp[j];
+                    for (int i = 0; i < HS; i++) dqkv[ko + C + i] += p[j] * f * go[i];
                 }
                 for (int j = 0; j <= t; j++) {
                     size_t ko = ((size_t)b * T + j) * 3 * C + C + h * HS;
@@ -531,7 +558,7 @@ static void ref_attention_backward(double *dqkv, AttCtx *c)
     free(dp);
 }
 
-static int attention_case(Rng *r, int B, int T, int C, int NH, size_t kmax)
+static int attention_case_drop(Rng *r, int B, int T, int C, int NH, size_t kmax, const Dropout *drop)
 {
     int fails = 0;
     char buf[160];
@@ -540,17 +567,18 @@ static int attention_case(Rng *r, int B, int T, int C, int NH, size_t kmax)
     fill(r, qkv, nqkv, 2.0f);   // scores spread over a few units: a peaked softmax
     poison(out, nout);
     poison(lse, nlse);
-    attention_forward(out, lse, qkv, B, T, C, NH);
+    attention_forward(out, lse, qkv, B, T, C, NH, drop);
     double *R = dnew(nout);
     for (size_t i = 0; i < nout; i++) R[i] = dout[i] = rng_sym(r, 1.0f);
-    AttCtx c = { to_double(qkv, nqkv), dnew(nout), dnew(nlse), R, B, T, C, NH };
+    AttCtx c = { to_double(qkv, nqkv), dnew(nout), dnew(nlse), R, B, T, C, NH, drop };
     ref_attention_forward(&c);
-    snprintf(buf, sizeof buf, "attention forward out (B=%d T=%d C=%d NH=%d HS=%d)", B, T, C, NH, C / NH);
+    snprintf(buf, sizeof buf, "attention forward out (B=%d T=%d C=%d NH=%d HS=%d%s)", B, T, C, NH, C / NH,
+             drop ? ", dropout" : "");
     fails += check(buf, relerr(out, c.out, nout), TOL_FWD);
     fails += check("attention forward lse", relerr(lse, c.lse, nlse), TOL_FWD);
 
     poison(dqkv, nqkv);
-    attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH);
+    attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, drop);
     double *dref = dnew(nqkv);
     ref_attention_backward(dref, &c);
     fails += check("attention backward dqkv vs float64 backward", relerr(dqkv, dref, nqkv), TOL_FWD);
@@ -558,6 +586,11 @@ static int attention_case(Rng *r, int B, int T, int C, int NH, size_t kmax)
     free(qkv); free(out); free(lse); free(dout); free(dqkv); free(R);
     free(c.qkv); free(c.out); free(c.lse); free(dref);
     return fails;
+}
+
+static int attention_case(Rng *r, int B, int T, int C, int NH, size_t kmax)
+{
+    return attention_case_drop(r, B, T, C, NH, kmax, NULL);
 }
 
 static int test_attention(Rng *r)
@@ -824,8 +857,8 @@ static void det_run(const DetIn *in, DetOut *o, int threads)
     memset(o->mm_dw, 0, sizeof(float) * DIC * DOC);
     memset(o->mm_db, 0, sizeof(float) * DOC);
     matmul_backward(o->mm_dinp, o->mm_dw, o->mm_db, in->mm_dout, in->mm_inp, in->mm_w, DN, DIC, DOC, 0);
-    attention_forward(o->att_out, o->att_lse, in->qkv, AB, AT, AC, ANH);
-    attention_backward(o->att_dqkv, in->att_dout, in->qkv, o->att_out, o->att_lse, AB, AT, AC, ANH);
+    attention_forward(o->att_out, o->att_lse, in->qkv, AB, AT, AC, ANH, NULL);
+    attention_backward(o->att_dqkv, in->att_dout, in->qkv, o->att_out, o->att_lse, AB, AT, AC, ANH, NULL);
     crossentropy_forward(o->ce_losses, o->ce_lse, in->logits, in->tgt, CEN, CEV, CEVP);
     crossentropy_backward(o->ce_dl, in->logits, o->ce_lse, in->tgt, 0.25f, CEN, CEV, CEVP);
     o->ss = sumsq(in->ss, DSS);
@@ -1102,6 +1135,160 @@ static int test_held(Rng *r)
     return fails;
 }
 
+// ---------------------------------------------------------------- dropout
+
+// Every element of (B, T, C) against ref_keep; returns the dropped count.
+static size_t drop_compare(const float *y, const float *x, const Dropout *d, int B, int T, int C, double *err)
+{
+    size_t dropped = 0;
+    double num = 0.0, den = 0.0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int c = 0; c < C; c++) {
+                size_t i = ((size_t)b * T + t) * C + c;
+                double f = ref_keep(d, d->row0 + (uint64_t)b, ((uint64_t)d->pos0 + (uint64_t)t) * (uint64_t)C + (uint64_t)c);
+                double ref = (double)x[i] * f, diff = (double)y[i] - ref;
+                dropped += f == 0.0;
+                num += diff * diff;
+                den += ref * ref;
+                if (f == 0.0 && y[i] != 0.0f) num += 1.0;       // a dropped element must be exactly 0
+            }
+    *err = sqrt(num / (den > 0.0 ? den : 1.0));
+    return dropped;
+}
+
+static int dropout_stats(Rng *r, float p)
+{
+    int fails = 0;
+    char buf[160];
+    const int B = 4, T = 64, C = 256;
+    const size_t n = (size_t)B * T * C;
+    float *x = fnew(n), *y = fnew(n), *g = fnew(n), *gd = fnew(n);
+    fill(r, x, n, 1.0f);
+    Dropout d = dropout_of(p, dropout_key(1234, 7, 3, DROP_MLP_RESID), 1000, 0, 0);
+    poison(y, n);
+    dropout_forward(y, x, &d, B, T, C);
+    double err;
+    size_t dropped = drop_compare(y, x, &d, B, T, C, &err);
+    snprintf(buf, sizeof buf, "dropout forward p=%.2f vs float64 reference (x keep / (1-p))", p);
+    fails += check(buf, err, 1e-7);
+    // dropped fraction within 5 binomial standard deviations of p
+    double frac = (double)dropped / (double)n, sd = sqrt((double)p * (1.0 - p) / (double)n);
+    printf("  dropped %zu of %zu = %.4f (p = %.2f, sd %.4f)\n", dropped, n, frac, p, sd);
+    fails += check_true("dropout: dropped fraction within 5 sd of p", fabs(frac - p) <= 5.0 * sd);
+    fails += check_true("dropout: scale is 1/(1-p) in float", d.scale == (float)(1.0 / (1.0 - (double)p)));
+    // backward: the same mask; <dropout(x), g> == <x, dropout_backward(g)>
+    fill(r, g, n, 1.0f);
+    poison(gd, n);
+    dropout_backward(gd, g, &d, B, T, C);
+    double errb;
+    drop_compare(gd, g, &d, B, T, C, &errb);
+    fails += check("dropout backward vs float64 reference (same mask)", errb, 1e-7);
+    double l = 0.0, rgt = 0.0, a = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        l += (double)y[i] * g[i];
+        rgt += (double)x[i] * gd[i];
+        a += fabs((double)y[i] * g[i]);
+    }
+    fails += check("dropout: <fwd(x), g> == <x, bwd(g)> (forward/backward agree)", fabs(l - rgt) / a, 1e-6);
+    // in place, as the model uses it
+    memcpy(gd, x, n * sizeof(float));
+    dropout_forward(gd, gd, &d, B, T, C);
+    fails += check_true("dropout forward in place (out == inp) bitwise", memcmp(gd, y, n * sizeof(float)) == 0);
+    free(x); free(y); free(g); free(gd);
+    return fails;
+}
+
+// The same elements whether a tensor is drawn whole or in pieces (rows as
+// dp/accumulation split them, positions as sp splits them), whatever the threads.
+static int dropout_layout(Rng *r)
+{
+    int fails = 0;
+    const int B = 4, T = 32, C = 40;
+    const size_t n = (size_t)B * T * C, half = n / 2;
+    float *x = fnew(n), *whole = fnew(n), *piece = fnew(n);
+    fill(r, x, n, 1.0f);
+    uint64_t key = dropout_key(99, 3, -1, DROP_EMBED);
+    Dropout d = dropout_of(0.25f, key, 50, 0, 0);
+    dropout_forward(whole, x, &d, B, T, C);
+    Dropout d0 = dropout_of(0.25f, key, 50, 0, 0), d1 = dropout_of(0.25f, key, 52, 0, 0);
+    dropout_forward(piece, x, &d0, 2, T, C);
+    dropout_forward(piece + half, x + half, &d1, 2, T, C);
+    fails += check_true("dropout: rows 50..53 whole == rows 50..51 + 52..53 (bitwise)",
+                        memcmp(whole, piece, n * sizeof(float)) == 0);
+    int ok = 1;     // positions [0, 16) and [16, 32) of each row as two sp ranks
+    for (int k = 0; k < 2 && ok; k++) {
+        float *xs = fnew((size_t)B * 16 * C), *ys = fnew((size_t)B * 16 * C);
+        for (int b = 0; b < B; b++)
+            memcpy(xs + (size_t)b * 16 * C, x + ((size_t)b * T + 16 * k) * C, sizeof(float) * 16 * C);
+        Dropout ds = dropout_of(0.25f, key, 50, 16 * k, 0);
+        dropout_forward(ys, xs, &ds, B, 16, C);
+        for (int b = 0; b < B; b++)
+            ok &= memcmp(ys + (size_t)b * 16 * C, whole + ((size_t)b * T + 16 * k) * C, sizeof(float) * 16 * C) == 0;
+        free(xs); free(ys);
+    }
+    fails += check_true("dropout: positions 0..31 whole == 0..15 + 16..31 (pos0, bitwise)", ok);
+    int saved = kernels_get_threads();
+    kernels_set_threads(saved > 1 ? 1 : 4);
+    dropout_forward(piece, x, &d, B, T, C);
+    kernels_set_threads(saved);
+    fails += check_true("dropout: 1 vs several threads bitwise", memcmp(whole, piece, n * sizeof(float)) == 0);
+    Dropout other = dropout_of(0.25f, dropout_key(99, 4, -1, DROP_EMBED), 50, 0, 0);
+    dropout_forward(piece, x, &other, B, T, C);
+    fails += check_true("dropout: another step draws another mask", memcmp(whole, piece, n * sizeof(float)) != 0);
+    free(x); free(whole); free(piece);
+    return fails;
+}
+
+// Attention-probability dropout: forward and backward against the float64
+// reference with the same mask (and finite differences), and a slice of heads
+// (head0, as sequence parallelism holds them) equal to those heads of the whole.
+static int dropout_attention(Rng *r)
+{
+    int fails = 0;
+    Dropout d = dropout_of(0.2f, dropout_key(5, 2, 1, DROP_ATTN), 7, 0, 0);
+    fails += attention_case_drop(r, 2, 67, 36, 3, 300, &d);
+    fails += attention_case_drop(r, 1, 130, 64, 2, 60, &d);
+    const int B = 2, T = 70, C = 48, NH = 4, HS = C / NH, C2 = C / 2;
+    float *qkv = fnew((size_t)B * T * 3 * C), *out = fnew((size_t)B * T * C), *lse = fnew((size_t)B * NH * T);
+    float *q2 = fnew((size_t)B * T * 3 * C2), *o2 = fnew((size_t)B * T * C2), *l2 = fnew((size_t)B * 2 * T);
+    float *g = fnew((size_t)B * T * C), *g2 = fnew((size_t)B * T * C2);
+    float *dq = fnew((size_t)B * T * 3 * C), *dq2 = fnew((size_t)B * T * 3 * C2);
+    fill(r, qkv, (size_t)B * T * 3 * C, 2.0f);
+    fill(r, g, (size_t)B * T * C, 1.0f);
+    attention_forward(out, lse, qkv, B, T, C, NH, &d);
+    attention_backward(dq, g, qkv, out, lse, B, T, C, NH, &d);
+    for (size_t t = 0; t < (size_t)B * T; t++) {     // heads 2..3: the second half of q, k and v
+        for (int part = 0; part < 3; part++)
+            memcpy(q2 + t * 3 * C2 + part * C2, qkv + t * 3 * C + part * C + C2, sizeof(float) * C2);
+        memcpy(g2 + t * C2, g + t * C + C2, sizeof(float) * C2);
+    }
+    Dropout dh = d;
+    dh.head0 = 2;
+    attention_forward(o2, l2, q2, B, T, C2, 2, &dh);
+    attention_backward(dq2, g2, q2, o2, l2, B, T, C2, 2, &dh);
+    int ok = 1;
+    for (size_t t = 0; t < (size_t)B * T; t++) {
+        ok &= memcmp(o2 + t * C2, out + t * C + C2, sizeof(float) * C2) == 0;
+        for (int part = 0; part < 3; part++)
+            ok &= memcmp(dq2 + t * 3 * C2 + part * C2, dq + t * 3 * C + part * C + C2, sizeof(float) * C2) == 0;
+    }
+    (void)HS;
+    fails += check_true("attention dropout: heads 2..3 alone (head0 = 2) == those heads of all 4 (bitwise)", ok);
+    free(qkv); free(out); free(lse); free(q2); free(o2); free(l2); free(g); free(g2); free(dq); free(dq2);
+    return fails;
+}
+
+static int test_dropout(Rng *r)
+{
+    int fails = 0;
+    fails += dropout_stats(r, 0.1f);
+    fails += dropout_stats(r, 0.5f);
+    fails += dropout_layout(r);
+    fails += dropout_attention(r);
+    return fails;
+}
+
 // ---------------------------------------------------------------- main
 
 typedef struct {
@@ -1116,6 +1303,7 @@ static const Test tests[] = {
     { "crossentropy", test_crossentropy }, { "adamw", test_adamw },
     { "sumsq", test_sumsq },               { "determinism", test_determinism },
     { "paged", test_paged },               { "held", test_held },
+    { "dropout", test_dropout },
 };
 enum { NTESTS = sizeof tests / sizeof tests[0] };
 

@@ -173,7 +173,7 @@ static void two_in_flight(MPI_Comm world) {
         comm_ialltoallv(&c, send[j], counts[j], recv[j], rcounts[j], "in flight", &req[j]);
     }
     // the first request's counts, as MPI holds them, after the second was issued
-    const int *sc = c.a2a + (size_t)req[0].slot * 4 * (size_t)p, *rc = sc + 2 * p;
+    const int *sc = c.vargs + (size_t)req[0].slot * 4 * (size_t)p, *rc = sc + 2 * p;
     kept &= req[0].slot >= 0 && req[1].slot >= 0 && req[0].slot != req[1].slot;
     for (int k = 0; k < p && kept; k++) kept &= sc[k] == (int)counts[0][k] && rc[k] == (int)rcounts[0][k];
     comm_wait(&c, &req[1]);
@@ -181,7 +181,7 @@ static void two_in_flight(MPI_Comm world) {
     for (int j = 0; j < 2; j++) bad += check_a2a(r, p, j + 1, recv[j]);
     check(world, kept, "two all-to-alls in flight on one communicator hold their own counts (slots differ, "
           "the first's unchanged by the second)", kept);
-    check(world, bad == 0 && c.a2a_busy == 0, "both deliver, waited in reverse order, and free their slots "
+    check(world, bad == 0 && c.busy == 0, "both deliver, waited in reverse order, and free their slots "
           "(mismatches)", bad);
     for (int j = 0; j < 2; j++) {
         free(send[j]);

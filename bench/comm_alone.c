@@ -1,0 +1,61 @@
+// comm_alone: a ZeRO step's collectives with no compute, for the overlap
+// benchmark's "communication alone" (bench/run.sh BENCH_ONLY=overlap).
+// Usage: mpiexec -np P build/comm_alone AR_BYTES RS_BYTES AG_BYTES CHUNK_FLOATS STEPS
+// where *_BYTES are what one rank sends per step per op (run.h5's
+// comm_bytes_* columns); each op's elements are issued in CHUNK_FLOATS
+// pieces, each waited on at once. Prints one line per step: "step S seconds".
+#include "comm.h"
+#include "log.h"
+
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+int main(int argc, char **argv) {
+    int provided = 0;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    log_init(rank);
+    if (argc != 6) {
+        if (rank == 0) fprintf(stderr, "usage: comm_alone AR_BYTES RS_BYTES AG_BYTES CHUNK_FLOATS STEPS\n");
+        MPI_Finalize();
+        return 2;
+    }
+    CommOptions opt = {.fault_skip_rank = -1, .timeout_s = 600};
+    Comm c;
+    comm_init(&c, MPI_COMM_WORLD, "dp", &opt);
+    double p = c.size, sent[3] = {atof(argv[1]), atof(argv[2]), atof(argv[3])};
+    size_t chunk = (size_t)atof(argv[4]);
+    int steps = atoi(argv[5]);
+    if (c.size < 2 || chunk < (size_t)c.size || steps < 1) FATAL("np >= 2, CHUNK_FLOATS >= np, STEPS >= 1", "comm_alone: bad arguments");
+    // Elements per op and step from the bytes a rank sends (comm.h's ring formulas).
+    size_t n[3] = {(size_t)(sent[0] * p / (2 * (p - 1)) / 4), (size_t)(sent[1] * p / (p - 1) / 4),
+                   (size_t)(sent[2] * p / (p - 1) / 4)};
+    float *buf = xcalloc(chunk * sizeof(float), "comm_alone buffer"), *recv = xcalloc(chunk * sizeof(float), "recv");
+    size_t *counts = xcalloc(sizeof(size_t) * (size_t)c.size, "counts");
+    for (int s = 0; s < steps; s++) {
+        MPI_Barrier(MPI_COMM_WORLD);
+        double t0 = MPI_Wtime();
+        for (int op = 0; op < 3; op++)
+            for (size_t done = 0; done < n[op]; ) {
+                size_t m = n[op] - done < chunk ? n[op] - done : chunk;
+                CommReq r;
+                for (int k = 0; k < c.size; k++) counts[k] = m / (size_t)c.size + ((size_t)k < m % (size_t)c.size);
+                if (op == 0) comm_iallreduce_sum(&c, buf, m, "ar", &r);
+                else if (op == 1) comm_ireduce_scatter_sum(&c, buf, recv, counts, "rs", &r);
+                else comm_iallgather(&c, buf, counts, "ag", &r);
+                comm_wait(&c, &r);
+                done += m;
+            }
+        double dt = MPI_Wtime() - t0, worst = 0;
+        MPI_Allreduce(&dt, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        if (rank == 0) printf("step %d %.4f\n", s + 1, worst);
+    }
+    free(buf);
+    free(recv);
+    free(counts);
+    comm_free(&c);
+    MPI_Finalize();
+    return 0;
+}

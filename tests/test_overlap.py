@@ -1,0 +1,72 @@
+#!/usr/bin/python3
+"""Communication progress ([comm] progress) and the overlap record in run.h5.
+
+1. The losses of a ZeRO-3 and a ZeRO-2 run at np=2 are bit-identical with
+   [comm] progress = poll, thread and none: progress only changes when a
+   collective advances, never what it computes.
+2. run.h5 records per step comm_wait (blocked in waits) and comm_inflight
+   (a dp collective in flight); both are >= 0, and in flight covers blocked
+   (a wait happens while its collective is in flight) up to timer resolution.
+3. A bad value of the key is refused, naming the deck key and the values.
+"""
+import os
+
+import h5py
+import numpy as np
+
+from common import check, finish, licenses_tokens, run, tmpdir, write_deck
+
+d = tmpdir("overlap")
+tok = licenses_tokens(d)
+deck = write_deck(os.path.join(d, "o.deck"), f"""
+[run]
+seed = 5
+[model]
+vocab = 257
+vocab_pad = 1
+layers = 3
+d_model = 32
+heads = 2
+seq_len = 32
+[data]
+train = {tok}
+order = sequential
+[train]
+steps = 6
+batch = 4
+micro_batch = 2
+log_interval = 3
+eval_interval = 0
+save_weights = false
+[zero]
+bucket_mb = 0.02
+""")
+
+
+def train(stage, progress):
+    out = os.path.join(d, f"z{stage}-{progress}")
+    run(["train", deck, "--set", f"run.out_dir={out}", "--set", f"zero.stage={stage}",
+         "--set", f"comm.progress={progress}"], np=2)
+    with h5py.File(os.path.join(out, "run.h5"), "r") as f:
+        m = f["metrics"]
+        return {k: np.array(m[k]) for k in ("loss", "comm_wait", "comm_inflight")}
+
+
+for stage in (3, 2):
+    runs = {p: train(stage, p) for p in ("poll", "thread", "none")}
+    base = runs["poll"]["loss"]
+    for p in ("thread", "none"):
+        same = np.array_equal(base.view(np.uint64), runs[p]["loss"].view(np.uint64))
+        check(same, f"stage {stage}: losses with progress = {p} bit-identical to poll",
+              f"poll {base.tolist()} vs {p} {runs[p]['loss'].tolist()}")
+    for p, r in runs.items():
+        w, fl = r["comm_wait"], r["comm_inflight"]
+        check(len(w) == 6 and (w >= 0).all() and (fl > 0).all() and (fl + 1e-3 >= w).all(),
+              f"stage {stage}, progress = {p}: run.h5 comm_inflight >= comm_wait >= 0 every step",
+              f"wait {np.round(w, 4).tolist()} in flight {np.round(fl, 4).tolist()}")
+
+out = run(["train", deck, "--set", f"run.out_dir={d}/bad", "--set", "comm.progress=sometimes"], np=1, check_rc=False)
+text = out.stdout + out.stderr
+check(out.returncode != 0 and "comm.progress" in text.replace("[comm] progress", "comm.progress") and "thread" in text,
+      "progress = sometimes is refused naming the key and the values", text.strip()[-300:])
+finish()
