@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Prints the benchmark tables of bench/run.sh from the runs' HDF5 and logs.
 usage: report.py train RUN.h5 TORCH.log | report.py zero DIR | report.py ckpt DIR BYTES PLAIN_SECONDS [DIRECT_SECONDS]
-       | report.py ackpt DIR | report.py overlap DIR | report.py sp DIR"""
+       | report.py ackpt DIR | report.py overlap DIR | report.py sp DIR | report.py moe DIR"""
 import glob
 import os
 import re
@@ -179,5 +179,68 @@ def sp(d):
           f"peak RSS per rank {float(m['peak_rss_mb'].max()):.1f} MiB")
 
 
+def col(m, k):
+    """A per-step series (rank 0's where the dataset has a column per rank)."""
+    a = np.asarray(m[k], dtype=float)
+    return a.reshape(len(a), -1)[:, 0]
+
+
+def moe(d):
+    """MoE benchmark (issue 13): each run's run.h5 and `estimate` output (DECK.est) under d."""
+    def est(name):
+        kv = {}
+        for line in open(os.path.join(d, name + ".est")):
+            m = re.match(r"^(moe_\w+) (.*)$", line)
+            if m:
+                kv[m.group(1)] = [float(x) for x in m.group(2).split()]
+            m = re.match(r"^model: (\d+) parameters", line)
+            if m:
+                kv["dense_params"] = [float(m.group(1))]
+            m = re.search(r"; ([0-9.e+]+) FLOP per token$", line.strip())
+            if m:
+                kv["dense_fpt"] = [float(m.group(1))]
+        total = kv.get("moe_params_total", kv["dense_params"])[0]
+        active = kv.get("moe_params_active", kv["dense_params"])[0]
+        fpt = kv.get("moe_flops_per_token", kv["dense_fpt"])[0]
+        return total, active, fpt
+
+    runs = [("moe-dense", "dense base (6 x 128)"), ("moe-8", "MoE-8 top-1, every other layer"),
+            ("moe-pr", "PR-MoE residual, pyramid 4,8,8"), ("moe-dense-wide", "dense, MoE-8's total params")]
+    base_m, base_a = metrics(os.path.join(d, "moe-dense", "run.h5"))
+    vb = col(base_m, "val_loss")
+    target = float(vb[np.isfinite(vb)][-1])
+    print(f"  {'model':32s} {'params':>9s} {'active':>9s} {'val loss':>9s} {'tok/s':>8s} {'GFLOP/tok-step':>14s} "
+          f"{'step to base':>12s} {'PFLOP to base':>13s}")
+    for name, what in runs:
+        m, a = metrics(os.path.join(d, name, "run.h5"))
+        total, active, fpt = est(name)
+        steps, val = col(m, "step"), col(m, "val_loss")
+        ok = np.isfinite(val)
+        final = float(val[ok][-1])
+        tps = float(np.median(col(m, "tokens_per_s")[1:]))
+        tokens = col(m, "tokens")
+        hit = np.nonzero(ok & (val <= target + 1e-12))[0]
+        if len(hit):
+            i = hit[0]
+            reach, flops = f"{int(steps[i]):d}", f"{fpt * float(tokens[i]) / 1e15:.4f}"
+        else:
+            reach, flops = "not reached", "-"
+        print(f"  {what:32s} {total / 1e6:8.2f}M {active / 1e6:8.2f}M {final:9.4f} {tps:8.0f} {fpt / 1e9:14.4f} "
+              f"{reach:>12s} {flops:>13s}")
+    if not os.path.exists(os.path.join(d, "moe-8-ep2", "run.h5")):
+        print("  all-to-all share of the step at ep=2: no figure (the ep=2 run did not train; see moe-8-ep2.log)")
+        return
+    m1, _ = metrics(os.path.join(d, "moe-8", "run.h5"))
+    m2, _ = metrics(os.path.join(d, "moe-8-ep2", "run.h5"))
+    st2 = float(np.median(col(m2, "step_time")[1:]))
+    w1, w2 = float(np.median(col(m1, "comm_wait")[1:])), float(np.median(col(m2, "comm_wait")[1:]))
+    b2 = float(np.median(col(m2, "comm_bytes_all_to_all")[1:]))
+    print(f"  MoE-8 at np=2: ep=1 {float(np.median(col(m1, 'step_time')[1:])):.3f} s/step, ep=2 {st2:.3f} s/step; "
+          f"all-to-all {b2 / 2**20:.2f} MiB/step/rank at ep=2")
+    print(f"  all-to-all share of the step at ep=2: {100 * max(w2 - w1, 0.0) / st2:.1f}% "
+          f"(comm wait at ep=2 minus at ep=1: {w2:.3f} - {w1:.3f} s; the expert gradient all-reduce of ep=1 is in w1)")
+
+
 if __name__ == "__main__":
-    {"train": train, "zero": zero, "ckpt": ckpt, "gen": gen, "sp": sp, "ackpt": ackpt, "overlap": overlap}[sys.argv[1]](*sys.argv[2:])
+    {"train": train, "zero": zero, "ckpt": ckpt, "gen": gen, "sp": sp, "ackpt": ackpt, "overlap": overlap,
+     "moe": moe}[sys.argv[1]](*sys.argv[2:])

@@ -22,6 +22,11 @@
 #  7. infinity (BENCH_ONLY=infinity, opt-in, not in `all`): a ~2B-parameter GPT
 #     (24 layers x 2560) at np=1, B=1, T=64, ZeRO-3 with params, optimizer and gradients
 #     on NVMe, BENCH_INF_STEPS (2) steps: s/step, update time, NVMe bytes, io_wait, peak RSS.
+#  moe. Mixture of Experts (issue 13, only with BENCH_ONLY=moe): the dense base
+#     (inputs/moe-dense.deck, 6 layers x 128), MoE-8 top-1 on every other layer,
+#     PR-MoE (residual, pyramid 4,8,8), a dense model of MoE-8's total parameters,
+#     each BENCH_MOE_STEPS steps at np=2: validation loss, tokens/s, the FLOPs to
+#     reach the dense base's final validation loss; MoE-8 at ep=2: all-to-all share.
 #  8. overlap (BENCH_ONLY=overlap): per ZeRO stage at np=2 on the 124M deck, step
 #     time with overlap on ([comm] progress = BENCH_PROGRESS, default thread)
 #     and off, compute alone (two 1-rank jobs at once: the same per-rank work
@@ -29,7 +34,7 @@
 #     the bytes run.h5 recorded, no compute), fraction hidden with its spread.
 #  9. zinf (BENCH_ONLY=zinf, opt-in, not in `all`): ZeRO-Inference, bench/zinf.py (an 8B-parameter
 #     random GPT streamed from NVMe at batch 1..64 against a raw O_DIRECT probe; 124M streamed vs resident).
-# BENCH_ONLY=train|zero|ckpt|gen|sp|offload|infinity|overlap|zinf runs one part; BENCH_STEPS sets the steps timed.
+# BENCH_ONLY=train|zero|ckpt|gen|sp|offload|infinity|overlap|moe|zinf runs one part; BENCH_STEPS sets the steps timed.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -233,4 +238,21 @@ for i in range(len(st)):
 PY
   rm -rf "$NVME_DIR"/*.offload
   echo "  disk after: $(df -h --output=avail "$NVME_DIR" | tail -1) free"
+fi
+
+if [ "$ONLY" = moe ]; then
+  MS=${BENCH_MOE_STEPS:-200}
+  echo "== moe. Mixture of Experts at np=2 (1 thread per rank), B=8 x T=128 per rank, $MS steps, licenses corpus"
+  M=$out/moe
+  mkdir -p $M
+  MOESET="--set train.steps=$MS --set run.threads=1 --set checkpoint.interval=0 --set checkpoint.resume=none
+          --set data.train=data/licenses.h5"
+  for name in moe-dense moe-8 moe-pr moe-dense-wide; do
+    build/partita estimate inputs/$name.deck --ranks 2 $MOESET > $M/$name.est
+    $MPIEXEC -np 2 build/partita train inputs/$name.deck $MOESET --set run.out_dir=$M/$name > $M/$name.log
+  done
+  rm -rf $M/moe-8-ep2
+  $MPIEXEC -np 2 build/partita train inputs/moe-8.deck $MOESET --set parallel.ep=2 --set run.out_dir=$M/moe-8-ep2 \
+    > $M/moe-8-ep2.log 2>&1 || echo "  MoE-8 at ep=2 did not train: $(grep -m1 error: $M/moe-8-ep2.log)"
+  $PYTHON bench/report.py moe $M
 fi

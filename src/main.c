@@ -194,24 +194,26 @@ static int check_generate(const Deck *d, int rank, int size) {
         snprintf(msg, sizeof msg, "error: %s: [generate] requests = \"%s\": no such readable file\n"
                  "  hint: one JSON object a line: {\"id\": \"a\", \"prompt\": \"text\", \"max_tokens\": 32}",
                  deck_where(d, "generate.requests", where, sizeof where), g->requests);
-    } else if (d->cfg.moe.experts > 0) {   // MoE generate: issue 13 (the moeinfer branch lifts this)
-        snprintf(msg, sizeof msg, "error: %s: [moe] experts = %lld: generating with MoE models is not implemented yet\n"
-                 "  hint: set [moe] experts = 0", deck_where(d, "moe.experts", where, sizeof where),
-                 (long long)d->cfg.moe.experts);
-    } else if (d->cfg.parallel.tp != size) {
-        snprintf(msg, sizeof msg, "error: %s: generate runs tensor-parallel over all %d ranks, but [parallel] tp = %lld\n"
-                 "  hint: set [parallel] tp = %d (or launch %lld ranks)", deck_where(d, "parallel.tp", where, sizeof where),
-                 size, (long long)d->cfg.parallel.tp, size, (long long)d->cfg.parallel.tp);
+    } else if (d->cfg.parallel.tp * d->cfg.parallel.ep != size) {
+        long long tp = (long long)d->cfg.parallel.tp, ep = (long long)d->cfg.parallel.ep;
+        snprintf(msg, sizeof msg, "error: %s: generate runs tensor x expert parallel over all %d ranks, but [parallel] "
+                 "tp x ep = %lld x %lld = %lld\n  hint: launch %lld ranks, or choose tp and ep whose product is %d",
+                 deck_where(d, ep > 1 ? "parallel.ep" : "parallel.tp", where, sizeof where), size, tp, ep, tp * ep,
+                 tp * ep, size);
     } else if (g->naive && g->weights_from != GEN_FROM_MEMORY) {
         snprintf(msg, sizeof msg, "error: %s: [generate] naive recomputes from resident weights only\n"
                  "  hint: set [generate] weights_from = memory", deck_where(d, "generate.naive", where, sizeof where));
+    } else if (g->weights_from != GEN_FROM_MEMORY && d->cfg.moe.experts > 0) {
+        snprintf(msg, sizeof msg, "error: %s: [generate] weights_from = %s: streaming Mixture-of-Experts models is not "
+                 "built (the staged file holds dense layers)\n  hint: set [generate] weights_from = memory",
+                 deck_where(d, "generate.weights_from", where, sizeof where), g->weights_from == GEN_FROM_HOST ? "host" : "nvme");
     } else if (g->naive && size != 1) {
         snprintf(msg, sizeof msg, "error: %s: [generate] naive runs on one rank\n  hint: launch with -np 1",
                  deck_where(d, "generate.naive", where, sizeof where));
-    } else if (d->cfg.model.heads % size || (d->cfg.model.mlp_ratio * d->cfg.model.d_model) % size) {
-        snprintf(msg, sizeof msg, "error: %s: tp = %d must divide [model] heads = %lld and the MLP width\n"
-                 "  hint: use a tp that divides the heads", deck_where(d, "model.heads", where, sizeof where), size,
-                 (long long)d->cfg.model.heads);
+    } else if (d->cfg.model.heads % d->cfg.parallel.tp || (d->cfg.model.mlp_ratio * d->cfg.model.d_model) % d->cfg.parallel.tp) {
+        snprintf(msg, sizeof msg, "error: %s: tp = %lld must divide [model] heads = %lld and the MLP width\n"
+                 "  hint: use a tp that divides the heads", deck_where(d, "model.heads", where, sizeof where),
+                 (long long)d->cfg.parallel.tp, (long long)d->cfg.model.heads);
     }
     if (!msg[0]) return 0;
     if (rank == 0) fprintf(stderr, "%s\n", msg);
@@ -235,10 +237,6 @@ static int check_eval(const Deck *d, int rank, int nextra) {
     } else if (c->data.val[0] && access(c->data.val, R_OK) != 0) {
         snprintf(msg, sizeof msg, "error: %s: [data] val = \"%s\": no such readable file\n"
                  "  hint: make it with `partita prep`", deck_where(d, "data.val", where, sizeof where), c->data.val);
-    } else if (c->moe.experts > 0) {   // MoE eval: issue 13 (the moeinfer branch lifts this)
-        snprintf(msg, sizeof msg, "error: %s: [moe] experts = %lld: evaluating MoE models is not implemented yet\n"
-                 "  hint: set [moe] experts = 0", deck_where(d, "moe.experts", where, sizeof where),
-                 (long long)c->moe.experts);
     } else if (c->parallel.tp != 1) {
         snprintf(msg, sizeof msg, "error: %s: eval deals rows over the ranks, each with the whole model\n"
                  "  hint: set [parallel] tp = 1", deck_where(d, "parallel.tp", where, sizeof where));

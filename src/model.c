@@ -580,6 +580,7 @@ static const float *branch_grad(const Model *m, float *spare, const float *dres,
 typedef struct Paged {
     const PagedKV *kv;
     int max_blocks;
+    const RaggedBatch *b;   // the pass (host arrays): its runs of rows are MoE capacity groups
 } Paged;
 
 // Attention of layer l's qkv (qkv_out) into atty: on this rank's tokens and
@@ -727,6 +728,38 @@ static void moe_mlp_forward(Model *m, const Acts *a, int l, const float *pl, con
     m->bk->residual_forward(layer_out(a, l, N * C), at(a, a->res2, l), fcproj, N * C);
 }
 
+// Row i of a pass continues row i - 1's run: the next position of the same
+// sequence (the same block table).
+static int same_run(const RaggedBatch *b, int i) {
+    const size_t mb = (size_t)b->max_blocks;
+    return b->pos[i] == b->pos[i - 1] + 1 &&
+           memcmp(b->tables + (size_t)i * mb, b->tables + (size_t)(i - 1) * mb, mb * sizeof(int32_t)) == 0;
+}
+
+// A pass's MoE MLP: ln2 -> fcproj, res3 = res2 + fcproj, eval capacity. Without
+// drops one routing over every row (no choice can drop, whatever the grouping);
+// with drops each run of one sequence's consecutive rows is a capacity group
+// (a prompt chunk, or a whole row in eval), a decode token a group of its own.
+static void moe_mlp_forward_paged(Model *m, const Acts *a, int l, const float *pl, const ParamStore *ps,
+                                  const Paged *pg) {
+    const RaggedBatch *b = pg->b;
+    const int u = U_LAYER(l), ux = m->xunit[l];
+    const size_t C = (size_t)m->s.C;
+    const float *pe = ux == u ? pl : ps->params(ps->ctx, ux, PHASE_FWD);
+    moe_bind(m, l, pl, pe, NULL, NULL);
+    MoeLayer *ml = &m->moel[l];
+    if (!m->moe.drop_tokens) {
+        moe_forward(ml, a->fcproj, a->ln2, b->N, 1, 1, 0, 0, 0);
+    } else {
+        for (int i = 0, j; i < b->N; i = j) {
+            for (j = i + 1; j < b->N && same_run(b, j); j++) {}
+            moe_forward(ml, a->fcproj + (size_t)i * C, a->ln2 + (size_t)i * C, 1, j - i, 1, 0, 0, 0);
+        }
+    }
+    if (ux != u) ps->release(ps->ctx, ux, PHASE_FWD);
+    m->bk->residual_forward(a->res3, a->res2, a->fcproj, (size_t)b->N * C);
+}
+
 static void layer_forward(Model *m, const Acts *a, int l, const float *pl, const ParamStore *ps, int B, int T,
                           const Paged *pg, int phase) {
     const GPTShape *s = &m->s;
@@ -745,8 +778,8 @@ static void layer_forward(Model *m, const Acts *a, int l, const float *pl, const
     project_residual(m, ps, pl, l, K_ATTPW, res2, res, attproj, atty, N, Ct, fch);
     k->layernorm_forward(ln2, at(a, a->ln2_mean, l), at(a, a->ln2_rstd, l), res2, W(K_LN2W), W(K_LN2B), N, C);
     if (is_moe(m, l)) {
-        SYS_CHECK(!m->infer, "layer %d: Mixture-of-Experts layers run in training only here", l);
-        moe_mlp_forward(m, a, l, pl, ps, phase, B, T);
+        if (pg) moe_mlp_forward_paged(m, a, l, pl, ps, pg);
+        else moe_mlp_forward(m, a, l, pl, ps, phase, B, T);
         return;
     }
     if (m->infer) {
@@ -897,6 +930,11 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
 
 void model_create_infer(Model *m, const ModelConfig *mc, int Nmax, int Smax, int max_blocks, const Backend *bk,
                         Comm *tp) {
+    model_create_infer_moe(m, mc, Nmax, Smax, max_blocks, bk, tp, NULL, NULL);
+}
+
+void model_create_infer_moe(Model *m, const ModelConfig *mc, int Nmax, int Smax, int max_blocks, const Backend *bk,
+                            Comm *tp, const MoeSpec *moe, Comm *ep) {
     memset(m, 0, sizeof *m);
     m->s = model_shape(mc);
     m->sp = 1;
@@ -913,6 +951,8 @@ void model_create_infer(Model *m, const ModelConfig *mc, int Nmax, int Smax, int
     m->NHt = m->s.NH / m->tp_size;
     m->Ct = m->NHt * (m->s.C / m->s.NH);
     m->Ht = m->s.H / m->tp_size;
+    m->ep = ep && ep->size > 1 ? ep : NULL;
+    set_moe(m, moe, m->ep ? ep->size : 1, m->ep ? ep->rank : 0);
     build_table(m);
     m->bk = bk;
     m->B = Nmax;
@@ -926,6 +966,12 @@ void model_create_infer(Model *m, const ModelConfig *mc, int Nmax, int Smax, int
     m->tables = bk->alloc((size_t)Nmax * (size_t)max_blocks * sizeof(int32_t), "pass block tables");
     m->tgt = bk->alloc((size_t)Smax * sizeof(int32_t), "pass targets");
     m->host_losses = xcalloc((size_t)Smax * sizeof(float), "per-token losses");
+    if (m->moe.nmoe) {
+        m->moe_eval = 1;
+        m->moel = xcalloc(sizeof(MoeLayer) * (size_t)m->s.L, "moe layers");
+        for (int l = 0; l < m->s.L; l++)
+            if (is_moe(m, l)) moe_layer_create_replicated(&m->moel[l], &m->moe, l, m->s.C, m->s.H, Nmax, m->ep, bk);
+    }
 }
 
 PagedKV model_kv_layout(const Model *m, int nblocks, int bs) {
@@ -966,7 +1012,7 @@ void model_forward_paged(Model *m, const ParamStore *ps, const PagedKV *kv, cons
     k->from_host_i32(m->tok, b->tok, (size_t)N);
     k->from_host_i32(m->pos, b->pos, (size_t)N);
     k->from_host_i32(m->tables, b->tables, (size_t)N * (size_t)b->max_blocks);
-    const Paged pg = {.kv = kv, .max_blocks = b->max_blocks};
+    const Paged pg = {.kv = kv, .max_blocks = b->max_blocks, .b = b};
     const float *emb = ps->params(ps->ctx, U_EMBED, PHASE_FWD);
     k->embed_rows(a.encoded, m->tok, m->pos, TP(m, emb, U_EMBED, 0), TP(m, emb, U_EMBED, 1), N, C);
     ps->release(ps->ctx, U_EMBED, PHASE_FWD);

@@ -219,6 +219,16 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
 // holds the rest.
 void model_create_infer(Model *m, const ModelConfig *mc, int Nmax, int Smax, int max_blocks, const Backend *bk,
                         Comm *tp);
+// The same for a Mixture-of-Experts model (moe NULL or nmoe = 0: dense):
+// with ep (NULL or size 1: none) the rank holds experts [ep_rank E_l/ep, ...)
+// of each MoE layer (whole, fp32, in the training layout: a unit per layer's
+// held experts), the batch is replicated over the group and the MoE outputs
+// are summed over it (moe_layer_create_replicated). The gate, PR-MoE's
+// residual MLP and coefficient are held whole. Routing uses the eval capacity;
+// moe->drop_tokens decides whether tokens are dropped (the capacity group is
+// a pass's run of consecutive rows of one sequence).
+void model_create_infer_moe(Model *m, const ModelConfig *mc, int Nmax, int Smax, int max_blocks, const Backend *bk,
+                            Comm *tp, const MoeSpec *moe, Comm *ep);
 // The KV cache's geometry for this model (kv left NULL: the caller allocates
 // nblocks * block_stride floats).
 PagedKV model_kv_layout(const Model *m, int nblocks, int bs);

@@ -250,6 +250,16 @@ void moe_layer_create(MoeLayer *ml, const MoeSpec *s, int layer, int C, int H, i
     ml->g.experts = xcalloc((size_t)ml->El * sizeof(MoeExpertG), "moe expert gradients");
 }
 
+void moe_layer_create_replicated(MoeLayer *ml, const MoeSpec *s, int layer, int C, int H, int N, Comm *ep,
+                                 const Backend *bk) {
+    moe_layer_create(ml, s, layer, C, H, N, 1, NULL, bk);
+    if (!ep || ep->size == 1) return;
+    SYS_CHECK(ml->E % ep->size == 0, "layer %d: %d experts over ep = %d", layer, ml->E, ep->size);
+    ml->rep = ep;
+    ml->El = ml->E / ep->size;
+    ml->e0 = ep->rank * ml->El;
+}
+
 void moe_layer_free(MoeLayer *ml) {
     const Backend *bk = ml->bk;
     if (!bk) return;
@@ -422,6 +432,9 @@ static void route(MoeLayer *ml, size_t N, int B, int T, int eval) {
     for (int x = 0; x < E; x++) ml->stats.load[x] = 0.0;
     for (size_t i = 0; i < N * (size_t)K; i++)
         if (ml->pos_host[i] >= 0) ml->stats.load[ml->e_host[i]] += 1.0;
+    if (ml->rep)    // replicated batch: this rank computes only its experts' choices
+        for (size_t i = 0; i < N * (size_t)K; i++)
+            if (ml->e_host[i] < ml->e0 || ml->e_host[i] >= ml->e0 + ml->El) ml->pos_host[i] = -1;
     assign_rows(ml, B, T);
     ml->bk->from_host_i32(ml->posd, ml->pos_host, N * K);
     ml->bk->from_host(ml->wdev, ml->w_host, N * K);
@@ -450,10 +463,11 @@ static void residual_forward(MoeLayer *ml, float *out, const float *x, size_t N)
 
 void moe_forward(MoeLayer *ml, float *out, const float *x, int B, int T, int eval, uint64_t seed, int64_t step,
                  uint64_t row0) {
-    SYS_CHECK(B <= ml->B && T <= ml->T, "moe layer %d: batch %dx%d over %dx%d", ml->layer, B, T, ml->B, ml->T);
     const Backend *k = ml->bk;
     const int C = ml->C, E = ml->E, K = ml->K;
     const size_t N = (size_t)B * T;
+    int fits = ml->rep || ml->T == 1 ? B <= ml->B && N <= (size_t)ml->B * (size_t)ml->T : B <= ml->B && T <= ml->T;
+    SYS_CHECK(fits, "moe layer %d: batch %dx%d over %dx%d", ml->layer, B, T, ml->B, ml->T);
     ml->fN = (int)N;
     ml->fB = B;
     ml->fT = T;
@@ -469,7 +483,7 @@ void moe_forward(MoeLayer *ml, float *out, const float *x, int B, int T, int eva
     } else {
         for (int le = 0; le <= ml->El; le++) {
             ml->xoff[le] = 0;
-            for (int x2 = 0; x2 < le; x2++) ml->xoff[le] += ml->srows[x2];
+            for (int x2 = 0; x2 < le; x2++) ml->xoff[le] += ml->srows[ml->e0 + x2];
         }
     }
     experts_forward(ml);
@@ -479,6 +493,11 @@ void moe_forward(MoeLayer *ml, float *out, const float *x, int B, int T, int eva
     }
     float *moe_out = ml->spec->residual ? ml->ym : out;
     k->moe_combine(moe_out, ml->ybuf, ml->posd, ml->wdev, N, K, C, 0);
+    if (ml->rep) {
+        char tag[40];
+        snprintf(tag, sizeof tag, "moe out h.%d", ml->layer);
+        comm_allreduce_sum(ml->rep, moe_out, N * (size_t)C, tag);
+    }
     if (ml->spec->residual) residual_forward(ml, out, x, N);
 }
 

@@ -16,7 +16,10 @@
 //
 // Buffers are sized at create for the worst case (the capacity bound); the
 // step loop allocates nothing. The row moves run through the Backend's moe_*
-// kernels, the products through its matmul/gelu kernels.
+// kernels, the products through its matmul/gelu kernels, so on the cuda
+// backend everything but the host parts above (softmax and routing, the gate's
+// softmax backward, PR-MoE's coefficient softmax, jitter factors) stays on the
+// device; those move through the Backend's copies (a few per layer and pass).
 #ifndef PARTITA_MOE_H
 #define PARTITA_MOE_H
 
@@ -85,6 +88,7 @@ typedef struct MoeLayer {
     int K, C, H, B, T;      // choices per token; shapes; the largest batch
     Comm *ep;               // expert-parallel group (NULL or size 1: none)
     int ep_size, ep_rank;
+    Comm *rep;              // generation: the ep group over which the batch is replicated (NULL: none)
     size_t R;               // rows of the expert-side buffers (worst case)
     int capmax;             // the larger capacity (train, eval)
     MoeWeights w;
@@ -130,6 +134,13 @@ typedef struct MoeLayer {
 // for passes of up to B x T tokens.
 void moe_layer_create(MoeLayer *ml, const MoeSpec *s, int layer, int C, int H, int B, int T, Comm *ep,
                       const Backend *bk);
+// Generation: the batch replicated on every rank of the ep group (as with tp):
+// every rank routes every token, runs its El = E/ep held experts (experts
+// [ep_rank*El, ...)) on the tokens routed to them, and an all-reduce over the
+// group sums the outputs (before PR-MoE's mix). Passes of up to N tokens, in
+// any grouping of B rows of T (B*T <= N; the capacity group is a row).
+void moe_layer_create_replicated(MoeLayer *ml, const MoeSpec *s, int layer, int C, int H, int N, Comm *ep,
+                                 const Backend *bk);
 void moe_layer_free(MoeLayer *ml);
 // Bytes moe_layer_create allocates on the backend.
 size_t moe_layer_bytes(const MoeSpec *s, int E, int C, int H, int B, int T, int ep);

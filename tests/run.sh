@@ -47,6 +47,7 @@ tests=(
   "dropout              $PYTHON tests/test_dropout.py"
   "moe-torch-reference  $PYTHON tests/moe_torch.py"
   "moe-training         $PYTHON tests/test_moe.py"
+  "moe-generate-eval    $PYTHON tests/test_moe_infer.py"
   "dp-equivalence       $PYTHON tests/test_dp.py"
   "zero-stages          $PYTHON tests/test_zero.py"
   "offload              $PYTHON tests/test_offload.py"

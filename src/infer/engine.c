@@ -111,19 +111,52 @@ static HeldMatrix store_matrix(void *ctx, int t) {
     return (HeldMatrix){e->mats[t], e->wdtype, e->scales[t]};
 }
 
+// ep > 1: the tp and ep groups of this rank (engine.h: rank = replica tp ep + ep_rank tp + tp_rank).
+static void split_groups(Engine *e, Comm *world, int tp, int ep) {
+    const int r = world->rank, per = tp * ep;
+    SYS_CHECK(world->size % per == 0, "%d ranks do not form replicas of tp x ep = %d x %d", world->size, tp, ep);
+    MPI_Comm tc, ec;
+    MPI_CHECK(MPI_Comm_split(world->comm, r / tp, r, &tc));
+    MPI_CHECK(MPI_Comm_split(world->comm, (r / per) * tp + r % tp, r, &ec));
+    comm_init(&e->tpc, tc, "tp", &world->opt);
+    comm_init(&e->epc, ec, "ep", &world->opt);
+    e->split = 1;
+    e->ep_size = ep;
+    e->ep_rank = e->epc.rank;
+    e->replica = r / per;
+    e->replicas = world->size / per;
+}
+
 // Whole tensor t: from the full parameters, or the stream's resident segment.
 static const float *whole(const Engine *e, const Model *g, const float *full, int t) {
     return e->stream ? stream_resident(e->stream, t) : full + g->tensors[t].offset;
 }
 
+// engine_create_ep's work on a zeroed e (e->stream set when streaming).
 static void create(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
-                   Comm *tp, int wdtype, int nblocks, int bs, int Nmax, int Smax, int max_blocks) {
+                   Comm *world, int tp, int ep, int wdtype, int nblocks, int bs, int Nmax, int Smax,
+                   int max_blocks) {
+    Comm *tpc = tp > 1 ? world : NULL, *epc = NULL;
+    e->ep_size = 1;
+    e->replicas = world && tp == 1 ? world->size : 1;
+    e->replica = world && tp == 1 ? world->rank : 0;
+    if (ep > 1) {
+        split_groups(e, world, tp, ep);
+        tpc = tp > 1 ? &e->tpc : NULL;
+        epc = &e->epc;
+    }
+    if (g->moe.nmoe && !bk->moe_dispatch)
+        FATAL_ALL("set [run] backend = cpu for MoE models", "the %s backend has no Mixture-of-Experts kernels: "
+                  "MoE layers run on the cpu backend only", bk->name);
+    if (ep > 1 && bk != backend_cpu())   // the ep all-reduce runs on host buffers (the job's comm path)
+        FATAL_ALL("set [parallel] ep = 1 or [run] backend = cpu", "expert-parallel inference (ep = %d) runs on the "
+                  "cpu backend only, not on %s", ep, bk->name);
     e->bk = bk;
     e->wdtype = wdtype;
     e->Nmax = Nmax;
     e->Smax = Smax;
     Model *m = &e->m;
-    model_create_infer(m, mc, Nmax, Smax, max_blocks, bk, tp);
+    model_create_infer_moe(m, mc, Nmax, Smax, max_blocks, bk, tpc, &g->moe, epc);
     SYS_CHECK(m->ntensors == g->ntensors, "inference table of %d tensors, whole model %d", m->ntensors, g->ntensors);
     float *flat = xcalloc(m->nparams * sizeof(float) + 1, "held parameters");
     e->mats = xcalloc(sizeof(void *) * (size_t)m->ntensors, "held matrices");
@@ -133,7 +166,9 @@ static void create(Engine *e, const Model *g, const float *full, const ModelConf
     float *tmp = xmalloc(most * sizeof(float), "slice");
     for (int t = 0; t < m->ntensors; t++) {
         const ParamTensor *lt = &m->tensors[t], *gt = &g->tensors[t];
+        if (!lt->held) continue;    // another ep rank's expert
         if (lt->apart && e->stream) continue;   // streamed
+        if (lt->expert >= 0 && lt->ndim == 2) e->held_bytes += lt->numel * sizeof(float);
         if (lt->apart) {
             slice_matrix(m, lt, whole(e, g, full, t), gt->shape[1], tmp);
             e->mats[t] = hold(e, tmp, lt->shape[0], lt->shape[1], &e->scales[t]);
@@ -155,15 +190,21 @@ static void create(Engine *e, const Model *g, const float *full, const ModelConf
 
 void engine_create(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
                    Comm *tp, int wdtype, int nblocks, int bs, int Nmax, int Smax, int max_blocks) {
+    engine_create_ep(e, g, full, mc, bk, tp, tp ? tp->size : 1, 1, wdtype, nblocks, bs, Nmax, Smax, max_blocks);
+}
+
+void engine_create_ep(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
+                      Comm *world, int tp, int ep, int wdtype, int nblocks, int bs, int Nmax, int Smax,
+                      int max_blocks) {
     memset(e, 0, sizeof *e);
-    create(e, g, full, mc, bk, tp, wdtype, nblocks, bs, Nmax, Smax, max_blocks);
+    create(e, g, full, mc, bk, world, tp, ep, wdtype, nblocks, bs, Nmax, Smax, max_blocks);
 }
 
 void engine_create_streamed(Engine *e, const Model *g, struct Stream *st, const ModelConfig *mc, const Backend *bk,
                             Comm *tp, int nblocks, int bs, int Nmax, int Smax, int max_blocks) {
     memset(e, 0, sizeof *e);
     e->stream = st;
-    create(e, g, NULL, mc, bk, tp, stream_dtype(st), nblocks, bs, Nmax, Smax, max_blocks);
+    create(e, g, NULL, mc, bk, tp, tp ? tp->size : 1, 1, stream_dtype(st), nblocks, bs, Nmax, Smax, max_blocks);
     stream_resident_done(st);
 }
 
@@ -175,6 +216,8 @@ size_t engine_arena_bytes(const Model *g, int tp, int nblocks, int bs, int Nmax,
     size_t kv = (size_t)nblocks * engine_kv_bytes_per_block(g, tp, bs);
     size_t acts = 4 * (N * (8 * C + wide + H + 4) + S * (C + (size_t)s->Vp + 8)) + 64 * 64;
     size_t ints = 4 * (N * (3 + (size_t)max_blocks) + S);
+    for (int l = 0; l < s->L && g->moe.nmoe; l++)    // MoE layers' buffers (moe_layer_create_replicated)
+        if (g->moe.experts[l] > 0) acts += moe_layer_bytes(&g->moe, g->moe.experts[l], s->C, s->H, Nmax, 1, 1) + 4096;
     return held + kv + acts + ints + ((size_t)16 << 20);
 }
 
@@ -189,11 +232,28 @@ void engine_free(Engine *e) {
     e->bk->release(e->flat);
     e->bk->release(e->kv.kv);
     model_free(&e->m);
+    if (e->split) {
+        MPI_Comm tc = e->tpc.comm, ec = e->epc.comm;
+        comm_free(&e->tpc);
+        comm_free(&e->epc);
+        MPI_CHECK(MPI_Comm_free(&tc));
+        MPI_CHECK(MPI_Comm_free(&ec));
+    }
     memset(e, 0, sizeof *e);
 }
 
 void engine_forward(Engine *e, const RaggedBatch *b, float *logits) {
-    model_forward_paged(&e->m, &e->ps, &e->kv, b, e->m.tp_rank == 0 ? logits : NULL);
+    model_forward_paged(&e->m, &e->ps, &e->kv, b, e->m.tp_rank == 0 && e->ep_rank == 0 ? logits : NULL);
+}
+
+void engine_whole_model(Model *g, const Config *c, int B, int T) {
+    MoeSpec s;
+    moe_spec_from_config(&s, c);
+    s.drop_tokens = c->generate.moe_drop;   // generate's rule: no drops unless asked
+    ModelParallel mp = {.moe = &s};
+    if (T > 0) model_create_parallel(g, &c->model, B, T, backend_cpu(), &mp);
+    else model_table_moe(g, &c->model, &s, 1, 0);
+    moe_spec_free(&s);
 }
 
 int engine_start_ranks(Comm *comm, const char *name, int64_t threads_key, int debug, double timeout_s) {

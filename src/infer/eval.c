@@ -66,6 +66,7 @@ static double row_loss_paged(Eval *ev) {
     RaggedBatch b = {.N = T, .nsample = T, .max_blocks = ev->max_blocks, .tok = ev->inputs, .pos = ev->pos,
                      .tables = ev->tables, .sample = ev->sample};
     engine_forward(&ev->e, &b, ev->logits);
+    if (ev->e.ep_rank != 0) return 0.0;     // the logits are on the replica's first rank
     double sum = 0.0;
     for (int t = 0; t < T; t++) sum += token_loss(ev->logits + (size_t)t * ev->g.s.Vp, ev->g.s.V, ev->targets[t]);
     return sum;
@@ -102,8 +103,7 @@ int eval_run(const Deck *d, const char *logits_path) {
     open_tokens(&ev, &tb, &te);
     loader_create(&ev.ld, &ev.file, tb, te, 1, ev.T, ORDER_SEQUENTIAL, 0, c->model.vocab);
     const int T = ev.T;
-    if (ev.naive) model_create(&ev.g, &c->model, 1, T, backend_cpu());
-    else model_table(&ev.g, &c->model);
+    engine_whole_model(&ev.g, c, 1, ev.naive ? T : 0);
     ev.full = xmalloc(ev.g.nparams * sizeof(float), "weights");
     weights_read(&ev.g, c->generate.weights, ev.full);
     const int bs = (int)c->generate.kv_block;
@@ -114,8 +114,8 @@ int eval_run(const Deck *d, const char *logits_path) {
         char err[2048];
         if (device_select(d, 1, &dev, err, sizeof err) != 0) FATAL_ALL(NULL, "%s", err);
         const Backend *bk = device_start(&dev, local_rank, engine_arena_bytes(&ev.g, 1, ev.max_blocks, bs, T, T, ev.max_blocks));
-        engine_create(&ev.e, &ev.g, ev.full, &c->model, bk, NULL, c->generate.weights_dtype, ev.max_blocks,
-                      bs, T, T, ev.max_blocks);
+        engine_create_ep(&ev.e, &ev.g, ev.full, &c->model, bk, &ev.comm, 1, (int)c->parallel.ep,
+                         c->generate.weights_dtype, ev.max_blocks, bs, T, T, ev.max_blocks);
         free(ev.full);
         ev.full = NULL;
     }
@@ -131,9 +131,16 @@ int eval_run(const Deck *d, const char *logits_path) {
     }
     static const char *dtypes[] = {"fp32", "bf16", "int8"};
     double t0 = wall_seconds(), acc[2] = {0.0, 0.0};   // loss sum, tokens
-    for (uint64_t r = (uint64_t)ev.comm.rank; r < ev.ld.rows; r += (uint64_t)ev.comm.size) {
+    // Rows are dealt over the model replicas (naive: every rank; with ep, the ep ranks of a replica share each
+    // row and its first rank counts it).
+    const uint64_t first = ev.naive ? (uint64_t)ev.comm.rank : (uint64_t)ev.e.replica;
+    const uint64_t stride = ev.naive ? (uint64_t)ev.comm.size : (uint64_t)ev.e.replicas;
+    const int counts = ev.naive || ev.e.ep_rank == 0;
+    for (uint64_t r = first; r < ev.ld.rows; r += stride) {
         loader_batch(&ev.ld, r, ev.inputs, ev.targets);
-        acc[0] += ev.naive ? row_loss_naive(&ev) : row_loss_paged(&ev);
+        double l = ev.naive ? row_loss_naive(&ev) : row_loss_paged(&ev);
+        if (!counts) continue;
+        acc[0] += l;
         acc[1] += T;
         if (r == 0 && logits_path) dump_logits(&ev, logits_path);
     }

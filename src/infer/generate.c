@@ -887,7 +887,7 @@ int generate_run(const Deck *d) {
     char why[600];
     if (tokenizer_open(&g.tk, c->data.tokenizer, c->data.tokenizer_dir, why, sizeof why) != 0)
         FATAL_ALL("run `make deps`, or set [data] tokenizer_dir", "generate: %s", why);
-    model_create(&g.m, &c->model, 1, c->generate.naive ? (int)c->model.seq_len : 1, backend_cpu());
+    engine_whole_model(&g.m, c, 1, c->generate.naive ? (int)c->model.seq_len : 1);
     const int streamed = c->generate.weights_from != GEN_FROM_MEMORY;   // ZeRO-Inference (stream.h)
     if (!streamed) {
         g.full = xmalloc(g.m.nparams * sizeof(float), "weights");
@@ -909,12 +909,12 @@ int generate_run(const Deck *d) {
         if (streamed)   // the device holds the window's layers, not all of them
             arena = stream_arena_bytes(&g.m, g.comm.size, (int)c->generate.window, c->generate.weights_dtype, arena);
         const Backend *bk = device_start(&dev, local_rank, arena);
-        if (streamed)
+        if (streamed)   // dense models at tp = the job's ranks (main.c refuses MoE and ep > 1 with streaming)
             engine_create_streamed(&g.e, &g.m, stream_open(d, &g.m, bk, &g.comm), &c->model, bk, &g.comm,
                                    (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
         else
-            engine_create(&g.e, &g.m, g.full, &c->model, bk, &g.comm, c->generate.weights_dtype,
-                          (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
+            engine_create_ep(&g.e, &g.m, g.full, &c->model, bk, &g.comm, (int)c->parallel.tp, (int)c->parallel.ep,
+                             c->generate.weights_dtype, (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
         g.msg_len = 3 + (size_t)Nmax * (2 + (size_t)g.max_blocks) + (size_t)Smax;
         g.msg = xcalloc(g.msg_len * sizeof(int32_t), "pass message");
         g.sample_req = xcalloc(sizeof(int32_t) * (size_t)Smax, "sampled requests");

@@ -52,10 +52,23 @@ static void write_wait(Stager *s, uint64_t *ticket) {
     *ticket = 0;
 }
 
-static int is_matrix(int t, int L) {
-    if (t < 2 || t >= 2 + P_PER_LAYER * L) return 0;
-    int j = (t - 2) % P_PER_LAYER;
-    return j == P_QKVW || j == P_ATTPW || j == P_FCW || j == P_FCPW;
+int stage_matrix_of(int kind) {
+    return kind == K_QKVW ? STAGE_QKV : kind == K_ATTPW ? STAGE_ATTP : kind == K_FCW ? STAGE_FC : kind == K_FCPW ? STAGE_FCP : -1;
+}
+
+static int is_matrix(const Stager *s, int t) { return stage_matrix_of(s->m.tensors[t].kind) >= 0; }
+
+// Layer l's tensors: [*first, *end) of the table (consecutive, as the flat layout has them).
+static void layer_range(const Model *m, int l, int *first, int *end) {
+    *first = -1;
+    *end = -1;
+    for (int t = 0; t < m->ntensors; t++)
+        if (m->tensors[t].layer == l) {
+            if (*first < 0) *first = t;
+            SYS_CHECK(*end < 0 || *end == t, "layer %d's tensors are not consecutive in the table", l);
+            *end = t + 1;
+        }
+    SYS_CHECK(*first >= 0, "layer %d has no tensors", l);
 }
 
 // --random: a counter-based generator (a splitmix64 finalizer of the seed, the
@@ -169,19 +182,20 @@ static void put_matrix(Stager *s, int mat, int r, int t, const float *G, uint8_t
 // being written (two buffers, O_DIRECT writes through the I/O engine).
 static void write_layers(Stager *s) {
     const int L = s->m.s.L;
-    const int js[STAGE_NMAT] = {P_QKVW, P_ATTPW, P_FCW, P_FCPW};
+    const int kinds[STAGE_NMAT] = {K_QKVW, K_ATTPW, K_FCW, K_FCPW};
     const size_t seg_len = aio_align_up(s->ly.bytes, STAGE_ALIGN);
     double t0 = wall_seconds();
     int cur = 0;
     for (int l = 0; l < L; l++) {
-        const int first = 2 + P_PER_LAYER * l;
+        int first, end;
+        layer_range(&s->m, l, &first, &end);
         const float *base = NULL;
         if (s->from) {
-            weights_read_tensors(&s->m, s->from, first, first + P_PER_LAYER, s->layer);
+            weights_read_tensors(&s->m, s->from, first, end, s->layer);
             base = s->layer;
         }
-        for (int t = first; t < first + P_PER_LAYER; t++)
-            if (!is_matrix(t, L))
+        for (int t = first; t < end; t++)
+            if (!is_matrix(s, t))
                 put_resident(s, t, base ? base + (s->m.tensors[t].offset - s->m.tensors[first].offset) : NULL);
         for (int r = 0; r < s->h.shards; r++) {
             write_wait(s, &s->ticket[cur]);
@@ -189,7 +203,7 @@ static void write_layers(Stager *s) {
             uint8_t *seg = s->seg[cur];
             memset(seg, 0, seg_len);
             for (int k = 0; k < STAGE_NMAT; k++) {
-                const int t = first + js[k];
+                const int t = model_tensor(&s->m, l, kinds[k], -1);
                 put_matrix(s, k, r, t, base ? base + (s->m.tensors[t].offset - s->m.tensors[first].offset) : NULL, seg);
             }
             StageSeg *sg = &s->h.seg[1 + (size_t)l * s->h.shards + r];
@@ -284,7 +298,9 @@ int stage_main(int argc, char **argv) {
             return 2;
         }
         s.from = from;
-        const ParamTensor *t0 = &s.m.tensors[2], *t1 = &s.m.tensors[1 + P_PER_LAYER];
+        int first, end;
+        layer_range(&s.m, 0, &first, &end);
+        const ParamTensor *t0 = &s.m.tensors[first], *t1 = &s.m.tensors[end - 1];
         s.layer = xmalloc((t1->offset + t1->numel - t0->offset) * sizeof(float), "one layer");
     }
     uint64_t floats;
@@ -293,7 +309,7 @@ int stage_main(int argc, char **argv) {
     s.res_at = xcalloc(sizeof(size_t) * (size_t)s.m.ntensors, "resident index");
     size_t at = 0;
     for (int t = 0; t < s.m.ntensors; t++) {
-        if (is_matrix(t, s.m.s.L)) continue;
+        if (is_matrix(&s, t)) continue;
         s.res_at[t] = at;
         at += s.m.tensors[t].numel;
     }
@@ -315,9 +331,8 @@ int stage_main(int argc, char **argv) {
              random ? "random init" : from, s.h.L, dn[dtype], shards, (double)s.ly.bytes / 1048576.0,
              (double)s.h.file_size / 1073741824.0);
     const double t0 = wall_seconds();
-    put_resident(&s, 0, NULL);                      // wte, wpe and ln_f; the layers' vectors come with them
-    put_resident(&s, 1, NULL);
-    for (int t = 2 + P_PER_LAYER * s.m.s.L; t < s.m.ntensors; t++) put_resident(&s, t, NULL);
+    for (int t = 0; t < s.m.ntensors; t++)      // wte, wpe and ln_f; the layers' vectors come with them
+        if (s.m.tensors[t].layer < 0) put_resident(&s, t, NULL);
     write_layers(&s);
     write_resident(&s);
     uint8_t *hb = aio_buffer(s.h.header_bytes, STAGE_ALIGN);

@@ -84,6 +84,10 @@ uint64_t stage_checksum(const void *p, size_t bytes);
 // q = lrintf(x/scale), scale 1 for a zero row); returns the scale.
 float stage_quantize_row(const float *x, int cols, int8_t *q);
 
+// The matrix (STAGE_*) a tensor of kind `kind` (model.h K_*) is in a layer
+// segment, or -1: the layer's vectors, wte, wpe and ln_f are resident.
+int stage_matrix_of(int kind);
+
 // `partita stage DECK --out FILE [--from WEIGHTS|--random SEED] [--dtype
 // fp32|bf16|int8] [--shards N]` (serial; rank 0 of the job runs it).
 int stage_main(int argc, char **argv);

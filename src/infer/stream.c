@@ -48,6 +48,8 @@ struct Stream {
     Aio aio;
     float *resident;          // segment 0 (fp32)
     size_t *res_off;          // (ntensors) float offset of each non-matrix tensor in it
+    int ntensors;
+    int *tmat, *tlayer;       // (ntensors) each tensor's STAGE_* matrix (-1: resident) and layer
     size_t seg_bytes;         // a layer segment rounded up to the alignment (a slot)
     size_t own_bytes;         // what this rank reads of a segment: seg_bytes, or its shared part
     size_t slice_bytes;       // this rank's slice rounded up to 64 bytes (device slots, uploads)
@@ -174,9 +176,13 @@ static void read_resident(Stream *s, const Model *g) {
     verify(s, s->resident, sg, "the resident segment", 0);
     s->res_off = xcalloc(sizeof(size_t) * (size_t)g->ntensors, "resident index");
     size_t at = 0;
+    s->ntensors = g->ntensors;
+    s->tmat = xmalloc(sizeof(int) * (size_t)g->ntensors, "tensor kinds");
+    s->tlayer = xmalloc(sizeof(int) * (size_t)g->ntensors, "tensor layers");
     for (int t = 0; t < g->ntensors; t++) {
-        int j = t >= 2 && t < 2 + P_PER_LAYER * s->L ? (t - 2) % P_PER_LAYER : -1;
-        if (j == P_QKVW || j == P_ATTPW || j == P_FCW || j == P_FCPW) continue;
+        s->tmat[t] = stage_matrix_of(g->tensors[t].kind);
+        s->tlayer[t] = g->tensors[t].layer;
+        if (s->tmat[t] >= 0) continue;
         s->res_off[t] = at;
         at += g->tensors[t].numel;
     }
@@ -345,14 +351,14 @@ void stream_close(Stream *s) {
     MPI_Comm dup = s->share.comm;
     comm_free(&s->share);
     MPI_CHECK(MPI_Comm_free(&dup));
-    free(s->res_off); free(s->slot); free(s->verified);
+    free(s->res_off); free(s->tmat); free(s->tlayer); free(s->slot); free(s->verified);
     free(s);
 }
 
 const float *stream_resident(const Stream *s, int t) {
     SYS_CHECK(s->resident, "stream: the resident tensors were released");
-    int j = t >= 2 && t < 2 + P_PER_LAYER * s->L ? (t - 2) % P_PER_LAYER : -1;
-    if (j == P_QKVW || j == P_ATTPW || j == P_FCW || j == P_FCPW) return NULL;
+    SYS_CHECK(t >= 0 && t < s->ntensors, "stream: tensor %d of %d", t, s->ntensors);
+    if (s->tmat[t] >= 0) return NULL;
     return s->resident + s->res_off[t];
 }
 
@@ -369,10 +375,8 @@ size_t stream_arena_bytes(const Model *g, int tp, int window, int wdtype, size_t
     char why[200];
     if (stage_layer_layout(&h, &ly, why, sizeof why) != 0) return resident_arena;
     size_t mats = 0;
-    for (int t = 2; t < 2 + P_PER_LAYER * g->s.L; t++) {
-        int j = (t - 2) % P_PER_LAYER;
-        if (j == P_QKVW || j == P_ATTPW || j == P_FCW || j == P_FCPW) mats += 4 * g->tensors[t].numel;
-    }
+    for (int t = 0; t < g->ntensors; t++)
+        if (stage_matrix_of(g->tensors[t].kind) >= 0) mats += 4 * g->tensors[t].numel;
     const int W = window < g->s.L ? window : g->s.L;
     const size_t slots = (size_t)W * (aio_align_up(ly.bytes, 64) + 512);
     return resident_arena > mats ? resident_arena - mats + slots : slots;
@@ -515,10 +519,9 @@ void stream_release(Stream *s, int l) {
 }
 
 HeldMatrix stream_matrix(Stream *s, int t) {
-    const int l = (t - 2) / P_PER_LAYER, j = (t - 2) % P_PER_LAYER;
-    SYS_CHECK(t >= 2 && l == s->cur, "stream: matrix %d of layer %d, while layer %d is held", t, l, s->cur);
-    const int k = j == P_QKVW ? STAGE_QKV : j == P_ATTPW ? STAGE_ATTP : j == P_FCW ? STAGE_FC : STAGE_FCP;
-    SYS_CHECK(j == P_QKVW || j == P_ATTPW || j == P_FCW || j == P_FCPW, "stream: tensor %d is not a matrix", t);
+    SYS_CHECK(t >= 0 && t < s->ntensors && s->tmat[t] >= 0, "stream: tensor %d is not a layer matrix", t);
+    const int l = s->tlayer[t], k = s->tmat[t];
+    SYS_CHECK(l == s->cur, "stream: matrix %d of layer %d, while layer %d is held", t, l, s->cur);
     const Slot *sl = &s->slot[s->cur_slot];
     const uint8_t *base = s->bk->device_memory ? (const uint8_t *)sl->dev : sl->src;
     return (HeldMatrix){base + s->lyr.mat[k], (int)s->h.dtype,

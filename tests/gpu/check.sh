@@ -201,6 +201,7 @@ rm -rf "$LOG/runs" "$LOG"/train-*.log "$LOG/binary.log" "$LOG/rebuild.log" "$LOG
 mkdir -p "$LOG/runs"
 envrow="not set up"; binrow="not run"; fp32row="not run"; bf16row="not run"; ncclrow="not run"; perfrow="not run"
 gentokrow="not run"; genperfrow="not run"; dosrow="not run"; dosperfrow="not run"
+moerow="not run"; moeeprow="not run"; prmoerow="not run"
 zrow=("not run" "not run" "not run" "not run")
 note_fail() { if [ $rc = 0 ]; then rc=$1; fi; }
 
@@ -570,10 +571,11 @@ PY
 if [ -z "$P" ]; then
   r="not run: no runnable partita (see the partita row)"
   fp32row=$r; bf16row=$r; ncclrow=$r; perfrow=$r; zrow=("$r" "$r" "$r" "$r"); gentokrow=$r; genperfrow=$r
+  moerow=$r; moeeprow=$r; prmoerow=$r
   note_fail 2
 else
   CORPUS=$LOG/corpus.h5
-  "$P" prep "$CORPUS" README.md docs src kernels inputs > "$LOG/prep.log" 2>&1; prc=$?
+  "$P" prep "$CORPUS" README.md docs src kernels inputs/*.deck > "$LOG/prep.log" 2>&1; prc=$?   # not inputs/*.jsonl: prep reads JSONL as {"text": ...} records
   say "corpus: $(tail -1 "$LOG/prep.log")"
   TINY=(inputs/gpt-tiny.deck --set data.train="$CORPUS" --set run.seed=1337 --set train.steps="$TINY_STEPS"
         --set train.log_interval=1 --set train.save_weights=false --set checkpoint.interval=0 --set checkpoint.resume=none)
@@ -584,7 +586,8 @@ else
   cpu_ok=0
   if [ $prc != 0 ]; then
     r="not run: partita prep failed (exit $prc, log: $LOG/prep.log)"
-    fp32row=$r; bf16row=$r; ncclrow=$r; perfrow=$r; zrow=("$r" "$r" "$r" "$r"); note_fail 1
+    fp32row=$r; bf16row=$r; ncclrow=$r; perfrow=$r; zrow=("$r" "$r" "$r" "$r"); moerow=$r; moeeprow=$r; prmoerow=$r
+    note_fail 1
   else
     trun tiny-cpu 120 150 1 "${TINY[@]}" "${CPU[@]}"
     if [ $trc = 132 ] && [ $rebuilt = 0 ]; then   # -march=native of another cpu, met only in the kernels
@@ -600,6 +603,7 @@ else
     if [ $gpu_ok = 0 ] || [ -z "$P" ]; then
       if [ -z "$P" ]; then r="not run: no runnable partita (see the partita row)"; else r="not run: $gpu_why"; fi
       fp32row="$r; $cpunote"; bf16row=$r; ncclrow=$r; perfrow=$r; zrow=("$r" "$r" "$r" "$r"); gentokrow=$r; genperfrow=$r
+      moerow=$r; moeeprow=$r; prmoerow=$r
     else
       # np=1 reference on the staged path, so that the nccl row below is NCCL's own
       trun tiny-cuda-fp32 60 150 1 "${TINY[@]}" "${CUDA32[@]}" --set comm.device_path=staged
@@ -623,6 +627,25 @@ else
       done
       trun nccl-np1 60 110 1 "${TINY[@]}" "${CUDA32[@]}" --set comm.device_path=nccl
       compare tiny-cuda-fp32 nccl-np1 "$TOL_FP32"; ncclrow=$row
+      # MoE (issue 13): the tiny deck's layer 1 becomes an MoE layer of 4 experts. Top-2 with drops on
+      # cuda vs cpu; ep = 2 at np = 2 (both ranks on the one GPU, staged all-to-alls, ZeRO-2) vs np = 1;
+      # PR-MoE with the jittered gate (routing and jitter on the host, the rest on the device) vs cpu.
+      MOE=(--set moe.experts=4 --set moe.top_k=2 --set moe.capacity_factor=1.0 --set moe.min_capacity=2 --set moe.aux_loss=0.1)
+      PRMOE=(--set moe.experts=4 --set moe.residual=true --set moe.noisy_gate=jitter --set moe.min_capacity=2 --set moe.aux_loss=0.05)
+      trun moe-cpu 60 110 1 "${TINY[@]}" "${MOE[@]}" "${CPU[@]}"; mc=$trc
+      trun moe-cuda 60 110 1 "${TINY[@]}" "${MOE[@]}" "${CUDA32[@]}" --set comm.device_path=staged
+      compare moe-cpu moe-cuda "$TOL_FP32"; moerow=$row
+      [ $mc = 0 ] || { moerow="$moerow; cpu reference: $(run_fail moe-cpu $mc)"; note_fail 1; }
+      if [ -n "$smoke" ]; then moeeprow="not run: $smoke"; note_fail 1
+      else
+        trun moe-ep2-np2 60 110 2 "${TINY[@]}" "${MOE[@]}" "${CUDA32[@]}" --set comm.device_path=staged \
+          --set parallel.ep=2 --set zero.stage=2
+        compare moe-cuda moe-ep2-np2 "$TOL_FP32"; moeeprow=$row
+      fi
+      trun prmoe-cpu 60 110 1 "${TINY[@]}" "${PRMOE[@]}" "${CPU[@]}"; mc=$trc
+      trun prmoe-cuda 60 110 1 "${TINY[@]}" "${PRMOE[@]}" "${CUDA32[@]}" --set comm.device_path=staged
+      compare prmoe-cpu prmoe-cuda "$TOL_FP32"; prmoerow=$row
+      [ $mc = 0 ] || { prmoerow="$prmoerow; cpu reference: $(run_fail prmoe-cpu $mc)"; note_fail 1; }
       # 124M, B=8 T=1024 bf16
       DRYPERF=(); [ "$DRY" = 1 ] && DRYPERF=(--set train.seq_len=128 --set train.micro_batch=1 --set train.batch=1 --set train.steps=6 --set run.threads=1)
       trun perf-124m 200 3 1 inputs/gpt2-124m.deck --set data.train="$CORPUS" --set run.backend="$BK" \
@@ -728,6 +751,9 @@ fi
     printf '%-40s %s\n' "ZeRO-$z np=2 staged vs np=1 (tol $TOL_FP32)" "${zrow[$z]}"
   done
   printf '%-40s %s\n' "np=1 device_path=nccl vs np=1 staged" "$ncclrow"
+  printf '%-40s %s\n' "MoE top-2 cuda fp32 vs cpu (tol $TOL_FP32)" "$moerow"
+  printf '%-40s %s\n' "MoE ep=2 np=2 staged ZeRO-2 vs np=1" "$moeeprow"
+  printf '%-40s %s\n' "PR-MoE jitter cuda fp32 vs cpu" "$prmoerow"
   printf '%-40s %s\n' "124M B=8 T=1024 bf16 tok/s, MFU" "$perfrow"
   printf '%-40s %s\n' "generate tiny: cuda tokens == cpu" "$gentokrow"
   printf '%-40s %s\n' "generate 124M cuda (b1, b8, b64, prefill)" "$genperfrow"

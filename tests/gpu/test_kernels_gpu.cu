@@ -4,7 +4,7 @@
 // Usage: test_kernels_gpu [--quick] [NAME...]
 //   --quick: small shapes only and no timings (for compute-sanitizer runs);
 //   NAME: run only these groups: encoder layernorm matmul chain elementwise
-//   adamw sumsq crossentropy attention paged dropout timing.
+//   adamw sumsq crossentropy attention moe paged dropout timing.
 // Exit status: 0 all passed, 1 a comparison failed, 77 no CUDA device (skipped).
 //
 // Every comparison prints one line:
@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -464,6 +465,77 @@ static void test_paged_attention(Rng &r, int N, int C, int NH)
     report("paged_attention", "out", rel(dget(dout_, (size_t)N * C), out), TOL_FP32, sh);
 }
 
+// ---------------------------------------------------------------- moe
+
+// A token -> row table as moe.c builds it: each kept choice of N tokens x K
+// gets its own row of a (rows, C) buffer, in a shuffled order; about a quarter
+// of the choices are dropped (-1).
+static IVec moe_table(Rng &r, size_t N, int K, size_t *rows)
+{
+    IVec pos(N * (size_t)K);
+    size_t kept = 0;
+    for (size_t i = 0; i < pos.size(); i++) pos[i] = r.below(4) == 0 ? -1 : (int32_t)kept++;
+    IVec perm(kept);
+    for (size_t i = 0; i < kept; i++) perm[i] = (int32_t)i;
+    for (size_t i = kept; i > 1; i--) std::swap(perm[i - 1], perm[(size_t)r.below((int)i)]);
+    for (size_t i = 0; i < pos.size(); i++)
+        if (pos[i] >= 0) pos[i] = perm[(size_t)pos[i]];
+    *rows = kept + 3;     // rows no choice names: left as they are
+    return pos;
+}
+
+// moe_dispatch, moe_combine (=, +=; with weights and without), moe_rowdot
+// (through the table and row by row) against kernels/cpu/moe.c; reruns bitwise.
+static void test_moe(Rng &r, size_t N, int K, int C)
+{
+    char sh[96];
+    snprintf(sh, sizeof sh, "N=%zu K=%d C=%d", N, K, C);
+    size_t R;
+    IVec pos = moe_table(r, N, K, &R);
+    const size_t NC = N * (size_t)C, RC = R * (size_t)C, NK = N * (size_t)K;
+    Vec x = rand_vec(r, NC, 1.0f), w = rand_vec(r, NK, 1.0f), y = rand_vec(r, RC, 1.0f);
+    Vec base = rand_vec(r, RC, 1.0f), obase = rand_vec(r, NC, 1.0f);
+    int32_t *dpos = dput_i(pos);
+    float *dx = dput(x), *dw = dput(w), *dy = dput(y);
+    float *dd = dalloc(RC), *dout = dalloc(NC), *ddots = dpoisoned(NK);
+    for (int weighted = 0; weighted <= 1; weighted++) {
+        const float *hw = weighted ? w.data() : NULL;
+        const float *gw = weighted ? dw : NULL;
+        Vec d = base;
+        moe_dispatch(d.data(), x.data(), pos.data(), hw, N, K, C);
+        dset(dd, base);
+        cuda_moe_dispatch(dd, dx, dpos, gw, N, K, C);
+        report("moe_dispatch", weighted ? "dst, w" : "dst", rel(dget(dd, RC), d, &base), TOL_FP32, sh);
+        for (int acc = 0; acc <= 1; acc++) {
+            Vec o = obase;
+            moe_combine(o.data(), y.data(), pos.data(), hw, N, K, C, acc);
+            if (acc) dset(dout, obase);
+            else dpoison(dout, NC);
+            cuda_moe_combine(dout, dy, dpos, gw, N, K, C, acc);
+            Vec g = dget(dout, NC);
+            report("moe_combine", acc ? (weighted ? "out+=, w" : "out+=") : (weighted ? "out, w" : "out"),
+                   rel(g, o, acc ? &obase : NULL), TOL_FP32, sh);
+            if (acc) dset(dout, obase);
+            cuda_moe_combine(dout, dy, dpos, gw, N, K, C, acc);
+            report_same("moe_combine", acc ? "out+=" : "out", dget(dout, NC), g, sh);
+        }
+    }
+    Vec dots(NK);
+    moe_rowdot(dots.data(), x.data(), y.data(), pos.data(), N, K, C);
+    cuda_moe_rowdot(ddots, dx, dy, dpos, N, K, C);
+    Vec g = dget(ddots, NK);
+    report("moe_rowdot", "dots", rel(g, dots), TOL_FP32, sh);
+    dpoison(ddots, NK);
+    cuda_moe_rowdot(ddots, dx, dy, dpos, N, K, C);
+    report_same("moe_rowdot", "dots", dget(ddots, NK), g, sh);
+    Vec dots1(N), y1 = rand_vec(r, NC, 1.0f);    // row by row (PR-MoE's coefficient gradients)
+    float *dy1 = dput(y1);
+    moe_rowdot(dots1.data(), x.data(), y1.data(), NULL, N, 1, C);
+    dpoison(ddots, N);
+    cuda_moe_rowdot(ddots, dx, dy1, NULL, N, 1, C);
+    report("moe_rowdot", "dots, rows", rel(dget(ddots, N), dots1), TOL_FP32, sh);
+}
+
 // ---------------------------------------------------------------- chain
 
 // ln -> fc (C -> 4C) -> gelu -> proj (4C -> C) -> residual: in bf16 mode the
@@ -641,6 +713,11 @@ static void run_suite(int quick)
         Dropout d = dropout_of(0.2f, dropout_key(9, 1, 0, DROP_ATTN), 4, 0, 1);
         test_attention(r, small, &d);
         test_attention(r, Shape{1, 130, 256, 2}, &d);
+    }
+    if (want("moe")) {
+        test_moe(r, 67, 1, 36);
+        test_moe(r, 201, 2, 36);
+        if (!quick) test_moe(r, 1040, 2, 768);
     }
     if (want("paged")) {
         test_paged_attention(r, 5, 64, 2);

@@ -124,6 +124,20 @@ static void suite(int path) {
     ok = 1;
     for (int i = 0; i < 1001; i++) ok &= a[i] == (float)p;
     check(&c, ok && !req.active, "comm_test completes an all_reduce and delivers it");
+
+    // the table of host mirrors grows: 70 more buffers (e.g. many MoE layers), the last one used
+    enum { NMORE = 70 };
+    float *more[NMORE];
+    for (int i = 0; i < NMORE; i++) {
+        more[i] = malloc(sizeof(float) * 8);
+        for (int j = 0; j < 8; j++) more[i][j] = (float)(i + j);
+        comm_register(&c, more[i], 8, "more");
+    }
+    comm_allreduce_sum(&c, more[NMORE - 1], 8, "t");
+    ok = path != COMM_PATH_STAGED || c.nmirrors == 3 + NMORE;
+    for (int j = 0; j < 8; j++) ok &= more[NMORE - 1][j] == (float)(p * (NMORE - 1 + j));
+    check(&c, ok, "73 registered buffers: the last one's all_reduce sums");
+    for (int i = 0; i < NMORE; i++) free(more[i]);
     free(a); free(s); free(out);
     comm_free(&c);
 }
