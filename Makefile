@@ -104,7 +104,7 @@ portable:
 
 FUZZ_CC    ?= clang
 FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Isrc -Isrc/infer -Ikernels -Wall -Wextra
-FUZZERS    := build-asan/fuzz_deck build-asan/fuzz_json
+FUZZERS    := build-asan/fuzz_deck build-asan/fuzz_json build-asan/fuzz_stage
 fuzz-build: $(FUZZERS)
 
 build-asan/fuzz_deck: tests/fuzz/fuzz_deck.c src/deck.c src/deck.h src/utf8.c src/utf8.h
@@ -116,6 +116,10 @@ FUZZ_JSON_SRC := tests/fuzz/fuzz_json.c src/infer/json.c src/infer/request.c src
 build-asan/fuzz_json: $(FUZZ_JSON_SRC) src/infer/json.h src/infer/request.h src/utf8.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(MPI_INC) -I$(HDF5_INC) -o $@ $(FUZZ_JSON_SRC) -lm -ljansson -lmpich
+
+build-asan/fuzz_stage: tests/fuzz/fuzz_stage.c src/infer/stage_format.c src/infer/stage.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_stage.c src/infer/stage_format.c -lm
 
 # A longer fuzzing session (FUZZ_SECONDS per reader; new crashers land in
 # build-asan/fuzz-out/; copy the ones worth keeping into tests/corpus/<reader>/).

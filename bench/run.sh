@@ -41,7 +41,9 @@
 #     latency, p95 token latency and FastGen's effective throughput (sla_prompt_tok_s = a
 #     quarter of the single-request prefill rate measured in the same run), with
 #     analysis/plot_serve.py's table and plot. About 8 minutes on 2 free cores.
-# BENCH_ONLY=train|zero|ckpt|gen|sp|offload|infinity|overlap|moe|serve runs one part; BENCH_STEPS sets the steps timed.
+# 10. zinf (BENCH_ONLY=zinf, opt-in, not in `all`): ZeRO-Inference, bench/zinf.py (an 8B-parameter
+#     random GPT streamed from NVMe at batch 1..64 against a raw O_DIRECT probe; 124M streamed vs resident).
+# BENCH_ONLY=train|zero|ckpt|gen|sp|offload|infinity|overlap|moe|serve|zinf runs one part; BENCH_STEPS sets the steps timed.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -232,6 +234,10 @@ if [ "$ONLY" = all ] || [ "$ONLY" = sp ]; then
         --set data.train=data/licenses.h5 --mem-per-rank 20G | awk '/^longest_T/ {print $2, $3}')
     echo "  estimate, long-seq model, 20 GiB per rank, dp=$dp x sp=$sp: longest T $t (recompute none, layer)"
   done
+fi
+
+if [ "$ONLY" = zinf ]; then
+  $PYTHON bench/zinf.py
 fi
 
 NVME_DIR=${BENCH_NVME_DIR:-$out/nvme}

@@ -71,6 +71,7 @@ static const char *const gen_mode_names[] = {"splitfuse", "static", "continuous"
 static const char *const gen_kv_names[] = {"lazy", "reserve", NULL};
 static const char *const gen_jsonl_names[] = {"flat", "openai", NULL};
 static const char *const gen_wdtype_names[] = {"fp32", "bf16", "int8", NULL};
+static const char *const gen_from_names[] = {"memory", "host", "nvme", NULL};
 static const char *const on_nan_names[] = {"stop", "skip", NULL};
 static const char *const offload_tier_names[] = {"none", "host", "nvme", NULL};
 static const char *const moe_gate_names[] = {"none", "jitter", NULL};
@@ -243,6 +244,16 @@ static const KeyDef keys[] = {
     {"generate", "arrival_seed", T_INT, OFF(generate.arrival_seed), "1", ANY, NULL, "seed of the Poisson arrivals"},
     {"generate", "naive", T_BOOL, OFF(generate.naive), "false", ANY, NULL,
      "test reference: recompute every sequence in full for each token, no KV cache"},
+    {"generate", "weights_from", T_ENUM, OFF(generate.weights_from), "memory", ANY, gen_from_names,
+     "ZeRO-Inference: memory (load every weight), or stream each layer from the staged file held in host memory or read from NVMe (O_DIRECT)"},
+    {"generate", "stage", T_STR, OFF(generate.stage), "", ANY, NULL,
+     "the staged weight file (`partita stage`) that weights_from = host|nvme streams"},
+    {"generate", "window", T_INT, OFF(generate.window), "2", IN(2, 1024), NULL,
+     "layers held at once when streaming: the one computing and those arriving"},
+    {"generate", "io_depth", T_INT, OFF(generate.io_depth), "0", IN(0, 4096), NULL,
+     "nvme: reads of 1 MiB in flight at most; 0 = enough for the whole window (at most 4096)"},
+    {"generate", "stream_share", T_BOOL, OFF(generate.stream_share), "true", ANY, NULL,
+     "streaming at tp > 1: segments every rank needs whole (the resident one; layers of a whole-layer file) are read 1/N by each rank and all-gathered"},
     {"generate", "moe_drop", T_BOOL, OFF(generate.moe_drop), "false", ANY, NULL,
      "MoE: drop tokens over the eval capacity as training does (false: inference never drops)"},
     {"generate", "kv_alloc", T_ENUM, OFF(generate.kv_alloc), "lazy", ANY, gen_kv_names,

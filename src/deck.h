@@ -126,6 +126,7 @@ typedef struct CheckpointConfig {
 
 enum { GEN_SPLITFUSE = 0, GEN_STATIC, GEN_CONTINUOUS };   // = sched.h SCHED_*
 enum { GEN_W_FP32 = 0, GEN_W_BF16, GEN_W_INT8 };   // the order of kernels.h WDT_*
+enum { GEN_FROM_MEMORY = 0, GEN_FROM_HOST, GEN_FROM_NVME };   // ZeRO-Inference (infer/stream.h)
 
 typedef struct GenerateConfig {
     char weights[DECK_STR];   // a weights file (init/final/export) or a checkpoint
@@ -142,6 +143,11 @@ typedef struct GenerateConfig {
     char arrivals[DECK_STR];  // all_at_once | poisson:RATE
     int64_t arrival_seed;
     int naive;                // test reference: recompute everything, no cache
+    int weights_from;         // GEN_FROM_*: resident weights, or streamed from a staged file
+    char stage[DECK_STR];     // the staged weight file (`partita stage`) host/nvme stream
+    int64_t window;           // layers held at once when streaming (>= 2)
+    int64_t io_depth;         // nvme: 1 MiB reads in flight; 0 = the window's
+    int stream_share;         // segments several ranks need whole: 1/N each + all-gather
     int moe_drop;             // MoE: drop tokens over the eval capacity (false: never drop)
     int kv_alloc;             // GEN_KV_*: blocks as tokens come (lazy, preempting) or reserved up front
     int jsonl_format;         // GEN_JSONL_*: gen.jsonl flat or as OpenAI batch output

@@ -1,5 +1,6 @@
 // estimate.c: per-rank memory, bytes per collective and FLOPs for stages 0-3.
 #include "estimate.h"
+#include "estimate_gen.h"
 #include "comm.h"
 #include "model.h"
 #include "offload.h"
@@ -163,6 +164,7 @@ int estimate_run(const Deck *d, int ranks, double mem_per_rank) {
     printf("model_state_bytes %.0f %.0f %.0f %.0f\n", v[3][0], v[3][1], v[3][2], v[3][3]);
     printf("comm_bytes_per_step %.0f %.0f %.0f %.0f\n", total_sent[0], total_sent[1], total_sent[2], total_sent[3]);
     sp_section(c, &m, base, mem_per_rank > 0 ? mem_per_rank : 4.0 * 1073741824.0);
+    estimate_generate(d, ranks);
     offload_estimate(c, &m, p);
     if (c->moe.experts > 0) estimate_moe_print(c);
     model_free(&m);

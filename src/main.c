@@ -11,6 +11,7 @@
 #include "infer/eval.h"
 #include "infer/generate.h"
 #include "infer/serve.h"
+#include "infer/stage.h"
 #include "kernels.h"
 #include "log.h"
 #include "prep.h"
@@ -186,7 +187,7 @@ static int check_generate(const Deck *d, int rank, int size) {
     DeviceInfo dev;
     if (device_select(d, !g->naive && size == 1, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
     if (msg[0]) {
-    } else if (!g->weights[0] || access(g->weights, R_OK) != 0) {
+    } else if (g->weights_from == GEN_FROM_MEMORY && (!g->weights[0] || access(g->weights, R_OK) != 0)) {
         snprintf(msg, sizeof msg, "error: %s: [generate] weights = \"%s\": no such readable file\n"
                  "  hint: use a run's final.h5, an `partita ckpt export`, or a checkpoint",
                  deck_where(d, "generate.weights", where, sizeof where), g->weights);
@@ -200,6 +201,13 @@ static int check_generate(const Deck *d, int rank, int size) {
                  "tp x ep = %lld x %lld = %lld\n  hint: launch %lld ranks, or choose tp and ep whose product is %d",
                  deck_where(d, ep > 1 ? "parallel.ep" : "parallel.tp", where, sizeof where), size, tp, ep, tp * ep,
                  tp * ep, size);
+    } else if (g->naive && g->weights_from != GEN_FROM_MEMORY) {
+        snprintf(msg, sizeof msg, "error: %s: [generate] naive recomputes from resident weights only\n"
+                 "  hint: set [generate] weights_from = memory", deck_where(d, "generate.naive", where, sizeof where));
+    } else if (g->weights_from != GEN_FROM_MEMORY && d->cfg.moe.experts > 0) {
+        snprintf(msg, sizeof msg, "error: %s: [generate] weights_from = %s: streaming Mixture-of-Experts models is not "
+                 "built (the staged file holds dense layers)\n  hint: set [generate] weights_from = memory",
+                 deck_where(d, "generate.weights_from", where, sizeof where), g->weights_from == GEN_FROM_HOST ? "host" : "nvme");
     } else if (g->naive && size != 1) {
         snprintf(msg, sizeof msg, "error: %s: [generate] naive runs on one rank\n  hint: launch with -np 1",
                  deck_where(d, "generate.naive", where, sizeof where));
@@ -492,6 +500,10 @@ static int cmd_import(int argc, char **argv, int rank, int size) {
     (void)size;
     return rank == 0 ? st_import_main(argc, argv) : 0;
 }
+static int cmd_stage(int argc, char **argv, int rank, int size) {
+    (void)size;
+    return rank == 0 ? stage_main(argc, argv) : 0;
+}
 static int cmd_version(int argc, char **argv, int rank, int size) {
     (void)argc, (void)argv, (void)size;
     if (rank == 0) print_version();
@@ -538,6 +550,8 @@ static const Command commands[] = {
      "inspect a checkpoint, or export its weights (GPT-2 names; safetensors + config.json)", "", NULL, cmd_ckpt},
     {"import", "FILE.safetensors OUT.h5 [--heads N]", "a Hugging Face GPT-2 safetensors file as a weights file", "",
      NULL, cmd_import},
+    {"stage", "DECK --out FILE [--from W.h5 | --random SEED] [--dtype D] [--shards N]",
+     "the per-layer, aligned weight file ZeRO-Inference streams ([generate] weights_from)", "", NULL, cmd_stage},
     {"dump", "DECK OUT.h5 [--set ...]", "write one batch's logits and gradients (tests)", "", NULL, cmd_dump},
     {"version", "", "print the version and the backends this binary carries", "", NULL, cmd_version},
     {"help", "[COMMAND]", "this text, or one command's help", "", NULL, cmd_help},

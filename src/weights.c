@@ -225,6 +225,10 @@ static void read_tensor(hid_t f, hid_t meta, const ParamTensor *t, const char *p
 }
 
 void weights_read(const Model *m, const char *path, float *full) {
+    weights_read_tensors(m, path, 0, m->ntensors, full);
+}
+
+void weights_read_tensors(const Model *m, const char *path, int t0, int t1, float *dst) {
     hid_t f = h5_open_read(path);
     // A checkpoint keeps the shape in /meta, a weights file at the root.
     htri_t is_ckpt;
@@ -240,7 +244,7 @@ void weights_read(const Model *m, const char *path, float *full) {
         FATAL_ALL("use a weights file from `partita train` (final.h5), `partita ckpt export`, or a checkpoint",
                   "'%s': %s%s", path, meta >= 0 ? "/meta: " : "", why);
     check_against(&s, &m->s, path, meta >= 0 ? "/meta " : "");
-    for (int i = 0; i < m->ntensors; i++) read_tensor(f, meta, &m->tensors[i], path, full + m->tensors[i].offset);
+    for (int i = t0; i < t1; i++) read_tensor(f, meta, &m->tensors[i], path, dst + (m->tensors[i].offset - m->tensors[t0].offset));
     if (meta >= 0) H5_CHECK(H5Gclose(meta));
     H5_CHECK(H5Fclose(f));
 }

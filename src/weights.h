@@ -50,5 +50,9 @@ int weights_open_tensor(hid_t f, const char *name, const ParamTensor *t, hid_t *
 // the file), a missing, non-float or misshapen dataset, or (checkpoints) a
 // dataset that fails its stored checksum is fatal.
 void weights_read(const Model *m, const char *path, float *full);
+// The same for tensors [t0, t1) of m's table alone (consecutive in the flat
+// layout): dst receives them back to back from tensors[t0].offset, so a reader
+// can go layer by layer without holding the whole model (partita stage).
+void weights_read_tensors(const Model *m, const char *path, int t0, int t1, float *dst);
 
 #endif

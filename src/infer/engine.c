@@ -3,6 +3,7 @@
 #include "engine.h"
 #include "kernels.h"
 #include "log.h"
+#include "stream.h"
 #include "sysutil.h"
 #include "topo.h"
 
@@ -90,14 +91,21 @@ static void *hold(Engine *e, const float *w, int rows, int cols, float **scale) 
     return d;
 }
 
+// Streaming: a layer unit's matrices are acquired with it (units 1..L are the layers).
 static const float *store_params(void *ctx, int u, int phase) {
     Engine *e = ctx;
     (void)phase;
+    if (e->stream && u >= 1 && u <= e->m.s.L) stream_acquire(e->stream, u - 1);
     return e->flat + e->m.unit_begin[u];
 }
-static void store_release(void *ctx, int u, int phase) { (void)ctx; (void)u; (void)phase; }
+static void store_release(void *ctx, int u, int phase) {
+    Engine *e = ctx;
+    (void)phase;
+    if (e->stream && u >= 1 && u <= e->m.s.L) stream_release(e->stream, u - 1);
+}
 static HeldMatrix store_matrix(void *ctx, int t) {
     Engine *e = ctx;
+    if (e->stream && t != 0) return stream_matrix(e->stream, t);
     if (t == 0 && e->wdtype == WDT_F32) return (HeldMatrix){e->flat, WDT_F32, NULL};   // the tied head is wte
     SYS_CHECK(t >= 0 && t < e->m.ntensors && e->mats[t], "tensor %d is not a held matrix", t);
     return (HeldMatrix){e->mats[t], e->wdtype, e->scales[t]};
@@ -119,15 +127,15 @@ static void split_groups(Engine *e, Comm *world, int tp, int ep) {
     e->replicas = world->size / per;
 }
 
-void engine_create(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
-                   Comm *tp, int wdtype, int nblocks, int bs, int Nmax, int Smax, int max_blocks) {
-    engine_create_ep(e, g, full, mc, bk, tp, tp ? tp->size : 1, 1, wdtype, nblocks, bs, Nmax, Smax, max_blocks);
+// Whole tensor t: from the full parameters, or the stream's resident segment.
+static const float *whole(const Engine *e, const Model *g, const float *full, int t) {
+    return e->stream ? stream_resident(e->stream, t) : full + g->tensors[t].offset;
 }
 
-void engine_create_ep(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
-                      Comm *world, int tp, int ep, int wdtype, int nblocks, int bs, int Nmax, int Smax,
-                      int max_blocks) {
-    memset(e, 0, sizeof *e);
+// engine_create_ep's work on a zeroed e (e->stream set when streaming).
+static void create(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
+                   Comm *world, int tp, int ep, int wdtype, int nblocks, int bs, int Nmax, int Smax,
+                   int max_blocks) {
     Comm *tpc = tp > 1 ? world : NULL, *epc = NULL;
     e->ep_size = 1;
     e->replicas = world && tp == 1 ? world->size : 1;
@@ -159,16 +167,17 @@ void engine_create_ep(Engine *e, const Model *g, const float *full, const ModelC
     for (int t = 0; t < m->ntensors; t++) {
         const ParamTensor *lt = &m->tensors[t], *gt = &g->tensors[t];
         if (!lt->held) continue;    // another ep rank's expert
+        if (lt->apart && e->stream) continue;   // streamed
         if (lt->expert >= 0 && lt->ndim == 2) e->held_bytes += lt->numel * sizeof(float);
         if (lt->apart) {
-            slice_matrix(m, lt, full + gt->offset, gt->shape[1], tmp);
+            slice_matrix(m, lt, whole(e, g, full, t), gt->shape[1], tmp);
             e->mats[t] = hold(e, tmp, lt->shape[0], lt->shape[1], &e->scales[t]);
         } else {
-            slice_vector(m, lt, full + gt->offset, flat + lt->offset);
+            slice_vector(m, lt, whole(e, g, full, t), flat + lt->offset);
         }
     }
     // The tied LM head: wte's rows as held (fp32: wte itself, in the flat layout).
-    if (wdtype != WDT_F32) e->mats[0] = hold(e, full, m->s.Vp, m->s.C, &e->scales[0]);
+    if (wdtype != WDT_F32) e->mats[0] = hold(e, whole(e, g, full, 0), m->s.Vp, m->s.C, &e->scales[0]);
     else e->held_bytes += m->tensors[0].numel * sizeof(float);
     free(tmp);
     e->flat = bk->alloc(m->nparams * sizeof(float) + 4, "held parameters");
@@ -177,6 +186,26 @@ void engine_create_ep(Engine *e, const Model *g, const float *full, const ModelC
     e->ps = (ParamStore){.ctx = e, .params = store_params, .release = store_release, .matrix = store_matrix};
     e->kv = model_kv_layout(m, nblocks, bs);
     e->kv.kv = bk->alloc((size_t)nblocks * e->kv.block_stride * sizeof(float), "KV cache");
+}
+
+void engine_create(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
+                   Comm *tp, int wdtype, int nblocks, int bs, int Nmax, int Smax, int max_blocks) {
+    engine_create_ep(e, g, full, mc, bk, tp, tp ? tp->size : 1, 1, wdtype, nblocks, bs, Nmax, Smax, max_blocks);
+}
+
+void engine_create_ep(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
+                      Comm *world, int tp, int ep, int wdtype, int nblocks, int bs, int Nmax, int Smax,
+                      int max_blocks) {
+    memset(e, 0, sizeof *e);
+    create(e, g, full, mc, bk, world, tp, ep, wdtype, nblocks, bs, Nmax, Smax, max_blocks);
+}
+
+void engine_create_streamed(Engine *e, const Model *g, struct Stream *st, const ModelConfig *mc, const Backend *bk,
+                            Comm *tp, int nblocks, int bs, int Nmax, int Smax, int max_blocks) {
+    memset(e, 0, sizeof *e);
+    e->stream = st;
+    create(e, g, NULL, mc, bk, tp, tp ? tp->size : 1, 1, stream_dtype(st), nblocks, bs, Nmax, Smax, max_blocks);
+    stream_resident_done(st);
 }
 
 size_t engine_arena_bytes(const Model *g, int tp, int nblocks, int bs, int Nmax, int Smax, int max_blocks) {
@@ -193,6 +222,7 @@ size_t engine_arena_bytes(const Model *g, int tp, int nblocks, int bs, int Nmax,
 }
 
 void engine_free(Engine *e) {
+    stream_close(e->stream);
     for (int t = 0; t < e->m.ntensors; t++) {
         if (e->mats[t]) e->bk->release(e->mats[t]);
         if (e->scales[t]) e->bk->release(e->scales[t]);

@@ -33,6 +33,7 @@ typedef struct Engine {
     size_t held_bytes;          // bytes of the matrices as held (what a decode pass streams)
     PagedKV kv;                 // kv.kv: backend memory
     int Nmax, Smax;             // rows per pass, sampled rows per pass
+    struct Stream *stream;      // ZeRO-Inference: the layer matrices streamed (stream.h), or NULL
     // Expert parallelism (engine_create_ep): the groups split from the job's ranks
     int split;                  // tpc / epc were split here (freed with the engine)
     Comm tpc, epc;              // tensor- and expert-parallel groups
@@ -53,6 +54,11 @@ void engine_create(Engine *e, const Model *g, const float *full, const ModelConf
 void engine_create_ep(Engine *e, const Model *g, const float *full, const ModelConfig *mc, const Backend *bk,
                       Comm *world, int tp, int ep, int wdtype, int nblocks, int bs, int Nmax, int Smax,
                       int max_blocks);
+// As engine_create (a dense model, tp = the group's size), with the layer
+// matrices streamed by st (stream.h; the engine owns it from here): the rest
+// of the model from st's resident segment, the weight dtype the file's.
+void engine_create_streamed(Engine *e, const Model *g, struct Stream *st, const ModelConfig *mc, const Backend *bk,
+                            Comm *tp, int nblocks, int bs, int Nmax, int Smax, int max_blocks);
 void engine_free(Engine *e);
 
 // The whole model an inference deck describes, MoE layers and every expert

@@ -8,6 +8,7 @@
 #include "comm.h"
 #include "device.h"
 #include "engine.h"
+#include "stream.h"
 #include "h5io.h"
 #include "json.h"
 #include "kernels.h"
@@ -525,6 +526,7 @@ static void summarize(Gen *g, hid_t f, double makespan) {
     h5_attr_f64(f, "output_tokens_per_s", tps);
     h5_attr_f64(f, "makespan_s", makespan);
     h5_attr_f64(f, "sla_prompt_tok_s", ptok);
+    if (g->e.stream) stream_report(g->e.stream, f);
     for (int x = 0; x < 3; x++) {
         char key[64];
         snprintf(key, sizeof key, "effective_rps_sla_%.0f_tok_s", rates[x]);
@@ -620,12 +622,16 @@ int generate_run(const Deck *d) {
     if (tokenizer_open(&g.tk, c->data.tokenizer, c->data.tokenizer_dir, why, sizeof why) != 0)
         FATAL_ALL("run `make deps`, or set [data] tokenizer_dir", "generate: %s", why);
     engine_whole_model(&g.m, c, 1, c->generate.naive ? (int)c->model.seq_len : 1);
-    g.full = xmalloc(g.m.nparams * sizeof(float), "weights");
-    weights_read(&g.m, c->generate.weights, g.full);
+    const int streamed = c->generate.weights_from != GEN_FROM_MEMORY;   // ZeRO-Inference (stream.h)
+    if (!streamed) {
+        g.full = xmalloc(g.m.nparams * sizeof(float), "weights");
+        weights_read(&g.m, c->generate.weights, g.full);
+    }
     sampler_create(&g.smp, g.m.s.V);
     int bs = (int)c->generate.kv_block;
     g.max_blocks = (g.m.s.maxT + bs - 1) / bs;
     int Nmax = (int)c->generate.token_budget;
+    if (streamed && Nmax < c->generate.max_batch) Nmax = (int)c->generate.max_batch;   // a pass reads every layer: decode all at once
     int Smax = c->generate.max_batch < Nmax ? (int)c->generate.max_batch : Nmax;   // a pass samples at most its rows
     DeviceInfo dev;
     memset(&dev, 0, sizeof dev);
@@ -633,10 +639,16 @@ int generate_run(const Deck *d) {
         // The cuda backend where the deck asks for it (or auto finds a device) at tp = 1; naive stays on cpu.
         char err[2048];
         if (device_select(d, g.comm.size == 1, &dev, err, sizeof err) != 0) FATAL_ALL(NULL, "%s", err);
-        const Backend *bk = device_start(&dev, local_rank, engine_arena_bytes(&g.m, g.comm.size, (int)c->generate.kv_blocks,
-                                                                               bs, Nmax, Smax, g.max_blocks));
-        engine_create_ep(&g.e, &g.m, g.full, &c->model, bk, &g.comm, (int)c->parallel.tp, (int)c->parallel.ep,
-                         c->generate.weights_dtype, (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
+        size_t arena = engine_arena_bytes(&g.m, g.comm.size, (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
+        if (streamed)   // the device holds the window's layers, not all of them
+            arena = stream_arena_bytes(&g.m, g.comm.size, (int)c->generate.window, c->generate.weights_dtype, arena);
+        const Backend *bk = device_start(&dev, local_rank, arena);
+        if (streamed)   // dense models at tp = the job's ranks (main.c refuses MoE and ep > 1 with streaming)
+            engine_create_streamed(&g.e, &g.m, stream_open(d, &g.m, bk, &g.comm), &c->model, bk, &g.comm,
+                                   (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
+        else
+            engine_create_ep(&g.e, &g.m, g.full, &c->model, bk, &g.comm, (int)c->parallel.tp, (int)c->parallel.ep,
+                             c->generate.weights_dtype, (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
     }
     char out[DECK_STR + 16], *mirror = g.mirror_path;
     derive_path(out, sizeof out, c->generate.out, c->run.out_dir, "gen.h5");

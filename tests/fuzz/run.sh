@@ -48,16 +48,17 @@ fuzz() {  # seeded run from the kept inputs (and the example decks for deck)
     return $rc
 }
 
-for h in deck json; do
+for h in deck json stage; do
     [ -x build-asan/fuzz_$h ] || { echo "FAIL build-asan/fuzz_$h missing (hint: make fuzz-build)"; exit 1; }
 done
 case "${1:-}" in
     deck) replay deck; r1=$?; fuzz deck "${FUZZ_RUNS:-30000}" "${FUZZ_SECONDS:-15}"; r2=$? ;;
     json) replay json; r1=$?; fuzz json "${FUZZ_RUNS:-60000}" "${FUZZ_SECONDS:-8}"; r2=$? ;;
+    stage) replay stage; r1=$?; fuzz stage "${FUZZ_RUNS:-60000}" "${FUZZ_SECONDS:-8}"; r2=$? ;;
     long)
-        r1=0; for h in deck json; do replay $h || r1=1; fuzz $h 0 "${FUZZ_SECONDS:-300}" || r1=1; done
+        r1=0; for h in deck json stage; do replay $h || r1=1; fuzz $h 0 "${FUZZ_SECONDS:-300}" || r1=1; done
         ${PYTHON:-/usr/bin/python3} tests/test_fuzz.py --long; r2=$? ;;
-    *) echo "usage: tests/fuzz/run.sh deck|json|long" >&2; exit 2 ;;
+    *) echo "usage: tests/fuzz/run.sh deck|json|stage|long" >&2; exit 2 ;;
 esac
 echo "summary: corpus $([ $r1 -eq 0 ] && echo ok || echo FAILED), fuzz $([ $r2 -eq 0 ] && echo ok || echo FAILED)"
 [ $r1 -eq 0 ] && [ $r2 -eq 0 ]
