@@ -30,7 +30,7 @@ KOBJ    := $(KSRC:%.c=$(BUILD)/%.o)
 
 DEBS := build-essential mpich libhdf5-mpich-dev libopenblas-dev libopenblas0-openmp \
         liburing-dev libmicrohttpd-dev libjansson-dev python3 python3-numpy python3-h5py python3-matplotlib python3-torch hdf5-tools \
-        clang libclang-rt-14-dev slurm-wlm munge
+        clang libclang-rt-14-dev slurm-wlm munge curl
 
 .PHONY: all deps deps-debs test bench clean demo asan portable fuzz fuzz-build FORCE
 all: $(BUILD)/partita $(BUILD)/test_kernels $(BUILD)/test_comm $(BUILD)/test_ulysses $(BUILD)/test_bpe $(BUILD)/test_sampler $(BUILD)/test_aio $(BUILD)/test_dos $(BUILD)/test_moe $(GPU_TARGETS)

@@ -8,6 +8,7 @@
 #include "cuda/cuda_kernels.h"
 #endif
 #include "estimate.h"
+#include "infer/engine.h"
 #include "infer/eval.h"
 #include "infer/generate.h"
 #include "infer/serve.h"
@@ -187,34 +188,12 @@ static int check_generate(const Deck *d, int rank, int size) {
     DeviceInfo dev;
     if (device_select(d, !g->naive && size == 1, &dev, msg, sizeof msg) == 0 && rank == 0) log_info("%s\n", dev.note);
     if (msg[0]) {
-    } else if (g->weights_from == GEN_FROM_MEMORY && (!g->weights[0] || access(g->weights, R_OK) != 0)) {
-        snprintf(msg, sizeof msg, "error: %s: [generate] weights = \"%s\": no such readable file\n"
-                 "  hint: use a run's final.h5, an `partita ckpt export`, or a checkpoint",
-                 deck_where(d, "generate.weights", where, sizeof where), g->weights);
     } else if (!g->requests[0] || access(g->requests, R_OK) != 0) {
         snprintf(msg, sizeof msg, "error: %s: [generate] requests = \"%s\": no such readable file\n"
                  "  hint: one JSON object a line: {\"id\": \"a\", \"prompt\": \"text\", \"max_tokens\": 32}",
                  deck_where(d, "generate.requests", where, sizeof where), g->requests);
-    } else if (d->cfg.parallel.tp * d->cfg.parallel.ep != size) {
-        long long tp = (long long)d->cfg.parallel.tp, ep = (long long)d->cfg.parallel.ep;
-        snprintf(msg, sizeof msg, "error: %s: generate runs tensor x expert parallel over all %d ranks, but [parallel] "
-                 "tp x ep = %lld x %lld = %lld\n  hint: launch %lld ranks, or choose tp and ep whose product is %d",
-                 deck_where(d, ep > 1 ? "parallel.ep" : "parallel.tp", where, sizeof where), size, tp, ep, tp * ep,
-                 tp * ep, size);
-    } else if (g->naive && g->weights_from != GEN_FROM_MEMORY) {
-        snprintf(msg, sizeof msg, "error: %s: [generate] naive recomputes from resident weights only\n"
-                 "  hint: set [generate] weights_from = memory", deck_where(d, "generate.naive", where, sizeof where));
-    } else if (g->weights_from != GEN_FROM_MEMORY && d->cfg.moe.experts > 0) {
-        snprintf(msg, sizeof msg, "error: %s: [generate] weights_from = %s: streaming Mixture-of-Experts models is not "
-                 "built (the staged file holds dense layers)\n  hint: set [generate] weights_from = memory",
-                 deck_where(d, "generate.weights_from", where, sizeof where), g->weights_from == GEN_FROM_HOST ? "host" : "nvme");
-    } else if (g->naive && size != 1) {
-        snprintf(msg, sizeof msg, "error: %s: [generate] naive runs on one rank\n  hint: launch with -np 1",
-                 deck_where(d, "generate.naive", where, sizeof where));
-    } else if (d->cfg.model.heads % d->cfg.parallel.tp || (d->cfg.model.mlp_ratio * d->cfg.model.d_model) % d->cfg.parallel.tp) {
-        snprintf(msg, sizeof msg, "error: %s: tp = %lld must divide [model] heads = %lld and the MLP width\n"
-                 "  hint: use a tp that divides the heads", deck_where(d, "model.heads", where, sizeof where),
-                 (long long)d->cfg.parallel.tp, (long long)d->cfg.model.heads);
+    } else {
+        engine_check_deck(d, size, msg, sizeof msg);
     }
     if (!msg[0]) return 0;
     if (rank == 0) fprintf(stderr, "%s\n", msg);

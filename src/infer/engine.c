@@ -4,6 +4,7 @@
 #include "kernels.h"
 #include "log.h"
 #include "stream.h"
+#include "weights.h"
 #include "sysutil.h"
 #include "topo.h"
 
@@ -265,4 +266,66 @@ int engine_start_ranks(Comm *comm, const char *name, int64_t threads_key, int de
                       .oversubscribed = (long)threads * on_node > sysconf(_SC_NPROCESSORS_ONLN)};
     comm_init(comm, MPI_COMM_WORLD, name, &co);
     return local_rank;
+}
+
+void engine_open(Engine *e, Model *g, EngineSetup *es, const Deck *d, Comm *world, int local_rank) {
+    const Config *c = &d->cfg;
+    memset(es, 0, sizeof *es);
+    engine_whole_model(g, c, 1, 1);
+    const int streamed = c->generate.weights_from != GEN_FROM_MEMORY;   // ZeRO-Inference (stream.h)
+    if (!streamed) {
+        es->full = xmalloc(g->nparams * sizeof(float), "weights");
+        weights_read(g, c->generate.weights, es->full);
+    }
+    es->bs = (int)c->generate.kv_block;
+    es->max_blocks = (g->s.maxT + es->bs - 1) / es->bs;
+    es->Nmax = (int)c->generate.token_budget;
+    if (streamed && es->Nmax < c->generate.max_batch) es->Nmax = (int)c->generate.max_batch;   // a pass reads every layer: decode all at once
+    es->Smax = c->generate.max_batch < es->Nmax ? (int)c->generate.max_batch : es->Nmax;   // a pass samples at most its rows
+    // The cuda backend where the deck asks for it (or auto finds a device) at tp = 1.
+    char err[2048];
+    if (device_select(d, world->size == 1, &es->dev, err, sizeof err) != 0) FATAL_ALL(NULL, "%s", err);
+    size_t arena = engine_arena_bytes(g, world->size, (int)c->generate.kv_blocks, es->bs, es->Nmax, es->Smax, es->max_blocks);
+    if (streamed)   // the device holds the window's layers, not all of them
+        arena = stream_arena_bytes(g, world->size, (int)c->generate.window, c->generate.weights_dtype, arena);
+    const Backend *bk = device_start(&es->dev, local_rank, arena);
+    if (streamed)   // dense models at tp = the job's ranks (main.c refuses MoE and ep > 1 with streaming)
+        engine_create_streamed(e, g, stream_open(d, g, bk, world), &c->model, bk, world, (int)c->generate.kv_blocks,
+                               es->bs, es->Nmax, es->Smax, es->max_blocks);
+    else
+        engine_create_ep(e, g, es->full, &c->model, bk, world, (int)c->parallel.tp, (int)c->parallel.ep,
+                         c->generate.weights_dtype, (int)c->generate.kv_blocks, es->bs, es->Nmax, es->Smax,
+                         es->max_blocks);
+}
+
+int engine_check_deck(const Deck *d, int size, char *msg, size_t n) {
+    const GenerateConfig *g = &d->cfg.generate;
+    char where[600];
+    msg[0] = 0;
+    if (g->weights_from == GEN_FROM_MEMORY && (!g->weights[0] || access(g->weights, R_OK) != 0)) {
+        snprintf(msg, n, "error: %s: [generate] weights = \"%s\": no such readable file\n"
+                 "  hint: use a run's final.h5, an `partita ckpt export`, or a checkpoint",
+                 deck_where(d, "generate.weights", where, sizeof where), g->weights);
+    } else if (d->cfg.parallel.tp * d->cfg.parallel.ep != size) {
+        long long tp = (long long)d->cfg.parallel.tp, ep = (long long)d->cfg.parallel.ep;
+        snprintf(msg, n, "error: %s: generate and serve run tensor x expert parallel over all %d ranks, but [parallel] "
+                 "tp x ep = %lld x %lld = %lld\n  hint: launch %lld ranks, or choose tp and ep whose product is %d",
+                 deck_where(d, ep > 1 ? "parallel.ep" : "parallel.tp", where, sizeof where), size, tp, ep, tp * ep,
+                 tp * ep, size);
+    } else if (g->naive && g->weights_from != GEN_FROM_MEMORY) {
+        snprintf(msg, n, "error: %s: [generate] naive recomputes from resident weights only\n"
+                 "  hint: set [generate] weights_from = memory", deck_where(d, "generate.naive", where, sizeof where));
+    } else if (g->weights_from != GEN_FROM_MEMORY && d->cfg.moe.experts > 0) {
+        snprintf(msg, n, "error: %s: [generate] weights_from = %s: streaming Mixture-of-Experts models is not "
+                 "built (the staged file holds dense layers)\n  hint: set [generate] weights_from = memory",
+                 deck_where(d, "generate.weights_from", where, sizeof where), g->weights_from == GEN_FROM_HOST ? "host" : "nvme");
+    } else if (g->naive && size != 1) {
+        snprintf(msg, n, "error: %s: [generate] naive runs on one rank\n  hint: launch with -np 1",
+                 deck_where(d, "generate.naive", where, sizeof where));
+    } else if (d->cfg.model.heads % d->cfg.parallel.tp || (d->cfg.model.mlp_ratio * d->cfg.model.d_model) % d->cfg.parallel.tp) {
+        snprintf(msg, n, "error: %s: tp = %lld must divide [model] heads = %lld and the MLP width\n"
+                 "  hint: use a tp that divides the heads", deck_where(d, "model.heads", where, sizeof where),
+                 (long long)d->cfg.parallel.tp, (long long)d->cfg.model.heads);
+    }
+    return msg[0] ? -1 : 0;
 }

@@ -20,6 +20,7 @@
 
 #include "comm.h"
 #include "deck.h"
+#include "device.h"
 #include "model.h"
 
 typedef struct Engine {
@@ -60,6 +61,26 @@ void engine_create_ep(Engine *e, const Model *g, const float *full, const ModelC
 void engine_create_streamed(Engine *e, const Model *g, struct Stream *st, const ModelConfig *mc, const Backend *bk,
                             Comm *tp, int nblocks, int bs, int Nmax, int Smax, int max_blocks);
 void engine_free(Engine *e);
+
+// What engine_open chose: the pass geometry, the host copy of the weights
+// (resident mode; NULL when streamed) and the device the engine runs on.
+typedef struct EngineSetup {
+    int bs, max_blocks;         // KV block size, blocks per sequence
+    int Nmax, Smax;             // rows per pass (the token budget, raised to max_batch when streaming), sampled rows
+    float *full;                // (g.nparams) the whole model's weights, or NULL
+    DeviceInfo dev;             // device_stop(&dev) when done
+} EngineSetup;
+
+// The engine an inference deck describes, the one setup `generate` and `serve`
+// share (collective over world): the whole model's table g (engine_whole_model),
+// the weights read ([generate] weights) or streamed ([generate] weights_from),
+// the backend the deck asks for, and the engine at [parallel] tp x ep.
+// local_rank: this rank's place on its node (engine_start_ranks).
+void engine_open(Engine *e, Model *g, EngineSetup *es, const Deck *d, Comm *world, int local_rank);
+// What engine_open needs of a deck run on `size` ranks: the weights file (or a
+// stream), tp x ep = size, tp dividing the heads, no MoE streaming, naive on one
+// rank from resident weights. 0, or -1 with msg (n bytes) naming the key and a hint.
+int engine_check_deck(const Deck *d, int size, char *msg, size_t n);
 
 // The whole model an inference deck describes, MoE layers and every expert
 // included (ep = 1): the table alone (T = 0), or with activations for B x T on

@@ -621,35 +621,22 @@ int generate_run(const Deck *d) {
     char why[600];
     if (tokenizer_open(&g.tk, c->data.tokenizer, c->data.tokenizer_dir, why, sizeof why) != 0)
         FATAL_ALL("run `make deps`, or set [data] tokenizer_dir", "generate: %s", why);
-    engine_whole_model(&g.m, c, 1, c->generate.naive ? (int)c->model.seq_len : 1);
-    const int streamed = c->generate.weights_from != GEN_FROM_MEMORY;   // ZeRO-Inference (stream.h)
-    if (!streamed) {
-        g.full = xmalloc(g.m.nparams * sizeof(float), "weights");
-        weights_read(&g.m, c->generate.weights, g.full);
+    EngineSetup es;
+    if (c->generate.naive) {   // the whole model on the cpu, no engine: the reference the engine is checked against
+        memset(&es, 0, sizeof es);
+        engine_whole_model(&g.m, c, 1, (int)c->model.seq_len);
+        es.full = xmalloc(g.m.nparams * sizeof(float), "weights");
+        weights_read(&g.m, c->generate.weights, es.full);
+        es.bs = (int)c->generate.kv_block;
+        es.max_blocks = (g.m.s.maxT + es.bs - 1) / es.bs;
+        es.Nmax = (int)c->generate.token_budget;
+    } else {
+        engine_open(&g.e, &g.m, &es, d, &g.comm, local_rank);
     }
+    g.full = es.full;
+    g.max_blocks = es.max_blocks;
+    const int Nmax = es.Nmax, bs = es.bs;
     sampler_create(&g.smp, g.m.s.V);
-    int bs = (int)c->generate.kv_block;
-    g.max_blocks = (g.m.s.maxT + bs - 1) / bs;
-    int Nmax = (int)c->generate.token_budget;
-    if (streamed && Nmax < c->generate.max_batch) Nmax = (int)c->generate.max_batch;   // a pass reads every layer: decode all at once
-    int Smax = c->generate.max_batch < Nmax ? (int)c->generate.max_batch : Nmax;   // a pass samples at most its rows
-    DeviceInfo dev;
-    memset(&dev, 0, sizeof dev);
-    if (!c->generate.naive) {
-        // The cuda backend where the deck asks for it (or auto finds a device) at tp = 1; naive stays on cpu.
-        char err[2048];
-        if (device_select(d, g.comm.size == 1, &dev, err, sizeof err) != 0) FATAL_ALL(NULL, "%s", err);
-        size_t arena = engine_arena_bytes(&g.m, g.comm.size, (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
-        if (streamed)   // the device holds the window's layers, not all of them
-            arena = stream_arena_bytes(&g.m, g.comm.size, (int)c->generate.window, c->generate.weights_dtype, arena);
-        const Backend *bk = device_start(&dev, local_rank, arena);
-        if (streamed)   // dense models at tp = the job's ranks (main.c refuses MoE and ep > 1 with streaming)
-            engine_create_streamed(&g.e, &g.m, stream_open(d, &g.m, bk, &g.comm), &c->model, bk, &g.comm,
-                                   (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
-        else
-            engine_create_ep(&g.e, &g.m, g.full, &c->model, bk, &g.comm, (int)c->parallel.tp, (int)c->parallel.ep,
-                             c->generate.weights_dtype, (int)c->generate.kv_blocks, bs, Nmax, Smax, g.max_blocks);
-    }
     char out[DECK_STR + 16], *mirror = g.mirror_path;
     derive_path(out, sizeof out, c->generate.out, c->run.out_dir, "gen.h5");
     derive_path(mirror, sizeof g.mirror_path, c->generate.jsonl, c->run.out_dir, "gen.jsonl");
@@ -709,7 +696,7 @@ int generate_run(const Deck *d) {
     free(g.reqs);
     if (!c->generate.naive) {
         engine_free(&g.e);
-        device_stop(&dev);
+        device_stop(&es.dev);
     }
     sampler_free(&g.smp);
     tokenizer_free(&g.tk);

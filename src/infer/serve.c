@@ -909,21 +909,12 @@ int serve_run(const Deck *d) {
     if (c->generate.naive) FATAL_ALL("set [generate] naive = false", "serve: naive generation is a test reference, not served");
     if (tokenizer_open(&s->tk, c->data.tokenizer, c->data.tokenizer_dir, why, sizeof why) != 0)
         FATAL_ALL("run `make deps`, or set [data] tokenizer_dir", "serve: %s", why);
-    model_create(&s->m, &c->model, 1, 1, backend_cpu());
-    s->full = xmalloc(s->m.nparams * sizeof(float), "weights");
-    weights_read(&s->m, c->generate.weights, s->full);
+    EngineSetup es;
+    engine_open(&s->e, &s->m, &es, d, &s->comm, local_rank);   // the same engine as generate's (tp x ep, streaming)
+    s->full = es.full;
+    s->max_blocks = es.max_blocks;
+    const int bs = es.bs, Nmax = es.Nmax;
     sampler_create(&s->smp, s->m.s.V);
-    int bs = (int)c->generate.kv_block, Nmax = (int)c->generate.token_budget;
-    s->max_blocks = (s->m.s.maxT + bs - 1) / bs;
-    int Smax = c->generate.max_batch < Nmax ? (int)c->generate.max_batch : Nmax;
-    DeviceInfo dev;
-    memset(&dev, 0, sizeof dev);
-    char err[2048];
-    if (device_select(d, s->comm.size == 1, &dev, err, sizeof err) != 0) FATAL_ALL(NULL, "%s", err);
-    const Backend *bk = device_start(&dev, local_rank, engine_arena_bytes(&s->m, s->comm.size, (int)c->generate.kv_blocks, bs,
-                                                                          Nmax, Smax, s->max_blocks));
-    engine_create(&s->e, &s->m, s->full, &c->model, bk, &s->comm, c->generate.weights_dtype, (int)c->generate.kv_blocks,
-                  bs, Nmax, Smax, s->max_blocks);
     if (s->comm.rank == 0) {
         static const char *modes[] = {"splitfuse", "static", "continuous"};
         snprintf(s->log_path, sizeof s->log_path, "%s", c->serve.log);
@@ -964,7 +955,7 @@ int serve_run(const Deck *d) {
         sched_follow(&s->comm, &s->e, s->max_blocks);
     }
     engine_free(&s->e);
-    device_stop(&dev);
+    device_stop(&es.dev);
     sampler_free(&s->smp);
     tokenizer_free(&s->tk);
     free(s->full);
@@ -993,16 +984,11 @@ int serve_main(int argc, char **argv, int rank, int size) {
     char err[4096], where[600];
     int rc = deck_load(d, path, nsets, sets, size, err, sizeof err);
     free(sets);
-    if (rc == 0 && (!d->cfg.generate.weights[0] || access(d->cfg.generate.weights, R_OK) != 0)) {
-        snprintf(err, sizeof err, "error: %s: [generate] weights = \"%s\": no such readable file\n"
-                 "  hint: train first, or point [generate] weights at a weights file or checkpoint",
-                 deck_where(d, "generate.weights", where, sizeof where), d->cfg.generate.weights);
+    if (rc == 0 && d->cfg.generate.naive) {
+        snprintf(err, sizeof err, "error: %s: serve: naive generation is a test reference, not served\n"
+                 "  hint: set [generate] naive = false", deck_where(d, "generate.naive", where, sizeof where));
         rc = 2;
-    } else if (rc == 0 && d->cfg.parallel.tp != size) {
-        snprintf(err, sizeof err, "error: %s: serve runs tensor-parallel over all %d ranks, but [parallel] tp = %lld\n"
-                 "  hint: set [parallel] tp = %d, or launch with -np %lld",
-                 deck_where(d, "parallel.tp", where, sizeof where), size, (long long)d->cfg.parallel.tp, size,
-                 (long long)d->cfg.parallel.tp);
+    } else if (rc == 0 && engine_check_deck(d, size, err, sizeof err) != 0) {   // generate's checks: one engine
         rc = 2;
     }
     if (rc != 0) {
