@@ -11,7 +11,12 @@
 - a client that disconnects mid-stream frees its KV blocks (seen in /metrics) and is logged;
 - SIGTERM: the running stream finishes, the process exits 0, the served log holds the requests;
 - lazy KV blocks (preempting in a small pool, seen in /metrics) give the outputs of reservation;
-- a tp = 2 server gives the tokens of tp = 1.
+- a tp = 2 server gives the tokens of tp = 1;
+- an MoE model (top-2 over 4 experts) served at np = 2 with ep = 2 gives generate's greedy tokens and
+  the ep = 1 server's, for requests batched together;
+- ZeRO-Inference: a server streaming its layers from a stage file (weights_from = nvme, window = 2)
+  gives the resident server's completions (greedy and sampled) and generate's tokens;
+- a deck whose tp x ep is not the ranks is refused by serve with exit 2, naming [parallel].
 """
 import atexit
 import http.client
@@ -24,8 +29,12 @@ import subprocess
 import threading
 import time
 
-from common import MPIEXEC, PARTITA, ROOT, check, finish, run, tmpdir
+import h5py
+import numpy as np
+
+from common import MPIEXEC, PARTITA, ROOT, check, finish, run, tmpdir, write_deck
 from gen_weights import BPE_SETS, bpe_weights, have_bpe, tiny_weights
+from moe_torch import MoeCfg, init_weights
 
 d = tmpdir("serve")
 weights = tiny_weights()   # trained once per build, shared with test_generate.py
@@ -44,11 +53,11 @@ bpe_reqs = [{"id": "u1", "prompt": "Free software \u2014 \u00ablibre\u00bb, caf\
              "top_p": 0.9, "seed": 9}]
 
 
-def generate(name, requests, *sets):
+def generate(name, requests, *sets, deck_path=deck, np_=1):
     with open(f"{d}/{name}.jsonl", "w") as f:
         for r in requests:
             f.write(json.dumps(r) + "\n")
-    run(["generate", deck, "--set", f"run.out_dir={d}/{name}", "--set", f"generate.requests={d}/{name}.jsonl"] + list(sets), np=1)
+    run(["generate", deck_path, "--set", f"run.out_dir={d}/{name}", "--set", f"generate.requests={d}/{name}.jsonl"] + list(sets), np=np_)
     return {l["id"]: l for l in map(json.loads, open(f"{d}/{name}/gen.jsonl"))}
 
 
@@ -62,10 +71,10 @@ def free_port():
 
 class Server:
     """A server started in the background; wait() until it listens (servers start side by side)."""
-    def __init__(self, name, np_=1, sets=(), weights_sets=base):
+    def __init__(self, name, np_=1, sets=(), weights_sets=base, deck_path=deck, tp=None):
         self.port = free_port()
-        args = ["serve", deck, "--set", f"run.out_dir={d}/{name}", "--set", f"serve.port={self.port}",
-                "--set", f"parallel.tp={np_}"] + list(weights_sets)
+        args = ["serve", deck_path, "--set", f"run.out_dir={d}/{name}", "--set", f"serve.port={self.port}",
+                "--set", f"parallel.tp={np_ if tp is None else tp}"] + list(weights_sets)
         for s in sets:
             args += ["--set", s]
         cmd = ([MPIEXEC, "-np", str(np_)] if np_ > 1 else []) + [PARTITA] + args
@@ -162,9 +171,11 @@ check(s.pid is not None, "the server starts and prints its address and pid", f"p
 
 # Completions, not streamed and streamed, equal generate's outputs.
 same = 0
+resident = {}   # the resident server's completions, for the streamed server below
 for r in reqs:
     st, out = s.call("POST", "/v1/completions", api_body(r))
     o = json.loads(out)
+    resident[r["id"]] = (st, o["choices"][0]["text"], o["usage"]["completion_tokens"])
     w = want[r["id"]]
     ok = st == 200 and o["choices"][0]["text"] == w["text"] and o["usage"]["completion_tokens"] == len(w["tokens"]) \
         and o["usage"]["prompt_tokens"] == len(w["prompt_tokens"]) and o["object"] == "text_completion"
@@ -399,4 +410,120 @@ for r in reqs:
     same += st == 200 and json.loads(out)["choices"][0]["text"] == want[r["id"]]["text"]
 rc, _ = s2.stop()
 check(same == len(reqs) and rc == 0, "a tp = 2 server gives generate's outputs and stops on SIGTERM", f"{same} of {len(reqs)}")
+
+# An MoE model (top-2 over 4 experts on layers 1 and 3, random weights as tests/test_moe_infer.py's) served
+# with experts split over 2 ranks (ep = 2) and on one rank; ZeRO-Inference: the tiny model streamed from
+# a stage file through a window of 2 layers. Servers start together; generate gives the references.
+MOE_CFG = MoeCfg(layers=4, heads=4, vocab=257, experts=4, top_k=2, eval_capacity_factor=0.5, min_capacity=1)
+
+
+def moe_weights(path):
+    """A Partita weights file of moe_torch.init_weights (std 0.3: varied greedy tokens)."""
+    w = init_weights(MOE_CFG, 32, 32, vocab_pad=320, seed=1, std=0.3)
+    with h5py.File(path, "w") as f:
+        for k, v in (("vocab_size", 257), ("padded_vocab_size", 320), ("n_layer", 4), ("n_embd", 32), ("n_head", 4),
+                     ("n_positions", 32), ("mlp_hidden", 128), ("step", 0)):
+            f.attrs[k] = np.int64(v)
+        g = f.create_group("params")
+        for name, a in w.items():
+            g.create_dataset(name, data=np.asarray(a, dtype=np.float32))
+    return path
+
+
+moe_deck = write_deck(f"{d}/moe.deck", f"""[run]
+name = moe-tiny
+[model]
+vocab = 257
+vocab_pad = 64
+layers = 4
+d_model = 32
+heads = 4
+seq_len = 32
+[moe]
+experts = 4
+top_k = 2
+eval_capacity_factor = 0.5
+min_capacity = 1
+[generate]
+weights = {moe_weights(f"{d}/moe.h5")}
+token_budget = 8
+kv_block = 4
+kv_blocks = 64
+max_batch = 4
+""")
+# greedy; the first prompt is longer than the token budget (chunked beside the others' decodes)
+moe_reqs = [{"id": "m0", "prompt": "The GNU General Public", "max_tokens": 8},
+            {"id": "m1", "prompt": "Free", "max_tokens": 10},
+            {"id": "m2", "prompt": "Permission is", "max_tokens": 7},
+            {"id": "m3", "prompt": "a", "max_tokens": 9}]
+stage_path = f"{d}/tiny.stage"
+run(["stage", deck, "--out", stage_path, "--from", weights])
+moe_srv = {ep: Server(f"moe-ep{ep}", np_=ep, tp=1, sets=[f"parallel.ep={ep}"], weights_sets=(), deck_path=moe_deck)
+           for ep in (1, 2)}
+nvme = Server("nvme", sets=["generate.kv_blocks=64", "generate.weights_from=nvme", f"generate.stage={stage_path}",
+                            "generate.window=2"])
+want_moe = generate("gen-moe", moe_reqs, deck_path=moe_deck)
+
+
+def served_tokens(srv, requests, model):
+    """Sends the requests at once (batched in the server's passes); returns id -> (status, text, tokens) after
+    SIGTERM (the tokens from the served log, by completion id) and the exit status."""
+    res = {}
+
+    def one(r):
+        res[r["id"]] = srv.call("POST", "/v1/completions", api_body(r, model=model))
+
+    ths = [threading.Thread(target=one, args=(r,)) for r in requests]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    rc, srv.out = srv.stop()
+    logged = {l["id"]: l.get("tokens") for l in map(json.loads, open(srv.served))}
+    outs = {}
+    for k, (st, body) in res.items():
+        o = json.loads(body) if st == 200 else {}
+        outs[k] = (st, o.get("choices", [{}])[0].get("text"), logged.get(o.get("id")))
+    return outs, rc
+
+
+got_moe = {}
+for ep, srv in moe_srv.items():
+    srv.wait()
+    srv.log.seek(0)
+    check(srv.pid is not None and f"tp = 1 x ep = {ep}," in srv.log.read(), f"the MoE server at np = {ep} starts and says "
+          f"tp = 1 x ep = {ep}", f"port {srv.port}")
+    got_moe[ep], rc = served_tokens(srv, moe_reqs, "moe-tiny")
+    same = sum(got_moe[ep][r["id"]] == (200, want_moe[r["id"]]["text"], want_moe[r["id"]]["tokens"]) for r in moe_reqs)
+    check(same == len(moe_reqs) and rc == 0, f"MoE (top-2 of 4 experts) served at ep = {ep}: greedy completions equal "
+          f"generate's text and tokens, the server stops on SIGTERM",
+          f"{same} of {len(moe_reqs)}; m0 {got_moe[ep]['m0'][2]} vs {want_moe['m0']['tokens']}; exit {rc}")
+check(all(len(want_moe[r["id"]]["tokens"]) == r["max_tokens"] for r in moe_reqs)
+      and len({t for r in moe_reqs for t in want_moe[r["id"]]["tokens"]}) > 3, "the MoE reference made varied tokens, "
+      "max_tokens per request")
+check(got_moe[1] == got_moe[2], "the ep = 2 server gives the ep = 1 server's completions",
+      f"{sum(got_moe[1][k] == got_moe[2][k] for k in got_moe[1])} of {len(moe_reqs)}")
+
+# ZeRO-Inference: the streamed server's completions (greedy and seeded sampling) equal the resident
+# server's (the first server above), and its tokens generate's.
+nvme.wait()
+check(nvme.pid is not None, "the server streaming from nvme (window = 2) starts", f"port {nvme.port}")
+got_nvme, rc = served_tokens(nvme, reqs, "gpt-tiny-gen")
+same = sum(got_nvme[r["id"]][:2] == resident[r["id"]][:2] and got_nvme[r["id"]][2] == want[r["id"]]["tokens"]
+           and resident[r["id"]][2] == len(want[r["id"]]["tokens"]) for r in reqs)
+m = re.search(r"streamed weights: ([0-9.]+) MiB read per pass, (\d+) passes, ([0-9.]+) MiB read in all \(window 2\)", nvme.out)
+check("tiny.stage streamed from nvme (window 2)" in nvme.out and m and float(m.group(1)) > 0 and int(m.group(2)) > 0
+      and float(m.group(3)) >= float(m.group(1)), "the nvme server says it streams its layers, and read them",
+      m.group(0) if m else nvme.out[-300:])
+check(same == len(reqs) and rc == 0, "weights_from = nvme (a stage file, window = 2): the streamed server's completions "
+      "(greedy and sampled) equal the resident server's, its tokens generate's", f"{same} of {len(reqs)}; exit {rc}")
+
+# tp x ep must be the ranks: serve refuses the deck at once (exit 2, naming [parallel]), as generate does.
+t0 = time.time()
+p = run(["serve", moe_deck, "--set", "parallel.tp=2", "--set", "parallel.ep=2", "--set", f"run.out_dir={d}/bad-ep"],
+        np=2, check_rc=False, timeout=60)
+err = p.stderr.strip().splitlines()
+check(p.returncode == 2 and "[parallel] tp x ep = 2 x 2 = 4" in p.stderr and "hint:" in p.stderr
+      and time.time() - t0 < 30, "serve with tp x ep = 4 on 2 ranks is refused with exit 2, naming [parallel]",
+      f"exit {p.returncode} after {time.time() - t0:.1f} s: {err[0] if err else '(no message)'}")
 finish()

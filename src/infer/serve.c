@@ -19,6 +19,7 @@
 #include "request.h"
 #include "sampler.h"
 #include "scheduler.h"
+#include "stream.h"
 #include "sysutil.h"
 #include "tokenizer.h"
 #include "weights.h"
@@ -882,6 +883,12 @@ static void summary(Server *s, double span) {
     LatStat t = latency_stat(s->ring_ttft, m), e = latency_stat(s->ring_e2e, m), g = latency_stat(s->ring_itl, k);
     log_info("serve: %ld requests finished, %ld output tokens in %.1f s (%.1f tokens/s); %ld passes, %ld preemptions\n",
              s->done_count, s->gen_tokens, span, span > 0 ? s->gen_tokens / span : 0.0, s->sch.passes, s->sch.preemptions);
+    if (s->e.stream) {   // ZeRO-Inference: what rank 0 read
+        StreamStats st;
+        stream_stats(s->e.stream, &st);
+        log_info("serve: streamed weights: %.2f MiB read per pass, %llu passes, %.2f MiB read in all (window %d)\n",
+                 (double)st.bytes_per_pass / 1048576.0, (unsigned long long)st.passes, (double)st.bytes_read / 1048576.0, st.window);
+    }
     if (m > 0) {
         log_info("  %-22s %10s %10s %10s %10s %10s\n", "seconds (last requests)", "mean", "p50", "p90", "p95", "p99");
         log_info("  %-22s %10.4f %10.4f %10.4f %10.4f %10.4f\n", "ttft", t.mean, t.p50, t.p90, t.p95, t.p99);
@@ -934,8 +941,14 @@ int serve_run(const Deck *d) {
         s->sch.o.t0 = s->t0;
         s->d = start_http(s);
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
-        log_info("serve: %s as '%s', tp = %d, %s backend, mode %s, token budget %d, KV %lld blocks of %d (%s), max_batch %lld, max_queue %lld\n",
-                 c->generate.weights, s->model_name, s->comm.size, s->e.bk->name, modes[c->generate.mode], Nmax,
+        char src[DECK_STR + 64];
+        if (s->e.stream)
+            snprintf(src, sizeof src, "%s streamed from %s (window %lld)", c->generate.stage,
+                     c->generate.weights_from == GEN_FROM_NVME ? "nvme" : "host", (long long)c->generate.window);
+        else
+            snprintf(src, sizeof src, "%s", c->generate.weights);
+        log_info("serve: %s as '%s', tp = %lld x ep = %lld, %s backend, mode %s, token budget %d, KV %lld blocks of %d (%s), max_batch %lld, max_queue %lld\n",
+                 src, s->model_name, (long long)c->parallel.tp, (long long)c->parallel.ep, s->e.bk->name, modes[c->generate.mode], Nmax,
                  (long long)c->generate.kv_blocks, bs, c->generate.kv_alloc == GEN_KV_RESERVE ? "reserved" : "lazy",
                  (long long)c->generate.max_batch, (long long)c->serve.max_queue);
         log_info("serve: listening on http://%s:%u (pid %ld); SIGTERM drains and stops\n", c->serve.host,
