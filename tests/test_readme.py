@@ -11,6 +11,8 @@ and each must exit 0; the ```python blocks run with /usr/bin/python3. Output blo
 What the test changes, and why (everything else runs exactly as written):
 - A block preceded by `<!-- readme-test: skip: REASON -->` is skipped (the GPU
   commands: tests/gpu/check.sh runs them where there is a GPU).
+- A block preceded by `<!-- readme-test: whole -->` runs as one bash script rather
+  than line by line (the serve block: a server started with `&`, queried, stopped).
 - `make deps` is left out of `make deps all demo` (it installs Debian packages and
   fetches data/gpt2 and data/gcide; the suite runs where they are installed): the
   copy gets data/gpt2 from this checkout's data/ and a 2 MB head of
@@ -46,6 +48,8 @@ def blocks(text):
         lang, start, body = m.group(1), i + 1, []
         prev = lines[i - 1].strip() if i > 0 else ""
         skip = re.match(r"<!--\s*readme-test:\s*skip:?\s*(.*?)\s*-->", prev)
+        if re.match(r"<!--\s*readme-test:\s*whole\s*-->", prev):
+            lang = "sh-whole"
         i += 1
         while i < len(lines) and not lines[i].startswith("```"):
             body.append(lines[i])
@@ -137,7 +141,7 @@ def main():
     env.pop("PARTITA", None)
     total, ran = time.time(), 0
     for first, lang, body, skip in blocks(readme):
-        if lang not in ("sh", "python"):
+        if lang not in ("sh", "sh-whole", "python"):
             continue
         if skip:
             print(f"skip README.md:{first}: block ({skip})")
@@ -150,6 +154,16 @@ def main():
             p = subprocess.run([PY, script], cwd=work, env=env, capture_output=True, text=True, timeout=300)
             check(p.returncode == 0, f"README.md:{first}: python block", f"{time.time() - t0:.1f} s; "
                   + (p.stderr.strip().splitlines() or [""])[-1][-200:])
+            ran += 1
+            continue
+        if lang == "sh-whole":
+            t0 = time.time()
+            p = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", "\n".join(body)], cwd=work, env=env,
+                               capture_output=True, text=True, timeout=300)
+            detail = f"{time.time() - t0:.1f} s"
+            if p.returncode != 0:
+                detail += f"; rc {p.returncode}: " + " | ".join((p.stderr.strip() or p.stdout.strip()).splitlines()[-4:])[-400:]
+            check(p.returncode == 0, f"README.md:{first}: block run whole", detail)
             ran += 1
             continue
         for line, cmd in commands(first, body):

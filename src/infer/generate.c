@@ -395,13 +395,7 @@ static void on_done(void *ctx, Seq *s, int reason, double now) {
 }
 
 static void start_request(Gen *g, Req *r) {
-    request_buffers(&r->q, &g->tk, 1);
-    Seq *s = &r->q.seq;
-    s->prompt = r->q.prompt;
-    s->plen = r->q.plen;
-    s->max_tokens = r->q.max_tokens;
-    s->sp = r->q.sp;
-    s->user = r;
+    request_start(&r->q, &g->tk, r);
     r->state = R_RUNNING;
 }
 

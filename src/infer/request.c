@@ -409,3 +409,14 @@ int request_meets_sla(double arrival, double first, const double *tok_time, int 
     }
     return 1;
 }
+
+Seq *request_start(Request *r, const Tokenizer *tk, void *user) {
+    request_buffers(r, tk, 1);
+    Seq *s = &r->seq;
+    s->prompt = r->prompt;
+    s->plen = r->plen;
+    s->max_tokens = r->max_tokens;
+    s->sp = r->sp;
+    s->user = user;
+    return s;
+}

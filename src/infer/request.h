@@ -62,6 +62,9 @@ typedef struct Request {
 int request_parse(Request *r, const json_t *o, const ReqDefaults *d, int api, const char **param, char *why, size_t n);
 // Output buffers for max_tokens (no allocation per token); times: tok_time too.
 void request_buffers(Request *r, const Tokenizer *tk, int times);
+// request_buffers, then r's scheduler sequence pointed at its prompt and limits,
+// with user as the callbacks' handle: ready for sched_submit.
+Seq *request_start(Request *r, const Tokenizer *tk, void *user);
 // r->seq's newest token, sampled at now: decoded, stop strings checked.
 // Returns 1 when a stop string ended the output.
 int request_token(Request *r, const Tokenizer *tk, double now);

@@ -479,13 +479,7 @@ static enum MHD_Result completions(Server *s, struct MHD_Connection *c, Conn *cn
         if (setsockopt(r->fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof sb) != 0)
             log_warn("serve: setsockopt(SO_SNDBUF, %d): %s; the kernel's default stays", sb, strerror(errno));
     }
-    request_buffers(&r->q, &s->tk, 1);
-    Seq *q = &r->q.seq;
-    q->prompt = r->q.prompt;
-    q->plen = r->q.plen;
-    q->max_tokens = r->q.max_tokens;
-    q->sp = r->q.sp;
-    q->user = r;
+    request_start(&r->q, &s->tk, r);
     pthread_mutex_lock(&s->mu);
     int full = s->ninbox + s->nwaiting >= s->cfg->serve.max_queue + (s->cfg->generate.max_batch - s->nrunning);
     int draining = s->draining;
