@@ -59,7 +59,7 @@ COMMON="--set optimizer.warmup=0 --set train.save_weights=false --set train.seq_
 
 if [ "$ONLY" = all ] || [ "$ONLY" = train ]; then
   echo "== 1. training throughput: 124M GPT-2 shape, B=4, T=256, fp32, 1 rank x $THREADS threads, $STEPS steps"
-  $MPIEXEC -np 1 build/partita train $DECK $COMMON --set train.steps=$STEPS --set run.out_dir=$out/124m \
+  $MPIEXEC -np 1 build/partita train $DECK --set run.overwrite=true $COMMON --set train.steps=$STEPS --set run.out_dir=$out/124m \
     --set run.threads=$THREADS --set train.micro_batch=4 > $out/124m.log
   grep -E '^step|sgemm' $out/124m.log | sed 's/^/  /'
   $PYTHON bench/torch_gpt.py 12 768 12 50304 256 4 $THREADS $STEPS > $out/torch.log
@@ -70,7 +70,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = zero ]; then
   echo "== 2. ZeRO stages at np=2 (1 thread per rank), 124M, B=2 per rank, T=256, $STEPS steps; overlap on and off"
   for st in 0 1 2 3; do
     for ov in true false; do
-      $MPIEXEC -np 2 build/partita train $DECK $COMMON --set train.steps=$STEPS --set run.out_dir=$out/zero-$st-$ov \
+      $MPIEXEC -np 2 build/partita train $DECK --set run.overwrite=true $COMMON --set train.steps=$STEPS --set run.out_dir=$out/zero-$st-$ov \
         --set zero.stage=$st --set zero.overlap=$ov --set train.micro_batch=2 --set train.batch=4 > $out/zero-$st-$ov.log
     done
   done
@@ -81,9 +81,9 @@ if [ "$ONLY" = all ] || [ "$ONLY" = ckpt ]; then
   echo "== 3. checkpoint bandwidth, 124M (parameters + AdamW moments, fp32), ZeRO-1"
   for np in 1 2 4; do
     rm -rf $out/ckpt-$np
-    $MPIEXEC -np $np build/partita train $DECK $COMMON --set train.steps=1 --set train.micro_batch=1 \
+    $MPIEXEC -np $np build/partita train $DECK --set run.overwrite=true $COMMON --set train.steps=1 --set train.micro_batch=1 \
       --set train.batch=$np --set zero.stage=1 --set run.out_dir=$out/ckpt-$np --set checkpoint.interval=1 > $out/ckpt-$np-w.log
-    $MPIEXEC -np $np build/partita train $DECK $COMMON --set train.steps=2 --set train.stop_at=1 --set train.micro_batch=1 \
+    $MPIEXEC -np $np build/partita train $DECK --set run.overwrite=true $COMMON --set train.steps=2 --set train.stop_at=1 --set train.micro_batch=1 \
       --set train.batch=$np --set zero.stage=1 --set run.out_dir=$out/ckpt-$np \
       --set checkpoint.resume=$out/ckpt-$np/ckpt/step-000001.h5 > $out/ckpt-$np-r.log || true
   done
@@ -102,7 +102,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = ckpt ]; then
     rm -rf $out/ackpt-$mode
     iv=1; [ $mode = none ] && iv=0
     as=false; [ $mode = async ] && as=true
-    $MPIEXEC -np 2 build/partita train $DECK $COMMON --set train.steps=$STEPS --set train.micro_batch=1 --set train.batch=2 \
+    $MPIEXEC -np 2 build/partita train $DECK --set run.overwrite=true $COMMON --set train.steps=$STEPS --set train.micro_batch=1 --set train.batch=2 \
       --set zero.stage=1 --set run.out_dir=$out/ackpt-$mode --set checkpoint.interval=$iv --set checkpoint.async=$as \
       --set checkpoint.keep=1 > $out/ackpt-$mode.log
   done
@@ -116,14 +116,14 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
   make -s build/comm_alone
   OV="$COMMON --set train.steps=$STEPS --set train.micro_batch=2"
   for st in 0 1 2 3; do
-    $MPIEXEC -np 2 build/partita train $DECK $OV --set train.batch=4 --set run.out_dir=$out/ov-$st-on \
+    $MPIEXEC -np 2 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=4 --set run.out_dir=$out/ov-$st-on \
       --set zero.stage=$st --set comm.progress=$PROG > $out/ov-$st-on.log
-    $MPIEXEC -np 2 build/partita train $DECK $OV --set train.batch=4 --set run.out_dir=$out/ov-$st-off \
+    $MPIEXEC -np 2 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=4 --set run.out_dir=$out/ov-$st-off \
       --set zero.stage=$st --set zero.overlap=false > $out/ov-$st-off.log
   done
   # compute alone: two independent 1-rank jobs at once (each the per-rank work of np=2, on its own core)
   for j in a b; do
-    $MPIEXEC -np 1 build/partita train $DECK $OV --set train.batch=2 --set run.out_dir=$out/ov-alone-$j \
+    $MPIEXEC -np 1 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=2 --set run.out_dir=$out/ov-alone-$j \
       --set run.threads=1 > $out/ov-alone-$j.log &
   done
   wait
@@ -138,7 +138,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = gen ]; then
   echo "== 4. generation, 124M GPT-2 shape (random weights), 1 rank x $THREADS threads"
   g=$out/gen
   mkdir -p $g
-  [ -f $g/w/init.h5 ] || $MPIEXEC -np 1 build/partita train $DECK --set train.steps=1 --set optimizer.warmup=0 --set run.out_dir=$g/w \
+  [ -f $g/w/init.h5 ] || $MPIEXEC -np 1 build/partita train $DECK --set run.overwrite=true --set train.steps=1 --set optimizer.warmup=0 --set run.out_dir=$g/w \
     --set train.seq_len=64 --set train.micro_batch=1 --set train.eval_batches=1 --set checkpoint.resume=none > $g/w.log
   $PYTHON bench/gen_requests.py $g
   GEN="--set generate.weights=$g/w/init.h5 --set run.threads=$THREADS --set generate.kv_blocks=1024 --set generate.kv_block=16"
@@ -170,7 +170,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = serve ]; then
   export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
   echo "== 6. serving, 124M GPT-2 shape (random weights), 1 rank x $THREADS threads: Poisson load, prompts ~$PM, outputs ~$OM, $NREQ requests or $DUR s per point"
   echo "  load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores; OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
-  [ -f $out/gen/w/init.h5 ] || $MPIEXEC -np 1 build/partita train $DECK --set train.steps=1 --set optimizer.warmup=0 --set run.out_dir=$out/gen/w \
+  [ -f $out/gen/w/init.h5 ] || $MPIEXEC -np 1 build/partita train $DECK --set run.overwrite=true --set train.steps=1 --set optimizer.warmup=0 --set run.out_dir=$out/gen/w \
     --set train.seq_len=64 --set train.micro_batch=1 --set train.eval_batches=1 --set checkpoint.resume=none > $sv/w.log
   SV="--set generate.weights=$out/gen/w/init.h5 --set run.threads=$THREADS --set generate.kv_blocks=512 --set generate.kv_block=16
       --set generate.token_budget=${BENCH_SERVE_BUDGET:-128} --set generate.max_batch=16 --set serve.max_queue=256 --set serve.client_timeout_s=120"
@@ -207,7 +207,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = sp ]; then
       --set run.threads=1 --set checkpoint.interval=0 --set checkpoint.resume=none --set data.train=data/licenses.h5"
   for ts in 2048:1 4096:2 8192:4; do
     T=${ts%:*}; n=${ts#*:}
-    $MPIEXEC -np $n build/partita train inputs/gpt-tiny.deck $SP --set model.seq_len=$T --set parallel.sp=$n \
+    $MPIEXEC -np $n build/partita train inputs/gpt-tiny.deck --set run.overwrite=true $SP --set model.seq_len=$T --set parallel.sp=$n \
       --set run.out_dir=$out/sp/weak-$T-$n > $out/sp-weak-$T-$n.log
   done
   # Peak RSS per rank with recompute: the long-seq model (L=4 C=256 NH=4, activations
@@ -218,12 +218,12 @@ if [ "$ONLY" = all ] || [ "$ONLY" = sp ]; then
   for st in 0 3; do
     for ts in 4096:1 16384:4; do
       T=${ts%:*}; n=${ts#*:}
-      $MPIEXEC -np $n build/partita train inputs/long-seq.deck $SP --set train.steps=1 --set model.seq_len=$T \
+      $MPIEXEC -np $n build/partita train inputs/long-seq.deck --set run.overwrite=true $SP --set train.steps=1 --set model.seq_len=$T \
         --set parallel.sp=$n --set zero.stage=$st --set train.recompute=layer \
         --set run.out_dir=$out/sp/rss-$T-$n-z$st > $out/sp-rss-$T-$n-z$st.log
     done
   done
-  $MPIEXEC -np 4 build/partita train inputs/long-seq.deck --set data.train=data/licenses.h5 --set train.steps=2 \
+  $MPIEXEC -np 4 build/partita train inputs/long-seq.deck --set run.overwrite=true --set data.train=data/licenses.h5 --set train.steps=2 \
     --set checkpoint.interval=0 --set checkpoint.resume=none --set run.out_dir=$out/sp/long-seq > $out/sp-long-seq.log
   $PYTHON bench/report.py sp $out/sp
   # 20 GiB per rank at the deck's ZeRO-3: sp=1 on one rank, sp=1 x dp=4 (the same ranks
@@ -249,7 +249,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = offload ]; then
   echo "   124M deck, 1 rank x $THREADS threads, B=1, T=256, $STEPS steps: optimizer in memory vs on NVMe"
   for mode in none:true nvme:true nvme:false; do
     o=${mode%:*}; pf=${mode#*:}
-    $MPIEXEC -np 1 build/partita train $DECK $COMMON --set train.steps=$STEPS --set train.micro_batch=1 \
+    $MPIEXEC -np 1 build/partita train $DECK --set run.overwrite=true $COMMON --set train.steps=$STEPS --set train.micro_batch=1 \
       --set run.threads=$THREADS --set run.out_dir=$out/off-$o-$pf --set offload.optimizer=$o --set offload.prefetch=$pf \
       --set offload.nvme_dir=$NVME_DIR > $out/off-$o-$pf.log
     $PYTHON - "$out/off-$o-$pf/run.h5" "optimizer=$o prefetch=$pf" <<'PY'
@@ -267,7 +267,7 @@ if [ "$ONLY" = infinity ]; then
   mkdir -p "$NVME_DIR"
   echo "== 7. beyond RAM: ~2B-parameter GPT, np=1, ZeRO-3, params + optimizer + gradients on NVMe ($NVME_DIR), B=1, T=64, ${BENCH_INF_STEPS:-2} steps"
   echo "  disk before: $(df -h --output=avail "$NVME_DIR" | tail -1) free; memory: $(free -g | awk '/Mem:/ {print $2 " GiB, " $7 " GiB available"}'); load $(cut -d' ' -f1-3 /proc/loadavg)"
-  $MPIEXEC -np 1 build/partita train $DECK $COMMON --set train.seq_len=64 --set model.layers=24 --set model.d_model=2560 \
+  $MPIEXEC -np 1 build/partita train $DECK --set run.overwrite=true $COMMON --set train.seq_len=64 --set model.layers=24 --set model.d_model=2560 \
     --set model.heads=20 --set train.steps=${BENCH_INF_STEPS:-2} --set train.micro_batch=1 --set run.threads=$THREADS \
     --set zero.stage=3 --set offload.optimizer=nvme --set offload.params=nvme --set offload.nvme_dir=$NVME_DIR \
     --set offload.subgroup_mb=64 --set run.peak_gflops=1 --set train.eval_interval=0 --set run.out_dir=$out/infinity \
@@ -297,10 +297,10 @@ if [ "$ONLY" = moe ]; then
           --set data.train=data/licenses.h5"
   for name in moe-dense moe-8 moe-pr moe-dense-wide; do
     build/partita estimate inputs/$name.deck --ranks 2 $MOESET > $M/$name.est
-    $MPIEXEC -np 2 build/partita train inputs/$name.deck $MOESET --set run.out_dir=$M/$name > $M/$name.log
+    $MPIEXEC -np 2 build/partita train inputs/$name.deck --set run.overwrite=true $MOESET --set run.out_dir=$M/$name > $M/$name.log
   done
   rm -rf $M/moe-8-ep2
-  $MPIEXEC -np 2 build/partita train inputs/moe-8.deck $MOESET --set parallel.ep=2 --set run.out_dir=$M/moe-8-ep2 \
+  $MPIEXEC -np 2 build/partita train inputs/moe-8.deck --set run.overwrite=true $MOESET --set parallel.ep=2 --set run.out_dir=$M/moe-8-ep2 \
     > $M/moe-8-ep2.log 2>&1 || echo "  MoE-8 at ep=2 did not train: $(grep -m1 error: $M/moe-8-ep2.log)"
   $PYTHON bench/report.py moe $M
 fi
