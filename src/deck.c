@@ -294,7 +294,7 @@ static const KeyDef keys[] = {
      "test only: instead of skipping it, the faulty rank stalls this long first (a stuck rank)"},
     {"comm", "device_path", T_ENUM, OFF(comm.device_path), "auto", ANY, devpath_names,
      "cuda: nccl, or staged (device -> host -> MPI -> device, lets ranks share a GPU); auto = nccl unless ranks share a GPU"},
-    {"comm", "progress", T_ENUM, OFF(comm.progress), "thread", ANY, progress_names,
+    {"comm", "progress", T_ENUM, OFF(comm.progress), "poll", ANY, progress_names,
      "how collectives advance while kernels run: poll (tests between layers), thread (a progress thread too), none"},
     {"comm", "progress_us", T_FLOAT, OFF(comm.progress_us), "50", IN(0, 100000), NULL,
      "progress = thread: microseconds the thread sleeps between probes (0 = yield only; it spins on the core)"},
