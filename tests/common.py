@@ -72,3 +72,19 @@ def rel_err(a, b):
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+EMU = os.path.join(ROOT, "build/emu-partita/partita")
+
+
+def build_emu(timeout=1200):
+    """Builds build/emu-partita/partita, the cuda backend on the emulated device
+    (tests/gpu/emu/build_partita_emu.sh, incremental), as one check; True when it is there."""
+    p = subprocess.run(["bash", os.path.join(ROOT, "tests/gpu/emu/build_partita_emu.sh")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=timeout)
+    said = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("build_partita_emu:")]
+    ok = check(p.returncode == 0 and os.access(EMU, os.X_OK), "build/emu-partita/partita builds",
+               said[-1][:160] if said else "(no message)")
+    if not ok:
+        print(p.stdout[-3000:], p.stderr[-3000:])
+    return ok

@@ -35,20 +35,14 @@ import subprocess
 import h5py
 import numpy as np
 
-from common import MPIEXEC, PARTITA, ROOT, check, finish, licenses_tokens, run, tmpdir, write_deck
+from common import EMU, MPIEXEC, PARTITA, ROOT, build_emu, check, finish, licenses_tokens, run, tmpdir, write_deck
 
-EMU = os.path.join(ROOT, "build/emu-partita/partita")
 STEPS = 8
 TOL_FP32 = 1e-4      # relative, per step
 TOL_BF16 = 3e-2      # relative, per step
 
 # 0. build (incremental; SANITIZE=... in the environment passes through)
-p = subprocess.run(["bash", os.path.join(ROOT, "tests/gpu/emu/build_partita_emu.sh")], cwd=ROOT,
-                   capture_output=True, text=True, timeout=900)
-print(p.stdout + p.stderr, end="")
-said = [l for l in (p.stdout + p.stderr).splitlines() if l.startswith("build_partita_emu:")]
-if not check(p.returncode == 0 and os.access(EMU, os.X_OK), "build/emu-partita/partita builds",
-             said[-1][:160] if said else "(no message)"):
+if not build_emu():
     finish()
 
 d = tmpdir("cuda-emu")

@@ -22,18 +22,12 @@ import subprocess
 import h5py
 import numpy as np
 
-from common import MPIEXEC, PARTITA, ROOT, check, finish, licenses_tokens, tmpdir, write_deck
+from common import EMU, MPIEXEC, PARTITA, ROOT, build_emu, check, finish, licenses_tokens, tmpdir, write_deck
 
-EMU = os.path.join(ROOT, "build/emu-partita/partita")
 STEPS = 6
 TOL = 1e-5
 
-p = subprocess.run(["bash", os.path.join(ROOT, "tests/gpu/emu/build_partita_emu.sh")], cwd=ROOT,
-                   capture_output=True, text=True, timeout=900)
-said = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("build_partita_emu:")]
-if not check(p.returncode == 0 and os.access(EMU, os.X_OK), "build/emu-partita/partita builds",
-             said[-1][:160] if said else "(no message)"):
-    print(p.stdout[-3000:], p.stderr[-3000:])
+if not build_emu():
     finish()
 
 d = tmpdir("moe-cuda")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import MPIEXEC, ROOT, check, finish, licenses_tokens, run, tmpdir, write_deck
+from common import EMU, MPIEXEC, ROOT, build_emu, check, finish, licenses_tokens, run, tmpdir, write_deck
 from moe_torch import MoeCfg, as_tensors, greedy, init_weights, moe_gpt_forward
 
 d = tmpdir("moe-infer")
@@ -232,10 +232,8 @@ check(p.returncode == 2 and "parallel.ep" in p.stderr and "hint:" in p.stderr,
       "ep that does not divide the experts is refused naming the key", p.stderr.strip().splitlines()[0] if p.stderr else "")
 
 # 6. the cuda backend, emulated (the moe_* kernels of kernels/cuda/moe.cu)
-p = subprocess.run(["bash", os.path.join(ROOT, "tests/gpu/emu/build_partita_emu.sh")], cwd=ROOT, capture_output=True,
-                   text=True, timeout=900)
-emu = os.path.join(ROOT, "build/emu-partita/partita")
-if check(p.returncode == 0 and os.access(emu, os.X_OK), "build/emu-partita/partita builds", p.stdout.strip()[-120:]):
+emu = EMU
+if build_emu():
     def emu_run(np_, *args):
         return subprocess.run([MPIEXEC, "-np", str(np_), emu] + list(args), cwd=ROOT, capture_output=True, text=True,
                               timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))

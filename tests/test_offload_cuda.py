@@ -25,16 +25,11 @@ import subprocess
 import h5py
 import numpy as np
 
-from common import MPIEXEC, PARTITA, ROOT, check, finish, licenses_tokens, tmpdir, write_deck
+from common import EMU, MPIEXEC, PARTITA, ROOT, build_emu, check, finish, licenses_tokens, tmpdir, write_deck
 
-EMU = os.path.join(ROOT, "build/emu-partita/partita")
 TOL = 1e-6
 
-p = subprocess.run(["bash", os.path.join(ROOT, "tests/gpu/emu/build_partita_emu.sh")], cwd=ROOT,
-                   capture_output=True, text=True, timeout=1200)
-said = [l for l in (p.stdout + p.stderr).splitlines() if l.startswith("build_partita_emu:")]
-if not check(p.returncode == 0 and os.access(EMU, os.X_OK), "build/emu-partita/partita builds",
-             said[-1][:160] if said else "(no message)"):
+if not build_emu():
     finish()
 
 d = tmpdir("offload-cuda")

@@ -33,7 +33,7 @@ import subprocess
 import h5py
 import numpy as np
 
-from common import MPIEXEC, ROOT, check, finish, licenses_tokens, rel_err, run, tmpdir, write_deck
+from common import EMU, MPIEXEC, ROOT, build_emu, check, finish, licenses_tokens, rel_err, run, tmpdir, write_deck
 
 d = tmpdir("sp")
 tok = licenses_tokens(d)
@@ -179,10 +179,8 @@ e = rel_err(rest, ref[10:]) if len(rest) == 10 else 1.0
 check(e < 1e-5, "a checkpoint written at dp=2 x sp=1 resumes at dp=1 x sp=2 on the same curve", f"rel err {e:.2e}")
 
 # 7. the cuda staged path on the emulated device
-p = subprocess.run(["bash", os.path.join(ROOT, "tests/gpu/emu/build_partita_emu.sh")], cwd=ROOT,
-                   capture_output=True, text=True, timeout=900)
-emu = os.path.join(ROOT, "build/emu-partita/partita")
-if check(p.returncode == 0 and os.access(emu, os.X_OK), "build/emu-partita/partita builds", p.stderr[-200:]):
+emu = EMU
+if build_emu():
     short = ["train.steps=6", "optimizer.warmup=1", "train.log_interval=1"]
     _, ref6s, _ = train("emu-ref", 1, 1, 1, *short)
     out = os.path.join(d, "emu-sp2")

@@ -21,13 +21,9 @@ import subprocess
 
 import h5py
 
-from common import MPIEXEC, ROOT, check, finish, licenses_tokens, run, tmpdir, write_deck
+from common import EMU, MPIEXEC, ROOT, build_emu, check, finish, licenses_tokens, run, tmpdir, write_deck
 
-EMU = os.path.join(ROOT, "build/emu-partita/partita")
-p = subprocess.run(["bash", os.path.join(ROOT, "tests/gpu/emu/build_partita_emu.sh")], cwd=ROOT,
-                   capture_output=True, text=True, timeout=900)
-print(p.stdout + p.stderr, end="")
-if not check(p.returncode == 0 and os.access(EMU, os.X_OK), "build/emu-partita/partita builds"):
+if not build_emu():
     finish()
 
 d = tmpdir("zinf-cuda")
