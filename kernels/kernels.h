@@ -59,6 +59,14 @@ void layernorm_backward(float *dinp,        // (N, C) accumulates (residual stre
                         const float *rstd,  // (N)
                         size_t N, int C);
 
+// Between two tiles of a matrix product the cpu kernels call fn(ctx) on the
+// thread that set the hook (ZeRO advances its collectives in flight there:
+// MPICH moves a large message only inside MPI calls, a shared-memory cell per
+// call, and a layer's products run for tens of milliseconds). Per thread
+// (thread-local: OpenMP's other threads never call it); fn NULL turns it off.
+// The tiles and their order do not change: results are bit-identical.
+void kernels_set_tile_hook(void (*fn)(void *ctx), void *ctx);
+
 // out = inp @ W + bias. W is (IC, OC) when trans_w == 0 (Hugging Face Conv1D
 // layout) and (OC, IC) when trans_w == 1 (the tied LM head: logits = x @ wte^T).
 // bias may be NULL.

@@ -59,6 +59,7 @@ static const Backend cpu_table = {
     .host_alloc = cpu_host_alloc, .host_free = cpu_release, .event_create = cpu_event_create,
     .event_destroy = cpu_event_none, .d2h_async = cpu_copy_async, .h2d_async = cpu_copy_async,
     .copy_fence = cpu_event_none, .event_sync = cpu_event_none, .compute_wait = cpu_event_none,
+    .set_tile_hook = kernels_set_tile_hook,
     .encoder_forward = encoder_forward, .encoder_backward = encoder_backward,
     .layernorm_forward = layernorm_forward, .layernorm_backward = layernorm_backward,
     .matmul_forward = matmul_forward, .matmul_backward = matmul_backward,
@@ -88,6 +89,11 @@ static void *cuda_host_alloc_b(size_t bytes, const char *what) {
     return cuda_host_alloc(bytes);
 }
 
+static void cuda_no_tile_hook(void (*fn)(void *), void *ctx) {
+    (void)fn;
+    (void)ctx;
+}
+
 static const Backend cuda_table = {
     .kind = BACKEND_CUDA, .device_memory = 1, .name = "cuda",
     .alloc = cuda_alloc, .release = cuda_release, .zero = cuda_memset_zero, .copy = cuda_copy_d2d,
@@ -96,6 +102,7 @@ static const Backend cuda_table = {
     .host_alloc = cuda_host_alloc_b, .host_free = cuda_host_free, .event_create = cuda_event_create,
     .event_destroy = cuda_event_destroy, .d2h_async = cuda_copy_d2h_async, .h2d_async = cuda_copy_h2d_async,
     .copy_fence = cuda_copy_fence, .event_sync = cuda_event_sync, .compute_wait = cuda_compute_wait,
+    .set_tile_hook = cuda_no_tile_hook,
     .encoder_forward = cuda_encoder_forward, .encoder_backward = cuda_encoder_backward,
     .layernorm_forward = cuda_layernorm_forward, .layernorm_backward = cuda_layernorm_backward,
     .matmul_forward = cuda_matmul_forward, .matmul_backward = cuda_matmul_backward,

@@ -53,6 +53,10 @@ typedef struct Backend {
     void (*event_sync)(void *ev);
     void (*compute_wait)(void *ev);
 
+    // Between the tiles of long kernels, fn(ctx) on the calling thread
+    // (kernels_set_tile_hook; cuda: a no-op, NCCL needs no host progress).
+    void (*set_tile_hook)(void (*fn)(void *ctx), void *ctx);
+
     // kernels.h, entry for entry.
     void (*encoder_forward)(float *out, const int32_t *tok, const float *wte, const float *wpe,
                             int B, int T, int C);

@@ -1,5 +1,7 @@
 // ckpt.c: collective HDF5 checkpoints by hyperslab, atomic by rename.
 #include "ckpt.h"
+#include "aio.h"
+#include "ckpt_io.h"
 #include "h5io.h"
 #include "safetensors.h"
 #include "log.h"
@@ -12,6 +14,7 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -44,8 +47,11 @@ static uint64_t mix64(uint64_t x) {
     return z ^ (z >> 31);
 }
 
+// A sum mod 2^64 is exact in any order: the threads' partial sums add up to
+// the same bits (a 124M checkpoint's 372M elements: ~0.5 s on one core).
 uint64_t ckpt_checksum(const float *x, size_t n, uint64_t first) {
     uint64_t sum = 0;
+    #pragma omp parallel for schedule(static) reduction(+ : sum) if (n > ((size_t)1 << 18))
     for (size_t i = 0; i < n; i++) {
         uint32_t b;
         memcpy(&b, &x[i], sizeof b);
@@ -137,46 +143,10 @@ static int tensor_part(const ParamTensor *t, const Piece *p, size_t *a, size_t *
 }
 
 // ---------------------------------------------------------------------------
-// Positioned I/O on the raw data of contiguous float32 datasets. HDF5 lays the
-// file out (metadata, datasets allocated at creation, aligned to the file
-// system's block); the bytes themselves move by pwrite/pread at the datasets'
-// offsets, in as large pieces as the layout allows: the rank's whole part of
-// each tensor in one call (a 124M checkpoint: ~450 calls of MBs, not HDF5's
-// per-hyperslab MPI-IO path, which ran at 16% of the disk).
-
-#define IO_CHUNK ((size_t)1 << 28)      // bytes per system call
-
-static int pwrite_all(int fd, const void *p, size_t n, off_t at) {
-    const char *c = p;
-    while (n > 0) {
-        ssize_t w = pwrite(fd, c, n < IO_CHUNK ? n : IO_CHUNK, at);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            if (w == 0) errno = EIO;
-            return -1;
-        }
-        c += w;
-        at += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-static int pread_all(int fd, void *p, size_t n, off_t at) {
-    char *c = p;
-    while (n > 0) {
-        ssize_t r = pread(fd, c, n < IO_CHUNK ? n : IO_CHUNK, at);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            if (r == 0) errno = 0;      // end of file: truncated
-            return -1;
-        }
-        c += r;
-        at += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
+// The bytes of contiguous float32 datasets move at the datasets' offsets in
+// the file, not through HDF5's per-hyperslab MPI-IO path (which ran at 16% of
+// the disk): each rank's part of each tensor is one segment (ckpt_io.h), its
+// aligned interior by O_DIRECT.
 
 // The file offset of ds's raw data when it is contiguous little-endian
 // float32 with its space allocated; HADDR_UNDEF otherwise (then H5Dread).
@@ -192,79 +162,97 @@ static haddr_t raw_offset(hid_t ds) {
 }
 
 // ---------------------------------------------------------------------------
-// The writer: this rank's pieces into the datasets' raw data, the checksums of
-// what it wrote, fsync. Touches no MPI and no HDF5, so that it may run on a
+// The writer: this rank's segments into the datasets' raw data, the checksums
+// of what it wrote, fsync. Touches no MPI and no HDF5, so that it may run on a
 // thread beside training ([checkpoint] async) or beside the checksums.
+
+typedef struct Part {       // what a segment is: a part of tensor i of state kind k
+    int k, i;
+    size_t first;           // its first element within the tensor
+} Part;
 
 typedef struct Writer {
     const Model *m;
     char path[1200];
-    int fd;
     haddr_t *offs;          // (DS_KINDS, ntensors) file offsets of the datasets' raw data
-    Piece pieces[DS_KINDS][CKPT_MAX_PIECES];
-    int npieces[DS_KINDS];
+    CkptSeg *segs;          // (cap) this rank's tensor parts: file offset, memory, bytes ...
+    Part *parts;            //   ... and what each one is
+    int nsegs, nsegs_params, cap;   // nsegs_params: the first ones, of /params
     uint64_t *sums;         // (DS_KINDS, ntensors): this rank's checksums
     int sums_here;          // the writer computes the checksums too
     double pause_s;         // test only: after /params
     double stall_s;         //   ... or this rank stalls (a stuck rank)
-    int err;                // errno of a failed write, 0 ok
-    const char *failed;     // what failed
+    int err;                // nonzero: the write failed ...
+    char why[700];          //   ... for this reason
+    CkptIoStats io;
     pthread_t thread;
     int running;
     atomic_int done;
 } Writer;
 
-static void sum_pieces(const Model *m, Piece pieces[DS_KINDS][CKPT_MAX_PIECES], const int *np, uint64_t *sums) {
-    for (int k = 0; k < DS_KINDS; k++)
-        for (int j = 0; j < np[k]; j++)
-            for (int i = 0; i < m->ntensors; i++) {
-                const ParamTensor *t = &m->tensors[i];
-                size_t a, b;
-                if (tensor_part(t, &pieces[k][j], &a, &b))
-                    sums[k * m->ntensors + i] += ckpt_checksum(pieces[k][j].buf + (a - pieces[k][j].begin), b - a, a - t->offset);
-            }
+static void sum_segs(const Writer *w, uint64_t *sums) {
+    for (int s = 0; s < w->nsegs; s++) {
+        const Part *p = &w->parts[s];
+        sums[p->k * w->m->ntensors + p->i] += ckpt_checksum((const float *)w->segs[s].mem,
+                                                            w->segs[s].bytes / sizeof(float), p->first);
+    }
+}
+
+// The checksums of state kind k over its pieces (into sums[k * ntensors + i]),
+// on a thread of their own while the next kind is read.
+typedef struct SumTask {
+    const Model *m;
+    int k, n;
+    const Piece *pieces;
+    uint64_t *sums;
+    pthread_t thread;
+    int running;
+} SumTask;
+
+static void *sum_kind(void *arg) {
+    const SumTask *s = arg;
+    for (int j = 0; j < s->n; j++)
+        for (int i = 0; i < s->m->ntensors; i++) {
+            const ParamTensor *t = &s->m->tensors[i];
+            size_t a, b;
+            if (tensor_part(t, &s->pieces[j], &a, &b))
+                s->sums[s->k * s->m->ntensors + i] += ckpt_checksum(s->pieces[j].buf + (a - s->pieces[j].begin), b - a,
+                                                                    a - t->offset);
+        }
+    return NULL;
+}
+
+static int write_segs(Writer *w, int from, int to) {
+    CkptIoStats st;
+    if (ckpt_io_write(w->path, w->segs + from, to - from, &st, w->why, sizeof w->why) != 0) return -1;
+    w->io.direct_bytes += st.direct_bytes;
+    w->io.bounced_bytes += st.bounced_bytes;
+    w->io.buffered_bytes += st.buffered_bytes;
+    return 0;
 }
 
 static void *writer_main(void *arg) {
     Writer *w = arg;
-    const Model *m = w->m;
     // In the background the writer yields the cores to training (Linux: nice is per thread);
     // a failure only leaves it at the caller's priority.
-    if (w->sums_here) (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
-    for (int k = 0; k < DS_KINDS && !w->err; k++) {
-        for (int j = 0; j < w->npieces[k] && !w->err; j++) {
-            const Piece *p = &w->pieces[k][j];
-            for (int i = 0; i < m->ntensors && !w->err; i++) {
-                const ParamTensor *t = &m->tensors[i];
-                size_t a, b;
-                if (!tensor_part(t, p, &a, &b)) continue;
-                off_t at = (off_t)(w->offs[k * m->ntensors + i] + (a - t->offset) * sizeof(float));
-                if (pwrite_all(w->fd, p->buf + (a - p->begin), (b - a) * sizeof(float), at) != 0) {
-                    w->err = errno;
-                    w->failed = "writing the states";
-                }
-            }
-        }
-        if (k == 0 && w->pause_s > 0) {
-            log_info("checkpoint: test pause %.0f s while writing %s\n", w->pause_s, w->path);
-            usleep((useconds_t)(w->pause_s * 1e6));
-        }
-        if (k == 0 && w->stall_s > 0) {
-            log_warn("test fault: stalling %.0f s while writing %s", w->stall_s, w->path);
-            struct timespec ts = {(time_t)w->stall_s, 0};
-            while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
-        }
+    if (w->sums_here) {
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
+        omp_set_num_threads(1);     // its checksums on this thread alone (the setting is per thread)
     }
-    if (!w->err && w->sums_here) sum_pieces(m, w->pieces, w->npieces, w->sums);
-    if (!w->err && fsync(w->fd) != 0) {
-        w->err = errno;
-        w->failed = "syncing it";
+    memset(&w->io, 0, sizeof w->io);
+    int split = w->pause_s > 0 || w->stall_s > 0 ? w->nsegs_params : w->nsegs;
+    w->err = write_segs(w, 0, split) != 0;
+    if (!w->err && w->pause_s > 0) {
+        log_info("checkpoint: test pause %.0f s while writing %s\n", w->pause_s, w->path);
+        usleep((useconds_t)(w->pause_s * 1e6));
     }
-    if (close(w->fd) != 0 && !w->err) {
-        w->err = errno;
-        w->failed = "closing it";
+    if (!w->err && w->stall_s > 0) {
+        log_warn("test fault: stalling %.0f s while writing %s", w->stall_s, w->path);
+        struct timespec ts = {(time_t)w->stall_s, 0};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
     }
-    w->fd = -1;
+    if (!w->err && split < w->nsegs) w->err = write_segs(w, split, w->nsegs) != 0;
+    if (!w->err && w->sums_here) sum_segs(w, w->sums);
     atomic_store(&w->done, 1);
     return NULL;
 }
@@ -656,8 +644,9 @@ typedef struct CkptPending {
     CkptState st;
     int64_t optim_t;        // at the step boundary (training moves on while an async write runs)
     int active;             // started, not yet published
-    float *snap;            // async: the host copy of this rank's owned pieces
-    size_t snap_cap;        //   its capacity in floats (kept across checkpoints)
+    char *snap;             // async: the host copy of this rank's segments, each placed at its
+                            // file offset's position within a block (ckpt_io_place: no bounce)
+    size_t snap_cap;        //   its capacity in bytes (kept across checkpoints)
 } CkptPending;
 
 // The file system block of dir (the alignment of the datasets' raw data).
@@ -728,29 +717,46 @@ static void create_layout(CkptPending *p, Watchdog *wd) {
     }
 }
 
-// The writer's pieces: this rank's owned pieces, or (async) copies of them in
+// The writer's segments: this rank's part of each tensor of its owned pieces,
+// kind by kind in file order, from the live buffers or (async) from copies in
 // the snapshot buffer, taken now.
-static void take_pieces(CkptPending *p, int copy) {
-    size_t total = 0;
+static void take_segments(CkptPending *p, int copy) {
+    Writer *w = &p->w;
+    const Model *m = p->z->m;
+    w->nsegs = 0;
     for (int k = 0; k < DS_KINDS; k++) {
-        p->w.npieces[k] = owned_pieces(p->z, k, p->w.pieces[k]);
-        for (int j = 0; j < p->w.npieces[k]; j++) total += p->w.pieces[k][j].end - p->w.pieces[k][j].begin;
+        Piece pieces[CKPT_MAX_PIECES];
+        int np = owned_pieces(p->z, k, pieces);
+        for (int j = 0; j < np; j++)
+            for (int i = 0; i < m->ntensors; i++) {
+                const ParamTensor *t = &m->tensors[i];
+                size_t a, b;
+                if (!tensor_part(t, &pieces[j], &a, &b)) continue;
+                if (w->nsegs >= w->cap) FATAL(NULL, "checkpoint: more than %d tensor parts on one rank", w->cap);
+                w->segs[w->nsegs] = (CkptSeg){w->offs[k * m->ntensors + i] + (a - t->offset) * sizeof(float),
+                                              (char *)(pieces[j].buf + (a - pieces[j].begin)), (b - a) * sizeof(float)};
+                w->parts[w->nsegs++] = (Part){k, i, a - t->offset};
+            }
+        if (k == DS_PARAMS) w->nsegs_params = w->nsegs;
     }
     if (!copy) return;
-    if (total > p->snap_cap) {
-        free(p->snap);
-        p->snap = xmalloc((total ? total : 1) * sizeof(float), "asynchronous checkpoint buffer");
-        p->snap_cap = total;
-    }
     size_t at = 0;
-    for (int k = 0; k < DS_KINDS; k++)
-        for (int j = 0; j < p->w.npieces[k]; j++) {
-            Piece *pc = &p->w.pieces[k][j];
-            size_t n = pc->end - pc->begin;
-            memcpy(p->snap + at, pc->buf, n * sizeof(float));
-            pc->buf = p->snap + at;
-            at += n;
-        }
+    for (int s = 0; s < w->nsegs; s++) at = ckpt_io_place(at, w->segs[s].off) + w->segs[s].bytes;
+    if (at > p->snap_cap) {
+        aio_buffer_free(p->snap);
+        p->snap = aio_buffer(at ? at : 1, CKPT_IO_ALIGN);
+        if (!p->snap) FATAL("lower the model size or set [checkpoint] async = false",
+                            "out of memory for the asynchronous checkpoint buffer (%.2f GB)", (double)at / 1e9);
+        p->snap_cap = at;
+    }
+    at = 0;
+    for (int s = 0; s < w->nsegs; s++) {
+        CkptSeg *g = &w->segs[s];
+        at = ckpt_io_place(at, g->off);
+        memcpy(p->snap + at, g->mem, g->bytes);
+        g->mem = p->snap + at;
+        at += g->bytes;
+    }
 }
 
 static void start_writer(CkptPending *p, int async) {
@@ -759,16 +765,12 @@ static void start_writer(CkptPending *p, int async) {
     snprintf(w->path, sizeof w->path, "%s", p->tmp);
     w->m = p->z->m;
     w->err = 0;
-    w->failed = NULL;
+    w->why[0] = 0;
     w->sums_here = async;
     memset(w->sums, 0, sizeof(uint64_t) * (size_t)w->m->ntensors * DS_KINDS);
     w->pause_s = c->checkpoint.test_pause_step == p->st.step ? c->checkpoint.test_pause_s : 0;
     w->stall_s = c->checkpoint.fault_stall_rank == p->z->r && c->checkpoint.fault_stall_step == p->st.step
                  ? c->checkpoint.fault_stall_s : 0;
-    w->fd = open(p->tmp, O_WRONLY);
-    if (w->fd < 0)
-        FATAL("check the file system's health; the previous checkpoint is untouched",
-              "checkpoint write of '%s' failed opening it for the states: %s", p->tmp, strerror(errno));
     atomic_store(&w->done, 0);
     int rc = pthread_create(&w->thread, NULL, writer_main, w);
     SYS_CHECK(rc == 0, "cannot start the checkpoint writer thread: %s", strerror(rc));
@@ -781,7 +783,7 @@ static void join_writer(CkptPending *p) {
     p->w.running = 0;
     if (p->w.err)
         FATAL("check the file system's space (df) and health; the previous checkpoint is untouched",
-              "checkpoint write of '%s' failed %s: %s", p->tmp, p->w.failed, strerror(p->w.err));
+              "checkpoint write of '%s' failed writing the states: %s", p->tmp, p->w.why);
 }
 
 // Rank 0: /meta into the closed, fully written file (serial HDF5).
@@ -815,6 +817,8 @@ static void finish(CkptJob *job, Watchdog *wd) {
     const Model *m = p->z->m;
     watchdog_phase(wd, "waiting for this rank's writes");
     join_writer(p);
+    job->direct_bytes = p->w.io.direct_bytes;
+    job->buffered_bytes = p->w.io.buffered_bytes;
     watchdog_phase(wd, "summing checksums: waiting for the other ranks");
     int ns = m->ntensors * DS_KINDS;
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p->w.sums, ns, MPI_UINT64_T, MPI_SUM, p->z->comm->comm));
@@ -836,20 +840,24 @@ static void pending_free(CkptPending *p) {
     if (p->w.running) pthread_join(p->w.thread, NULL);     // an error path: the file stays a .tmp
     free(p->w.offs);
     free(p->w.sums);
-    free(p->snap);
+    free(p->w.segs);
+    free(p->w.parts);
+    aio_buffer_free(p->snap);
     free(p);
 }
 
 static CkptPending *pending_for(CkptJob *job, const Zero *z) {
     if (!job->pending) {
         job->pending = xcalloc(sizeof *job->pending, "checkpoint state");
-        job->pending->w.fd = -1;
     }
     CkptPending *p = job->pending;
     if (!p->w.offs) {
         size_t n = (size_t)z->m->ntensors * DS_KINDS;
         p->w.offs = xcalloc(sizeof(haddr_t) * n, "dataset offsets");
         p->w.sums = xcalloc(sizeof(uint64_t) * n, "checksums");
+        p->w.cap = (int)n * CKPT_MAX_PIECES;
+        p->w.segs = xcalloc(sizeof(CkptSeg) * (size_t)p->w.cap, "checkpoint segments");
+        p->w.parts = xcalloc(sizeof(Part) * (size_t)p->w.cap, "checkpoint segments");
     }
     return p;
 }
@@ -878,7 +886,7 @@ void ckpt_write(CkptJob *job, const Zero *z, const Deck *d, const char *deck_tex
     create_layout(p, &wd);
     double t1 = MPI_Wtime();
     watchdog_phase(&wd, async ? "copying the states to the host buffer" : "writing the states");
-    take_pieces(p, async);
+    take_segments(p, async);
     start_writer(p, async);
     p->active = 1;
     job->layout_s = t1 - t0;
@@ -886,8 +894,7 @@ void ckpt_write(CkptJob *job, const Zero *z, const Deck *d, const char *deck_tex
     job->publish_s = 0;
     if (!async) {
         // The checksums here while the writer thread writes the same bytes.
-        uint64_t *mine = p->w.sums;
-        sum_pieces(z->m, p->w.pieces, p->w.npieces, mine);
+        sum_segs(&p->w, p->w.sums);
         join_writer(p);
         double t2 = MPI_Wtime();
         job->data_s = t2 - t1;
@@ -895,6 +902,11 @@ void ckpt_write(CkptJob *job, const Zero *z, const Deck *d, const char *deck_tex
         job->publish_s = MPI_Wtime() - t2;
     }
     watchdog_stop(&wd);
+}
+
+double ckpt_direct_share(const CkptJob *job) {
+    uint64_t all = job->direct_bytes + job->buffered_bytes;
+    return all ? (double)job->direct_bytes / (double)all : 0.0;
 }
 
 void ckpt_poll(CkptJob *job) {
@@ -907,7 +919,7 @@ void ckpt_poll(CkptJob *job) {
     watchdog_start(&wd, p->d->cfg.comm.timeout_s, CKPT_TIMEOUT_HINT, "checkpoint write of '%s'", p->tmp);
     finish(job, &wd);
     watchdog_stop(&wd);
-    log_info("checkpoint: %s written in the background\n", p->path);
+    log_info("checkpoint: %s written in the background (%.0f%% by O_DIRECT)\n", p->path, 100 * ckpt_direct_share(job));
 }
 
 void ckpt_flush(CkptJob *job) {
@@ -917,7 +929,7 @@ void ckpt_flush(CkptJob *job) {
     watchdog_start(&wd, p->d->cfg.comm.timeout_s, CKPT_TIMEOUT_HINT, "checkpoint write of '%s'", p->tmp);
     finish(job, &wd);
     watchdog_stop(&wd);
-    log_info("checkpoint: %s written in the background\n", p->path);
+    log_info("checkpoint: %s written in the background (%.0f%% by O_DIRECT)\n", p->path, 100 * ckpt_direct_share(job));
 }
 
 // ---------------------------------------------------------------------------
@@ -987,17 +999,20 @@ static int check_datasets(hid_t f, hid_t meta, const Model *m, char *why, size_t
     return 0;
 }
 
-// Reads tensor t's part [a, b) of the flat layout from dataset `name` into dst:
-// by position when the dataset is raw float32 (every format Partita wrote),
-// else through HDF5 (converting). -1 on failure.
-static int read_part(hid_t f, int fd, const char *name, const ParamTensor *t, size_t a, size_t b, float *dst) {
+// Tensor t's part [a, b) of the flat layout from dataset `name` into dst: a
+// segment to read by position (into segs[*nsegs]) when the dataset is raw
+// float32 (every format Partita wrote), else read now through HDF5
+// (converting). -1 on failure.
+static int read_part(hid_t f, const char *name, const ParamTensor *t, size_t a, size_t b, float *dst,
+                     CkptSeg *segs, int *nsegs) {
     hid_t ds;
     H5E_BEGIN_TRY { ds = H5Dopen2(f, name, H5P_DEFAULT); } H5E_END_TRY;
     if (ds < 0) return -1;
     haddr_t off = raw_offset(ds);
     int rc = -1;
-    if (off != HADDR_UNDEF && fd >= 0) {
-        rc = pread_all(fd, dst, (b - a) * sizeof(float), (off_t)(off + (a - t->offset) * sizeof(float)));
+    if (off != HADDR_UNDEF) {
+        segs[(*nsegs)++] = (CkptSeg){off + (a - t->offset) * sizeof(float), (char *)dst, (b - a) * sizeof(float)};
+        rc = 0;
     } else {
         hid_t fs = H5Dget_space(ds);
         hsize_t n = b - a;
@@ -1024,12 +1039,14 @@ static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdo
     watchdog_phase(wd, "reading the datasets");
     size_t ns = (size_t)m->ntensors * DS_KINDS;
     uint64_t *sums = xcalloc(sizeof(uint64_t) * (ns + 1), "checksums");
-    int fd = open(path, O_RDONLY), errors = 0;
+    int errors = 0;
+    CkptSeg *segs = xcalloc(sizeof(CkptSeg) * (size_t)m->ntensors * CKPT_MAX_PIECES, "checkpoint segments");
     Piece held[DS_KINDS][CKPT_MAX_PIECES], owned[DS_KINDS][CKPT_MAX_PIECES];
-    int nowned[DS_KINDS];
-    for (int k = 0; k < DS_KINDS; k++) {
-        int nh = held_pieces(z, k, held[k]);
-        nowned[k] = owned_pieces(z, k, owned[k]);
+    SumTask task[DS_KINDS] = {0};
+    char ioerr[700] = "";
+    // Kind by kind: the reads of one while the checksums of the one before run on a thread.
+    for (int k = 0; k < DS_KINDS && !errors; k++) {
+        int nh = held_pieces(z, k, held[k]), nsegs = 0;
         for (int j = 0; j < nh; j++)
             for (int i = 0; i < m->ntensors; i++) {
                 const ParamTensor *t = &m->tensors[i];
@@ -1037,17 +1054,25 @@ static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdo
                 if (!tensor_part(t, &held[k][j], &a, &b)) continue;
                 char name[160];
                 snprintf(name, sizeof name, "%s/%s", groups[k], t->name);
-                errors += read_part(f, fd, name, t, a, b, held[k][j].buf + (a - held[k][j].begin)) != 0;
+                errors += read_part(f, name, t, a, b, held[k][j].buf + (a - held[k][j].begin), segs, &nsegs) != 0;
             }
+        if (!errors && ckpt_io_read(path, segs, nsegs, NULL, ioerr, sizeof ioerr) != 0) errors++;
+        if (errors) break;
+        task[k] = (SumTask){.m = m, .k = k, .n = owned_pieces(z, k, owned[k]), .pieces = owned[k], .sums = sums};
+        int rc = pthread_create(&task[k].thread, NULL, sum_kind, &task[k]);
+        SYS_CHECK(rc == 0, "cannot start a checksum thread: %s", strerror(rc));
+        task[k].running = 1;
     }
-    if (fd >= 0) close(fd);
-    if (!errors) sum_pieces(m, owned, nowned, sums);
+    for (int k = 0; k < DS_KINDS; k++)
+        if (task[k].running) pthread_join(task[k].thread, NULL);
+    free(segs);
     sums[ns] = (uint64_t)errors;     // reduced with the checksums
     watchdog_phase(wd, "summing checksums: waiting for the other ranks");
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, (int)ns + 1, MPI_UINT64_T, MPI_SUM, z->comm->comm));
     int rc = 0;
     if (sums[ns]) {
-        snprintf(why, n, "%llu dataset reads failed (truncated or damaged file)", (unsigned long long)sums[ns]);
+        snprintf(why, n, "%llu dataset reads failed (truncated or damaged file)%s%s", (unsigned long long)sums[ns],
+                 ioerr[0] ? "; here: " : "", ioerr);
         rc = -1;
     }
     for (int k = 0; k < DS_KINDS && !rc; k++)

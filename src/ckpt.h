@@ -55,8 +55,12 @@ typedef struct CkptJob {
     struct CkptPending *pending;    // the checkpoint being written (async: in the background)
     double layout_s, data_s, publish_s;     // the last write's phases on this rank: laying out the
                                             // file, the states (async: the host copy), /meta + rename
+    uint64_t direct_bytes, buffered_bytes;  // the last finished write's bytes on this rank: by
+                                            // O_DIRECT, through the page cache (ckpt_io.h)
 } CkptJob;
 void ckpt_job_free(CkptJob *j);
+// The share of this rank's last finished write that bypassed the page cache (0-1).
+double ckpt_direct_share(const CkptJob *job);
 
 // Collective over z's group. Writes the checkpoint of `st` into dir, records
 // it in job and prunes job's older ones beyond [checkpoint] keep. With

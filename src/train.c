@@ -330,10 +330,13 @@ static void checkpoint(Trainer *tr, int64_t steps_done) {
     double t0 = wall_seconds();
     zero_pull_states(&tr->zero);
     ckpt_write(&tr->ckpt, &tr->zero, tr->deck, tr->deck_text, tr->cfg->checkpoint.dir, &st);
-    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s%s; layout %.2f s, %s %.2f s, meta and publish %.2f s)\n",
+    int async = tr->cfg->checkpoint.async;
+    char direct[40] = "";
+    if (!async) snprintf(direct, sizeof direct, " (%.0f%% by O_DIRECT)", 100 * ckpt_direct_share(&tr->ckpt));
+    log_info("checkpoint: %s/step-%06lld.h5 (%.2f s%s; layout %.2f s, %s %.2f s%s, meta and publish %.2f s)\n",
              tr->cfg->checkpoint.dir, (long long)steps_done, wall_seconds() - t0,
-             tr->cfg->checkpoint.async ? "; writing in the background" : "", tr->ckpt.layout_s,
-             tr->cfg->checkpoint.async ? "host copy" : "states", tr->ckpt.data_s, tr->ckpt.publish_s);
+             async ? "; writing in the background" : "", tr->ckpt.layout_s, async ? "host copy" : "states",
+             tr->ckpt.data_s, direct, tr->ckpt.publish_s);
 }
 
 // A checkpoint, timed (the time limit plans with the longest of this job).

@@ -14,6 +14,16 @@
 #define MM_TILE_M 512   // rows of C: an even number of blocks of at most MM_TILE_M / 2
 #define MM_TILE_N 1024  // columns of C: blocks of at most MM_TILE_N
 
+// The tile hook (kernels.h): the one piece of state here, thread-local so that
+// only the thread that set it (the rank's MPI thread) ever calls it.
+static _Thread_local struct { void (*fn)(void *); void *ctx; } tile_hook;
+
+void kernels_set_tile_hook(void (*fn)(void *ctx), void *ctx)
+{
+    tile_hook.fn = fn;
+    tile_hook.ctx = ctx;
+}
+
 // ceil(n / parts) rounded up to a multiple of 16 (the sgemm micro-kernel widths).
 static int tile_size(int n, int parts)
 {
@@ -39,6 +49,7 @@ static void gemm_tiled(int ta, int tb, int M, int N, int K,
         const float *b = tb ? B + (size_t)j0 * ldb : B + j0;
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     m, n, K, 1.0f, a, lda, b, ldb, beta, C + (size_t)i0 * ldc + j0, ldc);
+        if (tile_hook.fn) tile_hook.fn(tile_hook.ctx);
     }
 }
 
