@@ -57,7 +57,7 @@ $(BUILD)/aio_probe: bench/aio_probe.c $(BUILD)/src/aio.o
 $(BUILD)/test_sampler: $(BUILD)/tests/unit/test_sampler.o $(BUILD)/src/infer/sampler.o $(BUILD)/src/log.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/test_aio: $(BUILD)/tests/unit/test_aio.o $(BUILD)/src/aio.o
+$(BUILD)/test_aio: $(BUILD)/tests/unit/test_aio.o $(BUILD)/src/aio.o $(BUILD)/src/ckpt_io.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/test_dos: $(BUILD)/tests/unit/test_dos.o $(BUILD)/src/dos.o

@@ -78,6 +78,8 @@ int aio_open(AioFile *f, const char *path, int mode, char *why, size_t n) {
     if (mode & AIO_CREATE) flags |= O_CREAT;
     if (mode & AIO_TRUNC) flags |= O_TRUNC;
     int fd = -1;
+    const char *env = getenv("PARTITA_AIO");
+    if (env && strcmp(env, "buffered") == 0) mode |= AIO_BUFFERED;
     if (!(mode & AIO_BUFFERED)) {
         fd = open(path, flags | O_DIRECT, 0644);
         if (fd >= 0) f->direct = 1;

@@ -21,7 +21,8 @@
 // Where io_uring_queue_init fails (a container whose seccomp policy forbids
 // io_uring), aio_init falls back to synchronous pread/pwrite, prints a one-line
 // warning and sets a->fallback; the interface is unchanged. The environment
-// variable PARTITA_AIO=sync forces the fallback (for tests and comparisons).
+// variable PARTITA_AIO=sync forces the fallback, PARTITA_AIO=buffered opens
+// every file without O_DIRECT (for tests and comparisons).
 #ifndef PARTITA_AIO_H
 #define PARTITA_AIO_H
 

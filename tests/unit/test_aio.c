@@ -1,9 +1,13 @@
 // test_aio.c: the I/O engine (src/aio.c): round trips at several queue depths,
 // on io_uring and on the pread/pwrite fallback; the alignment contract; reads
 // of a file's tail; short reads; a full disk (a tiny tmpfs where mount works)
-// and a file size limit (RLIMIT_FSIZE) turning into clear errors.
+// and a file size limit (RLIMIT_FSIZE) turning into clear errors. Checkpoint
+// segments (src/ckpt_io.c): unaligned ends, bounced and in-place interiors,
+// neighbours sharing a block, the bytes around them untouched, a truncated file
+// refused, on O_DIRECT, on the fallback and on tmpfs (no O_DIRECT).
 //   build/test_aio [dir]     (dir: where scratch files go; default $TMPDIR or /tmp)
 #include "aio.h"
+#include "ckpt_io.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -172,6 +176,95 @@ static void disk_full(const char *dir) {
     unlink(path);
 }
 
+// A file of background bytes (another rank's data, HDF5's metadata) with
+// segments written into it, read back, and every byte compared.
+#define SEG_FILE ((size_t)40 << 20)
+#define BACKGROUND 0xAB
+
+// Whether dir's file system takes O_DIRECT (as aio_open finds).
+static int takes_direct(const char *dir) {
+    char probe[700], why[700];
+    snprintf(probe, sizeof probe, "%s/probe", dir);
+    AioFile pf;
+    int direct = aio_open(&pf, probe, AIO_WRITE | AIO_CREATE, why, sizeof why) == 0 && pf.direct;
+    aio_close(&pf);
+    unlink(probe);
+    return direct;
+}
+
+static void ckpt_segments(const char *dir, const char *label) {
+    char path[600], why[700];
+    int expect_direct = takes_direct(dir);
+    snprintf(path, sizeof path, "%s/segs-%s.bin", dir, label);
+    unsigned char *file = malloc(SEG_FILE);
+    memset(file, BACKGROUND, SEG_FILE);
+    FILE *fp = fopen(path, "wb");
+    CHECK(fp && fwrite(file, 1, SEG_FILE, fp) == SEG_FILE && fclose(fp) == 0, "%s: cannot create %s", label, path);
+    size_t src_n = (size_t)24 << 20;
+    unsigned char *src = malloc(src_n);
+    fill_random(src, src_n);
+    unsigned char *aligned = aio_buffer((size_t)6 << 20, CKPT_IO_ALIGN);  // in place: memory and file aligned
+    fill_random(aligned, (size_t)6 << 20);
+    unsigned char *snap = aio_buffer((size_t)4 << 20, CKPT_IO_ALIGN);     // placed as async snapshots are
+    size_t at = ckpt_io_place(7, (24u << 20) + 1000);
+    CHECK(at % CKPT_IO_ALIGN == 1000, "%s: ckpt_io_place gave %zu", label, at);
+    fill_random(snap + at, (size_t)2 << 20);
+    CkptSeg segs[] = {
+        {100, (char *)src + 1, 300},                                          // inside one block
+        {(3u << 12) + 17, (char *)src + 1000, ((size_t)9 << 20) + 333},       // unaligned: bounced interior
+        {16u << 20, (char *)aligned, (size_t)5 << 20},                       // aligned: in place
+        {(24u << 20) + 1000, (char *)snap + at, (size_t)2 << 20},            // placed: in place
+        {(30u << 20) + 10, (char *)src + (11u << 20), 70001},                // two ranks' parts meeting
+        {(30u << 20) + 10 + 70001, (char *)src + (12u << 20), (size_t)3 << 20},  //   inside a block
+    };
+    int n = (int)(sizeof segs / sizeof segs[0]);
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        memcpy(file + segs[i].off, segs[i].mem, segs[i].bytes);
+        total += segs[i].bytes;
+    }
+    CkptIoStats st;
+    CHECK(ckpt_io_write(path, segs, n, &st, why, sizeof why) == 0, "%s: ckpt_io_write: %s", label, why);
+    CHECK(st.direct_bytes + st.buffered_bytes == total, "%s: %llu + %llu bytes moved, not %llu", label,
+          (unsigned long long)st.direct_bytes, (unsigned long long)st.buffered_bytes, (unsigned long long)total);
+    CHECK(expect_direct ? st.direct_bytes > total * 9 / 10 && st.bounced_bytes < st.direct_bytes : st.direct_bytes == 0,
+          "%s: %llu bytes by O_DIRECT (%llu bounced) of %llu", label, (unsigned long long)st.direct_bytes,
+          (unsigned long long)st.bounced_bytes, (unsigned long long)total);
+    unsigned char *back = malloc(SEG_FILE);
+    fp = fopen(path, "rb");
+    CHECK(fp && fread(back, 1, SEG_FILE, fp) == SEG_FILE, "%s: cannot read %s back", label, path);
+    if (fp) fclose(fp);
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < SEG_FILE; i++)
+        if (back[i] != file[i] && bad++ == 0) first = i;
+    CHECK(bad == 0, "%s: %zu bytes differ from what the segments and the background make (first at %zu)", label, bad,
+          first);
+    // Read back into other (unaligned) memory.
+    unsigned char *dst = malloc(src_n + 64);
+    CkptSeg rsegs[6];
+    size_t off = 3;
+    for (int i = 0; i < n; i++) {
+        rsegs[i] = segs[i];
+        rsegs[i].mem = (char *)dst + off;
+        off += segs[i].bytes + 5;
+    }
+    memset(dst, 0, src_n + 64);
+    CHECK(ckpt_io_read(path, rsegs, n, &st, why, sizeof why) == 0, "%s: ckpt_io_read: %s", label, why);
+    for (int i = 0; i < n; i++)
+        CHECK(memcmp(rsegs[i].mem, segs[i].mem, segs[i].bytes) == 0, "%s: segment %d reads back different", label, i);
+    // A truncated file: the last segments are missing.
+    CHECK(truncate(path, (30 << 20) + 500) == 0, "%s: truncate: %s", label, strerror(errno));
+    CHECK(ckpt_io_read(path, rsegs, n, NULL, why, sizeof why) != 0 && strstr(why, "short read"),
+          "%s: a truncated file read without the short-read error (%s)", label, why);
+    unlink(path);
+    free(file);
+    free(src);
+    free(back);
+    free(dst);
+    aio_buffer_free(aligned);
+    aio_buffer_free(snap);
+}
+
 int main(int argc, char **argv) {
     const char *base = argc > 1 ? argv[1] : (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     char dir[600];
@@ -185,11 +278,24 @@ int main(int argc, char **argv) {
     round_trip(dir, 4, 1);
     alignment_and_tail(dir);
     disk_full(dir);
+    // O_DIRECT where the file system takes it (aio_open says), else all buffered.
+    unsetenv("PARTITA_AIO");
+    ckpt_segments(dir, "uring");
+    setenv("PARTITA_AIO", "sync", 1);
+    ckpt_segments(dir, "fallback");
+    setenv("PARTITA_AIO", "buffered", 1);
+    ckpt_segments(dir, "buffered");
+    unsetenv("PARTITA_AIO");
+    char shm[] = "/dev/shm/test_aio.XXXXXX";
+    if (mkdtemp(shm)) {     // tmpfs: O_DIRECT since Linux 6.6, buffered before
+        ckpt_segments(shm, "tmpfs");
+        rmdir(shm);
+    }
     rmdir(dir);
     if (failures) {
         printf("FAIL: %d checks failed\n", failures);
         return 1;
     }
-    printf("ok: aio round trips, alignment, tail and short reads, full disk and size limit\n");
+    printf("ok: aio round trips, alignment, tail and short reads, full disk and size limit; checkpoint segments\n");
     return 0;
 }
