@@ -41,6 +41,10 @@ $(BUILD)/partita: $(OBJ) $(CUDA_OBJ)
 $(BUILD)/test_kernels: $(BUILD)/tests/unit/test_kernels.o $(KOBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# The checkpoint benchmark's MPI-IO writes: collective vs independent (bench/run.sh BENCH_ONLY=ckpt).
+$(BUILD)/ckpt_mpiio: $(BUILD)/bench/ckpt_mpiio.o
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 # A ZeRO step's collectives with no compute (bench/run.sh BENCH_ONLY=overlap).
 $(BUILD)/comm_alone: $(BUILD)/bench/comm_alone.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)

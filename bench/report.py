@@ -45,34 +45,74 @@ def zero(d):
     print("  hidden = 1 - (time blocked in collectives with overlap) / (the same with zero.overlap = false)")
 
 
-def ckpt(d, nbytes, plain_s, direct_s="nan"):
-    nbytes = float(nbytes)
-    plain = nbytes / float(plain_s) / 1e9
-    direct = nbytes / float(direct_s) / 1e9
-    print(f"  checkpoint size {nbytes / 1e9:.2f} GB; plain sequential write (dd, fsync) {plain:.2f} GB/s; "
-          f"O_DIRECT read (dd iflag=direct) {direct:.2f} GB/s")
-    print(f"  {'ranks':>5s} {'write s':>8s} {'write GB/s':>11s} {'of plain':>9s} {'read s':>8s} {'read GB/s':>10s} "
-          f"{'of direct':>9s}")
-    for np_ in (1, 2, 4):
-        w = open(os.path.join(d, f"ckpt-{np_}-w.log")).read()
-        r = open(os.path.join(d, f"ckpt-{np_}-r.log")).read()
-        mw = re.search(r"checkpoint: \S+ \(([\d.]+) s[;)]", w)
-        mr = re.search(r"resumed from \S+ at step \d+ \(([\d.]+) s\)", r)
-        ws = float(mw.group(1)) if mw else float("nan")
-        rs = float(mr.group(1)) if mr else float("nan")
-        print(f"  {np_:5d} {ws:8.2f} {nbytes / ws / 1e9:11.2f} {nbytes / ws / 1e9 / plain:8.0%} {rs:8.2f} "
-              f"{nbytes / rs / 1e9:10.2f} {nbytes / rs / 1e9 / direct:8.0%}")
-    print("  reads follow the write: the page cache may hold the file (the O_DIRECT figure bypasses it)")
+def ckpt(d, rounds):
+    def med(xs):
+        xs = np.array([x for x in xs if np.isfinite(x)])
+        return (float(np.median(xs)), float(xs.min()), float(xs.max())) if len(xs) else (float("nan"),) * 3
+
+    def fmt(t, pct=False):
+        return f"{t[0]:.0%} [{t[1]:.0%}-{t[2]:.0%}]" if pct else f"{t[0]:.2f} [{t[1]:.2f}-{t[2]:.2f}]"
+
+    def seconds(path, pattern):
+        try:
+            m = re.search(pattern, open(path).read())
+        except OSError:
+            return float("nan")
+        return float(m.group(1)) if m else float("nan")
+
+    rows = {k: {"w": [], "r": [], "wp": [], "wd": [], "rd": []} for k in ("1", "2", "4", "b")}
+    base = {"plain": [], "dwrite": [], "dread": []}
+    mpiio = {}
+    nbytes = 0.0
+    for r in range(1, int(rounds) + 1):
+        nbytes, plain_s, dwrite_s, dread_s = [float(x) for x in open(os.path.join(d, f"ckpt-{r}-dd.txt")).read().split()]
+        plain, dwrite, dread = nbytes / plain_s / 1e9, nbytes / dwrite_s / 1e9, nbytes / dread_s / 1e9
+        base["plain"].append(plain)
+        base["dwrite"].append(dwrite)
+        base["dread"].append(dread)
+        for k, row in rows.items():
+            ws = seconds(os.path.join(d, f"ckpt-{r}-{k}-w.log"), r"checkpoint: \S+ \(([\d.]+) s[;)]")
+            rs = seconds(os.path.join(d, f"ckpt-{r}-{k}-r.log"), r"resumed from \S+ at step \d+ \(([\d.]+) s\)")
+            w, rd_ = nbytes / ws / 1e9, nbytes / rs / 1e9
+            row["w"].append(w)
+            row["r"].append(rd_)
+            row["wp"].append(w / plain)
+            row["wd"].append(w / dwrite)
+            row["rd"].append(rd_ / dread)
+        for np_ in (1, 2, 4):
+            path = os.path.join(d, f"ckpt-{r}-mpiio-{np_}.txt")
+            for line in open(path) if os.path.exists(path) else []:
+                way, _, gbs = line.split()
+                mpiio.setdefault((way, np_), []).append(float(gbs))
+    print(f"  checkpoint size {nbytes / 1e9:.2f} GB; {rounds} rounds, each with its own baselines: median [min-max]")
+    print(f"  dd write + fsync {fmt(med(base['plain']))} GB/s; dd O_DIRECT write {fmt(med(base['dwrite']))} GB/s; "
+          f"dd O_DIRECT read {fmt(med(base['dread']))} GB/s")
+    print(f"  {'ranks':>8s} {'write GB/s':>18s} {'of dd+fsync':>16s} {'of dd O_DIRECT':>16s} {'read GB/s':>18s} "
+          f"{'of dd O_DIRECT':>16s}")
+    for k, label in (("1", "1"), ("2", "2"), ("4", "4"), ("b", "1 cache")):
+        row = rows[k]
+        rd = f"{fmt(med(row['r'])):>18s} {fmt(med(row['rd']), True):>16s}" if k != "b" else ""
+        print(f"  {label:>8s} {fmt(med(row['w'])):>18s} {fmt(med(row['wp']), True):>16s} {fmt(med(row['wd']), True):>16s} {rd}")
+    print("  '1 cache': one rank through the page cache (PARTITA_AIO=buffered: pwrite, then fsync), the path before O_DIRECT")
+    print("  a write is the whole checkpoint (layout, states, fsync, /meta, rename); a read the whole resume")
+    print("  (open, /meta checks, the states by O_DIRECT, every checksum)")
+    if mpiio:
+        print("  MPI-IO, each rank its contiguous 1/P of the same bytes then MPI_File_sync, GB/s median [min-max]:")
+        for way in ("collective-cb", "collective-nocb", "independent"):
+            print(f"  {way:>16s} " + "  ".join(f"np={p}: {fmt(med(mpiio.get((way, p), [])))}" for p in (1, 2, 4)))
 
 
 def ackpt(d):
-    print(f"  {'checkpoints':>12s} {'s/step median':>14s} {'min':>7s} {'max':>7s}")
+    print(f"  {'checkpoints':>12s} {'step s':>18s} {'checkpoint s':>18s} {'step + checkpoint s':>20s}")
     for mode in ("none", "sync", "async"):
         m, _ = metrics(os.path.join(d, f"ackpt-{mode}", "run.h5"))
         st = m["step_time"][1:] if len(m["step_time"]) > 1 else m["step_time"]
-        print(f"  {mode:>12s} {np.median(st):14.2f} {st.min():7.2f} {st.max():7.2f}")
-    print("  step_time counts the step's compute, the checkpoint copy (async) and the publish of the previous one;")
-    print("  a synchronous write is outside step_time: see the 'checkpoint: ... (s)' lines of ackpt-sync.log")
+        ck = m["checkpoint_time"][1:] if len(m["checkpoint_time"]) > 1 else m["checkpoint_time"]
+        tot = st + ck
+        f = lambda x: f"{np.median(x):.2f} [{x.min():.2f}-{x.max():.2f}]"
+        print(f"  {mode:>12s} {f(st):>18s} {f(ck):>18s} {f(tot):>20s}")
+    print("  checkpoint s: the time the step loop stood still for it (async: the host copy and, at the next")
+    print("  checkpoint, the wait for the previous write and its publish)")
 
 
 def overlap(d):

@@ -78,25 +78,41 @@ if [ "$ONLY" = all ] || [ "$ONLY" = zero ]; then
 fi
 
 if [ "$ONLY" = all ] || [ "$ONLY" = ckpt ]; then
-  echo "== 3. checkpoint bandwidth, 124M (parameters + AdamW moments, fp32), ZeRO-1"
-  for np in 1 2 4; do
-    rm -rf $out/ckpt-$np
-    $MPIEXEC -np $np build/partita train $DECK --set run.overwrite=true $COMMON --set train.steps=1 --set train.micro_batch=1 \
-      --set train.batch=$np --set zero.stage=1 --set run.out_dir=$out/ckpt-$np --set checkpoint.interval=1 > $out/ckpt-$np-w.log
-    $MPIEXEC -np $np build/partita train $DECK --set run.overwrite=true $COMMON --set train.steps=2 --set train.stop_at=1 --set train.micro_batch=1 \
-      --set train.batch=$np --set zero.stage=1 --set run.out_dir=$out/ckpt-$np \
-      --set checkpoint.resume=$out/ckpt-$np/ckpt/step-000001.h5 > $out/ckpt-$np-r.log || true
+  ROUNDS=${BENCH_CKPT_ROUNDS:-3}
+  echo "== 3. checkpoint bandwidth, 124M (parameters + AdamW moments, fp32), ZeRO-1, $ROUNDS rounds"
+  make -s build/ckpt_mpiio
+  CK="$COMMON --set train.micro_batch=1 --set zero.stage=1"
+  # The disk's speed drifts by 2x within minutes here: every round takes its own
+  # baselines next to Partita's writes, and the ratios are per round.
+  for r in $(seq 1 $ROUNDS); do
+    for np in 1 2 4 b; do
+      n=$np; envs=""; [ $np = b ] && { n=1; envs="PARTITA_AIO=buffered"; }
+      d=$out/ckpt-$r-$np
+      rm -rf $d
+      env $envs $MPIEXEC -np $n build/partita train $DECK --set run.overwrite=true $CK --set train.steps=1 \
+        --set train.batch=$n --set run.out_dir=$d --set checkpoint.interval=1 > $d-w.log
+      [ $np = b ] || $MPIEXEC -np $n build/partita train $DECK --set run.overwrite=true $CK --set train.steps=2 --set train.stop_at=1 \
+        --set train.batch=$n --set run.out_dir=$d --set checkpoint.resume=$d/ckpt/step-000001.h5 > $d-r.log || true
+    done
+    bytes=$(stat -c %s $out/ckpt-$r-1/ckpt/step-000001.h5)
+    rm -rf $out/ckpt-$r-1 $out/ckpt-$r-2 $out/ckpt-$r-4 $out/ckpt-$r-b
+    blocks=$((bytes / 16777216 + 1))
+    sync
+    t0=$(date +%s.%N)
+    dd if=/dev/zero of=$out/plain.bin bs=16M count=$blocks conv=fsync status=none
+    t1=$(date +%s.%N)
+    dd if=$out/plain.bin of=/dev/null bs=16M iflag=direct status=none
+    t2=$(date +%s.%N)
+    rm -f $out/plain.bin
+    sync
+    t3=$(date +%s.%N)
+    dd if=/dev/zero of=$out/plain.bin bs=16M count=$blocks oflag=direct conv=fsync status=none
+    t4=$(date +%s.%N)
+    rm -f $out/plain.bin
+    echo "$bytes $(awk -v a=$t0 -v b=$t1 'BEGIN{print b-a}') $(awk -v a=$t3 -v b=$t4 'BEGIN{print b-a}') $(awk -v a=$t1 -v b=$t2 'BEGIN{print b-a}')" > $out/ckpt-$r-dd.txt
+    for np in 1 2 4; do $MPIEXEC -np $np build/ckpt_mpiio $out/mpiio.bin $bytes > $out/ckpt-$r-mpiio-$np.txt; done
   done
-  bytes=$(stat -c %s $out/ckpt-1/ckpt/step-000001.h5)
-  sync
-  t0=$(date +%s.%N)
-  dd if=/dev/zero of=$out/plain.bin bs=16M count=$((bytes / 16777216 + 1)) conv=fsync status=none
-  t1=$(date +%s.%N)
-  dd if=$out/plain.bin of=/dev/null bs=16M iflag=direct status=none
-  t2=$(date +%s.%N)
-  rm -f $out/plain.bin
-  $PYTHON bench/report.py ckpt $out "$bytes" "$(awk -v a=$t0 -v b=$t1 'BEGIN{print b-a}')" "$(awk -v a=$t1 -v b=$t2 'BEGIN{print b-a}')"
-  rm -rf $out/ckpt-1 $out/ckpt-2 $out/ckpt-4
+  $PYTHON bench/report.py ckpt $out $ROUNDS
   echo "  step time, np=2 ZeRO-1, checkpoint every step: async vs synchronous vs none ($STEPS steps)"
   for mode in none sync async; do
     rm -rf $out/ackpt-$mode

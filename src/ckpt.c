@@ -105,7 +105,8 @@ typedef struct Piece {
     size_t begin, end;
 } Piece;
 
-// The pieces of state `kind` this rank holds (and reads on a load).
+// The pieces of state `kind` this rank holds (at stages 1-2 a load reads only
+// the owned part of the parameters and all-gathers them after).
 static int held_pieces(const Zero *z, int kind, Piece *out) {
     if (kind == DS_PARAMS && z->stage < 3) {
         out[0] = (Piece){z->host_params, 0, z->N};
@@ -1041,20 +1042,23 @@ static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdo
     uint64_t *sums = xcalloc(sizeof(uint64_t) * (ns + 1), "checksums");
     int errors = 0;
     CkptSeg *segs = xcalloc(sizeof(CkptSeg) * (size_t)m->ntensors * CKPT_MAX_PIECES, "checkpoint segments");
-    Piece held[DS_KINDS][CKPT_MAX_PIECES], owned[DS_KINDS][CKPT_MAX_PIECES];
+    Piece mine[DS_KINDS][CKPT_MAX_PIECES], owned[DS_KINDS][CKPT_MAX_PIECES];
+    int sharded = z->stage == 1 || z->stage == 2;   // parameters held whole, read as shards, then gathered
     SumTask task[DS_KINDS] = {0};
     char ioerr[700] = "";
     // Kind by kind: the reads of one while the checksums of the one before run on a thread.
     for (int k = 0; k < DS_KINDS && !errors; k++) {
-        int nh = held_pieces(z, k, held[k]), nsegs = 0;
-        for (int j = 0; j < nh; j++)
+        // What a rank holds, except at stages 1-2, where it reads only its shard of the parameters
+        // too (zero_gather_params shares them after). Stage 0 holds and reads every moment as well.
+        int np = sharded ? owned_pieces(z, k, mine[k]) : held_pieces(z, k, mine[k]), nsegs = 0;
+        for (int j = 0; j < np; j++)
             for (int i = 0; i < m->ntensors; i++) {
                 const ParamTensor *t = &m->tensors[i];
                 size_t a, b;
-                if (!tensor_part(t, &held[k][j], &a, &b)) continue;
+                if (!tensor_part(t, &mine[k][j], &a, &b)) continue;
                 char name[160];
                 snprintf(name, sizeof name, "%s/%s", groups[k], t->name);
-                errors += read_part(f, name, t, a, b, held[k][j].buf + (a - held[k][j].begin), segs, &nsegs) != 0;
+                errors += read_part(f, name, t, a, b, mine[k][j].buf + (a - mine[k][j].begin), segs, &nsegs) != 0;
             }
         if (!errors && ckpt_io_read(path, segs, nsegs, NULL, ioerr, sizeof ioerr) != 0) errors++;
         if (errors) break;
@@ -1128,6 +1132,10 @@ static int load(Zero *z, const Deck *d, const char *path, CkptState *st, Watchdo
     st->tokens_seen = mi.tokens_seen;
     z->optim.t = (int)mi.optim_t;
     zero_push_states(z);    // read into the host copies; on cuda they go to the device now
+    if (z->stage == 1 || z->stage == 2) {  // each rank read its own shard of the parameters only
+        watchdog_phase(wd, "gathering the parameters from the other ranks");
+        zero_gather_params(z, "checkpoint parameters");
+    }
     H5_CHECK(H5Gclose(meta));
     watchdog_phase(wd, "closing the file");
     H5_CHECK(H5Fclose(f));

@@ -4,9 +4,10 @@
 // /optim/exp_avg/<name>, /optim/exp_avg_sq/<name> (fp32, the tensor's shape).
 // Format 3: the datasets are contiguous, allocated when the file is created
 // (collectively, in flat order, the large ones aligned to the file system's
-// block), and their bytes move by pwrite/pread at the datasets' offsets: each
-// rank writes its dp shard of the flat layout (one call per tensor part, MBs
-// each) and reads only what it holds; HDF5 writes only metadata. /meta also
+// block), and their bytes move at the datasets' offsets (ckpt_io.h: O_DIRECT
+// for the block-aligned interior of each tensor part, pwrite/pread for its
+// ends): each rank writes its dp shard of the flat layout and reads only what
+// it holds; HDF5 writes only metadata. /meta also
 // holds `index` ("name offset numel" per tensor: the flat layout). Formats 1-2
 // (HDF5 hyperslab writes) read the same way. /meta holds step,
 // tokens_seen, data_cursor, seed, optim_t, the model shape, the resolved deck,

@@ -130,23 +130,27 @@ static void build_buckets(Zero *z, double bucket_mb) {
 // ---------------------------------------------------------------------------
 // Gradient path
 
-// Lets MPICH advance the collectives in flight (it progresses only inside MPI calls).
+// Lets MPICH advance the collectives in flight (it progresses only inside MPI
+// calls). The stage-3 gathers advance through the probe; their requests are
+// never tested here: slot_for reads an active request as a prefetch not yet
+// used, and completing one early on one rank only would let that rank reuse the
+// slot and issue another gather than its peers (it hung MoE ZeRO-3 at ep = 2).
 static void poke(Zero *z) {
     if (!z->overlap || !comm_polls(z->comm)) return;
     for (int k = 0; k < z->ngroups; k++)
         if (k == 0 || z->g[k].comm != z->comm) comm_progress(z->g[k].comm);   // the stage-3 gathers in flight too
     for (int i = 0; i < z->nbuckets; i++)
         if (z->buckets[i].req.active) comm_test(z->g[z->buckets[i].group].comm, &z->buckets[i].req);
-    for (int k = 0; k < ZSLOT_N; k++)
-        if (z->slots[k].req.active) comm_test(z->g[unit_group(z, z->slots[k].unit)].comm, &z->slots[k].req);
 }
 
 // Gradients on NVMe: where bucket b's reduce-scatter lands (its staging slot's, or the embeddings').
 static float *landing(const Zero *z, const ZeroBucket *b) { return z->gland[b->slot >= 0 ? b->slot : 2]; }
 
-// The kernels' tile hook: polls between the tiles of every matrix product, so
-// that a layer's gathers and reductions move while the layer computes (at
-// layer boundaries alone a 14 MB gather moved a few cells per layer).
+// The kernels' tile hook: polls between the tiles of every matrix product
+// (every few ms), so that a layer's gathers and reductions may move while the
+// layer computes rather than at layer boundaries alone. Measured on the 2-core
+// machine it saved nothing (docs/architecture.md, issue 16); it costs ~1000
+// probes per 124M step.
 static void tile_poke(void *ctx) { poke(ctx); }
 
 // A bucket's reduction is complete: fold this rank's part into the shard.
@@ -763,11 +767,16 @@ void zero_step(Zero *z, double lr, float grad_scale) {
         update_group(z, g, mine, z->offl.grads ? NULL : z->gshard + g->at, lr, grad_scale);
     }
     if (z->stage == 0 || z->stage == 3) return;
+    zero_gather_params(z, "updated parameters");
+}
+
+void zero_gather_params(Zero *z, const char *tag) {
+    if (z->stage == 3) return;
     CommReq r[ZERO_MAX_GROUPS];
     for (int k = 0; k < z->ngroups; k++) {
         ZeroGroup *g = &z->g[k];
         fill_counts(g, g->begin, g->end);
-        comm_iallgather(g->comm, z->params + g->begin, g->counts, "updated parameters", &r[k]);
+        comm_iallgather(g->comm, z->params + g->begin, g->counts, tag, &r[k]);
     }
     for (int k = 0; k < z->ngroups; k++) comm_wait(z->g[k].comm, &r[k]);
 }

@@ -182,6 +182,10 @@ double zero_reduce_grads(Zero *z);
 // AdamW on the owned shard (gradients scaled by grad_scale), then (stages 1-2)
 // all-gathers the updated parameters.
 void zero_step(Zero *z, double lr, float grad_scale);
+// Stages 0-2 (each rank holds every parameter): every rank's shard of the
+// parameters to every rank of its group (tag names it in debug checks); a no-op
+// at stage 3. A checkpoint load at stages 1-2 reads only the rank's shard, then this.
+void zero_gather_params(Zero *z, const char *tag);
 
 // The parameter/gradient store the model computes through.
 const ParamStore *zero_store(Zero *z);
