@@ -199,28 +199,45 @@ static void sum_segs(const Writer *w, uint64_t *sums) {
     }
 }
 
-// The checksums of state kind k over its pieces (into sums[k * ntensors + i]),
-// on a thread of their own while the next kind is read.
-typedef struct SumTask {
+#define CKPT_READ_BATCH ((size_t)128 << 20)     // bytes
+
+// A load reads tensor parts in batches; the checksums of one batch (over the
+// parts' owned elements) run on a thread while the next batch is read.
+typedef struct ReadPart {
+    int k, i;               // state kind, tensor
+    size_t a, b;            // elements [a, b) of the flat layout ...
+    float *dst;             //   ... land here (element a at dst[0])
+} ReadPart;
+
+typedef struct SumBatch {
     const Model *m;
-    int k, n;
-    const Piece *pieces;
+    const ReadPart *parts;
+    int n;
+    Piece (*owned)[CKPT_MAX_PIECES];    // (DS_KINDS) this rank's owned pieces per kind ...
+    const int *nowned;                  //   ... and how many
     uint64_t *sums;
     pthread_t thread;
     int running;
-} SumTask;
+} SumBatch;
 
-static void *sum_kind(void *arg) {
-    const SumTask *s = arg;
-    for (int j = 0; j < s->n; j++)
-        for (int i = 0; i < s->m->ntensors; i++) {
-            const ParamTensor *t = &s->m->tensors[i];
-            size_t a, b;
-            if (tensor_part(t, &s->pieces[j], &a, &b))
-                s->sums[s->k * s->m->ntensors + i] += ckpt_checksum(s->pieces[j].buf + (a - s->pieces[j].begin), b - a,
-                                                                    a - t->offset);
+static void *sum_batch(void *arg) {
+    const SumBatch *s = arg;
+    for (int j = 0; j < s->n; j++) {
+        const ReadPart *p = &s->parts[j];
+        const ParamTensor *t = &s->m->tensors[p->i];
+        for (int o = 0; o < s->nowned[p->k]; o++) {
+            const Piece *w = &s->owned[p->k][o];
+            size_t lo = p->a > w->begin ? p->a : w->begin, hi = p->b < w->end ? p->b : w->end;
+            if (hi <= lo || w->buf + (lo - w->begin) != p->dst + (lo - p->a)) continue;     // another buffer's range
+            s->sums[p->k * s->m->ntensors + p->i] += ckpt_checksum(p->dst + (lo - p->a), hi - lo, lo - t->offset);
         }
+    }
     return NULL;
+}
+
+static void join_batch(SumBatch *s) {
+    if (s->running) pthread_join(s->thread, NULL);
+    s->running = 0;
 }
 
 static int write_segs(Writer *w, int from, int to) {
@@ -1040,36 +1057,58 @@ static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdo
     watchdog_phase(wd, "reading the datasets");
     size_t ns = (size_t)m->ntensors * DS_KINDS;
     uint64_t *sums = xcalloc(sizeof(uint64_t) * (ns + 1), "checksums");
-    int errors = 0;
-    CkptSeg *segs = xcalloc(sizeof(CkptSeg) * (size_t)m->ntensors * CKPT_MAX_PIECES, "checkpoint segments");
-    Piece mine[DS_KINDS][CKPT_MAX_PIECES], owned[DS_KINDS][CKPT_MAX_PIECES];
+    int errors = 0, cap = (int)ns * CKPT_MAX_PIECES, nparts = 0;
+    CkptSeg *segs = xcalloc(sizeof(CkptSeg) * (size_t)cap, "checkpoint segments");
+    ReadPart *parts = xcalloc(sizeof(ReadPart) * (size_t)cap, "checkpoint segments");
+    int *seg_of = xcalloc(sizeof(int) * (size_t)cap, "checkpoint segments");  // a part's segment; -1: read by HDF5
+    Piece mine[CKPT_MAX_PIECES], owned[DS_KINDS][CKPT_MAX_PIECES];
+    int nowned[DS_KINDS], nsegs = 0;
     int sharded = z->stage == 1 || z->stage == 2;   // parameters held whole, read as shards, then gathered
-    SumTask task[DS_KINDS] = {0};
-    char ioerr[700] = "";
-    // Kind by kind: the reads of one while the checksums of the one before run on a thread.
     for (int k = 0; k < DS_KINDS && !errors; k++) {
         // What a rank holds, except at stages 1-2, where it reads only its shard of the parameters
         // too (zero_gather_params shares them after). Stage 0 holds and reads every moment as well.
-        int np = sharded ? owned_pieces(z, k, mine[k]) : held_pieces(z, k, mine[k]), nsegs = 0;
+        int np = sharded ? owned_pieces(z, k, mine) : held_pieces(z, k, mine);
+        nowned[k] = owned_pieces(z, k, owned[k]);
         for (int j = 0; j < np; j++)
             for (int i = 0; i < m->ntensors; i++) {
                 const ParamTensor *t = &m->tensors[i];
                 size_t a, b;
-                if (!tensor_part(t, &mine[k][j], &a, &b)) continue;
+                if (!tensor_part(t, &mine[j], &a, &b)) continue;
                 char name[160];
                 snprintf(name, sizeof name, "%s/%s", groups[k], t->name);
-                errors += read_part(f, name, t, a, b, mine[k][j].buf + (a - mine[k][j].begin), segs, &nsegs) != 0;
+                int before = nsegs;
+                parts[nparts] = (ReadPart){k, i, a, b, mine[j].buf + (a - mine[j].begin)};
+                errors += read_part(f, name, t, a, b, parts[nparts].dst, segs, &nsegs) != 0;
+                seg_of[nparts++] = nsegs > before ? before : -1;
             }
-        if (!errors && ckpt_io_read(path, segs, nsegs, NULL, ioerr, sizeof ioerr) != 0) errors++;
-        if (errors) break;
-        task[k] = (SumTask){.m = m, .k = k, .n = owned_pieces(z, k, owned[k]), .pieces = owned[k], .sums = sums};
-        int rc = pthread_create(&task[k].thread, NULL, sum_kind, &task[k]);
-        SYS_CHECK(rc == 0, "cannot start a checksum thread: %s", strerror(rc));
-        task[k].running = 1;
     }
-    for (int k = 0; k < DS_KINDS; k++)
-        if (task[k].running) pthread_join(task[k].thread, NULL);
+    // Batches of ~CKPT_READ_BATCH bytes: each one's checksums on a thread while the next is read.
+    SumBatch run[2] = {{0}};
+    char ioerr[700] = "";
+    for (int p0 = 0, cur = 0; p0 < nparts && !errors; cur ^= 1) {
+        int p1 = p0, s0 = -1, s1 = -1;
+        size_t bytes = 0;
+        for (; p1 < nparts && (p1 == p0 || bytes < CKPT_READ_BATCH); p1++) {
+            bytes += (parts[p1].b - parts[p1].a) * sizeof(float);
+            if (seg_of[p1] >= 0) {
+                if (s0 < 0) s0 = seg_of[p1];
+                s1 = seg_of[p1] + 1;
+            }
+        }
+        if (s0 >= 0 && ckpt_io_read(path, segs + s0, s1 - s0, NULL, ioerr, sizeof ioerr) != 0) errors++;
+        join_batch(&run[cur ^ 1]);
+        if (errors) break;
+        run[cur] = (SumBatch){.m = m, .parts = parts + p0, .n = p1 - p0, .owned = owned, .nowned = nowned, .sums = sums};
+        int rc = pthread_create(&run[cur].thread, NULL, sum_batch, &run[cur]);
+        SYS_CHECK(rc == 0, "cannot start a checksum thread: %s", strerror(rc));
+        run[cur].running = 1;
+        p0 = p1;
+    }
+    join_batch(&run[0]);
+    join_batch(&run[1]);
     free(segs);
+    free(parts);
+    free(seg_of);
     sums[ns] = (uint64_t)errors;     // reduced with the checksums
     watchdog_phase(wd, "summing checksums: waiting for the other ranks");
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, (int)ns + 1, MPI_UINT64_T, MPI_SUM, z->comm->comm));

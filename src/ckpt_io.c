@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -92,7 +93,8 @@ static int xfer_open(Xfer *x, const char *path, int write, char *why, size_t wn)
     long page = sysconf(_SC_PAGESIZE);
     x->block = x->f.align > (size_t)page ? x->f.align : (size_t)(page > 0 ? page : 4096);
     if (x->f.direct) {
-        x->bounce = aio_buffer(NBOUNCE * BOUNCE_BYTES, x->block);
+        void *p = NULL;     // not aio_buffer: no need to zero what is always overwritten before use
+        x->bounce = posix_memalign(&p, x->block, NBOUNCE * BOUNCE_BYTES) == 0 ? p : NULL;
         if (!x->bounce) {
             say(why, wn, "%s: out of memory for %d bounce buffers of %zu MiB", path, NBOUNCE, BOUNCE_BYTES >> 20);
             return -1;
@@ -129,7 +131,7 @@ static int xfer_close(Xfer *x, int rc) {
     }
     aio_close(&x->f);
     aio_free(&x->aio);
-    aio_buffer_free(x->bounce);
+    free(x->bounce);
     return rc;
 }
 

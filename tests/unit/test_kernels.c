@@ -1296,6 +1296,42 @@ typedef struct {
     int (*fn)(Rng *r);
 } Test;
 
+// The tile hook (kernels_set_tile_hook): called between the tiles of every
+// product on the thread that set it, never once it is cleared, and the
+// products' bits do not change.
+static void count_tile(void *ctx) { (*(int *)ctx)++; }
+
+static int test_tile_hook(Rng *r)
+{
+    size_t N = 600;
+    int IC = 96, OC = 2100, fails = 0;      // 3 x 3 tiles (M blocks of at most 256, N of 1024)
+    float *inp = fnew(N * IC), *w = fnew((size_t)IC * OC), *a = fnew(N * OC), *b = fnew(N * OC);
+    fill(r, inp, N * IC, 1.0f);
+    fill(r, w, (size_t)IC * OC, 1.0f);
+    matmul_forward(a, inp, w, NULL, N, IC, OC, 0);
+    int calls = 0;
+    kernels_set_tile_hook(count_tile, &calls);
+    matmul_forward(b, inp, w, NULL, N, IC, OC, 0);
+    int with_hook = calls, same = memcmp(a, b, N * OC * sizeof(float)) == 0;
+    kernels_set_tile_hook(NULL, NULL);
+    matmul_forward(b, inp, w, NULL, N, IC, OC, 0);
+    if (with_hook < 2 || calls != with_hook) {
+        printf("  FAIL tile hook: %d calls with it set (want one per tile, >= 2), %d after it was cleared\n",
+               with_hook, calls - with_hook);
+        fails++;
+    }
+    if (!same) {
+        printf("  FAIL tile hook: the product's bits changed with the hook set\n");
+        fails++;
+    }
+    printf("  tile hook: %d calls over one product, bits unchanged\n", with_hook);
+    free(inp);
+    free(w);
+    free(a);
+    free(b);
+    return fails;
+}
+
 static const Test tests[] = {
     { "encoder", test_encoder },           { "layernorm", test_layernorm },
     { "matmul", test_matmul },             { "gelu", test_gelu },
@@ -1303,7 +1339,7 @@ static const Test tests[] = {
     { "crossentropy", test_crossentropy }, { "adamw", test_adamw },
     { "sumsq", test_sumsq },               { "determinism", test_determinism },
     { "paged", test_paged },               { "held", test_held },
-    { "dropout", test_dropout },
+    { "dropout", test_dropout },           { "tile_hook", test_tile_hook },
 };
 enum { NTESTS = sizeof tests / sizeof tests[0] };
 
