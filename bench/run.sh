@@ -5,8 +5,13 @@
 #     PyTorch on the same model, batch and threads;
 #  2. ZeRO stages 0-3 at np=2 on the 124M deck: step time, tokens/s, bytes per
 #     step and the fraction of communication hidden behind compute;
-#  3. checkpoint write/read bandwidth of the 124M deck at np=1, 2, 4 against a
-#     plain sequential write of the same bytes to the same disk.
+#  3. checkpoint write/read bandwidth of the 124M deck at np=1, 2, 4 (and one
+#     rank through the page cache, PARTITA_AIO=buffered) against dd of the same
+#     bytes to the same disk (write + fsync, O_DIRECT write, O_DIRECT read),
+#     BENCH_CKPT_ROUNDS (3) rounds each with its own baselines; MPI-IO writes
+#     of the same bytes (bench/ckpt_mpiio.c: collective with and without
+#     collective buffering, independent); step + checkpoint time with a
+#     checkpoint every step, async vs synchronous vs none.
 #  4. generation with the 124M shape (random weights), 2 threads: decode tokens/s
 #     at batch 1 and 8, prefill tokens/s of a 512-token prompt for fp32, bf16 and
 #     int8 weights (BENCH_DTYPES), the weight bytes/s of batch-1 decode against a
@@ -28,7 +33,7 @@
 #     each BENCH_MOE_STEPS steps at np=2: validation loss, tokens/s, the FLOPs to
 #     reach the dense base's final validation loss; MoE-8 at ep=2: all-to-all share.
 #  8. overlap (BENCH_ONLY=overlap): per ZeRO stage at np=2 on the 124M deck, step
-#     time with overlap on ([comm] progress = BENCH_PROGRESS, default thread)
+#     time with overlap on ([comm] progress = BENCH_PROGRESS, default poll)
 #     and off, compute alone (two 1-rank jobs at once: the same per-rank work
 #     and core occupancy, no collectives), communication alone (build/comm_alone:
 #     the bytes run.h5 recorded, no compute), fraction hidden with its spread.
@@ -127,7 +132,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = ckpt ]; then
 fi
 
 if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
-  PROG=${BENCH_PROGRESS:-thread}
+  PROG=${BENCH_PROGRESS:-poll}
   echo "== 8. overlap: ZeRO stages at np=2 (1 thread per rank), 124M, B=2 per rank, T=256, $STEPS steps, progress = $PROG"
   make -s build/comm_alone
   OV="$COMMON --set train.steps=$STEPS --set train.micro_batch=2"

@@ -6,8 +6,9 @@
 // (collectively, in flat order, the large ones aligned to the file system's
 // block), and their bytes move at the datasets' offsets (ckpt_io.h: O_DIRECT
 // for the block-aligned interior of each tensor part, pwrite/pread for its
-// ends): each rank writes its dp shard of the flat layout and reads only what
-// it holds; HDF5 writes only metadata. /meta also
+// ends): each rank writes its dp shard of the flat layout and reads only its
+// shard (at ZeRO 1-2 the parameters are then all-gathered; stage 0 reads what
+// it holds, every state whole); HDF5 writes only metadata. /meta also
 // holds `index` ("name offset numel" per tensor: the flat layout). Formats 1-2
 // (HDF5 hyperslab writes) read the same way. /meta holds step,
 // tokens_seen, data_cursor, seed, optim_t, the model shape, the resolved deck,
