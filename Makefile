@@ -45,6 +45,10 @@ $(BUILD)/test_kernels: $(BUILD)/tests/unit/test_kernels.o $(KOBJ)
 $(BUILD)/ckpt_mpiio: $(BUILD)/bench/ckpt_mpiio.o
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# ZeRO-3's gather pattern between two processes without Partita (docs/architecture.md, issue 16).
+$(BUILD)/overlap_probe: $(BUILD)/bench/overlap_probe.o
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 # A ZeRO step's collectives with no compute (bench/run.sh BENCH_ONLY=overlap).
 $(BUILD)/comm_alone: $(BUILD)/bench/comm_alone.o $(BUILD)/src/comm.o $(BUILD)/src/comm_nccl.o $(BUILD)/src/log.o $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)

@@ -36,7 +36,8 @@
 #     time with overlap on ([comm] progress = BENCH_PROGRESS, default poll)
 #     and off, compute alone (two 1-rank jobs at once: the same per-rank work
 #     and core occupancy, no collectives), communication alone (build/comm_alone:
-#     the bytes run.h5 recorded, no compute), fraction hidden with its spread.
+#     the bytes run.h5 recorded, no compute), fraction hidden with its spread;
+#     build/overlap_probe: ZeRO-3's gather pattern between two bare processes.
 #  9. serving (BENCH_ONLY=serve): `partita serve` on the 124M shape (random weights) under
 #     Poisson load from bench/loadgen.py (streamed), FastGen's experiment scaled to 2 cores:
 #     prompts ~300 tokens and outputs ~30 (FastGen: ~600 and ~60 on GPUs; BENCH_SERVE_PROMPT,
@@ -153,6 +154,10 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
     $MPIEXEC -np 2 build/comm_alone $ar $rs $ag 4194304 $STEPS > $out/ov-$st-comm.txt
   done
   $PYTHON bench/report.py overlap $out
+  make -s build/overlap_probe
+  echo "  the same gather pattern between two processes without Partita (build/overlap_probe), mean wait per layer:"
+  for m in 0 2; do $MPIEXEC -np 2 build/overlap_probe $m | sed 's/^/  /'; done
+  UCX_CMA_SEG_SIZE=256m $MPIEXEC -np 2 build/overlap_probe 0 | sed 's/^/  UCX_CMA_SEG_SIZE=256m: /'
 fi
 
 if [ "$ONLY" = all ] || [ "$ONLY" = gen ]; then
