@@ -195,8 +195,9 @@ static int run(const char *path, int write, const CkptSeg *segs, int n, CkptIoSt
             say(why, wn, "%s: cannot stat: %s", path, strerror(errno));
             rc = -1;
         }
-        for (int i = 0; i < n && rc == 0; i++)
-            if (segs[i].off + segs[i].bytes > (uint64_t)st.st_size) {
+        uint64_t size = rc == 0 ? (uint64_t)st.st_size : 0;
+        for (int i = 0; i < n && rc == 0; i++)     // (offsets come from the file: no overflow on the way)
+            if (segs[i].off > size || segs[i].bytes > size - segs[i].off) {
                 say(why, wn, "%s: short read: %zu bytes at %llu run past the end of the file (%lld bytes; truncated)",
                     path, segs[i].bytes, (unsigned long long)segs[i].off, (long long)st.st_size);
                 rc = -1;
