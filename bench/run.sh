@@ -156,8 +156,10 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
   $PYTHON bench/report.py overlap $out
   make -s build/overlap_probe
   echo "  the same gather pattern between two processes without Partita (build/overlap_probe), mean wait per layer:"
-  for m in 0 2; do $MPIEXEC -np 2 build/overlap_probe $m | sed 's/^/  /'; done
-  UCX_CMA_SEG_SIZE=256m $MPIEXEC -np 2 build/overlap_probe 0 | sed 's/^/  UCX_CMA_SEG_SIZE=256m: /'
+  for split in even oneway; do
+    for m in 0 2; do $MPIEXEC -np 2 build/overlap_probe $m 24 $split | sed 's/^/  /'; done
+    UCX_CMA_SEG_SIZE=256m $MPIEXEC -np 2 build/overlap_probe 0 24 $split | sed 's/^/  UCX_CMA_SEG_SIZE=256m: /'
+  done
 fi
 
 if [ "$ONLY" = all ] || [ "$ONLY" = gen ]; then
