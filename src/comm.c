@@ -124,6 +124,7 @@ void comm_init(Comm *c, MPI_Comm comm, const char *name, const CommOptions *opt)
     MPI_CHECK(MPI_Comm_size(comm, &c->size));
     c->sigs = xcalloc(sizeof(CommSig) * (size_t)c->size, "comm signatures");
     c->vargs = xcalloc(sizeof(int) * 4 * COMM_SLOTS * (size_t)c->size, "comm counts of collectives in flight");
+    c->preqs = xcalloc(sizeof(MPI_Request) * 2 * COMM_SLOTS * (size_t)c->size, "comm requests of all-gathers in flight");
     if (c->opt.path == COMM_PATH_NCCL) c->nccl = nccl_create(comm, c->rank, c->size);
     MPI_CHECK(MPI_Comm_dup(comm, &c->probe));
     if (c->opt.progress == COMM_PROGRESS_THREAD && c->opt.path != COMM_PATH_NCCL) progress_start(c);
@@ -180,6 +181,8 @@ void comm_free(Comm *c) {
     free(c->sigs);
     free(c->vargs);
     c->vargs = NULL;
+    free(c->preqs);
+    c->preqs = NULL;
     c->sigs = NULL;
 }
 
@@ -199,12 +202,24 @@ static void describe(const CommSig *s, char *buf, size_t n) {
 // call: a sleep between polls would throttle big gathers (it did: 20 us naps
 // made ZeRO-3's all-gathers several times slower), so only a wait that has
 // gone on for a while naps, and only when ranks outnumber cores.
-static void wait_request(Comm *c, MPI_Request *req, const CommSig *sig) {
+// 1 when every request of q[0..n) is complete (MPI_Test each: a completed one
+// becomes MPI_REQUEST_NULL, which tests complete again).
+static int test_all(MPI_Request *q, int n) {
+    int all = 1;
+    for (int i = 0; i < n; i++) {
+        int flag = 0;
+        MPI_CHECK(MPI_Test(&q[i], &flag, MPI_STATUS_IGNORE));
+        all &= flag;
+    }
+    return all;
+}
+
+static void wait_request(Comm *c, MPI_Request *req, int nreq, const CommSig *sig) {
     double t0 = MPI_Wtime();
     int done = 0;
     struct timespec nap = {0, 50000};
     for (long spins = 0; ; spins++) {
-        MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE));
+        done = test_all(req, nreq);
         if (done) break;
         if (c->opt.oversubscribed && spins > 20000) nanosleep(&nap, NULL);
         else sched_yield();
@@ -235,7 +250,7 @@ static void check_signature(Comm *c, const CommSig *mine) {
                              c->comm, &req));
     CommSig check = *mine;
     snprintf(check.tag, sizeof check.tag, "check:%.32s", mine->tag);
-    wait_request(c, &req, &check);
+    wait_request(c, &req, 1, &check);
     // The signature most ranks issued is taken as the intended one; every rank
     // that issued something else is named.
     int best = 0, best_n = 0;
@@ -274,6 +289,7 @@ static int begin(Comm *c, int op, size_t count, size_t bytes_sent, const char *t
     r->land = NULL;
     r->slot = -1;
     r->req = MPI_REQUEST_NULL;
+    r->npreq = 0;
     if (c->opt.fault_skip_rank == c->rank && c->opt.fault_skip_step == c->step + 1 && !c->skipped) {
         c->skipped = 1;
         if (c->opt.fault_hang_s > 0) {
@@ -389,7 +405,19 @@ void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag,
         set_landing(r, buf, h, total);
         buf = h;
     }
-    MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, cnt, dsp, MPI_FLOAT, c->comm, &r->req));
+    // Point to point, not MPI_Iallgatherv: MPICH's all-gather with a rank of
+    // count 0 (ZeRO-3's flat shards give every layer but one a single owner)
+    // did not advance under polls at all (bench/overlap_probe.c: 10-14 ms of
+    // wait per layer however often polled), while sends and receives do.
+    MPI_Request *q = c->preqs + (size_t)r->slot * 2 * (size_t)c->size;
+    int nq = 0;
+    for (int k = 0; k < c->size; k++)
+        if (k != c->rank && cnt[k] > 0)
+            MPI_CHECK(MPI_Irecv(buf + dsp[k], cnt[k], MPI_FLOAT, k, COMM_GATHER_TAG, c->comm, &q[nq++]));
+    for (int k = 0; k < c->size; k++)
+        if (k != c->rank && cnt[c->rank] > 0)
+            MPI_CHECK(MPI_Isend(buf + dsp[c->rank], cnt[c->rank], MPI_FLOAT, k, COMM_GATHER_TAG, c->comm, &q[nq++]));
+    r->npreq = nq;
 }
 
 void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *recv, const size_t *rcounts,
@@ -415,13 +443,18 @@ void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *re
     MPI_CHECK(MPI_Ialltoallv(send, sc, sd, MPI_FLOAT, recv, rc, rd, MPI_FLOAT, c->comm, &r->req));
 }
 
+// The MPI requests behind r: its all-gather's point-to-point ones, or the one.
+static MPI_Request *requests(Comm *c, CommReq *r) {
+    return r->npreq ? c->preqs + (size_t)r->slot * 2 * (size_t)c->size : &r->req;
+}
+
 void comm_wait(Comm *c, CommReq *r) {
     if (!r->active) return;
     if (r->event >= 0) {
         nccl_wait(c->nccl, r->event);
         r->event = -1;
     } else {
-        wait_request(c, &r->req, &r->sig);
+        wait_request(c, requests(c, r), r->npreq ? r->npreq : 1, &r->sig);
         land(c, r);
     }
     release_slot(c, r);
@@ -433,7 +466,7 @@ int comm_test(Comm *c, CommReq *r) {
     if (!r->active) return 1;
     int done = 0;
     if (r->event >= 0) return nccl_test(c->nccl, r->event);   // comm_wait still orders the streams
-    MPI_CHECK(MPI_Test(&r->req, &done, MPI_STATUS_IGNORE));
+    done = test_all(requests(c, r), r->npreq ? r->npreq : 1);
     if (done) {
         land(c, r);
         release_slot(c, r);

@@ -59,6 +59,7 @@ typedef struct CommReq {
     MPI_Request req;
     int active;
     int slot;               // v-collectives: its counts slot in Comm.vargs until completion; -1 none
+    int npreq;              // host all-gather: its point-to-point requests (the slot's in Comm.preqs); 0 none
     CommSig sig;
     int event;              // nccl: the completion event's slot, -1 none
     float *land;            // staged: device buffer the result goes to on completion ...
@@ -85,6 +86,7 @@ typedef struct CommMirror {     // staged path: a registered device buffer and i
     size_t n;
 } CommMirror;
 
+enum { COMM_GATHER_TAG = 30001 };  // the all-gathers' point-to-point messages on Comm.comm
 enum { COMM_SLOTS = 64 };       // v-collectives (reduce-scatter, all-gather, all-to-all) in flight at
                                 // once on one communicator: each owns one slot of counts until completion
 
@@ -107,6 +109,8 @@ typedef struct Comm {
     int *vargs;             // (COMM_SLOTS, 4, size) send counts, displacements, receive counts and
                             // displacements of each v-collective in flight: the MPI standard forbids
                             // touching them before the request completes, so no two requests share them
+    MPI_Request *preqs;     // (COMM_SLOTS, 2 (size - 1)) the point-to-point requests of each all-gather
+                            // in flight (host path: see comm_iallgather)
     uint64_t busy;          // bit k: slot k belongs to a request not yet completed
     CommSig *sigs;          // (size) scratch for debug checks
     CommMirror *mirrors;    // staged: (cap_mirrors) registered buffers, grown by comm_register (setup only)
