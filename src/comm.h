@@ -21,7 +21,10 @@
 //           refuses that), so tests run np=2/4 on one device. Every device
 //           buffer a staged collective touches must be registered first
 //           (comm_register), which allocates its host mirror once.
-// The f64 reductions and comm_bcast always take host buffers.
+// The f64 reductions and comm_bcast always take host buffers. On the host
+// and staged paths an all-gather is point to point (each rank's part sent to
+// every other rank): MPICH's MPI_Iallgatherv with a rank of count 0 did not
+// advance under polls (bench/overlap_probe.c).
 #ifndef PARTITA_COMM_H
 #define PARTITA_COMM_H
 
