@@ -61,6 +61,18 @@ seq_len = 32
 """
 
 
+def moe_model(seq_len):
+    """The tiny model the MoE tests train and serve: its [model] section."""
+    return f"""[model]
+vocab = 257
+vocab_pad = 64
+layers = 4
+d_model = 32
+heads = 4
+seq_len = {seq_len}
+"""
+
+
 def write_deck(path, text):
     with open(path, "w") as f:
         f.write(text)

@@ -20,7 +20,7 @@ import os
 import h5py
 import numpy as np
 
-from common import check, finish, licenses_tokens, rel_err, run, tmpdir, write_deck
+from common import moe_model, check, finish, licenses_tokens, rel_err, run, tmpdir, write_deck
 from moe_torch import MoeCfg, reference
 
 d = tmpdir("moe")
@@ -35,14 +35,7 @@ name = {name}
 out_dir = {d}/{name}
 seed = 7
 peak_gflops = 100
-[model]
-vocab = 257
-vocab_pad = 64
-layers = 4
-d_model = 32
-heads = 4
-seq_len = 16
-[moe]
+{moe_model(16)}[moe]
 {moe}
 [data]
 train = {tok}

@@ -22,7 +22,7 @@ import subprocess
 import h5py
 import numpy as np
 
-from common import EMU, MPIEXEC, PARTITA, ROOT, build_emu, check, finish, licenses_tokens, tmpdir, write_deck
+from common import moe_model, EMU, MPIEXEC, PARTITA, ROOT, build_emu, check, finish, licenses_tokens, tmpdir, write_deck
 
 STEPS = 6
 TOL = 1e-5
@@ -47,14 +47,7 @@ def deck(name, moe):
 seed = 7
 threads = 1
 peak_gflops = 1          # no GEMM timing on the emulated cuBLAS
-[model]
-vocab = 257
-vocab_pad = 64
-layers = 4
-d_model = 32
-heads = 4
-seq_len = 16
-[moe]
+{moe_model(16)}[moe]
 {moe}
 [data]
 train = {tok}

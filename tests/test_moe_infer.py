@@ -26,19 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import EMU, MPIEXEC, ROOT, build_emu, check, finish, licenses_tokens, run, tmpdir, write_deck
+from common import moe_model, EMU, MPIEXEC, ROOT, build_emu, check, finish, licenses_tokens, run, tmpdir, write_deck
 from moe_torch import MoeCfg, as_tensors, greedy, init_weights, moe_gpt_forward
 
 d = tmpdir("moe-infer")
 T = 32
-MODEL = """[model]
-vocab = 257
-vocab_pad = 64
-layers = 4
-d_model = 32
-heads = 4
-seq_len = 32
-"""
+MODEL = moe_model(T)
 
 
 def weights_file(path, w, cfg):

@@ -32,7 +32,7 @@ import time
 import h5py
 import numpy as np
 
-from common import MPIEXEC, PARTITA, ROOT, check, finish, run, tmpdir, write_deck
+from common import moe_model, MPIEXEC, PARTITA, ROOT, check, finish, run, tmpdir, write_deck
 from gen_weights import BPE_SETS, bpe_weights, have_bpe, tiny_weights
 from moe_torch import MoeCfg, init_weights
 
@@ -432,14 +432,7 @@ def moe_weights(path):
 
 moe_deck = write_deck(f"{d}/moe.deck", f"""[run]
 name = moe-tiny
-[model]
-vocab = 257
-vocab_pad = 64
-layers = 4
-d_model = 32
-heads = 4
-seq_len = 32
-[moe]
+{moe_model(32)}[moe]
 experts = 4
 top_k = 2
 eval_capacity_factor = 0.5
