@@ -360,21 +360,27 @@ check(running == 1 and used > 0 and after == 0 and blocks == 0 and made < 60,
 check(len(cut) == 1 and cut[0]["status"] == "refused" and rc == 0, "the served log records it as cancelled with HTTP 408",
       cut[0]["reason"] if cut else out[-200:])
 
+def post_at_once(srv, requests, model):
+    """POSTs every request at once, each on a thread of its own; returns id -> (status, body)."""
+    res = {}
+
+    def one(r):
+        res[r["id"]] = srv.call("POST", "/v1/completions", api_body(r, model=model))
+
+    ths = [threading.Thread(target=one, args=(r,)) for r in requests]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    return res
+
+
 # Lazy KV blocks vs reservation in a pool of 8 blocks: four greedy requests at once; lazy preempts
 # (seen in /metrics), reserve never does, and both give generate's outputs.
 outs = {}
 for kv, ps in pools.items():
     ps.wait()
-    res = {}
-
-    def one(r, ps=ps, res=res):
-        res[r["id"]] = ps.call("POST", "/v1/completions", api_body(r, model=None))
-
-    ths = [threading.Thread(target=one, args=(r,)) for r in pool_reqs]
-    for t in ths:
-        t.start()
-    for t in ths:
-        t.join()
+    res = post_at_once(ps, pool_reqs, None)
     outs[kv] = {k: json.loads(v[1])["choices"][0]["text"] if v[0] == 200 else None for k, v in res.items()}
     outs[kv + "-pre"] = ps.metric("partita_preemptions_total")
     ps.stop()
@@ -461,16 +467,7 @@ want_moe = generate("gen-moe", moe_reqs, deck_path=moe_deck)
 def served_tokens(srv, requests, model):
     """Sends the requests at once (batched in the server's passes); returns id -> (status, text, tokens) after
     SIGTERM (the tokens from the served log, by completion id) and the exit status."""
-    res = {}
-
-    def one(r):
-        res[r["id"]] = srv.call("POST", "/v1/completions", api_body(r, model=model))
-
-    ths = [threading.Thread(target=one, args=(r,)) for r in requests]
-    for t in ths:
-        t.start()
-    for t in ths:
-        t.join()
+    res = post_at_once(srv, requests, model)
     rc, srv.out = srv.stop()
     logged = {l["id"]: l.get("tokens") for l in map(json.loads, open(srv.served))}
     outs = {}
