@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Prints the benchmark tables of bench/run.sh from the runs' HDF5 and logs.
 usage: report.py train RUN.h5 TORCH.log | report.py zero DIR | report.py ckpt DIR BYTES PLAIN_SECONDS [DIRECT_SECONDS]
-       | report.py ackpt DIR | report.py overlap DIR | report.py sp DIR | report.py moe DIR"""
+       | report.py ackpt DIR | report.py overlap DIR ROUNDS | report.py sp DIR | report.py moe DIR"""
 import glob
 import os
 import re
@@ -72,7 +72,7 @@ def ckpt(d, rounds):
         base["dread"].append(dread)
         for k, row in rows.items():
             ws = seconds(os.path.join(d, f"ckpt-{r}-{k}-w.log"), r"checkpoint: \S+ \(([\d.]+) s[;)]")
-            rs = seconds(os.path.join(d, f"ckpt-{r}-{k}-r.log"), r"resumed from \S+ at step \d+ \(([\d.]+) s\)")
+            rs = seconds(os.path.join(d, f"ckpt-{r}-{k}-r.log"), r"resumed from \S+ at step \d+ \(([\d.]+) s[;)]")
             w, rd_ = nbytes / ws / 1e9, nbytes / rs / 1e9
             row["w"].append(w)
             row["r"].append(rd_)
@@ -115,29 +115,38 @@ def ackpt(d):
     print("  checkpoint, the wait for the previous write and its publish)")
 
 
-def overlap(d):
-    def steps(path):
-        m, _ = metrics(path)
-        return m["step_time"][1:], m  # step 1 warms up
-    ca, _ = steps(os.path.join(d, "ov-alone-a", "run.h5"))
-    cb, _ = steps(os.path.join(d, "ov-alone-b", "run.h5"))
-    comp = np.maximum(ca, cb)
+def overlap(d, rounds):
+    def steps(name):    # every round's steps after the first (it warms up), pooled; and the metrics
+        ts, ms = [], []
+        for r in range(1, int(rounds) + 1):
+            m, _ = metrics(os.path.join(d, f"ov-{r}-{name}", "run.h5"))
+            ts.append(m["step_time"][1:])
+            ms.append(m)
+        return np.concatenate(ts), ms
+
+    comp = np.maximum(steps("alone-a")[0], steps("alone-b")[0])   # the pair's slower, step by step
     c_med = float(np.median(comp))
-    print(f"  compute alone (two 1-rank jobs at once, B=2 each): {c_med:.2f} s/step [{comp.min():.2f}-{comp.max():.2f}]")
-    print(f"  {'stage':>5s} {'on s/step':>16s} {'off s/step':>16s} {'comm alone s':>16s} {'wait on':>8s} "
+    print(f"  {rounds} rounds, steps pooled; compute alone (two 1-rank jobs at once, B=2 each): "
+          f"{c_med:.2f} s/step [{comp.min():.2f}-{comp.max():.2f}]")
+    print(f"  {'stage':>7s} {'on s/step':>16s} {'off s/step':>16s} {'comm alone s':>16s} {'wait on':>8s} "
           f"{'in flight':>9s} {'hidden':>7s} {'spread':>15s}")
-    for st in range(4):
-        on, mo = steps(os.path.join(d, f"ov-{st}-on", "run.h5"))
-        off, _ = steps(os.path.join(d, f"ov-{st}-off", "run.h5"))
-        cm = np.array([float(l.split()[2]) for l in open(os.path.join(d, f"ov-{st}-comm.txt")) if l.startswith("step")])
+    for st, kind in ((0, "on"), (1, "on"), (1, "mpi"), (2, "on"), (2, "mpi"), (3, "on"), (3, "mpi")):
+        on, mo = steps(f"{st}-{kind}")
+        off, _ = steps(f"{st}-off")
+        cm = np.array([float(l.split()[2]) for l in open(os.path.join(d, f"ov-{st}-{kind}-comm.txt")) if l.startswith("step")])
         cm = cm[1:] if len(cm) > 1 else cm
         c = float(np.median(cm))
+        wait = np.concatenate([m["comm_wait"][1:] for m in mo])
+        fly = np.concatenate([m["comm_inflight"][1:] for m in mo])
         hid = lambda s: 1 - (s - c_med) / c if c > 0 else float("nan")
-        print(f"  {st:5d} {np.median(on):7.2f} [{on.min():.2f}-{on.max():.2f}] {np.median(off):7.2f} [{off.min():.2f}-{off.max():.2f}] "
-              f"{c:7.2f} [{cm.min():.2f}-{cm.max():.2f}] {np.median(mo['comm_wait'][1:]):8.2f} "
-              f"{np.median(mo['comm_inflight'][1:]):9.2f} {hid(np.median(on)):6.0%} "
+        label = f"{st}" if kind == "on" else f"{st} mpi"
+        off_s = f"{np.median(off):7.2f} [{off.min():.2f}-{off.max():.2f}]" if kind == "on" else f"{'':16s}"
+        print(f"  {label:>7s} {np.median(on):7.2f} [{on.min():.2f}-{on.max():.2f}] {off_s} "
+              f"{c:7.2f} [{cm.min():.2f}-{cm.max():.2f}] {np.median(wait):8.2f} "
+              f"{np.median(fly):9.2f} {hid(np.median(on)):6.0%} "
               f"[{hid(on.max()):.0%}, {hid(on.min()):.0%}]")
-    print("  hidden = 1 - (step_on - compute_alone) / comm_alone (medians; spread over the slowest and fastest step)")
+    print("  hidden = 1 - (step_on - compute_alone) / comm_alone (medians; spread over the slowest and fastest step);")
+    print("  stages 1-3: parameters node-shared (the default on one node: no all-gathers); 'mpi': zero.node_shared = false")
 
 
 def gen_file(path):

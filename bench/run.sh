@@ -34,9 +34,12 @@
 #     reach the dense base's final validation loss; MoE-8 at ep=2: all-to-all share.
 #  8. overlap (BENCH_ONLY=overlap): per ZeRO stage at np=2 on the 124M deck, step
 #     time with overlap on ([comm] progress = BENCH_PROGRESS, default poll)
-#     and off, compute alone (two 1-rank jobs at once: the same per-rank work
-#     and core occupancy, no collectives), communication alone (build/comm_alone:
-#     the bytes run.h5 recorded, no compute), fraction hidden with its spread;
+#     and off, and at stages 1-3 with the parameters gathered by MPI instead of
+#     node-shared (zero.node_shared=false); compute alone (two 1-rank jobs at once:
+#     the same per-rank work and core occupancy, no collectives), communication
+#     alone (build/comm_alone: the bytes run.h5 recorded, no compute), fraction
+#     hidden with its spread; BENCH_OVERLAP_ROUNDS rounds (default 2), each
+#     running every configuration once, steps pooled (the machine drifts);
 #     build/overlap_probe: ZeRO-3's gather pattern between two bare processes.
 #  9. serving (BENCH_ONLY=serve): `partita serve` on the 124M shape (random weights) under
 #     Poisson load from bench/loadgen.py (streamed), FastGen's experiment scaled to 2 cores:
@@ -137,23 +140,30 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
   echo "== 8. overlap: ZeRO stages at np=2 (1 thread per rank), 124M, B=2 per rank, T=256, $STEPS steps, progress = $PROG"
   make -s build/comm_alone
   OV="$COMMON --set train.steps=$STEPS --set train.micro_batch=2"
-  for st in 0 1 2 3; do
-    $MPIEXEC -np 2 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=4 --set run.out_dir=$out/ov-$st-on \
-      --set zero.stage=$st --set comm.progress=$PROG > $out/ov-$st-on.log
-    $MPIEXEC -np 2 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=4 --set run.out_dir=$out/ov-$st-off \
-      --set zero.stage=$st --set zero.overlap=false > $out/ov-$st-off.log
+  OROUNDS=${BENCH_OVERLAP_ROUNDS:-2}
+  ov_run() {  # name, then --set options: one np=2 run into $out/ov-<round>-<name>
+    local name=$1; shift
+    $MPIEXEC -np 2 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=4 \
+      --set run.out_dir=$out/ov-$r-$name "$@" > $out/ov-$r-$name.log
+  }
+  for r in $(seq 1 $OROUNDS); do
+    # compute alone: two independent 1-rank jobs at once (each the per-rank work of np=2, on its own core)
+    for j in a b; do
+      $MPIEXEC -np 1 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=2 \
+        --set run.out_dir=$out/ov-$r-alone-$j --set run.threads=1 > $out/ov-$r-alone-$j.log &
+    done
+    wait
+    for st in 0 1 2 3; do
+      ov_run $st-on --set zero.stage=$st --set comm.progress=$PROG
+      ov_run $st-off --set zero.stage=$st --set zero.overlap=false
+      [ $st = 0 ] || ov_run $st-mpi --set zero.stage=$st --set comm.progress=$PROG --set zero.node_shared=false
+    done
   done
-  # compute alone: two independent 1-rank jobs at once (each the per-rank work of np=2, on its own core)
-  for j in a b; do
-    $MPIEXEC -np 1 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=2 --set run.out_dir=$out/ov-alone-$j \
-      --set run.threads=1 > $out/ov-alone-$j.log &
+  for cfg in 0-on 1-on 2-on 3-on 1-mpi 2-mpi 3-mpi; do
+    read ar rs ag < <($PYTHON -c "import h5py,numpy as n;m=h5py.File('$out/ov-1-$cfg/run.h5')['metrics'];print(*[int(n.median(m[k][1:])) for k in ('comm_bytes_all_reduce','comm_bytes_reduce_scatter','comm_bytes_all_gather')])")
+    $MPIEXEC -np 2 build/comm_alone $ar $rs $ag 4194304 $STEPS > $out/ov-$cfg-comm.txt
   done
-  wait
-  for st in 0 1 2 3; do
-    read ar rs ag < <($PYTHON -c "import h5py,numpy as n;m=h5py.File('$out/ov-$st-on/run.h5')['metrics'];print(*[int(n.median(m[k][1:])) for k in ('comm_bytes_all_reduce','comm_bytes_reduce_scatter','comm_bytes_all_gather')])")
-    $MPIEXEC -np 2 build/comm_alone $ar $rs $ag 4194304 $STEPS > $out/ov-$st-comm.txt
-  done
-  $PYTHON bench/report.py overlap $out
+  $PYTHON bench/report.py overlap $out $OROUNDS
   make -s build/overlap_probe
   echo "  the same gather pattern between two processes without Partita (build/overlap_probe), mean wait per layer:"
   for split in even oneway; do

@@ -1049,10 +1049,24 @@ static int read_part(hid_t f, const char *name, const ParamTensor *t, size_t a, 
     return rc;
 }
 
+// Queues the segments of parts [p0, p1) (those HDF5 does not read itself).
+static int queue_batch(CkptIo *io, const CkptSeg *segs, const int *seg_of, int p0, int p1, uint64_t *mark) {
+    int s0 = -1, s1 = -1;
+    for (int p = p0; p < p1; p++)
+        if (seg_of[p] >= 0) {
+            if (s0 < 0) s0 = seg_of[p];
+            s1 = seg_of[p] + 1;
+        }
+    *mark = 0;
+    if (s0 < 0) return 0;
+    return ckpt_io_queue(io, segs + s0, s1 - s0, mark);
+}
+
 // Reads the pieces this rank holds, and nothing else; checks, collectively,
 // that every read succeeded and every dataset matches its stored checksum
 // (each rank sums its owned pieces: every element counted once).
-static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdog *wd, char *why, size_t n) {
+static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdog *wd, uint64_t *nread, char *why,
+                         size_t n) {
     const Model *m = z->m;
     watchdog_phase(wd, "reading the datasets");
     size_t ns = (size_t)m->ntensors * DS_KINDS;
@@ -1082,28 +1096,38 @@ static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdo
                 seg_of[nparts++] = nsegs > before ? before : -1;
             }
     }
-    // Batches of ~CKPT_READ_BATCH bytes: each one's checksums on a thread while the next is read.
+    // Batches of ~CKPT_READ_BATCH bytes, read through one open transfer: batch
+    // k + 1 is queued before batch k is waited for (the disk never idles at a
+    // batch boundary), and batch k's checksums run on a thread meanwhile.
     SumBatch run[2] = {{0}};
     char ioerr[700] = "";
-    for (int p0 = 0, cur = 0; p0 < nparts && !errors; cur ^= 1) {
-        int p1 = p0, s0 = -1, s1 = -1;
-        size_t bytes = 0;
-        for (; p1 < nparts && (p1 == p0 || bytes < CKPT_READ_BATCH); p1++) {
-            bytes += (parts[p1].b - parts[p1].a) * sizeof(float);
-            if (seg_of[p1] >= 0) {
-                if (s0 < 0) s0 = seg_of[p1];
-                s1 = seg_of[p1] + 1;
-            }
-        }
-        if (s0 >= 0 && ckpt_io_read(path, segs + s0, s1 - s0, NULL, ioerr, sizeof ioerr) != 0) errors++;
-        join_batch(&run[cur ^ 1]);
-        if (errors) break;
-        run[cur] = (SumBatch){.m = m, .parts = parts + p0, .n = p1 - p0, .owned = owned, .nowned = nowned, .sums = sums};
-        int rc = pthread_create(&run[cur].thread, NULL, sum_batch, &run[cur]);
-        SYS_CHECK(rc == 0, "cannot start a checksum thread: %s", strerror(rc));
-        run[cur].running = 1;
-        p0 = p1;
+    int nb = 0, *first = xcalloc(sizeof(int) * (size_t)(nparts + 1), "checkpoint batches");
+    for (int p = 0; p < nparts; nb++) {
+        first[nb] = p;
+        for (size_t bytes = 0; p < nparts && (p == first[nb] || bytes < CKPT_READ_BATCH); p++)
+            bytes += (parts[p].b - parts[p].a) * sizeof(float);
     }
+    first[nb] = nparts;
+    *nread = 0;
+    for (int p = 0; p < nparts; p++) *nread += (parts[p].b - parts[p].a) * sizeof(float);
+    CkptIo *io = nsegs && !errors ? ckpt_io_open(path, 0, ioerr, sizeof ioerr) : NULL;
+    if (nsegs && !io) errors++;
+    uint64_t mark[2] = {0, 0};
+    if (!errors && nb > 0) errors += queue_batch(io, segs, seg_of, first[0], first[1], &mark[0]) != 0;
+    for (int k = 0; k < nb && !errors; k++) {
+        if (k + 1 < nb) errors += queue_batch(io, segs, seg_of, first[k + 1], first[k + 2], &mark[(k + 1) & 1]) != 0;
+        if (!errors && io) errors += ckpt_io_wait(io, mark[k & 1]) != 0;
+        join_batch(&run[(k + 1) & 1]);
+        if (errors) break;
+        SumBatch *sb = &run[k & 1];
+        *sb = (SumBatch){.m = m, .parts = parts + first[k], .n = first[k + 1] - first[k], .owned = owned,
+                         .nowned = nowned, .sums = sums};
+        int rc = pthread_create(&sb->thread, NULL, sum_batch, sb);
+        SYS_CHECK(rc == 0, "cannot start a checksum thread: %s", strerror(rc));
+        sb->running = 1;
+    }
+    if (io && ckpt_io_close(io, errors ? -1 : 0, NULL) != 0 && !errors) errors++;
+    free(first);
     join_batch(&run[0]);
     join_batch(&run[1]);
     free(segs);
@@ -1139,6 +1163,7 @@ static int load(Zero *z, const Deck *d, const char *path, CkptState *st, Watchdo
     MPI_Comm comm = z->comm->comm;
     char w[600] = "";
     watchdog_phase(wd, "opening the file");
+    double t0 = MPI_Wtime();
     hid_t f = open_parallel(path, comm, 0, w, sizeof w);
     if (f < 0) snprintf(why, n, "cannot open it (missing, truncated or not HDF5): %s", w);
     if (agree(comm, f < 0, why, n) != 0) {
@@ -1164,20 +1189,25 @@ static int load(Zero *z, const Deck *d, const char *path, CkptState *st, Watchdo
     rc = check_datasets(f, meta, m, why, n);
     if (agree(comm, rc, why, n) != 0) goto fail;
 
-    if (read_verified(z, f, meta, path, wd, why, n) != 0) goto fail;
+    double t1 = MPI_Wtime();
+    if (read_verified(z, f, meta, path, wd, &st->read_bytes, why, n) != 0) goto fail;
+    double t2 = MPI_Wtime();
     st->step = mi.step;
     st->data_cursor = mi.data_cursor;
     st->data_rows = mi.data_rows;
     st->tokens_seen = mi.tokens_seen;
     z->optim.t = (int)mi.optim_t;
     zero_push_states(z);    // read into the host copies; on cuda they go to the device now
-    if (z->stage == 1 || z->stage == 2) {  // each rank read its own shard of the parameters only
+    if (z->stage == 1 || z->stage == 2 || z->shared) {  // each rank read its own shard of the parameters only
         watchdog_phase(wd, "gathering the parameters from the other ranks");
         zero_gather_params(z, "checkpoint parameters");
     }
     H5_CHECK(H5Gclose(meta));
     watchdog_phase(wd, "closing the file");
     H5_CHECK(H5Fclose(f));
+    st->open_s = t1 - t0;
+    st->read_s = t2 - t1;
+    st->rest_s = MPI_Wtime() - t2;
     return 0;
 fail:
     if (meta >= 0) H5Gclose(meta);

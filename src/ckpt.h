@@ -47,6 +47,9 @@ typedef struct CkptState {
     double tokens_seen;
     int64_t data_cursor;    // the next step's index into the data order (= step)
     int64_t data_rows;      // global token rows consumed (the data cursor in rows); -1: not in the file
+    double open_s, read_s, rest_s;  // a load's phases on this rank: opening and checking /meta; reading
+                                    // and checksumming the states (and agreeing on the sums); the rest
+    uint64_t read_bytes;    // the states' bytes this rank read
 } CkptState;
 
 // The checkpoints this job wrote that are still on disk (oldest first): the

@@ -185,28 +185,73 @@ static int segment(Xfer *x, const CkptSeg *s) {
     return direct(x, s->mem + (a0 - s->off), (size_t)(a1 - a0), a0);
 }
 
-static int run(const char *path, int write, const CkptSeg *segs, int n, CkptIoStats *stats, char *why, size_t wn) {
+struct CkptIo {
     Xfer x;
-    if (xfer_open(&x, path, write, why, wn) != 0) return xfer_close(&x, -1);
-    int rc = 0;
-    if (!write) {   // aio zero-fills reads past the end: a truncated file must fail here instead
-        struct stat st;
-        if (fstat(x.bfd, &st) != 0) {
-            say(why, wn, "%s: cannot stat: %s", path, strerror(errno));
-            rc = -1;
-        }
-        uint64_t size = rc == 0 ? (uint64_t)st.st_size : 0;
-        for (int i = 0; i < n && rc == 0; i++)     // (offsets come from the file: no overflow on the way)
-            if (segs[i].off > size || segs[i].bytes > size - segs[i].off) {
-                say(why, wn, "%s: short read: %zu bytes at %llu run past the end of the file (%lld bytes; truncated)",
-                    path, segs[i].bytes, (unsigned long long)segs[i].off, (long long)st.st_size);
-                rc = -1;
-            }
+    uint64_t size;          // reads: the file's size at open (segments past it are a short read)
+};
+
+CkptIo *ckpt_io_open(const char *path, int write, char *why, size_t wn) {
+    CkptIo *io = calloc(1, sizeof *io);
+    if (!io) {
+        say(why, wn, "%s: out of memory for a transfer", path);
+        return NULL;
     }
-    for (int i = 0; i < n && rc == 0; i++) rc = segment(&x, &segs[i]);
-    rc = xfer_close(&x, rc);
-    if (stats) *stats = x.st;
+    if (xfer_open(&io->x, path, write, why, wn) != 0) {
+        xfer_close(&io->x, -1);
+        free(io);
+        return NULL;
+    }
+    struct stat st;
+    if (!write) {   // aio zero-fills reads past the end: a truncated file must fail in ckpt_io_queue instead
+        if (fstat(io->x.bfd, &st) != 0) {
+            say(why, wn, "%s: cannot stat: %s", path, strerror(errno));
+            xfer_close(&io->x, -1);
+            free(io);
+            return NULL;
+        }
+        io->size = (uint64_t)st.st_size;
+    }
+    return io;
+}
+
+int ckpt_io_queue(CkptIo *io, const CkptSeg *segs, int n, uint64_t *mark) {
+    Xfer *x = &io->x;
+    if (!x->write)
+        for (int i = 0; i < n; i++)     // (offsets come from the file: no overflow on the way)
+            if (segs[i].off > io->size || segs[i].bytes > io->size - segs[i].off) {
+                say(x->why, x->wn, "%s: short read: %zu bytes at %llu run past the end of the file (%llu bytes; truncated)",
+                    x->f.path, segs[i].bytes, (unsigned long long)segs[i].off, (unsigned long long)io->size);
+                return -1;
+            }
+    for (int i = 0; i < n; i++)
+        if (segment(x, &segs[i]) != 0) return -1;
+    if (mark) *mark = x->aio.next_ticket;
+    return 0;
+}
+
+// Every ticket below mark: the bounce buffers' (whose bytes then go to their
+// place) and the in-place requests' (live ones only: retired ones are done).
+int ckpt_io_wait(CkptIo *io, uint64_t mark) {
+    Xfer *x = &io->x;
+    for (int b = 0; b < NBOUNCE; b++)
+        if (x->ticket[b] && x->ticket[b] < mark && settle(x, b) != 0) return -1;
+    for (uint64_t t = mark > AIO_MAX_OPS ? mark - AIO_MAX_OPS : 1; t < mark; t++)
+        if (x->aio.ops[t % AIO_MAX_OPS].ticket == t && aio_wait(&x->aio, t, x->why, x->wn) != 0) return -1;
+    return 0;
+}
+
+int ckpt_io_close(CkptIo *io, int rc, CkptIoStats *stats) {
+    if (!io) return -1;
+    rc = xfer_close(&io->x, rc);
+    if (stats) *stats = io->x.st;
+    free(io);
     return rc;
+}
+
+static int run(const char *path, int write, const CkptSeg *segs, int n, CkptIoStats *stats, char *why, size_t wn) {
+    CkptIo *io = ckpt_io_open(path, write, why, wn);
+    if (!io) return -1;
+    return ckpt_io_close(io, ckpt_io_queue(io, segs, n, NULL), stats);
 }
 
 int ckpt_io_write(const char *path, const CkptSeg *segs, int n, CkptIoStats *stats, char *why, size_t wn) {

@@ -44,6 +44,21 @@ int ckpt_io_write(const char *path, const CkptSeg *segs, int n, CkptIoStats *sta
 // Reads segs[0..n) from path. 0, or -1 with the reason in why (a file shorter
 // than a segment's end is a short read).
 int ckpt_io_read(const char *path, const CkptSeg *segs, int n, CkptIoStats *stats, char *why, size_t wn);
+// A transfer kept open across several batches of segments (a load reads in
+// batches, each checksummed while the next arrives): one ring, one set of
+// bounce buffers, and requests in flight across batch boundaries.
+typedef struct CkptIo CkptIo;
+// NULL with the reason in why (kept by the transfer for its later failures too).
+CkptIo *ckpt_io_open(const char *path, int write, char *why, size_t wn);
+// Queues segs[0..n) (they may start moving at once; buffered ends move now);
+// *mark (may be NULL) is what ckpt_io_wait takes to wait for exactly these and
+// earlier ones. 0, or -1 with the reason in the open's why.
+int ckpt_io_queue(CkptIo *io, const CkptSeg *segs, int n, uint64_t *mark);
+// Returns once every segment queued before mark was taken has arrived. 0 or -1.
+int ckpt_io_wait(CkptIo *io, uint64_t mark);
+// Waits for the rest, fsyncs a write, frees io. rc: the caller's outcome so far
+// (non-zero is kept); returns the final one. stats may be NULL.
+int ckpt_io_close(CkptIo *io, int rc, CkptIoStats *stats);
 // Where to put a segment of file offset off in a snapshot buffer aligned to
 // CKPT_IO_ALIGN whose first `at` bytes are used: the smallest position >= at
 // with the same offset within a block as off (so the write needs no bounce).

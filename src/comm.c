@@ -16,7 +16,7 @@
 
 static const char *op_names[COMM_NOPS] = {"all_reduce", "reduce_scatter", "all_gather", "all_to_all", "broadcast"};
 
-const char *comm_op_name(int op) { return op >= 0 && op < COMM_NOPS ? op_names[op] : "?"; }
+const char *comm_op_name(int op) { return op >= 0 && op < COMM_NOPS ? op_names[op] : op == COMM_SYNC ? "barrier" : "?"; }
 
 const char *comm_progress_name(int progress) {
     return progress == COMM_PROGRESS_THREAD ? "thread" : progress == COMM_PROGRESS_NONE ? "none" : "poll";
@@ -500,4 +500,68 @@ void comm_bcast(Comm *c, void *buf, size_t bytes, int root, const char *tag) {
     MPI_CHECK(MPI_Ibcast(buf, as_int(bytes, "broadcast"), MPI_BYTE, root, c->comm, &r.req));
     r.active = 1;
     comm_wait(c, &r);
+}
+
+// ---------------------------------------------------------------------------
+// Node-shared memory
+
+int comm_shared_alloc(Comm *c, size_t bytes, CommShared *s, char *why, size_t n) {
+    memset(s, 0, sizeof *s);
+    s->win = MPI_WIN_NULL;
+    s->comm = MPI_COMM_NULL;
+    MPI_Comm node;
+    MPI_CHECK(MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &node));
+    int nsize = 0;
+    MPI_CHECK(MPI_Comm_size(node, &nsize));
+    if (nsize != c->size) {     // the same answer on every rank: all on one node, or not
+        snprintf(why, n, "the %d ranks of group %s span nodes (%d on this one)", c->size, c->name, nsize);
+        MPI_CHECK(MPI_Comm_free(&node));
+        return 0;
+    }
+    // Rank order within node is c's (the key above), so segments follow c's ranks.
+    unsigned long long mine = bytes, below = 0, total = 0;
+    MPI_CHECK(MPI_Exscan(&mine, &below, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, node));
+    if (c->rank == 0) below = 0;     // MPI_Exscan leaves rank 0's undefined
+    MPI_CHECK(MPI_Allreduce(&mine, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, node));
+    void *ptr = NULL, *base = NULL;
+    MPI_Aint size0 = 0;
+    int unit = 0;
+    MPI_CHECK(MPI_Win_allocate_shared((MPI_Aint)bytes, 1, MPI_INFO_NULL, node, &ptr, &s->win));
+    MPI_CHECK(MPI_Win_shared_query(s->win, 0, &size0, &unit, &base));
+    int contiguous = (char *)ptr == (char *)base + below, all = 0;
+    MPI_CHECK(MPI_Allreduce(&contiguous, &all, 1, MPI_INT, MPI_LAND, node));
+    if (!all) {
+        snprintf(why, n, "MPI's shared window is not contiguous across ranks");
+        MPI_CHECK(MPI_Win_free(&s->win));
+        MPI_CHECK(MPI_Comm_free(&node));
+        return 0;
+    }
+    // One passive epoch for the window's life: MPI_Win_sync then orders the
+    // loads and stores around each barrier (the MPI-3 shared-memory idiom).
+    MPI_CHECK(MPI_Win_lock_all(MPI_MODE_NOCHECK, s->win));
+    s->comm = node;
+    s->base = base;
+    s->mine = ptr;
+    s->total = (size_t)total;
+    s->on = 1;
+    return 1;
+}
+
+void comm_shared_sync(Comm *c, CommShared *s) {
+    if (!s->on) return;
+    MPI_CHECK(MPI_Win_sync(s->win));
+    CommSig sig = {.step = c->step, .op = COMM_SYNC, .seq = c->seq};
+    snprintf(sig.tag, sizeof sig.tag, "node-shared parameters");
+    MPI_Request req;
+    MPI_CHECK(MPI_Ibarrier(s->comm, &req));
+    wait_request(c, &req, 1, &sig);     // polls and yields: ranks may outnumber cores
+    MPI_CHECK(MPI_Win_sync(s->win));
+}
+
+void comm_shared_free(CommShared *s) {
+    if (!s->on) return;
+    MPI_CHECK(MPI_Win_unlock_all(s->win));
+    MPI_CHECK(MPI_Win_free(&s->win));
+    MPI_CHECK(MPI_Comm_free(&s->comm));
+    memset(s, 0, sizeof *s);
 }

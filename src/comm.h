@@ -48,6 +48,7 @@ enum { COMM_PATH_HOST = 0, COMM_PATH_STAGED, COMM_PATH_NCCL };
 enum { COMM_PROGRESS_POLL = 0, COMM_PROGRESS_THREAD, COMM_PROGRESS_NONE };
 
 enum { COMM_ALLREDUCE = 0, COMM_REDUCE_SCATTER, COMM_ALLGATHER, COMM_ALLTOALL, COMM_BCAST, COMM_NOPS };
+enum { COMM_SYNC = COMM_NOPS };    // comm_shared_sync's barrier: moves no bytes, so no counter
 
 // What a collective is, as ranks compare it in debug mode.
 typedef struct CommSig {
@@ -162,6 +163,26 @@ void comm_progress(Comm *c);
 // Seconds with a collective in flight, counting one still in flight up to now.
 double comm_inflight_s(const Comm *c);
 const char *comm_progress_name(int progress);
+
+// Node-shared memory. When every rank of c runs on this node, one MPI-3
+// shared window (MPI_Win_allocate_shared) holds each rank's `bytes` back to
+// back in rank order, so every rank reads all of it in place: ZeRO keeps its
+// parameter shards there and gathers nothing (zero.h). Collective over c.
+typedef struct CommShared {
+    MPI_Win win;
+    MPI_Comm comm;          // the node's ranks (all of c's)
+    char *base;             // rank 0's first byte: the whole array
+    char *mine;             // this rank's segment
+    size_t total;           // bytes of every segment together
+    int on;
+} CommShared;
+// 1 with s set up; 0 (s->on = 0, nothing allocated) where c's ranks span
+// nodes or the window is not contiguous (s->why says which).
+int comm_shared_alloc(Comm *c, size_t bytes, CommShared *s, char *why, size_t n);
+// Every rank's writes before it visible to every rank's reads after it (a
+// barrier with memory synchronisation; the wait counts as communication).
+void comm_shared_sync(Comm *c, CommShared *s);
+void comm_shared_free(CommShared *s);
 
 // Blocking conveniences.
 void comm_allreduce_sum(Comm *c, float *buf, size_t n, const char *tag);

@@ -199,6 +199,8 @@ static const KeyDef keys[] = {
      "overlap collectives with compute (false: wait for each at once)"},
     {"zero", "prefetch", T_BOOL, OFF(zero.prefetch), "true", ANY, NULL,
      "stage 3: gather the next layer while this one computes"},
+    {"zero", "node_shared", T_BOOL, OFF(zero.node_shared), "true", ANY, NULL,
+     "stages 1-3 on the cpu backend, every rank on one node: parameter shards in one shared window, read in place (no all-gathers)"},
 
     {"checkpoint", "dir", T_STR, OFF(checkpoint.dir), "", ANY, NULL,
      "checkpoint directory; \"\" = <run.out_dir>/ckpt"},

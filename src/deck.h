@@ -109,6 +109,10 @@ typedef struct ZeroConfig {
     double bucket_mb;         // gradient bucket size
     int overlap;              // non-blocking collectives overlapped with compute
     int prefetch;             // stage 3: gather the next unit ahead
+    int node_shared;          // stages 1-3: shards in a node-shared window where it applies (zero.h)
+    int shared;               // not a key: set by zero_create where the window is in use (zero_plan counts it)
+    size_t tokens;            // not a key: this rank's token rows per micro-step (B T), set by the trainer on
+                              // the cpu backend (0 elsewhere): the early embeddings' exchange (zero.h)
 } ZeroConfig;
 
 typedef struct CheckpointConfig {

@@ -120,6 +120,7 @@ int estimate_run(const Deck *d, int ranks, double mem_per_rank) {
     for (int st = 0; st < 4; st++) {
         ZeroConfig zc = c->zero;
         zc.stage = st;
+        zc.tokens = (size_t)B * (size_t)Tl;    // the cpu backend's early embeddings (zero.h)
         ZeroPlan plan;
         zero_plan(&m, &zc, p, 0, accum, &plan);   // rank 0 owns the largest shard
         v[0][st] = (double)plan.params;
@@ -156,6 +157,10 @@ int estimate_run(const Deck *d, int ranks, double mem_per_rank) {
     if (total_sent[0] > 0)
         printf("  %-34s %10.2f %10.2f %10.2f %10.2f\n", "x stage 0", 1.0, total_sent[1] / total_sent[0],
                total_sent[2] / total_sent[0], total_sent[3] / total_sent[0]);
+    if (c->zero.node_shared && p > 1)
+        printf("  (parameters gathered by MPI, as on several nodes or cuda; on the cpu backend with every rank on one\n"
+               "   node, [zero] node_shared holds them once per node instead: at stages 1-3 each rank's parameters\n"
+               "   are its shard and the all-gathers vanish)\n");
     double flops = model_flops_per_token(&m, T) * (double)c->train.batch * T;
     printf("\ncompute: %.3g FLOP per step (job), %.3g per rank; %.3g FLOP per token\n", flops, flops / p,
            model_flops_per_token(&m, T));

@@ -869,6 +869,7 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     float *gemb = ps->grads(ps->ctx, U_EMBED);
     k->crossentropy_backward(a.logits, a.logits, a.lse, m->tgt, dloss, N, s->V, s->Vp);
     k->matmul_backward(d.dc, TP(m, gemb, U_EMBED, 0), NULL, a.logits, a.lnf, TP(m, emb, U_EMBED, 0), N, C, s->Vp, 1);
+    int early = ps->embed_early && ps->embed_early(ps->ctx, N);
     ps->release(ps->ctx, U_EMBED, PHASE_BWD);
     k->zero(d.dres, N * C);
     const float *last = layer_in(&a, L, N * C);
@@ -921,6 +922,10 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     }
     const size_t pos0 = (size_t)m->sp_rank * (size_t)m->T * (size_t)C;
     branch_grad(m, d.dres, d.dres, -1, DROP_EMBED);     // in place
+    if (early) {
+        ps->embed_rows(ps->ctx, d.dres, m->tok, B, T, m->sp_rank * m->T);
+        return;
+    }
     k->encoder_backward(TP(m, gemb, U_EMBED, 0), TP(m, gemb, U_EMBED, 1) + pos0, d.dres, m->tok, B, T, C);
     ps->grads_ready(ps->ctx, U_EMBED);
 }

@@ -87,6 +87,16 @@ typedef struct ParamStore {
     float *(*grads)(void *ctx, int unit);
     // Unit u's gradients of this micro-step are complete.
     void (*grads_ready)(void *ctx, int unit);
+    // Optional (NULL: unused). Called once the LM head has added its part of
+    // the tied wte's gradient, with this micro-step's token rows. Returning 1,
+    // the store takes the embeddings' gradient as complete but for the
+    // encoder's rows (so it may start reducing it with 12 layers of backward
+    // still to run), and the model hands those rows to embed_rows instead of
+    // adding them itself and calling grads_ready(U_EMBED).
+    int (*embed_early)(void *ctx, size_t tokens);
+    // The encoder's gradient: row i of dout (B T rows of C) adds to wte row
+    // tok[i] and to wpe row pos0 + i % T.
+    void (*embed_rows)(void *ctx, const float *dout, const int32_t *tok, int B, int T, int pos0);
     // Inference stores only (model_forward_paged): matrix tensor t (tensor-table
     // index) as held. The LM head uses t = 0 (wte).
     HeldMatrix (*matrix)(void *ctx, int tensor);

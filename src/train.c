@@ -317,7 +317,9 @@ static void resume(Trainer *tr) {
                   path, (long long)st.step, (long long)tr->cfg->train.steps);
     tr->start_step = st.step;
     tr->base_rows = st.data_rows >= 0 ? st.data_rows : st.step * tr->cfg->train.batch;
-    log_info("resumed from %s at step %lld (%.2f s)\n", path, (long long)st.step, wall_seconds() - t0);
+    log_info("resumed from %s at step %lld (%.2f s; open and checks %.2f s, states %.2f s = %.2f GB/s on rank 0, "
+             "gather and close %.2f s)\n", path, (long long)st.step, wall_seconds() - t0, st.open_s, st.read_s,
+             st.read_s > 0 ? (double)st.read_bytes / st.read_s * 1e-9 : 0.0, st.rest_s);
     if (st.data_rows >= 0 && st.data_rows != st.step * tr->cfg->train.batch)
         log_info("data: continuing at row %lld of the data order (the checkpoint's cursor; batch %lld now)\n",
                  (long long)st.data_rows, (long long)tr->cfg->train.batch);
@@ -431,7 +433,9 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     if (tr->bk->device_memory && c->offload.params != OFFLOAD_NONE && !want.moments)
         FATAL_ALL("set [offload] optimizer = host (or nvme) too: the update runs where the moments are",
                   "[offload] params = host on cuda needs the moments off the device as well");
-    zero_create_offload(&tr->zero, &c->zero, &tr->dp, tr->ep_size > 1 ? &tr->edp : NULL, &tr->model, &c->optim,
+    ZeroConfig zc = c->zero;
+    zc.tokens = tr->bk->device_memory ? 0 : (size_t)tr->B * (size_t)tr->Tl;   // early embeddings: cpu only (zero.h)
+    zero_create_offload(&tr->zero, &zc, &tr->dp, tr->ep_size > 1 ? &tr->edp : NULL, &tr->model, &c->optim,
                         c->train.steps, &want);
     start_offload(tr);
     zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
@@ -632,6 +636,10 @@ static void print_header(const Trainer *tr) {
     log_info("memory per rank: ZeRO-%d model states %.1f MiB, working buffers %.1f MiB, activations %.1f MiB\n",
              tr->zero.stage, (double)tr->zero.state_bytes / 1048576.0, (double)tr->zero.working_bytes / 1048576.0,
              (double)model_activation_bytes(&tr->model, tr->B, tr->Tl) / 1048576.0);
+    if (tr->zero.shared || tr->zero.early)
+        log_info("zero:%s%s%s\n", tr->zero.shared ? " parameters node-shared (read in place, no all-gathers)" : "",
+                 tr->zero.shared && tr->zero.early ? ";" : "",
+                 tr->zero.early ? " the embeddings' gradient reduced from the LM head on, the encoder's rows exchanged after" : "");
 }
 
 // One step's figures, for run.h5 and the progress line.

@@ -163,11 +163,17 @@ static void bucket_finish(Zero *z, ZeroBucket *b) {
         size_t lo, hi;
         zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
         size_t at = shard_at(g, lo);
+        float *got = z->offl.grads ? landing(z, b) : z->recv + at;
+        if (z->early && b->u_lo == 0) {     // the encoder's rows join the reduced sum first, on every path
+            SYS_CHECK(z->esparse_due, "zero: the embeddings' reduction finished before the encoder's rows came");
+            z->m->bk->axpy(got, z->esparse, 1.0f, hi - lo);
+            z->esparse_due = 0;
+        }
         if (z->offl.grads)  // on NVMe: accumulated (and, after the last micro-step, averaged) there
-            offload_grad_put(g->off, lo - g->own_begin, hi - g->own_begin, landing(z, b), z->first_micro,
+            offload_grad_put(g->off, lo - g->own_begin, hi - g->own_begin, got, z->first_micro,
                              z->last_micro, z->p > 1 ? 1.0f / (float)z->p : 1.0f);
         else
-            z->m->bk->axpy(z->gshard + at, z->recv + at, 1.0f, hi - lo);
+            z->m->bk->axpy(z->gshard + at, got, 1.0f, hi - lo);
     }
     if (b->slot >= 0) z->gring_bucket[b->slot] = -1;
     b->slot = -1;
@@ -221,7 +227,10 @@ static void bucket_launch(Zero *z, ZeroBucket *b, int bi) {
         float *recv = z->offl.grads ? landing(z, b) : z->recv + shard_at(g, lo);
         comm_ireduce_scatter_sum(g->comm, send, recv, g->counts, tag, &b->req);
     }
-    if (!z->overlap) bucket_finish(z, b);
+    // Off: wait at once. The early embeddings' bucket is folded in only once
+    // the encoder's rows are there (store_embed_rows), as with overlap on.
+    if (!z->overlap && z->early && b->u_lo == 0) comm_wait(g->comm, &b->req);
+    else if (!z->overlap) bucket_finish(z, b);
 }
 
 static float *store_grads(void *ctx, int u) {
@@ -245,6 +254,90 @@ static void store_grads_ready(void *ctx, int u) {
     // Stages 0-1 accumulate micro-steps locally and reduce once, after the last.
     if (z->stage <= 1 && !z->last_micro) return;
     bucket_launch(z, b, bi);
+}
+
+// ---------------------------------------------------------------------------
+// The embeddings' gradient, early (zero.h)
+
+enum { XHDR = 3 };      // a rank's rows begin with its position offset, row count and T
+
+static ZeroBucket *embed_bucket(Zero *z) { return &z->buckets[z->bucket_of[0]]; }
+
+static int store_embed_early(void *ctx, size_t tokens) {
+    Zero *z = ctx;
+    SYS_CHECK(tokens <= z->etokens, "zero: %zu token rows in a micro-step, %zu planned", tokens, z->etokens);
+    ZeroBucket *b = embed_bucket(z);
+    b->ready = b->u_hi - b->u_lo + 1;
+    bucket_launch(z, b, z->bucket_of[0]);
+    return 1;
+}
+
+// dst holds elements [lo, hi) of the layout; adds row (C floats at element at) where they overlap.
+static void add_row(float *dst, size_t lo, size_t hi, size_t at, const float *row, size_t C) {
+    size_t a = max_sz(at, lo), e = min_sz(at + C, hi);
+    for (size_t j = a; j < e; j++) dst[j - lo] += row[j - at];
+}
+
+// Every rank's encoder rows to every rank (small: p B T (C + 1) floats), each
+// summing, in rank order, those that fall in its part of the embeddings.
+static void store_embed_rows(void *ctx, const float *dout, const int32_t *tok, int B, int T, int pos0) {
+    Zero *z = ctx;
+    const Model *m = z->m;
+    ZeroBucket *b = embed_bucket(z);
+    ZeroGroup *g = &z->g[b->group];
+    size_t C = (size_t)m->s.C, n = (size_t)B * (size_t)T, per = XHDR + z->etokens * (1 + C);
+    float *mine = z->xrows + (size_t)g->r * per;
+    mine[0] = (float)pos0;      // exact: early_applies bounds them under 2^24
+    mine[1] = (float)n;
+    mine[2] = (float)T;
+    for (size_t i = 0; i < n; i++) mine[XHDR + i] = (float)tok[i];
+    memcpy(mine + XHDR + z->etokens, dout, n * C * sizeof(float));
+    for (int k = 0; k < g->p; k++) g->counts[k] = per;
+    CommReq r;
+    comm_iallgather(g->comm, z->xrows, g->counts, "encoder rows", &r);
+    comm_wait(g->comm, &r);
+    size_t lo, hi, wte = m->tensors[0].offset, wpe = m->tensors[1].offset;
+    zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
+    memset(z->esparse, 0, (hi - lo) * sizeof(float));
+    for (int k = 0; k < g->p; k++) {
+        const float *x = z->xrows + (size_t)k * per;
+        size_t p0 = (size_t)x[0], nk = min_sz((size_t)x[1], z->etokens), tk = max_sz((size_t)x[2], 1);
+        for (size_t i = 0; i < nk; i++) {
+            const float *row = x + XHDR + z->etokens + i * C;
+            add_row(z->esparse, lo, hi, wte + (size_t)x[XHDR + i] * C, row, C);
+            add_row(z->esparse, lo, hi, wpe + (p0 + i % tk) * C, row, C);
+        }
+    }
+    z->esparse_due = 1;
+    if (!z->overlap) bucket_finish(z, b);   // its reduction was waited for at launch
+}
+
+// Whether the early embeddings apply to z's layout with micro-steps of
+// `tokens` rows; *per: the floats each rank contributes to the exchange.
+static int early_applies(const Zero *z, size_t tokens, size_t *per) {
+    const Model *m = z->m;
+    size_t lim = (size_t)1 << 24;   // token ids and positions travel as exact floats
+    *per = XHDR + tokens * (1 + (size_t)m->s.C);
+    int p = z->g[0].p;     // the embeddings' group
+    return z->stage >= 2 && p >= 2 && tokens > 0 && (size_t)p * tokens <= (size_t)m->s.Vp &&
+           (size_t)m->s.Vp < lim && (size_t)m->s.maxT < lim;
+}
+
+// This rank's part of the embeddings (esparse's size).
+static size_t embed_part(const Zero *z) {
+    const ZeroBucket *b = &z->buckets[z->bucket_of[0]];
+    size_t lo, hi;
+    zero_group_part(&z->g[b->group], z->g[b->group].r, b->begin, b->end, &lo, &hi);
+    return hi - lo;
+}
+
+static void create_early(Zero *z, size_t tokens) {
+    size_t per;
+    if (!early_applies(z, tokens, &per)) return;
+    z->etokens = tokens;
+    z->xrows = alloc_floats(z, (size_t)z->g[0].p * per, "encoder gradient rows", &z->working_bytes);
+    z->esparse = alloc_floats(z, max_sz(embed_part(z), 1), "encoder gradient rows", &z->working_bytes);
+    z->early = 1;
 }
 
 // ---------------------------------------------------------------------------
@@ -303,6 +396,7 @@ static const float *store_params(void *ctx, int u, int phase) {
     Zero *z = ctx;
     poke(z);
     if (z->stage < 3) return z->params + z->m->unit_begin[u];
+    if (z->shared) return z->whole + z->m->unit_begin[u];
     ZeroSlot *s = slot_holding(z, u);
     if (!s) {
         s = slot_for(z, u);
@@ -353,14 +447,15 @@ static size_t largest_bucket(const Zero *z) {
 // Bytes group g sends per optimizer step (no evaluation).
 static void plan_sent(const Zero *z, const ZeroGroup *g, int stage, int accum, double *sent) {
     if (g->p <= 1) return;
+    int gathers = !z->shared;     // a node-shared window is read in place
     const Model *m = z->m;
     size_t lo, hi, f = sizeof(float), n = g->end - g->begin;
     zero_group_part(g, g->r, g->begin, g->end, &lo, &hi);
     double rest = (double)(n - (hi - lo)) * (double)f;   // what a reduce-scatter or all-gather sends
     if (stage == 0) sent[COMM_ALLREDUCE] += 2.0 * (g->p - 1) / g->p * (double)n * (double)f;
     if (stage >= 1) sent[COMM_REDUCE_SCATTER] += rest * (stage == 1 ? 1 : accum);
-    if (stage == 1 || stage == 2) sent[COMM_ALLGATHER] += rest;
-    if (stage == 3) {
+    if ((stage == 1 || stage == 2) && gathers) sent[COMM_ALLGATHER] += rest;
+    if (stage == 3 && gathers) {
         // Each unit twice per micro-step, but ln_f once (held from forward into backward).
         double ag = 0.0;
         for (int u = 0; u < m->nunits; u++) {
@@ -404,6 +499,7 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
     memset(&z, 0, sizeof z);
     z.m = m;
     z.stage = zc->stage;
+    z.shared = zc->shared;
     z.N = m->nparams;
     if (off) z.offl = *off;
     layout_groups(&z, p, r);
@@ -411,13 +507,13 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
     build_buckets(&z, zc->bucket_mb);
     size_t f = sizeof(float), own = z.own, N = z.N, most, emb;
     memset(plan, 0, sizeof *plan);
-    plan->params = (zc->stage == 3 ? (z.offl.params ? 0 : own) : N) * f;
+    plan->params = (zc->stage == 3 ? (z.offl.params ? 0 : own) : z.shared ? own : N) * f;
     plan->grads = (zc->stage <= 1 ? N : 0) * f + (zc->stage >= 1 && !z.offl.grads ? (own ? own : 1) * f : 0);
     plan->optim = z.offl.moments ? 0 : 2 * own * f;
     landing_sizes(&z, &most, &emb);
     if (zc->stage >= 1) plan->working += z.offl.grads ? (2 * max_sz(most, 1) + max_sz(emb, 1)) * f : (own ? own : 1) * f;
     if (zc->stage >= 2) plan->working += (2 * largest_bucket(&z) + m->unit_end[0]) * f;
-    if (zc->stage == 3) {
+    if (zc->stage == 3 && !z.shared) {
         size_t fin = m->unit_end[m->s.L + 1] - m->unit_begin[m->s.L + 1];
         plan->working += (2 * max_sz(largest_layer(m), 1) + max_sz(m->unit_end[0], 1) + max_sz(fin, 1)) * f;
         if (z.ngroups > 1) plan->working += max_sz(largest_experts(m), 1) * f;
@@ -426,12 +522,37 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
     // reduce-scatter and all-reduce do): one bucket's worth when p > 1.
     if (p > 1) plan->mpi_temp = max_sz(largest_bucket(&z), m->unit_end[0]) * f;
     for (int k = 0; k < z.ngroups; k++) plan_sent(&z, &z.g[k], zc->stage, accum, plan->sent);
+    size_t per;
+    if (early_applies(&z, zc->tokens, &per)) {   // the encoder rows' exchange (create_early)
+        plan->working += ((size_t)p * per + max_sz(embed_part(&z), 1)) * f;
+        plan->sent[COMM_ALLGATHER] += (double)(p - 1) * (double)per * (double)f * accum;
+    }
     free(z.buckets);
     free(z.bucket_of);
 }
 
 // ---------------------------------------------------------------------------
 // Life cycle
+
+// Node-shared parameters: where every rank of the one group shares this node
+// and the parameters live in host memory, their shards sit back to back in
+// one MPI-3 shared window (comm_shared_alloc): the whole flat layout, which
+// every rank reads in place, while each still updates only its own shard. On
+// one node this moves no parameter bytes at all: the all-gathers of stages
+// 1-2 and ZeRO-3's per-layer gathers (their copies were CPU work that no
+// overlap could hide on a node whose cores all compute) become barriers at
+// the two points a shard changes hands (zero_step's start and end), and the
+// node holds one copy of the parameters, as ZeRO-3 across the node would.
+// Sets z->shared; returns it (collective over z->comm when it may apply).
+static int share_params(Zero *z, const ZeroConfig *zc) {
+    z->shared = 0;
+    if (!zc->node_shared || z->stage < 1 || z->p < 2 || z->ngroups != 1 || z->offl.params || z->m->bk->device_memory)
+        return 0;
+    char why[200];
+    z->shared = comm_shared_alloc(z->comm, z->own * sizeof(float), &z->shm, why, sizeof why);
+    if (!z->shared && z->r == 0) log_info("zero: parameters not node-shared: %s\n", why);
+    return z->shared;
+}
 
 void zero_create(Zero *z, const ZeroConfig *zc, Comm *comm, const Model *m, const OptimConfig *oc,
                  int64_t steps) {
@@ -494,7 +615,15 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
     build_buckets(z, zc->bucket_mb);
 
     // What the offload engine holds is not allocated here (zero_plan_offload counts the same).
-    if (!z->offl.params) z->params = alloc_floats(z, z->stage == 3 ? own : z->N, "parameters", &z->state_bytes);
+    ZeroConfig zcc = *zc;
+    zcc.shared = share_params(z, zc);
+    if (z->shared) {
+        z->whole = (float *)z->shm.base;
+        z->params = z->stage == 3 ? (float *)z->shm.mine : z->whole;
+        z->state_bytes += own * sizeof(float);
+    } else if (!z->offl.params) {
+        z->params = alloc_floats(z, z->stage == 3 ? own : z->N, "parameters", &z->state_bytes);
+    }
     if (z->stage <= 1) z->grads = alloc_floats(z, z->N, "gradients", &z->state_bytes);
     if (z->stage >= 1 && !z->offl.grads) {
         z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);
@@ -523,7 +652,7 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
         z->gembed = alloc_floats(z, m->unit_end[0], "embedding gradient staging", &z->working_bytes);
     }
     for (int k = 0; k < ZSLOT_N; k++) z->slots[k].unit = -1;
-    if (z->stage == 3) {
+    if (z->stage == 3 && !z->shared) {
         size_t caps[ZSLOT_N] = {max_layer, max_layer, m->unit_end[0],
                                 m->unit_end[m->s.L + 1] - m->unit_begin[m->s.L + 1], largest_experts(m)};
         for (int k = 0; k < ZSLOT_N; k++) {
@@ -532,14 +661,19 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
             z->slots[k].buf = alloc_floats(z, caps[k] ? caps[k] : 1, "gathered parameters", &z->working_bytes);
         }
     }
+    create_early(z, zc->tokens);
     ZeroPlan plan;
-    zero_plan_offload(m, zc, &z->offl, z->p, z->r, 1, &plan);
+    zero_plan_offload(m, &zcc, &z->offl, z->p, z->r, 1, &plan);
     SYS_CHECK(plan.params + plan.grads + plan.optim == z->state_bytes && plan.working == z->working_bytes,
               "zero_plan disagrees with zero_create: %zu+%zu vs %zu+%zu bytes",
               plan.params + plan.grads + plan.optim, plan.working, z->state_bytes, z->working_bytes);
     host_copies(z);
     z->store = (ParamStore){.ctx = z, .params = store_params, .release = store_release,
                             .grads = store_grads, .grads_ready = store_grads_ready};
+    if (z->early) {
+        z->store.embed_early = store_embed_early;
+        z->store.embed_rows = store_embed_rows;
+    }
 }
 
 static void offload_drop_host(Zero *z);
@@ -557,7 +691,8 @@ void zero_free(Zero *z) {
         free(z->g[k].counts);
     }
     if (bk->device_memory) free(z->host_params);
-    bk->release(z->params);
+    if (z->shared) comm_shared_free(&z->shm);
+    else bk->release(z->params);
     bk->release(z->grads);
     bk->release(z->gshard);
     bk->release(z->recv);
@@ -566,6 +701,8 @@ void zero_free(Zero *z) {
     bk->release(z->gring[0]);
     bk->release(z->gring[1]);
     bk->release(z->gembed);
+    bk->release(z->xrows);
+    bk->release(z->esparse);
     free(z->buckets);
     free(z->bucket_of);
     memset(z, 0, sizeof *z);
@@ -574,6 +711,11 @@ void zero_free(Zero *z) {
 void zero_init_weights(Zero *z, uint64_t seed, double std) {
     if (z->offl.params) {   // each group's shard, where its Offload keeps it
         for (int k = 0; k < z->ngroups; k++) offload_init_params(z->g[k].off, z->m, seed, std);
+        return;
+    }
+    if (z->shared) {    // each rank its own shard of the one copy
+        model_init_range(z->m, z->params + (z->stage == 3 ? 0 : z->own_begin), z->own_begin, z->own_end, seed, std);
+        comm_shared_sync(z->comm, &z->shm);
         return;
     }
     if (z->stage < 3) {
@@ -757,6 +899,7 @@ static void update_group(Zero *z, ZeroGroup *g, float *params, float *grads, dou
 
 void zero_step(Zero *z, double lr, float grad_scale) {
     if (offloaded(z) && z->g[0].host_m) offload_drop_host(z);   // a checkpoint's copies
+    comm_shared_sync(z->comm, &z->shm);     // node-shared: no rank still reads this step's parameters
     for (int k = 0; k < z->ngroups; k++) {
         ZeroGroup *g = &z->g[k];
         if (z->stage == 0) {
@@ -766,11 +909,15 @@ void zero_step(Zero *z, double lr, float grad_scale) {
         float *mine = z->offl.params ? NULL : z->stage == 3 ? z->params + g->at : z->params + g->own_begin;
         update_group(z, g, mine, z->offl.grads ? NULL : z->gshard + g->at, lr, grad_scale);
     }
-    if (z->stage == 0 || z->stage == 3) return;
+    if (z->stage == 0 || (z->stage == 3 && !z->shared)) return;
     zero_gather_params(z, "updated parameters");
 }
 
 void zero_gather_params(Zero *z, const char *tag) {
+    if (z->shared) {    // every rank's shard is in place already: make them visible
+        comm_shared_sync(z->comm, &z->shm);
+        return;
+    }
     if (z->stage == 3) return;
     CommReq r[ZERO_MAX_GROUPS];
     for (int k = 0; k < z->ngroups; k++) {

@@ -17,6 +17,26 @@
 // non-blocking and waited on only when their buffer is needed again
 // ([zero] overlap = false waits at once, to measure what overlap hides).
 //
+// Node-shared parameters ([zero] node_shared, on by default): at stages 1-3
+// on the cpu backend with one parameter group, no parameter offload, and every
+// rank on one node, the shards live back to back in one MPI-3 shared window
+// (comm_shared_alloc), which every rank reads in place as the whole flat
+// layout. Each rank still updates only its own shard; nothing is gathered (the
+// gathers' copies were CPU work that took the very cores the ranks compute
+// on), and two barriers a step (zero_step's start and end) keep reads and
+// updates apart. Stages 1-2 then hold one shard of the parameters per rank
+// too, stage 3 no gather slots. Reductions are unchanged, and the losses are
+// bit-identical with the window off (tests/test_zero.py).
+//
+// The embeddings' gradient, early (stages 2-3, ZeroConfig.tokens set: the
+// trainer does on cpu): where every rank's token rows are few next to the
+// vocabulary (p B T <= Vp), the embeddings' bucket is reduced as soon as the
+// LM head has added its part of the tied wte's gradient, overlapping the whole
+// backward, instead of the vocabulary-sized reduction waiting for the last
+// layer; the encoder's sparse rows follow at the end by a small all-gather
+// (p B T (C + 1) floats), each rank adding those in its shard after the
+// reduction (ParamStore.embed_early / embed_rows).
+//
 // Parameter groups: the flat layout is one or more contiguous ranges, each
 // partitioned as above within its own group of ranks and reduced over it. A
 // dense model (or ep = 1) has one: everything over all data-parallel ranks
@@ -105,6 +125,9 @@ typedef struct Zero {
     ZeroGroup g[ZERO_MAX_GROUPS];
     size_t own;             // the rank's shards of every group, back to back
     float *params;          // stage 0-2: (N) full; stage 3: (own) shards
+    int shared;             // parameters in a node-shared window (share_params in zero.c): then
+    CommShared shm;         //   whole = every rank's shards back to back (the flat layout, read in
+    float *whole;           //   place), and params = whole (stages 1-2) or this rank's shard (3)
     float *grads;           // stage 0-1: (N) full working gradients
     float *gshard;          // stage 1-3: (own) reduced gradients
     float *recv;            // stage 1-3: (own) reduce-scatter landing area
@@ -126,6 +149,11 @@ typedef struct Zero {
                             //   every group's in ZeroGroup)
     size_t state_bytes;     // resident model states: parameters, gradients, moments
     size_t working_bytes;   // gather slots and gradient staging
+    int early;              // the embeddings' gradient reduced from the LM head on (above)
+    size_t etokens;         // token rows per micro-step the exchange holds
+    float *xrows;           // (p, 1 + etokens (1 + C)) every rank's position offset, tokens, encoder rows
+    float *esparse;         // (this rank's part of unit 0) the encoder rows that fall in it, summed
+    int esparse_due;        // esparse waits to be added after the embeddings bucket's reduction
     ParamStore store;
     ZeroOffload offl;       // what the groups' Offloads hold (zero_create_offload)
 } Zero;
@@ -186,6 +214,7 @@ void zero_step(Zero *z, double lr, float grad_scale);
 // parameters to every rank of its group (tag names it in debug checks); a no-op
 // at stage 3. A checkpoint load at stages 1-2 reads only the rank's shard, then this.
 void zero_gather_params(Zero *z, const char *tag);
+
 
 // The parameter/gradient store the model computes through.
 const ParamStore *zero_store(Zero *z);

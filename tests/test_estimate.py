@@ -35,7 +35,8 @@ table = {l.split()[0]: [float(x) for x in l.split()[1:]] for l in p.stdout.split
 check(len(table) == 3, "estimate prints its machine-readable block")
 for stage in (0, 3):
     out = os.path.join(d, f"z{stage}")
-    run(["train", deck, "--set", f"zero.stage={stage}", "--set", f"run.out_dir={out}"], np=2)
+    # estimate plans MPI's gathers (several nodes, cuda): the run takes that path too
+    run(["train", deck, "--set", f"zero.stage={stage}", "--set", f"run.out_dir={out}", "--set", "zero.node_shared=false"], np=2)
     with h5py.File(os.path.join(out, "run.h5"), "r") as f:
         peak = np.array(f["metrics/peak_rss_mb"]).max(axis=0) * 1048576   # per rank
         state = int(f.attrs["model_state_bytes"])

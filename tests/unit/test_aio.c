@@ -252,6 +252,27 @@ static void ckpt_segments(const char *dir, const char *label) {
     CHECK(ckpt_io_read(path, rsegs, n, &st, why, sizeof why) == 0, "%s: ckpt_io_read: %s", label, why);
     for (int i = 0; i < n; i++)
         CHECK(memcmp(rsegs[i].mem, segs[i].mem, segs[i].bytes) == 0, "%s: segment %d reads back different", label, i);
+    // The same in batches through one open transfer, as a load reads: batch
+    // k + 1 queued before batch k is waited for; after its wait batch k is
+    // whole while k + 1 may still be on the way.
+    memset(dst, 0, src_n + 64);
+    CkptIo *io = ckpt_io_open(path, 0, why, sizeof why);
+    CHECK(io != NULL, "%s: ckpt_io_open: %s", label, why);
+    if (io) {
+        int cut[] = {0, 2, 3, 6};
+        uint64_t mark[3] = {0};
+        CHECK(ckpt_io_queue(io, rsegs, cut[1], &mark[0]) == 0, "%s: queue batch 0: %s", label, why);
+        for (int k = 0; k < 3; k++) {
+            if (k + 1 < 3)
+                CHECK(ckpt_io_queue(io, rsegs + cut[k + 1], cut[k + 2] - cut[k + 1], &mark[k + 1]) == 0,
+                      "%s: queue batch %d: %s", label, k + 1, why);
+            CHECK(ckpt_io_wait(io, mark[k]) == 0, "%s: wait for batch %d: %s", label, k, why);
+            for (int i = cut[k]; i < cut[k + 1]; i++)
+                CHECK(memcmp(rsegs[i].mem, segs[i].mem, segs[i].bytes) == 0,
+                      "%s: batch %d: segment %d not whole after its wait", label, k, i);
+        }
+        CHECK(ckpt_io_close(io, 0, NULL) == 0, "%s: ckpt_io_close: %s", label, why);
+    }
     // A truncated file: the last segments are missing.
     CHECK(truncate(path, (30 << 20) + 500) == 0, "%s: truncate: %s", label, strerror(errno));
     CHECK(ckpt_io_read(path, rsegs, n, NULL, why, sizeof why) != 0 && strstr(why, "short read"),
