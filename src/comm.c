@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <sched.h>
 #include <time.h>
 
@@ -523,6 +524,18 @@ int comm_shared_alloc(Comm *c, size_t bytes, CommShared *s, char *why, size_t n)
     MPI_CHECK(MPI_Exscan(&mine, &below, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, node));
     if (c->rank == 0) below = 0;     // MPI_Exscan leaves rank 0's undefined
     MPI_CHECK(MPI_Allreduce(&mine, &total, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, node));
+    // MPICH backs the window with a /dev/shm file: a container's small /dev/shm
+    // (Docker's 64 MiB) would make the allocation fail, which MPI treats as fatal.
+    struct statvfs sv;
+    double room = statvfs("/dev/shm", &sv) == 0 ? (double)sv.f_bavail * (double)sv.f_frsize : -1.0;
+    int fits = room < 0 || room >= 1.05 * (double)total + (double)(16 << 20), all_fit = 0;
+    MPI_CHECK(MPI_Allreduce(&fits, &all_fit, 1, MPI_INT, MPI_LAND, node));     // one answer for all
+    if (!all_fit) {
+        snprintf(why, n, "/dev/shm has %.0f MiB free, the window needs %.0f MiB", room / 1048576.0,
+                 (double)total / 1048576.0);
+        MPI_CHECK(MPI_Comm_free(&node));
+        return 0;
+    }
     void *ptr = NULL, *base = NULL;
     MPI_Aint size0 = 0;
     int unit = 0;

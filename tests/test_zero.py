@@ -136,4 +136,23 @@ for micro in (None, 3):
     a, b = runs[("big", 2, 3, micro, "true")], runs[("big", 2, 3, micro, "false")]
     check(np.array_equal(a["loss"], b["loss"]), f"np=2 ZeRO-3 early embeddings{', 2 micro-steps' if micro else ''}: overlap on = off bit for bit",
           f"{a['loss'][-1]!r} vs {b['loss'][-1]!r}")
+
+# 6. A /dev/shm too small for the window (a container's): the MPI path, with the reason, not a crash.
+# Needs a private mount namespace (root, unshare): skipped where there is none.
+import shutil
+import subprocess
+from common import MPIEXEC, PARTITA, ROOT
+out = os.path.join(d, "smallshm")
+cmd = (f"mount -t tmpfs -o size=60m tmpfs /dev/shm && {MPIEXEC} -np 2 {PARTITA} train {big} --set run.out_dir={out} "
+       f"--set zero.stage=3 --set train.steps=2 --set model.d_model=480 --set model.heads=8 --set model.layers=6 "
+       f"--set optimizer.warmup=0 --set train.micro_batch=6")
+probe = subprocess.run(["unshare", "-m", "true"], capture_output=True) if shutil.which("unshare") else None
+if probe is None or probe.returncode != 0:
+    print("skip a small /dev/shm: no private mount namespace here (unshare -m)")
+else:
+    p = subprocess.run(["unshare", "-m", "sh", "-c", cmd], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    check(p.returncode == 0 and "parameters not node-shared: /dev/shm has" in p.stdout + p.stderr,
+          "a /dev/shm too small for the window: MPI's gathers, the reason logged",
+          (p.stdout + p.stderr).strip().splitlines()[0] if (p.stdout + p.stderr).strip() else f"rc {p.returncode}")
 finish()
