@@ -48,10 +48,10 @@ static uint64_t mix64(uint64_t x) {
 }
 
 // A sum mod 2^64 is exact in any order: the threads' partial sums add up to
-// the same bits (a 124M checkpoint's 372M elements: ~0.5 s on one core).
+// the same bits (a 124M checkpoint's 372M elements: ~0.9 s on one core, 1.5-1.7 GB/s).
 uint64_t ckpt_checksum(const float *x, size_t n, uint64_t first) {
     uint64_t sum = 0;
-    #pragma omp parallel for schedule(static) reduction(+ : sum) if (n > ((size_t)1 << 18))
+    #pragma omp parallel for simd schedule(static) reduction(+ : sum) if (n > ((size_t)1 << 18))
     for (size_t i = 0; i < n; i++) {
         uint32_t b;
         memcpy(&b, &x[i], sizeof b);
@@ -152,11 +152,11 @@ static int tensor_part(const ParamTensor *t, const Piece *p, size_t *a, size_t *
 // The file offset of ds's raw data when it is contiguous little-endian
 // float32 with its space allocated; HADDR_UNDEF otherwise (then H5Dread).
 static haddr_t raw_offset(hid_t ds) {
+    // H5Dget_offset is HADDR_UNDEF unless the layout is contiguous, allocated
+    // and in this file (not chunked, compact or external).
     haddr_t off = HADDR_UNDEF;
-    hid_t dcpl = H5Dget_create_plist(ds), type = H5Dget_type(ds);
-    if (dcpl >= 0 && type >= 0 && H5Pget_layout(dcpl) == H5D_CONTIGUOUS && H5Tequal(type, H5T_IEEE_F32LE) > 0)
-        off = H5Dget_offset(ds);
-    if (dcpl >= 0) H5Pclose(dcpl);
+    hid_t type = H5Dget_type(ds);
+    if (type >= 0 && H5Tequal(type, H5T_IEEE_F32LE) > 0) H5E_BEGIN_TRY { off = H5Dget_offset(ds); } H5E_END_TRY;
     if (type >= 0) H5Tclose(type);
     H5Eclear2(H5E_DEFAULT);
     return off;
@@ -199,7 +199,7 @@ static void sum_segs(const Writer *w, uint64_t *sums) {
     }
 }
 
-#define CKPT_READ_BATCH ((size_t)128 << 20)     // bytes
+#define CKPT_READ_BATCH ((size_t)32 << 20)      // bytes: the last batch's checksums are all that trail the reads
 
 // A load reads tensor parts in batches; the checksums of one batch (over the
 // parts' owned elements) run on a thread while the next batch is read.
