@@ -317,9 +317,9 @@ static void resume(Trainer *tr) {
                   path, (long long)st.step, (long long)tr->cfg->train.steps);
     tr->start_step = st.step;
     tr->base_rows = st.data_rows >= 0 ? st.data_rows : st.step * tr->cfg->train.batch;
-    log_info("resumed from %s at step %lld (%.2f s; open and checks %.2f s, states %.2f s = %.2f GB/s on rank 0, "
-             "gather and close %.2f s)\n", path, (long long)st.step, wall_seconds() - t0, st.open_s, st.read_s,
-             st.read_s > 0 ? (double)st.read_bytes / st.read_s * 1e-9 : 0.0, st.rest_s);
+    log_info("resumed from %s at step %lld (%.2f s; open and checks %.2f s, states %.2f s = %.3f MB at %.2f GB/s on "
+             "rank 0, gather and close %.2f s)\n", path, (long long)st.step, wall_seconds() - t0, st.open_s, st.read_s,
+             (double)st.read_bytes * 1e-6, st.read_s > 0 ? (double)st.read_bytes / st.read_s * 1e-9 : 0.0, st.rest_s);
     if (st.data_rows >= 0 && st.data_rows != st.step * tr->cfg->train.batch)
         log_info("data: continuing at row %lld of the data order (the checkpoint's cursor; batch %lld now)\n",
                  (long long)st.data_rows, (long long)tr->cfg->train.batch);

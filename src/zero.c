@@ -927,3 +927,23 @@ void zero_gather_params(Zero *z, const char *tag) {
     }
     for (int k = 0; k < z->ngroups; k++) comm_wait(z->g[k].comm, &r[k]);
 }
+
+int zero_reads_partition(const Zero *z) {
+    return z->stage == 0 && z->p > 1 && !z->m->bk->device_memory && !z->offl.moments;
+}
+
+void zero_gather_states(Zero *z, const char *tag) {
+    SYS_CHECK(zero_reads_partition(z), "zero_gather_states: stage %d, device memory %d, moments offloaded %d",
+              z->stage, z->m->bk->device_memory, z->offl.moments);
+    CommReq r[ZERO_MAX_GROUPS][3];
+    for (int k = 0; k < z->ngroups; k++) {
+        ZeroGroup *g = &z->g[k];
+        fill_counts(g, g->begin, g->end);     // the v-collectives copy the counts: one array serves all three
+        comm_iallgather(g->comm, z->params + g->begin, g->counts, tag, &r[k][0]);
+        comm_iallgather(g->comm, g->optim->m, g->counts, tag, &r[k][1]);    // stage 0: [begin, end) of the group
+        comm_iallgather(g->comm, g->optim->v, g->counts, tag, &r[k][2]);
+    }
+    for (int k = 0; k < z->ngroups; k++)
+        for (int j = 0; j < 3; j++) comm_wait(z->g[k].comm, &r[k][j]);
+}
+

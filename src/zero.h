@@ -214,6 +214,14 @@ void zero_step(Zero *z, double lr, float grad_scale);
 // parameters to every rank of its group (tag names it in debug checks); a no-op
 // at stage 3. A checkpoint load at stages 1-2 reads only the rank's shard, then this.
 void zero_gather_params(Zero *z, const char *tag);
+// Stage 0 on a backend without device memory (host buffers are the states):
+// whether a checkpoint load may read only the rank's partition of every state
+// and share the rest by zero_gather_states (moments not offloaded).
+int zero_reads_partition(const Zero *z);
+// Stage 0: every rank's partition of the parameters and AdamW moments, read by
+// it alone, to every rank of its group (a p-rank job reads each byte from
+// disk once, not p times).
+void zero_gather_states(Zero *z, const char *tag);
 
 
 // The parameter/gradient store the model computes through.

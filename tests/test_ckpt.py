@@ -14,6 +14,7 @@
    the PyTorch reference model.
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -113,13 +114,22 @@ train("np4z3", 4, 3, "train.stop_at=10")
 train("np4z3-full", 4, 3, "checkpoint.interval=0")
 ref4, _ = losses("np4z3-full")
 src = os.path.join(d, "np4z3/ckpt/step-000010.h5")
-for np_, stage in [(2, 1), (1, 0)]:
+# (ZeRO-0 at np > 1: each rank reads its partition of every state, then they all-gather.)
+read = {}
+for np_, stage in [(2, 1), (1, 0), (2, 0), (4, 0)]:
     name = f"from-np4-to-np{np_}z{stage}"
     p = train(name, np_, stage, f"checkpoint.resume={src}", "checkpoint.interval=0")
     l, st = losses(name)
     e = float(np.max(np.abs(l - ref4[10:]) / ref4[10:]))
     check(len(l) == 10 and st[0] == 11 and e < 1e-5, f"np=4 ZeRO-3 checkpoint resumes at np={np_} ZeRO-{stage}",
           f"steps {int(st[0])}..{int(st[-1])}, max rel diff {e:.1e} (tol 1e-5)")
+    mb = re.search(r"states [\d.]+ s = ([\d.]+) MB at", p.stdout)
+    read[(np_, stage)] = float(mb.group(1)) if mb else float("nan")
+whole = read[(1, 0)]
+for np_ in (2, 4):     # rank 0's partition: 1/np of the states, within a tensor row's rounding
+    part = read[(np_, 0)]
+    check(abs(part * np_ / whole - 1) < 0.02, f"np={np_} ZeRO-0: rank 0 reads its partition of the states, not all",
+          f"{part:.3f} MB of {whole:.3f} MB")
 
 # 4. refusals
 good = os.path.join(d, "straight/ckpt/step-000020.h5")
