@@ -396,7 +396,7 @@ static const float *store_params(void *ctx, int u, int phase) {
     Zero *z = ctx;
     poke(z);
     if (z->stage < 3) return z->params + z->m->unit_begin[u];
-    if (z->shared) return z->whole + z->m->unit_begin[u];
+    if (z->shared) return (const float *)z->shm.base + z->m->unit_begin[u];   // every shard, back to back
     ZeroSlot *s = slot_holding(z, u);
     if (!s) {
         s = slot_for(z, u);
@@ -618,8 +618,7 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
     ZeroConfig zcc = *zc;
     zcc.shared = share_params(z, zc);
     if (z->shared) {
-        z->whole = (float *)z->shm.base;
-        z->params = z->stage == 3 ? (float *)z->shm.mine : z->whole;
+        z->params = (float *)(z->stage == 3 ? z->shm.mine : z->shm.base);
         z->state_bytes += own * sizeof(float);
     } else if (!z->offl.params) {
         z->params = alloc_floats(z, z->stage == 3 ? own : z->N, "parameters", &z->state_bytes);

@@ -125,9 +125,9 @@ typedef struct Zero {
     ZeroGroup g[ZERO_MAX_GROUPS];
     size_t own;             // the rank's shards of every group, back to back
     float *params;          // stage 0-2: (N) full; stage 3: (own) shards
-    int shared;             // parameters in a node-shared window (share_params in zero.c): then
-    CommShared shm;         //   whole = every rank's shards back to back (the flat layout, read in
-    float *whole;           //   place), and params = whole (stages 1-2) or this rank's shard (3)
+    int shared;             // parameters in a node-shared window (share_params in zero.c): shm.base
+    CommShared shm;         //   holds every rank's shard back to back (the flat layout, read in place);
+                            //   params = shm.base (stages 1-2) or this rank's shard, shm.mine (3)
     float *grads;           // stage 0-1: (N) full working gradients
     float *gshard;          // stage 1-3: (own) reduced gradients
     float *recv;            // stage 1-3: (own) reduce-scatter landing area
