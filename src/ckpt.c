@@ -1081,11 +1081,11 @@ static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdo
     Piece mine[CKPT_MAX_PIECES], owned[DS_KINDS][CKPT_MAX_PIECES];
     int nowned[DS_KINDS], nsegs = 0;
     int sharded = z->stage == 1 || z->stage == 2;   // parameters held whole, read as shards, then gathered
-    int partition = zero_reads_partition(z);        // stage 0: every state so (zero_gather_states)
+    int partition = zero_reads_partition(z);        // stage 0: every state so (zero_share_loaded)
     for (int k = 0; k < DS_KINDS && !errors; k++) {
         // What a rank holds, except at stages 1-2, where it reads only its shard of the parameters
-        // too (zero_gather_params shares them after), and at stage 0 on the cpu backend, where it
-        // reads only its partition of every state (zero_gather_states).
+        // too, and at stage 0 on the cpu backend, where it reads only its partition of every state
+        // (zero_share_loaded shares them after).
         int np = partition || (sharded && k == DS_PARAMS) ? owned_pieces(z, k, mine) : held_pieces(z, k, mine);
         nowned[k] = owned_pieces(z, k, owned[k]);
         for (int j = 0; j < np; j++)
@@ -1107,14 +1107,15 @@ static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdo
     SumBatch run[2] = {{0}};
     char ioerr[700] = "";
     int nb = 0, *first = xcalloc(sizeof(int) * (size_t)(nparts + 1), "checkpoint batches");
+    *nread = 0;
     for (int p = 0; p < nparts; nb++) {
         first[nb] = p;
-        for (size_t bytes = 0; p < nparts && (p == first[nb] || bytes < CKPT_READ_BATCH); p++)
+        for (size_t bytes = 0; p < nparts && (p == first[nb] || bytes < CKPT_READ_BATCH); p++) {
             bytes += (parts[p].b - parts[p].a) * sizeof(float);
+            *nread += (parts[p].b - parts[p].a) * sizeof(float);
+        }
     }
     first[nb] = nparts;
-    *nread = 0;
-    for (int p = 0; p < nparts; p++) *nread += (parts[p].b - parts[p].a) * sizeof(float);
     CkptIo *io = nsegs && !errors ? ckpt_io_open(path, 0, ioerr, sizeof ioerr) : NULL;
     if (nsegs && !io) errors++;
     uint64_t mark[2] = {0, 0};
@@ -1203,13 +1204,8 @@ static int load(Zero *z, const Deck *d, const char *path, CkptState *st, Watchdo
     st->tokens_seen = mi.tokens_seen;
     z->optim.t = (int)mi.optim_t;
     zero_push_states(z);    // read into the host copies; on cuda they go to the device now
-    if (z->stage == 1 || z->stage == 2 || z->shared) {  // each rank read its own shard of the parameters only
-        watchdog_phase(wd, "gathering the parameters from the other ranks");
-        zero_gather_params(z, "checkpoint parameters");
-    } else if (zero_reads_partition(z)) {       // ... or its partition of every state
-        watchdog_phase(wd, "gathering the states from the other ranks");
-        zero_gather_states(z, "checkpoint states");
-    }
+    watchdog_phase(wd, "sharing what each rank read with the others");
+    zero_share_loaded(z);   // each rank read only its part of what it holds
     H5_CHECK(H5Gclose(meta));
     watchdog_phase(wd, "closing the file");
     H5_CHECK(H5Fclose(f));

@@ -444,8 +444,9 @@ void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *re
     MPI_CHECK(MPI_Ialltoallv(send, sc, sd, MPI_FLOAT, recv, rc, rd, MPI_FLOAT, c->comm, &r->req));
 }
 
-// The MPI requests behind r: its all-gather's point-to-point ones, or the one.
-static MPI_Request *requests(Comm *c, CommReq *r) {
+// The MPI requests behind r (*n of them): its all-gather's point-to-point ones, or the one.
+static MPI_Request *requests(Comm *c, CommReq *r, int *n) {
+    *n = r->npreq ? r->npreq : 1;
     return r->npreq ? c->preqs + (size_t)r->slot * 2 * (size_t)c->size : &r->req;
 }
 
@@ -455,7 +456,9 @@ void comm_wait(Comm *c, CommReq *r) {
         nccl_wait(c->nccl, r->event);
         r->event = -1;
     } else {
-        wait_request(c, requests(c, r), r->npreq ? r->npreq : 1, &r->sig);
+        int n;
+        MPI_Request *q = requests(c, r, &n);
+        wait_request(c, q, n, &r->sig);
         land(c, r);
     }
     release_slot(c, r);
@@ -467,7 +470,9 @@ int comm_test(Comm *c, CommReq *r) {
     if (!r->active) return 1;
     int done = 0;
     if (r->event >= 0) return nccl_test(c->nccl, r->event);   // comm_wait still orders the streams
-    done = test_all(requests(c, r), r->npreq ? r->npreq : 1);
+    int n;
+    MPI_Request *q = requests(c, r, &n);
+    done = test_all(q, n);
     if (done) {
         land(c, r);
         release_slot(c, r);
@@ -555,7 +560,6 @@ int comm_shared_alloc(Comm *c, size_t bytes, CommShared *s, char *why, size_t n)
     s->comm = node;
     s->base = base;
     s->mine = ptr;
-    s->total = (size_t)total;
     s->on = 1;
     return 1;
 }

@@ -173,7 +173,6 @@ typedef struct CommShared {
     MPI_Comm comm;          // the node's ranks (all of c's)
     char *base;             // rank 0's first byte: the whole array
     char *mine;             // this rank's segment
-    size_t total;           // bytes of every segment together
     int on;
 } CommShared;
 // 1 with s set up; 0 (s->on = 0, nothing allocated) where c's ranks span

@@ -931,9 +931,8 @@ int zero_reads_partition(const Zero *z) {
     return z->stage == 0 && z->p > 1 && !z->m->bk->device_memory && !z->offl.moments;
 }
 
-void zero_gather_states(Zero *z, const char *tag) {
-    SYS_CHECK(zero_reads_partition(z), "zero_gather_states: stage %d, device memory %d, moments offloaded %d",
-              z->stage, z->m->bk->device_memory, z->offl.moments);
+// Stage 0: every rank's partition of the parameters and moments to every rank of its group.
+static void gather_states(Zero *z, const char *tag) {
     CommReq r[ZERO_MAX_GROUPS][3];
     for (int k = 0; k < z->ngroups; k++) {
         ZeroGroup *g = &z->g[k];
@@ -946,3 +945,7 @@ void zero_gather_states(Zero *z, const char *tag) {
         for (int j = 0; j < 3; j++) comm_wait(z->g[k].comm, &r[k][j]);
 }
 
+void zero_share_loaded(Zero *z) {
+    if (z->shared || z->stage == 1 || z->stage == 2) zero_gather_params(z, "checkpoint parameters");
+    else if (zero_reads_partition(z)) gather_states(z, "checkpoint states");
+}

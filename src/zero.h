@@ -212,16 +212,17 @@ double zero_reduce_grads(Zero *z);
 void zero_step(Zero *z, double lr, float grad_scale);
 // Stages 0-2 (each rank holds every parameter): every rank's shard of the
 // parameters to every rank of its group (tag names it in debug checks); a no-op
-// at stage 3. A checkpoint load at stages 1-2 reads only the rank's shard, then this.
+// at stage 3. After a load at stages 1-2 (each rank read its shard) zero_share_loaded calls it.
 void zero_gather_params(Zero *z, const char *tag);
 // Stage 0 on a backend without device memory (host buffers are the states):
 // whether a checkpoint load may read only the rank's partition of every state
-// and share the rest by zero_gather_states (moments not offloaded).
+// and share the rest by zero_share_loaded (moments not offloaded).
 int zero_reads_partition(const Zero *z);
-// Stage 0: every rank's partition of the parameters and AdamW moments, read by
-// it alone, to every rank of its group (a p-rank job reads each byte from
-// disk once, not p times).
-void zero_gather_states(Zero *z, const char *tag);
+// After a checkpoint load filled what this rank read: every rank's part to
+// every rank that holds it (stages 1-2: the parameter shards; stage 0 reading
+// partitions: the parameters and moments, so a p-rank job reads each byte from
+// disk once, not p times; node-shared parameters: a barrier). Nothing else.
+void zero_share_loaded(Zero *z);
 
 
 // The parameter/gradient store the model computes through.
