@@ -5,6 +5,7 @@
 #include "kernels.h"
 #include "log.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,13 +15,23 @@
 
 // calloc, not xcalloc's memset: large blocks come as untouched zero pages, so
 // memory released before use (moments handed to the offload engine) never
-// enters the resident set.
+// enters the resident set. Blocks of a page or more start on a page (model.h:
+// checkpoint loads read into them by O_DIRECT, in place), others on a cache
+// line; the word before the block keeps calloc's pointer for release.
 static void *cpu_alloc(size_t bytes, const char *what) {
-    void *p = calloc(1, bytes ? bytes : 1);
+    size_t align = bytes >= 4096 ? 4096 : 64, total;
+    SYS_CHECK(!__builtin_add_overflow(bytes, align + sizeof(void *), &total), "out of memory: %zu bytes for %s",
+              bytes, what);
+    char *p = calloc(1, total);
     SYS_CHECK(p, "out of memory: %zu bytes for %s", bytes, what);
-    return p;
+    uintptr_t at = ((uintptr_t)p + sizeof(void *) + align - 1) / align * align;
+    void **a = (void **)at;
+    a[-1] = p;
+    return a;
 }
-static void cpu_release(void *p) { free(p); }
+static void cpu_release(void *p) {
+    if (p) free(((void **)p)[-1]);
+}
 static void cpu_zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
 static void cpu_copy(float *dst, const float *src, size_t n) { memmove(dst, src, n * sizeof(float)); }
 static void cpu_copy_i32(int32_t *dst, const int32_t *src, size_t n) { memcpy(dst, src, n * sizeof(int32_t)); }
@@ -56,7 +67,7 @@ static const Backend cpu_table = {
     .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .copy = cpu_copy,
     .to_host = cpu_copy, .from_host = cpu_copy, .from_host_i32 = cpu_copy_i32,
     .axpy = cpu_axpy, .copy2d = cpu_copy2d, .sync = cpu_sync,
-    .host_alloc = cpu_host_alloc, .host_free = cpu_release, .event_create = cpu_event_create,
+    .host_alloc = cpu_host_alloc, .host_free = free, .event_create = cpu_event_create,
     .event_destroy = cpu_event_none, .d2h_async = cpu_copy_async, .h2d_async = cpu_copy_async,
     .copy_fence = cpu_event_none, .event_sync = cpu_event_none, .compute_wait = cpu_event_none,
     .set_tile_hook = kernels_set_tile_hook,

@@ -50,6 +50,7 @@ typedef struct CkptState {
     double open_s, read_s, rest_s;  // a load's phases on this rank: opening and checking /meta; reading
                                     // and checksumming the states (and agreeing on the sums); the rest
     uint64_t read_bytes;    // the states' bytes this rank read
+    uint64_t inplace_bytes; //   ... of which by O_DIRECT straight into the state buffers (no bounce, no copy)
 } CkptState;
 
 // The checkpoints this job wrote that are still on disk (oldest first): the

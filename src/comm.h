@@ -188,5 +188,10 @@ void comm_allreduce_sum(Comm *c, float *buf, size_t n, const char *tag);
 void comm_allreduce_sum_f64(Comm *c, double *buf, int n, const char *tag);
 void comm_allreduce_max_f64(Comm *c, double *buf, int n, const char *tag);
 void comm_bcast(Comm *c, void *buf, size_t bytes, int root, const char *tag);
+// MPI_Allreduce in place for a rank that may come long before the others (a
+// checkpoint load's agreements): it polls with naps where MPICH would spin,
+// which takes a core from the ranks still reading on a node whose cores are
+// all busy (two ranks on two cores: a load's spread grew by a third).
+void comm_allreduce_napping(MPI_Comm comm, void *buf, int n, MPI_Datatype type, MPI_Op op);
 
 #endif

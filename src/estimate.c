@@ -114,7 +114,7 @@ int estimate_run(const Deck *d, int ranks, double mem_per_rank) {
 
     printf("estimate: %s on %d ranks (dp=%d x sp=%d), micro_batch %d x seq_len %d, grad_accum %d, batch %lld\n",
            d->path, ranks, (int)c->parallel.dp, sp, B, T, accum, (long long)c->train.batch);
-    printf("model: %zu parameters (%d layers, d_model %d, %d heads, vocab %d padded to %d)\n", m.nparams,
+    printf("model: %zu parameters (%d layers, d_model %d, %d heads, vocab %d padded to %d)\n", model_count_params(&m),
            m.s.L, m.s.C, m.s.NH, m.s.V, m.s.Vp);
     double v[9][4], sent[COMM_NOPS][4], total_sent[4];
     for (int st = 0; st < 4; st++) {

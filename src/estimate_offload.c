@@ -5,6 +5,7 @@
 #include "kernels.h"
 #include "peak.h"
 #include "sysutil.h"
+#include "zero.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,7 +73,7 @@ void offload_estimate(const Config *c, const Model *m, int ranks) {
                    "the moments (and parameters = host) move to pinned host memory, updates placed by Deep Optimizer States\n");
         return;
     }
-    size_t N = m->nparams, own = c->zero.stage == 0 ? N : (N + (size_t)ranks - 1) / (size_t)ranks;
+    size_t N = m->nparams, own = c->zero.stage == 0 ? N : zero_shard_floats(N, ranks);
     int pn = oc->params == OFFLOAD_NVME, gn = c->zero.stage >= 2, arrays = 2 + pn;
     double accum = (double)c->train.grad_accum, f = sizeof(float), ownb = (double)own * f;
     double nvme = (arrays + gn) * ownb;

@@ -24,6 +24,18 @@ GPTShape model_shape(const ModelConfig *mc) {
 // ---------------------------------------------------------------------------
 // Parameter table
 
+size_t model_align_offset(size_t at, size_t numel) {
+    if (numel * sizeof(float) < MODEL_ALIGN_BYTES) return at;
+    return (at + MODEL_ALIGN_FLOATS - 1) / MODEL_ALIGN_FLOATS * MODEL_ALIGN_FLOATS;
+}
+
+size_t model_count_params(const Model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->ntensors; i++)
+        if (m->tensors[i].held && !m->tensors[i].apart) n += m->tensors[i].numel;
+    return n;
+}
+
 static ParamTensor *add_tensor(Model *m, const char *name, int rows, int cols, int decay, int layer, int kind,
                                int expert) {
     ParamTensor *p = &m->tensors[m->ntensors++];
@@ -32,6 +44,7 @@ static ParamTensor *add_tensor(Model *m, const char *name, int rows, int cols, i
     p->shape[0] = rows;
     p->shape[1] = cols;
     p->numel = (size_t)rows * (size_t)(cols ? cols : 1);
+    m->nparams = model_align_offset(m->nparams, p->numel);
     p->offset = m->nparams;
     p->decay = decay;
     p->layer = layer;
@@ -82,9 +95,10 @@ static void add_moe_mlp(Model *m, int l) {
         for (int j = 0; j < 4; j++) {
             char name[64];
             snprintf(name, sizeof name, "h.%d.mlp.experts.%d.%s", l, e, kind_name[K_XFCW + j]);
+            size_t keep = m->nparams;
             ParamTensor *t = add_tensor(m, name, xr[j], xc[j], xc[j] != 0, l, K_XFCW + j, e);
             if (m->ep_size == 1) continue;
-            m->nparams -= t->numel;         // placed in the expert group below
+            m->nparams = keep;              // placed in the expert group below
             t->held = e / El == m->ep_rank;
             t->unit = m->xunit[l];
         }
@@ -94,10 +108,12 @@ static void add_moe_mlp(Model *m, int l) {
 // ep > 1: the held experts, layer by layer, after the dense group; the
 // others at nparams (outside every range a rank holds or reads).
 static void place_experts(Model *m) {
+    m->nparams = model_align_offset(m->nparams, MODEL_ALIGN_BYTES / sizeof(float));   // the expert group starts on a page too
     m->group_end[0] = m->nparams;
     for (int i = 0; i < m->ntensors; i++) {
         ParamTensor *t = &m->tensors[i];
         if (t->expert < 0 || !t->held) continue;
+        m->nparams = model_align_offset(m->nparams, t->numel);
         t->offset = m->nparams;
         m->nparams += t->numel;
     }
@@ -119,6 +135,14 @@ static void build_units(Model *m) {
     }
     for (int u = 0; u < m->nunits; u++)
         if (m->unit_begin[u] == SIZE_MAX) m->unit_begin[u] = m->unit_end[u] = u ? m->unit_end[u - 1] : 0;
+    // The units tile each group: an alignment gap goes to the unit after it (the
+    // one before the expert group to ln_f), so that every float of the layout is
+    // in one unit, and reductions and gathers cover the layout exactly.
+    if (m->infer) return;
+    const int L = m->s.L;
+    for (int u = 1; u <= L + 1; u++) m->unit_begin[u] = m->unit_end[u - 1];
+    m->unit_end[L + 1] = m->group_end[0];
+    for (int u = L + 2; u < m->nunits; u++) m->unit_begin[u] = u == L + 2 ? m->group_end[0] : m->unit_end[u - 1];
 }
 
 static void build_table(Model *m) {
@@ -152,6 +176,9 @@ static void build_table(Model *m) {
                                    TP_WHOLE, TP_WHOLE, TP_COLS, TP_COLS, TP_ROWS, TP_RANK0};
     for (int l = 0; l < L; l++) {
         int moe = m->moe.nmoe && m->moe.experts[l] > 0;
+        // A layer with aligned matrices starts on a page too, so every layer has the
+        // same gaps and the same extent (the stager sizes one buffer for all).
+        if (!m->infer) m->nparams = model_align_offset(m->nparams, (size_t)C * (size_t)(3 * C > H ? 3 * C : H));
         for (int j = K_LN1W; j <= K_FCPB; j++) {
             if (moe && j >= K_FCW) break;
             if (!m->infer) {

@@ -6,6 +6,13 @@
 // them one to one. Linear weights use HF's Conv1D layout (in, out); the LM head
 // is tied to wte. Tensors are laid out layer by layer so a layer's parameters
 // are one contiguous range (what ZeRO-3 gathers). Gradients mirror the layout.
+//
+// A tensor of MODEL_ALIGN_BYTES or more starts at a multiple of MODEL_ALIGN_FLOATS
+// (4 KiB) in the layout; the gap before it is padding (zero, in no tensor, never
+// updated). Checkpoints place such tensors' datasets on a block of the file
+// (ckpt.c), so with state buffers whose element 0 sits on a page (the cpu
+// backend's alloc, ZeRO's shard boundaries) a load reads them by O_DIRECT
+// straight into place instead of through a bounce buffer and a copy.
 #ifndef PARTITA_MODEL_H
 #define PARTITA_MODEL_H
 
@@ -17,6 +24,9 @@
 #include "deck.h"
 #include "moe.h"
 #include "ulysses.h"
+
+#define MODEL_ALIGN_FLOATS ((size_t)1024)
+#define MODEL_ALIGN_BYTES ((size_t)65536)
 
 typedef struct GPTShape {
     int V, Vp;      // vocabulary, padded vocabulary (wte rows)
@@ -132,7 +142,7 @@ typedef struct Model {
     GPTShape s;
     int ntensors;
     ParamTensor *tensors;   // wte, wpe, h.0.* ... h.L-1.*, ln_f.weight, ln_f.bias
-    size_t nparams;
+    size_t nparams;         // floats in the flat layout (wte's padded rows and alignment gaps included)
     int nunits;             // L + 2
     size_t *unit_begin, *unit_end;  // (nunits) ranges in floats
     const Backend *bk;      // where activations live and kernels run
@@ -182,6 +192,11 @@ typedef struct Model {
 // Tensor index of (layer, kind, expert) (layer -1: wte, wpe, ln_f; expert -1
 // unless an expert's kind), or -1 when the model has none.
 int model_tensor(const Model *m, int layer, int kind, int expert);
+// Where a tensor of numel floats goes when the layout's next free float is at.
+size_t model_align_offset(size_t at, size_t numel);
+// The parameters in this rank's layout: its tensors' elements (wte's padded rows
+// included, alignment gaps not; nparams counts both).
+size_t model_count_params(const Model *m);
 // The table alone for a MoE model at expert layout (ep, ep_rank).
 void model_table_moe(Model *m, const ModelConfig *mc, const MoeSpec *moe, int ep, int ep_rank);
 

@@ -311,15 +311,21 @@ static void resume(Trainer *tr) {
     CkptState st = {.data_rows = -1};
     double t0 = wall_seconds();
     zero_host_buffers(&tr->zero);   // offloaded: host copies for ckpt_resume to fill
-    if (!ckpt_resume(&tr->zero, tr->deck, tr->cfg->checkpoint.dir, &st, path, sizeof path)) return;
+    if (!ckpt_resume(&tr->zero, tr->deck, tr->cfg->checkpoint.dir, &st, path, sizeof path)) {
+        // Only now: a load overwrites every weight, and drawing 124M normals took a third of a resume.
+        zero_init_weights(&tr->zero, (uint64_t)tr->cfg->run.seed, tr->cfg->model.init_std);
+        return;
+    }
     if (st.step > tr->cfg->train.steps)
         FATAL_ALL("raise [train] steps to train on", "checkpoint '%s' is at step %lld, past train.steps = %lld",
                   path, (long long)st.step, (long long)tr->cfg->train.steps);
     tr->start_step = st.step;
     tr->base_rows = st.data_rows >= 0 ? st.data_rows : st.step * tr->cfg->train.batch;
     log_info("resumed from %s at step %lld (%.2f s; open and checks %.2f s, states %.2f s = %.3f MB at %.2f GB/s on "
-             "rank 0, gather and close %.2f s)\n", path, (long long)st.step, wall_seconds() - t0, st.open_s, st.read_s,
-             (double)st.read_bytes * 1e-6, st.read_s > 0 ? (double)st.read_bytes / st.read_s * 1e-9 : 0.0, st.rest_s);
+             "rank 0, %.0f%% read in place, gather and close %.2f s)\n", path, (long long)st.step, wall_seconds() - t0,
+             st.open_s, st.read_s, (double)st.read_bytes * 1e-6,
+             st.read_s > 0 ? (double)st.read_bytes / st.read_s * 1e-9 : 0.0,
+             st.read_bytes ? 100.0 * (double)st.inplace_bytes / (double)st.read_bytes : 0.0, st.rest_s);
     if (st.data_rows >= 0 && st.data_rows != st.step * tr->cfg->train.batch)
         log_info("data: continuing at row %lld of the data order (the checkpoint's cursor; batch %lld now)\n",
                  (long long)st.data_rows, (long long)tr->cfg->train.batch);
@@ -438,7 +444,6 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     zero_create_offload(&tr->zero, &zc, &tr->dp, tr->ep_size > 1 ? &tr->edp : NULL, &tr->model, &c->optim,
                         c->train.steps, &want);
     start_offload(tr);
-    zero_init_weights(&tr->zero, (uint64_t)c->run.seed, c->model.init_std);
     tr->ps = zero_store(&tr->zero);
     for (int l = 0; l < tr->model.s.L && tr->moe.nmoe; l++) tr->moe_nx += tr->moe.experts[l];
     tr->moe_load = tr->moe_nx ? xcalloc(sizeof(double) * (size_t)tr->moe_nx, "moe load") : NULL;
@@ -466,7 +471,8 @@ static void trainer_create(Trainer *tr, const Deck *d) {
         h5_attr_i64(tr->metrics.file, "model_state_bytes", (int64_t)tr->zero.state_bytes);
         h5_attr_i64(tr->metrics.file, "working_bytes", (int64_t)tr->zero.working_bytes);
         h5_attr_i64(tr->metrics.file, "activation_bytes", (int64_t)model_activation_bytes(&tr->model, tr->B, tr->Tl));
-        h5_attr_i64(tr->metrics.file, "nparams", (int64_t)tr->model.nparams);
+        h5_attr_i64(tr->metrics.file, "nparams", (int64_t)model_count_params(&tr->model));
+        h5_attr_i64(tr->metrics.file, "layout_floats", (int64_t)tr->model.nparams);
         h5_attr_f64(tr->metrics.file, "baseline_rss_mb", tr->rss_base);
         describe_offload(tr, tr->metrics.file);
         moe_load_open(tr, buffer);
@@ -616,7 +622,7 @@ static void print_header(const Trainer *tr) {
     const GPTShape *s = &tr->model.s;
     log_info("%s", tr->deck_text);
     log_info("model: GPT-2, %zu parameters (L=%d C=%d NH=%d T=%d V=%d padded to %d)\n",
-             tr->model.nparams, s->L, s->C, s->NH, tr->T, s->V, s->Vp);
+             model_count_params(&tr->model), s->L, s->C, s->NH, tr->T, s->V, s->Vp);
     log_info("data: %s, %llu tokens (%s tokenizer); train rows %llu, val rows %llu of %d tokens, %s order\n",
              c->data.train, (unsigned long long)tr->train_file.ntok, tr->train_file.tokenizer,
              (unsigned long long)tr->train.rows, (unsigned long long)tr->val.rows, tr->T + 1,
@@ -1020,7 +1026,7 @@ int train_dump(const Deck *d, const char *out_path) {
     model_backward(m, ps, in, tg, tr.B, tr.T, 1.0f / ((float)tr.B * (float)tr.T));
     weights_write_group(m, f, "grads", tr.zero.grads);
     h5_close(f);
-    printf("dump: loss %.6f, %zu parameters -> %s\n", loss, m->nparams, out_path);
+    printf("dump: loss %.6f, %zu parameters -> %s\n", loss, model_count_params(m), out_path);
     free(in);
     free(tg);
     zero_free(&tr.zero);

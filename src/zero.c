@@ -13,6 +13,12 @@ static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 // The offload engine holds the groups' moments (and maybe shards, gradients): offload.h.
 static int offloaded(const Zero *z) { return z->offl.moments; }
 
+size_t zero_shard_floats(size_t n, int p) {
+    size_t s = (n + (size_t)p - 1) / (size_t)p;
+    size_t a = (s + MODEL_ALIGN_FLOATS - 1) / MODEL_ALIGN_FLOATS * MODEL_ALIGN_FLOATS;
+    return s >= 100 * MODEL_ALIGN_FLOATS && (size_t)(p - 1) * a < n ? a : s;
+}
+
 void zero_group_part(const ZeroGroup *g, int k, size_t b, size_t e, size_t *pb, size_t *pe) {
     size_t lo = max_sz(b, g->begin + (size_t)k * g->S);
     size_t hi = min_sz(e, min_sz(g->begin + (size_t)(k + 1) * g->S, g->end));
@@ -61,7 +67,7 @@ static void layout_groups(Zero *z, int p, int r) {
         g->end = k ? m->group_end[1] : z->ngroups > 1 ? m->group_end[0] : m->nparams;
         g->p = k ? p / m->ep_size : p;
         g->r = k ? r / m->ep_size : r;
-        g->S = (g->end - g->begin + (size_t)g->p - 1) / (size_t)g->p;
+        g->S = zero_shard_floats(g->end - g->begin, g->p);
         zero_group_part(g, g->r, g->begin, g->end, &g->own_begin, &g->own_end);
         if (z->stage == 0) {
             g->own_begin = g->begin;

@@ -229,6 +229,12 @@ void zero_share_loaded(Zero *z);
 const ParamStore *zero_store(Zero *z);
 // Shard bounds of rank k of group 0 for the flat range [b, e).
 void zero_part(const Zero *z, int k, size_t b, size_t e, size_t *pb, size_t *pe);
+// The length of every shard but the last of n floats over p ranks: n / p
+// rounded up, then up to a page of the layout (MODEL_ALIGN_FLOATS) where that
+// adds at most 1% (shards of 100 pages and more) and leaves the last rank
+// some: so every shard starts on a page, and a checkpoint load reads it in
+// place (model.h).
+size_t zero_shard_floats(size_t n, int p);
 // Shard bounds of rank k of group g for the flat range [b, e) (inside the group).
 void zero_group_part(const ZeroGroup *g, int k, size_t b, size_t e, size_t *pb, size_t *pe);
 

@@ -73,6 +73,14 @@ seq_len = {seq_len}
 """
 
 
+def shard_floats(n, p):
+    """ZeRO's shard of n floats over p ranks (zero_shard_floats): ceil(n / p), rounded up to a
+    4 KiB page of floats where the shard is 100 pages or more and the last rank keeps some."""
+    s = -(-n // p)
+    a = -(-s // 1024) * 1024
+    return a if s >= 100 * 1024 and (p - 1) * a < n else s
+
+
 def write_deck(path, text):
     with open(path, "w") as f:
         f.write(text)

@@ -30,7 +30,7 @@ import time
 import h5py
 import numpy as np
 
-from common import MPIEXEC, PARTITA, ROOT, check, finish, licenses_tokens, run, tmpdir, write_deck
+from common import MPIEXEC, PARTITA, ROOT, check, finish, licenses_tokens, run, shard_floats, tmpdir, write_deck
 
 d = tmpdir("offload")
 tok = licenses_tokens(d)
@@ -111,8 +111,8 @@ for name, np_, stage, extra in cases:
           f"max |diff| {np.abs(mb['loss'] - mo['loss']).max():.3g}, {np.abs(mb['grad_norm'] - mo['grad_norm']).max():.3g}")
     check(same_weights(base[key], out), f"{name}: final weights bit-identical to no offload")
     with h5py.File(os.path.join(out, "run.h5"), "r") as f:
-        nparams = int(f.attrs["nparams"])
-    own = -(-nparams // np_) if stage > 0 else nparams       # rank 0's shard (the largest)
+        nflat = int(f.attrs["layout_floats"])
+    own = shard_floats(nflat, np_) if stage > 0 else nflat      # rank 0's shard (the largest)
     arrays = 3 if "offload.params=nvme" in extra else 2
     grads = stage >= 2
     rd, wr = mo["offload_read_bytes"], mo["offload_write_bytes"]

@@ -25,7 +25,7 @@ import os
 import h5py
 import numpy as np
 
-from common import check, finish, licenses_tokens, run, tmpdir, write_deck
+from common import check, finish, licenses_tokens, run, shard_floats, tmpdir, write_deck
 
 d = tmpdir("zero")
 tok = licenses_tokens(d)
@@ -65,7 +65,7 @@ def train(np_, stage, extra=(), shared=False, deck=deck, name="", micro=None):
     m = f["metrics"]
     return dict(loss=np.array(m["loss"]), ar=np.array(m["comm_bytes_all_reduce"]),
                 rs=np.array(m["comm_bytes_reduce_scatter"]), ag=np.array(m["comm_bytes_all_gather"]),
-                state=int(f.attrs["model_state_bytes"]), N=int(f.attrs["nparams"]),
+                state=int(f.attrs["model_state_bytes"]), N=int(f.attrs["layout_floats"]),
                 rss=np.array(m["peak_rss_mb"]).max(), log=p.stdout)
 
 
@@ -115,7 +115,7 @@ for (np_, stage) in [(2, 1), (2, 2), (2, 3), (4, 1), (4, 3), (3, 3)]:
           f"all-gather {r['ag'][s]:.0f} (gathering: {m['ag'][s]:.0f}), reduce-scatter {r['rs'][s]:.0f} vs {m['rs'][s]:.0f}")
     if stage < 3:   # parameters: the rank's shard, not the whole layout (moments and gradient shard unchanged)
         saved = m["state"] - r["state"]
-        check(saved == (N - (N + np_ - 1) // np_) * 4, f"np={np_} ZeRO-{stage} node-shared: holds one shard of the parameters",
+        check(saved == (N - shard_floats(N, np_)) * 4, f"np={np_} ZeRO-{stage} node-shared: holds one shard of the parameters",
               f"{m['state']} -> {r['state']} bytes of model states ({saved} less; N = {N})")
 
 big = write_deck(os.path.join(d, "big.deck"), open(deck).read().replace("vocab = 257", "vocab = 2048"))
