@@ -72,7 +72,7 @@ FORMATS = 3     # the newest checkpoint format this script reads
 
 
 def check_index(f, meta):
-    """(ok, text): format 3's /meta index ("name offset numel" per tensor, the flat layout) against /params."""
+    """(ok, text): format 3's /meta index ("name offset numel" per tensor, packed in table order) against /params."""
     if "index" not in meta.attrs:
         return True, "none (format 1-2)"
     lines = str(py(meta.attrs["index"])).splitlines()

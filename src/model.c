@@ -32,7 +32,7 @@ size_t model_align_offset(size_t at, size_t numel) {
 size_t model_count_params(const Model *m) {
     size_t n = 0;
     for (int i = 0; i < m->ntensors; i++)
-        if (m->tensors[i].held && !m->tensors[i].apart) n += m->tensors[i].numel;
+        if (m->tensors[i].held) n += m->tensors[i].numel;
     return n;
 }
 

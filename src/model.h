@@ -194,8 +194,9 @@ typedef struct Model {
 int model_tensor(const Model *m, int layer, int kind, int expert);
 // Where a tensor of numel floats goes when the layout's next free float is at.
 size_t model_align_offset(size_t at, size_t numel);
-// The parameters in this rank's layout: its tensors' elements (wte's padded rows
-// included, alignment gaps not; nparams counts both).
+// The parameters this rank holds: its tensors' elements (wte's padded rows and
+// an inference table's matrices held apart included, alignment gaps not;
+// nparams counts the flat layout: gaps in, matrices apart out).
 size_t model_count_params(const Model *m);
 // The table alone for a MoE model at expert layout (ep, ep_rank).
 void model_table_moe(Model *m, const ModelConfig *mc, const MoeSpec *moe, int ep, int ep_rank);

@@ -16,7 +16,7 @@ static int offloaded(const Zero *z) { return z->offl.moments; }
 size_t zero_shard_floats(size_t n, int p) {
     size_t s = (n + (size_t)p - 1) / (size_t)p;
     size_t a = (s + MODEL_ALIGN_FLOATS - 1) / MODEL_ALIGN_FLOATS * MODEL_ALIGN_FLOATS;
-    return s >= 100 * MODEL_ALIGN_FLOATS && (size_t)(p - 1) * a < n ? a : s;
+    return p > 1 && s >= 100 * MODEL_ALIGN_FLOATS && (size_t)(p - 1) * a < n ? a : s;
 }
 
 void zero_group_part(const ZeroGroup *g, int k, size_t b, size_t e, size_t *pb, size_t *pe) {

@@ -78,7 +78,7 @@ def shard_floats(n, p):
     4 KiB page of floats where the shard is 100 pages or more and the last rank keeps some."""
     s = -(-n // p)
     a = -(-s // 1024) * 1024
-    return a if s >= 100 * 1024 and (p - 1) * a < n else s
+    return a if p > 1 and s >= 100 * 1024 and (p - 1) * a < n else s
 
 
 def write_deck(path, text):

@@ -641,7 +641,7 @@ int generate_run(const Deck *d) {
         make_parent_dirs(mirror, "set [generate] jsonl to a path you can write");
         log_info("generate: %s backend\n", g.e.bk ? g.e.bk->name : "cpu");
         log_info("generate: %s, %zu parameters, tp = %d, %d threads per rank, mode %s, token budget %d, KV cache %lld blocks of %d tokens (%.1f MiB per rank, %s)\n",
-                 c->generate.weights, g.m.nparams, g.comm.size, kernels_get_threads(), mode_name(c), Nmax,
+                 c->generate.weights, model_count_params(&g.m), g.comm.size, kernels_get_threads(), mode_name(c), Nmax,
                  (long long)c->generate.kv_blocks, bs,
                  (double)engine_kv_bytes_per_block(&g.m, g.comm.size, bs) * (double)c->generate.kv_blocks / 1048576.0,
                  c->generate.kv_alloc == GEN_KV_RESERVE ? "reserved up front" : "lazy, preempting");
