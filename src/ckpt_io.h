@@ -7,12 +7,13 @@
 // So the block-aligned interior of every segment moves by O_DIRECT through the
 // I/O engine (aio.h: io_uring, several requests in flight): straight from the
 // caller's memory where it sits at the same offset within a block as its file
-// position does (ckpt_io_place lays out a snapshot so that every segment does),
-// else through a few aligned bounce buffers, copied while earlier ones are on
-// the way. The unaligned head and tail of a segment (less than a block each:
-// bytes that share a block with another dataset, another rank's part or HDF5's
-// metadata, which O_DIRECT would overwrite) go by pwrite/pread, as does
-// everything where the file system refuses O_DIRECT. A write ends with fsync.
+// position does (the state buffers do, model.h; ckpt_io_place lays out an async
+// snapshot so that every segment does), else through a few aligned bounce
+// buffers, copied while earlier ones are on the way. The unaligned head and
+// tail of a segment (less than a block each: bytes that share a block with
+// another dataset, another rank's part or HDF5's metadata, which O_DIRECT would
+// overwrite) go by pwrite/pread, as does everything where the file system
+// refuses O_DIRECT. A write ends with fsync.
 //
 // The block is the larger of the device's direct-I/O alignment and the page
 // size, so that no page holds both bytes written through the page cache and
