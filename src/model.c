@@ -24,9 +24,10 @@ GPTShape model_shape(const ModelConfig *mc) {
 // ---------------------------------------------------------------------------
 // Parameter table
 
+static size_t page_up(size_t at) { return (at + MODEL_ALIGN_FLOATS - 1) / MODEL_ALIGN_FLOATS * MODEL_ALIGN_FLOATS; }
+
 size_t model_align_offset(size_t at, size_t numel) {
-    if (numel * sizeof(float) < MODEL_ALIGN_BYTES) return at;
-    return (at + MODEL_ALIGN_FLOATS - 1) / MODEL_ALIGN_FLOATS * MODEL_ALIGN_FLOATS;
+    return numel * sizeof(float) < MODEL_ALIGN_BYTES ? at : page_up(at);
 }
 
 size_t model_count_params(const Model *m) {
@@ -108,7 +109,7 @@ static void add_moe_mlp(Model *m, int l) {
 // ep > 1: the held experts, layer by layer, after the dense group; the
 // others at nparams (outside every range a rank holds or reads).
 static void place_experts(Model *m) {
-    m->nparams = model_align_offset(m->nparams, MODEL_ALIGN_BYTES / sizeof(float));   // the expert group starts on a page too
+    m->nparams = page_up(m->nparams);     // the expert group starts on a page too
     m->group_end[0] = m->nparams;
     for (int i = 0; i < m->ntensors; i++) {
         ParamTensor *t = &m->tensors[i];
