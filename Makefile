@@ -202,4 +202,5 @@ bench: all
 clean:
 	rm -rf build build-asan
 
--include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d $(BUILD)/tests/unit/test_aio.d $(BUILD)/tests/unit/test_dos.d $(BUILD)/tests/unit/test_moe.d
+-include $(OBJ:.o=.d) $(BUILD)/tests/unit/test_kernels.d $(BUILD)/tests/unit/test_comm.d $(BUILD)/tests/unit/test_ulysses.d $(BUILD)/tests/unit/test_bpe.d $(BUILD)/tests/unit/test_aio.d $(BUILD)/tests/unit/test_dos.d $(BUILD)/tests/unit/test_moe.d \
+  $(wildcard $(BUILD)/bench/*.d)

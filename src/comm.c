@@ -197,12 +197,6 @@ static void describe(const CommSig *s, char *buf, size_t n) {
              (long long)s->count, s->seq, (long long)s->step + 1);
 }
 
-// Polls MPI_Test and yields the core between polls, so that oversubscribed
-// ranks let the rank that still computes run instead of spinning against it.
-// MPICH moves a large message only inside MPI calls, a shared-memory cell per
-// call: a sleep between polls would throttle big gathers (it did: 20 us naps
-// made ZeRO-3's all-gathers several times slower), so only a wait that has
-// gone on for a while naps, and only when ranks outnumber cores.
 // 1 when every request of q[0..n) is complete (MPI_Test each: a completed one
 // becomes MPI_REQUEST_NULL, which tests complete again).
 static int test_all(MPI_Request *q, int n) {
@@ -215,24 +209,39 @@ static int test_all(MPI_Request *q, int n) {
     return all;
 }
 
+// Polls q[0..n) until all complete, yielding the core between polls, so that
+// oversubscribed ranks let the rank that still computes run instead of
+// spinning against it. After `patience` polls (-1: never) it naps nap_ns
+// between polls instead. MPICH moves a large message only inside MPI calls, a
+// shared-memory cell per call: a nap between polls throttles big transfers
+// (20 us naps made ZeRO-3's all-gathers several times slower), so only waits
+// that are mostly waiting for another rank should nap early. Returns the
+// seconds waited, or -1 once timeout_s (> 0) has passed.
+static double poll_until(MPI_Request *q, int n, long patience, long nap_ns, double timeout_s) {
+    double t0 = MPI_Wtime();
+    struct timespec nap = {0, nap_ns};
+    for (long spins = 0; !test_all(q, n); spins++) {
+        if (patience >= 0 && spins >= patience) nanosleep(&nap, NULL);
+        else sched_yield();
+        if (timeout_s > 0 && (spins & 255) == 0 && MPI_Wtime() - t0 > timeout_s) return -1.0;
+    }
+    return MPI_Wtime() - t0;
+}
+
+// A collective's wait: naps only when ranks outnumber cores and the wait has
+// gone on for a while; fatal past [comm] timeout_s, naming the collective.
 static void wait_request(Comm *c, MPI_Request *req, int nreq, const CommSig *sig) {
     double t0 = MPI_Wtime();
-    int done = 0;
-    struct timespec nap = {0, 50000};
-    for (long spins = 0; ; spins++) {
-        done = test_all(req, nreq);
-        if (done) break;
-        if (c->opt.oversubscribed && spins > 20000) nanosleep(&nap, NULL);
-        else sched_yield();
-        if (c->opt.timeout_s > 0 && (spins & 255) == 0 && MPI_Wtime() - t0 > c->opt.timeout_s) {
-            char what[160];
-            describe(sig, what, sizeof what);
-            FATAL("another rank never joined it: it skipped or reordered a collective, or died; "
-                  "[comm] debug = true names the rank that diverged",
-                  "rank %d of group %s stuck %.0f s in %s", c->rank, c->name, MPI_Wtime() - t0, what);
-        }
+    double dt = poll_until(req, nreq, c->opt.oversubscribed ? 20000 : -1, 50000, c->opt.timeout_s);
+    if (dt < 0) {
+        char what[160];
+        describe(sig, what, sizeof what);
+        FATAL("another rank never joined it: it skipped or reordered a collective, or died; "
+              "[comm] debug = true names the rank that diverged",
+              "rank %d of group %s stuck %.0f s in %s", c->rank, c->name, MPI_Wtime() - t0, what);
     }
-    c->wait_s += MPI_Wtime() - t0;
+    c->wait_s += dt;
+    c->wait_op_s[sig->op] += dt;
 }
 
 // An all-to-all's element count is each rank's own (MoE dispatch sends what
@@ -588,10 +597,5 @@ void comm_shared_free(CommShared *s) {
 void comm_allreduce_napping(MPI_Comm comm, void *buf, int n, MPI_Datatype type, MPI_Op op) {
     MPI_Request rq;
     MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, n, type, op, comm, &rq));
-    struct timespec nap = {0, 100000};
-    for (int done = 0;;) {
-        MPI_CHECK(MPI_Test(&rq, &done, MPI_STATUS_IGNORE));
-        if (done) return;
-        nanosleep(&nap, NULL);
-    }
+    poll_until(&rq, 1, 0, 100000, 0.0);     // no timeout: the load's watchdog bounds it (ckpt.c)
 }

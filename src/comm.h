@@ -105,6 +105,7 @@ typedef struct Comm {
     uint64_t bytes[COMM_NOPS];  // bytes sent by this rank, per op, since start
     uint64_t calls[COMM_NOPS];
     double wait_s;          // time blocked in waits: communication not hidden by compute
+    double wait_op_s[COMM_NOPS + 1];    // wait_s by what was waited for (COMM_* op; COMM_SYNC last)
     double inflight_s;      // time at least one collective was in flight (issue to observed completion)
     int inflight;           // collectives issued and not yet seen complete
     double inflight_t0;     // when inflight last went from 0 to 1

@@ -585,12 +585,20 @@ static double compute_grads(Trainer *tr, int64_t step, double *grad_norm) {
     return l[0] / tr->dp.size;
 }
 
-// Clip and AdamW on the owned shard.
+// Seconds this rank has been blocked in ZeRO's collectives (dp, and with ep the edp and ep groups).
+static double zero_wait_s(const Trainer *tr) {
+    return tr->dp.wait_s + (tr->ep_size > 1 ? tr->edp.wait_s + tr->ep.wait_s : 0.0);
+}
+
+// Clip and AdamW on the owned shard. update_s counts its compute: the time
+// blocked in its collectives (node-shared barriers, stage 1-2 gathers) is
+// comm_wait's, so that the benchmark can take a ZeRO stage's own update as
+// compute (bench/report.py overlap).
 static void apply_update(Trainer *tr, double grad_norm, double lr) {
-    double t0 = wall_seconds();
+    double t0 = wall_seconds(), w0 = zero_wait_s(tr);
     zero_step(&tr->zero, lr, optim_clip_scale(grad_norm, tr->cfg->train.clip));
     tr->bk->sync();     // the step's time includes its device work (AdamW runs asynchronously)
-    tr->update_s += wall_seconds() - t0;
+    tr->update_s += wall_seconds() - t0 - (zero_wait_s(tr) - w0);
 }
 
 static void format_eta(double s, char *buf, size_t n) {
@@ -660,6 +668,7 @@ typedef struct CommMark {
     uint64_t bytes[COMM_NOPS];     // ZeRO's groups: dp (and edp with expert parallelism)
     uint64_t a2a;                  // all-to-alls: sp (Ulysses) and ep (MoE dispatch and combine)
     double wait_s;                 // dp (and, with ep, the edp and ep groups)
+    double wait_sync_s;            //   of which at the node-shared barriers (dp)
     double inflight_s;
     uint64_t io_read, io_write;    // offload, every group's
     double io_wait, update_s;      // offload's I/O waits; every optimizer update
@@ -671,7 +680,8 @@ static CommMark comm_now(const Trainer *tr) {
     int ep = tr->ep_size > 1;
     for (int op = 0; op < COMM_NOPS; op++) n.bytes[op] = tr->dp.bytes[op] + (ep ? tr->edp.bytes[op] : 0);
     n.a2a = tr->sp.bytes[COMM_ALLTOALL] + (ep ? tr->ep.bytes[COMM_ALLTOALL] : 0);
-    n.wait_s = tr->dp.wait_s + (ep ? tr->edp.wait_s + tr->ep.wait_s : 0.0);
+    n.wait_s = zero_wait_s(tr);
+    n.wait_sync_s = tr->dp.wait_op_s[COMM_SYNC];
     n.inflight_s = comm_inflight_s(&tr->dp);
     n.io_read = n.io_write = 0;
     n.io_wait = 0.0;
@@ -775,6 +785,7 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_OFFLOAD_WRITE_BYTES] = (double)(now.io_write - mark->io_write);
     row.v[M_IO_WAIT] = now.io_wait - mark->io_wait;
     row.v[M_UPDATE_TIME] = now.update_s - mark->update_s;
+    row.v[M_COMM_WAIT_SYNC] = now.wait_sync_s - mark->wait_sync_s;
     *mark = now;
     metrics_append(&tr->metrics, &row);
     moe_load_append(tr);

@@ -159,26 +159,27 @@ static float *landing(const Zero *z, const ZeroBucket *b) { return z->gland[b->s
 // probes per 124M step.
 static void tile_poke(void *ctx) { poke(ctx); }
 
+static void fold_embed_rows(Zero *z, float *got, size_t lo, size_t hi);
+
 // A bucket's reduction is complete: fold this rank's part into the shard.
+// The early embeddings' encoder rows join the reduced sum first, on every path.
 static void bucket_finish(Zero *z, ZeroBucket *b) {
     if (!b->pending) return;
     ZeroGroup *g = &z->g[b->group];
     comm_wait(g->comm, &b->req);
     b->pending = 0;
+    int rows = z->early && b->u_lo == 0;
+    if (z->stage == 0 && rows) fold_embed_rows(z, z->grads + b->begin, b->begin, b->end);  // all-reduced in place
     if (z->stage >= 1) {
         size_t lo, hi;
         zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
         size_t at = shard_at(g, lo);
-        float *got = z->offl.grads ? landing(z, b) : z->recv + at;
-        if (z->early && b->u_lo == 0) {     // the encoder's rows join the reduced sum first, on every path
-            SYS_CHECK(z->esparse_due, "zero: the embeddings' reduction finished before the encoder's rows came");
-            z->m->bk->axpy(got, z->esparse, 1.0f, hi - lo);
-            z->esparse_due = 0;
-        }
+        float *got = z->offl.grads ? landing(z, b) : b->direct ? z->gshard + at : z->recv + at;
+        if (rows) fold_embed_rows(z, got, lo, hi);
         if (z->offl.grads)  // on NVMe: accumulated (and, after the last micro-step, averaged) there
             offload_grad_put(g->off, lo - g->own_begin, hi - g->own_begin, got, z->first_micro,
                              z->last_micro, z->p > 1 ? 1.0f / (float)z->p : 1.0f);
-        else
+        else if (!b->direct)
             z->m->bk->axpy(z->gshard + at, got, 1.0f, hi - lo);
     }
     if (b->slot >= 0) z->gring_bucket[b->slot] = -1;
@@ -230,7 +231,11 @@ static void bucket_launch(Zero *z, ZeroBucket *b, int bi) {
     } else {
         const float *send = z->stage == 1 ? z->grads + b->begin : b->staging;
         fill_counts(g, b->begin, b->end);
-        float *recv = z->offl.grads ? landing(z, b) : z->recv + shard_at(g, lo);
+        // The step's first reduction of the bucket (stage 1 has one) lands in
+        // the shard itself: no fold, and no zeroing of the shard beforehand
+        // (the buckets tile every group, so each step writes all of it).
+        b->direct = !z->offl.grads && (z->stage == 1 || z->first_micro);
+        float *recv = z->offl.grads ? landing(z, b) : (b->direct ? z->gshard : z->recv) + shard_at(g, lo);
         comm_ireduce_scatter_sum(g->comm, send, recv, g->counts, tag, &b->req);
     }
     // Off: wait at once. The early embeddings' bucket is folded in only once
@@ -272,16 +277,84 @@ static ZeroBucket *embed_bucket(Zero *z) { return &z->buckets[z->bucket_of[0]]; 
 static int store_embed_early(void *ctx, size_t tokens) {
     Zero *z = ctx;
     SYS_CHECK(tokens <= z->etokens, "zero: %zu token rows in a micro-step, %zu planned", tokens, z->etokens);
+    // Stages 0-1 reduce once, after the last micro-step: before it the encoder
+    // adds its rows to the local sum as usual.
+    if (z->stage <= 1 && !z->last_micro) return 0;
     ZeroBucket *b = embed_bucket(z);
     b->ready = b->u_hi - b->u_lo + 1;
     bucket_launch(z, b, z->bucket_of[0]);
     return 1;
 }
 
-// dst holds elements [lo, hi) of the layout; adds row (C floats at element at) where they overlap.
-static void add_row(float *dst, size_t lo, size_t hi, size_t at, const float *row, size_t C) {
+// Layout element where the row id r (wte row r, or wpe row r - Vp) begins.
+static size_t erow_at(const Zero *z, uint32_t r) {
+    const Model *m = z->m;
+    size_t C = (size_t)m->s.C, Vp = (size_t)m->s.Vp;
+    return r < Vp ? m->tensors[0].offset + r * C : m->tensors[1].offset + (r - Vp) * C;
+}
+
+// The embeddings' elements [lo, hi) that this rank's reduced sum holds: its
+// part of them, or all of them at stage 0 (an all-reduce).
+static void embed_range(const Zero *z, size_t *lo, size_t *hi) {
+    const ZeroBucket *b = &z->buckets[z->bucket_of[0]];
+    if (z->stage == 0) {
+        *lo = b->begin;
+        *hi = b->end;
+        return;
+    }
+    zero_group_part(&z->g[b->group], z->g[b->group].r, b->begin, b->end, lo, hi);
+}
+
+// Rows of tensor t (rows of C floats) that overlap [lo, hi).
+static size_t rows_within(const Zero *z, int t, size_t lo, size_t hi) {
+    size_t C = (size_t)z->m->s.C, at = z->m->tensors[t].offset, end = at + z->m->tensors[t].numel;
+    size_t a = max_sz(at, lo), e = min_sz(end, hi);
+    return a < e ? (e - at + C - 1) / C - (a - at) / C : 0;
+}
+
+// Rows esparse has room for: at most the distinct rows a micro-step brings
+// (a token and a position per row of every rank), and those in this rank's range.
+static size_t embed_row_cap(const Zero *z, size_t tokens) {
+    size_t lo, hi;
+    embed_range(z, &lo, &hi);
+    size_t within = rows_within(z, 0, lo, hi) + rows_within(z, 1, lo, hi);
+    return max_sz(min_sz(2 * (size_t)z->g[0].p * tokens, within), 1);
+}
+
+// Adds row (C floats) at row id r to esparse where it overlaps [lo, hi), in
+// r's slot (taken the first time). The rows are few next to the vocabulary,
+// so they are kept compact and folded row by row (a dense pass over the
+// embeddings' part was ~50 ms a step at 124M on the rank that owns it, which
+// the other ranks then waited for).
+static void add_row(Zero *z, size_t lo, size_t hi, uint32_t r, const float *row) {
+    SYS_CHECK(r < (uint32_t)(z->m->s.Vp + z->m->s.maxT), "zero: encoder row %u outside the embeddings", r);
+    size_t C = (size_t)z->m->s.C, at = erow_at(z, r);
     size_t a = max_sz(at, lo), e = min_sz(at + C, hi);
-    for (size_t j = a; j < e; j++) dst[j - lo] += row[j - at];
+    if (a >= e) return;
+    if (z->eslot[r] < 0) {
+        SYS_CHECK(z->nerow < z->ecap, "zero: more than %zu encoder rows in this rank's range", z->ecap);
+        z->eslot[r] = (int32_t)z->nerow;
+        z->erow[z->nerow++] = r;
+    }
+    float *dst = z->esparse + (size_t)z->eslot[r] * C;
+    for (size_t j = a; j < e; j++) dst[j - at] += row[j - at];
+}
+
+// got (elements [lo, hi), the embeddings' reduced sum) += the rows summed in
+// esparse, which are cleared for the next micro-step.
+static void fold_embed_rows(Zero *z, float *got, size_t lo, size_t hi) {
+    SYS_CHECK(z->esparse_due, "zero: the embeddings' reduction finished before the encoder's rows came");
+    size_t C = (size_t)z->m->s.C;
+    for (size_t i = 0; i < z->nerow; i++) {
+        uint32_t r = z->erow[i];
+        float *src = z->esparse + i * C;
+        size_t at = erow_at(z, r), a = max_sz(at, lo), e = min_sz(at + C, hi);
+        for (size_t j = a; j < e; j++) got[j - lo] += src[j - at];
+        memset(src, 0, C * sizeof(float));
+        z->eslot[r] = -1;
+    }
+    z->nerow = 0;
+    z->esparse_due = 0;
 }
 
 // Every rank's encoder rows to every rank (small: p B T (C + 1) floats), each
@@ -302,16 +375,17 @@ static void store_embed_rows(void *ctx, const float *dout, const int32_t *tok, i
     CommReq r;
     comm_iallgather(g->comm, z->xrows, g->counts, "encoder rows", &r);
     comm_wait(g->comm, &r);
-    size_t lo, hi, wte = m->tensors[0].offset, wpe = m->tensors[1].offset;
-    zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
-    memset(z->esparse, 0, (hi - lo) * sizeof(float));
+    size_t lo, hi;
+    embed_range(z, &lo, &hi);
+    SYS_CHECK(z->nerow == 0, "zero: the encoder's rows came twice before the embeddings' reduction finished");
+    uint32_t Vp = (uint32_t)m->s.Vp;
     for (int k = 0; k < g->p; k++) {
         const float *x = z->xrows + (size_t)k * per;
         size_t p0 = (size_t)x[0], nk = min_sz((size_t)x[1], z->etokens), tk = max_sz((size_t)x[2], 1);
         for (size_t i = 0; i < nk; i++) {
             const float *row = x + XHDR + z->etokens + i * C;
-            add_row(z->esparse, lo, hi, wte + (size_t)x[XHDR + i] * C, row, C);
-            add_row(z->esparse, lo, hi, wpe + (p0 + i % tk) * C, row, C);
+            add_row(z, lo, hi, (uint32_t)x[XHDR + i], row);
+            add_row(z, lo, hi, Vp + (uint32_t)(p0 + i % tk), row);
         }
     }
     z->esparse_due = 1;
@@ -325,16 +399,8 @@ static int early_applies(const Zero *z, size_t tokens, size_t *per) {
     size_t lim = (size_t)1 << 24;   // token ids and positions travel as exact floats
     *per = XHDR + tokens * (1 + (size_t)m->s.C);
     int p = z->g[0].p;     // the embeddings' group
-    return z->stage >= 2 && p >= 2 && tokens > 0 && (size_t)p * tokens <= (size_t)m->s.Vp &&
+    return p >= 2 && tokens > 0 && (size_t)p * tokens <= (size_t)m->s.Vp &&
            (size_t)m->s.Vp < lim && (size_t)m->s.maxT < lim;
-}
-
-// This rank's part of the embeddings (esparse's size).
-static size_t embed_part(const Zero *z) {
-    const ZeroBucket *b = &z->buckets[z->bucket_of[0]];
-    size_t lo, hi;
-    zero_group_part(&z->g[b->group], z->g[b->group].r, b->begin, b->end, &lo, &hi);
-    return hi - lo;
 }
 
 static void create_early(Zero *z, size_t tokens) {
@@ -342,7 +408,12 @@ static void create_early(Zero *z, size_t tokens) {
     if (!early_applies(z, tokens, &per)) return;
     z->etokens = tokens;
     z->xrows = alloc_floats(z, (size_t)z->g[0].p * per, "encoder gradient rows", &z->working_bytes);
-    z->esparse = alloc_floats(z, max_sz(embed_part(z), 1), "encoder gradient rows", &z->working_bytes);
+    z->ecap = embed_row_cap(z, tokens);
+    z->esparse = alloc_floats(z, z->ecap * (size_t)z->m->s.C, "encoder gradient rows", &z->working_bytes);
+    size_t rows = (size_t)z->m->s.Vp + (size_t)z->m->s.maxT;
+    z->erow = xcalloc(sizeof(uint32_t) * z->ecap, "encoder gradient row list");
+    z->eslot = xmalloc(sizeof(int32_t) * rows, "encoder gradient row slots");
+    for (size_t r = 0; r < rows; r++) z->eslot[r] = -1;
     z->early = 1;
 }
 
@@ -530,8 +601,9 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
     for (int k = 0; k < z.ngroups; k++) plan_sent(&z, &z.g[k], zc->stage, accum, plan->sent);
     size_t per;
     if (early_applies(&z, zc->tokens, &per)) {   // the encoder rows' exchange (create_early)
-        plan->working += ((size_t)p * per + max_sz(embed_part(&z), 1)) * f;
-        plan->sent[COMM_ALLGATHER] += (double)(p - 1) * (double)per * (double)f * accum;
+        plan->working += ((size_t)p * per + embed_row_cap(&z, zc->tokens) * (size_t)m->s.C) * f;
+        // Stages 0-1 exchange the rows once a step (the last micro-step), 2-3 every micro-step.
+        plan->sent[COMM_ALLGATHER] += (double)(p - 1) * (double)per * (double)f * (zc->stage <= 1 ? 1 : accum);
     }
     free(z.buckets);
     free(z.bucket_of);
@@ -708,6 +780,8 @@ void zero_free(Zero *z) {
     bk->release(z->gembed);
     bk->release(z->xrows);
     bk->release(z->esparse);
+    free(z->erow);
+    free(z->eslot);
     free(z->buckets);
     free(z->bucket_of);
     memset(z, 0, sizeof *z);
@@ -852,7 +926,6 @@ void zero_begin_step(Zero *z, int64_t step) {
     comm_set_step(z->comm, step);
     if (z->ngroups > 1) comm_set_step(z->g[1].comm, step);
     if (z->grads) z->m->bk->zero(z->grads, z->N);
-    if (z->gshard) z->m->bk->zero(z->gshard, z->own);
 }
 
 void zero_begin_micro(Zero *z, int micro, int accum) {

@@ -28,14 +28,20 @@
 // too, stage 3 no gather slots. Reductions are unchanged, and the losses are
 // bit-identical with the window off (tests/test_zero.py).
 //
-// The embeddings' gradient, early (stages 2-3, ZeroConfig.tokens set: the
+// The embeddings' gradient, early (every stage, ZeroConfig.tokens set: the
 // trainer does on cpu): where every rank's token rows are few next to the
 // vocabulary (p B T <= Vp), the embeddings' bucket is reduced as soon as the
 // LM head has added its part of the tied wte's gradient, overlapping the whole
 // backward, instead of the vocabulary-sized reduction waiting for the last
 // layer; the encoder's sparse rows follow at the end by a small all-gather
-// (p B T (C + 1) floats), each rank adding those in its shard after the
-// reduction (ParamStore.embed_early / embed_rows).
+// (p B T (C + 1) floats), each rank adding those in its range (its shard, or
+// all at stage 0) after the reduction, row by row (ParamStore.embed_early /
+// embed_rows). Stages 0-1 reduce once a step, so only their last micro-step
+// takes this path.
+//
+// The step's first reduction of each bucket lands in the gradient shard
+// itself (stage 1's only one, stages 2-3's first micro-step): no fold, and
+// the shard is never zeroed.
 //
 // Parameter groups: the flat layout is one or more contiguous ranges, each
 // partitioned as above within its own group of ranks and reduced over it. A
@@ -77,6 +83,8 @@ typedef struct ZeroBucket {
     float *staging;         // stage 2/3: where its gradients accumulate this micro-step
     int slot;               // staging slot in use, -1 none
     int pending;            // launched, not yet folded into the shard
+    int direct;             // its reduction lands in the gradient shard itself (the step's first
+                            // reduction of it, in memory): nothing to fold
     CommReq req;
 } ZeroBucket;
 
@@ -152,8 +160,12 @@ typedef struct Zero {
     int early;              // the embeddings' gradient reduced from the LM head on (above)
     size_t etokens;         // token rows per micro-step the exchange holds
     float *xrows;           // (p, 1 + etokens (1 + C)) every rank's position offset, tokens, encoder rows
-    float *esparse;         // (this rank's part of unit 0) the encoder rows that fall in it, summed
+    float *esparse;         // (ecap, C) the encoder rows that fall in this rank's range of the
+                            // embeddings, summed; slot i holds row erow[i] (zero when free)
     int esparse_due;        // esparse waits to be added after the embeddings bucket's reduction
+    uint32_t *erow;         // (ecap) the row of each slot in use: wte row t as t, wpe row q as Vp + q
+    size_t nerow, ecap;     // slots in use; slots
+    int32_t *eslot;         // (Vp + maxT) each row's slot in esparse, -1 none
     ParamStore store;
     ZeroOffload offl;       // what the groups' Offloads hold (zero_create_offload)
 } Zero;
