@@ -140,7 +140,7 @@ def overlap(d, rounds):
           f"{np.median(alone):.2f} s/step [{alone.min():.2f}-{alone.max():.2f}], without their update "
           f"{fb_med:.2f} [{fb.min():.2f}-{fb.max():.2f}]")
     print(f"  {'stage':>7s} {'on s/step':>16s} {'off s/step':>16s} {'compute s':>9s} {'comm alone s':>16s} "
-          f"{'blocked (sync)':>14s} {'in flight':>9s} {'hidden':>7s} {'spread':>15s}")
+          f"{'blocked (sync)':>14s} {'in MPI':>6s} {'in flight':>9s} {'hidden':>7s} {'spread':>15s}")
     for st, kind in ((0, "on"), (1, "on"), (1, "mpi"), (2, "on"), (2, "mpi"), (3, "on"), (3, "mpi")):
         on, mo = steps(f"{st}-{kind}")
         off, _ = steps(f"{st}-off")
@@ -148,18 +148,19 @@ def overlap(d, rounds):
         cm = cm[1:] if len(cm) > 1 else cm
         c = float(np.median(cm))
         col = lambda k: np.concatenate([m[k][1:] for m in mo]) if k in mo[0] else np.zeros(1)
-        wait, sync, fly = col("comm_wait"), col("comm_wait_sync"), col("comm_inflight")
+        wait, sync, fly, busy = col("comm_wait"), col("comm_wait_sync"), col("comm_inflight"), col("comm_busy")
         comp = fb_med + float(np.median(col("update_time")))
         hid = lambda s: 1 - (s - comp) / c if c > 0 else float("nan")
         label = f"{st}" if kind == "on" else f"{st} mpi"
         off_s = f"{np.median(off):7.2f} [{off.min():.2f}-{off.max():.2f}]" if kind == "on" else f"{'':16s}"
         print(f"  {label:>7s} {np.median(on):7.2f} [{on.min():.2f}-{on.max():.2f}] {off_s} {comp:9.2f} "
-              f"{c:7.2f} [{cm.min():.2f}-{cm.max():.2f}] {np.median(wait):7.3f} ({np.median(sync):.3f}) "
+              f"{c:7.2f} [{cm.min():.2f}-{cm.max():.2f}] {np.median(wait):7.3f} ({np.median(sync):.3f}) {np.median(busy):6.3f} "
               f"{np.median(fly):9.2f} {hid(np.median(on)):6.0%} "
               f"[{hid(on.max()):.0%}, {hid(on.min()):.0%}]")
     print("  compute = the pair's median step without its update + the configuration's own update (median);")
     print("  hidden = 1 - (step_on - compute) / comm_alone (medians; spread over the slowest and fastest step);")
     print("  blocked: rank 0's time in waits per step (median), of it at the node-shared barriers (sync);")
+    print("  in MPI: rank 0's time inside MPI outside waits (issuing, polling: the copies and sums MPI does there)")
     print("  stages 1-3: parameters node-shared (the default on one node: no all-gathers); 'mpi': zero.node_shared = false")
 
 

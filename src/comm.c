@@ -108,8 +108,10 @@ int comm_polls(const Comm *c) { return c->opt.progress != COMM_PROGRESS_NONE; }
 
 void comm_progress(Comm *c) {
     if (!c->inflight || c->opt.path == COMM_PATH_NCCL) return;
+    double t0 = MPI_Wtime();
     int flag = 0;
     MPI_CHECK(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, c->probe, &flag, MPI_STATUS_IGNORE));
+    c->busy_s += MPI_Wtime() - t0;
 }
 
 double comm_inflight_s(const Comm *c) {
@@ -341,7 +343,9 @@ void comm_iallreduce_sum(Comm *c, float *buf, size_t n, const char *tag, CommReq
         set_landing(r, buf, h, n);
         buf = h;
     }
+    double t0 = MPI_Wtime();
     MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n, "all-reduce"), MPI_FLOAT, MPI_SUM, c->comm, &r->req));
+    c->busy_s += MPI_Wtime() - t0;
 }
 
 // A free slot of counts, now owned by r until its completion.
@@ -395,7 +399,9 @@ void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const siz
         send = hs;
         recv = hr;
     }
+    double t0 = MPI_Wtime();
     MPI_CHECK(MPI_Ireduce_scatter(send, recv, cnt, MPI_FLOAT, MPI_SUM, c->comm, &r->req));
+    c->busy_s += MPI_Wtime() - t0;
 }
 
 void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag, CommReq *r) {
@@ -421,12 +427,14 @@ void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag,
     // wait per layer however often polled), while sends and receives do.
     MPI_Request *q = c->preqs + (size_t)r->slot * 2 * (size_t)c->size;
     int nq = 0;
+    double t0 = MPI_Wtime();
     for (int k = 0; k < c->size; k++)
         if (k != c->rank && cnt[k] > 0)
             MPI_CHECK(MPI_Irecv(buf + dsp[k], cnt[k], MPI_FLOAT, k, COMM_GATHER_TAG, c->comm, &q[nq++]));
     for (int k = 0; k < c->size; k++)
         if (k != c->rank && cnt[c->rank] > 0)
             MPI_CHECK(MPI_Isend(buf + dsp[c->rank], cnt[c->rank], MPI_FLOAT, k, COMM_GATHER_TAG, c->comm, &q[nq++]));
+    c->busy_s += MPI_Wtime() - t0;
     r->npreq = nq;
 }
 
@@ -481,7 +489,9 @@ int comm_test(Comm *c, CommReq *r) {
     if (r->event >= 0) return nccl_test(c->nccl, r->event);   // comm_wait still orders the streams
     int n;
     MPI_Request *q = requests(c, r, &n);
+    double t0 = MPI_Wtime();
     done = test_all(q, n);
+    c->busy_s += MPI_Wtime() - t0;
     if (done) {
         land(c, r);
         release_slot(c, r);

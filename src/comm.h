@@ -106,6 +106,9 @@ typedef struct Comm {
     uint64_t calls[COMM_NOPS];
     double wait_s;          // time blocked in waits: communication not hidden by compute
     double wait_op_s[COMM_NOPS + 1];    // wait_s by what was waited for (COMM_* op; COMM_SYNC last)
+    double busy_s;          // time inside MPI outside waits: issuing the dp collectives and polling
+                            // them (comm_progress, comm_test), where MPICH copies and reduces on the
+                            // calling thread: communication work that took the compute's core
     double inflight_s;      // time at least one collective was in flight (issue to observed completion)
     int inflight;           // collectives issued and not yet seen complete
     double inflight_t0;     // when inflight last went from 0 to 1

@@ -113,6 +113,8 @@ typedef struct ZeroConfig {
     int shared;               // not a key: set by zero_create where the window is in use (zero_plan counts it)
     size_t tokens;            // not a key: this rank's token rows per micro-step (B T), set by the trainer on
                               // the cpu backend (0 elsewhere): the early embeddings' exchange (zero.h)
+    int64_t accum;            // not a key: micro-steps per step, set by the trainer (0 = 1): stages 2-3
+                              // keep a receive buffer for the micro-steps after the first only when > 1
 } ZeroConfig;
 
 typedef struct CheckpointConfig {

@@ -132,7 +132,7 @@ static size_t arena_bytes(const Trainer *tr) {
     ZeroPlan plan, whole;
     model_table_moe(&m, &tr->cfg->model, &tr->moe, tr->ep_size, tr->topo.ep_rank);
     ZeroOffload w = offload_wants(tr->cfg, 1, m.ngroups > 1 ? 2 : 1);
-    zero_plan_offload(&m, &tr->cfg->zero, &w, tr->topo.dp_size, tr->topo.dp_rank, 1, &plan);
+    zero_plan_offload(&m, &tr->cfg->zero, &w, tr->topo.dp_size, tr->topo.dp_rank, (int)tr->cfg->train.grad_accum, &plan);
     size_t acts = model_activation_bytes_layout(&m, tr->B, tr->Tl, tr->topo.sp_size, tr->topo.sp_rank,
                                                 (int)tr->cfg->train.recompute);
     size_t bytes = plan.params + plan.grads + plan.optim + plan.working + acts + ((size_t)64 << 20);
@@ -441,6 +441,7 @@ static void trainer_create(Trainer *tr, const Deck *d) {
                   "[offload] params = host on cuda needs the moments off the device as well");
     ZeroConfig zc = c->zero;
     zc.tokens = tr->bk->device_memory ? 0 : (size_t)tr->B * (size_t)tr->Tl;   // early embeddings: cpu only (zero.h)
+    zc.accum = tr->accum;
     zero_create_offload(&tr->zero, &zc, &tr->dp, tr->ep_size > 1 ? &tr->edp : NULL, &tr->model, &c->optim,
                         c->train.steps, &want);
     start_offload(tr);
@@ -669,6 +670,7 @@ typedef struct CommMark {
     uint64_t a2a;                  // all-to-alls: sp (Ulysses) and ep (MoE dispatch and combine)
     double wait_s;                 // dp (and, with ep, the edp and ep groups)
     double wait_sync_s;            //   of which at the node-shared barriers (dp)
+    double busy_s;                 // inside MPI outside waits (dp)
     double inflight_s;
     uint64_t io_read, io_write;    // offload, every group's
     double io_wait, update_s;      // offload's I/O waits; every optimizer update
@@ -682,6 +684,7 @@ static CommMark comm_now(const Trainer *tr) {
     n.a2a = tr->sp.bytes[COMM_ALLTOALL] + (ep ? tr->ep.bytes[COMM_ALLTOALL] : 0);
     n.wait_s = zero_wait_s(tr);
     n.wait_sync_s = tr->dp.wait_op_s[COMM_SYNC];
+    n.busy_s = tr->dp.busy_s;
     n.inflight_s = comm_inflight_s(&tr->dp);
     n.io_read = n.io_write = 0;
     n.io_wait = 0.0;
@@ -786,6 +789,7 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_IO_WAIT] = now.io_wait - mark->io_wait;
     row.v[M_UPDATE_TIME] = now.update_s - mark->update_s;
     row.v[M_COMM_WAIT_SYNC] = now.wait_sync_s - mark->wait_sync_s;
+    row.v[M_COMM_BUSY] = now.busy_s - mark->busy_s;
     *mark = now;
     metrics_append(&tr->metrics, &row);
     moe_load_append(tr);

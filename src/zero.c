@@ -588,7 +588,10 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
     plan->grads = (zc->stage <= 1 ? N : 0) * f + (zc->stage >= 1 && !z.offl.grads ? (own ? own : 1) * f : 0);
     plan->optim = z.offl.moments ? 0 : 2 * own * f;
     landing_sizes(&z, &most, &emb);
-    if (zc->stage >= 1) plan->working += z.offl.grads ? (2 * max_sz(most, 1) + max_sz(emb, 1)) * f : (own ? own : 1) * f;
+    // The receive buffer: the first reduction of a step lands in the shard
+    // itself, so only stages 2-3 with micro-steps after it need one.
+    if (zc->stage >= 1 && z.offl.grads) plan->working += (2 * max_sz(most, 1) + max_sz(emb, 1)) * f;
+    if (zc->stage >= 2 && !z.offl.grads && accum > 1) plan->working += (own ? own : 1) * f;
     if (zc->stage >= 2) plan->working += (2 * largest_bucket(&z) + m->unit_end[0]) * f;
     if (zc->stage == 3 && !z.shared) {
         size_t fin = m->unit_end[m->s.L + 1] - m->unit_begin[m->s.L + 1];
@@ -704,7 +707,8 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
     if (z->stage <= 1) z->grads = alloc_floats(z, z->N, "gradients", &z->state_bytes);
     if (z->stage >= 1 && !z->offl.grads) {
         z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);
-        z->recv = alloc_floats(z, own ? own : 1, "reduce-scatter buffer", &z->working_bytes);
+        if (z->stage >= 2 && zc->accum > 1)     // for micro-steps after the first (zero_plan_offload)
+            z->recv = alloc_floats(z, own ? own : 1, "reduce-scatter buffer", &z->working_bytes);
     }
     if (z->offl.grads) {    // a landing buffer per gradient staging slot (two layer buckets, the embeddings)
         size_t most, emb;
@@ -740,7 +744,7 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
     }
     create_early(z, zc->tokens);
     ZeroPlan plan;
-    zero_plan_offload(m, &zcc, &z->offl, z->p, z->r, 1, &plan);
+    zero_plan_offload(m, &zcc, &z->offl, z->p, z->r, zc->accum > 1 ? (int)zc->accum : 1, &plan);
     SYS_CHECK(plan.params + plan.grads + plan.optim == z->state_bytes && plan.working == z->working_bytes,
               "zero_plan disagrees with zero_create: %zu+%zu vs %zu+%zu bytes",
               plan.params + plan.grads + plan.optim, plan.working, z->state_bytes, z->working_bytes);
@@ -931,6 +935,8 @@ void zero_begin_step(Zero *z, int64_t step) {
 void zero_begin_micro(Zero *z, int micro, int accum) {
     if (z->offl.grads)  // gradients on NVMe take each micro-step's buckets whole, in order
         for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
+    SYS_CHECK(micro == 0 || z->recv || z->stage <= 1 || z->offl.grads,
+              "zero: micro-step %d of %d, but created for one (ZeroConfig.accum)", micro + 1, accum);
     z->first_micro = micro == 0;
     z->last_micro = micro == accum - 1;
     for (int i = 0; i < z->nbuckets; i++) {
