@@ -6,7 +6,10 @@
    collective advances, never what it computes.
 2. run.h5 records per step comm_wait (blocked in waits) and comm_inflight
    (a dp collective in flight); both are >= 0, and in flight covers blocked
-   (a wait happens while its collective is in flight) up to timer resolution.
+   (a wait happens while its collective is in flight) up to timer resolution;
+   comm_wait_sync (the node-shared barriers' part) lies within comm_wait;
+   comm_busy (inside MPI outside waits) is >= 0 and, where collectives are
+   issued and polled, above 0; update_time (the update less its waits) >= 0.
 3. A bad value of the key is refused, naming the deck key and the values.
 """
 import os
@@ -49,7 +52,8 @@ def train(stage, progress):
          "--set", f"comm.progress={progress}"], np=2)
     with h5py.File(os.path.join(out, "run.h5"), "r") as f:
         m = f["metrics"]
-        return {k: np.array(m[k]) for k in ("loss", "comm_wait", "comm_inflight")}
+        return {k: np.array(m[k]) for k in ("loss", "comm_wait", "comm_inflight", "comm_wait_sync", "comm_busy",
+                                            "update_time")}
 
 
 for stage in (3, 2):
@@ -64,6 +68,10 @@ for stage in (3, 2):
         check(len(w) == 6 and (w >= 0).all() and (fl > 0).all() and (fl + 1e-3 >= w).all(),
               f"stage {stage}, progress = {p}: run.h5 comm_inflight >= comm_wait >= 0 every step",
               f"wait {np.round(w, 4).tolist()} in flight {np.round(fl, 4).tolist()}")
+        sy, busy, up = r["comm_wait_sync"], r["comm_busy"], r["update_time"]
+        check((sy >= 0).all() and (sy <= w + 1e-9).all() and (busy >= 0).all() and busy.sum() > 0 and (up >= -1e-3).all(),
+              f"stage {stage}, progress = {p}: comm_wait >= comm_wait_sync >= 0, comm_busy >= 0 (> 0 in all), update_time >= 0",
+              f"sync {np.round(sy, 5).tolist()} busy {np.round(busy, 5).tolist()} update {np.round(up, 4).tolist()}")
 
 out = run(["train", deck, "--set", f"run.out_dir={d}/bad", "--set", "comm.progress=sometimes"], np=1, check_rc=False)
 text = out.stdout + out.stderr
