@@ -56,7 +56,9 @@ static double peak_at(const Config *c, int T, int recompute, double base) {
     model_table(&m, &mc);
     const int sp = (int)c->parallel.sp, B = (int)c->train.micro_batch;
     ZeroPlan plan;
-    zero_plan(&m, &c->zero, (int)c->parallel.dp * sp, 0, (int)c->train.grad_accum, &plan);
+    ZeroConfig zc = c->zero;
+    zc.tokens = (size_t)B * (size_t)(T / sp);     // the cpu backend's early embeddings (zero.h), as below
+    zero_plan(&m, &zc, (int)c->parallel.dp * sp, 0, (int)c->train.grad_accum, &plan);
     double acts = (double)model_activation_bytes_layout(&m, B, T / sp, sp, 0, recompute);
     double io = 2.0 * B * T * 4 + (double)(T + 1) * 4 * 2 + 65536;
     model_free(&m);

@@ -980,7 +980,8 @@ int train_run(const Deck *d) {
     }
     exit_status(&tr, rc, why);
     if (tr.noff && step > tr.start_step) {
-        log_info("offload: update %.4f s per step on average over %lld steps (rank 0)", tr.update_s / (double)(step - tr.start_step),
+        log_info("offload: update %.4f s per step on average over %lld steps (rank 0; its collectives' waits left out)",
+                 tr.update_s / (double)(step - tr.start_step),
                  (long long)(step - tr.start_step));
         for (int k = 0; k < tr.noff; k++) {
             const Offload *o = &tr.off[k];

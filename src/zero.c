@@ -410,6 +410,7 @@ static void create_early(Zero *z, size_t tokens) {
     z->xrows = alloc_floats(z, (size_t)z->g[0].p * per, "encoder gradient rows", &z->working_bytes);
     z->ecap = embed_row_cap(z, tokens);
     z->esparse = alloc_floats(z, z->ecap * (size_t)z->m->s.C, "encoder gradient rows", &z->working_bytes);
+    z->m->bk->zero(z->esparse, z->ecap * (size_t)z->m->s.C);    // add_row adds into free slots
     size_t rows = (size_t)z->m->s.Vp + (size_t)z->m->s.maxT;
     z->erow = xcalloc(sizeof(uint32_t) * z->ecap, "encoder gradient row list");
     z->eslot = xmalloc(sizeof(int32_t) * rows, "encoder gradient row slots");

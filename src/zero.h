@@ -52,7 +52,7 @@
 // the data-parallel count (an expert's gradient sums tokens of its whole ep
 // group, then over the expert-data-parallel group: every token of the step
 // once), and the gradient norm adds every group's. A rank's shards of the
-// groups sit back to back in its shard buffers (gshard, recv, and the
+// groups sit back to back in its shard buffers (gshard, recv where kept, and the
 // parameters at stage 3), group 0's first; each group has its own AdamW. The
 // experts' units get buckets of their own (a bucket never spans groups) and,
 // at stage 3, a gather slot of their own.
@@ -138,7 +138,8 @@ typedef struct Zero {
                             //   params = shm.base (stages 1-2) or this rank's shard, shm.mine (3)
     float *grads;           // stage 0-1: (N) full working gradients
     float *gshard;          // stage 1-3: (own) reduced gradients
-    float *recv;            // stage 1-3: (own) reduce-scatter landing area
+    float *recv;            // stages 2-3 with ZeroConfig.accum > 1: (own) where the micro-steps after
+                            // the first land before they are added (the first lands in gshard)
     Optim optim;            // group 0's shard (all of it at stage 0)
     Optim xoptim;           // group 1's (the held experts), when there is one
     ZeroSlot slots[ZSLOT_N];
