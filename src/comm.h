@@ -69,6 +69,9 @@ typedef struct CommReq {
     float *land;            // staged: device buffer the result goes to on completion ...
     const float *land_host; //   ... from this host mirror ...
     size_t land_n;          //   ... this many floats
+    float *sum_dst;         // two-rank reduce-scatter: on completion sum_dst (the peer's part, received)
+    const float *sum_src;   //   += sum_src (this rank's own) ...
+    size_t sum_n;           //   ... this many floats; 0 none
 } CommReq;
 
 typedef struct CommOptions {
@@ -91,6 +94,7 @@ typedef struct CommMirror {     // staged path: a registered device buffer and i
 } CommMirror;
 
 enum { COMM_GATHER_TAG = 30001 };  // the all-gathers' point-to-point messages on Comm.comm
+enum { COMM_RS_TAG = 30002 };      // the two-rank reduce-scatters' (comm_ireduce_scatter_sum)
 enum { COMM_SLOTS = 64 };       // v-collectives (reduce-scatter, all-gather, all-to-all) in flight at
                                 // once on one communicator: each owns one slot of counts until completion
 

@@ -32,6 +32,7 @@ tests=(
   "dos-model            build/test_dos"
   "moe-layer            build/test_moe"
   "comm-collectives     $MPIEXEC -np 3 build/test_comm"
+  "comm-collectives-2   $MPIEXEC -np 2 build/test_comm"
   "overlap-progress     $PYTHON tests/test_overlap.py"
   "ckpt-async           $PYTHON tests/test_ckpt_async.py"
   "ulysses-layouts      $MPIEXEC -np 4 build/test_ulysses"
