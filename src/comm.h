@@ -147,7 +147,9 @@ void comm_set_step(Comm *c, int64_t step);
 // stay untouched until comm_wait(r).
 void comm_iallreduce_sum(Comm *c, float *buf, size_t n, const char *tag, CommReq *r);
 // send holds every rank's part back to back, counts[k] elements for rank k;
-// the sum of this rank's part lands in recv.
+// the sum of this rank's part lands in recv. Host paths at two ranks: by point
+// to point, the peer's part received into recv and this rank's added when the
+// request is seen complete (comm_test or comm_wait); MPI_Ireduce_scatter else.
 void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const size_t *counts,
                               const char *tag, CommReq *r);
 // In place: buf holds every rank's part back to back (counts[k] for rank k);
