@@ -160,7 +160,6 @@ static float *mirror_of(Comm *c, const float *p, size_t n) {
     return NULL;
 }
 
-// Staged path: on completion, the result moves from its mirror to the device.
 // A two-rank reduce-scatter has received the peer's part: adds this rank's
 // own (the order does not matter: a + b == b + a in floating point, so the
 // bits are MPI's). Its time is the collective's work on this thread (busy_s).
@@ -174,6 +173,7 @@ static void finish_sum(Comm *c, CommReq *r) {
     c->busy_s += MPI_Wtime() - t0;
 }
 
+// Staged path: on completion, the result moves from its mirror to the device.
 static void land(Comm *c, CommReq *r) {
     if (r->land) c->opt.bk->from_host(r->land, r->land_host, r->land_n);
     r->land = NULL;
