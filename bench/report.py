@@ -124,21 +124,19 @@ def overlap(d, rounds):
             ms.append(m)
         return np.concatenate(ts), ms
 
-    # Compute alone: two 1-rank jobs at once, each the per-rank forward and
-    # backward of np = 2; the pair's slower, step by step. Each of them updates
-    # the whole model, while a ZeRO 1-3 rank updates its shard: so a
-    # configuration's compute is the pair's step less its update, plus that
-    # configuration's own update (update_time: the update's compute, its
-    # collectives' waits left out).
+    # Compute alone: two 1-rank jobs at once at the stage under test, each the
+    # per-rank forward and backward of np = 2 with that stage's bookkeeping;
+    # the pair's slower, step by step. Each of them updates the whole model,
+    # while a ZeRO 1-3 rank of np = 2 updates its shard: so a configuration's
+    # compute is the pair's step less its update, plus that configuration's own
+    # update (update_time: the update's compute, its collectives' waits left out).
     def fwd_bwd(name):
         t, ms = steps(name)
         return t - np.concatenate([m["update_time"][1:] for m in ms])
-    fb = np.maximum(fwd_bwd("alone-a"), fwd_bwd("alone-b"))
-    fb_med = float(np.median(fb))
-    alone = np.maximum(steps("alone-a")[0], steps("alone-b")[0])
-    print(f"  {rounds} rounds, steps pooled; compute alone (two 1-rank jobs at once, B=2 each): "
-          f"{np.median(alone):.2f} s/step [{alone.min():.2f}-{alone.max():.2f}], without their update "
-          f"{fb_med:.2f} [{fb.min():.2f}-{fb.max():.2f}]")
+    fb = {st: np.maximum(fwd_bwd(f"alone{st}-a"), fwd_bwd(f"alone{st}-b")) for st in range(4)}
+    print(f"  {rounds} rounds, steps pooled; compute alone (two 1-rank jobs at once, B=2 each, at each stage), "
+          f"without their update, median [min-max]: " +
+          ", ".join(f"stage {st} {np.median(v):.2f} [{v.min():.2f}-{v.max():.2f}]" for st, v in fb.items()))
     print(f"  {'stage':>7s} {'on s/step':>16s} {'off s/step':>16s} {'compute s':>9s} {'comm alone s':>16s} "
           f"{'blocked (sync)':>14s} {'in MPI':>6s} {'in flight':>9s} {'hidden':>7s} {'spread':>15s}")
     for st, kind in ((0, "on"), (1, "on"), (1, "mpi"), (2, "on"), (2, "mpi"), (3, "on"), (3, "mpi")):
@@ -149,7 +147,7 @@ def overlap(d, rounds):
         c = float(np.median(cm))
         col = lambda k: np.concatenate([m[k][1:] for m in mo]) if k in mo[0] else np.zeros(1)
         wait, sync, fly, busy = col("comm_wait"), col("comm_wait_sync"), col("comm_inflight"), col("comm_busy")
-        comp = fb_med + float(np.median(col("update_time")))
+        comp = float(np.median(fb[st])) + float(np.median(col("update_time")))
         hid = lambda s: 1 - (s - comp) / c if c > 0 else float("nan")
         label = f"{st}" if kind == "on" else f"{st} mpi"
         off_s = f"{np.median(off):7.2f} [{off.min():.2f}-{off.max():.2f}]" if kind == "on" else f"{'':16s}"
@@ -157,7 +155,7 @@ def overlap(d, rounds):
               f"{c:7.2f} [{cm.min():.2f}-{cm.max():.2f}] {np.median(wait):7.3f} ({np.median(sync):.3f}) {np.median(busy):6.3f} "
               f"{np.median(fly):9.2f} {hid(np.median(on)):6.0%} "
               f"[{hid(on.max()):.0%}, {hid(on.min()):.0%}]")
-    print("  compute = the pair's median step without its update + the configuration's own update (median);")
+    print("  compute = the same stage's pair's median step without its update + the configuration's own update (median);")
     print("  hidden = 1 - (step_on - compute) / comm_alone (medians; spread over the slowest and fastest step);")
     print("  blocked: rank 0's time in waits per step (median), of it at the node-shared barriers (sync);")
     print("  in MPI: rank 0's time inside MPI outside waits (issuing, polling: the copies and sums MPI does there)")

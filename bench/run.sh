@@ -35,8 +35,9 @@
 #  8. overlap (BENCH_ONLY=overlap): per ZeRO stage at np=2 on the 124M deck, step
 #     time with overlap on ([comm] progress = BENCH_PROGRESS, default poll)
 #     and off, and at stages 1-3 with the parameters gathered by MPI instead of
-#     node-shared (zero.node_shared=false); compute alone (two 1-rank jobs at once:
-#     the same per-rank work and core occupancy, no collectives), communication
+#     node-shared (zero.node_shared=false); compute alone (two 1-rank jobs at once
+#     at the same stage: the same per-rank work and core occupancy, no collectives
+#     but a 1-rank reduction's copy; their update replaced by the np=2 rank's), communication
 #     alone (build/comm_alone: the bytes run.h5 recorded, no compute), fraction
 #     hidden with its spread; BENCH_OVERLAP_ROUNDS rounds (default 2), each
 #     running every configuration once, steps pooled (the machine drifts);
@@ -147,13 +148,13 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
       --set run.out_dir=$out/ov-$r-$name "$@" > $out/ov-$r-$name.log
   }
   for r in $(seq 1 $OROUNDS); do
-    # compute alone: two independent 1-rank jobs at once (each the per-rank work of np=2, on its own core)
-    for j in a b; do
-      $MPIEXEC -np 1 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=2 \
-        --set run.out_dir=$out/ov-$r-alone-$j --set run.threads=1 > $out/ov-$r-alone-$j.log &
-    done
-    wait
     for st in 0 1 2 3; do
+      # compute alone: two independent 1-rank jobs at once at this stage (each the per-rank work of np=2, on its own core)
+      for j in a b; do
+        $MPIEXEC -np 1 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=2 --set zero.stage=$st \
+          --set run.out_dir=$out/ov-$r-alone$st-$j --set run.threads=1 > $out/ov-$r-alone$st-$j.log &
+      done
+      wait
       ov_run $st-on --set zero.stage=$st --set comm.progress=$PROG
       ov_run $st-off --set zero.stage=$st --set zero.overlap=false
       [ $st = 0 ] || ov_run $st-mpi --set zero.stage=$st --set comm.progress=$PROG --set zero.node_shared=false
