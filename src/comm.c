@@ -160,6 +160,11 @@ static float *mirror_of(Comm *c, const float *p, size_t n) {
     return NULL;
 }
 
+// The point-to-point requests of r's counts slot (Comm.preqs).
+static MPI_Request *slot_preqs(Comm *c, const CommReq *r) {
+    return c->preqs + (size_t)r->slot * 2 * (size_t)c->size;
+}
+
 // A two-rank reduce-scatter has received the peer's part: adds this rank's
 // own (the order does not matter: a + b == b + a in floating point, so the
 // bits are MPI's). Its time is the collective's work on this thread (busy_s).
@@ -173,8 +178,10 @@ static void finish_sum(Comm *c, CommReq *r) {
     c->busy_s += MPI_Wtime() - t0;
 }
 
-// Staged path: on completion, the result moves from its mirror to the device.
+// A host-path request is complete: a two-rank reduce-scatter's sum, then, on
+// the staged path, the result moves from its mirror to the device.
 static void land(Comm *c, CommReq *r) {
+    finish_sum(c, r);
     if (r->land) c->opt.bk->from_host(r->land, r->land_host, r->land_n);
     r->land = NULL;
 }
@@ -422,7 +429,7 @@ void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const siz
         // the result out: ZeRO's reductions at np = 2 spent 0.17-0.19 s a step
         // inside MPI at 124M on two busy cores (docs/architecture.md, issue 16).
         int peer = 1 - c->rank, *dsp = cnt + c->size, nq = 0;
-        MPI_Request *q = c->preqs + (size_t)r->slot * 2 * (size_t)c->size;
+        MPI_Request *q = slot_preqs(c, r);
         if (cnt[c->rank] > 0)
             MPI_CHECK(MPI_Irecv(recv, cnt[c->rank], MPI_FLOAT, peer, COMM_RS_TAG, c->comm, &q[nq++]));
         if (cnt[peer] > 0)
@@ -458,7 +465,7 @@ void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag,
     // count 0 (ZeRO-3's flat shards give every layer but one a single owner)
     // did not advance under polls at all (bench/overlap_probe.c: 10-14 ms of
     // wait per layer however often polled), while sends and receives do.
-    MPI_Request *q = c->preqs + (size_t)r->slot * 2 * (size_t)c->size;
+    MPI_Request *q = slot_preqs(c, r);
     int nq = 0;
     double t0 = MPI_Wtime();
     for (int k = 0; k < c->size; k++)
@@ -497,7 +504,7 @@ void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *re
 // The MPI requests behind r (*n of them): its all-gather's point-to-point ones, or the one.
 static MPI_Request *requests(Comm *c, CommReq *r, int *n) {
     *n = r->npreq ? r->npreq : 1;
-    return r->npreq ? c->preqs + (size_t)r->slot * 2 * (size_t)c->size : &r->req;
+    return r->npreq ? slot_preqs(c, r) : &r->req;
 }
 
 void comm_wait(Comm *c, CommReq *r) {
@@ -509,7 +516,6 @@ void comm_wait(Comm *c, CommReq *r) {
         int n;
         MPI_Request *q = requests(c, r, &n);
         wait_request(c, q, n, &r->sig);
-        finish_sum(c, r);
         land(c, r);
     }
     release_slot(c, r);
@@ -527,7 +533,6 @@ int comm_test(Comm *c, CommReq *r) {
     done = test_all(q, n);
     c->busy_s += MPI_Wtime() - t0;
     if (done) {
-        finish_sum(c, r);
         land(c, r);
         release_slot(c, r);
         r->active = 0;

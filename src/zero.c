@@ -571,6 +571,12 @@ void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, Ze
     zero_plan_offload(m, zc, NULL, p, r, accum, plan);
 }
 
+// Whether a Zero keeps its receive buffer: only stages 2-3 reduce more than
+// once a step (every micro-step), and only in memory (on NVMe they land in gland).
+static int keeps_recv(int64_t stage, int offl_grads, int64_t accum) {
+    return stage >= 2 && !offl_grads && accum > 1;
+}
+
 void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *off, int p, int r, int accum,
                        ZeroPlan *plan) {
     Zero z;     // just the fields the partition helpers read
@@ -592,7 +598,7 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
     // The receive buffer: the first reduction of a step lands in the shard
     // itself, so only stages 2-3 with micro-steps after it need one.
     if (zc->stage >= 1 && z.offl.grads) plan->working += (2 * max_sz(most, 1) + max_sz(emb, 1)) * f;
-    if (zc->stage >= 2 && !z.offl.grads && accum > 1) plan->working += (own ? own : 1) * f;
+    if (keeps_recv(zc->stage, z.offl.grads, accum)) plan->working += (own ? own : 1) * f;
     if (zc->stage >= 2) plan->working += (2 * largest_bucket(&z) + m->unit_end[0]) * f;
     if (zc->stage == 3 && !z.shared) {
         size_t fin = m->unit_end[m->s.L + 1] - m->unit_begin[m->s.L + 1];
@@ -708,7 +714,7 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
     if (z->stage <= 1) z->grads = alloc_floats(z, z->N, "gradients", &z->state_bytes);
     if (z->stage >= 1 && !z->offl.grads) {
         z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);
-        if (z->stage >= 2 && zc->accum > 1)     // for micro-steps after the first (zero_plan_offload)
+        if (keeps_recv(z->stage, z->offl.grads, zc->accum))     // for micro-steps after the first (zero_plan_offload)
             z->recv = alloc_floats(z, own ? own : 1, "reduce-scatter buffer", &z->working_bytes);
     }
     if (z->offl.grads) {    // a landing buffer per gradient staging slot (two layer buckets, the embeddings)
