@@ -116,47 +116,49 @@ def ackpt(d):
 
 
 def overlap(d, rounds):
-    def steps(name):    # every round's steps after the first (it warms up), pooled; and the metrics
+    s = slice(1, -1)    # the first step warms up; the last one also evaluates
+    def steps(name):    # every round's steps but those two, pooled; and the metrics
         ts, ms = [], []
         for r in range(1, int(rounds) + 1):
             m, _ = metrics(os.path.join(d, f"ov-{r}-{name}", "run.h5"))
-            ts.append(m["step_time"][1:])
+            ts.append(m["step_time"][s])
             ms.append(m)
         return np.concatenate(ts), ms
 
-    # Compute alone: two 1-rank jobs at once at the stage under test, each the
-    # per-rank forward and backward of np = 2 with that stage's bookkeeping;
-    # the pair's slower, step by step. Each of them updates the whole model,
-    # while a ZeRO 1-3 rank of np = 2 updates its shard: so a configuration's
-    # compute is the pair's step less its update, plus that configuration's own
-    # update (update_time: the update's compute, its collectives' waits left out).
-    def fwd_bwd(name):
-        t, ms = steps(name)
-        return t - np.concatenate([m["update_time"][1:] for m in ms])
-    fb = {st: np.maximum(fwd_bwd(f"alone{st}-a"), fwd_bwd(f"alone{st}-b")) for st in range(4)}
-    print(f"  {rounds} rounds, steps pooled; compute alone (two 1-rank jobs at once, B=2 each, at each stage), "
-          f"without their update, median [min-max]: " +
-          ", ".join(f"stage {st} {np.median(v):.2f} [{v.min():.2f}-{v.max():.2f}]" for st, v in fb.items()))
-    print(f"  {'stage':>7s} {'on s/step':>16s} {'off s/step':>16s} {'compute s':>9s} {'comm alone s':>16s} "
-          f"{'blocked (sync)':>14s} {'in MPI':>6s} {'in flight':>9s} {'hidden':>7s} {'spread':>15s}")
+    # Compute alone: the same np = 2 run with [comm] compute_only = true, run
+    # next to it in each round. Every collective returns at once and moves
+    # nothing, so each rank does exactly its own layout's forward, backward and
+    # update (on its own stale data) on the same two cores: what the run would
+    # take if communication were free.
+    print(f"  {rounds} rounds, steps pooled; compute alone = the same run with [comm] compute_only = true")
+    print(f"  {'stage':>7s} {'on s/step':>16s} {'off s/step':>16s} {'compute s':>16s} {'exposed s':>9s} {'comm alone s':>16s} "
+          f"{'blocked (sync)':>14s} {'in MPI':>6s} {'in flight':>9s} {'hidden':>7s} {'per round':>15s}")
     for st, kind in ((0, "on"), (1, "on"), (1, "mpi"), (2, "on"), (2, "mpi"), (3, "on"), (3, "mpi")):
         on, mo = steps(f"{st}-{kind}")
         off, _ = steps(f"{st}-off")
+        alone, _ = steps(f"{st}-{kind}-alone")
         cm = np.array([float(l.split()[2]) for l in open(os.path.join(d, f"ov-{st}-{kind}-comm.txt")) if l.startswith("step")])
         cm = cm[1:] if len(cm) > 1 else cm
         c = float(np.median(cm))
-        col = lambda k: np.concatenate([m[k][1:] for m in mo]) if k in mo[0] else np.zeros(1)
+        col = lambda k: np.concatenate([m[k][s] for m in mo]) if k in mo[0] else np.zeros(1)
         wait, sync, fly, busy = col("comm_wait"), col("comm_wait_sync"), col("comm_inflight"), col("comm_busy")
-        comp = float(np.median(fb[st])) + float(np.median(col("update_time")))
-        hid = lambda s: 1 - (s - comp) / c if c > 0 else float("nan")
+        comp = float(np.median(alone))
+        hid = lambda s, a: 1 - (s - a) / c if c > 0 else float("nan")
+        # the formula per round (that round's medians), to show how far the machine's drift moves it
+        per = []
+        for r in range(1, int(rounds) + 1):
+            mr, _ = metrics(os.path.join(d, f"ov-{r}-{st}-{kind}", "run.h5"))
+            ar, _ = metrics(os.path.join(d, f"ov-{r}-{st}-{kind}-alone", "run.h5"))
+            per.append(hid(float(np.median(mr["step_time"][s])), float(np.median(ar["step_time"][s]))))
         label = f"{st}" if kind == "on" else f"{st} mpi"
         off_s = f"{np.median(off):7.2f} [{off.min():.2f}-{off.max():.2f}]" if kind == "on" else f"{'':16s}"
-        print(f"  {label:>7s} {np.median(on):7.2f} [{on.min():.2f}-{on.max():.2f}] {off_s} {comp:9.2f} "
+        print(f"  {label:>7s} {np.median(on):7.2f} [{on.min():.2f}-{on.max():.2f}] {off_s} "
+              f"{comp:7.2f} [{alone.min():.2f}-{alone.max():.2f}] {np.median(on) - comp:9.3f} "
               f"{c:7.2f} [{cm.min():.2f}-{cm.max():.2f}] {np.median(wait):7.3f} ({np.median(sync):.3f}) {np.median(busy):6.3f} "
-              f"{np.median(fly):9.2f} {hid(np.median(on)):6.0%} "
-              f"[{hid(on.max()):.0%}, {hid(on.min()):.0%}]")
-    print("  compute = the same stage's pair's median step without its update + the configuration's own update (median);")
-    print("  hidden = 1 - (step_on - compute) / comm_alone (medians; spread over the slowest and fastest step);")
+              f"{np.median(fly):9.2f} {hid(np.median(on), comp):6.0%} "
+              f"[{min(per):.0%}, {max(per):.0%}]")
+    print("  exposed = step_on - compute (medians); hidden = 1 - exposed / comm_alone; per round: the same from")
+    print("  each round's own medians (min, max over rounds);")
     print("  blocked: rank 0's time in waits per step (median), of it at the node-shared barriers (sync);")
     print("  in MPI: rank 0's time inside MPI outside waits (issuing, polling: the copies and sums MPI does there)")
     print("  stages 1-3: parameters node-shared (the default on one node: no all-gathers); 'mpi': zero.node_shared = false")

@@ -35,9 +35,9 @@
 #  8. overlap (BENCH_ONLY=overlap): per ZeRO stage at np=2 on the 124M deck, step
 #     time with overlap on ([comm] progress = BENCH_PROGRESS, default poll)
 #     and off, and at stages 1-3 with the parameters gathered by MPI instead of
-#     node-shared (zero.node_shared=false); compute alone (two 1-rank jobs at once
-#     at the same stage: the same per-rank work and core occupancy, no collectives
-#     but a 1-rank reduction's copy; their update replaced by the np=2 rank's), communication
+#     node-shared (zero.node_shared=false); compute alone (the same np=2 run
+#     with [comm] compute_only = true: every collective returns at once and moves
+#     nothing, so each rank does its own layout's work on both cores), communication
 #     alone (build/comm_alone: the bytes run.h5 recorded, no compute), fraction
 #     hidden with its spread; BENCH_OVERLAP_ROUNDS rounds (default 2), each
 #     running every configuration once, steps pooled (the machine drifts);
@@ -149,15 +149,14 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
   }
   for r in $(seq 1 $OROUNDS); do
     for st in 0 1 2 3; do
-      # compute alone: two independent 1-rank jobs at once at this stage (each the per-rank work of np=2, on its own core)
-      for j in a b; do
-        $MPIEXEC -np 1 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=2 --set zero.stage=$st \
-          --set run.out_dir=$out/ov-$r-alone$st-$j --set run.threads=1 > $out/ov-$r-alone$st-$j.log &
-      done
-      wait
+      # each configuration next to its compute alone (the same run, collectives moving nothing): the machine drifts
       ov_run $st-on --set zero.stage=$st --set comm.progress=$PROG
+      ov_run $st-on-alone --set zero.stage=$st --set comm.compute_only=true
       ov_run $st-off --set zero.stage=$st --set zero.overlap=false
-      [ $st = 0 ] || ov_run $st-mpi --set zero.stage=$st --set comm.progress=$PROG --set zero.node_shared=false
+      if [ $st != 0 ]; then
+        ov_run $st-mpi --set zero.stage=$st --set comm.progress=$PROG --set zero.node_shared=false
+        ov_run $st-mpi-alone --set zero.stage=$st --set comm.compute_only=true --set zero.node_shared=false
+      fi
     done
   done
   for cfg in 0-on 1-on 2-on 3-on 1-mpi 2-mpi 3-mpi; do

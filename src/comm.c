@@ -308,7 +308,7 @@ static void check_signature(Comm *c, const CommSig *mine) {
 }
 
 // Fills the signature, counts the bytes, runs the debug check; returns 1 if
-// the test-only fault switch makes this rank skip the collective.
+// the collective is skipped: compute_only, or the test-only fault switch.
 static int begin(Comm *c, int op, size_t count, size_t bytes_sent, const char *tag, CommReq *r) {
     memset(&r->sig, 0, sizeof r->sig);
     r->sig.step = c->step;
@@ -323,6 +323,7 @@ static int begin(Comm *c, int op, size_t count, size_t bytes_sent, const char *t
     r->req = MPI_REQUEST_NULL;
     r->npreq = 0;
     r->sum_n = 0;
+    if (c->opt.compute_only) return 1;
     if (c->opt.fault_skip_rank == c->rank && c->opt.fault_skip_step == c->step + 1 && !c->skipped) {
         c->skipped = 1;
         if (c->opt.fault_hang_s > 0) {
@@ -624,7 +625,7 @@ int comm_shared_alloc(Comm *c, size_t bytes, CommShared *s, char *why, size_t n)
 }
 
 void comm_shared_sync(Comm *c, CommShared *s) {
-    if (!s->on) return;
+    if (!s->on || c->opt.compute_only) return;
     MPI_CHECK(MPI_Win_sync(s->win));
     CommSig sig = {.step = c->step, .op = COMM_SYNC, .seq = c->seq};
     snprintf(sig.tag, sizeof sig.tag, "node-shared parameters");

@@ -85,6 +85,11 @@ typedef struct CommOptions {
     const struct Backend *bk;   // staged: the copies between device and host mirrors
     int progress;           // COMM_PROGRESS_*
     double progress_us;     // thread: the pause between two probes (0: sched_yield only)
+    int compute_only;       // benchmark baseline: every collective (and node-shared barrier)
+                            // returns at once, moving and counting nothing, so each rank runs its
+                            // own layout's computation on its own stale data: the "compute alone"
+                            // of an overlap measurement, the same work as the real run without the
+                            // communication (bench/run.sh part 8). Losses are meaningless.
 } CommOptions;
 
 typedef struct CommMirror {     // staged path: a registered device buffer and its host mirror

@@ -298,6 +298,8 @@ static const KeyDef keys[] = {
      "cuda: nccl, or staged (device -> host -> MPI -> device, lets ranks share a GPU); auto = nccl unless ranks share a GPU"},
     {"comm", "progress", T_ENUM, OFF(comm.progress), "poll", ANY, progress_names,
      "how collectives advance while kernels run: poll (tests between layers), thread (a progress thread too), none"},
+    {"comm", "compute_only", T_BOOL, OFF(comm.compute_only), "false", ANY, NULL,
+     "benchmark baseline: every collective returns at once and moves nothing (ranks compute on their own stale data; losses meaningless)"},
     {"comm", "progress_us", T_FLOAT, OFF(comm.progress_us), "50", IN(0, 100000), NULL,
      "progress = thread: microseconds the thread sleeps between probes (0 = yield only; it spins on the core)"},
 

@@ -411,7 +411,8 @@ static void trainer_create(Trainer *tr, const Deck *d) {
     CommOptions co = {.debug = c->comm.debug, .timeout_s = c->comm.timeout_s,
                       .fault_skip_rank = (int)c->comm.fault_skip_rank, .fault_skip_step = c->comm.fault_skip_step,
                       .fault_hang_s = c->comm.fault_hang_s, .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN),
-                      .progress = c->comm.progress, .progress_us = c->comm.progress_us};
+                      .progress = c->comm.progress, .progress_us = c->comm.progress_us,
+                      .compute_only = c->comm.compute_only};
     kernels_set_threads(tr->threads);
     tr->B = (int)c->train.micro_batch;
     tr->T = (int)c->train.seq_len;
