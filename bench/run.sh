@@ -36,8 +36,10 @@
 #     time with overlap on ([comm] progress = BENCH_PROGRESS, default poll)
 #     and off, and at stages 1-3 with the parameters gathered by MPI instead of
 #     node-shared (zero.node_shared=false); compute alone (the same np=2 run
-#     with [comm] compute_only = true: every collective returns at once and moves
-#     nothing, so each rank does its own layout's work on both cores), communication
+#     with [comm] compute_only = alternate: every other step's collectives return
+#     at once and move nothing, so each rank does its own layout's work on both
+#     cores; a communicating step less the mean of its two neighbours is the
+#     communication's exposed cost, drift cancelled), communication
 #     alone (build/comm_alone: the bytes run.h5 recorded, no compute), fraction
 #     hidden with its spread; BENCH_OVERLAP_ROUNDS rounds (default 2), each
 #     running every configuration once, steps pooled (the machine drifts);
@@ -149,13 +151,16 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
   }
   for r in $(seq 1 $OROUNDS); do
     for st in 0 1 2 3; do
-      # each configuration next to its compute alone (the same run, collectives moving nothing): the machine drifts
+      # compute alone: the same run with every other step's collectives moving nothing
+      # (compute_only = alternate, 2 x STEPS steps), so each step that communicates sits
+      # between two that do not and the machine's drift over minutes cancels
       ov_run $st-on --set zero.stage=$st --set comm.progress=$PROG
-      ov_run $st-on-alone --set zero.stage=$st --set comm.compute_only=true
+      ov_run $st-on-alt --set zero.stage=$st --set comm.progress=$PROG --set comm.compute_only=alternate --set train.steps=$((2 * STEPS))
       ov_run $st-off --set zero.stage=$st --set zero.overlap=false
       if [ $st != 0 ]; then
         ov_run $st-mpi --set zero.stage=$st --set comm.progress=$PROG --set zero.node_shared=false
-        ov_run $st-mpi-alone --set zero.stage=$st --set comm.compute_only=true --set zero.node_shared=false
+        ov_run $st-mpi-alt --set zero.stage=$st --set comm.progress=$PROG --set zero.node_shared=false \
+          --set comm.compute_only=alternate --set train.steps=$((2 * STEPS))
       fi
     done
   done

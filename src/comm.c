@@ -307,9 +307,16 @@ static void check_signature(Comm *c, const CommSig *mine) {
               "collective mismatch in group %s at step %lld:%s", c->name, (long long)c->step + 1, text);
 }
 
+// Whether this step's float collectives move nothing (comm.h, compute_only).
+static int compute_only_now(const Comm *c) {
+    return c->opt.compute_only == COMM_COMPUTE_ON ||
+           (c->opt.compute_only == COMM_COMPUTE_ALTERNATE && (c->step & 1) == 0);   // 0-based step
+}
+
 // Fills the signature, counts the bytes, runs the debug check; returns 1 if
-// the collective is skipped: compute_only, or the test-only fault switch.
-static int begin(Comm *c, int op, size_t count, size_t bytes_sent, const char *tag, CommReq *r) {
+// the collective is skipped: a bulk one under compute_only, or the test-only
+// fault switch.
+static int begin(Comm *c, int op, size_t count, size_t bytes_sent, const char *tag, CommReq *r, int bulk) {
     memset(&r->sig, 0, sizeof r->sig);
     r->sig.step = c->step;
     r->sig.op = op;
@@ -323,7 +330,7 @@ static int begin(Comm *c, int op, size_t count, size_t bytes_sent, const char *t
     r->req = MPI_REQUEST_NULL;
     r->npreq = 0;
     r->sum_n = 0;
-    if (c->opt.compute_only) return 1;
+    if (bulk && compute_only_now(c)) return 1;
     if (c->opt.fault_skip_rank == c->rank && c->opt.fault_skip_step == c->step + 1 && !c->skipped) {
         c->skipped = 1;
         if (c->opt.fault_hang_s > 0) {
@@ -353,7 +360,7 @@ static int as_int(size_t n, const char *what) {
 
 void comm_iallreduce_sum(Comm *c, float *buf, size_t n, const char *tag, CommReq *r) {
     size_t sent = c->size > 1 ? 2 * (size_t)(c->size - 1) * n * sizeof(float) / (size_t)c->size : 0;
-    if (begin(c, COMM_ALLREDUCE, n, sent, tag, r)) return;
+    if (begin(c, COMM_ALLREDUCE, n, sent, tag, r, 1)) return;
     r->active = 1;
     if (c->opt.path == COMM_PATH_NCCL) {
         r->event = nccl_allreduce_sum(c->nccl, buf, n);
@@ -406,7 +413,7 @@ static void put_counts(Comm *c, int *cnt, int *dsp, const size_t *counts, const 
 void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const size_t *counts,
                               const char *tag, CommReq *r) {
     size_t total = sum_counts(c, counts);
-    if (begin(c, COMM_REDUCE_SCATTER, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
+    if (begin(c, COMM_REDUCE_SCATTER, total, (total - counts[c->rank]) * sizeof(float), tag, r, 1)) return;
     r->active = 1;
     int *cnt = take_slot(c, r);
     put_counts(c, cnt, cnt + c->size, counts, "reduce-scatter");
@@ -447,7 +454,7 @@ void comm_ireduce_scatter_sum(Comm *c, const float *send, float *recv, const siz
 
 void comm_iallgather(Comm *c, float *buf, const size_t *counts, const char *tag, CommReq *r) {
     size_t total = sum_counts(c, counts);
-    if (begin(c, COMM_ALLGATHER, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
+    if (begin(c, COMM_ALLGATHER, total, (total - counts[c->rank]) * sizeof(float), tag, r, 1)) return;
     r->active = 1;
     int *cnt = take_slot(c, r), *dsp = cnt + c->size;
     put_counts(c, cnt, dsp, counts, "all-gather");
@@ -483,7 +490,7 @@ void comm_ialltoallv(Comm *c, const float *send, const size_t *counts, float *re
                      const char *tag, CommReq *r) {
     size_t total = sum_counts(c, counts), rtotal = sum_counts(c, rcounts);
     // What leaves this rank: everything but its part for itself.
-    if (begin(c, COMM_ALLTOALL, total, (total - counts[c->rank]) * sizeof(float), tag, r)) return;
+    if (begin(c, COMM_ALLTOALL, total, (total - counts[c->rank]) * sizeof(float), tag, r, 1)) return;
     r->active = 1;
     int *sc = take_slot(c, r), *sd = sc + c->size, *rc = sd + c->size, *rd = rc + c->size;
     put_counts(c, sc, sd, counts, "all-to-all");
@@ -551,7 +558,7 @@ void comm_allreduce_sum(Comm *c, float *buf, size_t n, const char *tag) {
 static void allreduce_f64(Comm *c, double *buf, int n, MPI_Op op, const char *tag) {
     CommReq r;
     size_t sent = c->size > 1 ? 2 * (size_t)(c->size - 1) * (size_t)n * sizeof(double) / (size_t)c->size : 0;
-    if (begin(c, COMM_ALLREDUCE, (size_t)n, sent, tag, &r)) return;
+    if (begin(c, COMM_ALLREDUCE, (size_t)n, sent, tag, &r, 0)) return;
     MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, op, c->comm, &r.req));
     r.active = 1;
     comm_wait(c, &r);
@@ -562,7 +569,7 @@ void comm_allreduce_max_f64(Comm *c, double *buf, int n, const char *tag) { allr
 
 void comm_bcast(Comm *c, void *buf, size_t bytes, int root, const char *tag) {
     CommReq r;
-    if (begin(c, COMM_BCAST, bytes, c->rank == root ? bytes * (size_t)(c->size - 1) : 0, tag, &r)) return;
+    if (begin(c, COMM_BCAST, bytes, c->rank == root ? bytes * (size_t)(c->size - 1) : 0, tag, &r, 0)) return;
     MPI_CHECK(MPI_Ibcast(buf, as_int(bytes, "broadcast"), MPI_BYTE, root, c->comm, &r.req));
     r.active = 1;
     comm_wait(c, &r);
@@ -625,7 +632,7 @@ int comm_shared_alloc(Comm *c, size_t bytes, CommShared *s, char *why, size_t n)
 }
 
 void comm_shared_sync(Comm *c, CommShared *s) {
-    if (!s->on || c->opt.compute_only) return;
+    if (!s->on || compute_only_now(c)) return;
     MPI_CHECK(MPI_Win_sync(s->win));
     CommSig sig = {.step = c->step, .op = COMM_SYNC, .seq = c->seq};
     snprintf(sig.tag, sizeof sig.tag, "node-shared parameters");

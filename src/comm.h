@@ -85,12 +85,20 @@ typedef struct CommOptions {
     const struct Backend *bk;   // staged: the copies between device and host mirrors
     int progress;           // COMM_PROGRESS_*
     double progress_us;     // thread: the pause between two probes (0: sched_yield only)
-    int compute_only;       // benchmark baseline: every collective (and node-shared barrier)
-                            // returns at once, moving and counting nothing, so each rank runs its
-                            // own layout's computation on its own stale data: the "compute alone"
-                            // of an overlap measurement, the same work as the real run without the
-                            // communication (bench/run.sh part 8). Losses are meaningless.
+    int compute_only;       // COMM_COMPUTE_*: benchmark baseline (below)
 } CommOptions;
+
+// [comm] compute_only, the "compute alone" of an overlap measurement (bench/run.sh
+// part 8): the float collectives (all-reduce, reduce-scatter, all-gather,
+// all-to-all) and the node-shared barriers return at once, moving and counting
+// nothing, so each rank runs its own layout's computation on its own stale
+// data: the real run's work without its communication. The scalar agreements
+// (comm_allreduce_*_f64: loss, gradient norm; comm_bcast) still run, so ranks
+// keep step as they do for real. Losses are meaningless. ALTERNATE skips on
+// steps 1, 3, 5, ... (1-based) and communicates on the others: each real step
+// sits between two baseline steps, and the machine's drift over minutes
+// (±0.1-0.2 s a step here between runs) cancels in their difference.
+enum { COMM_COMPUTE_OFF = 0, COMM_COMPUTE_ON, COMM_COMPUTE_ALTERNATE };
 
 typedef struct CommMirror {     // staged path: a registered device buffer and its host mirror
     const float *dev;

@@ -66,6 +66,7 @@ static const char *const precision_names[] = {"auto", "fp32", "bf16", NULL};
 static const char *const recompute_names[] = {"none", "layer", NULL};
 static const char *const devpath_names[] = {"auto", "nccl", "staged", NULL};
 static const char *const progress_names[] = {"poll", "thread", "none", NULL};   // = COMM_PROGRESS_*
+static const char *const compute_only_names[] = {"false", "true", "alternate", NULL};   // = COMM_COMPUTE_*
 static const char *const tokenizer_names[] = {"byte", "gpt2", NULL};
 static const char *const gen_mode_names[] = {"splitfuse", "static", "continuous", NULL};
 static const char *const gen_kv_names[] = {"lazy", "reserve", NULL};
@@ -298,8 +299,9 @@ static const KeyDef keys[] = {
      "cuda: nccl, or staged (device -> host -> MPI -> device, lets ranks share a GPU); auto = nccl unless ranks share a GPU"},
     {"comm", "progress", T_ENUM, OFF(comm.progress), "poll", ANY, progress_names,
      "how collectives advance while kernels run: poll (tests between layers), thread (a progress thread too), none"},
-    {"comm", "compute_only", T_BOOL, OFF(comm.compute_only), "false", ANY, NULL,
-     "benchmark baseline: every collective returns at once and moves nothing (ranks compute on their own stale data; losses meaningless)"},
+    {"comm", "compute_only", T_ENUM, OFF(comm.compute_only), "false", ANY, compute_only_names,
+     "benchmark baseline: the float collectives return at once and move nothing (ranks compute on their own stale data; "
+     "losses meaningless): true every step, alternate steps 1, 3, 5, ..."},
     {"comm", "progress_us", T_FLOAT, OFF(comm.progress_us), "50", IN(0, 100000), NULL,
      "progress = thread: microseconds the thread sleeps between probes (0 = yield only; it spins on the core)"},
 

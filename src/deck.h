@@ -187,7 +187,7 @@ typedef struct CommConfig {
     int device_path;          // DEVPATH_*: how collectives move device buffers (cuda)
     int progress;             // COMM_PROGRESS_* (comm.h): poll | thread | none
     double progress_us;       // progress = thread: pause between the thread's probes
-    int compute_only;         // benchmark baseline: collectives move nothing (comm.h)
+    int compute_only;         // COMM_COMPUTE_* (comm.h): benchmark baseline, collectives move nothing
 } CommConfig;
 
 enum { OFFLOAD_NONE = 0, OFFLOAD_HOST, OFFLOAD_NVME };   // [offload] optimizer / params

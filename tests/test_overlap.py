@@ -11,6 +11,10 @@
    comm_busy (inside MPI outside waits) is >= 0 and, where collectives are
    issued and polled, above 0; update_time (the update less its waits) >= 0.
 3. A bad value of the key is refused, naming the deck key and the values.
+4. [comm] compute_only, the overlap benchmark's baseline: with true no float
+   collective moves a byte (the scalar agreements still do) and the node-shared
+   barriers are skipped; with alternate, steps 1, 3, 5 move none and steps 2, 4,
+   6 move what a normal run moves, at stages 0 and 3; false changes nothing.
 """
 import os
 
@@ -46,14 +50,17 @@ bucket_mb = 0.02
 """)
 
 
-def train(stage, progress):
-    out = os.path.join(d, f"z{stage}-{progress}")
+BYTES = ("comm_bytes_all_reduce", "comm_bytes_reduce_scatter", "comm_bytes_all_gather")
+
+
+def train(stage, progress, *extra, name=None):
+    out = os.path.join(d, name or f"z{stage}-{progress}")
     run(["train", deck, "--set", f"run.out_dir={out}", "--set", f"zero.stage={stage}",
-         "--set", f"comm.progress={progress}"], np=2)
+         "--set", f"comm.progress={progress}", *extra], np=2)
     with h5py.File(os.path.join(out, "run.h5"), "r") as f:
         m = f["metrics"]
         return {k: np.array(m[k]) for k in ("loss", "comm_wait", "comm_inflight", "comm_wait_sync", "comm_busy",
-                                            "update_time")}
+                                            "update_time") + BYTES}
 
 
 for stage in (3, 2):
@@ -72,6 +79,26 @@ for stage in (3, 2):
         check((sy >= 0).all() and (sy <= w + 1e-9).all() and (busy >= 0).all() and busy.sum() > 0 and (up >= -1e-3).all(),
               f"stage {stage}, progress = {p}: comm_wait >= comm_wait_sync >= 0, comm_busy >= 0 (> 0 in all), update_time >= 0",
               f"sync {np.round(sy, 5).tolist()} busy {np.round(busy, 5).tolist()} update {np.round(up, 4).tolist()}")
+
+# 4. compute_only. The scalar agreements (the loss's and the gradient norm's
+# f64 all-reduces: a few dozen bytes a step) still run; a float collective
+# moves at least a bucket (kilobytes here).
+SCALARS = 64
+for stage in (3, 0):
+    ref = runs["poll"] if stage == 3 else train(0, "poll")
+    moved = lambda r: sum(r[k] for k in BYTES)
+    nothing = train(stage, "poll", "--set", "comm.compute_only=true", "--set", "zero.node_shared=true", name=f"co{stage}")
+    check((moved(ref) > 1000).all() and (moved(nothing) <= SCALARS).all() and (nothing["comm_wait_sync"] == 0).all(),
+          f"stage {stage}: compute_only = true moves no float collective's bytes and skips the barriers",
+          f"bytes a step {moved(nothing).tolist()} (a normal run {moved(ref).tolist()}), sync waits {nothing['comm_wait_sync'].tolist()}")
+    alt = train(stage, "poll", "--set", "comm.compute_only=alternate", name=f"alt{stage}")
+    a, b = moved(alt), moved(ref)
+    check((a[0::2] <= SCALARS).all() and np.array_equal(a[1::2], b[1::2]),
+          f"stage {stage}: compute_only = alternate moves nothing on steps 1, 3, 5 and a normal run's bytes on 2, 4, 6",
+          f"bytes a step {a.tolist()} (a normal run {b.tolist()})")
+    off = train(stage, "poll", "--set", "comm.compute_only=false", name=f"off{stage}")
+    check(np.array_equal(off["loss"].view(np.uint64), ref["loss"].view(np.uint64)),
+          f"stage {stage}: compute_only = false is bit-identical to the default", f"{off['loss'].tolist()} vs {ref['loss'].tolist()}")
 
 out = run(["train", deck, "--set", f"run.out_dir={d}/bad", "--set", "comm.progress=sometimes"], np=1, check_rc=False)
 text = out.stdout + out.stderr
