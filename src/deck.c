@@ -1696,6 +1696,15 @@ static int derive(Ctx *x, int world_size) {
                     " (%s)", c->optim.warmup, origin(x, kw, o1, sizeof o1), c->train.steps,
                     origin(x, ksteps, o2, sizeof o2));
     }
+    const int kco = key_index("comm.compute_only");
+    if (c->comm.compute_only && (c->parallel.sp > 1 || c->parallel.ep > 1)) {
+        int ks[] = {kco, key_index(c->parallel.sp > 1 ? "parallel.sp" : "parallel.ep")};
+        snprintf(hint, sizeof hint, "measure compute alone with sp = 1 and ep = 1, or set [comm] compute_only = false");
+        return fail(x, blame(x, ks, 2, where, sizeof where), hint,
+                    "[comm] compute_only (%s) with [parallel] %s > 1 (%s): the all-to-alls it would skip decide the "
+                    "shapes of the computation", origin(x, kco, o1, sizeof o1), c->parallel.sp > 1 ? "sp" : "ep",
+                    origin(x, ks[1], o2, sizeof o2));
+    }
     if (check_moe(x, world)) return -1;
     // A derived value must still be in its key's range (the specific checks above explain
     // the usual cases with their arithmetic).

@@ -413,6 +413,10 @@ static void trainer_create(Trainer *tr, const Deck *d) {
                       .fault_hang_s = c->comm.fault_hang_s, .oversubscribed = tr->threads * tr->topo.local_size > sysconf(_SC_NPROCESSORS_ONLN),
                       .progress = c->comm.progress, .progress_us = c->comm.progress_us,
                       .compute_only = c->comm.compute_only};
+    if (c->comm.compute_only && log_rank() == 0)
+        log_warn("[comm] compute_only = %s: the float collectives move nothing on %s, so the losses are meaningless "
+                 "(a benchmark baseline)", c->comm.compute_only == COMM_COMPUTE_ON ? "true" : "alternate",
+                 c->comm.compute_only == COMM_COMPUTE_ON ? "every step" : "steps 1, 3, 5, ...");
     kernels_set_threads(tr->threads);
     tr->B = (int)c->train.micro_batch;
     tr->T = (int)c->train.seq_len;

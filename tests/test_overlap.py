@@ -14,7 +14,8 @@
 4. [comm] compute_only, the overlap benchmark's baseline: with true no float
    collective moves a byte (the scalar agreements still do) and the node-shared
    barriers are skipped; with alternate, steps 1, 3, 5 move none and steps 2, 4,
-   6 move what a normal run moves, at stages 0 and 3; false changes nothing.
+   6 move what a normal run moves, at stages 0 and 3; false changes nothing;
+   with sequence parallelism (whose all-to-alls shape the compute) it is refused.
 """
 import os
 
@@ -99,6 +100,12 @@ for stage in (3, 0):
     off = train(stage, "poll", "--set", "comm.compute_only=false", name=f"off{stage}")
     check(np.array_equal(off["loss"].view(np.uint64), ref["loss"].view(np.uint64)),
           f"stage {stage}: compute_only = false is bit-identical to the default", f"{off['loss'].tolist()} vs {ref['loss'].tolist()}")
+
+out = run(["train", deck, "--set", f"run.out_dir={d}/co-sp", "--set", "comm.compute_only=alternate", "--set", "parallel.sp=2"],
+          np=2, check_rc=False)
+text = out.stdout + out.stderr
+check(out.returncode == 2 and "compute_only" in text and "sp" in text and "hint:" in text,
+      "compute_only with sp = 2 is refused before the run, naming both keys", text.strip()[-300:])
 
 out = run(["train", deck, "--set", f"run.out_dir={d}/bad", "--set", "comm.progress=sometimes"], np=1, check_rc=False)
 text = out.stdout + out.stderr
