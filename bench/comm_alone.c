@@ -43,8 +43,11 @@ int main(int argc, char **argv) {
     if (len < chunk) len = chunk;
     // Pieces start at multiples of chunk and wrap at len: round len up so each fits.
     len = (len + chunk - 1) / chunk * chunk;
-    float *buf = xmalloc(len * sizeof(float), "comm_alone buffer"), *recv = xmalloc(len * sizeof(float), "recv");
-    for (size_t i = 0; i < len; i++) buf[i] = recv[i] = 1.0f;     // present, not zero pages
+    // The reduce-scatters land this rank's part of each piece at at / size.
+    size_t rlen = n[1] ? len / (size_t)c.size + chunk : 1;
+    float *buf = xmalloc(len * sizeof(float), "comm_alone buffer"), *recv = xmalloc(rlen * sizeof(float), "recv");
+    for (size_t i = 0; i < len; i++) buf[i] = 1.0f;     // present, not zero pages
+    for (size_t i = 0; i < rlen; i++) recv[i] = 1.0f;
     size_t *counts = xcalloc(sizeof(size_t) * (size_t)c.size, "counts");
     for (int s = 0; s < steps; s++) {
         MPI_Barrier(MPI_COMM_WORLD);

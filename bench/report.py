@@ -149,6 +149,9 @@ def overlap(d, rounds):
         on, mo = steps(f"{st}-{kind}")
         off, _ = steps(f"{st}-off")
         ex, co = triplets(f"{st}-{kind}-alt")
+        if len(ex) == 0 or len(on) == 0:
+            print("  too few steps to compare: BENCH_STEPS >= 3")
+            return
         cm = np.array([float(l.split()[2]) for l in open(os.path.join(d, f"ov-{st}-{kind}-comm.txt")) if l.startswith("step")])
         cm = cm[1:] if len(cm) > 1 else cm
         c = float(np.median(cm))
@@ -163,7 +166,7 @@ def overlap(d, rounds):
               f"{c:7.2f} [{cm.min():.2f}-{cm.max():.2f}] {np.median(wait):7.3f} ({np.median(sync):.3f}) {np.median(busy):6.3f} "
               f"{np.median(fly):9.2f} {hid(q2):6.0%} "
               f"[{hid(q3):.0%}, {hid(q1):.0%}]")
-    print(f"  exposed = a communicating step less the mean of its two compute-alone neighbours: median [min, max] over")
+    print("  exposed = a communicating step less the mean of its two compute-alone neighbours: median [min, max] over")
     print(f"  {len(ex)} such steps; hidden = 1 - exposed / comm_alone (median; quartiles of exposed);")
     print("  comm alone: build/comm_alone, the bytes run.h5 recorded through comm.c over step-sized buffers, no compute;")
     print("  blocked: rank 0's time in waits per step (median), of it at the node-shared barriers (sync);")

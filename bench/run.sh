@@ -165,7 +165,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
     done
   done
   for cfg in 0-on 1-on 2-on 3-on 1-mpi 2-mpi 3-mpi; do
-    read ar rs ag < <($PYTHON -c "import h5py,numpy as n;m=h5py.File('$out/ov-1-$cfg/run.h5')['metrics'];print(*[int(n.median(m[k][1:])) for k in ('comm_bytes_all_reduce','comm_bytes_reduce_scatter','comm_bytes_all_gather')])")
+    read ar rs ag < <($PYTHON -c "import h5py,numpy as n;m=h5py.File('$out/ov-1-$cfg/run.h5')['metrics'];print(*[int(n.median(m[k][1:-1])) for k in ('comm_bytes_all_reduce','comm_bytes_reduce_scatter','comm_bytes_all_gather')])")
     $MPIEXEC -np 2 build/comm_alone $ar $rs $ag 4194304 $STEPS > $out/ov-$cfg-comm.txt
   done
   $PYTHON bench/report.py overlap $out $OROUNDS

@@ -1202,6 +1202,20 @@ static int read_verified(Zero *z, hid_t f, hid_t meta, const char *path, Watchdo
     return rc;
 }
 
+// Reading /meta (attributes and the small index) takes milliseconds. libhdf5
+// can loop forever on some damaged metadata (seen: a flipped bit in the global
+// heap that holds the string attributes, H5HG_read spinning), where no error
+// comes back to refuse the file with: so those reads are bounded.
+#define CKPT_META_LIMIT_S 20.0
+#define CKPT_META_HINT "its HDF5 metadata is likely damaged (libhdf5 loops on some damage): use an older checkpoint"
+
+// Starts the bound on reading path's /meta (stop it with watchdog_stop).
+static void meta_watch(Watchdog *w, const char *path) {
+    watchdog_start(w, CKPT_META_LIMIT_S, CKPT_META_HINT, "reading the metadata (/meta) of '%s'", path);
+    watchdog_fixed_limit(w);
+    watchdog_phase(w, "reading /meta");
+}
+
 static int load(Zero *z, const Deck *d, const char *path, CkptState *st, Watchdog *wd, char *why, size_t n) {
     const Model *m = z->m;
     MPI_Comm comm = z->comm->comm;
@@ -1219,12 +1233,15 @@ static int load(Zero *z, const Deck *d, const char *path, CkptState *st, Watchdo
     H5E_BEGIN_TRY { meta = H5Gopen2(f, "meta", H5P_DEFAULT); } H5E_END_TRY;
     MetaInfo mi;
     int rc = 0, verified = 1;
+    Watchdog mw;
+    meta_watch(&mw, path);
     if (meta < 0) {
         snprintf(why, n, "it has no /meta group: not a Partita checkpoint");
         rc = -1;
     } else if (meta_read(meta, &mi, why, n) != 0 || (verified = meta_verify(meta, mi.version, why, n)) < 0) {
         rc = -1;    // an attribute out of range is named; an edit in range fails the meta checksum
     }
+    watchdog_stop(&mw);
     if (agree(comm, rc, why, n) != 0) goto fail;
     if (verified == 1 && log_rank() == 0)
         log_warn("checkpoint '%s' is of format 1 (written before /meta had a checksum): its attributes are range-checked "
@@ -1503,14 +1520,21 @@ static int export_weights(hid_t meta, const Model *m, const MetaInfo *mi, const 
     return 0;
 }
 
+
 static int inspect(hid_t f, const char *path, int is_info, const char *out, int safetensors) {
     const char *damaged = "the file is damaged: use an older checkpoint";
+    Watchdog wd;
+    meta_watch(&wd, path);
     hid_t meta;
     H5E_BEGIN_TRY { meta = H5Gopen2(f, "meta", H5P_DEFAULT); } H5E_END_TRY;
-    if (meta < 0) return info_fail(path, "no /meta group: not a Partita checkpoint", NULL);
+    if (meta < 0) {
+        watchdog_stop(&wd);
+        return info_fail(path, "no /meta group: not a Partita checkpoint", NULL);
+    }
     MetaInfo mi;
     char why[1200], mwhy[600] = "";
     if (meta_read(meta, &mi, why, sizeof why) != 0) {
+        watchdog_stop(&wd);
         H5Gclose(meta);
         return info_fail(path, why, damaged);
     }
@@ -1518,7 +1542,9 @@ static int inspect(hid_t f, const char *path, int is_info, const char *out, int 
     struct stat sb;
     long long fsize = stat(path, &sb) == 0 ? (long long)sb.st_size : 0;
     Model m;
-    if (model_from_meta(f, &mi, fsize, is_info ? DS_KINDS : 1, &m, why, sizeof why) != 0) {
+    int mfm = model_from_meta(f, &mi, fsize, is_info ? DS_KINDS : 1, &m, why, sizeof why);
+    watchdog_stop(&wd);
+    if (mfm != 0) {
         H5Gclose(meta);
         return info_fail(path, why, damaged);
     }

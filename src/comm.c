@@ -212,7 +212,10 @@ void comm_free(Comm *c) {
 void comm_set_step(Comm *c, int64_t step) {
     c->step = step;
     c->seq = 0;
+    c->stepping = 1;
 }
+
+void comm_end_step(Comm *c) { c->stepping = 0; }
 
 static void describe(const CommSig *s, char *buf, size_t n) {
     snprintf(buf, n, "%s(%s, %lld elements, #%d of step %lld)", comm_op_name(s->op), s->tag,
@@ -309,6 +312,7 @@ static void check_signature(Comm *c, const CommSig *mine) {
 
 // Whether this step's float collectives move nothing (comm.h, compute_only).
 static int compute_only_now(const Comm *c) {
+    if (!c->stepping) return 0;     // set-up, loads, evaluation and writes always communicate
     return c->opt.compute_only == COMM_COMPUTE_ON ||
            (c->opt.compute_only == COMM_COMPUTE_ALTERNATE && (c->step & 1) == 0);   // 0-based step
 }

@@ -94,10 +94,11 @@ typedef struct CommOptions {
 // nothing, so each rank runs its own layout's computation on its own stale
 // data: the real run's work without its communication. The scalar agreements
 // (comm_allreduce_*_f64: loss, gradient norm; comm_bcast) still run, so ranks
-// keep step as they do for real. Losses are meaningless. ALTERNATE skips on
-// steps 1, 3, 5, ... (1-based) and communicates on the others: each real step
-// sits between two baseline steps, and the machine's drift over minutes
-// (±0.1-0.2 s a step here between runs) cancels in their difference.
+// keep step as they do for real. Only inside a step (comm_set_step ..
+// comm_end_step): set-up, loads, evaluation and writes communicate. Losses are
+// meaningless. ALTERNATE skips on steps 1, 3, 5, ... (1-based) and
+// communicates on the others: each real step sits between two baseline steps,
+// and the machine's drift over minutes cancels in their difference.
 enum { COMM_COMPUTE_OFF = 0, COMM_COMPUTE_ON, COMM_COMPUTE_ALTERNATE };
 
 typedef struct CommMirror {     // staged path: a registered device buffer and its host mirror
@@ -117,6 +118,7 @@ typedef struct Comm {
     int rank, size;
     CommOptions opt;
     int64_t step;
+    int stepping;           // between comm_set_step and comm_end_step
     int32_t seq;
     int skipped;
     uint64_t bytes[COMM_NOPS];  // bytes sent by this rank, per op, since start
@@ -153,11 +155,15 @@ void comm_register(Comm *c, const float *buf, size_t n, const char *what);
 const char *comm_path_name(int path);
 void comm_free(Comm *c);
 const char *comm_op_name(int op);
-// Marks the start of a step: signatures carry it, the fault switch keys on it.
+// Marks the start of a step: signatures carry it, the fault switch and
+// compute_only key on it.
 void comm_set_step(Comm *c, int64_t step);
+// Marks the end of a step's gradients and update: compute_only applies only
+// between comm_set_step and this (never to set-up, loads, evaluation, writes).
+void comm_end_step(Comm *c);
 
-// Non-blocking collectives; each returns at once with r active. Buffers must
-// stay untouched until comm_wait(r).
+// Non-blocking collectives; each returns at once with r active (inactive when
+// compute_only skips it). Buffers must stay untouched until comm_wait(r).
 void comm_iallreduce_sum(Comm *c, float *buf, size_t n, const char *tag, CommReq *r);
 // send holds every rank's part back to back, counts[k] elements for rank k;
 // the sum of this rank's part lands in recv. Host paths at two ranks: by point

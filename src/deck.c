@@ -299,11 +299,11 @@ static const KeyDef keys[] = {
      "cuda: nccl, or staged (device -> host -> MPI -> device, lets ranks share a GPU); auto = nccl unless ranks share a GPU"},
     {"comm", "progress", T_ENUM, OFF(comm.progress), "poll", ANY, progress_names,
      "how collectives advance while kernels run: poll (tests between layers), thread (a progress thread too), none"},
+    {"comm", "progress_us", T_FLOAT, OFF(comm.progress_us), "50", IN(0, 100000), NULL,
+     "progress = thread: microseconds the thread sleeps between probes (0 = yield only; it spins on the core)"},
     {"comm", "compute_only", T_ENUM, OFF(comm.compute_only), "false", ANY, compute_only_names,
      "benchmark baseline: the float collectives return at once and move nothing (ranks compute on their own stale data; "
      "losses meaningless): true every step, alternate steps 1, 3, 5, ..."},
-    {"comm", "progress_us", T_FLOAT, OFF(comm.progress_us), "50", IN(0, 100000), NULL,
-     "progress = thread: microseconds the thread sleeps between probes (0 = yield only; it spins on the core)"},
 
     {"offload", "optimizer", T_ENUM, OFF(offload.optimizer), "none", ANY, offload_tier_names,
      "where the AdamW moments live: none (with the parameters), host memory, or nvme (files in nvme_dir)"},
@@ -1700,9 +1700,11 @@ static int derive(Ctx *x, int world_size) {
     if (c->comm.compute_only && (c->parallel.sp > 1 || c->parallel.ep > 1)) {
         int ks[] = {kco, key_index(c->parallel.sp > 1 ? "parallel.sp" : "parallel.ep")};
         snprintf(hint, sizeof hint, "measure compute alone with sp = 1 and ep = 1, or set [comm] compute_only = false");
+        int sp = c->parallel.sp > 1;
         return fail(x, blame(x, ks, 2, where, sizeof where), hint,
-                    "[comm] compute_only (%s) with [parallel] %s > 1 (%s): the all-to-alls it would skip decide the "
-                    "shapes of the computation", origin(x, kco, o1, sizeof o1), c->parallel.sp > 1 ? "sp" : "ep",
+                    "[comm] compute_only = %s (%s) with [parallel] %s = %" PRId64 " (%s): the all-to-alls it would skip "
+                    "decide the shapes of the computation", compute_only_names[c->comm.compute_only],
+                    origin(x, kco, o1, sizeof o1), sp ? "sp" : "ep", sp ? c->parallel.sp : c->parallel.ep,
                     origin(x, ks[1], o2, sizeof o2));
     }
     if (check_moe(x, world)) return -1;

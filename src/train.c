@@ -332,6 +332,10 @@ static void resume(Trainer *tr) {
 }
 
 static void checkpoint(Trainer *tr, int64_t steps_done) {
+    if (tr->cfg->comm.compute_only) {   // its states are not a model: nothing to resume from
+        log_info("checkpoint: none at step %lld ([comm] compute_only)\n", (long long)steps_done);
+        return;
+    }
     int64_t rows = rows_done(tr, steps_done);
     CkptState st = {.step = steps_done, .data_cursor = steps_done, .data_rows = rows,
                     .tokens_seen = (double)rows * tr->T};
@@ -545,6 +549,16 @@ static void moe_step_stats(Trainer *tr) {
     }
     for (int l = 0, at = 0; l < m->s.L; l++)
         for (int x = 0; x < m->moe.experts[l]; x++) tr->moe_load[at++] += m->moel[l].stats.load[x];
+}
+
+// The step's collectives are done (compute_only applies only inside a step).
+static void end_step(Trainer *tr) {
+    comm_end_step(&tr->dp);
+    comm_end_step(&tr->sp);
+    if (tr->ep_size > 1) {
+        comm_end_step(&tr->ep);
+        comm_end_step(&tr->edp);
+    }
 }
 
 // The gradients of one optimizer step: grad_accum micro-steps (ZeRO reduces
@@ -905,7 +919,7 @@ int train_run(const Deck *d) {
     print_header(&tr);
     print_stop_plan(&tr);
     char path[DECK_STR + 32];
-    if (c->train.save_weights && tr.start_step == 0) {
+    if (c->train.save_weights && tr.start_step == 0 && !c->comm.compute_only) {
         snprintf(path, sizeof path, "%s/init.h5", c->run.out_dir);
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, 0, tr.deck_text);
     }
@@ -932,7 +946,13 @@ int train_run(const Deck *d) {
         o.lr = optim_lr(&tr.zero.optim, step);
         // Every rank holds the same job-wide loss and norm, so all take the same branch.
         o.skipped = !isfinite(o.loss) || !isfinite(o.gnorm);
+        if (c->comm.compute_only) {     // there each rank's norm is its own: agree on the branch
+            double any = o.skipped;
+            comm_allreduce_max_f64(&tr.dp, &any, 1, "skip");
+            o.skipped = any > 0;
+        }
         if (!o.skipped) apply_update(&tr, o.gnorm, o.lr);
+        end_step(&tr);
         o.dt = wall_seconds() - t0;
         tr.step_s[step % 4] = o.dt;
         train_time += o.dt;
@@ -968,7 +988,7 @@ int train_run(const Deck *d) {
             report_stop(&tr, step);
             rc = STOP_EXIT_TEMPFAIL;
         }
-    } else if (c->train.save_weights) {
+    } else if (c->train.save_weights && !c->comm.compute_only) {
         snprintf(path, sizeof path, "%s/final.h5", c->run.out_dir);
         weights_write(&tr.model, tr.ps, tr.topo.rank == 0, path, c->train.steps, tr.deck_text);
     }

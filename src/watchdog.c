@@ -32,8 +32,8 @@ static void *watch(void *arg) {
     int r = log_rank();
     char msg[2048], prefix[32] = "";
     if (r != 0) snprintf(prefix, sizeof prefix, "[rank %d] ", r);
-    snprintf(msg, sizeof msg, "%serror: %s did not finish within timeout_s = %g s on rank %d (%s)\n%s%s%s", prefix,
-             w->what, w->timeout_s, r, w->phase ? w->phase : "?", w->hint[0] ? "  hint: " : "", w->hint,
+    snprintf(msg, sizeof msg, "%serror: %s did not finish within %s%g s on rank %d (%s)\n%s%s%s", prefix,
+             w->what, w->limit, w->timeout_s, r, w->phase ? w->phase : "?", w->hint[0] ? "  hint: " : "", w->hint,
              w->hint[0] ? "\n" : "");
     fflush(stdout);
     fputs(msg, stderr);     // one write, so that it stays whole beside other ranks' messages
@@ -52,6 +52,7 @@ void watchdog_start(Watchdog *w, double timeout_s, const char *hint, const char 
     va_end(ap);
     snprintf(w->hint, sizeof w->hint, "%s", hint ? hint : "");
     w->phase = "starting";
+    w->limit = "timeout_s = ";
     pthread_condattr_t ca;
     SYS_CHECK(pthread_condattr_init(&ca) == 0 && pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
               pthread_cond_init(&w->cv, &ca) == 0 && pthread_mutex_init(&w->mu, NULL) == 0,
@@ -60,6 +61,13 @@ void watchdog_start(Watchdog *w, double timeout_s, const char *hint, const char 
     int rc = pthread_create(&w->thread, NULL, watch, w);
     SYS_CHECK(rc == 0, "watchdog: cannot start a thread: %s", strerror(rc));
     w->active = 1;
+}
+
+void watchdog_fixed_limit(Watchdog *w) {
+    if (!w->active) return;
+    pthread_mutex_lock(&w->mu);
+    w->limit = "";
+    pthread_mutex_unlock(&w->mu);
 }
 
 void watchdog_phase(Watchdog *w, const char *phase) {

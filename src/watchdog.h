@@ -23,12 +23,16 @@ typedef struct Watchdog {
     char what[1200];        // "checkpoint write of 'ckpt/step-000010.h5.tmp'"
     char hint[400];
     const char *phase;      // a string literal: what the main thread is doing now
+    const char *limit;      // what the limit is called in the message: "timeout_s = " (the deck key) or ""
 } Watchdog;
 
 // Starts watching: unless watchdog_stop comes within timeout_s seconds, the
 // process ends with the message. timeout_s <= 0 watches nothing.
 void watchdog_start(Watchdog *w, double timeout_s, const char *hint, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+// The limit is the program's own, not [comm] timeout_s: the message gives the
+// seconds alone. Call right after watchdog_start.
+void watchdog_fixed_limit(Watchdog *w);
 // Records what the main thread does now (a string literal), for the message.
 void watchdog_phase(Watchdog *w, const char *phase);
 // The operation finished: stops and joins the thread.

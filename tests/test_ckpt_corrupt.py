@@ -221,4 +221,22 @@ for name in subset:
     clean, text = verdict(gp, 0)
     check(clean and (gp.returncode != 0 and "error:" in text or gp.returncode == 0),
           f"generate weights = {name}: a clear refusal or a whole read", (text.strip().splitlines() or [""])[-1][:160])
+# A kept damaged checkpoint (a flip-meta variant of one run) on which libhdf5
+# itself loops forever reading a string attribute of /meta (H5HG_read), with no
+# error to refuse it by: the reads of /meta are bounded (20 s), for `ckpt info`
+# and for a resume alike.
+import gzip
+loop = os.path.join(d, "heap-loop.h5")
+with gzip.open(os.path.join(ROOT, "tests", "corpus", "hdf5", "heap-loop.h5.gz")) as src, open(loop, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+for what, cmd in [("ckpt info", ["ckpt", "info", loop]),
+                  ("train resume", ["train", deck, "--set", f"run.out_dir={d}/resume-loop", "--set",
+                                    f"checkpoint.resume={loop}", "--set", "train.steps=6"])]:
+    t0 = time.time()
+    p = run(cmd, np=1, check_rc=False, timeout=90)
+    dt = time.time() - t0
+    text = p.stdout + p.stderr
+    check(p.returncode == 1 and "did not finish within 20 s" in text and "damaged" in text and dt < 60,
+          f"{what} on a file libhdf5 loops on: ended after the 20 s bound with the reason",
+          f"rc {p.returncode}, {dt:.0f} s: " + (text.strip().splitlines() or [""])[-2][:200])
 finish()
