@@ -1520,7 +1520,6 @@ static int export_weights(hid_t meta, const Model *m, const MetaInfo *mi, const 
     return 0;
 }
 
-
 static int inspect(hid_t f, const char *path, int is_info, const char *out, int safetensors) {
     const char *damaged = "the file is damaged: use an older checkpoint";
     Watchdog wd;
