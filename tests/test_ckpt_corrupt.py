@@ -8,6 +8,7 @@ Each must end with a clear message and status 1 (never a signal, a hang, or a
 sanitizer report; run with PARTITA=<an ASan build> to check the latter), and
 the pristine file must pass. The variants are deterministic (seeded).
 """
+import gzip
 import os
 import random
 import shutil
@@ -225,7 +226,6 @@ for name in subset:
 # itself loops forever reading a string attribute of /meta (H5HG_read), with no
 # error to refuse it by: the reads of /meta are bounded (20 s), for `ckpt info`
 # and for a resume alike.
-import gzip
 loop = os.path.join(d, "heap-loop.h5")
 with gzip.open(os.path.join(ROOT, "tests", "corpus", "hdf5", "heap-loop.h5.gz")) as src, open(loop, "wb") as dst:
     shutil.copyfileobj(src, dst)
