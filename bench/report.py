@@ -145,7 +145,10 @@ def overlap(d, rounds):
           f"against its two neighbours")
     print(f"  {'stage':>7s} {'on s/step':>16s} {'off s/step':>16s} {'compute s':>9s} {'exposed s':>22s} {'comm alone s':>16s} "
           f"{'blocked (sync)':>14s} {'in MPI':>6s} {'in flight':>9s} {'hidden':>7s} {'quartiles':>15s}")
-    for st, kind in ((0, "on"), (1, "on"), (1, "mpi"), (2, "on"), (2, "mpi"), (3, "on"), (3, "mpi")):
+    for st, kind in ((0, "on"), (1, "on"), (1, "mpi"), (2, "on"), (2, "rs"), (2, "mpi"), (3, "on"), (3, "rs"),
+                     (3, "mpi")):
+        if not os.path.exists(os.path.join(d, f"ov-1-{st}-{kind}", "run.h5")):
+            continue    # a stage left out (BENCH_OVERLAP_STAGES)
         on, mo = steps(f"{st}-{kind}")
         off, _ = steps(f"{st}-off")
         ex, co = triplets(f"{st}-{kind}-alt")
@@ -159,7 +162,7 @@ def overlap(d, rounds):
         wait, sync, fly, busy = col("comm_wait"), col("comm_wait_sync"), col("comm_inflight"), col("comm_busy")
         hid = lambda e: 1 - e / c if c > 0 else float("nan")
         q1, q2, q3 = np.percentile(ex, [25, 50, 75])
-        label = f"{st}" if kind == "on" else f"{st} mpi"
+        label = f"{st}" if kind == "on" else f"{st} {kind}"
         off_s = f"{np.median(off):7.2f} [{off.min():.2f}-{off.max():.2f}]" if kind == "on" else f"{'':16s}"
         print(f"  {label:>7s} {np.median(on):7.2f} [{on.min():.2f}-{on.max():.2f}] {off_s} {np.median(co):9.2f} "
               f"{q2:7.3f} [{ex.min():.3f}, {ex.max():.3f}] "
@@ -173,6 +176,8 @@ def overlap(d, rounds):
     print("  in MPI: rank 0's time inside MPI outside waits (issuing, polling: the copies and sums MPI does there),")
     print("  and the two-rank reduce-scatter's own sum; on, off, blocked, in MPI: separate runs of every step communicating")
     print("  stages 1-3: parameters node-shared (the default on one node: no all-gathers); 'mpi': zero.node_shared = false")
+    print("  stages 2-3: gradients fused (the default there: no reduce-scatter; comm alone is the reduce-scatter of the")
+    print("  'rs' run's bytes, the same gradients' reduction); 'rs': zero.fused_grads = false (the two-rank reduce-scatter)")
 
 
 def gen_file(path):

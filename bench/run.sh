@@ -41,8 +41,12 @@
 #     cores; a communicating step less the mean of its two neighbours is the
 #     communication's exposed cost, drift cancelled), communication
 #     alone (build/comm_alone: the bytes run.h5 recorded, no compute), fraction
-#     hidden with its spread; BENCH_OVERLAP_ROUNDS rounds (default 2), each
+#     hidden with its spread; at stages 2-3 also with [zero] fused_grads = false
+#     ('rs': the two-rank reduce-scatter instead of the fused sums, whose
+#     communication alone the fused rows are measured against: the same
+#     gradients' reduction); BENCH_OVERLAP_ROUNDS rounds (default 2), each
 #     running every configuration once, steps pooled (the machine drifts);
+#     BENCH_OVERLAP_STAGES (default "0 1 2 3") the stages;
 #     build/overlap_probe: ZeRO-3's gather pattern between two bare processes.
 #  9. serving (BENCH_ONLY=serve): `partita serve` on the 124M shape (random weights) under
 #     Poisson load from bench/loadgen.py (streamed), FastGen's experiment scaled to 2 cores:
@@ -149,8 +153,9 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
     $MPIEXEC -np 2 build/partita train $DECK --set run.overwrite=true $OV --set train.batch=4 \
       --set run.out_dir=$out/ov-$r-$name "$@" > $out/ov-$r-$name.log
   }
+  OSTAGES=${BENCH_OVERLAP_STAGES:-0 1 2 3}
   for r in $(seq 1 $OROUNDS); do
-    for st in 0 1 2 3; do
+    for st in $OSTAGES; do
       # compute alone: the same run with every other step's collectives moving nothing
       # (compute_only = alternate, 2 x STEPS steps), so each step that communicates sits
       # between two that do not and the machine's drift over minutes cancels
@@ -162,11 +167,24 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
         ov_run $st-mpi-alt --set zero.stage=$st --set comm.progress=$PROG --set zero.node_shared=false \
           --set comm.compute_only=alternate --set train.steps=$((2 * STEPS))
       fi
+      if [ $st = 2 ] || [ $st = 3 ]; then
+        ov_run $st-rs --set zero.stage=$st --set comm.progress=$PROG --set zero.fused_grads=false
+        ov_run $st-rs-alt --set zero.stage=$st --set comm.progress=$PROG --set zero.fused_grads=false \
+          --set comm.compute_only=alternate --set train.steps=$((2 * STEPS))
+      fi
     done
   done
-  for cfg in 0-on 1-on 2-on 3-on 1-mpi 2-mpi 3-mpi; do
-    read ar rs ag < <($PYTHON -c "import h5py,numpy as n;m=h5py.File('$out/ov-1-$cfg/run.h5')['metrics'];print(*[int(n.median(m[k][1:-1])) for k in ('comm_bytes_all_reduce','comm_bytes_reduce_scatter','comm_bytes_all_gather')])")
-    $MPIEXEC -np 2 build/comm_alone $ar $rs $ag 4194304 $STEPS > $out/ov-$cfg-comm.txt
+  for st in $OSTAGES; do
+    cfgs="$st-on"
+    [ $st != 0 ] && cfgs="$cfgs $st-mpi"
+    { [ $st = 2 ] || [ $st = 3 ]; } && cfgs="$cfgs $st-rs"
+    for cfg in $cfgs; do
+      # fused gradients reduce-scatter nothing: their communication alone is the
+      # same gradients' reduction, the reduce-scatter of the 'rs' run's bytes
+      src=$cfg; [ $cfg = $st-on ] && [ -d $out/ov-1-$st-rs ] && src=$st-rs
+      read ar rs ag < <($PYTHON -c "import h5py,numpy as n;m=h5py.File('$out/ov-1-$src/run.h5')['metrics'];print(*[int(n.median(m[k][1:-1])) for k in ('comm_bytes_all_reduce','comm_bytes_reduce_scatter','comm_bytes_all_gather')])")
+      $MPIEXEC -np 2 build/comm_alone $ar $rs $ag 4194304 $STEPS > $out/ov-$cfg-comm.txt
+    done
   done
   $PYTHON bench/report.py overlap $out $OROUNDS
   make -s build/overlap_probe

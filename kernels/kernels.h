@@ -84,6 +84,18 @@ void matmul_backward(float *dinp,           // (N, IC) overwritten
                      const float *inp,      // (N, IC)
                      const float *weight,   // (IC, OC) or (OC, IC)
                      size_t N, int IC, int OC, int trans_w);
+// dweight NULL: matmul_backward computes dinp (and dbias) only, and the
+// weight's gradient is left to matmul_dweight_rows.
+
+// Rows [r0, r1) of the weight's gradient (rows in W's layout: of IC when
+// trans_w == 0, of OC when 1): dweight rows = beta dweight rows + their part of
+// inp^T @ dout (its transpose when trans_w). dweight is the whole tensor; the
+// other rows are not touched. ZeRO's fused two-rank reduction (zero.h) sums
+// two ranks' gradients through it, each writing half the rows of one tensor.
+void matmul_dweight_rows(float *dweight,    // like weight
+                         const float *dout, // (N, OC)
+                         const float *inp,  // (N, IC)
+                         size_t N, int IC, int OC, int trans_w, int r0, int r1, float beta);
 
 // Dropout (training only), counter-based: element e of global row r at a site
 // is kept when dropout_bits(key, r, e) >= threshold, the key naming (run seed,

@@ -71,6 +71,8 @@ typedef struct Backend {
                            size_t N, int IC, int OC, int trans_w);
     void (*matmul_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, size_t N, int IC, int OC, int trans_w);
+    void (*matmul_dweight_rows)(float *dweight, const float *dout, const float *inp, size_t N, int IC, int OC,
+                                int trans_w, int r0, int r1, float beta);
     void (*gelu_forward)(float *out, const float *inp, size_t n);
     void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
     void (*residual_forward)(float *out, const float *a, const float *b, size_t n);

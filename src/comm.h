@@ -30,6 +30,7 @@
 
 #include <mpi.h>
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 enum { COMM_PATH_HOST = 0, COMM_PATH_STAGED, COMM_PATH_NCCL };
@@ -211,6 +212,15 @@ int comm_shared_alloc(Comm *c, size_t bytes, CommShared *s, char *why, size_t n)
 // barrier with memory synchronisation; the wait counts as communication).
 void comm_shared_sync(Comm *c, CommShared *s);
 void comm_shared_free(CommShared *s);
+// Node-shared flags (zero.c's fused reduction): waits until *flag, a counter
+// that rank `peer` of c raises in a shared window, reaches want. It yields the
+// core between looks (naps where ranks outnumber cores), counts the wait as
+// communication of op (wait_s), and is fatal past [comm] timeout_s, naming
+// what and the peer. Returns at once while compute_only skips this step's
+// float collectives.
+void comm_flag_wait(Comm *c, _Atomic uint64_t *flag, uint64_t want, int op, int peer, const char *what);
+// Whether compute_only skips this step's float collectives now.
+int comm_skipping(const Comm *c);
 
 // Blocking conveniences.
 void comm_allreduce_sum(Comm *c, float *buf, size_t n, const char *tag);

@@ -202,6 +202,8 @@ static const KeyDef keys[] = {
      "stage 3: gather the next layer while this one computes"},
     {"zero", "node_shared", T_BOOL, OFF(zero.node_shared), "true", ANY, NULL,
      "stages 1-3 on the cpu backend, every rank on one node: parameter shards in one shared window, read in place (no all-gathers)"},
+    {"zero", "fused_grads", T_BOOL, OFF(zero.fused_grads), "true", ANY, NULL,
+     "stages 2-3 with node-shared parameters on two ranks: each matrix's gradient summed by the products themselves into the owner's shard (no reduce-scatter)"},
 
     {"checkpoint", "dir", T_STR, OFF(checkpoint.dir), "", ANY, NULL,
      "checkpoint directory; \"\" = <run.out_dir>/ckpt"},

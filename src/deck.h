@@ -110,7 +110,9 @@ typedef struct ZeroConfig {
     int overlap;              // non-blocking collectives overlapped with compute
     int prefetch;             // stage 3: gather the next unit ahead
     int node_shared;          // stages 1-3: shards in a node-shared window where it applies (zero.h)
+    int fused_grads;          // stages 2-3, node-shared, two ranks: weight gradients summed by the products (zero.h)
     int shared;               // not a key: set by zero_create where the window is in use (zero_plan counts it)
+    int fused;                // not a key: set by zero_create where fused gradients are in use (zero_plan counts it)
     size_t tokens;            // not a key: this rank's token rows per micro-step (B T), set by the trainer on
                               // the cpu backend (0 elsewhere): the early embeddings' exchange (zero.h)
     int64_t accum;            // not a key: micro-steps per step, set by the trainer (0 = 1): stages 2-3

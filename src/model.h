@@ -107,6 +107,14 @@ typedef struct ParamStore {
     // The encoder's gradient: row i of dout (B T rows of C) adds to wte row
     // tok[i] and to wpe row pos0 + i % T.
     void (*embed_rows)(void *ctx, const float *dout, const int32_t *tok, int B, int T, int pos0);
+    // Optional (NULL: unused). Whether the store computes the gradient of
+    // matrix tensor t (tensor-table index; model_dweight_tensor) itself, summing
+    // it across ranks as it goes (zero.h, the fused reduction). The model then
+    // computes only the input's gradient (and the bias's) and calls dweight for
+    // the weight's: part 0 before the input's gradient, part 1 after it.
+    int (*takes_dweight)(void *ctx, int tensor);
+    void (*dweight)(void *ctx, int tensor, int part, const float *dout, const float *inp, size_t N, int IC,
+                    int OC, int trans_w);
     // Inference stores only (model_forward_paged): matrix tensor t (tensor-table
     // index) as held. The LM head uses t = 0 (wte).
     HeldMatrix (*matrix)(void *ctx, int tensor);
@@ -221,6 +229,11 @@ void model_table(Model *m, const ModelConfig *mc);
 void model_init_range(const Model *m, float *dst, size_t begin, size_t end, uint64_t seed, double std);
 
 const ParamTensor *model_find(const Model *m, const char *name);
+// Whether model_backward writes tensor t's gradient by one matrix product alone
+// (so ParamStore.dweight may take it): wte (the LM head; the encoder's rows go
+// to embed_rows where the store takes the embeddings early) and the four
+// matrices of each dense layer (not the experts').
+int model_dweight_tensor(const Model *m, int t);
 // Unit holding flat element i.
 int model_unit_of(const Model *m, size_t i);
 

@@ -160,12 +160,192 @@ static float *landing(const Zero *z, const ZeroBucket *b) { return z->gland[b->s
 static void tile_poke(void *ctx) { poke(ctx); }
 
 static void fold_embed_rows(Zero *z, float *got, size_t lo, size_t hi);
+static int early_applies(const Zero *z, size_t tokens, size_t *per);
+
+// ---------------------------------------------------------------------------
+// Fused gradients (zero.h)
+
+static size_t flag_floats_bytes(const Zero *z) { return 2 * (size_t)z->m->ntensors * sizeof(uint64_t); }
+
+// Rank k's flag of tensor t: kind 0 "first half written", 1 "both written".
+static _Atomic uint64_t *fflag(const Zero *z, int k, int kind, int t) {
+    return (_Atomic uint64_t *)(z->fsh.base + (size_t)k * flag_floats_bytes(z)) + (size_t)kind * z->m->ntensors + t;
+}
+
+static float *grad_layout(const Zero *z) { return (float *)z->gsh.base; }
+
+// Rows [r0, r1) of tensor rows that rank k writes in part `part` (0 first).
+static void fused_rows(int k, int part, int rows, int *r0, int *r1) {
+    int half = (rows + 1) / 2, which = part == 0 ? k : 1 - k;
+    *r0 = which == 0 ? 0 : half;
+    *r1 = which == 0 ? half : rows;
+}
+
+static int store_takes_dweight(void *ctx, int t) {
+    const Zero *z = ctx;
+    return z->fused && z->fuse[t];
+}
+
+static void store_dweight(void *ctx, int t, int part, const float *dout, const float *inp, size_t N, int IC,
+                          int OC, int trans_w) {
+    Zero *z = ctx;
+    const ParamTensor *pt = &z->m->tensors[t];
+    int peer = 1 - z->r, r0, r1;
+    fused_rows(z->r, part, trans_w ? OC : IC, &r0, &r1);
+    char what[96];
+    snprintf(what, sizeof what, "%s gradient of %.60s", part == 0 ? "previous" : "first half of the", pt->name);
+    // Part 0: the other rank's part 1 of the last micro-step wrote these rows;
+    // part 1: its part 0 of this one writes them first.
+    comm_flag_wait(z->comm, fflag(z, peer, part == 0 ? 1 : 0, t), part == 0 ? z->gen - 1 : z->gen,
+                   COMM_REDUCE_SCATTER, peer, what);
+    float beta = part == 0 && z->first_micro ? 0.0f : 1.0f;
+    z->m->bk->matmul_dweight_rows(grad_layout(z) + pt->offset, dout, inp, N, IC, OC, trans_w, r0, r1, beta);
+    atomic_store_explicit(fflag(z, z->r, part, t), z->gen, memory_order_release);
+}
+
+// Whether tensor t has elements in [lo, hi).
+static int tensor_within(const Zero *z, int t, size_t lo, size_t hi) {
+    const ParamTensor *pt = &z->m->tensors[t];
+    return pt->offset < hi && pt->offset + pt->numel > lo;
+}
+
+// The tensors of bucket b the products do not reduce (biases, LayerNorms,
+// experts): none for the embeddings (wte by its product, wpe by the encoder's rows).
+static int count_packed(const Zero *z, const ZeroBucket *b, int *list, size_t *floats) {
+    int n = 0;
+    *floats = 0;
+    if (b->u_lo == 0) return 0;
+    for (int t = 0; t < z->m->ntensors; t++) {
+        if (z->fuse[t] || !tensor_within(z, t, b->begin, b->end)) continue;
+        if (list) list[n] = t;
+        n++;
+        *floats += z->m->tensors[t].numel;
+    }
+    return n;
+}
+
+// The packed floats of every bucket (zero_plan counts them with a Zero of its own).
+static size_t pack_floats(Zero *z, int assign) {
+    size_t at = 0;
+    for (int i = 0; i < z->nbuckets; i++) {
+        ZeroBucket *b = &z->buckets[i];
+        size_t n;
+        int k = count_packed(z, b, NULL, &n);
+        if (assign) {
+            b->npacked = k;
+            b->packed = xcalloc(sizeof(int) * (size_t)(k ? k : 1), "packed gradient tensors");
+            count_packed(z, b, b->packed, &n);
+            b->pack_at = at;
+            b->pack_n = n;
+        }
+        at += n;
+    }
+    return at;
+}
+
+static void mark_fused(Zero *z) {
+    z->fuse = xcalloc((size_t)z->m->ntensors, "fused tensors");
+    for (int t = 0; t < z->m->ntensors; t++) z->fuse[t] = (char)model_dweight_tensor(z->m, t);
+}
+
+// The staging's packed tensors zeroed (all the model writes there when fused).
+static void zero_packed(Zero *z, ZeroBucket *b) {
+    for (int i = 0; i < b->npacked; i++) {
+        const ParamTensor *pt = &z->m->tensors[b->packed[i]];
+        z->m->bk->zero(b->staging + (pt->offset - b->begin), pt->numel);
+    }
+}
+
+static void fused_launch(Zero *z, ZeroBucket *b, const char *tag) {
+    b->direct = z->first_micro;
+    b->gen = z->gen;
+    if (!b->pack_n) return;
+    float *pk = z->pack + b->pack_at;
+    for (int i = 0; i < b->npacked; i++) {
+        const ParamTensor *pt = &z->m->tensors[b->packed[i]];
+        z->m->bk->copy(pk, b->staging + (pt->offset - b->begin), pt->numel);
+        pk += pt->numel;
+    }
+    comm_iallreduce_sum(z->g[b->group].comm, z->pack + b->pack_at, b->pack_n, tag, &b->req);
+}
+
+// Bucket b complete in this rank's shard: the other rank's products into it
+// done, the packed tensors' sums added (or, first in the step, put) where
+// they fall in the shard, and for the embeddings the encoder's rows.
+static void fused_finish(Zero *z, ZeroBucket *b) {
+    ZeroGroup *g = &z->g[b->group];
+    comm_wait(g->comm, &b->req);
+    int peer = 1 - z->r;
+    size_t lo, hi;
+    zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
+    float *lay = grad_layout(z);
+    for (int t = 0; t < z->m->ntensors; t++)
+        if (z->fuse[t] && tensor_within(z, t, lo, hi))
+            comm_flag_wait(z->comm, fflag(z, peer, 1, t), b->gen, COMM_REDUCE_SCATTER, peer,
+                           z->m->tensors[t].name);
+    const float *pk = z->pack + b->pack_at;
+    for (int i = 0; i < b->npacked; i++) {
+        const ParamTensor *pt = &z->m->tensors[b->packed[i]];
+        size_t a = max_sz(pt->offset, lo), e = min_sz(pt->offset + pt->numel, hi);
+        if (a < e && b->direct) z->m->bk->copy(lay + a, pk + (a - pt->offset), e - a);
+        else if (a < e) z->m->bk->axpy(lay + a, pk + (a - pt->offset), 1.0f, e - a);
+        pk += pt->numel;
+    }
+    if (b->u_lo != 0) return;
+    const ParamTensor *wpe = &z->m->tensors[1];     // by the encoder's rows alone
+    size_t a = max_sz(wpe->offset, lo), e = min_sz(wpe->offset + wpe->numel, hi);
+    if (a < e && b->direct) z->m->bk->zero(lay + a, e - a);
+    fold_embed_rows(z, lay + lo, lo, hi);
+}
+
+// Sets z->fused where it applies (zero.h), with its windows; collective over
+// z->comm when it may apply.
+static int fuse_grads(Zero *z, const ZeroConfig *zc) {
+    size_t per;
+    const char *no = !z->shared ? "the parameters are not node-shared"
+                     : z->stage < 2 ? "stage 1 reduces once a step"
+                     : z->p != 2 ? "not two ranks"
+                     : z->ngroups != 1 ? "two parameter groups (experts)"
+                     : z->offl.grads ? "gradients offloaded"
+                     : !z->m->bk->matmul_dweight_rows ? "the backend has no matmul_dweight_rows"
+                     : !early_applies(z, zc->tokens, &per) ? "the embeddings are not taken early (zero.h)" : NULL;
+    z->fused = 0;
+    if (!zc->fused_grads) return 0;
+    if (no) {
+        if (z->r == 0 && z->shared) log_info("zero: gradients not fused: %s\n", no);
+        return 0;
+    }
+    char why[200];
+    if (!comm_shared_alloc(z->comm, (z->own ? z->own : 1) * sizeof(float), &z->gsh, why, sizeof why)) {
+        if (z->r == 0) log_info("zero: gradients not fused: %s\n", why);
+        return 0;
+    }
+    if (!comm_shared_alloc(z->comm, 2 * (size_t)z->m->ntensors * sizeof(uint64_t), &z->fsh, why, sizeof why)) {
+        comm_shared_free(&z->gsh);
+        if (z->r == 0) log_info("zero: gradients not fused: %s\n", why);
+        return 0;
+    }
+    memset(z->fsh.mine, 0, flag_floats_bytes(z));
+    memset(z->gsh.mine, 0, (z->own ? z->own : 1) * sizeof(float));  // alignment gaps stay 0
+    comm_shared_sync(z->comm, &z->fsh);
+    z->fused = 1;
+    if (z->r == 0) log_info("zero: gradients fused: each matrix's summed by the two ranks' products (zero.h)\n");
+    return 1;
+}
 
 // A bucket's reduction is complete: fold this rank's part into the shard.
 // The early embeddings' encoder rows join the reduced sum first, on every path.
 static void bucket_finish(Zero *z, ZeroBucket *b) {
     if (!b->pending) return;
     ZeroGroup *g = &z->g[b->group];
+    if (z->fused) {
+        fused_finish(z, b);
+        b->pending = 0;
+        if (b->slot >= 0) z->gring_bucket[b->slot] = -1;
+        b->slot = -1;
+        b->staging = NULL;
+        return;
+    }
     comm_wait(g->comm, &b->req);
     b->pending = 0;
     int rows = z->early && b->u_lo == 0;
@@ -212,7 +392,8 @@ static void bucket_stage(Zero *z, int bi) {
         b->slot = k;
         b->staging = z->gring[k];
     }
-    z->m->bk->zero(b->staging, n);
+    if (z->fused) zero_packed(z, b);    // nothing else of it is written
+    else z->m->bk->zero(b->staging, n);
 }
 
 static void bucket_launch(Zero *z, ZeroBucket *b, int bi) {
@@ -226,7 +407,9 @@ static void bucket_launch(Zero *z, ZeroBucket *b, int bi) {
     size_t lo, hi;
     zero_group_part(g, g->r, b->begin, b->end, &lo, &hi);
     b->pending = 1;
-    if (z->stage == 0) {
+    if (z->fused) {
+        fused_launch(z, b, tag);
+    } else if (z->stage == 0) {
         comm_iallreduce_sum(g->comm, z->grads + b->begin, b->end - b->begin, tag, &b->req);
     } else {
         const float *send = z->stage == 1 ? z->grads + b->begin : b->staging;
@@ -573,8 +756,8 @@ void zero_plan(const Model *m, const ZeroConfig *zc, int p, int r, int accum, Ze
 
 // Whether a Zero keeps its receive buffer: only stages 2-3 reduce more than
 // once a step (every micro-step), and only in memory (on NVMe they land in gland).
-static int keeps_recv(int64_t stage, int offl_grads, int64_t accum) {
-    return stage >= 2 && !offl_grads && accum > 1;
+static int keeps_recv(int64_t stage, int offl_grads, int fused, int64_t accum) {
+    return stage >= 2 && !offl_grads && !fused && accum > 1;
 }
 
 void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *off, int p, int r, int accum,
@@ -598,7 +781,11 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
     // The receive buffer: the first reduction of a step lands in the shard
     // itself, so only stages 2-3 with micro-steps after it need one.
     if (zc->stage >= 1 && z.offl.grads) plan->working += (2 * max_sz(most, 1) + max_sz(emb, 1)) * f;
-    if (keeps_recv(zc->stage, z.offl.grads, accum)) plan->working += (own ? own : 1) * f;
+    if (keeps_recv(zc->stage, z.offl.grads, zc->fused, accum)) plan->working += (own ? own : 1) * f;
+    if (zc->fused) {    // the packed other tensors (fused gradients)
+        mark_fused(&z);
+        plan->working += max_sz(pack_floats(&z, 0), 1) * f;
+    }
     if (zc->stage >= 2) plan->working += (2 * largest_bucket(&z) + m->unit_end[0]) * f;
     if (zc->stage == 3 && !z.shared) {
         size_t fin = m->unit_end[m->s.L + 1] - m->unit_begin[m->s.L + 1];
@@ -609,6 +796,11 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
     // reduce-scatter and all-reduce do): one bucket's worth when p > 1.
     if (p > 1) plan->mpi_temp = max_sz(largest_bucket(&z), m->unit_end[0]) * f;
     for (int k = 0; k < z.ngroups; k++) plan_sent(&z, &z.g[k], zc->stage, accum, plan->sent);
+    if (zc->fused) {    // no reduce-scatter: the packed tensors' all-reduce instead
+        plan->sent[COMM_REDUCE_SCATTER] = 0.0;
+        plan->sent[COMM_ALLREDUCE] += 2.0 * (p - 1) / p * (double)pack_floats(&z, 0) * (double)f * accum;
+        free(z.fuse);
+    }
     size_t per;
     if (early_applies(&z, zc->tokens, &per)) {   // the encoder rows' exchange (create_early)
         plan->working += ((size_t)p * per + embed_row_cap(&z, zc->tokens) * (size_t)m->s.C) * f;
@@ -705,6 +897,7 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
     // What the offload engine holds is not allocated here (zero_plan_offload counts the same).
     ZeroConfig zcc = *zc;
     zcc.shared = share_params(z, zc);
+    zcc.fused = fuse_grads(z, zc);
     if (z->shared) {
         z->params = (float *)(z->stage == 3 ? z->shm.mine : z->shm.base);
         z->state_bytes += own * sizeof(float);
@@ -712,9 +905,14 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
         z->params = alloc_floats(z, z->stage == 3 ? own : z->N, "parameters", &z->state_bytes);
     }
     if (z->stage <= 1) z->grads = alloc_floats(z, z->N, "gradients", &z->state_bytes);
-    if (z->stage >= 1 && !z->offl.grads) {
+    if (z->fused) {
+        z->gshard = (float *)z->gsh.mine;
+        z->state_bytes += (own ? own : 1) * sizeof(float);
+        mark_fused(z);
+        z->pack = alloc_floats(z, max_sz(pack_floats(z, 1), 1), "packed gradients", &z->working_bytes);
+    } else if (z->stage >= 1 && !z->offl.grads) {
         z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);
-        if (keeps_recv(z->stage, z->offl.grads, zc->accum))     // for micro-steps after the first (zero_plan_offload)
+        if (keeps_recv(z->stage, z->offl.grads, 0, zc->accum))     // for micro-steps after the first (zero_plan_offload)
             z->recv = alloc_floats(z, own ? own : 1, "reduce-scatter buffer", &z->working_bytes);
     }
     if (z->offl.grads) {    // a landing buffer per gradient staging slot (two layer buckets, the embeddings)
@@ -762,6 +960,10 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
         z->store.embed_early = store_embed_early;
         z->store.embed_rows = store_embed_rows;
     }
+    if (z->fused) {
+        z->store.takes_dweight = store_takes_dweight;
+        z->store.dweight = store_dweight;
+    }
 }
 
 static void offload_drop_host(Zero *z);
@@ -782,7 +984,15 @@ void zero_free(Zero *z) {
     if (z->shared) comm_shared_free(&z->shm);
     else bk->release(z->params);
     bk->release(z->grads);
-    bk->release(z->gshard);
+    if (z->fused) {
+        comm_shared_free(&z->gsh);
+        comm_shared_free(&z->fsh);
+        bk->release(z->pack);
+        free(z->fuse);
+    } else {
+        bk->release(z->gshard);
+    }
+    for (int i = 0; i < z->nbuckets; i++) free(z->buckets[i].packed);
     bk->release(z->recv);
     for (int k = 0; k < 3; k++) bk->release(z->gland[k]);
     for (int k = 0; k < ZSLOT_N; k++) bk->release(z->slots[k].buf);
@@ -942,7 +1152,8 @@ void zero_begin_step(Zero *z, int64_t step) {
 void zero_begin_micro(Zero *z, int micro, int accum) {
     if (z->offl.grads)  // gradients on NVMe take each micro-step's buckets whole, in order
         for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
-    SYS_CHECK(micro == 0 || z->recv || z->stage <= 1 || z->offl.grads,
+    z->gen++;   // fused gradients: the flags' generation
+    SYS_CHECK(micro == 0 || z->recv || z->stage <= 1 || z->offl.grads || z->fused,
               "zero: micro-step %d of %d, but created for one (ZeroConfig.accum)", micro + 1, accum);
     z->first_micro = micro == 0;
     z->last_micro = micro == accum - 1;

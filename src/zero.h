@@ -28,6 +28,33 @@
 // too, stage 3 no gather slots. Reductions are unchanged, and the losses are
 // bit-identical with the window off (tests/test_zero.py).
 //
+// Fused gradients ([zero] fused_grads, on by default where it applies):
+// stages 2-3 with node-shared parameters on exactly two ranks (one group,
+// gradients in memory, the embeddings taken early). The gradient shards too
+// live back to back in a node-shared window (gsh): the whole flat gradient
+// layout, each rank's part its shard. The weight gradients of the matrix
+// products (wte's LM head and each dense layer's four matrices:
+// model_dweight_tensor), nearly every float of the model, are not
+// reduce-scattered at all: each rank's product writes half of the tensor's
+// rows, then, once the other rank's flag says its half is there, adds its
+// contribution to the other half (kernels.h matmul_dweight_rows, beta 1).
+// Rank 0 writes rows [0, ceil(rows/2)) first, rank 1 the rest, so the two
+// halves of a pair are written concurrently and the sum's order is fixed
+// (the losses are deterministic, and equal the reduce-scatter's within
+// rounding: fl(a + b) taken block by block of the product's inner
+// dimension). The sum thus rides inside the products, which are bound by
+// arithmetic, not memory: the reduce-scatter's copies and sums (CPU work on
+// the cores that compute, which no overlap can hide when every core
+// computes) are gone. Flags (fsh: per rank and tensor, "first half written"
+// and "both written", each the micro-step's generation) order the writes; a
+// wait on one counts as communication and is bounded by [comm] timeout_s.
+// The other tensors (biases, LayerNorms, experts) are packed per bucket and
+// all-reduced (a few KB a layer) and the encoder's rows exchanged as before;
+// each rank adds what falls in its shard. The shard is read by the update
+// only after the other rank's "both written" flags of every tensor with
+// elements in it, and no rank writes the next step's gradients before the
+// update's barrier (zero_step).
+//
 // The embeddings' gradient, early (every stage, ZeroConfig.tokens set: the
 // trainer does on cpu): where every rank's token rows are few next to the
 // vocabulary (p B T <= Vp), the embeddings' bucket is reduced as soon as the
@@ -86,6 +113,10 @@ typedef struct ZeroBucket {
     int direct;             // its reduction lands in the gradient shard itself (the step's first
                             // reduction of it, in memory): nothing to fold
     CommReq req;
+    int *packed;            // fused: (npacked) its tensors the products do not reduce ...
+    int npacked;
+    size_t pack_at, pack_n; //   ... packed at Zero.pack + pack_at, pack_n floats
+    uint64_t gen;           // fused: the micro-step (Zero.gen) it was launched in
 } ZeroBucket;
 
 typedef struct ZeroSlot {   // stage 3: a working buffer for one unit's gathered parameters
@@ -167,6 +198,12 @@ typedef struct Zero {
     uint32_t *erow;         // (ecap) the row of each slot in use: wte row t as t, wpe row q as Vp + q
     size_t nerow, ecap;     // slots in use; slots
     int32_t *eslot;         // (Vp + maxT) each row's slot in esparse, -1 none
+    int fused;              // fused gradients (above)
+    CommShared gsh;         //   every rank's gradient shard back to back: gshard is gsh.mine
+    CommShared fsh;         //   (p, 2, ntensors) uint64 flags: first half written, both written
+    uint64_t gen;           //   micro-steps begun since creation: the flags' generation
+    char *fuse;             //   (ntensors) 1: reduced by its product (model_dweight_tensor)
+    float *pack;            //   every bucket's packed other tensors, back to back
     ParamStore store;
     ZeroOffload offl;       // what the groups' Offloads hold (zero_create_offload)
 } Zero;

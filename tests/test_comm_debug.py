@@ -38,8 +38,17 @@ for stage in (0, 3):
 # timeout_s, naming the collective they wait in. (A rank that skips one without
 # debug mode is undefined behaviour in MPI: it may hang or mismatch.)
 p = run(["train", deck, "--set", "zero.stage=2", "--set", "comm.timeout_s=3", "--set", "comm.fault_hang_s=60",
-         "--set", f"run.out_dir={d}/t"], np=2, check_rc=False, timeout=120)
+         "--set", "zero.fused_grads=false", "--set", f"run.out_dir={d}/t"], np=2, check_rc=False, timeout=120)
 check(p.returncode != 0 and "stuck" in p.stderr and "step 2" in p.stderr and "reduce_scatter" in p.stderr,
       "the timeout names the stuck collective when a rank stalls",
       next((l for l in p.stderr.splitlines() if "stuck" in l), "(no message)"))
+# Fused gradients (zero.h; the default here): the other rank waits on a flag in
+# shared memory, not in MPI, and gives up the same way, naming the tensor. With a
+# bucket a unit, rank 1 stalls before ln_f's packed all-reduce, before the last
+# layer's products: rank 0 waits there for its first half.
+p = run(["train", deck, "--set", "zero.stage=2", "--set", "comm.timeout_s=3", "--set", "comm.fault_hang_s=60",
+         "--set", "zero.bucket_mb=0.001", "--set", f"run.out_dir={d}/tf"], np=2, check_rc=False, timeout=120)
+msg = next((l for l in p.stderr.splitlines() if "waited" in l), "(no message)")
+check(p.returncode != 0 and "gradients fused" in p.stdout and "for rank 1's" in msg and "gradient of" in msg
+      and "(step 2)" in msg, "fused gradients: a stalled rank ends the other's wait after timeout_s, naming the tensor", msg)
 finish()

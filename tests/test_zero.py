@@ -20,6 +20,11 @@
    the np=1 curve within 1e-5 (the encoder's rows are added after the
    reduction, an order of its own); overlap on and off agree bit for bit at
    stages 0, 1 and 3; the log says the path was taken.
+6. A /dev/shm too small for the window: MPI's gathers, the reason logged.
+7. Fused gradients ([zero] fused_grads, zero.h), np=2 stages 2-3 with and without
+   micro-steps: the np=1 curve within 1e-5, deterministic, no reduce-scatter
+   bytes (the all-reduce moves the packed biases and LayerNorms only), the
+   same model states; not fused at np=3, the log saying why.
 """
 import os
 
@@ -157,4 +162,33 @@ else:
     check(p.returncode == 0 and "parameters not node-shared: /dev/shm has" in p.stdout + p.stderr,
           "a /dev/shm too small for the window: MPI's gathers, the reason logged",
           (p.stdout + p.stderr).strip().splitlines()[0] if (p.stdout + p.stderr).strip() else f"rc {p.returncode}")
+# 7. Fused gradients (the default at stages 2-3 with node-shared parameters on two ranks and the
+# embeddings taken early): the matrices' gradients summed by the products themselves, the other
+# tensors (biases, LayerNorms: 9 C + H a layer, 2 C for ln_f) all-reduced packed; no reduce-scatter.
+FUSED = "gradients fused"
+L, C, H = 3, 30, 120
+packed = (L * (9 * C + H) + 2 * C) * 4      # bytes a micro-step's packed all-reduce sends at p = 2
+for stage, micro in ((2, None), (3, None), (2, 3), (3, 3)):
+    label = f"np=2 ZeRO-{stage} fused gradients{', 2 micro-steps' if micro else ''}"
+    a = runs.get(("big", 2, stage, micro, "true")) or train(2, stage, deck=big, name=f"big-m{micro}-fz", shared=True,
+                                                             micro=micro)
+    b = train(2, stage, deck=big, name=f"big-m{micro}-fz2", shared=True, micro=micro)
+    n = train(2, stage, ["--set", "zero.fused_grads=false"], deck=big, name=f"big-m{micro}-nofz", shared=True, micro=micro)
+    check(FUSED in a["log"] and FUSED not in n["log"], f"{label}: the log says so (and not with fused_grads = false)")
+    e = float(np.max(np.abs(a["loss"] - bref["loss"]) / bref["loss"]))
+    check(len(a["loss"]) == 20 and e < 1e-5, f"{label}: follows the np=1 loss curve",
+          f"max rel diff {e:.1e} (tol 1e-5); final {a['loss'][-1]:.6f} vs {bref['loss'][-1]:.6f}")
+    check(np.array_equal(a["loss"], b["loss"]), f"{label}: deterministic (two runs bit for bit)",
+          f"{a['loss'][-1]!r} vs {b['loss'][-1]!r}")
+    accum = 2 if micro else 1
+    want = packed * accum + 16      # and the loss and gradient norm (two doubles)
+    check(a["rs"][s] == 0 and n["rs"][s] > 0 and a["ar"][s] == want and a["ag"][s] == n["ag"][s],
+          f"{label}: no reduce-scatter, the all-reduce only the packed small tensors",
+          f"reduce-scatter {a['rs'][s]:.0f} (unfused {n['rs'][s]:.0f}), all-reduce {a['ar'][s]:.0f} vs {want}")
+    check(a["state"] == n["state"], f"{label}: the same model states as the reduce-scatter's",
+          f"{a['state']} vs {n['state']} bytes")
+r = runs[("big", 3, 3, None, "true")]
+check(FUSED not in r["log"] and "gradients not fused: not two ranks" in r["log"],
+      "np=3: gradients not fused, the log says why", next((l for l in r["log"].splitlines() if "fused" in l), "nothing"))
+
 finish()

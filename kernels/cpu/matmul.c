@@ -82,13 +82,11 @@ void matmul_backward(float *dinp,           // (N, IC) overwritten
                      const float *weight,   // (IC, OC) or (OC, IC)
                      size_t N, int IC, int OC, int trans_w)
 {
-    if (trans_w) {          // W (OC, IC): dinp = dout W, dW += dout^T inp
+    if (trans_w)            // W (OC, IC): dinp = dout W
         gemm_tiled(0, 0, (int)N, IC, OC, dout, OC, weight, IC, 0.0f, dinp, IC);
-        gemm_tiled(1, 0, OC, IC, (int)N, dout, OC, inp, IC, 1.0f, dweight, IC);
-    } else {                // W (IC, OC): dinp = dout W^T, dW += inp^T dout
+    else                    // W (IC, OC): dinp = dout W^T
         gemm_tiled(0, 1, (int)N, IC, OC, dout, OC, weight, OC, 0.0f, dinp, IC);
-        gemm_tiled(1, 0, IC, OC, (int)N, inp, IC, dout, OC, 1.0f, dweight, OC);
-    }
+    if (dweight) matmul_dweight_rows(dweight, dout, inp, N, IC, OC, trans_w, 0, trans_w ? OC : IC, 1.0f);
     if (!dbias) return;
     // Each thread owns a column block and walks the rows in order (thread-count independent).
     int nblk = (OC + MM_CB - 1) / MM_CB;
@@ -103,4 +101,14 @@ void matmul_backward(float *dinp,           // (N, IC) overwritten
         }
         for (int c = 0; c < nc; c++) dbias[c0 + c] += acc[c];
     }
+}
+
+void matmul_dweight_rows(float *dweight, const float *dout, const float *inp,
+                         size_t N, int IC, int OC, int trans_w, int r0, int r1, float beta)
+{
+    if (r1 <= r0) return;
+    if (trans_w)            // dW (OC, IC) rows r0..r1 = dout[:, r0..r1]^T inp
+        gemm_tiled(1, 0, r1 - r0, IC, (int)N, dout + r0, OC, inp, IC, beta, dweight + (size_t)r0 * IC, IC);
+    else                    // dW (IC, OC) rows r0..r1 = inp[:, r0..r1]^T dout
+        gemm_tiled(1, 0, r1 - r0, OC, (int)N, inp + r0, IC, dout, OC, beta, dweight + (size_t)r0 * OC, OC);
 }

@@ -116,6 +116,8 @@ void cuda_matmul_forward(float *out, const float *inp, const float *weight, cons
 void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                           const float *inp, const float *weight, size_t N, int IC, int OC,
                           int trans_w);
+void cuda_matmul_dweight_rows(float *dweight, const float *dout, const float *inp, size_t N, int IC, int OC,
+                              int trans_w, int r0, int r1, float beta);
 
 void cuda_gelu_forward(float *out, const float *inp, size_t n);
 void cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);

@@ -99,25 +99,37 @@ void cuda_matmul_backward(float *dinp,          // (N, IC) overwritten
 {
     if (N == 0) return;
     check_dims(N, IC, OC);
-    const size_t w_elems = (size_t)IC * OC, o_elems = N * (size_t)OC, i_elems = N * (size_t)IC;
+    const size_t w_elems = (size_t)IC * OC, o_elems = N * (size_t)OC;
     if (trans_w) {
         // dinp = dout @ W, W (OC, IC): dinp^T (IC x N) = W^T (IC x OC) dout^T (OC x N);
         // W row-major (OC, IC) is column-major (IC x OC) with ld IC.
         gemm(CUBLAS_OP_N, CUBLAS_OP_N, IC, (int)N, OC, weight, IC, w_elems, dout, OC, o_elems,
              0.0f, dinp, IC);
-        // dW (OC, IC) += dout^T @ inp: dW^T (IC x OC) += inp^T (IC x N) dout (N x OC).
-        gemm(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, (int)N, inp, IC, i_elems, dout, OC, o_elems,
-             1.0f, dweight, IC);
     } else {
         // dinp = dout @ W^T, W (IC, OC): dinp^T (IC x N) = W (IC x OC) dout^T (OC x N);
         // W row-major (IC, OC) is column-major (OC x IC) with ld OC, transposed.
         gemm(CUBLAS_OP_T, CUBLAS_OP_N, IC, (int)N, OC, weight, OC, w_elems, dout, OC, o_elems,
              0.0f, dinp, IC);
-        // dW (IC, OC) += inp^T @ dout: dW^T (OC x IC) += dout^T (OC x N) inp (N x IC).
-        gemm(CUBLAS_OP_N, CUBLAS_OP_T, OC, IC, (int)N, dout, OC, o_elems, inp, IC, i_elems,
-             1.0f, dweight, OC);
     }
+    if (dweight) cuda_matmul_dweight_rows(dweight, dout, inp, N, IC, OC, trans_w, 0, trans_w ? OC : IC, 1.0f);
     if (dbias) cuda_colsum_accumulate(dbias, dout, N, OC);
+}
+
+// Rows [r0, r1) of dweight (W's layout) = beta rows + their part of the product.
+// Row-major rows of dW are column-major columns: a column range of dW^T, with the
+// operand sliced the same way (its first element offset, its leading dimension kept).
+void cuda_matmul_dweight_rows(float *dweight, const float *dout, const float *inp,
+                              size_t N, int IC, int OC, int trans_w, int r0, int r1, float beta)
+{
+    if (N == 0 || r1 <= r0) return;
+    check_dims(N, IC, OC);
+    const size_t o_elems = N * (size_t)OC, i_elems = N * (size_t)IC;
+    if (trans_w)    // dW (OC, IC) rows r0..r1: dW^T[:, r0..r1] (IC x m) = inp^T (IC x N) dout[:, r0..r1] (N x m)
+        gemm(CUBLAS_OP_N, CUBLAS_OP_T, IC, r1 - r0, (int)N, inp, IC, i_elems, dout + r0, OC, o_elems - (size_t)r0,
+             beta, dweight + (size_t)r0 * IC, IC);
+    else            // dW (IC, OC) rows r0..r1: dW^T[:, r0..r1] (OC x m) = dout^T (OC x N) inp[:, r0..r1] (N x m)
+        gemm(CUBLAS_OP_N, CUBLAS_OP_T, OC, r1 - r0, (int)N, dout, OC, o_elems, inp + r0, IC, i_elems - (size_t)r0,
+             beta, dweight + (size_t)r0 * OC, OC);
 }
 
 // ---------------------------------------------------------------- peak

@@ -272,6 +272,20 @@ static void test_matmul(Rng &r, size_t N, int IC, int OC, int trans_w, int with_
         report_same("matmul_backward", "dweight", dget(dgw, W), hw, sh);
         report_same("matmul_backward", "dbias", dget(dgb, OC), hb, sh);
     }
+    // The weight's gradient by row ranges (ZeRO's fused two-rank reduction):
+    // the middle rows with beta 0 over poison, the rest accumulating onto dw0.
+    int rows = trans_w ? OC : IC, r0 = rows / 3, r1 = rows - rows / 4;
+    Vec rw = dw0;
+    matmul_dweight_rows(rw.data(), g.data(), x.data(), N, IC, OC, trans_w, r0, r1, 0.0f);
+    matmul_dweight_rows(rw.data(), g.data(), x.data(), N, IC, OC, trans_w, 0, r0, 1.0f);
+    matmul_dweight_rows(rw.data(), g.data(), x.data(), N, IC, OC, trans_w, r1, rows, 1.0f);
+    Vec pw = dw0;
+    for (size_t i = (size_t)r0 * (W / rows); i < (size_t)r1 * (W / rows); i++) pw[i] = NAN;
+    dset(dgw, pw);
+    cuda_matmul_dweight_rows(dgw, dg, dx, N, IC, OC, trans_w, r0, r1, 0.0f);
+    cuda_matmul_dweight_rows(dgw, dg, dx, N, IC, OC, trans_w, 0, r0, 1.0f);
+    cuda_matmul_dweight_rows(dgw, dg, dx, N, IC, OC, trans_w, r1, rows, 1.0f);
+    report("matmul_dweight_rows", "dweight", rel(dget(dgw, W), rw), tol_mm(), sh);
 }
 
 // ---------------------------------------------------------------- elementwise

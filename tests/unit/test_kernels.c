@@ -316,6 +316,40 @@ static double mm_loss(void *p)
     return dot(c->out, c->R, c->N * c->OC);
 }
 
+// matmul_dweight_rows: the rows cut in three at uneven points, the middle
+// written first with beta 0 over poison, the outer two accumulating (beta 1)
+// onto dw0, as the fused two-rank reduction uses it: every row must match dw0 +
+// the float64 gradient (outer) or the gradient alone (middle), and rows outside
+// a call's range must stay untouched.
+static int dweight_rows_case(const float *dout, const float *inp, const float *dw0, const double *rdw,
+                             size_t N, int IC, int OC, int tw)
+{
+    int fails = 0;
+    int rows = tw ? OC : IC, cols = tw ? IC : OC;
+    int a = rows / 3, b = rows - rows / 4;
+    size_t nw = (size_t)IC * OC;
+    float *dw = fcopy(dw0, nw);
+    poison(dw + (size_t)a * cols, (size_t)(b - a) * cols);
+    float *before = fcopy(dw, nw);
+    matmul_dweight_rows(dw, dout, inp, N, IC, OC, tw, a, b, 0.0f);
+    fails += check_true("matmul_dweight_rows leaves rows outside [r0, r1) alone",
+                        memcmp(dw, before, (size_t)a * cols * sizeof(float)) == 0 &&
+                        memcmp(dw + (size_t)b * cols, before + (size_t)b * cols, (size_t)(rows - b) * cols * sizeof(float)) == 0);
+    matmul_dweight_rows(dw, dout, inp, N, IC, OC, tw, 0, a, 1.0f);
+    matmul_dweight_rows(dw, dout, inp, N, IC, OC, tw, b, rows, 1.0f);
+    matmul_dweight_rows(dw, dout, inp, N, IC, OC, tw, b, b, 1.0f);    // empty: nothing
+    float *g = fnew(nw);
+    for (size_t i = 0; i < nw; i++) {
+        size_t row = i / (size_t)cols;
+        g[i] = row >= (size_t)a && row < (size_t)b ? dw[i] : dw[i] - dw0[i];
+    }
+    char buf[160];
+    snprintf(buf, sizeof buf, "matmul_dweight_rows in 3 parts (beta 0 and 1, trans_w=%d) vs float64", tw);
+    fails += check(buf, relerr(g, rdw, nw), TOL_FWD);
+    free(dw); free(before); free(g);
+    return fails;
+}
+
 static int matmul_case(Rng *r, size_t N, int IC, int OC, int tw, int has_bias, size_t kmax)
 {
     int fails = 0;
@@ -363,6 +397,17 @@ static int matmul_case(Rng *r, size_t N, int IC, int OC, int tw, int has_bias, s
     fails += check("matmul backward dinp vs float64 (all entries)", relerr(dinp, rdinp, nin), TOL_FWD);
     fails += check("matmul backward dweight vs float64 (all entries)", relerr(gdw, rdw, nw), TOL_FWD);
     if (has_bias) fails += check("matmul backward dbias vs float64 (all entries)", relerr(gdb, rdb, OC), TOL_FWD);
+    fails += dweight_rows_case(dout, inp, dw0, rdw, N, IC, OC, tw);
+    {   // dweight NULL: dinp and dbias as before, no weight gradient
+        float *dinp2 = fnew(nin), *db2 = fcopy(db0, OC);
+        poison(dinp2, nin);
+        matmul_backward(dinp2, NULL, has_bias ? db2 : NULL, dout, inp, w, N, IC, OC, tw);
+        fails += check_true("matmul backward with dweight NULL: the same dinp",
+                            memcmp(dinp2, dinp, nin * sizeof(float)) == 0);
+        if (has_bias)
+            fails += check_true("matmul backward with dweight NULL: the same dbias", memcmp(db2, db, OC * sizeof(float)) == 0);
+        free(dinp2); free(db2);
+    }
     free(rdinp); free(rdw); free(rdb); free(gdw); free(gdb);
     fails += check_fd("matmul backward dinp (overwritten)", r, dinp, NULL, mm_loss, &c, c.inp, nin, kmax);
     fails += check_fd("matmul backward dweight (accumulates)", r, dw, dw0, mm_loss, &c, c.w, nw, kmax);
