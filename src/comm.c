@@ -317,21 +317,22 @@ static int compute_only_now(const Comm *c) {
            (c->opt.compute_only == COMM_COMPUTE_ALTERNATE && (c->step & 1) == 0);   // 0-based step
 }
 
-int comm_skipping(const Comm *c) { return compute_only_now(c); }
-
 void comm_flag_wait(Comm *c, _Atomic uint64_t *flag, uint64_t want, int op, int peer, const char *what) {
     if (compute_only_now(c) || atomic_load_explicit(flag, memory_order_acquire) >= want) return;
     double t0 = MPI_Wtime();
     struct timespec nap = {0, 50000};
+    fly(c, 1);      // in flight while waited for (run.h5: a wait is never longer than what it waits on)
     for (long spins = 0; atomic_load_explicit(flag, memory_order_acquire) < want; spins++) {
         if (c->opt.oversubscribed && spins >= 20000) nanosleep(&nap, NULL);
         else sched_yield();
+        if ((spins & 63) == 63) comm_progress(c);   // collectives in flight move meanwhile
         if (c->opt.timeout_s > 0 && (spins & 255) == 0 && MPI_Wtime() - t0 > c->opt.timeout_s)
             FATAL("the other rank stopped before its part: it failed, hung, or took another path; "
                   "[comm] timeout_s bounds the wait",
                   "rank %d of group %s waited %.0f s for rank %d's %s (step %lld)", c->rank, c->name,
                   MPI_Wtime() - t0, peer, what, (long long)c->step + 1);
     }
+    fly(c, -1);
     double dt = MPI_Wtime() - t0;
     c->wait_s += dt;
     c->wait_op_s[op] += dt;

@@ -219,8 +219,6 @@ void comm_shared_free(CommShared *s);
 // what and the peer. Returns at once while compute_only skips this step's
 // float collectives.
 void comm_flag_wait(Comm *c, _Atomic uint64_t *flag, uint64_t want, int op, int peer, const char *what);
-// Whether compute_only skips this step's float collectives now.
-int comm_skipping(const Comm *c);
 
 // Blocking conveniences.
 void comm_allreduce_sum(Comm *c, float *buf, size_t n, const char *tag);

@@ -165,11 +165,15 @@ static int early_applies(const Zero *z, size_t tokens, size_t *per);
 // ---------------------------------------------------------------------------
 // Fused gradients (zero.h)
 
-static size_t flag_floats_bytes(const Zero *z) { return 2 * (size_t)z->m->ntensors * sizeof(uint64_t); }
+// A rank's flags: two per tensor, then one for the embeddings' encoder rows.
+enum { FLAG_FIRST = 0, FLAG_BOTH = 1, FLAG_FOLDED = 2 };
+static size_t flag_bytes(const Zero *z) { return (2 * (size_t)z->m->ntensors + 1) * sizeof(uint64_t); }
 
-// Rank k's flag of tensor t: kind 0 "first half written", 1 "both written".
+// Rank k's flag of tensor t: FLAG_FIRST "first half written", FLAG_BOTH
+// "both written"; FLAG_FOLDED (t unused) "encoder rows added to wte, wpe".
 static _Atomic uint64_t *fflag(const Zero *z, int k, int kind, int t) {
-    return (_Atomic uint64_t *)(z->fsh.base + (size_t)k * flag_floats_bytes(z)) + (size_t)kind * z->m->ntensors + t;
+    size_t at = kind == FLAG_FOLDED ? 2 * (size_t)z->m->ntensors : (size_t)kind * z->m->ntensors + (size_t)t;
+    return (_Atomic uint64_t *)(z->fsh.base + (size_t)k * flag_bytes(z)) + at;
 }
 
 static float *grad_layout(const Zero *z) { return (float *)z->gsh.base; }
@@ -194,10 +198,15 @@ static void store_dweight(void *ctx, int t, int part, const float *dout, const f
     fused_rows(z->r, part, trans_w ? OC : IC, &r0, &r1);
     char what[96];
     snprintf(what, sizeof what, "%s gradient of %.60s", part == 0 ? "previous" : "first half of the", pt->name);
-    // Part 0: the other rank's part 1 of the last micro-step wrote these rows;
+    // Part 0: the other rank's part 1 of the last micro-step wrote these rows,
+    // and (wte) its fold of that micro-step's encoder rows added to them, which
+    // comes late with overlap on (bucket_finish at this micro-step's start);
     // part 1: its part 0 of this one writes them first.
-    comm_flag_wait(z->comm, fflag(z, peer, part == 0 ? 1 : 0, t), part == 0 ? z->gen - 1 : z->gen,
+    comm_flag_wait(z->comm, fflag(z, peer, part == 0 ? FLAG_BOTH : FLAG_FIRST, t), part == 0 ? z->gen - 1 : z->gen,
                    COMM_REDUCE_SCATTER, peer, what);
+    if (part == 0 && pt->offset < z->m->unit_end[0])
+        comm_flag_wait(z->comm, fflag(z, peer, FLAG_FOLDED, 0), z->gen - 1, COMM_REDUCE_SCATTER, peer,
+                       "encoder rows of the previous micro-step");
     float beta = part == 0 && z->first_micro ? 0.0f : 1.0f;
     z->m->bk->matmul_dweight_rows(grad_layout(z) + pt->offset, dout, inp, N, IC, OC, trans_w, r0, r1, beta);
     atomic_store_explicit(fflag(z, z->r, part, t), z->gen, memory_order_release);
@@ -281,7 +290,7 @@ static void fused_finish(Zero *z, ZeroBucket *b) {
     float *lay = grad_layout(z);
     for (int t = 0; t < z->m->ntensors; t++)
         if (z->fuse[t] && tensor_within(z, t, lo, hi))
-            comm_flag_wait(z->comm, fflag(z, peer, 1, t), b->gen, COMM_REDUCE_SCATTER, peer,
+            comm_flag_wait(z->comm, fflag(z, peer, FLAG_BOTH, t), b->gen, COMM_REDUCE_SCATTER, peer,
                            z->m->tensors[t].name);
     const float *pk = z->pack + b->pack_at;
     for (int i = 0; i < b->npacked; i++) {
@@ -296,6 +305,7 @@ static void fused_finish(Zero *z, ZeroBucket *b) {
     size_t a = max_sz(wpe->offset, lo), e = min_sz(wpe->offset + wpe->numel, hi);
     if (a < e && b->direct) z->m->bk->zero(lay + a, e - a);
     fold_embed_rows(z, lay + lo, lo, hi);
+    atomic_store_explicit(fflag(z, z->r, FLAG_FOLDED, 0), b->gen, memory_order_release);
 }
 
 // Sets z->fused where it applies (zero.h), with its windows; collective over
@@ -307,6 +317,7 @@ static int fuse_grads(Zero *z, const ZeroConfig *zc) {
                      : z->p != 2 ? "not two ranks"
                      : z->ngroups != 1 ? "two parameter groups (experts)"
                      : z->offl.grads ? "gradients offloaded"
+                     : z->m->bk->device_memory ? "device memory (flags must follow the products on the host)"
                      : !z->m->bk->matmul_dweight_rows ? "the backend has no matmul_dweight_rows"
                      : !early_applies(z, zc->tokens, &per) ? "the embeddings are not taken early (zero.h)" : NULL;
     z->fused = 0;
@@ -320,12 +331,12 @@ static int fuse_grads(Zero *z, const ZeroConfig *zc) {
         if (z->r == 0) log_info("zero: gradients not fused: %s\n", why);
         return 0;
     }
-    if (!comm_shared_alloc(z->comm, 2 * (size_t)z->m->ntensors * sizeof(uint64_t), &z->fsh, why, sizeof why)) {
+    if (!comm_shared_alloc(z->comm, flag_bytes(z), &z->fsh, why, sizeof why)) {
         comm_shared_free(&z->gsh);
         if (z->r == 0) log_info("zero: gradients not fused: %s\n", why);
         return 0;
     }
-    memset(z->fsh.mine, 0, flag_floats_bytes(z));
+    memset(z->fsh.mine, 0, flag_bytes(z));
     memset(z->gsh.mine, 0, (z->own ? z->own : 1) * sizeof(float));  // alignment gaps stay 0
     comm_shared_sync(z->comm, &z->fsh);
     z->fused = 1;
@@ -381,7 +392,9 @@ static void bucket_stage(Zero *z, int bi) {
     ZeroBucket *b = &z->buckets[bi];
     size_t n = b->end - b->begin;
     if (b->u_lo == 0) {
-        b->staging = z->gembed;
+        // Fused: nothing of the embeddings is staged (wte by its product, wpe by the
+        // encoder's rows): the model's pointers into it are the layout's own.
+        b->staging = z->fused ? grad_layout(z) : z->gembed;
     } else {
         int k = z->gring_next;
         if (ring_busy(z, k)) k ^= 1;
@@ -786,7 +799,7 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
         mark_fused(&z);
         plan->working += max_sz(pack_floats(&z, 0), 1) * f;
     }
-    if (zc->stage >= 2) plan->working += (2 * largest_bucket(&z) + m->unit_end[0]) * f;
+    if (zc->stage >= 2) plan->working += (2 * largest_bucket(&z) + (zc->fused ? 0 : m->unit_end[0])) * f;
     if (zc->stage == 3 && !z.shared) {
         size_t fin = m->unit_end[m->s.L + 1] - m->unit_begin[m->s.L + 1];
         plan->working += (2 * max_sz(largest_layer(m), 1) + max_sz(m->unit_end[0], 1) + max_sz(fin, 1)) * f;
@@ -795,6 +808,7 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
     // MPI's reductions stage a message-sized temporary of their own (MPICH's
     // reduce-scatter and all-reduce do): one bucket's worth when p > 1.
     if (p > 1) plan->mpi_temp = max_sz(largest_bucket(&z), m->unit_end[0]) * f;
+    if (zc->fused) plan->mpi_temp = max_sz(pack_floats(&z, 0), 1) * f;    // the packed all-reduces alone
     for (int k = 0; k < z.ngroups; k++) plan_sent(&z, &z.g[k], zc->stage, accum, plan->sent);
     if (zc->fused) {    // no reduce-scatter: the packed tensors' all-reduce instead
         plan->sent[COMM_REDUCE_SCATTER] = 0.0;
@@ -935,7 +949,7 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
             z->gring[k] = alloc_floats(z, max_bucket, "gradient staging", &z->working_bytes);
             z->gring_bucket[k] = -1;
         }
-        z->gembed = alloc_floats(z, m->unit_end[0], "embedding gradient staging", &z->working_bytes);
+        if (!z->fused) z->gembed = alloc_floats(z, m->unit_end[0], "embedding gradient staging", &z->working_bytes);
     }
     for (int k = 0; k < ZSLOT_N; k++) z->slots[k].unit = -1;
     if (z->stage == 3 && !z->shared) {

@@ -25,8 +25,9 @@
 // gathers' copies were CPU work that took the very cores the ranks compute
 // on), and two barriers a step (zero_step's start and end) keep reads and
 // updates apart. Stages 1-2 then hold one shard of the parameters per rank
-// too, stage 3 no gather slots. Reductions are unchanged, and the losses are
-// bit-identical with the window off (tests/test_zero.py).
+// too, stage 3 no gather slots. Reductions are unchanged (unless fused,
+// below), and the losses are bit-identical with the window off
+// (tests/test_zero.py).
 //
 // Fused gradients ([zero] fused_grads, on by default where it applies):
 // stages 2-3 with node-shared parameters on exactly two ranks (one group,
@@ -46,14 +47,18 @@
 // arithmetic, not memory: the reduce-scatter's copies and sums (CPU work on
 // the cores that compute, which no overlap can hide when every core
 // computes) are gone. Flags (fsh: per rank and tensor, "first half written"
-// and "both written", each the micro-step's generation) order the writes; a
-// wait on one counts as communication and is bounded by [comm] timeout_s.
-// The other tensors (biases, LayerNorms, experts) are packed per bucket and
-// all-reduced (a few KB a layer) and the encoder's rows exchanged as before;
-// each rank adds what falls in its shard. The shard is read by the update
-// only after the other rank's "both written" flags of every tensor with
-// elements in it, and no rank writes the next step's gradients before the
-// update's barrier (zero_step).
+// and "both written"; per rank, "encoder rows folded"; each the micro-step's
+// generation) order the writes; a wait on one counts as communication and is
+// bounded by [comm] timeout_s. The other tensors (biases, LayerNorms: a few
+// KB a layer; a MoE layer's experts at ep = 1, whole) are packed per bucket
+// and all-reduced, and the encoder's rows exchanged as before; each rank adds
+// what falls in its shard. A rank's wte part 0 waits for the other's fold of
+// the previous micro-step's rows, which with overlap on comes only at the
+// next micro-step's start. The shard is read by the norm and the update only
+// after the other rank's "both written" flags of every tensor with elements
+// in it, and no rank writes the next step's gradients before the update's
+// barrier (zero_step) or, on a step skipped for a non-finite norm, the norm's
+// all-reduce, which follows every rank's reads.
 //
 // The embeddings' gradient, early (every stage, ZeroConfig.tokens set: the
 // trainer does on cpu): where every rank's token rows are few next to the
@@ -177,7 +182,7 @@ typedef struct Zero {
     float *gring[2];        // stage 2-3: staging ring for layer buckets
     int gring_bucket[2];
     int gring_next;
-    float *gembed;          // stage 2-3: staging for the embeddings bucket
+    float *gembed;          // stage 2-3: staging for the embeddings bucket (none when fused)
     int nbuckets;
     ZeroBucket *buckets;
     int *bucket_of;         // (nunits)
