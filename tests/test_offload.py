@@ -5,7 +5,8 @@
    NVMe too), and params + optimizer = nvme (ZeRO-3, np=1 and 2, gradients on NVMe; np=2 also with
    2 micro-steps, whose gradients accumulate in the file), with a memory cap that forces many small
    subgroups: losses and gradient norms over 10 steps and the final weights are bit-identical to the
-   same layout without offload. Prefetch off too.
+   same layout without offload (gradients reduce-scattered there too: zero.fused_grads = false).
+   Prefetch off too.
 2. run.h5 has offload_read_bytes / offload_write_bytes: each array (moments [+ params]) read and
    written once per step, the gradients written once per micro-step and read by the update.
 3. Checkpoints: an offloaded run's checkpoint resumes with offload off, bit-identically to the
@@ -102,8 +103,11 @@ for name, np_, stage, extra in cases:
     accum = 2 if "train.micro_batch=1" in extra else 1
     key = (np_, stage, accum)
     if key not in base:
+        # The base reduce-scatters as offloaded gradients do: fused gradients (zero.h, the
+        # default where they apply) sum in another order.
         base[key], _ = train(f"base-np{np_}-z{stage}-a{accum}", np_,
-                             ["--set", f"zero.stage={stage}"] + (["--set", "train.micro_batch=1"] if accum > 1 else []))
+                             ["--set", f"zero.stage={stage}", "--set", "zero.fused_grads=false"]
+                             + (["--set", "train.micro_batch=1"] if accum > 1 else []))
     out, p = train(name, np_, ["--set", f"zero.stage={stage}"] + extra)
     mb, mo = metrics(base[key]), metrics(out)
     check(np.array_equal(mb["loss"], mo["loss"]) and np.array_equal(mb["grad_norm"], mo["grad_norm"]),
