@@ -344,21 +344,11 @@ static int fuse_grads(Zero *z, const ZeroConfig *zc) {
     return 1;
 }
 
-// A bucket's reduction is complete: fold this rank's part into the shard.
-// The early embeddings' encoder rows join the reduced sum first, on every path.
-static void bucket_finish(Zero *z, ZeroBucket *b) {
-    if (!b->pending) return;
+// A bucket's reduction (not fused) is complete: fold this rank's part into the
+// shard. The early embeddings' encoder rows join the reduced sum first, on every path.
+static void reduced_finish(Zero *z, ZeroBucket *b) {
     ZeroGroup *g = &z->g[b->group];
-    if (z->fused) {
-        fused_finish(z, b);
-        b->pending = 0;
-        if (b->slot >= 0) z->gring_bucket[b->slot] = -1;
-        b->slot = -1;
-        b->staging = NULL;
-        return;
-    }
     comm_wait(g->comm, &b->req);
-    b->pending = 0;
     int rows = z->early && b->u_lo == 0;
     if (z->stage == 0 && rows) fold_embed_rows(z, z->grads + b->begin, b->begin, b->end);  // all-reduced in place
     if (z->stage >= 1) {
@@ -373,6 +363,14 @@ static void bucket_finish(Zero *z, ZeroBucket *b) {
         else if (!b->direct)
             z->m->bk->axpy(z->gshard + at, got, 1.0f, hi - lo);
     }
+}
+
+// Bucket b done in this rank's shard (either path); its staging slot freed.
+static void bucket_finish(Zero *z, ZeroBucket *b) {
+    if (!b->pending) return;
+    if (z->fused) fused_finish(z, b);
+    else reduced_finish(z, b);
+    b->pending = 0;
     if (b->slot >= 0) z->gring_bucket[b->slot] = -1;
     b->slot = -1;
     b->staging = NULL;
