@@ -144,7 +144,7 @@ def overlap(d, rounds):
     print(f"  {rounds} rounds, steps pooled; compute alone: [comm] compute_only = alternate, each communicating step "
           f"against its two neighbours")
     print(f"  {'stage':>7s} {'on s/step':>16s} {'off s/step':>16s} {'compute s':>9s} {'exposed s':>22s} {'comm alone s':>16s} "
-          f"{'blocked (sync)':>14s} {'in MPI':>6s} {'in flight':>9s} {'hidden':>7s} {'quartiles':>15s}")
+          f"{'blocked (sync)':>14s} {'in MPI':>6s} {'in flight':>9s} {'postponed':>9s} {'hidden':>7s} {'quartiles':>15s}")
     for st, kind in ((0, "on"), (1, "on"), (1, "mpi"), (2, "on"), (2, "rs"), (2, "mpi"), (3, "on"), (3, "rs"),
                      (3, "mpi")):
         if not os.path.exists(os.path.join(d, f"ov-1-{st}-{kind}", "run.h5")):
@@ -160,6 +160,7 @@ def overlap(d, rounds):
         c = float(np.median(cm))
         col = lambda k: np.concatenate([m[k][s] for m in mo]) if k in mo[0] else np.zeros(1)
         wait, sync, fly, busy = col("comm_wait"), col("comm_wait_sync"), col("comm_inflight"), col("comm_busy")
+        later = col("grad_postponed")
         hid = lambda e: 1 - e / c if c > 0 else float("nan")
         q1, q2, q3 = np.percentile(ex, [25, 50, 75])
         label = f"{st}" if kind == "on" else f"{st} {kind}"
@@ -167,7 +168,7 @@ def overlap(d, rounds):
         print(f"  {label:>7s} {np.median(on):7.2f} [{on.min():.2f}-{on.max():.2f}] {off_s} {np.median(co):9.2f} "
               f"{q2:7.3f} [{ex.min():.3f}, {ex.max():.3f}] "
               f"{c:7.2f} [{cm.min():.2f}-{cm.max():.2f}] {np.median(wait):7.3f} ({np.median(sync):.3f}) {np.median(busy):6.3f} "
-              f"{np.median(fly):9.2f} {hid(q2):6.0%} "
+              f"{np.median(fly):9.2f} {np.median(later):9.1f} {hid(q2):6.0%} "
               f"[{hid(q3):.0%}, {hid(q1):.0%}]")
     print("  exposed = a communicating step less the mean of its two compute-alone neighbours: median [min, max] over")
     print(f"  {len(ex)} such steps; hidden = 1 - exposed / comm_alone (median; quartiles of exposed);")
@@ -175,6 +176,7 @@ def overlap(d, rounds):
     print("  blocked: rank 0's time in waits per step (median), of it at the node-shared barriers (sync);")
     print("  in MPI: rank 0's time inside MPI outside waits (issuing, polling: the copies and sums MPI does there),")
     print("  and the two-rank reduce-scatter's own sum; on, off, blocked, in MPI: separate runs of every step communicating")
+    print("  postponed: rank 0's matrix gradient products a step put off rather than wait for the other rank (fused)")
     print("  stages 1-3: parameters node-shared (the default on one node: no all-gathers); 'mpi': zero.node_shared = false")
     print("  stages 2-3: gradients fused (the default there: no reduce-scatter; comm alone is the reduce-scatter of the")
     print("  'rs' run's bytes, the same gradients' reduction); 'rs': zero.fused_grads = false (the two-rank reduce-scatter)")

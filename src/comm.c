@@ -317,8 +317,13 @@ static int compute_only_now(const Comm *c) {
            (c->opt.compute_only == COMM_COMPUTE_ALTERNATE && (c->step & 1) == 0);   // 0-based step
 }
 
-void comm_flag_wait(Comm *c, _Atomic uint64_t *flag, uint64_t want, int op, int peer, const char *what) {
-    if (compute_only_now(c) || atomic_load_explicit(flag, memory_order_acquire) >= want) return;
+int comm_flag_ready(const Comm *c, _Atomic uint64_t *flag, uint64_t want) {
+    return compute_only_now(c) || atomic_load_explicit(flag, memory_order_acquire) >= want;
+}
+
+void comm_flag_wait(Comm *c, _Atomic uint64_t *flag, uint64_t want, int op, int peer, const char *what,
+                    const char *name) {
+    if (comm_flag_ready(c, flag, want)) return;
     double t0 = MPI_Wtime();
     struct timespec nap = {0, 50000};
     fly(c, 1);      // in flight while waited for (run.h5: a wait is never longer than what it waits on)
@@ -329,8 +334,8 @@ void comm_flag_wait(Comm *c, _Atomic uint64_t *flag, uint64_t want, int op, int 
         if (c->opt.timeout_s > 0 && (spins & 255) == 0 && MPI_Wtime() - t0 > c->opt.timeout_s)
             FATAL("the other rank stopped before its part: it failed, hung, or took another path; "
                   "[comm] timeout_s bounds the wait",
-                  "rank %d of group %s waited %.0f s for rank %d's %s (step %lld)", c->rank, c->name,
-                  MPI_Wtime() - t0, peer, what, (long long)c->step + 1);
+                  "rank %d of group %s waited %.0f s for rank %d's %s%s (step %lld)", c->rank, c->name,
+                  MPI_Wtime() - t0, peer, what, name, (long long)c->step + 1);
     }
     fly(c, -1);
     double dt = MPI_Wtime() - t0;

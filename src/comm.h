@@ -216,9 +216,12 @@ void comm_shared_free(CommShared *s);
 // that rank `peer` of c raises in a shared window, reaches want. It yields the
 // core between looks (naps where ranks outnumber cores), counts the wait as
 // communication of op (wait_s), and is fatal past [comm] timeout_s, naming
-// what and the peer. Returns at once while compute_only skips this step's
-// float collectives.
-void comm_flag_wait(Comm *c, _Atomic uint64_t *flag, uint64_t want, int op, int peer, const char *what);
+// the peer and what (the text of what then name). Returns at once while
+// compute_only skips this step's float collectives.
+void comm_flag_wait(Comm *c, _Atomic uint64_t *flag, uint64_t want, int op, int peer, const char *what,
+                    const char *name);
+// Whether comm_flag_wait(c, flag, want, ...) would return at once.
+int comm_flag_ready(const Comm *c, _Atomic uint64_t *flag, uint64_t want);
 
 // Blocking conveniences.
 void comm_allreduce_sum(Comm *c, float *buf, size_t n, const char *tag);

@@ -204,6 +204,8 @@ static const KeyDef keys[] = {
      "stages 1-3 on the cpu backend, every rank on one node: parameter shards in one shared window, read in place (no all-gathers)"},
     {"zero", "fused_grads", T_BOOL, OFF(zero.fused_grads), "true", ANY, NULL,
      "stages 2-3 with node-shared parameters on two ranks: each matrix's gradient summed by the products themselves into the owner's shard (no reduce-scatter)"},
+    {"zero", "fault_postpone", T_BOOL, OFF(zero.fault_postpone), "false", ANY, NULL,
+     "test only: fused gradients postpone every second half they may and run them only when due (a full ring, a bucket's finish, the backward's end)"},
 
     {"checkpoint", "dir", T_STR, OFF(checkpoint.dir), "", ANY, NULL,
      "checkpoint directory; \"\" = <run.out_dir>/ckpt"},

@@ -111,6 +111,7 @@ typedef struct ZeroConfig {
     int prefetch;             // stage 3: gather the next unit ahead
     int node_shared;          // stages 1-3: shards in a node-shared window where it applies (zero.h)
     int fused_grads;          // stages 2-3, node-shared, two ranks: weight gradients summed by the products (zero.h)
+    int fault_postpone;       // test only: fused gradients postpone every product they may, run them only when due
     int shared;               // not a key: set by zero_create where the window is in use (zero_plan counts it)
     int fused;                // not a key: set by zero_create where fused gradients are in use (zero_plan counts it)
     size_t tokens;            // not a key: this rank's token rows per micro-step (B T), set by the trainer on

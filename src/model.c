@@ -265,16 +265,17 @@ int model_dweight_tensor(const Model *m, int t) {
 // The gradients of a matrix product (kernels.h matmul_backward); where the
 // store takes the weight's (ParamStore.dweight), its two parts go around the
 // input's gradient, which gives the other rank time to finish its first part.
+// kept: DW_* (model.h).
 static void linear_backward(const Model *m, const ParamStore *ps, int t, float *dinp, float *dweight, float *dbias,
                             const float *dout, const float *inp, const float *weight, size_t N, int IC, int OC,
-                            int trans_w) {
+                            int trans_w, int kept) {
     if (!ps->takes_dweight || !ps->takes_dweight(ps->ctx, t)) {
         m->bk->matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, IC, OC, trans_w);
         return;
     }
-    ps->dweight(ps->ctx, t, 0, dout, inp, N, IC, OC, trans_w);
+    ps->dweight(ps->ctx, t, 0, dout, inp, N, IC, OC, trans_w, kept);
     m->bk->matmul_backward(dinp, NULL, dbias, dout, inp, weight, N, IC, OC, trans_w);
-    ps->dweight(ps->ctx, t, 1, dout, inp, N, IC, OC, trans_w);
+    ps->dweight(ps->ctx, t, 1, dout, inp, N, IC, OC, trans_w, kept);
 }
 
 // Tensor idx inside the unit buffer `base` of unit u (parameters or gradients).
@@ -921,8 +922,11 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
     const float *fin = ps->params(ps->ctx, UF, PHASE_BWD);
     float *gemb = ps->grads(ps->ctx, U_EMBED);
     k->crossentropy_backward(a.logits, a.logits, a.lse, m->tgt, dloss, N, s->V, s->Vp);
+    // dlogits and lnf stay until the next forward; a layer's dout is scratch, and
+    // its input an activation that recomputation overwrites.
     linear_backward(m, ps, 0, d.dc, TP(m, gemb, U_EMBED, 0), NULL, a.logits, a.lnf, TP(m, emb, U_EMBED, 0), N, C, s->Vp,
-                    1);
+                    1, DW_DOUT_KEPT | DW_INP_KEPT);
+    const int kept = a.recompute ? 0 : DW_INP_KEPT;
     int early = ps->embed_early && ps->embed_early(ps->ctx, N);
     ps->release(ps->ctx, U_EMBED, PHASE_BWD);
     k->zero(d.dres, N * C);
@@ -957,19 +961,19 @@ void model_backward(Model *m, const ParamStore *ps, const int32_t *inputs, const
         } else {
             linear_backward(m, ps, LT(m, l, K_FCPW), d.dh1, G(K_FCPW), G(K_FCPB),
                             branch_grad(m, d.d3c, d.dres, l, DROP_MLP_RESID), at(&a, a.fch_gelu, l), W(K_FCPW), N, H, C,
-                            0);
+                            0, kept);
             k->gelu_backward(d.dh2, at(&a, a.fch, l), d.dh1, N * H);
             linear_backward(m, ps, LT(m, l, K_FCW), d.dc, G(K_FCW), G(K_FCB), d.dh2, at(&a, a.ln2, l), W(K_FCW), N, C,
-                            H, 0);
+                            H, 0, kept);
         }
         k->layernorm_backward(d.dres, G(K_LN2W), G(K_LN2B), d.dc, at(&a, a.res2, l), W(K_LN2W),
                            at(&a, a.ln2_mean, l), at(&a, a.ln2_rstd, l), N, C);
         // res2 = res + attproj: d.dres is now d(res2).
         linear_backward(m, ps, LT(m, l, K_ATTPW), d.dc, G(K_ATTPW), G(K_ATTPB),
-                        branch_grad(m, d.d3c, d.dres, l, DROP_ATTN_RESID), at(&a, a.atty, l), W(K_ATTPW), N, C, C, 0);
+                        branch_grad(m, d.d3c, d.dres, l, DROP_ATTN_RESID), at(&a, a.atty, l), W(K_ATTPW), N, C, C, 0, kept);
         attention_bwd(m, &a, &d, l, B, T);
         linear_backward(m, ps, LT(m, l, K_QKVW), d.dc, G(K_QKVW), G(K_QKVB), d.d3c, at(&a, a.ln1, l), W(K_QKVW), N, C,
-                        3 * C, 0);
+                        3 * C, 0, kept);
         k->layernorm_backward(d.dres, G(K_LN1W), G(K_LN1B), d.dc, res, W(K_LN1W),
                            at(&a, a.ln1_mean, l), at(&a, a.ln1_rstd, l), N, C);
 #undef W

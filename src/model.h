@@ -88,6 +88,9 @@ typedef struct HeldMatrix {
     const float *scale;
 } HeldMatrix;
 
+// ParamStore.dweight's kept: buffers that outlive the call.
+enum { DW_DOUT_KEPT = 1, DW_INP_KEPT = 2 };
+
 typedef struct ParamStore {
     void *ctx;
     // Full parameters of unit u, valid until release(u, phase).
@@ -111,10 +114,12 @@ typedef struct ParamStore {
     // matrix tensor t (tensor-table index; model_dweight_tensor) itself, summing
     // it across ranks as it goes (zero.h, the fused reduction). The model then
     // computes only the input's gradient (and the bias's) and calls dweight for
-    // the weight's: part 0 before the input's gradient, part 1 after it.
+    // the weight's: part 0 before the input's gradient, part 1 after it. kept
+    // (DW_*) says which of dout and inp stay as they are until model_backward
+    // returns; the store may finish part 1 later from those (and copies of the rest).
     int (*takes_dweight)(void *ctx, int tensor);
     void (*dweight)(void *ctx, int tensor, int part, const float *dout, const float *inp, size_t N, int IC,
-                    int OC, int trans_w);
+                    int OC, int trans_w, int kept);
     // Inference stores only (model_forward_paged): matrix tensor t (tensor-table
     // index) as held. The LM head uses t = 0 (wte).
     HeldMatrix (*matrix)(void *ctx, int tensor);

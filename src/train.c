@@ -693,6 +693,7 @@ typedef struct CommMark {
     double inflight_s;
     uint64_t io_read, io_write;    // offload, every group's
     double io_wait, update_s;      // offload's I/O waits; every optimizer update
+    uint64_t postponed;            // fused gradients' postponed products
 } CommMark;
 
 // This rank's counters since the start of the job (communication, offload I/O, updates).
@@ -713,6 +714,7 @@ static CommMark comm_now(const Trainer *tr) {
         n.io_wait += offload_io_wait(&tr->off[k]);
     }
     n.update_s = tr->update_s;
+    n.postponed = tr->zero.npostponed;
     return n;
 }
 
@@ -809,6 +811,7 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_UPDATE_TIME] = now.update_s - mark->update_s;
     row.v[M_COMM_WAIT_SYNC] = now.wait_sync_s - mark->wait_sync_s;
     row.v[M_COMM_BUSY] = now.busy_s - mark->busy_s;
+    row.v[M_GRAD_POSTPONED] = (double)(now.postponed - mark->postponed);
     *mark = now;
     metrics_append(&tr->metrics, &row);
     moe_load_append(tr);

@@ -165,6 +165,12 @@ static int early_applies(const Zero *z, size_t tokens, size_t *per);
 // ---------------------------------------------------------------------------
 // Fused gradients (zero.h)
 
+// Whether tensor t has elements in [lo, hi).
+static int tensor_within(const Zero *z, int t, size_t lo, size_t hi) {
+    const ParamTensor *pt = &z->m->tensors[t];
+    return pt->offset < hi && pt->offset + pt->numel > lo;
+}
+
 // A rank's flags: two per tensor, then one for the embeddings' encoder rows.
 enum { FLAG_FIRST = 0, FLAG_BOTH = 1, FLAG_FOLDED = 2 };
 static size_t flag_bytes(const Zero *z) { return (2 * (size_t)z->m->ntensors + 1) * sizeof(uint64_t); }
@@ -190,32 +196,118 @@ static int store_takes_dweight(void *ctx, int t) {
     return z->fused && z->fuse[t];
 }
 
-static void store_dweight(void *ctx, int t, int part, const float *dout, const float *inp, size_t N, int IC,
-                          int OC, int trans_w) {
-    Zero *z = ctx;
+static const char *const HALF_WHAT[2] = {"previous gradient of ", "first half of the gradient of "};
+
+// This rank's half `part` of tensor t's rows (part 0 its own, first; part 1
+// the other's, added), once the other rank's flag allows, then its own flag.
+static void dweight_half(Zero *z, int t, int part, const float *dout, const float *inp, size_t N, int IC, int OC,
+                         int trans_w) {
     const ParamTensor *pt = &z->m->tensors[t];
     int peer = 1 - z->r, r0, r1;
     fused_rows(z->r, part, trans_w ? OC : IC, &r0, &r1);
-    char what[96];
-    snprintf(what, sizeof what, "%s gradient of %.60s", part == 0 ? "previous" : "first half of the", pt->name);
     // Part 0: the other rank's part 1 of the last micro-step wrote these rows,
     // and (wte) its fold of that micro-step's encoder rows added to them, which
     // comes late with overlap on (bucket_finish at this micro-step's start);
     // part 1: its part 0 of this one writes them first.
     comm_flag_wait(z->comm, fflag(z, peer, part == 0 ? FLAG_BOTH : FLAG_FIRST, t), part == 0 ? z->gen - 1 : z->gen,
-                   COMM_REDUCE_SCATTER, peer, what);
+                   COMM_REDUCE_SCATTER, peer, HALF_WHAT[part], pt->name);
     if (part == 0 && pt->offset < z->m->unit_end[0])
         comm_flag_wait(z->comm, fflag(z, peer, FLAG_FOLDED, 0), z->gen - 1, COMM_REDUCE_SCATTER, peer,
-                       "encoder rows of the previous micro-step");
+                       "encoder rows of the previous micro-step", "");
     float beta = part == 0 && z->first_micro ? 0.0f : 1.0f;
     z->m->bk->matmul_dweight_rows(grad_layout(z) + pt->offset, dout, inp, N, IC, OC, trans_w, r0, r1, beta);
     atomic_store_explicit(fflag(z, z->r, part, t), z->gen, memory_order_release);
 }
 
-// Whether tensor t has elements in [lo, hi).
-static int tensor_within(const Zero *z, int t, size_t lo, size_t hi) {
-    const ParamTensor *pt = &z->m->tensors[t];
-    return pt->offset < hi && pt->offset + pt->numel > lo;
+// Postponed second halves (zero.h): a queue of ntensors, dout copies in the ring.
+
+static ZeroPostponed *postponed(const Zero *z, int i) { return &z->dq[(z->dq_front + i) % z->m->ntensors]; }
+
+// Runs the oldest postponed half, waiting for its rows if need be.
+static void run_oldest(Zero *z) {
+    const ZeroPostponed *d = postponed(z, 0);
+    dweight_half(z, d->t, 1, d->dout, d->inp, d->N, d->IC, d->OC, d->trans_w);
+    z->dq_front = (z->dq_front + 1) % z->m->ntensors;
+    z->dq_n--;
+}
+
+// Runs the postponed halves whose rows are there, oldest first.
+static void run_ready(Zero *z) {
+    while (z->dq_n && comm_flag_ready(z->comm, fflag(z, 1 - z->r, FLAG_FIRST, postponed(z, 0)->t), z->gen))
+        run_oldest(z);
+}
+
+// Runs postponed halves, oldest first and waiting as need be, until none with
+// elements in [lo, hi) is left. Oldest first keeps the ranks from waiting on
+// each other: what a rank waits for, the other has passed.
+static void run_due(Zero *z, size_t lo, size_t hi) {
+    int last = -1;
+    for (int i = 0; i < z->dq_n; i++)
+        if (tensor_within(z, postponed(z, i)->t, lo, hi)) last = i;
+    for (int i = 0; i <= last; i++) run_oldest(z);
+}
+
+// Room for n floats in the ring after the newest copy (or, wrapping, before
+// the oldest): 1 with *at set.
+static int ring_room(const Zero *z, size_t n, size_t *at) {
+    const ZeroPostponed *old = NULL;
+    for (int i = 0; i < z->dq_n && !old; i++)
+        if (postponed(z, i)->n) old = postponed(z, i);
+    size_t head = old ? old->at : 0, tail = old ? z->dring_tail : 0;
+    if (old && tail <= head) {      // wrapped: the free run lies between them
+        *at = tail;
+        return tail + n <= head;
+    }
+    *at = tail + n <= z->dring_cap ? tail : 0;
+    return tail + n <= z->dring_cap || n <= head;
+}
+
+// Queues the second half for later; 0 where inp does not stay or the ring
+// cannot hold dout even empty.
+static int postpone(Zero *z, int t, const float *dout, const float *inp, size_t N, int IC, int OC, int trans_w,
+                    int kept) {
+    size_t n = kept & DW_DOUT_KEPT ? 0 : N * (size_t)OC, at = 0;
+    if (!(kept & DW_INP_KEPT) || n > z->dring_cap || z->dq_n == z->m->ntensors) return 0;
+    while (n && !ring_room(z, n, &at)) run_oldest(z);
+    if (n) {
+        z->m->bk->copy(z->dring + at, dout, n);
+        z->dring_tail = at + n;
+        dout = z->dring + at;
+    }
+    z->npostponed++;
+    *postponed(z, z->dq_n++) = (ZeroPostponed){.t = t, .IC = IC, .OC = OC, .trans_w = trans_w, .dout = dout,
+                                               .inp = inp, .N = N, .at = at, .n = n};
+    return 1;
+}
+
+static void store_dweight(void *ctx, int t, int part, const float *dout, const float *inp, size_t N, int IC,
+                          int OC, int trans_w, int kept) {
+    Zero *z = ctx;
+    if (!z->postpone_all) run_ready(z);
+    if (part == 0) {
+        dweight_half(z, t, 0, dout, inp, N, IC, OC, trans_w);
+        return;
+    }
+    if (!z->dq_n && !z->postpone_all && comm_flag_ready(z->comm, fflag(z, 1 - z->r, FLAG_FIRST, t), z->gen)) {
+        dweight_half(z, t, 1, dout, inp, N, IC, OC, trans_w);
+        return;
+    }
+    if (postpone(z, t, dout, inp, N, IC, OC, trans_w, kept)) return;
+    run_due(z, 0, z->N);    // the older ones first (run_due)
+    dweight_half(z, t, 1, dout, inp, N, IC, OC, trans_w);
+}
+
+// Floats of dout the ring holds: two layers' worth of the matrices' outputs
+// (OC, the columns of their (in, out) layout) for micro-steps of `tokens` rows.
+static size_t ring_floats(const Model *m, size_t tokens) {
+    size_t most = 0;
+    for (int l = 0; l < m->s.L; l++) {
+        size_t cols = 0;
+        for (int t = 0; t < m->ntensors; t++)
+            if (m->tensors[t].layer == l && model_dweight_tensor(m, t)) cols += (size_t)m->tensors[t].shape[1];
+        most = max_sz(most, cols);
+    }
+    return 2 * tokens * most;
 }
 
 // The tensors of bucket b the products do not reduce (biases, LayerNorms,
@@ -283,6 +375,7 @@ static void fused_launch(Zero *z, ZeroBucket *b, const char *tag) {
 // they fall in the shard, and for the embeddings the encoder's rows.
 static void fused_finish(Zero *z, ZeroBucket *b) {
     ZeroGroup *g = &z->g[b->group];
+    run_due(z, b->begin, b->end);   // this rank's halves of it, for both shards
     comm_wait(g->comm, &b->req);
     int peer = 1 - z->r;
     size_t lo, hi;
@@ -291,7 +384,7 @@ static void fused_finish(Zero *z, ZeroBucket *b) {
     for (int t = 0; t < z->m->ntensors; t++)
         if (z->fuse[t] && tensor_within(z, t, lo, hi))
             comm_flag_wait(z->comm, fflag(z, peer, FLAG_BOTH, t), b->gen, COMM_REDUCE_SCATTER, peer,
-                           z->m->tensors[t].name);
+                           "gradient of ", z->m->tensors[t].name);
     const float *pk = z->pack + b->pack_at;
     for (int i = 0; i < b->npacked; i++) {
         const ParamTensor *pt = &z->m->tensors[b->packed[i]];
@@ -555,6 +648,7 @@ static void fold_embed_rows(Zero *z, float *got, size_t lo, size_t hi) {
 // summing, in rank order, those that fall in its part of the embeddings.
 static void store_embed_rows(void *ctx, const float *dout, const int32_t *tok, int B, int T, int pos0) {
     Zero *z = ctx;
+    if (z->fused) run_due(z, 0, z->N);     // the backward's end: every product done
     const Model *m = z->m;
     ZeroBucket *b = embed_bucket(z);
     ZeroGroup *g = &z->g[b->group];
@@ -795,7 +889,7 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
     if (keeps_recv(zc->stage, z.offl.grads, zc->fused, accum)) plan->working += (own ? own : 1) * f;
     if (zc->fused) {    // the packed other tensors (fused gradients)
         mark_fused(&z);
-        plan->working += max_sz(pack_floats(&z, 0), 1) * f;
+        plan->working += (max_sz(pack_floats(&z, 0), 1) + max_sz(ring_floats(m, zc->tokens), 1)) * f;
     }
     if (zc->stage >= 2) plan->working += (2 * largest_bucket(&z) + (zc->fused ? 0 : m->unit_end[0])) * f;
     if (zc->stage == 3 && !z.shared) {
@@ -922,6 +1016,10 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
         z->state_bytes += (own ? own : 1) * sizeof(float);
         mark_fused(z);
         z->pack = alloc_floats(z, max_sz(pack_floats(z, 1), 1), "packed gradients", &z->working_bytes);
+        z->dq = xcalloc(sizeof *z->dq * (size_t)m->ntensors, "postponed gradient products");
+        z->dring_cap = ring_floats(m, zc->tokens);
+        z->postpone_all = zc->fault_postpone;
+        z->dring = alloc_floats(z, max_sz(z->dring_cap, 1), "postponed products' outputs", &z->working_bytes);
     } else if (z->stage >= 1 && !z->offl.grads) {
         z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);
         if (keeps_recv(z->stage, z->offl.grads, 0, zc->accum))     // for micro-steps after the first (zero_plan_offload)
@@ -1000,6 +1098,8 @@ void zero_free(Zero *z) {
         comm_shared_free(&z->gsh);
         comm_shared_free(&z->fsh);
         bk->release(z->pack);
+        bk->release(z->dring);
+        free(z->dq);
         free(z->fuse);
     } else {
         bk->release(z->gshard);
@@ -1164,6 +1264,7 @@ void zero_begin_step(Zero *z, int64_t step) {
 void zero_begin_micro(Zero *z, int micro, int accum) {
     if (z->offl.grads)  // gradients on NVMe take each micro-step's buckets whole, in order
         for (int i = 0; i < z->nbuckets; i++) bucket_finish(z, &z->buckets[i]);
+    SYS_CHECK(!z->fused || z->dq_n == 0, "zero: %d gradient products postponed past their micro-step", z->dq_n);
     z->gen++;   // fused gradients: the flags' generation
     SYS_CHECK(micro == 0 || z->recv || z->stage <= 1 || z->offl.grads || z->fused,
               "zero: micro-step %d of %d, but created for one (ZeroConfig.accum)", micro + 1, accum);

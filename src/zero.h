@@ -46,7 +46,15 @@
 // dimension). The sum thus rides inside the products, which are bound by
 // arithmetic, not memory: the reduce-scatter's copies and sums (CPU work on
 // the cores that compute, which no overlap can hide when every core
-// computes) are gone. Flags (fsh: per rank and tensor, "first half written"
+// computes) are gone. A rank that comes to its second half before the other
+// rank's first is there does not wait: it postpones that product (a copy of
+// dout in a ring of two layers' worth; inp, an activation, stays) and runs
+// the postponed ones oldest first once their rows are there, at the latest
+// before the bucket's finish or the encoder's rows; so one rank's stall
+// costs the other nothing until the end of the backward, where every rank
+// waits for the slowest anyway (with activation recomputation, whose inputs
+// do not stay, and where the ring is full, it waits as before). Flags (fsh:
+// per rank and tensor, "first half written"
 // and "both written"; per rank, "encoder rows folded"; each the micro-step's
 // generation) order the writes; a wait on one counts as communication and is
 // bounded by [comm] timeout_s. The other tensors (biases, LayerNorms: a few
@@ -158,6 +166,14 @@ typedef struct ZeroOffload {
     int grads;              // stage 2-3, one group only: the reduced gradient shard
 } ZeroOffload;
 
+// A second half postponed (fused gradients, above): store_dweight's arguments,
+// dout in the ring at [at, at + n) unless it stays (n = 0).
+typedef struct ZeroPostponed {
+    int t, IC, OC, trans_w;
+    const float *dout, *inp;
+    size_t N, at, n;
+} ZeroPostponed;
+
 typedef struct Zero {
     int stage, overlap, prefetch;
     Comm *comm;             // group 0's: all data-parallel ranks
@@ -205,10 +221,16 @@ typedef struct Zero {
     int32_t *eslot;         // (Vp + maxT) each row's slot in esparse, -1 none
     int fused;              // fused gradients (above)
     CommShared gsh;         //   every rank's gradient shard back to back: gshard is gsh.mine
-    CommShared fsh;         //   (p, 2, ntensors) uint64 flags: first half written, both written
+    CommShared fsh;         //   (p, 2 ntensors + 1) uint64 flags: first half written, both written; folded
     uint64_t gen;           //   micro-steps begun since creation: the flags' generation
     char *fuse;             //   (ntensors) 1: reduced by its product (model_dweight_tensor)
     float *pack;            //   every bucket's packed other tensors, back to back
+    ZeroPostponed *dq;      //   (ntensors) postponed second halves, oldest at dq_front
+    int dq_front, dq_n;
+    float *dring;           //   their copies of dout: a ring of dring_cap floats, the
+    size_t dring_cap, dring_tail;   //   newest copy ending at dring_tail
+    uint64_t npostponed;    //   products postponed since creation (run.h5 grad_postponed)
+    int postpone_all;       //   [zero] fault_postpone (test only)
     ParamStore store;
     ZeroOffload offl;       // what the groups' Offloads hold (zero_create_offload)
 } Zero;

@@ -45,10 +45,18 @@ check(p.returncode != 0 and "stuck" in p.stderr and "step 2" in p.stderr and "re
 # Fused gradients (zero.h; the default here): the other rank waits on a flag in
 # shared memory, not in MPI, and gives up the same way, naming the tensor. With a
 # bucket a unit, rank 1 stalls before ln_f's packed all-reduce, before the last
-# layer's products: rank 0 waits there for its first half.
-p = run(["train", deck, "--set", "zero.stage=2", "--set", "comm.timeout_s=3", "--set", "comm.fault_hang_s=60",
-         "--set", "zero.bucket_mb=0.001", "--set", f"run.out_dir={d}/tf"], np=2, check_rc=False, timeout=120)
+# layer's products. Rank 0 postpones its halves of them where their inputs stay,
+# so it gets as far as ln_f's bucket finish (MPI's wait); with recomputation
+# they do not stay, and it waits at the last layer's first product for its half.
+stall = ["train", deck, "--set", "zero.stage=2", "--set", "comm.timeout_s=3", "--set", "comm.fault_hang_s=60",
+         "--set", "zero.bucket_mb=0.001"]
+p = run(stall + ["--set", "train.recompute=layer", "--set", f"run.out_dir={d}/tf"], np=2, check_rc=False,
+        timeout=120)
 msg = next((l for l in p.stderr.splitlines() if "waited" in l), "(no message)")
-check(p.returncode != 0 and "gradients fused" in p.stdout and "for rank 1's" in msg and "gradient of" in msg
+check(p.returncode != 0 and "gradients fused" in p.stdout and "for rank 1's" in msg and "gradient of h.1." in msg
       and "(step 2)" in msg, "fused gradients: a stalled rank ends the other's wait after timeout_s, naming the tensor", msg)
+p = run(stall + ["--set", f"run.out_dir={d}/tp"], np=2, check_rc=False, timeout=120)
+msg = next((l for l in p.stderr.splitlines() if "stuck" in l), "(no message)")
+check(p.returncode != 0 and "gradients fused" in p.stdout and "all_reduce(grads ln_f" in msg and "step 2" in msg,
+      "fused gradients, inputs kept: rank 0 postpones its products past the stall, stuck at the bucket's all-reduce", msg)
 finish()
