@@ -146,6 +146,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
   PROG=${BENCH_PROGRESS:-poll}
   echo "== 8. overlap: ZeRO stages at np=2 (1 thread per rank), 124M, B=2 per rank, T=256, $STEPS steps, progress = $PROG"
   make -s build/comm_alone
+  rm -rf $out/ov-*     # the report reads every stage it finds: none from an earlier run
   OV="$COMMON --set train.steps=$STEPS --set train.micro_batch=2"
   OROUNDS=${BENCH_OVERLAP_ROUNDS:-2}
   ov_run() {  # name, then --set options: one np=2 run into $out/ov-<round>-<name>

@@ -241,11 +241,13 @@ static int test_all(MPI_Request *q, int n) {
 // shared-memory cell per call: a nap between polls throttles big transfers
 // (20 us naps made ZeRO-3's all-gathers several times slower), so only waits
 // that are mostly waiting for another rank should nap early. Returns the
-// seconds waited, or -1 once timeout_s (> 0) has passed.
-static double poll_until(MPI_Request *q, int n, long patience, long nap_ns, double timeout_s) {
+// seconds waited, or -1 once timeout_s (> 0) has passed. done(arg, spins)
+// says whether what is waited for is there (spins: the looks so far).
+static double poll_until(int (*done)(void *arg, long spins), void *arg, long patience, long nap_ns,
+                         double timeout_s) {
     double t0 = MPI_Wtime();
     struct timespec nap = {0, nap_ns};
-    for (long spins = 0; !test_all(q, n); spins++) {
+    for (long spins = 0; !done(arg, spins); spins++) {
         if (patience >= 0 && spins >= patience) nanosleep(&nap, NULL);
         else sched_yield();
         if (timeout_s > 0 && (spins & 255) == 0 && MPI_Wtime() - t0 > timeout_s) return -1.0;
@@ -253,11 +255,23 @@ static double poll_until(MPI_Request *q, int n, long patience, long nap_ns, doub
     return MPI_Wtime() - t0;
 }
 
+typedef struct Requests {
+    MPI_Request *q;
+    int n;
+} Requests;
+
+static int requests_done(void *arg, long spins) {
+    Requests *r = arg;
+    (void)spins;
+    return test_all(r->q, r->n);
+}
+
 // A collective's wait: naps only when ranks outnumber cores and the wait has
 // gone on for a while; fatal past [comm] timeout_s, naming the collective.
 static void wait_request(Comm *c, MPI_Request *req, int nreq, const CommSig *sig) {
     double t0 = MPI_Wtime();
-    double dt = poll_until(req, nreq, c->opt.oversubscribed ? 20000 : -1, 50000, c->opt.timeout_s);
+    Requests r = {req, nreq};
+    double dt = poll_until(requests_done, &r, c->opt.oversubscribed ? 20000 : -1, 50000, c->opt.timeout_s);
     if (dt < 0) {
         char what[160];
         describe(sig, what, sizeof what);
@@ -317,6 +331,19 @@ static int compute_only_now(const Comm *c) {
            (c->opt.compute_only == COMM_COMPUTE_ALTERNATE && (c->step & 1) == 0);   // 0-based step
 }
 
+typedef struct FlagLook {
+    Comm *c;
+    _Atomic uint64_t *flag;
+    uint64_t want;
+} FlagLook;
+
+static int flag_done(void *arg, long spins) {
+    FlagLook *f = arg;
+    if (atomic_load_explicit(f->flag, memory_order_acquire) >= f->want) return 1;
+    if ((spins & 63) == 63) comm_progress(f->c);    // collectives in flight move meanwhile
+    return 0;
+}
+
 int comm_flag_ready(const Comm *c, _Atomic uint64_t *flag, uint64_t want) {
     return compute_only_now(c) || atomic_load_explicit(flag, memory_order_acquire) >= want;
 }
@@ -325,20 +352,15 @@ void comm_flag_wait(Comm *c, _Atomic uint64_t *flag, uint64_t want, int op, int 
                     const char *name) {
     if (comm_flag_ready(c, flag, want)) return;
     double t0 = MPI_Wtime();
-    struct timespec nap = {0, 50000};
+    FlagLook look = {c, flag, want};
     fly(c, 1);      // in flight while waited for (run.h5: a wait is never longer than what it waits on)
-    for (long spins = 0; atomic_load_explicit(flag, memory_order_acquire) < want; spins++) {
-        if (c->opt.oversubscribed && spins >= 20000) nanosleep(&nap, NULL);
-        else sched_yield();
-        if ((spins & 63) == 63) comm_progress(c);   // collectives in flight move meanwhile
-        if (c->opt.timeout_s > 0 && (spins & 255) == 0 && MPI_Wtime() - t0 > c->opt.timeout_s)
-            FATAL("the other rank stopped before its part: it failed, hung, or took another path; "
-                  "[comm] timeout_s bounds the wait",
-                  "rank %d of group %s waited %.0f s for rank %d's %s%s (step %lld)", c->rank, c->name,
-                  MPI_Wtime() - t0, peer, what, name, (long long)c->step + 1);
-    }
+    double dt = poll_until(flag_done, &look, c->opt.oversubscribed ? 20000 : -1, 50000, c->opt.timeout_s);
+    if (dt < 0)
+        FATAL("the other rank stopped before its part: it failed, hung, or took another path; "
+              "[comm] timeout_s bounds the wait",
+              "rank %d of group %s waited %.0f s for rank %d's %s%s (step %lld)", c->rank, c->name,
+              MPI_Wtime() - t0, peer, what, name, (long long)c->step + 1);
     fly(c, -1);
-    double dt = MPI_Wtime() - t0;
     c->wait_s += dt;
     c->wait_op_s[op] += dt;
 }
@@ -685,5 +707,6 @@ void comm_shared_free(CommShared *s) {
 void comm_allreduce_napping(MPI_Comm comm, void *buf, int n, MPI_Datatype type, MPI_Op op) {
     MPI_Request rq;
     MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, n, type, op, comm, &rq));
-    poll_until(&rq, 1, 0, 100000, 0.0);     // no timeout: the load's watchdog bounds it (ckpt.c)
+    Requests r = {&rq, 1};
+    poll_until(requests_done, &r, 0, 100000, 0.0);  // no timeout: the load's watchdog bounds it (ckpt.c)
 }
