@@ -234,15 +234,15 @@ static int test_all(MPI_Request *q, int n) {
     return all;
 }
 
-// Polls q[0..n) until all complete, yielding the core between polls, so that
+// Polls until done(arg, spins) says what it waits for is there (every request
+// of a set complete, a flag raised), yielding the core between polls, so that
 // oversubscribed ranks let the rank that still computes run instead of
 // spinning against it. After `patience` polls (-1: never) it naps nap_ns
 // between polls instead. MPICH moves a large message only inside MPI calls, a
 // shared-memory cell per call: a nap between polls throttles big transfers
 // (20 us naps made ZeRO-3's all-gathers several times slower), so only waits
 // that are mostly waiting for another rank should nap early. Returns the
-// seconds waited, or -1 once timeout_s (> 0) has passed. done(arg, spins)
-// says whether what is waited for is there (spins: the looks so far).
+// seconds waited, or -1 once timeout_s (> 0) has passed. spins: the looks so far.
 static double poll_until(int (*done)(void *arg, long spins), void *arg, long patience, long nap_ns,
                          double timeout_s) {
     double t0 = MPI_Wtime();

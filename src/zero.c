@@ -200,6 +200,7 @@ static const char *const HALF_WHAT[2] = {"previous gradient of ", "first half of
 
 // This rank's half `part` of tensor t's rows (part 0 its own, first; part 1
 // the other's, added), once the other rank's flag allows, then its own flag.
+// dout (N, OC), inp (N, IC): the product's (kernels.h matmul_dweight_rows).
 static void dweight_half(Zero *z, int t, int part, const float *dout, const float *inp, size_t N, int IC, int OC,
                          int trans_w) {
     const ParamTensor *pt = &z->m->tensors[t];
@@ -249,7 +250,7 @@ static void run_due(Zero *z, size_t lo, size_t hi) {
 
 // Room for n floats in the ring after the newest copy (or, wrapping, before
 // the oldest): 1 with *at set.
-static int ring_room(const Zero *z, size_t n, size_t *at) {
+static int dring_room(const Zero *z, size_t n, size_t *at) {
     const ZeroPostponed *old = NULL;
     for (int i = 0; i < z->dq_n && !old; i++)
         if (postponed(z, i)->n) old = postponed(z, i);
@@ -262,13 +263,14 @@ static int ring_room(const Zero *z, size_t n, size_t *at) {
     return tail + n <= z->dring_cap || n <= head;
 }
 
-// Queues the second half for later; 0 where inp does not stay or the ring
-// cannot hold dout even empty.
+// Queues the second half for later (dout (N, OC) copied unless it stays; inp
+// (N, IC) must stay); 0 where inp does not, the ring cannot hold dout even
+// empty, or the queue is full (a tensor twice in a micro-step: never).
 static int postpone(Zero *z, int t, const float *dout, const float *inp, size_t N, int IC, int OC, int trans_w,
                     int kept) {
     size_t n = kept & DW_DOUT_KEPT ? 0 : N * (size_t)OC, at = 0;
     if (!(kept & DW_INP_KEPT) || n > z->dring_cap || z->dq_n == z->m->ntensors) return 0;
-    while (n && !ring_room(z, n, &at)) run_oldest(z);
+    while (n && !dring_room(z, n, &at)) run_oldest(z);
     if (n) {
         z->m->bk->copy(z->dring + at, dout, n);
         z->dring_tail = at + n;
@@ -283,12 +285,13 @@ static int postpone(Zero *z, int t, const float *dout, const float *inp, size_t 
 static void store_dweight(void *ctx, int t, int part, const float *dout, const float *inp, size_t N, int IC,
                           int OC, int trans_w, int kept) {
     Zero *z = ctx;
-    if (!z->postpone_all) run_ready(z);
-    if (part == 0) {
+    if (part == 0) {    // first: the other rank may be waiting for this half
         dweight_half(z, t, 0, dout, inp, N, IC, OC, trans_w);
+        if (!z->fault_postpone) run_ready(z);
         return;
     }
-    if (!z->dq_n && !z->postpone_all && comm_flag_ready(z->comm, fflag(z, 1 - z->r, FLAG_FIRST, t), z->gen)) {
+    if (!z->fault_postpone) run_ready(z);
+    if (!z->dq_n && !z->fault_postpone && comm_flag_ready(z->comm, fflag(z, 1 - z->r, FLAG_FIRST, t), z->gen)) {
         dweight_half(z, t, 1, dout, inp, N, IC, OC, trans_w);
         return;
     }
@@ -1018,7 +1021,7 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
         z->pack = alloc_floats(z, max_sz(pack_floats(z, 1), 1), "packed gradients", &z->working_bytes);
         z->dq = xcalloc(sizeof *z->dq * (size_t)m->ntensors, "postponed gradient products");
         z->dring_cap = ring_floats(m, zc->tokens);
-        z->postpone_all = zc->fault_postpone;
+        z->fault_postpone = zc->fault_postpone;
         z->dring = alloc_floats(z, max_sz(z->dring_cap, 1), "postponed products' outputs", &z->working_bytes);
     } else if (z->stage >= 1 && !z->offl.grads) {
         z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);

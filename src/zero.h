@@ -50,10 +50,10 @@
 // rank's first is there does not wait: it postpones that product (a copy of
 // dout in a ring of two layers' worth; inp, an activation, stays) and runs
 // the postponed ones oldest first once their rows are there, at the latest
-// before the bucket's finish or the encoder's rows; so one rank's stall
-// costs the other nothing until the end of the backward, where every rank
-// waits for the slowest anyway (with activation recomputation, whose inputs
-// do not stay, and where the ring is full, it waits as before). Flags (fsh:
+// before the bucket's finish (with overlap on, when the bucket two later is
+// staged; off, at once) or the encoder's rows; so one rank's stall costs the
+// other nothing for up to two buckets (with activation recomputation, whose
+// inputs do not stay, and where the ring is full, it waits as before). Flags (fsh:
 // per rank and tensor, "first half written"
 // and "both written"; per rank, "encoder rows folded"; each the micro-step's
 // generation) order the writes; a wait on one counts as communication and is
@@ -225,12 +225,12 @@ typedef struct Zero {
     uint64_t gen;           //   micro-steps begun since creation: the flags' generation
     char *fuse;             //   (ntensors) 1: reduced by its product (model_dweight_tensor)
     float *pack;            //   every bucket's packed other tensors, back to back
-    ZeroPostponed *dq;      //   (ntensors) postponed second halves, oldest at dq_front
-    int dq_front, dq_n;
+    ZeroPostponed *dq;      //   (ntensors) postponed second halves, a ring:
+    int dq_front, dq_n;     //   the oldest's slot, and how many
     float *dring;           //   their copies of dout: a ring of dring_cap floats, the
     size_t dring_cap, dring_tail;   //   newest copy ending at dring_tail
     uint64_t npostponed;    //   products postponed since creation (run.h5 grad_postponed)
-    int postpone_all;       //   [zero] fault_postpone (test only)
+    int fault_postpone;     //   [zero] fault_postpone (test only): postpone every one that may be
     ParamStore store;
     ZeroOffload offl;       // what the groups' Offloads hold (zero_create_offload)
 } Zero;

@@ -189,14 +189,18 @@ for stage, micro in ((2, None), (3, None), (2, 3), (3, 3)):
           f"reduce-scatter {a['rs'][s]:.0f} (unfused {n['rs'][s]:.0f}), all-reduce {a['ar'][s]:.0f} vs {want}")
     check(a["state"] == n["state"], f"{label}: the same model states as the reduce-scatter's",
           f"{a['state']} vs {n['state']} bytes")
-    # Postponed products (zero.h), every one that may be ([zero] fault_postpone):
-    # 12 a micro-step where the ring holds 8 (two layers' douts; wte's stays), so
-    # the rank also waits for the oldest and wraps around, and the rest run at
-    # the buckets' finish and the backward's end; the sums keep their order.
-    f = train(2, stage, ["--set", "zero.fault_postpone=true"], deck=big, name=f"big-m{micro}-fzlate", shared=True,
-              micro=micro)
+    # Postponed products (zero.h), every one that may be ([zero] fault_postpone),
+    # 13 a micro-step (wte's dout stays; the ring holds two layers' douts). With
+    # a bucket a layer (this deck's) the buckets' finishes run them, the ring
+    # wrapping; with micro-steps, one bucket for all layers (bucket_mb = 1): the
+    # ring fills at the third layer, so the oldest run first, then the rest at
+    # the backward's end. Either way the sums keep their order.
+    one = ["--set", "zero.bucket_mb=1"] if micro else []
+    f = train(2, stage, ["--set", "zero.fault_postpone=true"] + one, deck=big, name=f"big-m{micro}-fzlate",
+              shared=True, micro=micro)
+    how = "one bucket, the ring full" if micro else "a bucket a layer"
     check(np.array_equal(a["loss"], f["loss"]) and (f["postponed"] == 13 * accum).all(),
-          f"{label}: every product postponed (through a full ring), the same losses bit for bit",
+          f"{label}: every product postponed ({how}), the same losses bit for bit",
           f"postponed a step {sorted(set(f['postponed'].tolist()))} (want {13 * accum}); "
           f"final loss {f['loss'][-1]!r} vs {a['loss'][-1]!r}")
 r = runs[("big", 3, 3, None, "true")]
