@@ -232,9 +232,10 @@ static void run_oldest(Zero *z) {
     z->dq_n--;
 }
 
-// Runs the postponed halves whose rows are there, oldest first.
+// Runs the postponed halves whose rows are there, oldest first ([zero]
+// fault_postpone: none, they wait until due).
 static void run_ready(Zero *z) {
-    while (z->dq_n && comm_flag_ready(z->comm, fflag(z, 1 - z->r, FLAG_FIRST, postponed(z, 0)->t), z->gen))
+    while (z->dq_n && !z->fault_postpone && comm_flag_ready(z->comm, fflag(z, 1 - z->r, FLAG_FIRST, postponed(z, 0)->t), z->gen))
         run_oldest(z);
 }
 
@@ -287,16 +288,16 @@ static void store_dweight(void *ctx, int t, int part, const float *dout, const f
     Zero *z = ctx;
     if (part == 0) {    // first: the other rank may be waiting for this half
         dweight_half(z, t, 0, dout, inp, N, IC, OC, trans_w);
-        if (!z->fault_postpone) run_ready(z);
+        run_ready(z);
         return;
     }
-    if (!z->fault_postpone) run_ready(z);
+    run_ready(z);
     if (!z->dq_n && !z->fault_postpone && comm_flag_ready(z->comm, fflag(z, 1 - z->r, FLAG_FIRST, t), z->gen)) {
         dweight_half(z, t, 1, dout, inp, N, IC, OC, trans_w);
         return;
     }
     if (postpone(z, t, dout, inp, N, IC, OC, trans_w, kept)) return;
-    run_due(z, 0, z->N);    // the older ones first (run_due)
+    run_due(z, 0, z->N);    // every older one first: a wait on a newer one could deadlock (run_due)
     dweight_half(z, t, 1, dout, inp, N, IC, OC, trans_w);
 }
 
