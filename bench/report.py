@@ -132,26 +132,31 @@ def overlap(d, rounds):
     # communication added to it: the machine drifts by 0.1-0.2 s a step over
     # minutes, which separate runs would read as communication. Step 2's
     # neighbour is the warm-up and the last step evaluates: both left out.
-    def triplets(name):
-        ex, co = [], []
+    def triplets(name):     # and each round's median exposed (the machine's moods last minutes)
+        ex, co, per = [], [], []
         for r in range(1, int(rounds) + 1):
             t = metrics(os.path.join(d, f"ov-{r}-{name}", "run.h5"))[0]["step_time"]
-            for i in range(3, len(t) - 2, 2):      # 0-based: steps 4, 6, ... (1-based), each with a later one
-                ex.append(t[i] - 0.5 * (t[i - 1] + t[i + 1]))
-                co.append(0.5 * (t[i - 1] + t[i + 1]))
-        return np.array(ex), np.array(co)
+            mine = [t[i] - 0.5 * (t[i - 1] + t[i + 1]) for i in range(3, len(t) - 2, 2)]   # 0-based: steps 4, 6, ...
+            ex += mine
+            co += [0.5 * (t[i - 1] + t[i + 1]) for i in range(3, len(t) - 2, 2)]
+            per.append(float(np.median(mine)) if mine else float("nan"))
+        return np.array(ex), np.array(co), per
 
     print(f"  {rounds} rounds, steps pooled; compute alone: [comm] compute_only = alternate, each communicating step "
           f"against its two neighbours")
     print(f"  {'stage':>7s} {'on s/step':>16s} {'off s/step':>16s} {'compute s':>9s} {'exposed s':>22s} {'comm alone s':>16s} "
-          f"{'blocked (sync)':>14s} {'in MPI':>6s} {'in flight':>9s} {'postponed':>9s} {'hidden':>7s} {'quartiles':>15s}")
+          f"{'blocked (sync)':>14s} {'max':>6s} {'in MPI':>6s} {'in flight':>9s} {'postponed':>9s} {'max':>5s} {'hidden':>7s} "
+          f"{'quartiles':>15s}")
+    rounds_s = []
     for st, kind in ((0, "on"), (1, "on"), (1, "mpi"), (2, "on"), (2, "rs"), (2, "mpi"), (3, "on"), (3, "rs"),
                      (3, "mpi")):
         if not os.path.exists(os.path.join(d, f"ov-1-{st}-{kind}", "run.h5")):
             continue    # a stage left out (BENCH_OVERLAP_STAGES)
         on, mo = steps(f"{st}-{kind}")
-        off, _ = steps(f"{st}-off")
-        ex, co = triplets(f"{st}-{kind}-alt")
+        has_off = os.path.exists(os.path.join(d, f"ov-1-{st}-off", "run.h5"))   # BENCH_OVERLAP_KINDS
+        off = steps(f"{st}-off")[0] if has_off else None
+        ex, co, per = triplets(f"{st}-{kind}-alt")
+        rounds_s.append(f"{st} {kind}: " + " ".join(f"{e:.3f}" for e in per))
         if len(ex) == 0 or len(on) == 0:
             print("  too few steps to compare: BENCH_STEPS >= 3")
             return
@@ -160,23 +165,27 @@ def overlap(d, rounds):
         c = float(np.median(cm))
         col = lambda k: np.concatenate([m[k][s] for m in mo]) if k in mo[0] else np.zeros(1)
         wait, sync, fly, busy = col("comm_wait"), col("comm_wait_sync"), col("comm_inflight"), col("comm_busy")
-        later = col("grad_postponed")
+        later, wmax, lmax = col("grad_postponed"), col("comm_wait_max"), col("grad_postponed_max")
         hid = lambda e: 1 - e / c if c > 0 else float("nan")
         q1, q2, q3 = np.percentile(ex, [25, 50, 75])
         label = f"{st}" if kind == "on" else f"{st} {kind}"
-        off_s = f"{np.median(off):7.2f} [{off.min():.2f}-{off.max():.2f}]" if kind == "on" else f"{'':16s}"
+        off_s = f"{np.median(off):7.2f} [{off.min():.2f}-{off.max():.2f}]" if kind == "on" and has_off else f"{'':16s}"
         print(f"  {label:>7s} {np.median(on):7.2f} [{on.min():.2f}-{on.max():.2f}] {off_s} {np.median(co):9.2f} "
               f"{q2:7.3f} [{ex.min():.3f}, {ex.max():.3f}] "
-              f"{c:7.2f} [{cm.min():.2f}-{cm.max():.2f}] {np.median(wait):7.3f} ({np.median(sync):.3f}) {np.median(busy):6.3f} "
-              f"{np.median(fly):9.2f} {np.median(later):9.1f} {hid(q2):6.0%} "
+              f"{c:7.2f} [{cm.min():.2f}-{cm.max():.2f}] {np.median(wait):7.3f} ({np.median(sync):.3f}) "
+              f"{np.median(wmax):6.3f} {np.median(busy):6.3f} "
+              f"{np.median(fly):9.2f} {np.median(later):9.1f} {np.median(lmax):5.1f} {hid(q2):6.0%} "
               f"[{hid(q3):.0%}, {hid(q1):.0%}]")
+    print("  exposed s, each round's median: " + "; ".join(rounds_s))
     print("  exposed = a communicating step less the mean of its two compute-alone neighbours: median [min, max] over")
     print(f"  {len(ex)} such steps; hidden = 1 - exposed / comm_alone (median; quartiles of exposed);")
     print("  comm alone: build/comm_alone, the bytes run.h5 recorded through comm.c over step-sized buffers, no compute;")
-    print("  blocked: rank 0's time in waits per step (median), of it at the node-shared barriers (sync);")
+    print("  blocked: rank 0's time in waits per step (median), of it at the node-shared barriers (sync); max: the")
+    print("  longest any rank waited in the step (run.h5 comm_wait_max; median over steps)")
     print("  in MPI: rank 0's time inside MPI outside waits (issuing, polling: the copies and sums MPI does there),")
     print("  and the two-rank reduce-scatter's own sum; on, off, blocked, in MPI: separate runs of every step communicating")
-    print("  postponed: rank 0's matrix gradient products a step put off rather than wait for the other rank (fused)")
+    print("  postponed: rank 0's matrix gradient products a step put off rather than wait for the other rank (fused);")
+    print("  max: the most any rank put off (grad_postponed_max)")
     print("  stages 1-3: parameters node-shared (the default on one node: no all-gathers); 'mpi': zero.node_shared = false")
     print("  stages 2-3: gradients fused (the default there: no reduce-scatter; comm alone is the reduce-scatter of the")
     print("  'rs' run's bytes, the same gradients' reduction); 'rs': zero.fused_grads = false (the two-rank reduce-scatter)")

@@ -46,7 +46,10 @@
 #     communication alone the fused rows are measured against: the same
 #     gradients' reduction); BENCH_OVERLAP_ROUNDS rounds (default 2), each
 #     running every configuration once, steps pooled (the machine drifts);
-#     BENCH_OVERLAP_STAGES (default "0 1 2 3") the stages;
+#     BENCH_OVERLAP_STAGES (default "0 1 2 3") the stages; BENCH_OVERLAP_KINDS
+#     (default "off mpi rs") the runs beside overlap on's (a fused row's comm
+#     alone then takes its bytes from a 3-step 'rs' run), so that
+#     BENCH_OVERLAP_KINDS= BENCH_OVERLAP_ROUNDS=8 spends the time on more steps;
 #     build/overlap_probe: ZeRO-3's gather pattern between two bare processes.
 #  9. serving (BENCH_ONLY=serve): `partita serve` on the 124M shape (random weights) under
 #     Poisson load from bench/loadgen.py (streamed), FastGen's experiment scaled to 2 cores:
@@ -155,6 +158,8 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
       --set run.out_dir=$out/ov-$r-$name "$@" > $out/ov-$r-$name.log
   }
   OSTAGES=${BENCH_OVERLAP_STAGES:-0 1 2 3}
+  OKINDS=" ${BENCH_OVERLAP_KINDS-off mpi rs} "
+  fused() { [ $1 = 2 ] || [ $1 = 3 ]; }
   for r in $(seq 1 $OROUNDS); do
     for st in $OSTAGES; do
       # compute alone: the same run with every other step's collectives moving nothing
@@ -162,28 +167,34 @@ if [ "$ONLY" = all ] || [ "$ONLY" = overlap ]; then
       # between two that do not and the machine's drift over minutes cancels
       ov_run $st-on --set zero.stage=$st --set comm.progress=$PROG
       ov_run $st-on-alt --set zero.stage=$st --set comm.progress=$PROG --set comm.compute_only=alternate --set train.steps=$((2 * STEPS))
-      ov_run $st-off --set zero.stage=$st --set zero.overlap=false
-      if [ $st != 0 ]; then
+      [[ $OKINDS == *" off "* ]] && ov_run $st-off --set zero.stage=$st --set zero.overlap=false
+      if [ $st != 0 ] && [[ $OKINDS == *" mpi "* ]]; then
         ov_run $st-mpi --set zero.stage=$st --set comm.progress=$PROG --set zero.node_shared=false
         ov_run $st-mpi-alt --set zero.stage=$st --set comm.progress=$PROG --set zero.node_shared=false \
           --set comm.compute_only=alternate --set train.steps=$((2 * STEPS))
       fi
-      if [ $st = 2 ] || [ $st = 3 ]; then
+      if fused $st && [[ $OKINDS == *" rs "* ]]; then
         ov_run $st-rs --set zero.stage=$st --set comm.progress=$PROG --set zero.fused_grads=false
         ov_run $st-rs-alt --set zero.stage=$st --set comm.progress=$PROG --set zero.fused_grads=false \
           --set comm.compute_only=alternate --set train.steps=$((2 * STEPS))
+      elif fused $st && [ $r = 1 ]; then
+        # only the reduce-scatter's bytes, for the fused row's comm alone
+        r=bytes ov_run $st-rs --set zero.stage=$st --set zero.fused_grads=false --set train.steps=3
       fi
     done
   done
   for st in $OSTAGES; do
     cfgs="$st-on"
-    [ $st != 0 ] && cfgs="$cfgs $st-mpi"
-    { [ $st = 2 ] || [ $st = 3 ]; } && cfgs="$cfgs $st-rs"
+    [ $st != 0 ] && [ -d $out/ov-1-$st-mpi ] && cfgs="$cfgs $st-mpi"
+    [ -d $out/ov-1-$st-rs ] && cfgs="$cfgs $st-rs"
     for cfg in $cfgs; do
       # fused gradients reduce-scatter nothing: their communication alone is the
       # same gradients' reduction, the reduce-scatter of the 'rs' run's bytes
-      src=$cfg; [ $cfg = $st-on ] && [ -d $out/ov-1-$st-rs ] && src=$st-rs
-      read ar rs ag < <($PYTHON -c "import h5py,numpy as n;m=h5py.File('$out/ov-1-$src/run.h5')['metrics'];print(*[int(n.median(m[k][1:-1])) for k in ('comm_bytes_all_reduce','comm_bytes_reduce_scatter','comm_bytes_all_gather')])")
+      src=ov-1-$cfg
+      if [ $cfg = $st-on ] && fused $st; then
+        src=ov-1-$st-rs; [ -d $out/$src ] || src=ov-bytes-$st-rs
+      fi
+      read ar rs ag < <($PYTHON -c "import h5py,numpy as n;m=h5py.File('$out/$src/run.h5')['metrics'];print(*[int(n.median(m[k][1:-1])) for k in ('comm_bytes_all_reduce','comm_bytes_reduce_scatter','comm_bytes_all_gather')])")
       $MPIEXEC -np 2 build/comm_alone $ar $rs $ag 4194304 $STEPS > $out/ov-$cfg-comm.txt
     done
   done

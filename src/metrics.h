@@ -63,7 +63,9 @@
     X(M_UPDATE_TIME, "update_time", "s", 0, "seconds of rank 0's optimizer update (the offloaded pipeline's whole update, or the in-memory AdamW), less its time blocked in collectives (comm_wait's)") \
     X(M_COMM_WAIT_SYNC, "comm_wait_sync", "s", 0, "the part of comm_wait spent at the node-shared parameters' barriers: waiting for the slowest rank, no bytes moved") \
     X(M_COMM_BUSY, "comm_busy", "s", 0, "seconds rank 0 spent inside MPI outside waits during the step: issuing and polling the dp collectives, where MPI copies and reduces on the computing thread") \
-    X(M_GRAD_POSTPONED, "grad_postponed", "1", 1, "matrix gradient products rank 0 postponed in the step rather than wait for the other rank's half (ZeRO's fused gradients); 0 without them")
+    X(M_GRAD_POSTPONED, "grad_postponed", "1", 1, "matrix gradient products rank 0 postponed in the step rather than wait for the other rank's half (ZeRO's fused gradients); 0 without them") \
+    X(M_COMM_WAIT_MAX, "comm_wait_max", "s", 0, "the largest comm_wait of any rank in the step: the rank that waited longest for the others") \
+    X(M_GRAD_POSTPONED_MAX, "grad_postponed_max", "1", 1, "the most matrix gradient products any rank postponed in the step (grad_postponed's largest over ranks)")
 
 #define METRICS_ENUM_(id, name, unit, integer, description) id,
 enum { METRICS_COLUMNS(METRICS_ENUM_) M_NCOLS };

@@ -627,14 +627,6 @@ static void format_eta(double s, char *buf, size_t n) {
     snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
 }
 
-// Each rank's peak RSS into rss_all (rank 0); returns the largest resident MiB now (rank 0).
-static double gather_rss(Trainer *tr) {
-    double mine = peak_rss_mb(), now = rss_now_mb(), most = 0;
-    MPI_CHECK(MPI_Gather(&mine, 1, MPI_DOUBLE, tr->rss_all, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD));
-    MPI_CHECK(MPI_Reduce(&now, &most, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD));
-    return most;
-}
-
 // The progress line's tail: elapsed wall time since start, memory in use, the local time.
 static void progress_tail(double elapsed, double rss_mb, char *buf, size_t n) {
     char el[32], stamp[32];
@@ -718,6 +710,21 @@ static CommMark comm_now(const Trainer *tr) {
     return n;
 }
 
+// What differs by rank in a step, reduced to its largest over ranks (rank 0's copy): rank 0's
+// own counters cannot tell which rank the step waited for.
+enum { RM_RSS_NOW, RM_WAIT, RM_POSTPONED, RM_N };
+
+// Collective: each rank's peak RSS into rss_all, and the step's per-rank figures (this rank's
+// counters now less at the previous row) reduced by MPI_MAX into most (rank 0).
+static void gather_ranks(Trainer *tr, const CommMark *now, const CommMark *was, double most[RM_N]) {
+    double peak = peak_rss_mb(), mine[RM_N];
+    mine[RM_RSS_NOW] = rss_now_mb();
+    mine[RM_WAIT] = now->wait_s - was->wait_s;
+    mine[RM_POSTPONED] = (double)(now->postponed - was->postponed);
+    MPI_CHECK(MPI_Gather(&peak, 1, MPI_DOUBLE, tr->rss_all, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+    MPI_CHECK(MPI_Reduce(mine, most, RM_N, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD));
+}
+
 // Rank 0: the buffered rows of /moe_load/h.<l> into run.h5 (before a flush).
 static void moe_load_write(Trainer *tr) {
     const Model *m = &tr->model;
@@ -775,7 +782,10 @@ static void moe_load_close(Trainer *tr) {
 
 // Collective (per-rank memory); rank 0 appends the row and maybe prints.
 static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *o, CommMark *mark, double train_time) {
-    double rss_now = gather_rss(tr);
+    CommMark now = comm_now(tr), was = *mark;
+    double most[RM_N];
+    *mark = now;
+    gather_ranks(tr, &now, &was, most);
     if (tr->topo.rank != 0) return;
     const Config *c = tr->cfg;
     double tokens_per_step = (double)c->train.batch * tr->T;
@@ -796,30 +806,30 @@ static void record_step(Trainer *tr, int64_t step, int64_t stop, const StepOut *
     row.v[M_SKIPPED] = o->skipped;
     row.v[M_RANKS] = tr->topo.size;
     row.v[M_CHECKPOINT_TIME] = tr->last_ckpt == step + 1 ? tr->ckpt_last_s : 0.0;
-    CommMark now = comm_now(tr);
-    row.v[M_COMM_ALL_REDUCE] = (double)(now.bytes[COMM_ALLREDUCE] - mark->bytes[COMM_ALLREDUCE]);
-    row.v[M_COMM_REDUCE_SCATTER] = (double)(now.bytes[COMM_REDUCE_SCATTER] - mark->bytes[COMM_REDUCE_SCATTER]);
-    row.v[M_COMM_ALL_GATHER] = (double)(now.bytes[COMM_ALLGATHER] - mark->bytes[COMM_ALLGATHER]);
-    row.v[M_COMM_WAIT] = now.wait_s - mark->wait_s;
-    row.v[M_COMM_ALL_TO_ALL] = (double)(now.a2a - mark->a2a);
+    row.v[M_COMM_ALL_REDUCE] = (double)(now.bytes[COMM_ALLREDUCE] - was.bytes[COMM_ALLREDUCE]);
+    row.v[M_COMM_REDUCE_SCATTER] = (double)(now.bytes[COMM_REDUCE_SCATTER] - was.bytes[COMM_REDUCE_SCATTER]);
+    row.v[M_COMM_ALL_GATHER] = (double)(now.bytes[COMM_ALLGATHER] - was.bytes[COMM_ALLGATHER]);
+    row.v[M_COMM_WAIT] = now.wait_s - was.wait_s;
+    row.v[M_COMM_ALL_TO_ALL] = (double)(now.a2a - was.a2a);
     row.v[M_AUX_LOSS] = tr->moe.nmoe ? tr->moe_aux : NAN;
     row.v[M_MOE_DROPPED] = tr->moe.nmoe ? tr->moe_dropped : NAN;
-    row.v[M_COMM_INFLIGHT] = now.inflight_s - mark->inflight_s;
-    row.v[M_OFFLOAD_READ_BYTES] = (double)(now.io_read - mark->io_read);     // rank 0's offload traffic
-    row.v[M_OFFLOAD_WRITE_BYTES] = (double)(now.io_write - mark->io_write);
-    row.v[M_IO_WAIT] = now.io_wait - mark->io_wait;
-    row.v[M_UPDATE_TIME] = now.update_s - mark->update_s;
-    row.v[M_COMM_WAIT_SYNC] = now.wait_sync_s - mark->wait_sync_s;
-    row.v[M_COMM_BUSY] = now.busy_s - mark->busy_s;
-    row.v[M_GRAD_POSTPONED] = (double)(now.postponed - mark->postponed);
-    *mark = now;
+    row.v[M_COMM_INFLIGHT] = now.inflight_s - was.inflight_s;
+    row.v[M_OFFLOAD_READ_BYTES] = (double)(now.io_read - was.io_read);     // rank 0's offload traffic
+    row.v[M_OFFLOAD_WRITE_BYTES] = (double)(now.io_write - was.io_write);
+    row.v[M_IO_WAIT] = now.io_wait - was.io_wait;
+    row.v[M_UPDATE_TIME] = now.update_s - was.update_s;
+    row.v[M_COMM_WAIT_SYNC] = now.wait_sync_s - was.wait_sync_s;
+    row.v[M_COMM_BUSY] = now.busy_s - was.busy_s;
+    row.v[M_GRAD_POSTPONED] = (double)(now.postponed - was.postponed);
+    row.v[M_COMM_WAIT_MAX] = most[RM_WAIT];
+    row.v[M_GRAD_POSTPONED_MAX] = most[RM_POSTPONED];
     metrics_append(&tr->metrics, &row);
     moe_load_append(tr);
     if (!o->print) return;
     char eta[32], vbuf[32] = "", tail[128];
     format_eta(train_time / (double)(step + 1 - tr->start_step) * (double)(stop - step - 1), eta, sizeof eta);
     if (isfinite(o->val)) snprintf(vbuf, sizeof vbuf, " | val %.4f", o->val);
-    progress_tail(wall_seconds() - tr->t_begin, rss_now, tail, sizeof tail);
+    progress_tail(wall_seconds() - tr->t_begin, most[RM_RSS_NOW], tail, sizeof tail);
     log_info("step %6lld/%lld | loss %.4f%s | lr %.2e | gnorm %7.3f | %8.0f tok/s | MFU %5.1f%% | %.1f GFLOP/s | %.3f s/step | ETA %s%s\n",
              (long long)step + 1, (long long)c->train.steps, o->loss, vbuf, o->lr, o->gnorm, tps, 100.0 * mfu, gflops,
              o->dt, eta, tail);

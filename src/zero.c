@@ -171,6 +171,11 @@ static int tensor_within(const Zero *z, int t, size_t lo, size_t hi) {
     return pt->offset < hi && pt->offset + pt->numel > lo;
 }
 
+// The flags are shared by processes: an atomic that took a lock would take a
+// per-process one, so both ranks could hold it at once.
+_Static_assert(ATOMIC_LONG_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2 && sizeof(_Atomic uint64_t) == 8,
+               "fused gradients' flags need lock-free 64-bit atomics");
+
 // A rank's flags: two per tensor, then one for the embeddings' encoder rows.
 enum { FLAG_FIRST = 0, FLAG_BOTH = 1, FLAG_FOLDED = 2 };
 static size_t flag_bytes(const Zero *z) { return (2 * (size_t)z->m->ntensors + 1) * sizeof(uint64_t); }
@@ -249,6 +254,9 @@ static void run_due(Zero *z, size_t lo, size_t hi) {
     for (int i = 0; i <= last; i++) run_oldest(z);
 }
 
+// Runs every postponed half (a product's own wait, the backward's end).
+static void run_all(Zero *z) { run_due(z, 0, z->N); }
+
 // Room for n floats in the ring after the newest copy (or, wrapping, before
 // the oldest): 1 with *at set.
 static int dring_room(const Zero *z, size_t n, size_t *at) {
@@ -297,7 +305,7 @@ static void store_dweight(void *ctx, int t, int part, const float *dout, const f
         return;
     }
     if (postpone(z, t, dout, inp, N, IC, OC, trans_w, kept)) return;
-    run_due(z, 0, z->N);    // every older one first: a wait on a newer one could deadlock (run_due)
+    run_all(z);     // every older one first: a wait on a newer one could deadlock (run_due)
     dweight_half(z, t, 1, dout, inp, N, IC, OC, trans_w);
 }
 
@@ -652,7 +660,7 @@ static void fold_embed_rows(Zero *z, float *got, size_t lo, size_t hi) {
 // summing, in rank order, those that fall in its part of the embeddings.
 static void store_embed_rows(void *ctx, const float *dout, const int32_t *tok, int B, int T, int pos0) {
     Zero *z = ctx;
-    if (z->fused) run_due(z, 0, z->N);     // the backward's end: every product done
+    if (z->fused) run_all(z);     // the backward's end: every product done
     const Model *m = z->m;
     ZeroBucket *b = embed_bucket(z);
     ZeroGroup *g = &z->g[b->group];
@@ -1023,7 +1031,10 @@ void zero_create_offload(Zero *z, const ZeroConfig *zc, Comm *comm, Comm *xcomm,
         z->dq = xcalloc(sizeof *z->dq * (size_t)m->ntensors, "postponed gradient products");
         z->dring_cap = ring_floats(m, zc->tokens);
         z->fault_postpone = zc->fault_postpone;
-        z->dring = alloc_floats(z, max_sz(z->dring_cap, 1), "postponed products' outputs", &z->working_bytes);
+        // no collective moves the ring: not registered with comm (alloc_floats)
+        size_t ring_bytes = max_sz(z->dring_cap, 1) * sizeof(float);
+        z->dring = z->m->bk->alloc(ring_bytes, "postponed products' outputs");
+        z->working_bytes += ring_bytes;
     } else if (z->stage >= 1 && !z->offl.grads) {
         z->gshard = alloc_floats(z, own ? own : 1, "gradient shard", &z->state_bytes);
         if (keeps_recv(z->stage, z->offl.grads, 0, zc->accum))     // for micro-steps after the first (zero_plan_offload)

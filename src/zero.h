@@ -53,7 +53,8 @@
 // before the bucket's finish (with overlap on, when the bucket two later is
 // staged; off, at once) or the encoder's rows; so one rank's stall costs the
 // other nothing for up to two buckets (with activation recomputation, whose
-// inputs do not stay, and where the ring is full, it waits as before). Flags (fsh:
+// inputs do not stay, and where the ring is full, it waits as before). Flags (fsh,
+// lock-free 64-bit C11 atomics, asserted at compile time:
 // per rank and tensor, "first half written"
 // and "both written"; per rank, "encoder rows folded"; each the micro-step's
 // generation) order the writes; a wait on one counts as communication and is

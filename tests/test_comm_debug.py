@@ -3,6 +3,9 @@
 switch), and the timeout names the collective a rank is stuck in."""
 import os
 
+import h5py
+import numpy as np
+
 from common import check, finish, licenses_tokens, run, tmpdir, write_deck
 
 d = tmpdir("commdbg")
@@ -42,6 +45,15 @@ p = run(["train", deck, "--set", "zero.stage=2", "--set", "comm.timeout_s=3", "-
 check(p.returncode != 0 and "stuck" in p.stderr and "step 2" in p.stderr and "reduce_scatter" in p.stderr,
       "the timeout names the stuck collective when a rank stalls",
       next((l for l in p.stderr.splitlines() if "stuck" in l), "(no message)"))
+# A rank that stalls less than timeout_s only slows the step: the other rank's
+# wait shows in run.h5's comm_wait_max, not in comm_wait (rank 0's own).
+p = run(["train", deck, "--set", "zero.stage=2", "--set", "comm.fault_skip_rank=0", "--set", "comm.fault_hang_s=2",
+         "--set", "zero.fused_grads=false", "--set", f"run.out_dir={d}/w"], np=2, timeout=120)
+with h5py.File(os.path.join(d, "w", "run.h5"), "r") as f:
+    w, wm = np.array(f["metrics/comm_wait"]), np.array(f["metrics/comm_wait_max"])
+check(wm[1] > 1.5 and w[1] < 1.0 and (wm >= w).all() and (np.delete(wm, 1) < 1.0).all(),
+      "rank 0 stalls 2 s at step 2: comm_wait_max shows rank 1's wait there, comm_wait (rank 0's) does not",
+      f"comm_wait {np.round(w, 3).tolist()} comm_wait_max {np.round(wm, 3).tolist()}")
 # Fused gradients (zero.h; the default here): the other rank waits on a flag in
 # shared memory, not in MPI, and gives up the same way, naming the tensor. With a
 # bucket a unit, rank 1 stalls before ln_f's packed all-reduce, before the last

@@ -62,7 +62,7 @@ def train(stage, progress, *extra, name=None):
     with h5py.File(os.path.join(out, "run.h5"), "r") as f:
         m = f["metrics"]
         return {k: np.array(m[k]) for k in ("loss", "comm_wait", "comm_inflight", "comm_wait_sync", "comm_busy",
-                                            "update_time") + BYTES}
+                                            "update_time", "comm_wait_max") + BYTES}
 
 
 for stage in (3, 2):
@@ -77,6 +77,10 @@ for stage in (3, 2):
         check(len(w) == 6 and (w >= 0).all() and (fl > 0).all() and (fl + 1e-3 >= w).all(),
               f"stage {stage}, progress = {p}: run.h5 comm_inflight >= comm_wait >= 0 every step",
               f"wait {np.round(w, 4).tolist()} in flight {np.round(fl, 4).tolist()}")
+        wm = r["comm_wait_max"]
+        check((wm + 1e-12 >= w).all(),
+              f"stage {stage}, progress = {p}: comm_wait_max (any rank's) >= rank 0's comm_wait every step",
+              f"max {np.round(wm, 4).tolist()} rank 0 {np.round(w, 4).tolist()}")
         sy, busy, up = r["comm_wait_sync"], r["comm_busy"], r["update_time"]
         check((sy >= 0).all() and (sy <= w + 1e-9).all() and (busy >= 0).all() and busy.sum() > 0 and (up >= -1e-3).all(),
               f"stage {stage}, progress = {p}: comm_wait >= comm_wait_sync >= 0, comm_busy >= 0 (> 0 in all), update_time >= 0",

@@ -74,7 +74,8 @@ def train(np_, stage, extra=(), shared=False, deck=deck, name="", micro=None):
     return dict(loss=np.array(m["loss"]), ar=np.array(m["comm_bytes_all_reduce"]),
                 rs=np.array(m["comm_bytes_reduce_scatter"]), ag=np.array(m["comm_bytes_all_gather"]),
                 state=int(f.attrs["model_state_bytes"]), N=int(f.attrs["layout_floats"]),
-                rss=np.array(m["peak_rss_mb"]).max(), postponed=np.array(m["grad_postponed"]), log=p.stdout)
+                rss=np.array(m["peak_rss_mb"]).max(), postponed=np.array(m["grad_postponed"]),
+                pmax=np.array(m["grad_postponed_max"]), log=p.stdout)
 
 
 ref = train(1, 0)
@@ -199,9 +200,11 @@ for stage, micro in ((2, None), (3, None), (2, 3), (3, 3)):
     f = train(2, stage, ["--set", "zero.fault_postpone=true"] + one, deck=big, name=f"big-m{micro}-fzlate",
               shared=True, micro=micro)
     how = "one bucket, the ring full" if micro else "a bucket a layer"
-    check(np.array_equal(a["loss"], f["loss"]) and (f["postponed"] == 13 * accum).all(),
-          f"{label}: every product postponed ({how}), the same losses bit for bit",
-          f"postponed a step {sorted(set(f['postponed'].tolist()))} (want {13 * accum}); "
+    check(np.array_equal(a["loss"], f["loss"]) and (f["postponed"] == 13 * accum).all()
+          and (f["pmax"] == 13 * accum).all(),
+          f"{label}: every product postponed by each rank ({how}; grad_postponed_max too), the same losses bit for bit",
+          f"postponed a step {sorted(set(f['postponed'].tolist()))}, most of a rank "
+          f"{sorted(set(f['pmax'].tolist()))} (want {13 * accum}); "
           f"final loss {f['loss'][-1]!r} vs {a['loss'][-1]!r}")
 r = runs[("big", 3, 3, None, "true")]
 check(FUSED not in r["log"] and "gradients not fused: not two ranks" in r["log"],
