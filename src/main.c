@@ -276,8 +276,11 @@ static void print_version(void) {
 #ifdef PARTITA_CUDA
     int devices = cuda_device_count();
     const char *why = cuda_probe_error();
-    printf("partita %s (backends: cpu, cuda with %s; %d CUDA device(s) here%s%s)\n", partita_version(),
-           nccl_available() ? "NCCL" : "no NCCL", devices, why[0] ? ": " : "", why);
+    char blas[768];
+    int blas_ok = cuda_blas_probe(blas, sizeof blas);
+    printf("partita %s (backends: cpu, cuda with %s, %s%s; %d CUDA device(s) here%s%s)\n", partita_version(),
+           nccl_available() ? "NCCL" : "no NCCL", blas_ok ? "cuBLAS" : "no cuBLAS: ", blas_ok ? "" : blas, devices,
+           why[0] ? ": " : "", why);
 #else
     printf("partita %s (backends: cpu; built without cuda)\n", partita_version());
 #endif

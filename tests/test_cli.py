@@ -52,6 +52,15 @@ p = run(["prep", os.path.join(d, "x.h5"), "/nonexistent/text"], check_rc=False)
 check(p.returncode != 0 and "/nonexistent/text" in p.stderr, "prep names an unreadable input")
 p = run(["version"])
 check("partita" in p.stdout, "version prints")
+if "cuda with" in p.stdout:
+    # cuBLAS is opened when a device starts, not linked: loading libcublasLt costs
+    # every process (cpu runs, each test rank) ~0.5 s of CPU (kernels/cuda/cublas.cu).
+    import subprocess  # noqa: E402
+    from common import PARTITA  # noqa: E402
+    libs = subprocess.run(["ldd", PARTITA], capture_output=True, text=True).stdout
+    check("libcublas" not in libs and "libcudart" in libs, "the cuda build does not link cuBLAS (ldd)",
+          " ".join(l.split()[0] for l in libs.splitlines() if "cu" in l))
+    check(", cuBLAS;" in p.stdout, "version opens cuBLAS at run time and says so", p.stdout.strip())
 # ---------------------------------------------------------------------------
 # Issue 18: help, did-you-mean, unknown options, check's file/backend checks and
 # summary, overwrite refusal, the progress line, run.h5 for tools, prep from stdin.

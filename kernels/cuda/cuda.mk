@@ -13,13 +13,16 @@ _cuda_saved_goal := $(.DEFAULT_GOAL)
 CUDA_HOME ?= /usr/local/cuda
 NVCC      ?= $(CUDA_HOME)/bin/nvcc
 CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
-NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler -Wall,-Wextra -Ikernels -Ikernels/cuda
+NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler -Wall,-Wextra -Ikernels -Ikernels/cuda \
+             -DPARTITA_CUBLAS_DIR='"$(CUDA_HOME)/lib64"'
 
 CUDA_SRC    := $(wildcard kernels/cuda/*.cu)
 CUDA_OBJ    := $(CUDA_SRC:%.cu=build/%.o)
 CUDA_HDR    := kernels/kernels.h $(wildcard kernels/cuda/*.h kernels/cuda/*.cuh)
-# -lstdc++: the .cu objects are C++ (cub, cuBLAS); a C link (mpicc) needs it.
-CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lstdc++
+# -lstdc++: the .cu objects are C++ (cub); a C link (mpicc) needs it. cuBLAS is
+# not linked: cublas.cu opens it when a device starts (loading it costs every
+# process ~0.5 s of CPU, cpu runs included).
+CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -ldl -lstdc++
 
 build/kernels/cuda/%.o: kernels/cuda/%.cu $(CUDA_HDR)
 	@mkdir -p $(dir $@)

@@ -25,11 +25,36 @@ const char *cuda_error_hint(cudaError_t e);
             cuda_fatal(__FILE__, __LINE__, #call, cudaGetErrorString(e_), cuda_error_hint(e_)); \
     } while (0)
 
+// cuBLAS's entries, through the table cuda_init fills (cublas.cu): the
+// library is opened when a device starts, not linked, because loading it
+// (libcublasLt's constructors) costs every process ~0.5 s of CPU, which cpu
+// runs, `partita check` and each test rank would pay for nothing.
+// (Spelled out: C++ overloads some of them with 64-bit sizes.)
+struct CublasApi {
+    cublasStatus_t (*create)(cublasHandle_t *h);
+    cublasStatus_t (*destroy)(cublasHandle_t h);
+    cublasStatus_t (*set_stream)(cublasHandle_t h, cudaStream_t s);
+    cublasStatus_t (*set_workspace)(cublasHandle_t h, void *ws, size_t bytes);
+    cublasStatus_t (*set_math_mode)(cublasHandle_t h, cublasMath_t mode);
+    cublasStatus_t (*sgemm)(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
+                            float *C, int ldc);
+    cublasStatus_t (*gemm_ex)(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                              const void *alpha, const void *A, cudaDataType at, int lda, const void *B,
+                              cudaDataType bt, int ldb, const void *beta, void *C, cudaDataType ct, int ldc,
+                              cublasComputeType_t compute, cublasGemmAlgo_t algo);
+    const char *(*status_string)(cublasStatus_t s);
+};
+// Opens cuBLAS once (fatal, naming the library, where it cannot); then the table.
+const CublasApi *cuda_blas_open(void);
+// The table; valid after cuda_init.
+extern CublasApi cuda_blas;
+
 #define CUBLAS_CHECK(call)                                                                  \
     do {                                                                                    \
         cublasStatus_t s_ = (call);                                                         \
         if (s_ != CUBLAS_STATUS_SUCCESS)                                                    \
-            cuda_fatal(__FILE__, __LINE__, #call, cublasGetStatusString(s_),                \
+            cuda_fatal(__FILE__, __LINE__, #call, cuda_blas.status_string(s_),              \
                        "check the GEMM shapes and leading dimensions in the message above"); \
     } while (0)
 

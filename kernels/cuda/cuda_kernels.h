@@ -42,6 +42,9 @@ extern "C" {
 int cuda_device_count(void);
 // Why cuda_device_count returned 0 ("" when it did not): the runtime's message.
 const char *cuda_probe_error(void);
+// Whether cuBLAS, which is opened when a device starts rather than linked, can
+// be opened here; else 0 with the reason in err (never aborts). Costs the load.
+int cuda_blas_probe(char *err, size_t n);
 // Selects the device, creates the stream, the cuBLAS handle and its workspace.
 // Aborts (with a hint) on a device of compute capability below 8.0.
 void cuda_init(int device, int precision_bf16);

@@ -145,7 +145,7 @@ void cuda_matmul_held_forward(float *out, const float *inp, const void *weight, 
     // y (N, OC) row-major = y^T (OC x N) column-major = W (OC x IC) inp^T (IC x N); W row-major
     // (OC, IC) is column-major (IC x OC) with ld IC, so it is transposed.
     const float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasSgemm(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, (int)N, IC, &alpha, w, IC, inp, IC, &beta,
+    CUBLAS_CHECK(cuda_blas.sgemm(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, (int)N, IC, &alpha, w, IC, inp, IC, &beta,
                              y, OC));
     held_epilogue_kernel<<<cuda_blocks(N * (size_t)OC, INF_THREADS), INF_THREADS, 0, cuda_stream_t()>>>(
         out, y, bias, N, OC, epilogue);

@@ -142,12 +142,13 @@ void cuda_init(int device, int precision_bf16)
     CUDA_CHECK(cudaStreamCreate(&ctx.stream));
     CUDA_CHECK(cudaStreamCreateWithFlags(&ctx.copy_stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&ctx.order, cudaEventDisableTiming));
-    CUBLAS_CHECK(cublasCreate(&ctx.cublas));
-    CUBLAS_CHECK(cublasSetStream(ctx.cublas, ctx.stream));
+    cuda_blas_open();
+    CUBLAS_CHECK(cuda_blas.create(&ctx.cublas));
+    CUBLAS_CHECK(cuda_blas.set_stream(ctx.cublas, ctx.stream));
     CUDA_CHECK(cudaMalloc(&ctx.cublas_ws, CUBLAS_WORKSPACE_BYTES));
-    CUBLAS_CHECK(cublasSetWorkspace(ctx.cublas, ctx.cublas_ws, CUBLAS_WORKSPACE_BYTES));
+    CUBLAS_CHECK(cuda_blas.set_workspace(ctx.cublas, ctx.cublas_ws, CUBLAS_WORKSPACE_BYTES));
     // Plain fp32 sgemm (no TF32) in fp32 mode; bf16 GEMMs ask for fp32 compute explicitly.
-    CUBLAS_CHECK(cublasSetMathMode(ctx.cublas, CUBLAS_DEFAULT_MATH));
+    CUBLAS_CHECK(cuda_blas.set_math_mode(ctx.cublas, CUBLAS_DEFAULT_MATH));
     CUDA_CHECK(cudaMallocHost((void **)&ctx.host_result, sizeof(double)));
     ctx.initialized = 1;
 }
@@ -160,7 +161,7 @@ void cuda_shutdown(void)
         if (ctx.scratch[s]) CUDA_CHECK(cudaFree(ctx.scratch[s]));
     if (ctx.arena) CUDA_CHECK(cudaFree(ctx.arena));
     CUDA_CHECK(cudaFreeHost(ctx.host_result));
-    CUBLAS_CHECK(cublasDestroy(ctx.cublas));
+    CUBLAS_CHECK(cuda_blas.destroy(ctx.cublas));
     CUDA_CHECK(cudaFree(ctx.cublas_ws));
     CUDA_CHECK(cudaStreamSynchronize(ctx.copy_stream));
     CUDA_CHECK(cudaEventDestroy(ctx.order));

@@ -15,7 +15,7 @@ SANITIZE ?=
 
 include flags.mk
 CFLAGS   += -DPARTITA_CUDA
-CXXFLAGS := -std=c++20 -O2 -pthread -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas \
+CXXFLAGS := -std=c++20 -DPARTITA_CUDA_EMU -O2 -pthread -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas \
             -Itests/gpu/emu/include -Ikernels -Ikernels/cuda -MMD -MP
 LDLIBS   += -lstdc++ -pthread
 ifneq ($(strip $(SANITIZE)),)

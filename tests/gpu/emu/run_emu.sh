@@ -28,7 +28,7 @@ fi
 # CUDA launch syntax and extern shared arrays into plain C++ (shared with build_partita_emu.sh).
 python3 tests/gpu/emu/translate.py "$OUT" kernels/cuda/*.cu tests/gpu/test_kernels_gpu.cu
 
-CXXFLAGS="-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=$SAN -pthread -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -Itests/gpu/emu/include -Ikernels -Ikernels/cuda"
+CXXFLAGS="-std=c++20 -DPARTITA_CUDA_EMU -O1 -g -fno-omit-frame-pointer -fsanitize=$SAN -pthread -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -Itests/gpu/emu/include -Ikernels -Ikernels/cuda"
 objs=()
 pids=()
 for f in "$OUT"/*.cpp; do
