@@ -910,8 +910,10 @@ void zero_plan_offload(const Model *m, const ZeroConfig *zc, const ZeroOffload *
         if (z.ngroups > 1) plan->working += max_sz(largest_experts(m), 1) * f;
     }
     // MPI's reductions stage a message-sized temporary of their own (MPICH's
-    // reduce-scatter and all-reduce do): one bucket's worth when p > 1.
-    if (p > 1) plan->mpi_temp = max_sz(largest_bucket(&z), m->unit_end[0]) * f;
+    // reduce-scatter and all-reduce do): one bucket's worth when p > 1. Not
+    // at stages 1-3 on two ranks, whose reduce-scatter is comm.c's own, point
+    // to point into the shard (the dp group's only float reduction there).
+    if (p > 1 && (zc->stage == 0 || p > 2)) plan->mpi_temp = max_sz(largest_bucket(&z), m->unit_end[0]) * f;
     if (zc->fused) plan->mpi_temp = max_sz(pack_floats(&z, 0), 1) * f;    // the packed all-reduces alone
     for (int k = 0; k < z.ngroups; k++) plan_sent(&z, &z.g[k], zc->stage, accum, plan->sent);
     if (zc->fused) {    // no reduce-scatter: the packed tensors' all-reduce instead
