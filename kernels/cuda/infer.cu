@@ -146,7 +146,7 @@ void cuda_matmul_held_forward(float *out, const float *inp, const void *weight, 
     // (OC, IC) is column-major (IC x OC) with ld IC, so it is transposed.
     const float alpha = 1.0f, beta = 0.0f;
     CUBLAS_CHECK(cuda_blas.sgemm(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, (int)N, IC, &alpha, w, IC, inp, IC, &beta,
-                             y, OC));
+                                 y, OC));
     held_epilogue_kernel<<<cuda_blocks(N * (size_t)OC, INF_THREADS), INF_THREADS, 0, cuda_stream_t()>>>(
         out, y, bias, N, OC, epilogue);
     CUDA_LAUNCH_CHECK("held_epilogue_kernel");

@@ -54,8 +54,8 @@ static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k
     const __nv_bfloat16 *a16 = bf16_copy(SCRATCH_GEMM_A, A, a_elems);
     const __nv_bfloat16 *b16 = bf16_copy(SCRATCH_GEMM_B, B, b_elems);
     CUBLAS_CHECK(cuda_blas.gemm_ex(h, ta, tb, m, n, k, &alpha, a16, CUDA_R_16BF, lda, b16, CUDA_R_16BF,
-                              ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+                                   ldb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
 }
 
 static void check_dims(size_t N, int IC, int OC)
@@ -180,11 +180,11 @@ double cuda_gemm_peak_tflops(int n, int bf16)
         CUDA_CHECK(cudaEventRecord(e0, st));
         if (bf16)
             CUBLAS_CHECK(cuda_blas.gemm_ex(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a16,
-                                      CUDA_R_16BF, n, b16, CUDA_R_16BF, n, &beta, c, CUDA_R_32F, n,
-                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                           CUDA_R_16BF, n, b16, CUDA_R_16BF, n, &beta, c, CUDA_R_32F, n,
+                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         else
             CUBLAS_CHECK(cuda_blas.sgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, n, b, n,
-                                     &beta, c, n));
+                                         &beta, c, n));
         CUDA_CHECK(cudaEventRecord(e1, st));
         CUDA_CHECK(cudaEventSynchronize(e1));
         float ms = 0.0f;
